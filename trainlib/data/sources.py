@@ -1,0 +1,260 @@
+"""Ingest: every source yields a `Dataset` (inputs, integer labels, class names, content digest).
+
+Inputs stay in the source's own units (digits 0..16, image pixels 0..255 as uint8, tabular floats);
+normalization lives inside the model, so an exported model takes raw inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainlib.errors import ConfigError, DataError
+from trainlib.registry import Registry
+
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images decoded on demand (for ImageFolder data too large for memory): item -> (uint8 CxHxW, label)."""
+
+    def __init__(self, paths: list[str], labels: list[int], size: tuple[int, int], channels: int):
+        self.paths, self.labels, self.size, self.channels = paths, labels, tuple(size), channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(decode_image(self.paths[i], self.size, self.channels)), self.labels[i]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What every source yields. `inputs` is (N, C, H, W) for images, (N, F) for tabular data, or an
+    `ImageFiles` for streamed ImageFolder data."""
+
+    inputs: torch.Tensor | ImageFiles
+    labels: torch.Tensor  # (N,) int64 class indices
+    classes: list[str]
+    digest: str  # sha256 of the content (streamed data: of file names, sizes and times)
+    value_max: float | None = None  # largest raw value of an image pixel; None for tabular data
+    feature_names: list[str] = field(default_factory=list)  # tabular columns, in input order
+
+    @property
+    def is_image(self) -> bool:
+        return self.value_max is not None
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.inputs, ImageFiles)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        if self.streamed:
+            return (self.inputs.channels, *self.inputs.size)
+        return tuple(self.inputs.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def content_digest(*parts: object) -> str:
+    """sha256 over tensors/arrays (their bytes and shape) and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.contiguous().numpy()
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype}{part.shape}".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _finish(inputs, labels, classes, value_max=None, feature_names=(), digest=None) -> Dataset:
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if len(labels) == 0:
+        raise DataError("the dataset is empty: no samples were found")
+    present = torch.unique(labels)
+    if len(present) < 2:
+        only = classes[int(present[0])] if len(classes) else "?"
+        raise DataError(f"the dataset has a single class ({only!r}): classification needs at least two")
+    if digest is None:
+        digest = content_digest(inputs, labels, list(classes))
+    return Dataset(inputs, labels, list(classes), digest, value_max, list(feature_names))
+
+
+def load_digits(**_) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, pixel values 0..16): the embedded default."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    x, y = sk_digits(return_X_y=True)
+    inputs = torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 8, 8))
+    return _finish(inputs, y, [str(d) for d in range(10)], value_max=16.0)
+
+
+def decode_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file -> uint8 (C, H, W), converted to `channels` (1 gray, 3 RGB) and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def _image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not root.is_dir():
+        raise DataError(f"data.path: no such directory: {root}")
+    try:
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:
+        raise DataError(f"imagefolder {root}: {exc}") from exc
+    paths, labels = zip(*samples, strict=True)
+    return list(paths), list(labels), classes
+
+
+def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, **_) -> Dataset:
+    """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size`.
+    With `stream`, images are decoded per batch instead of held in memory."""
+    root = Path(path)
+    paths, labels, classes = _image_files(root)
+    size = tuple(image_size)
+    if stream:
+        stats = [(str(Path(p).relative_to(root)), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+        digest = content_digest(stats, labels, classes, list(size), channels)
+        return _finish(ImageFiles(paths, labels, size, channels), labels, classes, 255.0, digest=digest)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
+        arrays = list(pool.map(lambda p: decode_image(p, size, channels), paths))
+    return _finish(torch.from_numpy(np.stack(arrays)), labels, classes, value_max=255.0)
+
+
+def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | None) -> Dataset:
+    if frame.empty:
+        raise DataError(f"{source}: the table is empty (no rows)")
+    if target not in frame.columns:
+        columns = ", ".join(map(str, frame.columns))
+        raise DataError(f"{source}: target column {target!r} not found; columns are: {columns}")
+    names = list(features) if features else [c for c in frame.columns if c != target]
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: feature columns not found: {', '.join(missing)}")
+    if not names:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}")
+    numeric = pd.api.types.is_numeric_dtype
+    non_numeric = [c for c in names if not numeric(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+    if non_numeric:
+        raise DataError(f"{source}: feature columns must be numeric; not numeric: {', '.join(map(str, non_numeric))}")
+    x = frame[names].to_numpy(dtype=np.float32)
+    nan_cols = [c for c, bad in zip(names, ~np.isfinite(x).all(axis=0), strict=True) if bad]
+    if nan_cols:
+        raise DataError(f"{source}: missing or infinite values in feature columns: {', '.join(map(str, nan_cols))}")
+    y = frame[target]
+    if y.isna().any():
+        raise DataError(f"{source}: target column {target!r} has {int(y.isna().sum())} missing values")
+    codes, uniques = pd.factorize(y, sort=True)
+    return _finish(torch.from_numpy(x), codes, [str(u) for u in uniques], feature_names=[str(n) for n in names])
+
+
+def _read_table(path, reader: Callable[[Path], pd.DataFrame], source: str) -> pd.DataFrame:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: no such file: {file}")
+    try:
+        return reader(file)
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{source}: cannot read {file}: {exc}") from exc
+
+
+def load_csv(path, target="label", features=None, **_) -> Dataset:
+    """Tabular data from a CSV file: numeric feature columns plus a target column."""
+    return _tabular(_read_table(path, pd.read_csv, "csv"), "csv", target, features)
+
+
+def load_parquet(path, target="label", features=None, **_) -> Dataset:
+    """Tabular data from a Parquet file: numeric feature columns plus a target column."""
+    return _tabular(_read_table(path, pd.read_parquet, "parquet"), "parquet", target, features)
+
+
+def load_torchvision(path, dataset=None, download=False, **_) -> Dataset:
+    """MNIST, FashionMNIST or CIFAR10 from a local root in torchvision's layout; downloads only when
+    `download`. Its train and test parts form one pool that the split step divides."""
+    import torchvision.datasets as tvd
+
+    if dataset not in TORCHVISION_DATASETS:
+        raise ConfigError(f"data.dataset: {dataset!r} is not a torchvision dataset trainflow reads; "
+                          f"valid: {', '.join(TORCHVISION_DATASETS)}")
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(getattr(tvd, dataset)(root=str(path), train=train, download=download))
+        except RuntimeError as exc:
+            raise DataError(f"{dataset} not found under {path} ({exc}); put the files there in torchvision's "
+                            "layout or set data.download: true") from exc
+    images, labels = [], []
+    for part in parts:
+        data = torch.as_tensor(np.asarray(part.data), dtype=torch.uint8)
+        images.append(data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2))  # NHW / NHWC -> NCHW
+        labels.append(torch.as_tensor(part.targets, dtype=torch.int64))
+    return _finish(torch.cat(images).contiguous(), torch.cat(labels), list(parts[0].classes), value_max=255.0)
+
+
+@dataclass(frozen=True)
+class Source:
+    load: Callable[..., Dataset]
+    image: bool  # images (C, H, W) rather than tabular features
+    needs_path: bool
+
+
+SOURCES: Registry[Source] = Registry("data source", {
+    "digits": Source(load_digits, image=True, needs_path=False),
+    "imagefolder": Source(load_imagefolder, image=True, needs_path=True),
+    "csv": Source(load_csv, image=False, needs_path=True),
+    "parquet": Source(load_parquet, image=False, needs_path=True),
+    "torchvision": Source(load_torchvision, image=True, needs_path=True),
+})
+
+
+def load(source: str, **options) -> Dataset:
+    """Ingest `source` with its options (path, dataset, target, features, image_size, ...)."""
+    return SOURCES[source].load(**options)
+
+
+def save_dataset(ds: Dataset, path: str | Path) -> None:
+    """Write a dataset to one file, readable with `torch.load(weights_only=True)`."""
+    inputs = ds.inputs
+    payload = {"labels": ds.labels, "classes": ds.classes, "digest": ds.digest,
+               "value_max": ds.value_max, "feature_names": ds.feature_names}
+    if isinstance(inputs, ImageFiles):
+        payload["files"] = {"paths": inputs.paths, "size": list(inputs.size), "channels": inputs.channels}
+    else:
+        payload["inputs"] = inputs
+    torch.save(payload, path)
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a dataset written by `save_dataset`."""
+    p = torch.load(path, weights_only=True)
+    if "files" in p:
+        f = p["files"]
+        inputs = ImageFiles(f["paths"], p["labels"].tolist(), tuple(f["size"]), f["channels"])
+    else:
+        inputs = p["inputs"]
+    return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])

@@ -1,0 +1,69 @@
+"""Train/validation/test split as a pandas manifest: one row per sample (index, label, split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainlib.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def _counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
+    """Sizes of each split for n samples: val and test rounded, train takes the rest."""
+    val, test = round(n * ratios["val"]), round(n * ratios["test"])
+    return {"train": n - val - test, "val": val, "test": test}
+
+
+def split_manifest(labels, train: float = 0.7, val: float = 0.15, test: float = 0.15,
+                   stratify: bool = True, seed: int = 0, classes: list[str] | None = None) -> pd.DataFrame:
+    """Assign every sample to exactly one split, deterministically for a seed.
+
+    With `stratify`, each class is split by the ratios on its own, so every split keeps the class
+    proportions. Returns columns `index` (row in the dataset), `label`, `split`, sorted by index.
+    """
+    labels = np.asarray(labels)
+    ratios = {"train": train, "val": val, "test": test}
+    wanted = [s for s in SPLITS if ratios[s] > 0]
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(labels))]
+    assigned = np.empty(len(labels), dtype=object)
+    for members in groups:
+        counts = _counts(len(members), ratios)
+        empty = [s for s in wanted if counts[s] == 0]
+        if empty:
+            what = "the dataset" if not stratify else f"class {_name(labels[members[0]], classes)!r}"
+            raise DataError(f"{what} has {len(members)} samples: too few for a{' stratified' if stratify else ''} "
+                            f"split into {'/'.join(wanted)} with ratios "
+                            f"{'/'.join(str(ratios[s]) for s in wanted)} ({', '.join(empty)} would be empty)")
+        order = rng.permutation(members)
+        edges = np.cumsum([counts[s] for s in SPLITS])[:-1]
+        for name, part in zip(SPLITS, np.split(order, edges), strict=True):
+            assigned[part] = name
+    return pd.DataFrame({"index": np.arange(len(labels)), "label": labels.astype(np.int64),
+                         "split": pd.Categorical(assigned, categories=list(SPLITS))})
+
+
+def _name(label, classes):
+    return classes[int(label)] if classes else int(label)
+
+
+def indices(manifest: pd.DataFrame, split: str) -> np.ndarray:
+    """Dataset rows of one split, in index order."""
+    return manifest.loc[manifest["split"] == split, "index"].to_numpy(dtype=np.int64)
+
+
+def save_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
+    manifest.to_csv(path, index=False)
+
+
+def load_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest written by `save_manifest`, checking its shape."""
+    frame = pd.read_csv(path)
+    if list(frame.columns) != ["index", "label", "split"] or not frame["split"].isin(SPLITS).all():
+        raise DataError(f"{path} is not a split manifest (columns index,label,split; splits {', '.join(SPLITS)})")
+    frame["split"] = pd.Categorical(frame["split"], categories=list(SPLITS))
+    return frame
