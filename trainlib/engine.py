@@ -1,0 +1,271 @@
+"""The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping,
+checkpoints, callbacks) and `predict_logits`.
+
+Hot-loop rules: data already on the device, batches by index slicing, no host syncs per batch
+(losses and accuracies accumulate as device tensors and are read once per epoch), metrics reported
+once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainlib.checkpoint import load_checkpoint, save_checkpoint
+from trainlib.data.batches import Data
+from trainlib.device import resolve_precision
+from trainlib.earlystop import EarlyStopping
+from trainlib.errors import ConfigError, TrainingError
+from trainlib.optim import penalized_weights, penalty
+from trainlib.registry import Registry
+from trainlib.schedules import LRSchedule
+
+EVAL_BATCH = 2048  # samples per forward pass when evaluating (no gradients held)
+
+
+class StopTraining(Exception):  # noqa: N818 - a request, not an error
+    """Raise from a callback to end training after the current epoch (the result is kept)."""
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after every epoch with its metrics; may raise StopTraining."""
+
+
+class Logger(Protocol):
+    """How tracking reaches the engine (the default does nothing)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str) -> None: ...
+
+
+class NullLogger:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str) -> None:
+        pass
+
+
+def _batch(n: int, batch_size: int) -> tuple[int, int]:
+    chunk = min(batch_size, n)
+    return chunk, math.ceil(n / chunk)  # full-batch GD: accumulate every chunk into one update
+
+
+# mode -> (n samples, batch_size) -> (samples per forward pass, forward passes per update)
+GD_MODES: Registry[Callable[[int, int], tuple[int, int]]] = Registry("gradient-descent mode", {
+    "batch": _batch,
+    "minibatch": lambda n, batch_size: (batch_size, 1),
+    "stochastic": lambda n, batch_size: (1, 1),
+})
+
+
+def updates_per_epoch(mode: str, n: int, batch_size: int) -> int:
+    """Optimizer updates in one epoch over n samples: 1 (batch), ceil(n / batch_size), or n."""
+    chunk, accumulate = GD_MODES[mode](n, batch_size)
+    return math.ceil(math.ceil(n / chunk) / accumulate)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one dict of metrics per epoch run
+    best_epoch: int | None  # epoch with the best monitored value (None without validation data)
+    best_value: float | None
+    monitor: str
+    stopped_epoch: int  # the last epoch run
+    stop_reason: str  # "completed", "early_stopping" or "callback"
+    restored_best: bool  # whether the model now holds the best epoch's weights
+    best_state: dict[str, torch.Tensor] | None
+    lrs: list[float] = field(default_factory=list)  # LR of every update (first param group)
+    updates_per_epoch: int = 0
+
+
+def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: torch.optim.Optimizer,
+        epochs: int, schedule: LRSchedule | None = None, batch_size: int = 64, mode: str = "minibatch",
+        l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None,
+        early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
+        device: torch.device | str = "cpu", precision: str = "auto", seed: int = 0,
+        callbacks: Sequence[Callback] = (), logger: Logger | None = None, checkpoint: str | Path | None = None,
+        resume: bool = False, meta: dict | None = None) -> FitResult:
+    """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
+
+    `checkpoint`: file rewritten after every epoch (model, optimizer, schedule, early stopping, RNG
+    states, history and `meta`); with `resume`, training continues from it when it exists and ends
+    with the same weights as an uninterrupted run (CPU, same seed).
+    """
+    device = torch.device(device)
+    chunk, accumulate = GD_MODES[mode](len(train), batch_size)
+    if mode == "minibatch" and batch_size > len(train):
+        raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({len(train)} "
+                          "samples) in minibatch mode; lower it or use training.mode: batch")
+    upe = updates_per_epoch(mode, len(train), batch_size)
+    loop = _Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
+                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment)
+    train, val = train.to(device), val.to(device) if val is not None else None
+    schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
+    es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
+    logger = logger or NullLogger()
+    shuffle = torch.Generator().manual_seed(seed)
+    aug_rng = torch.Generator(device=device).manual_seed(seed + 1)
+    history, lrs, start, reason = [], [], 1, "completed"
+    if resume and checkpoint and Path(checkpoint).exists():
+        ck = load_checkpoint(checkpoint)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        es.load_state_dict(ck["early_stopping"])
+        _set_rng(ck["rng"], shuffle, aug_rng)
+        history, lrs, reason = ck["history"], ck["lrs"], ck["stop_reason"]
+        start = ck["epoch"] + 1 if reason == "completed" else epochs + 1  # a stopped run stays stopped
+    for epoch in range(start, epochs + 1):
+        started = time.perf_counter()
+        metrics = loop.train_epoch(train.batches(chunk, shuffle), len(train), chunk, accumulate, schedule, lrs,
+                                   aug_rng, epoch)
+        seconds = time.perf_counter() - started
+        if val is not None:
+            metrics.update(loop.validate(val))
+        metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
+                       samples_per_second=len(train) / max(seconds, 1e-9))
+        history.append(metrics)
+        logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        try:
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, metrics)
+        except StopTraining:
+            reason = "callback"
+        if es.update(epoch, metrics, model) and reason == "completed":
+            reason = "early_stopping"
+        schedule.step_epoch(metrics)
+        if checkpoint:
+            save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            schedule=schedule.state_dict(), early_stopping=es.state_dict(),
+                            rng=_get_rng(shuffle, aug_rng), history=history, lrs=lrs, stop_reason=reason,
+                            meta=meta or {})
+        if reason != "completed":
+            break
+    restored = es.restore(model)
+    return FitResult(history, es.best_epoch, es.best, es.monitor, history[-1]["epoch"] if history else 0, reason,
+                     restored, es.best_state, lrs, upe)
+
+
+@dataclass
+class _Loop:
+    """One epoch of training and one pass of validation."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: torch.dtype | None
+    label_smoothing: float
+    grad_clip: float | None
+    weights: list[nn.Parameter]
+    l1: float
+    l2: float
+    augment: Callable | None
+
+    def __post_init__(self):
+        self.model.to(self.device)
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device, self.amp):
+            return self.model(x).float()
+
+    def train_epoch(self, batches, n: int, chunk: int, accumulate: int, schedule: LRSchedule,
+                    lrs: list[float], rng: torch.Generator, epoch: int) -> dict[str, float]:
+        """One pass over n samples in batches of `chunk`, one update per `accumulate` batches."""
+        self.model.train()
+        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        loss_sum, correct, pen_sum, first_bad = zero(), zero(), zero(), torch.full((), -1, device=self.device)
+        n_chunks, n_updates = math.ceil(n / chunk), 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(batches):
+            if self.augment is not None:
+                x = self.augment(x, rng)
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            # full-batch GD: weight each chunk's mean loss by its share, so the update sees the full mean
+            objective = loss * (len(y) / n) if accumulate > 1 else loss
+            last_chunk = (i + 1) % accumulate == 0 or i + 1 == n_chunks
+            if last_chunk and self.weights:
+                pen = penalty(self.weights, self.l1, self.l2)
+                objective = objective + pen
+                pen_sum += pen.detach()
+            objective.backward()
+            detached = loss.detach()
+            loss_sum += detached * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), i, first_bad)
+            if last_chunk:
+                lrs.append(self.optimizer.param_groups[0]["lr"])
+                if self.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                schedule.step_batch()
+                n_updates += 1
+        loss_v, acc_v, pen_v, bad = torch.stack([loss_sum / n, correct / n, pen_sum / max(n_updates, 1),
+                                                 first_bad.float()]).tolist()  # the one sync per epoch
+        if bad >= 0:
+            raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch {int(bad) + 1}; "
+                                "lower optimizer.lr or check the data for extreme values")
+        return {"train_loss": loss_v, "train_accuracy": acc_v, "penalty": pen_v, "lr": lrs[-n_updates]}
+
+    @torch.no_grad()
+    def validate(self, data: Data) -> dict[str, float]:
+        self.model.eval()
+        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for x, y in data.batches(EVAL_BATCH):
+            logits = self.forward(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        loss_v, acc_v = (torch.stack([loss_sum, correct]) / len(data)).tolist()
+        return {"val_loss": loss_v, "val_accuracy": acc_v}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _get_rng(shuffle: torch.Generator, aug: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "augment": aug.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict, shuffle: torch.Generator, aug: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    aug.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Data, device: torch.device | str = "cpu",
+                   precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) on the CPU for every sample of `data`, in order, with the model in eval mode."""
+    device = torch.device(device)
+    amp = resolve_precision(precision, device)
+    model.to(device).eval()
+    outs, labels = [], []
+    for x, y in data.to(device).batches(EVAL_BATCH):
+        with _autocast(device, amp):
+            outs.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)

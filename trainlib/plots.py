@@ -1,0 +1,70 @@
+"""Matplotlib figures: learning curves, LR schedule, confusion matrix, augmentation grid.
+
+Figures are built with matplotlib.figure.Figure (no pyplot state), so they are safe in threads and
+need no display. Save them with `fig.savefig(path)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+
+def learning_curves(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
+    """Loss and accuracy per epoch, train and validation."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    epochs = [h["epoch"] for h in history]
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            key = f"{split}_{metric}"
+            if history and key in history[0]:
+                ax.plot(epochs, [h[key] for h in history], marker=".", label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def lr_schedule(lrs: list[float], updates_per_epoch: int) -> Figure:
+    """The LR of every update, on an epoch axis."""
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(len(lrs)) / max(updates_per_epoch, 1), lrs)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """Confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
+    k = len(classes)
+    fig = Figure(figsize=(1.5 + 0.5 * k, 1.2 + 0.5 * k), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set_xticklabels(classes, rotation=90 if k > 12 else 0)
+    ax.set_yticklabels(classes)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] > threshold else "black")
+    return fig
+
+
+def augmentation_grid(grid: torch.Tensor, value_max: float) -> Figure:
+    """Grid of (rows, samples, C, H, W) images: first row originals, then augmented versions."""
+    rows, cols = grid.shape[:2]
+    fig = Figure(figsize=(1.2 * cols, 1.2 * rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    images = (grid.detach().float().cpu() / value_max).clamp(0, 1)
+    for r in range(rows):
+        for c in range(cols):
+            img = images[r, c].permute(1, 2, 0).numpy()
+            axes[r, c].imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+        axes[r, 0].set_title("original" if r == 0 else f"augmented {r}", fontsize=8, loc="left")
+    return fig
