@@ -1,0 +1,363 @@
+"""The pipeline config: pydantic models (frozen, unknown keys refused), YAML loading, --set overrides.
+
+Field names are public (CLI --set, YAML files, MLflow params, docs); every field has a default and a
+description giving its meaning or unit.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainlib.data.normalize import NORMALIZERS
+from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
+from trainlib.engine import GD_MODES
+from trainlib.errors import ConfigError
+from trainlib.models import MODELS
+from trainlib.monitor import MONITORS
+from trainlib.optim import OPTIMIZERS
+from trainlib.schedules import CYCLE_MODES, SCHEDULES
+
+
+def _one_of(registry):
+    return AfterValidator(registry.check)
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Count = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(Section):
+    source: Annotated[str, _one_of(SOURCES)] = Field(
+        "digits", description="digits (embedded 8x8 digits) | imagefolder | csv | parquet | torchvision")
+    path: str | None = Field(None, description="imagefolder: class-per-folder root; csv/parquet: the file; "
+                                               "torchvision: the dataset root")
+    dataset: str | None = Field(None, description="torchvision: " + " | ".join(TORCHVISION_DATASETS))
+    target: str = Field("label", description="csv/parquet: name of the target (class) column")
+    features: list[str] | None = Field(None, description="csv/parquet: feature columns (default: all but target)")
+    download: bool = Field(False, description="torchvision: download into path when missing (needs internet)")
+    image_size: tuple[Count, Count] = Field((32, 32), description="imagefolder: resize to (height, width) pixels")
+    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
+    stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
+    workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if SOURCES[self.source].needs_path and not self.path:
+            raise ConfigError(f"data.path: data.source {self.source} needs a path")
+        if self.source == "torchvision" and self.dataset not in TORCHVISION_DATASETS:
+            raise ConfigError(f"data.dataset: {self.dataset!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
+        return self
+
+
+class SplitConfig(Section):
+    train: Probability = Field(0.7, description="fraction of samples for training")
+    val: Probability = Field(0.15, description="fraction for validation (early stopping, plateau, tuning)")
+    test: Probability = Field(0.15, description="fraction held out for the final test metrics")
+    stratify: bool = Field(True, description="keep class proportions equal in every split")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
+
+    @model_validator(mode="after")
+    def _ratios(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1) > 1e-6:
+            raise ConfigError(f"split: train + val + test must sum to 1 (got {self.train} + {self.val} + "
+                              f"{self.test} = {total:g})")
+        if self.train == 0:
+            raise ConfigError("split.train: must be above 0")
+        return self
+
+
+class NormalizeConfig(Section):
+    method: Annotated[str, _one_of(NORMALIZERS)] = Field(
+        "standardize", description="none | minmax ([0,1]) | symmetric ([-1,1]) | standardize (mean 0, std 1); "
+                                   "per channel (images) or feature (tabular), fitted on train only")
+
+
+class AugmentConfig(Section):
+    rotation: Annotated[float, Field(ge=0, le=180)] = Field(0, description="max rotation, degrees (+-)")
+    scale: tuple[Positive, Positive] = Field((1, 1), description="zoom factor range (low, high)")
+    translate: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="max shift, fraction of size (+-)")
+    hflip: Probability = Field(0, description="probability of a horizontal flip")
+    vflip: Probability = Field(0, description="probability of a vertical flip")
+    brightness: NonNegative = Field(0, description="brightness factor drawn from [1-b, 1+b]")
+    contrast: NonNegative = Field(0, description="contrast factor drawn from [1-c, 1+c]")
+    saturation: NonNegative = Field(0, description="saturation factor from [1-s, 1+s] (RGB only)")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0, description="hue shift, fraction of a turn (+-, RGB only)")
+    noise: NonNegative = Field(0, description="std of Gaussian noise, in units of the pixel range")
+    erasing: Probability = Field(0, description="probability of erasing a random rectangle")
+    expand: Annotated[int, Field(ge=0)] = Field(0, description="offline: add N augmented copies of the train split "
+                                                                "(then no online augmentation)")
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.scale[0] > self.scale[1]:
+            raise ConfigError(f"augment.scale: low {self.scale[0]} is above high {self.scale[1]}")
+        if self.expand and not self.active:
+            raise ConfigError("augment.expand: needs at least one augmentation switched on")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return any(v for k, v in self.transforms().items() if k != "scale") or tuple(self.scale) != (1, 1)
+
+    def transforms(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"expand"})
+
+
+class ModelConfig(Section):
+    name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="dropout probability before the head "
+                                                                            "(and after each mlp layer)")
+    hidden: list[Count] = Field([256, 128], description="mlp: hidden layer sizes")
+    channels: list[Count] = Field([32, 64], description="cnn: widths of the conv blocks (each halves the size)")
+
+
+class OptimizerConfig(Section):
+    name: Annotated[str, _one_of(OPTIMIZERS)] = Field("adam", description="sgd | adam | adamw | rmsprop | adagrad")
+    lr: Positive = Field(0.001, description="base learning rate")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
+    weight_decay: NonNegative = Field(0, description="optimizer weight decay (decoupled for adamw)")
+    betas: tuple[Probability, Probability] = Field((0.9, 0.999), description="adam, adamw: moment decay rates")
+    alpha: Fraction = Field(0.99, description="rmsprop: smoothing of the squared-gradient average")
+    eps: Positive = Field(1e-8, description="adam, adamw, rmsprop, adagrad: denominator epsilon")
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ConfigError("optimizer.nesterov: needs optimizer.name sgd and optimizer.momentum above 0")
+        return self
+
+
+class RegularizationConfig(Section):
+    l1: NonNegative = Field(0, description="L1 penalty weight: l1 * sum|w| over weights (not biases/norms)")
+    l2: NonNegative = Field(0, description="L2 penalty weight: l2 * sum w^2 over weights (not biases/norms)")
+
+
+class ScheduleConfig(Section):
+    name: Annotated[str, _one_of(SCHEDULES)] = Field(
+        "none", description="none | step | exponential | cyclical | onecycle | cosine | plateau")
+    warmup_epochs: NonNegative = Field(0, description="linear warmup over this many epochs (per update)")
+    step_size: Count = Field(10, description="step: epochs between decays")
+    gamma: Fraction = Field(0.1, description="step: LR factor at each decay")
+    decay: Fraction = Field(0.95, description="exponential: LR factor per epoch")
+    min_lr: NonNegative = Field(0, description="cosine: final LR; plateau: lowest LR")
+    max_lr: Positive | None = Field(None, description="cyclical: upper LR; onecycle: peak LR (default 10 x lr)")
+    cycle_epochs: Positive = Field(4, description="cyclical: epochs per full cycle (up and down)")
+    cycle_mode: Literal[CYCLE_MODES] = Field("triangular", description=" | ".join(CYCLE_MODES))
+    cycle_gamma: Fraction = Field(0.9, description="cyclical exp_range: amplitude factor per epoch")
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.3, description="onecycle: fraction of updates rising")
+    div_factor: Positive = Field(25, description="onecycle: start LR = max_lr / div_factor")
+    final_div_factor: Positive = Field(1e4, description="onecycle: final LR = start LR / final_div_factor")
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="plateau: LR factor on a plateau")
+    plateau_patience: Annotated[int, Field(ge=0)] = Field(5, description="plateau: epochs without improvement")
+    plateau_monitor: Annotated[str, _one_of(MONITORS)] = Field("val_loss", description="plateau: watched metric")
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = Field(True, description="stop when the monitored metric stops improving")
+    monitor: Annotated[str, _one_of(MONITORS)] = Field("val_loss", description="val_loss | val_accuracy")
+    patience: Count = Field(5, description="epochs without improvement before stopping")
+    min_delta: NonNegative = Field(0, description="smallest change that counts as improvement")
+    restore_best: bool = Field(True, description="end with the best epoch's weights")
+
+
+def _device(name: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"{name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return name
+
+
+class TrainingConfig(Section):
+    mode: Annotated[str, _one_of(GD_MODES)] = Field(
+        "minibatch", description="batch (full-batch GD: 1 update/epoch) | minibatch | stochastic (batch of 1)")
+    batch_size: Count = Field(64, description="samples per update (minibatch); memory chunk size (batch)")
+    epochs: Count = Field(30, description="maximum epochs")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of weights, shuffling, dropout, augmentation")
+    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto (CUDA when present) | cpu | "
+                                                                              "cuda | cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    threads: Count | None = Field(None, description="CPU threads for torch (default: the CPU quota)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="cross-entropy label smoothing")
+    grad_clip: Positive | None = Field(None, description="clip the gradient norm to this value")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+class RegisterConfig(Section):
+    min_test_accuracy: Probability = Field(0.9, description="gate: lowest test accuracy that may be promoted")
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
+
+
+# `register` is public (the config contract) but shadows ABCMeta.register, which nothing here uses.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class PipelineConfig(Section):
+        name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                          description="experiment and registered-model name")
+        data: DataConfig = DataConfig()
+        split: SplitConfig = SplitConfig()
+        normalize: NormalizeConfig = NormalizeConfig()
+        augment: AugmentConfig = AugmentConfig()
+        model: ModelConfig = ModelConfig()
+        optimizer: OptimizerConfig = OptimizerConfig()
+        regularization: RegularizationConfig = RegularizationConfig()
+        schedule: ScheduleConfig = ScheduleConfig()
+        training: TrainingConfig = TrainingConfig()
+        register: RegisterConfig = RegisterConfig()
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            tabular = not SOURCES[self.data.source].image
+            if tabular and self.model.name != "mlp":
+                raise ConfigError(f"model.name: {self.model.name} needs images; data.source {self.data.source} is "
+                                  "tabular (use mlp)")
+            if tabular and self.augment.active:
+                raise ConfigError(f"augment: image augmentation needs images; data.source {self.data.source} "
+                                  "is tabular")
+            if self.split.val == 0:
+                if self.training.early_stopping.enabled:
+                    raise ConfigError("training.early_stopping: needs a validation split (split.val > 0) "
+                                      "or enabled: false")
+                if self.schedule.name == "plateau":
+                    raise ConfigError("schedule.name: plateau needs a validation split (split.val > 0)")
+            max_lr = self.schedule.max_lr
+            if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
+                raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")
+            return self
+
+
+# ---------------------------------------------------------------- loading, overrides, errors
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    cls: Any = PipelineConfig
+    for part in path:
+        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return []
+        cls = field.annotation
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _message(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = get_close_matches(str(error["loc"][-1]), _fields_at([str(p) for p in error["loc"][:-1]]), n=1)
+        hint = f" (did you mean {'.'.join([*map(str, error['loc'][:-1]), close[0]])!r}?)" if close else ""
+        return f"{loc}: unknown key{hint}"
+    if error["type"] == "value_error":
+        text = str(error["ctx"]["error"])
+        named = ":" in text and " " not in text.split(":", 1)[0]  # already starts with "field.name:"
+        return text if named or not loc else f"{loc}: {text}"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc or 'config'}: {error['msg']}{shown}"
+
+
+def validate(raw: dict) -> PipelineConfig:
+    """Validate a raw dict; errors become one ConfigError with a readable line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = list(dict.fromkeys(_message(e) for e in exc.errors()))
+        raise ConfigError("invalid config: " + lines[0] if len(lines) == 1 else
+                          "invalid config:\n" + "\n".join(f"  - {line}" for line in lines)) from None
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parents[:i + 1])} is a value, not a section: cannot set {key}")
+        node = child
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value), the value read as YAML (numbers, booleans, lists, null)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file, with a readable error for a missing file or bad YAML."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping of config sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """The config from an optional YAML file plus `key=value` overrides, validated once."""
+    raw = read_yaml(path) if path else {}
+    for item in overrides:
+        _set(raw, *parse_set(item))
+    return validate(raw)
+
+
+def override(config: PipelineConfig, updates: dict[str, Any]) -> PipelineConfig:
+    """A copy of `config` with dotted keys replaced, validated again."""
+    raw = copy.deepcopy(config.model_dump(mode="json"))
+    for key, value in updates.items():
+        _set(raw, key, value)
+    return validate(raw)
+
+
+def flatten(config: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value for every leaf (MLflow params)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def reference(cls: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, description) for every field: the config reference."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += reference(ann, f"{prefix}{name}.")
+        else:
+            rows.append((prefix + name, field.default, field.description or ""))
+    return rows

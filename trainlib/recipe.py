@@ -1,0 +1,119 @@
+"""Config slices -> library calls, one function per pipeline stage.
+
+The library's building blocks take plain arguments; this module is the one place that maps the
+config's sections onto them, so Prefect tasks (and fan-out trials, ensemble members) stay thin and
+never repeat that mapping. `run` chains every stage in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from trainlib import engine, models, optim
+from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig
+from trainlib.data import normalize, sources
+from trainlib.data.augment import Augmenter
+from trainlib.data.batches import Data, TensorData, input_chunks, subset
+from trainlib.data.split import indices, split_manifest
+from trainlib.device import configure_threads, resolve_device
+from trainlib.earlystop import EarlyStopping
+from trainlib.errors import ConfigError
+from trainlib.metrics import Evaluation, evaluate
+from trainlib.schedules import LRSchedule
+
+
+def ingest(data: DataConfig) -> sources.Dataset:
+    return sources.load(data.source, **data.model_dump(exclude={"source"}))
+
+
+def split(ds: sources.Dataset, cfg: SplitConfig) -> pd.DataFrame:
+    return split_manifest(ds.labels.numpy(), **cfg.model_dump(), classes=ds.classes)
+
+
+def part(ds: sources.Dataset, manifest: pd.DataFrame, name: str, workers: int = 2) -> Data:
+    """One split of the dataset ("train", "val" or "test")."""
+    return subset(ds, indices(manifest, name), workers)
+
+
+def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeConfig) -> normalize.NormStats:
+    """Normalization statistics from the train split only."""
+    return normalize.fit(cfg.method, input_chunks(part(ds, manifest, "train")), ds.is_image)
+
+
+def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | None:
+    """The configured augmentation, or None when every transform is off."""
+    return Augmenter(**cfg.transforms(), value_max=ds.value_max) if cfg.active and ds.is_image else None
+
+
+def expand(train: Data, aug: Augmenter, copies: int, seed: int) -> TensorData:
+    """Offline augmentation: the train split plus `copies` augmented copies of it."""
+    if not isinstance(train, TensorData):
+        raise ConfigError("augment.expand: needs in-memory data (data.stream: false)")
+    x, y = aug.expand(train.inputs, train.labels, copies, torch.Generator().manual_seed(seed))
+    return TensorData(x, y)
+
+
+def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormStats | None) -> models.Classifier:
+    torch.manual_seed(cfg.training.seed)  # the same seed gives the same initial weights
+    return models.build(cfg.model.name, ds.sample_shape, len(ds.classes), norm,
+                        **cfg.model.model_dump(exclude={"name"}))
+
+
+def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
+          *, train_data: Data | None = None, callbacks=(), logger=None, checkpoint: str | Path | None = None,
+          resume: bool = False) -> tuple[models.Classifier, engine.FitResult]:
+    """Build the model, optimizer and schedule from `cfg` and fit on the train split (or `train_data`,
+    e.g. an expanded train split), validating on the val split."""
+    t = cfg.training
+    configure_threads(t.threads)
+    device = resolve_device(t.device)
+    model = build_model(cfg, ds, norm)
+    aug = augmenter(cfg.augment, ds)
+    if train_data is None:
+        train_data = part(ds, manifest, "train", cfg.data.workers)
+        if aug and cfg.augment.expand:
+            train_data = expand(train_data, aug, cfg.augment.expand, t.seed)
+    online = None if cfg.augment.expand else aug  # expanded data is not augmented again
+    val = part(ds, manifest, "val", cfg.data.workers) if cfg.split.val > 0 else None
+    optimizer = optim.build(cfg.optimizer.name, model.parameters(), **cfg.optimizer.model_dump(exclude={"name"}))
+    upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size)
+    schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
+                          **cfg.schedule.model_dump(exclude={"name"}))
+    result = engine.fit(
+        model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
+        mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
+        early_stopping=EarlyStopping(**t.early_stopping.model_dump()), label_smoothing=t.label_smoothing,
+        grad_clip=t.grad_clip, device=device, precision=t.precision, seed=t.seed, callbacks=callbacks,
+        logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")})
+    return model, result
+
+
+def test(cfg: PipelineConfig, model: torch.nn.Module, ds: sources.Dataset, manifest: pd.DataFrame,
+         split_name: str = "test") -> Evaluation:
+    """Evaluate on one split (the test split by default)."""
+    return evaluate(model, part(ds, manifest, split_name, cfg.data.workers), ds.classes,
+                    resolve_device(cfg.training.device), cfg.training.precision)
+
+
+@dataclass
+class Outcome:
+    dataset: sources.Dataset
+    manifest: pd.DataFrame
+    norm: normalize.NormStats
+    model: models.Classifier
+    fit: engine.FitResult
+    evaluation: Evaluation | None  # None when there is no test split
+
+
+def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
+    """Every stage in memory: ingest, split, normalize, (augment), train, evaluate on test."""
+    ds = ingest(cfg.data)
+    manifest = split(ds, cfg.split)
+    norm = fit_normalizer(ds, manifest, cfg.normalize)
+    model, result = train(cfg, ds, manifest, norm, callbacks=callbacks, logger=logger)
+    evaluation = test(cfg, model, ds, manifest) if cfg.split.test > 0 else None
+    return Outcome(ds, manifest, norm, model, result, evaluation)
