@@ -1,0 +1,75 @@
+"""Shared fixtures: small real datasets written to temporary folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from trainlib.data import sources
+
+
+@pytest.fixture(scope="session")
+def digits() -> sources.Dataset:
+    return sources.load("digits")
+
+
+def write_images(root, per_class: int = 6, classes=("cat", "dog", "owl"), seed: int = 0):
+    """A class-per-folder tree of images of mixed sizes and modes (RGB, grayscale, RGBA, palette)."""
+    rng = np.random.default_rng(seed)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = int(rng.integers(10, 40)), int(rng.integers(10, 40))
+            arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            arr[..., c % 3] = 200  # a class-dependent color so a model can learn it
+            img = Image.fromarray(arr).convert(modes[i % len(modes)])
+            img.save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    return write_images(tmp_path / "images")
+
+
+def tabular_frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    label = rng.choice(["a", "b", "c"], n)
+    centers = {"a": 0.0, "b": 3.0, "c": -3.0}
+    x1 = np.array([centers[v] for v in label]) + rng.normal(0, 1, n)
+    return pd.DataFrame({"x1": x1, "x2": rng.normal(0, 1, n), "x3": rng.integers(0, 5, n), "label": label})
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "table.csv"
+    tabular_frame().to_csv(path, index=False)
+    return path
+
+
+def write_idx(path, array: np.ndarray):
+    """An IDX (MNIST-format) ubyte file."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_mnist(root, name: str = "MNIST", n_train: int = 40, n_test: int = 20):
+    """MNIST-layout files with random content under root/<name>/raw (torchvision reads them offline)."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+@pytest.fixture
+def small_digits(digits) -> sources.Dataset:
+    """A 400-sample subset of digits, for quick training tests."""
+    idx = torch.arange(400)
+    return sources.Dataset(digits.inputs[idx], digits.labels[idx], digits.classes, "small", digits.value_max)

@@ -1,0 +1,191 @@
+"""The engine: gradient-descent modes, early stopping, checkpoints and resume, callbacks, determinism."""
+
+import math
+
+import pytest
+import torch
+
+from trainlib import engine, models, optim
+from trainlib.checkpoint import load_checkpoint
+from trainlib.data.batches import TensorData
+from trainlib.earlystop import EarlyStopping
+from trainlib.engine import GD_MODES, StopTraining, fit
+from trainlib.errors import ConfigError, TrainingError
+from trainlib.schedules import LRSchedule
+
+
+def _data(small_digits, lo=0, hi=300):
+    return TensorData(small_digits.inputs[lo:hi], small_digits.labels[lo:hi])
+
+
+def _model(name="mlp", seed=0, **options):
+    torch.manual_seed(seed)
+    return models.build(name, (1, 8, 8), 10, None, **({"hidden": [32], "dropout": 0.0} | options))
+
+
+def _fit(model, train, val=None, lr=0.01, **kw):
+    opt = optim.build(kw.pop("optimizer", "adam"), model.parameters(), lr=lr)
+    return fit(model, train, val, optimizer=opt, **({"epochs": 2} | kw)), opt
+
+
+class Steps:
+    def __init__(self, opt):
+        self.count = 0
+        opt.register_step_post_hook(lambda *_: setattr(self, "count", self.count + 1))
+
+
+@pytest.mark.parametrize("mode", sorted(GD_MODES))
+def test_updates_per_epoch_by_mode(mode, small_digits):
+    train = _data(small_digits, 0, 100)
+    model = _model()
+    opt = optim.build("sgd", model.parameters(), lr=0.01)
+    steps = Steps(opt)
+    result = fit(model, train, optimizer=opt, epochs=3, batch_size=32, mode=mode)
+    expected = {"batch": 1, "minibatch": math.ceil(100 / 32), "stochastic": 100}[mode]
+    assert steps.count == 3 * expected
+    assert [h["updates"] for h in result.history] == [expected] * 3
+    assert engine.updates_per_epoch(mode, 100, 32) == expected and len(result.lrs) == 3 * expected
+
+
+def test_full_batch_accumulation_equals_one_big_batch(small_digits):
+    train = _data(small_digits, 0, 100)
+    a, b = _model(), _model()
+    _fit(a, train, mode="batch", batch_size=100, epochs=3, optimizer="sgd", lr=0.1)
+    _fit(b, train, mode="batch", batch_size=7, epochs=3, optimizer="sgd", lr=0.1)  # 15 chunks, 1 update
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_same_seed_same_metrics(small_digits):
+    train, val = _data(small_digits), _data(small_digits, 300, 400)
+    runs = [_fit(_model("cnn", channels=[8], dropout=0.3), train, val, epochs=3, seed=4)[0].history for _ in range(2)]
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_seconds", "samples_per_second")} for e in h]  # noqa: E731
+    assert strip(runs[0]) == strip(runs[1])
+
+
+def test_early_stopping_on_a_scripted_plateau_restores_the_best_weights(small_digits):
+    script = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+
+    class Scripted:  # replaces the real val_loss with a plateau, and snapshots the weights of every epoch
+        def __init__(self, model):
+            self.model, self.snapshots = model, {}
+
+        def on_epoch_end(self, epoch, metrics):
+            metrics["val_loss"] = script[epoch - 1]
+            self.snapshots[epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    model = _model()
+    scripted = Scripted(model)
+    result, _ = _fit(model, _data(small_digits), _data(small_digits, 300, 400), epochs=8, callbacks=[scripted],
+                     early_stopping=EarlyStopping("val_loss", patience=3))
+    assert (result.best_epoch, result.stopped_epoch, result.stop_reason) == (2, 5, "early_stopping")
+    assert result.restored_best and len(result.history) == 5
+    best, last = scripted.snapshots[2], scripted.snapshots[5]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_min_delta_and_accuracy_mode():
+    es = EarlyStopping("val_accuracy", patience=2, min_delta=0.05, restore_best=False)
+    model = torch.nn.Linear(1, 1)
+    stops = [es.update(e, {"val_accuracy": v}, model) for e, v in enumerate([0.5, 0.54, 0.53, 0.6], 1)]
+    assert stops == [False, False, True, False] and es.best_epoch == 4  # 0.54 is not 0.05 better than 0.5
+
+
+def test_no_early_stop_when_disabled_but_best_epoch_is_reported(small_digits):
+    result, _ = _fit(_model(), _data(small_digits), _data(small_digits, 300, 400), lr=0.0, epochs=4,
+                     early_stopping=EarlyStopping(patience=1, enabled=False))
+    assert result.stopped_epoch == 4 and result.stop_reason == "completed" and result.best_epoch == 1
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):
+    train, val = _data(small_digits), _data(small_digits, 300, 400)
+
+    def run(ckpt, callbacks=(), resume=False):
+        model = _model("cnn", channels=[8], dropout=0.3)
+        opt = optim.build("sgd", model.parameters(), lr=0.05, momentum=0.9)
+        sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32))
+        aug = lambda x, g: x + torch.rand(x.shape, generator=g)  # noqa: E731 - uses the engine's RNG
+        result = fit(model, train, val, optimizer=opt, schedule=sched, epochs=6, batch_size=32, augment=aug,
+                     early_stopping=EarlyStopping(patience=10), checkpoint=ckpt, resume=resume, callbacks=callbacks,
+                     meta={"config": {"name": "t"}})
+        return model, result
+
+    class Crash:
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 3:
+                raise RuntimeError("killed")
+
+    full_model, full = run(tmp_path / "full.pt")
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "part.pt", [Crash()])
+    assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 2  # the crash came before epoch 3 was saved
+    resumed_model, resumed = run(tmp_path / "part.pt", resume=True)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    for k, v in full_model.state_dict().items():
+        assert torch.equal(v, resumed_model.state_dict()[k]), k
+    saved = load_checkpoint(tmp_path / "full.pt")
+    assert saved["meta"]["config"] == {"name": "t"} and saved["epoch"] == 6
+
+
+def test_callback_can_stop_training(small_digits):
+    class StopAt2:
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise StopTraining
+
+    result, _ = _fit(_model(), _data(small_digits), epochs=10, callbacks=[StopAt2()])
+    assert result.stopped_epoch == 2 and result.stop_reason == "callback"
+
+
+def test_metrics_every_epoch_reach_the_logger(small_digits):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log_metrics(self, metrics, step):
+            self.calls.append((step, metrics))
+
+        def log_artifact(self, path):
+            pass
+
+    rec = Recorder()
+    _fit(_model(), _data(small_digits), _data(small_digits, 300, 400), epochs=3, logger=rec, l2=1e-3)
+    assert [s for s, _ in rec.calls] == [1, 2, 3]
+    expected = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "penalty", "updates",
+                "epoch_seconds", "samples_per_second"}
+    assert all(set(m) == expected for _, m in rec.calls) and rec.calls[0][1]["penalty"] > 0
+
+
+def test_penalty_is_reported_apart_from_the_data_loss(small_digits):
+    train = _data(small_digits)
+    plain, _ = _fit(_model(), train, lr=0.0, epochs=1)
+    heavy, _ = _fit(_model(), train, lr=0.0, epochs=1, l2=10.0)
+    assert heavy.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"])
+    weights = optim.penalized_weights(_model())
+    assert heavy.history[0]["penalty"] == pytest.approx(optim.penalty(weights, l2=10.0).item(), rel=1e-5)
+
+
+def test_l1_yields_more_near_zero_weights(small_digits):
+    train = _data(small_digits)
+
+    def near_zero(l1):
+        model = _model(hidden=[64])
+        _fit(model, train, optimizer="sgd", lr=0.05, epochs=15, l1=l1)
+        w = torch.cat([p.detach().flatten() for p in optim.penalized_weights(model)])
+        return (w.abs() < 1e-2).float().mean().item()
+
+    none, l1 = near_zero(0.0), near_zero(1e-2)
+    assert l1 > none + 0.2, (none, l1)
+
+
+def test_nan_loss_stops_with_epoch_and_batch(small_digits):
+    x = small_digits.inputs[:64].float().clone()
+    x[:, :, 0, 0] = float("inf")  # every sample: the very first batch already fails
+    with pytest.raises(TrainingError, match="NaN or infinite in epoch 1 at batch 1"):
+        _fit(_model(), TensorData(x, small_digits.labels[:64]), batch_size=16, epochs=3)
+
+
+def test_batch_size_larger_than_train_split_is_a_config_error(small_digits):
+    with pytest.raises(ConfigError, match=r"training.batch_size \(500\) is larger than the train split \(300"):
+        _fit(_model(), _data(small_digits), batch_size=500)

@@ -1,0 +1,82 @@
+"""Model builders, optimizers and the L1/L2 penalties."""
+
+import pytest
+import torch
+from torch import nn
+
+from trainlib import models, optim
+from trainlib.data import normalize
+from trainlib.errors import ConfigError
+from trainlib.models import MODELS
+from trainlib.optim import OPTIMIZERS
+
+OPTIONS = {"dropout": 0.3, "hidden": [32], "channels": [8, 16]}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_every_model_maps_images_to_logits(name, shape):
+    model = models.build(name, shape, 7, None, **OPTIONS)
+    out = model(torch.randint(0, 255, (4, *shape), dtype=torch.uint8))
+    assert out.shape == (4, 7) and out.dtype == torch.float32
+    drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(p == 0.3 for p in drops)
+
+
+def test_mlp_takes_tabular_and_image_models_refuse_it():
+    assert models.build("mlp", (5,), 3, None, **OPTIONS)(torch.randn(2, 5)).shape == (2, 3)
+    for name in ("cnn", "resnet18"):
+        with pytest.raises(ConfigError, match=f"{name} needs image inputs"):
+            models.build(name, (5,), 3, None, **OPTIONS)
+
+
+def test_resnet18_stem_is_adapted_to_small_images_and_channels():
+    net = models.build("resnet18", (1, 8, 8), 10, None, dropout=0.1).net
+    assert net.conv1.in_channels == 1 and net.conv1.stride == (1, 1) and isinstance(net.maxpool, nn.Identity)
+
+
+def test_normalization_is_inside_the_model_and_saved_with_it(tmp_path):
+    raw = torch.randint(0, 16, (10, 1, 8, 8)).to(torch.uint8)
+    stats = normalize.fit("standardize", raw, image=True)
+    model = models.build("cnn", (1, 8, 8), 10, stats, **OPTIONS).eval()
+    models.save_model(tmp_path / "m.pt", model, classes=list("0123456789"))
+    back, saved = models.load_model(tmp_path / "m.pt")
+    assert torch.equal(back(raw), model(raw)) and saved["classes"][3] == "3"
+    assert torch.allclose(model.normalize(raw), (raw.float() - stats.shift[0]) * stats.scale[0])
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_lowers_a_simple_loss(name):
+    torch.manual_seed(0)
+    x, w_true = torch.randn(64, 4), torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    model = nn.Linear(4, 1)
+    opt = optim.build(name, model.parameters(), lr=0.2, momentum=0.5, weight_decay=0.0)
+    loss = lambda: ((model(x) - x @ w_true) ** 2).mean()  # noqa: E731
+    before = loss().item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * before
+
+
+def test_optimizer_options_reach_torch():
+    p = [nn.Parameter(torch.zeros(2))]
+    sgd = optim.build("sgd", p, lr=0.1, momentum=0.8, nesterov=True, weight_decay=0.01)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 0.01
+    assert optim.build("adam", p, lr=0.1, betas=(0.8, 0.9)).defaults["betas"] == (0.8, 0.9)
+    assert optim.build("rmsprop", p, lr=0.1, alpha=0.9).defaults["alpha"] == 0.9
+    assert isinstance(optim.build("adamw", p, lr=0.1), torch.optim.AdamW)
+
+
+def test_penalty_acts_on_weights_not_biases_or_norms():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    weights = optim.penalized_weights(model)
+    assert [tuple(w.shape) for w in weights] == [(2, 1, 3, 3), (3, 2)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(-0.5)
+    n = sum(w.numel() for w in weights)
+    assert optim.penalty(weights, l1=0.1).item() == pytest.approx(0.1 * 0.5 * n)
+    assert optim.penalty(weights, l2=0.1).item() == pytest.approx(0.1 * 0.25 * n)
+    assert optim.penalty(weights).item() == 0.0

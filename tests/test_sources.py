@@ -1,0 +1,131 @@
+"""Ingest: every source yields inputs, integer labels, class names and a content digest."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tabular_frame, write_fake_mnist, write_images
+
+from trainlib.data import sources
+from trainlib.data.sources import SOURCES, load_dataset, save_dataset
+from trainlib.errors import DataError
+
+
+def _options(source, tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if source == "digits":
+        return {}
+    if source == "imagefolder":
+        return {"path": write_images(tmp_path / "img"), "image_size": (16, 12), "channels": 3}
+    if source == "csv":
+        tabular_frame().to_csv(tmp_path / "t.csv", index=False)
+        return {"path": tmp_path / "t.csv", "target": "label"}
+    if source == "parquet":
+        tabular_frame().to_parquet(tmp_path / "t.parquet")
+        return {"path": tmp_path / "t.parquet", "target": "label"}
+    if source == "torchvision":
+        return {"path": write_fake_mnist(tmp_path / "tv"), "dataset": "MNIST"}
+    raise AssertionError(f"no fixture for source {source}")
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_source_yields_the_same_kind_of_dataset(source, tmp_path):
+    ds = sources.load(source, **_options(source, tmp_path))
+    assert len(ds.inputs) == len(ds.labels) > 0
+    assert ds.labels.dtype == torch.int64
+    assert set(ds.labels.tolist()) <= set(range(len(ds.classes))) and len(ds.classes) >= 2
+    assert len(ds.digest) == 64 and ds.digest == sources.load(source, **_options(source, tmp_path / "again")).digest
+    assert ds.is_image == SOURCES[source].image
+
+
+def test_digits_is_the_embedded_default(digits):
+    assert digits.inputs.shape == (1797, 1, 8, 8) and digits.value_max == 16
+    assert digits.inputs.max() == 16 and digits.classes == [str(d) for d in range(10)]
+
+
+def test_imagefolder_converts_and_resizes_any_size_and_mode(image_root):
+    gray = sources.load("imagefolder", path=image_root, image_size=(20, 24), channels=1)
+    rgb = sources.load("imagefolder", path=image_root, image_size=(20, 24), channels=3)
+    assert gray.inputs.shape == (18, 1, 20, 24) and rgb.inputs.shape == (18, 3, 20, 24)
+    assert gray.inputs.dtype == torch.uint8 and gray.classes == ["cat", "dog", "owl"]
+    assert gray.digest != rgb.digest
+
+
+def test_imagefolder_stream_decodes_the_same_pixels(image_root):
+    memory = sources.load("imagefolder", path=image_root, image_size=(16, 16))
+    streamed = sources.load("imagefolder", path=image_root, image_size=(16, 16), stream=True)
+    assert streamed.streamed and streamed.sample_shape == (3, 16, 16)
+    for i in (0, 7, 17):
+        x, y = streamed.inputs[i]
+        assert torch.equal(x, memory.inputs[i]) and y == memory.labels[i]
+
+
+def test_digest_follows_the_content(tmp_path):
+    frame = tabular_frame()
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.assign(x2=frame.x2 + 1).to_csv(tmp_path / "b.csv", index=False)
+    assert sources.load("csv", path=tmp_path / "a.csv").digest != sources.load("csv", path=tmp_path / "b.csv").digest
+
+
+def test_tabular_columns_and_classes(csv_file):
+    ds = sources.load("csv", path=csv_file, target="label", features=["x1", "x3"])
+    assert ds.inputs.shape == (120, 2) and ds.inputs.dtype == torch.float32
+    assert ds.feature_names == ["x1", "x3"] and ds.classes == ["a", "b", "c"] and not ds.is_image
+
+
+def test_torchvision_pools_train_and_test(tmp_path):
+    ds = sources.load("torchvision", path=write_fake_mnist(tmp_path, "FashionMNIST"), dataset="FashionMNIST")
+    assert ds.inputs.shape == (60, 1, 28, 28) and ds.value_max == 255 and len(ds.classes) == 10
+
+
+def test_torchvision_missing_files_say_how_to_provide_them(tmp_path):
+    with pytest.raises(DataError, match="CIFAR10 not found under .*data.download: true"):
+        sources.load("torchvision", path=tmp_path, dataset="CIFAR10")
+
+
+def test_dataset_file_round_trip(digits, image_root, tmp_path):
+    save_dataset(digits, tmp_path / "d.pt")
+    back = load_dataset(tmp_path / "d.pt")
+    assert torch.equal(back.inputs, digits.inputs) and back.digest == digits.digest and back.value_max == 16
+    streamed = sources.load("imagefolder", path=image_root, stream=True)
+    save_dataset(streamed, tmp_path / "s.pt")
+    assert load_dataset(tmp_path / "s.pt").inputs.paths == streamed.inputs.paths
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: p, "no such directory"),
+    (lambda p: (p.mkdir(), p)[1], "Couldn't find any class folder"),
+    (lambda p: (write_images(p), (p / "empty").mkdir(), p)[2], "no valid file for the classes empty"),
+])
+def test_imagefolder_bad_folders(tmp_path, make, expected):
+    root = make(tmp_path / "root")
+    with pytest.raises(DataError, match=expected):
+        sources.load("imagefolder", path=root)
+
+
+def test_corrupt_and_truncated_images_name_the_file(image_root):
+    (image_root / "cat" / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"cannot read image .*bad\.png"):
+        sources.load("imagefolder", path=image_root)
+    (image_root / "cat" / "bad.png").unlink()
+    good = (image_root / "dog" / "0.png").read_bytes()
+    (image_root / "dog" / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"cut\.png"):
+        sources.load("imagefolder", path=image_root)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda f: f.drop(columns="label"), "target column 'label' not found; columns are: x1, x2, x3"),
+    (lambda f: f.assign(x2="text"), "not numeric: x2"),
+    (lambda f: f.assign(x1=np.where(np.arange(len(f)) == 3, np.nan, f.x1)), "missing or infinite values .*x1"),
+    (lambda f: f.assign(label="a"), "single class"),
+    (lambda f: f.iloc[:0], "empty"),
+])
+def test_bad_tables(tmp_path, change, expected):
+    change(tabular_frame()).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=expected):
+        sources.load("csv", path=tmp_path / "t.csv")
+
+
+def test_missing_table_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        sources.load("parquet", path=tmp_path / "none.parquet")
