@@ -79,6 +79,8 @@ class SplitConfig(Section):
                               f"{self.test} = {total:g})")
         if self.train == 0:
             raise ConfigError("split.train: must be above 0")
+        if self.test == 0:
+            raise ConfigError("split.test: must be above 0 (test metrics and the registration gate need it)")
         return self
 
 

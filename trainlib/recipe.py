@@ -106,7 +106,7 @@ class Outcome:
     norm: normalize.NormStats
     model: models.Classifier
     fit: engine.FitResult
-    evaluation: Evaluation | None  # None when there is no test split
+    evaluation: Evaluation  # on the test split
 
 
 def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
@@ -115,5 +115,4 @@ def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
     manifest = split(ds, cfg.split)
     norm = fit_normalizer(ds, manifest, cfg.normalize)
     model, result = train(cfg, ds, manifest, norm, callbacks=callbacks, logger=logger)
-    evaluation = test(cfg, model, ds, manifest) if cfg.split.test > 0 else None
-    return Outcome(ds, manifest, norm, model, result, evaluation)
+    return Outcome(ds, manifest, norm, model, result, test(cfg, model, ds, manifest))
