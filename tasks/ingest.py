@@ -1,0 +1,24 @@
+"""Ingest: read the configured source into a dataset file (cached on the source's identity + config)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.settings import stage_dir, stage_key
+from trainlib import recipe
+from trainlib.config import DataConfig
+from trainlib.data.sources import fingerprint, save_dataset
+
+
+def ingest_key(data: DataConfig) -> str:
+    return stage_key("ingest", data.model_dump(mode="json"), fingerprint(data.source, data.path))
+
+
+@task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"]), persist_result=True)
+def ingest(data: DataConfig) -> dict:
+    """-> {path, digest, samples, classes, shape}: the dataset file and what it holds."""
+    ds = recipe.ingest(data)
+    path = stage_dir(stage_key("dataset", ds.digest)) / "dataset.pt"
+    save_dataset(ds, path)
+    return {"path": str(path), "digest": ds.digest, "samples": len(ds), "classes": ds.classes,
+            "shape": list(ds.sample_shape), "source": data.path or data.source}

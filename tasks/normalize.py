@@ -1,0 +1,24 @@
+"""Normalize: fit statistics on the train split (cached on dataset + manifest digests + method)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.settings import stage_dir, stage_key
+from trainlib import recipe
+from trainlib.config import NormalizeConfig
+from trainlib.data.sources import load_dataset
+from trainlib.data.split import load_manifest
+
+
+def _key(ctx, p) -> str:
+    return stage_key("normalize", p["dataset"]["digest"], p["manifest"]["digest"], p["normalize"].model_dump())
+
+
+@task(name="normalize", cache_key_fn=_key, persist_result=True)
+def normalize(dataset: dict, manifest: dict, normalize: NormalizeConfig) -> dict:
+    """-> {path, method}: the statistics JSON."""
+    stats = recipe.fit_normalizer(load_dataset(dataset["path"]), load_manifest(manifest["path"]), normalize)
+    path = stage_dir(stage_key("normalization", stats.to_json())) / "normalization.json"
+    stats.save(path)
+    return {"path": str(path), "method": stats.method}

@@ -1,0 +1,39 @@
+"""The MLflow run of a pipeline: start it (params, tags, config), record its data, finish it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.runtime import flow_run
+
+from tasks import tracking
+from trainlib.config import PipelineConfig, flatten, to_yaml
+from trainlib.data.split import load_manifest
+
+
+@task(name="start-run")
+def start_run(config: PipelineConfig) -> str:
+    """One MLflow run for this flow run, in the experiment named after the config; returns its id."""
+    run_id = tracking.start_run(config.name, flow_run.name or config.name, flatten(config), {
+        "prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
+        "prefect.flow_name": str(flow_run.flow_name)})
+    tracking.RunLogger(run_id).log_text(to_yaml(config), "config.yaml")
+    return run_id
+
+
+@task(name="record-data")
+def record_data(run_id: str, dataset: dict, manifest: dict, norm: dict) -> None:
+    """Dataset digest tag, the split manifests as dataset inputs, the manifest and statistics files."""
+    log = tracking.RunLogger(run_id)
+    log.set_tags({"dataset.digest": dataset["digest"], "dataset.samples": dataset["samples"]})
+    source = Path(manifest["path"]).resolve().as_uri()  # the manifest file these datasets are rows of
+    tracking.log_manifests(run_id, load_manifest(manifest["path"]), source, dataset["digest"])
+    log.log_artifact(manifest["path"])
+    log.log_artifact(norm["path"])
+
+
+@task(name="finish-run")
+def finish_run(run_id: str, failure: str | None = None) -> None:
+    """Mark the run FINISHED, or FAILED with `failure` as the reason."""
+    tracking.finish_run(run_id, failure)

@@ -1,0 +1,76 @@
+"""Register: log the model to MLflow (normalization inside, takes raw inputs), create a version, and
+apply the gate: promote to the alias only if good enough and not worse than the current holder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from prefect import task
+
+from tasks import tracking
+from trainlib.config import RegisterConfig
+from trainlib.data.sources import load_dataset
+from trainlib.models import load_model
+
+CHALLENGER = "challenger"
+EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
+
+
+@dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reason: str
+    test_accuracy: float
+    threshold: float
+    champion_version: str | None
+    champion_accuracy: float | None
+
+
+def decide(accuracy: float, threshold: float, champion_version: str | None, champion_accuracy: float | None) -> Gate:
+    """Pass when accuracy >= threshold and >= the current alias holder's accuracy (if any)."""
+    if accuracy < threshold:
+        reason = f"test accuracy {accuracy:.4f} is below the minimum {threshold:.4f}"
+    elif champion_accuracy is not None and accuracy < champion_accuracy:
+        reason = f"test accuracy {accuracy:.4f} is below version {champion_version}'s {champion_accuracy:.4f}"
+    else:
+        reason = f"test accuracy {accuracy:.4f} >= minimum {threshold:.4f}" + (
+            f" and >= version {champion_version}'s {champion_accuracy:.4f}" if champion_accuracy is not None else "")
+        return Gate(True, reason, accuracy, threshold, champion_version, champion_accuracy)
+    return Gate(False, reason, accuracy, threshold, champion_version, champion_accuracy)
+
+
+def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
+    try:
+        version = tracking.client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    accuracy = version.tags.get("test_accuracy")
+    if accuracy is None and version.run_id:
+        accuracy = tracking.client().get_run(version.run_id).data.metrics.get("test_accuracy")
+    return version.version, float(accuracy) if accuracy is not None else None
+
+
+@task(name="register")
+def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, dataset: dict, run_id: str) -> dict:
+    """-> {model_uri, registered_model, version, alias, gate}."""
+    model = load_model(trained["model"])[0]
+    example = load_dataset(dataset["path"]).inputs[:EXAMPLE_ROWS].float().numpy().astype(np.float32)
+    model_uri = tracking.log_model(run_id, model, example)
+    client = tracking.client()
+    version = mlflow.register_model(model_uri, name)  # creates the registered model on first use
+    gate = decide(metrics["test_accuracy"], register.min_test_accuracy, *_holder(name, register.alias))
+    alias = register.alias if gate.passed else CHALLENGER
+    client.set_registered_model_alias(name, alias, version.version)
+    tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": "passed" if gate.passed else "failed",
+            "gate_reason": gate.reason}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    tracking.RunLogger(run_id).set_tags({"gate": tags["gate"], "gate_reason": gate.reason,
+                                         "registered_model": name, "registered_version": version.version,
+                                         "registered_alias": alias})
+    return {"model_uri": model_uri, "registered_model": name, "version": version.version, "alias": alias,
+            "gate": asdict(gate)}
+

@@ -1,0 +1,52 @@
+"""Report: a Prefect markdown summary of the run and a table of its per-epoch metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking
+
+UI_URL = "http://127.0.0.1:5000"  # where `trainflow ui` serves the local store
+
+
+def run_url(run_id: str) -> str:
+    """Link to the run in the MLflow UI (the tracking server's, or `trainflow ui` for a local store)."""
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_URL
+    experiment = tracking.client().get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def artifact_key(name: str, kind: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{kind}".lower()).strip("-")
+
+
+@task(name="report")
+def report(name: str, run_id: str, trained: dict, metrics: dict, registered: dict) -> dict:
+    """-> the run's summary (as `trainflow run --json` prints it)."""
+    gate = registered["gate"]
+    best = {"best_epoch": trained["best_epoch"], "stopped_epoch": trained["stopped_epoch"]}
+    history = json.loads(open(trained["history"]).read())
+    if trained["best_epoch"] and history and "val_accuracy" in history[0]:
+        row = history[trained["best_epoch"] - 1]
+        best |= {"best_val_loss": row["val_loss"], "best_val_accuracy": row["val_accuracy"]}
+    summary = {"run_id": run_id, "experiment": name, "metrics": {**metrics, **best},
+               "model_uri": registered["model_uri"], "registered_model": registered["registered_model"],
+               "version": registered["version"], "alias": registered["alias"], "gate": gate,
+               "mlflow_url": run_url(run_id)}
+    lines = [f"# {name}: {'promoted to @' + registered['alias'] if gate['passed'] else 'not promoted'}", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary["metrics"].items()]
+    lines += ["", f"**Gate:** {'passed' if gate['passed'] else 'failed'}: {gate['reason']}.",
+              f"Registered as `{registered['registered_model']}` version {registered['version']} "
+              f"with alias `@{registered['alias']}`.", "", f"MLflow run: [{run_id}]({summary['mlflow_url']})"]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
+    rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in history]
+    create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")
+    return summary

@@ -1,0 +1,94 @@
+"""Local-by-default settings, applied before prefect or mlflow is imported.
+
+With no environment set, everything lives under a project-local `.trainflow/` (Prefect home,
+MLflow SQLite store and artifacts, run workspaces, stage caches). `PREFECT_API_URL` and
+`MLFLOW_TRACKING_URI`, when set, are used unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+HOME = Path(os.environ.get("TRAINFLOW_HOME", ".trainflow")).resolve()
+
+OFFLINE = {  # this tool must work without internet: no telemetry, no pip checks at model logging
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+}
+
+
+def apply_defaults() -> None:
+    """Set the offline switches and the local stack, leaving anything the user set untouched."""
+    (HOME / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect creates its home without parents
+    for key, value in {
+        **OFFLINE,
+        "PREFECT_HOME": str(HOME / "prefect"),
+        # the ephemeral API takes 10-20 s to start on a small machine
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
+        # Prefect's cache records live beside the cached outputs they point to
+        "PREFECT_LOCAL_STORAGE_PATH": str(HOME / "cache" / "results"),
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def local_artifact_root() -> Path:
+    return HOME / "mlartifacts"
+
+
+def workspace(flow_run_id: str) -> Path:
+    """Per-run folder for files the tasks hand to each other (checkpoints, models, plots)."""
+    path = HOME / "runs" / flow_run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cache_generation() -> str:
+    """A token created with the cache folder: wiping the folder changes every key, so no cache
+    record can outlive the files it points to."""
+    marker = HOME / "cache" / "generation"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(uuid.uuid4().hex)
+    return marker.read_text()
+
+
+def stage_key(stage: str, *parts) -> str:
+    """Cache key of a stage: its name, the inputs' digests and its config slice."""
+    text = json.dumps([stage, _cache_generation(), *parts], sort_keys=True, default=str)
+    return f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+def stage_dir(key: str) -> Path:
+    """Where a cached stage keeps its outputs (content-addressed, shared across runs)."""
+    path = HOME / "cache" / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _NoInputErrorTracebacks(logging.Filter):
+    """Bad input (a TrainflowError) is reported by its message alone: drop the traceback that
+    Prefect attaches to task- and flow-run failure logs. The log line itself stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from trainlib.errors import TrainflowError
+
+        if record.exc_info and isinstance(record.exc_info[1], TrainflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_input_errors() -> None:
+    if os.environ.get("TRAINFLOW_DEBUG"):
+        return
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoInputErrorTracebacks) for f in logger.filters):
+            logger.addFilter(_NoInputErrorTracebacks())

@@ -1,0 +1,138 @@
+"""The MLflow side: experiments, runs, a logger for trainlib's engine, datasets, models.
+
+Everything takes an explicit `run_id` (MLflow's fluent active run is per thread, and tasks may run
+in other threads or processes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
+
+from tasks import settings
+
+PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    """The experiment called `name`, created on first use (local stores keep artifacts in .trainflow)."""
+    c = client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (settings.local_artifact_root() / name).as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Create the run with every param and tag; returns its id."""
+    commit = git_commit()
+    all_tags = {**tags, **({MLFLOW_GIT_COMMIT: commit} if commit else {})}
+    run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+    items = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client().log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def finish_run(run_id: str, failure: str | None = None) -> None:
+    """Mark the run FINISHED, or FAILED with the reason as a tag."""
+    if failure:
+        client().set_tag(run_id, "failure_reason", failure[:5000])
+    client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failure else RunStatus.FINISHED))
+
+
+class RunLogger:
+    """trainlib's logger protocol, writing to one MLflow run (metrics batched once per call)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = client()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_figure(self, figure, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str) -> None:
+    """Each split's manifest as an MLflow dataset input, under its context (training/validation/testing)."""
+    contexts = {"train": "training", "val": "validation", "test": "testing"}
+    inputs = []
+    for split, context in contexts.items():
+        part = manifest[manifest["split"] == split].reset_index(drop=True)
+        if part.empty:
+            continue
+        part = part.assign(split=part["split"].astype(str))
+        with warnings.catch_warnings():  # hints about source resolution and integer columns: both expected here
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(part, source=source, targets="label", name=f"{split}-{digest[:12]}")
+            entity = ds._to_mlflow_entity()
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    client().log_inputs(run_id, datasets=inputs)
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements for a logged model (inference would take >10 s and may try the network)."""
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+            f"numpy=={np.__version__}"]
+
+
+def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray) -> str:
+    """Log `model` (raw inputs in, logits out) to the run with a signature; returns its model URI."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    run = client().get_run(run_id)
+    # MLflow 3 files a logged model under the active experiment, not the run's: point it at the run's.
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                    input_example=example, pip_requirements=pip_requirements(), run_id=run_id)
+    return info.model_uri
+

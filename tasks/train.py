@@ -1,0 +1,54 @@
+"""Train: fit the configured model, logging every epoch to MLflow; resumes from its checkpoint on retry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from prefect import task
+
+from tasks.tracking import RunLogger
+from trainlib import plots, recipe
+from trainlib.config import PipelineConfig
+from trainlib.data.batches import TensorData
+from trainlib.data.normalize import NormStats
+from trainlib.data.sources import load_dataset
+from trainlib.data.split import load_manifest
+from trainlib.errors import TrainflowError
+from trainlib.models import save_model
+
+# Epoch callbacks of this process (the CLI's progress bar); a worker process has none.
+LISTENERS: list = []
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except TrainflowError:
+        return False  # bad input fails the same way every time
+    except Exception:
+        return True
+    return True
+
+
+@task(name="train", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
+def train(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict, augmented: dict, workspace: str,
+          run_id: str) -> dict:
+    """-> {model, best_epoch, stopped_epoch, stop_reason}. A retry continues from the last epoch's checkpoint."""
+    ws, log = Path(workspace), RunLogger(run_id)
+    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
+    expanded = augmented.get("expanded")
+    train_data = TensorData(**torch.load(expanded, weights_only=True)) if expanded else None
+    model, fit = recipe.train(config, ds, m, NormStats.load(norm["path"]), train_data=train_data,
+                              callbacks=list(LISTENERS), logger=log, checkpoint=ws / "checkpoint.pt", resume=True)
+    save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
+    summary = {"best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch}
+    log.log_metrics(summary, step=fit.stopped_epoch)
+    log.set_tags({"stop_reason": fit.stop_reason, "updates_per_epoch": fit.updates_per_epoch})
+    log.log_figure(plots.learning_curves(fit.history, fit.best_epoch), "learning_curves.png")
+    log.log_figure(plots.lr_schedule(fit.lrs, fit.updates_per_epoch), "lr_schedule.png")
+    log.log_artifact(str(ws / "checkpoint.pt"), "checkpoints")
+    (ws / "history.json").write_text(json.dumps(fit.history))
+    return {"model": str(ws / "model.pt"), "history": str(ws / "history.json"), "stop_reason": fit.stop_reason,
+            **summary}
