@@ -1,53 +1,121 @@
-"""The `trainflow` command line."""
+"""The `trainflow` command line.
+
+Exit codes: 0 done, 1 failed while running, 2 bad input (one readable message; --debug shows the
+traceback). With --json, stdout carries exactly one JSON object; everything else goes to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import subprocess
 import sys
-import time
 
-from trainlib.errors import TrainflowError, TrainingError
+from trainlib.errors import TrainflowError
+
+
+@contextlib.contextmanager
+def _stdout_reserved():
+    """Send everything written to stdout (by libraries and subprocesses too) to stderr; yield a
+    writer for the real stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as real, contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _backends() -> str:
+    api = os.environ.get("PREFECT_API_URL") or "ephemeral Prefect API"
+    return f"Prefect: {api}; MLflow: {os.environ.get('MLFLOW_TRACKING_URI')}"
+
+
+def _train(args: argparse.Namespace, cfg) -> dict:
+    from flows.progress import EpochProgress, console
+    from flows.training import training_pipeline
+    from tasks import train as train_task
+
+    console.print(f"[bold]{cfg.name}[/]: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} "
+                  f"on {cfg.data.source} ({_backends()})")
+    with EpochProgress(cfg.training.epochs, "training") as progress:
+        train_task.LISTENERS.append(progress)
+        try:
+            return training_pipeline(cfg, refresh=args.refresh)
+        finally:
+            train_task.LISTENERS.remove(progress)
+
+
+def _print_summary(s: dict) -> None:
+    from flows.progress import console
+
+    m, gate = s["metrics"], s["gate"]
+    console.print(f"[bold green]done[/]: test accuracy {m['test_accuracy']:.4f}, macro F1 {m['test_f1']:.4f}, "
+                  f"test loss {m['test_loss']:.4f} (best epoch {m['best_epoch']}, stopped at {m['stopped_epoch']})")
+    verdict = "[green]passed[/]" if gate["passed"] else "[yellow]failed[/]"
+    console.print(f"registered [bold]{s['registered_model']}[/] version {s['version']} as @{s['alias']} "
+                  f"(gate {verdict}: {gate['reason']})")
+    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}")
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
+        console.print("browse it with: [bold].venv/bin/trainflow ui[/]")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.progress import EpochProgress, console
-    from trainlib import recipe
     from trainlib.config import load_config
 
-    cfg = load_config(args.config, args.set or [])
-    started = time.perf_counter()
-    with EpochProgress(cfg.training.epochs, f"{cfg.model.name} / {cfg.optimizer.name}") as progress:
-        outcome = recipe.run(cfg, callbacks=[progress])
-    fit, evaluation = outcome.fit, outcome.evaluation
-    metrics = evaluation.summary() if evaluation else {}
-    if fit.best_epoch:
-        metrics["best_val_" + fit.monitor.removeprefix("val_")] = fit.best_value
-    metrics.update(best_epoch=fit.best_epoch, stopped_epoch=fit.stopped_epoch)
-    summary = {"experiment": cfg.name, "metrics": metrics, "stop_reason": fit.stop_reason,
-               "seconds": round(time.perf_counter() - started, 2)}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        console.print(f"[bold green]done[/] in {summary['seconds']} s: " +
-                      ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    cfg = load_config(args.config, args.set or [])  # bad config fails here, before anything starts
+    if not args.json:
+        _print_summary(_train(args, cfg))
+        return 0
+    with _stdout_reserved() as stdout:
+        summary = _train(args, cfg)
+        stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")):
+        print(f"runs are tracked on the MLflow server at {uri}: open it in a browser")
+        return 0
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    with contextlib.suppress(KeyboardInterrupt):
+        return subprocess.run(cmd).returncode
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train one config (default: cnn on the embedded digits)")
+    run = sub.add_parser("run", help="train one config through the pipeline (default: cnn on the embedded digits)")
     run.add_argument("--config", help="pipeline config YAML")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    run.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    run.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
+    run.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
     run.set_defaults(handler=_run)
+    ui = sub.add_parser("ui", help="the MLflow UI for the local store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.debug:
+        os.environ["TRAINFLOW_DEBUG"] = "1"
+    else:  # the progress bar and the summary say what happens; Prefect's and MLflow's info logs are noise
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return args.handler(args)
     except TrainflowError as exc:
@@ -55,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingError as exc:
+    except Exception as exc:  # TrainingError and anything else that broke while running
         if args.debug:
             raise
-        print(f"training failed: {exc}", file=sys.stderr)
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,13 +18,14 @@ class EpochProgress:
         self.task = self.progress.add_task(description, total=epochs, metrics="")
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar appears with the first finished epoch, not while data is prepared
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.progress.live.is_started:
+            self.progress.stop()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.progress.start()  # no-op once started
         shown = [f"loss {metrics['train_loss']:.4f}", f"acc {metrics['train_accuracy']:.3f}"]
         if "val_loss" in metrics:
             shown += [f"val_loss {metrics['val_loss']:.4f}", f"val_acc {metrics['val_accuracy']:.3f}"]
