@@ -1,14 +1,38 @@
-"""Shared fixtures: small real datasets written to temporary folders."""
+"""Shared fixtures: small real datasets written to temporary folders, a real Prefect API (the test
+harness) and a temporary MLflow SQLite store."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
-import torch
-from PIL import Image
+import os
+import tempfile
 
-from trainlib.data import sources
+# Before anything imports tasks/prefect/mlflow: a private .trainflow home and MLflow store for this session.
+_HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
+os.environ["TRAINFLOW_HOME"] = _HOME
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_HOME}/mlflow.db"
+os.environ.pop("PREFECT_API_URL", None)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import tasks  # noqa: E402,F401  - applies trainflow's local defaults before anything imports prefect
+from trainlib.data import sources  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API on a temporary SQLite database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def home() -> str:
+    return _HOME
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +97,9 @@ def small_digits(digits) -> sources.Dataset:
     """A 400-sample subset of digits, for quick training tests."""
     idx = torch.arange(400)
     return sources.Dataset(digits.inputs[idx], digits.labels[idx], digits.classes, "small", digits.value_max)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_HOME, ignore_errors=True)

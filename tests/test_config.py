@@ -56,6 +56,7 @@ def test_yaml_round_trip():
     (["augment.scale=[1.2,0.8]"], "augment.scale: low 1.2 is above high 0.8"),
     (["augment.expand=2"], "augment.expand: needs at least one augmentation"),
     (["split.val=0", "split.train=0.85"], "training.early_stopping: needs a validation split"),
+    (["split.test=0", "split.train=0.85"], "split.test: must be above 0"),
     (["schedule.name=cyclical", "schedule.max_lr=0.0001"], "schedule.max_lr (0.0001) must be above optimizer.lr"),
     (["training.device=gpu"], "training.device: 'gpu' is not a device"),
     (["name=has space"], "name: String should match pattern"),

@@ -15,3 +15,11 @@ def test_readme_opens_with_the_two_commands():
 def test_readme_documents_every_config_key():
     missing = [key for key, _, _ in reference() if f"`{key}`" not in README]
     assert missing == []
+
+
+def test_configs_named_in_the_readme_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"configs/[\w./-]+\.(?:yaml|csv)", README))
+    assert named and all((root / path).exists() for path in named), named

@@ -1,0 +1,82 @@
+"""The `trainflow` command in real subprocesses: JSON output, exit codes, readable errors, the UI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+TRAINFLOW = str(Path(sys.executable).parent / "trainflow")
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    return env | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow")}
+
+
+def _trainflow(tmp_path, *args, timeout=600):
+    return subprocess.run([TRAINFLOW, *args], capture_output=True, text=True, timeout=timeout, env=_env(tmp_path),
+                          cwd=tmp_path)
+
+
+def test_run_json_prints_exactly_one_json_object(tmp_path):
+    out = _trainflow(tmp_path, "run", "--json", "--set", "training.epochs=2", "--set", "name=cli-json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # the whole of stdout is the one object
+    assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias",
+            "gate"} <= set(summary)
+    assert summary["experiment"] == "cli-json" and summary["alias"] == "champion" and summary["version"] == 1
+    assert {"test_accuracy", "test_f1", "best_val_loss", "best_epoch"} <= set(summary["metrics"])
+    assert "Traceback" not in out.stderr and "Error" not in out.stderr
+    assert (tmp_path / ".trainflow" / "mlflow.db").exists()  # local by default, under .trainflow/
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optimizer.lrr=0.1"], "optimizer.lrr: unknown key (did you mean 'optimizer.lr'?)"),
+    (["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0 (got -1)"),
+    (["--set", "model.name=vgg"], "unknown model 'vgg'; valid: cnn, mlp, resnet18"),
+    (["--set", "epochs"], "--set 'epochs': expected key=value"),
+    (["--config", "nope.yaml"], "config file not found: nope.yaml"),
+])
+def test_bad_input_exits_2_with_one_readable_line(tmp_path, args, message):
+    out = _trainflow(tmp_path, "run", "--json", *args, timeout=120)
+    assert out.returncode == 2
+    assert out.stdout == "" and message in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error:")
+
+
+def test_bad_data_inside_the_flow_exits_2_without_traceback(tmp_path):
+    out = _trainflow(tmp_path, "run", "--set", "data.source=csv", "--set", "data.path=missing.csv",
+                     "--set", "model.name=mlp")
+    assert out.returncode == 2, out.stderr
+    assert "error: data.path: no such file: missing.csv" in out.stderr and "Traceback" not in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_local_store(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([TRAINFLOW, "ui", "--port", str(port)], env=_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, status = time.time() + 120, None
+        while time.time() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+            assert "MLflow" in page.read().decode()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

@@ -1,0 +1,146 @@
+"""The training pipeline end to end: a real Prefect API (test harness) and a real MLflow SQLite store."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from trainlib.config import flatten, load_config
+
+NAME = "flow-e2e"
+EPOCHS = 4
+EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "penalty", "updates",
+                 "epoch_seconds", "samples_per_second"]
+ARTIFACTS = ["config.yaml", "normalization.json", "split_manifest.csv", "augmentation_preview.png",
+             "learning_curves.png", "lr_schedule.png", "confusion_matrix.png", "classification_report.json",
+             "checkpoints/checkpoint.pt"]
+
+
+def _config(*overrides):
+    return load_config(None, [f"name={NAME}", f"training.epochs={EPOCHS}", "training.early_stopping.patience=10",
+                              "schedule.name=cosine", "augment.rotation=10", "regularization.l2=1e-4", *overrides])
+
+
+@pytest.fixture(scope="module")
+def first(prefect_api):
+    from flows.training import training_pipeline
+
+    return training_pipeline(_config())
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_run_records_params_tags_metrics_and_datasets(first):
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == NAME
+    expected = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(_config()).items()}
+    assert run.data.params == expected
+    tags = run.data.tags
+    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] == f"{NAME}: cnn / adam / cosine"
+    assert len(tags["dataset.digest"]) == 64 and tags["gate"] == "passed"
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(first["run_id"], name)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), name
+    for name in ["test_accuracy", "test_loss", "test_f1", "test_precision", "test_recall", "best_epoch",
+                 "stopped_epoch"]:
+        assert name in run.data.metrics
+    lrs = [m.value for m in client.get_metric_history(first["run_id"], "lr")]
+    assert lrs[0] == pytest.approx(1e-3) and lrs == sorted(lrs, reverse=True)  # cosine decays
+    contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
+    assert contexts == ["testing", "training", "validation"]
+    assert first["metrics"]["test_accuracy"] == run.data.metrics["test_accuracy"] >= 0.9
+
+
+def test_run_has_every_artifact_and_the_model(first):
+    client = MlflowClient()
+    assert set(ARTIFACTS) <= set(_artifacts(client, first["run_id"]))
+    with open(client.download_artifacts(first["run_id"], "classification_report.json")) as f:
+        report = json.load(f)
+    assert set(report) >= {str(d) for d in range(10)} | {"macro avg"}
+    model = client.get_logged_model(first["model_uri"].removeprefix("models:/"))
+    assert model.source_run_id == first["run_id"]
+
+
+def test_registered_champion_and_worse_challenger(first, prefect_api):
+    from flows.training import training_pipeline
+
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert int(champion.version) == first["version"] and champion.tags["gate"] == "passed"
+    worse = training_pipeline(_config("training.epochs=1", "optimizer.lr=1e-5", "augment.rotation=0"))
+    assert worse["alias"] == "challenger" and not worse["gate"]["passed"]
+    assert "below" in worse["gate"]["reason"]
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
+    assert client.get_run(worse["run_id"]).data.tags["gate"] == "failed"
+
+
+def _task_states(summary: dict) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = MlflowClient().get_run(summary["run_id"]).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_rerun_hits_the_cache_for_data_stages(first, prefect_api, home):
+    from flows.training import training_pipeline
+
+    again = training_pipeline(_config())
+    states = _task_states(again)
+    assert states["ingest"] == states["split"] == states["normalize"] == "Cached"
+    assert states["train"] == "Completed"
+    refreshed = training_pipeline(_config(), refresh=True)
+    assert _task_states(refreshed)["ingest"] == "Completed"
+    assert refreshed["metrics"]["test_accuracy"] == again["metrics"]["test_accuracy"]
+    shutil.rmtree(Path(home) / "cache")  # a wiped cache must recompute, not point at deleted files
+    wiped = training_pipeline(_config())
+    assert _task_states(wiped)["split"] == "Completed"
+    assert wiped["metrics"]["test_accuracy"] == again["metrics"]["test_accuracy"]
+
+
+def test_champion_predicts_raw_digits_in_a_fresh_process(first, home):
+    code = f"""
+import json, mlflow, numpy as np
+from mlflow import MlflowClient
+from sklearn.datasets import load_digits
+model = mlflow.pyfunc.load_model("models:/{NAME}@champion")
+version = MlflowClient().get_model_version_by_alias("{NAME}", "champion")
+manifest = __import__("pandas").read_csv(MlflowClient().download_artifacts(version.run_id, "split_manifest.csv"))
+test = manifest[manifest["split"] == "test"]
+x, y = load_digits(return_X_y=True)
+raw = x[test["index"].to_numpy()].reshape(-1, 1, 8, 8).astype(np.float32)   # 0..16, not normalized
+logits = model.predict(raw)
+print(json.dumps({{"accuracy": float((logits.argmax(1) == y[test["index"].to_numpy()]).mean()),
+                  "run_accuracy": MlflowClient().get_run(version.run_id).data.metrics["test_accuracy"]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)
+
+
+def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
+    from flows.training import training_pipeline
+
+    missing = tmp_path / "missing.csv"
+    with pytest.raises(Exception, match="no such file"):
+        training_pipeline(load_config(None, ["name=flow-fail", "data.source=csv", f"data.path={missing}",
+                                             "model.name=mlp"]))
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])[0]
+    assert run.info.status == "FAILED" and "no such file" in run.data.tags["failure_reason"]
+    assert client.search_registered_models(filter_string="name='flow-fail'") == []
