@@ -144,3 +144,44 @@ def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
     run = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])[0]
     assert run.info.status == "FAILED" and "no such file" in run.data.tags["failure_reason"]
     assert client.search_registered_models(filter_string="name='flow-fail'") == []
+
+
+def test_prefect_artifacts_summarize_the_run(first, prefect_api):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{NAME}-summary", f"{NAME}-epochs"])))}
+    summary, table = found[f"{NAME}-summary"], found[f"{NAME}-epochs"]
+    assert summary.type == "markdown" and "Gate:" in summary.data and first["run_id"] in summary.data
+    assert table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+
+
+def test_train_retry_resumes_from_the_checkpoint(prefect_api):
+    from flows.training import training_pipeline
+    from tasks import train as train_task
+
+    class CrashOnce:  # the first attempt fails at the end of epoch 4, before that epoch is checkpointed
+        crashed = False
+
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 4 and not CrashOnce.crashed:
+                CrashOnce.crashed = True
+                raise RuntimeError("simulated crash")
+
+    cfg = load_config(None, ["name=flow-retry", "training.epochs=6", "training.early_stopping.enabled=false"])
+    train_task.LISTENERS.append(CrashOnce())
+    try:
+        resumed = training_pipeline(cfg)
+    finally:
+        train_task.LISTENERS.clear()
+    states = _task_states(resumed)
+    assert CrashOnce.crashed and states["train"] == "Completed"
+    steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "train_loss")]
+    assert steps == [1, 2, 3, 4, 4, 5, 6]  # epoch 4 ran twice (crashed once); 1-3 came from the checkpoint
+    straight = training_pipeline(load_config(None, ["name=flow-retry-ref", "training.epochs=6",
+                                                    "training.early_stopping.enabled=false"]))
+    assert resumed["metrics"]["test_loss"] == pytest.approx(straight["metrics"]["test_loss"], rel=1e-6)
