@@ -12,6 +12,7 @@ from prefect import task
 
 from tasks import tracking
 from trainlib.config import RegisterConfig
+from trainlib.data.batches import subset
 from trainlib.data.sources import load_dataset
 from trainlib.models import load_model
 
@@ -57,7 +58,8 @@ def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
 def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, dataset: dict, run_id: str) -> dict:
     """-> {model_uri, registered_model, version, alias, gate}."""
     model = load_model(trained["model"])[0]
-    example = load_dataset(dataset["path"]).inputs[:EXAMPLE_ROWS].float().numpy().astype(np.float32)
+    raw, _ = next(subset(load_dataset(dataset["path"]), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
+    example = raw.float().numpy()  # raw inputs: the logged model normalizes them itself
     model_uri = tracking.log_model(run_id, model, example)
     client = tracking.client()
     version = mlflow.register_model(model_uri, name)  # creates the registered model on first use

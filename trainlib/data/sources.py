@@ -111,7 +111,7 @@ def decode_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
             img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
