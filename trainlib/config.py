@@ -247,8 +247,7 @@ with warnings.catch_warnings():
 # ---------------------------------------------------------------- loading, overrides, errors
 
 
-def _fields_at(path: list[str]) -> list[str]:
-    cls: Any = PipelineConfig
+def _fields_at(cls: Any, path: list[str]) -> list[str]:
     for part in path:
         field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
         if field is None:
@@ -257,10 +256,10 @@ def _fields_at(path: list[str]) -> list[str]:
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
-def _message(error: dict) -> str:
+def _message(error: dict, model: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
-        close = get_close_matches(str(error["loc"][-1]), _fields_at([str(p) for p in error["loc"][:-1]]), n=1)
+        close = get_close_matches(str(error["loc"][-1]), _fields_at(model, [str(p) for p in error["loc"][:-1]]), n=1)
         hint = f" (did you mean {'.'.join([*map(str, error['loc'][:-1]), close[0]])!r}?)" if close else ""
         return f"{loc}: unknown key{hint}"
     if error["type"] == "value_error":
@@ -272,16 +271,16 @@ def _message(error: dict) -> str:
     return f"{loc or 'config'}: {error['msg']}{shown}"
 
 
-def validate(raw: dict) -> PipelineConfig:
-    """Validate a raw dict; errors become one ConfigError with a readable line per problem."""
+def validate(raw: dict, model: type[BaseModel] = PipelineConfig, what: str = "config"):
+    """Validate a raw dict as `model`; errors become one ConfigError with a readable line per problem."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"the {what} must be a mapping, got {type(raw).__name__}")
     try:
-        return PipelineConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        lines = list(dict.fromkeys(_message(e) for e in exc.errors()))
-        raise ConfigError("invalid config: " + lines[0] if len(lines) == 1 else
-                          "invalid config:\n" + "\n".join(f"  - {line}" for line in lines)) from None
+        lines = list(dict.fromkeys(_message(e, model) for e in exc.errors()))
+        raise ConfigError(f"invalid {what}: " + lines[0] if len(lines) == 1 else
+                          f"invalid {what}:\n" + "\n".join(f"  - {line}" for line in lines)) from None
 
 
 def _set(raw: dict, key: str, value: Any) -> None:
@@ -307,11 +306,28 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def read_yaml(path: str | Path) -> dict:
+def parse_vary(item: str) -> tuple[str, list[Any]]:
+    """`key=v1,v2,...` -> (key, [values]), each value read as YAML; commas inside [] stay in a value."""
+    key, sep, text = item.partition("=")
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    if not sep or not key.strip() or not any(p.strip() for p in parts):
+        raise ConfigError(f"--vary {item!r}: expected key=value1,value2,..., e.g. optimizer.name=sgd,adam")
+    return key.strip(), [parse_set(f"{key}={p}")[1] for p in parts if p.strip()]
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
     """A YAML mapping from a file, with a readable error for a missing file or bad YAML."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
+        raise ConfigError(f"{what} not found: {file}")
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:

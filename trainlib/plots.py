@@ -68,3 +68,29 @@ def augmentation_grid(grid: torch.Tensor, value_max: float) -> Figure:
             axes[r, c].set_axis_off()
         axes[r, 0].set_title("original" if r == 0 else f"augmented {r}", fontsize=8, loc="left")
     return fig
+
+
+def compare_curves(histories: dict[str, list[dict[str, float]]]) -> Figure:
+    """Validation loss and accuracy per epoch of several runs, overlaid."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("val_loss", "val_accuracy"), strict=True):
+        for name, history in histories.items():
+            if history and metric in history[0]:
+                ax.plot([h["epoch"] for h in history], [h[metric] for h in history], marker=".", label=name)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(histories), 4),
+               fontsize=8)
+    return fig
+
+
+def compare_lrs(schedules: dict[str, tuple[list[float], int]]) -> Figure:
+    """The LR of every update of several runs (name -> (lrs, updates per epoch)), on an epoch axis."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, (lrs, per_epoch) in schedules.items():
+        ax.plot(np.arange(len(lrs)) / max(per_epoch, 1), lrs, label=name)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedules", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -78,7 +78,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         if aug and cfg.augment.expand:
             train_data = expand(train_data, aug, cfg.augment.expand, t.seed)
     online = None if cfg.augment.expand else aug  # expanded data is not augmented again
-    val = part(ds, manifest, "val", cfg.data.workers) if cfg.split.val > 0 else None
+    val = part(ds, manifest, "val", cfg.data.workers) if (manifest["split"] == "val").any() else None
     optimizer = optim.build(cfg.optimizer.name, model.parameters(), **cfg.optimizer.model_dump(exclude={"name"}))
     upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,

@@ -56,6 +56,13 @@ def indices(manifest: pd.DataFrame, split: str) -> np.ndarray:
     return manifest.loc[manifest["split"] == split, "index"].to_numpy(dtype=np.int64)
 
 
+def merge(manifest: pd.DataFrame, source: str = "val", into: str = "train") -> pd.DataFrame:
+    """The same manifest with split `source` relabelled `into` (e.g. retraining on train+val)."""
+    out = manifest.copy()
+    out.loc[out["split"] == source, "split"] = into
+    return out
+
+
 def save_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
     manifest.to_csv(path, index=False)
 

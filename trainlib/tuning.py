@@ -1,0 +1,262 @@
+"""Hyperparameter search (Optuna) and technique comparison: search files, spaces, samplers,
+pruners, the pruning callback, and comparison grids."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import optuna
+from pydantic import Field, model_validator
+
+from trainlib.config import PipelineConfig, Section, override, read_yaml, validate
+from trainlib.device import cpu_quota
+from trainlib.errors import ConfigError
+from trainlib.monitor import MONITORS
+from trainlib.registry import Registry
+
+# Keys no trial or variant may change: all of them must see the same data, split and identity.
+FIXED_PREFIXES = ("data.", "split.", "register.")
+PRUNE_STARTUP_TRIALS = 2  # trials that finish before the median pruner starts comparing
+
+
+class FloatParam(Section):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = Field(False, description="sample on a log scale (low > 0)")
+    step: float | None = Field(None, description="grid spacing (needed by grid search)")
+
+
+class IntParam(Section):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+class CategoricalParam(Section):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def _grid(s) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GridSampler(grid_values(s.space), seed=s.seed)
+
+
+SAMPLERS = Registry("search strategy", {
+    "grid": _grid,
+    "random": lambda s: optuna.samplers.RandomSampler(seed=s.seed),
+    "bayesian": lambda s: optuna.samplers.TPESampler(seed=s.seed),
+    "gp": lambda s: optuna.samplers.GPSampler(seed=s.seed),
+})
+
+# name -> (search, epochs) -> pruner. Steps are epochs (1, 2, ...): the first `prune_after` always run,
+# so pruning may start at step prune_after + 1.
+PRUNERS = Registry("pruner", {
+    "none": lambda s, epochs: optuna.pruners.NopPruner(),
+    "median": lambda s, epochs: optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS,
+                                                            n_warmup_steps=s.prune_after + 1),
+    "hyperband": lambda s, epochs: optuna.pruners.HyperbandPruner(min_resource=s.prune_after + 1,
+                                                                  max_resource=max(epochs, s.prune_after + 1)),
+})
+
+
+class SearchConfig(Section):
+    """A `trainflow tune --search` file."""
+
+    strategy: Annotated[str, Field(description="grid | random | bayesian (TPE) | gp")] = "bayesian"
+    metric: str = Field("val_accuracy", description="validation metric to optimize (never a test metric)")
+    direction: Literal["maximize", "minimize"] | None = Field(None, description="default: the metric's own")
+    n_trials: Annotated[int, Field(ge=1)] | None = Field(20, description="trials to run (grid: default all)")
+    timeout: Annotated[float, Field(gt=0)] | None = Field(None, description="seconds after which no trial starts")
+    pruner: str = Field("median", description="none | median | hyperband")
+    prune_after: Annotated[int, Field(ge=0)] = Field(2, description="epochs every trial runs before pruning")
+    max_parallel: Annotated[int, Field(ge=1)] = Field(2, description="trials running at once")
+    storage: str | None = Field(None, description="RDB URL (sqlite:///f.db, postgresql://...) to share/resume")
+    study_name: str | None = Field(None, description="default: <config name>-study")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="sampler seed")
+    retrain: Literal["train", "train+val"] = Field("train", description="data the best config is retrained on")
+    space: dict[str, Param] = Field(min_length=1, description="dotted config key -> distribution")
+
+    @model_validator(mode="after")
+    def _check(self):
+        SAMPLERS.check(self.strategy)
+        PRUNERS.check(self.pruner)
+        if self.metric not in MONITORS:
+            raise ConfigError(f"search.metric: {self.metric!r} is not a validation metric; valid: "
+                              f"{', '.join(sorted(MONITORS))}")
+        natural = "minimize" if MONITORS[self.metric] == "min" else "maximize"
+        if self.direction not in (None, natural):
+            raise ConfigError(f"search.direction: {self.metric} should be {natural}d, not {self.direction}d")
+        for key, p in self.space.items():
+            if p.type != "categorical" and p.low >= p.high:
+                raise ConfigError(f"search.space.{key}: low ({p.low}) must be below high ({p.high})")
+            if p.type != "categorical" and p.log and p.low <= 0:
+                raise ConfigError(f"search.space.{key}: a log scale needs low > 0")
+        if self.strategy == "grid":
+            grid_values(self.space)  # floats need a step
+        elif self.n_trials is None and self.timeout is None:
+            raise ConfigError("search: give n_trials or timeout (or both)")
+        return self
+
+    @property
+    def goal(self) -> str:
+        return self.direction or ("minimize" if MONITORS[self.metric] == "min" else "maximize")
+
+    def budget(self) -> int | None:
+        """Trials the study should hold in the end (grid: every combination, unless n_trials is lower)."""
+        if self.strategy == "grid":
+            size = int(np.prod([len(v) for v in grid_values(self.space).values()]))
+            chosen = self.n_trials if "n_trials" in self.model_fields_set else None
+            return min(size, chosen) if chosen else size
+        return self.n_trials
+
+
+def load_search(path) -> SearchConfig:
+    """A search file, validated (readable errors, unknown keys refused)."""
+    return validate(read_yaml(path, "search file"), SearchConfig, "search file")
+
+
+def grid_values(space: dict[str, Param]) -> dict[str, list]:
+    """Every value a grid search visits, per parameter."""
+    values = {}
+    for key, p in space.items():
+        if p.type == "categorical":
+            values[key] = list(p.choices)
+        elif p.type == "int":
+            values[key] = list(range(p.low, p.high + 1, p.step))
+        elif p.step is None:
+            raise ConfigError(f"search.space.{key}: grid search needs a step for a float (or use categorical)")
+        else:
+            values[key] = [round(float(v), 12) for v in np.arange(p.low, p.high + p.step / 2, p.step)]
+    return values
+
+
+def check_keys(config: PipelineConfig, keys_and_values: dict[str, list], what: str) -> None:
+    """Every key must be a config key that trials may change, and every value valid for it."""
+    for key, values in keys_and_values.items():
+        if key == "name" or key.startswith(FIXED_PREFIXES):
+            raise ConfigError(f"{what} {key}: cannot vary; every trial uses the same data, split and name")
+        for value in values:
+            try:
+                override(config, {key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{what} {key}={value!r}: {exc}") from None
+
+
+def check_space(config: PipelineConfig, search: SearchConfig) -> None:
+    """The search space against the config: known keys, valid bounds and choices."""
+    check_keys(config, {k: p.choices if p.type == "categorical" else [p.low, p.high]
+                        for k, p in search.space.items()}, "search.space")
+    if search.retrain == "train+val" and "plateau" in _values(search, "schedule.name", config.schedule.name):
+        raise ConfigError("search.retrain: train+val leaves no validation split, which the plateau schedule needs")
+
+
+def _values(search: SearchConfig, key: str, default) -> list:
+    p = search.space.get(key)
+    return p.choices if p is not None and p.type == "categorical" else [default]
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Param]) -> dict[str, Any]:
+    """Draw one value per parameter."""
+    out = {}
+    for key, p in space.items():
+        if p.type == "float":
+            out[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=None if p.log else p.step)
+        elif p.type == "int":
+            out[key] = trial.suggest_int(key, p.low, p.high, log=p.log, step=1 if p.log else p.step)
+        elif all(isinstance(c, str | int | float | bool | type(None)) for c in p.choices):
+            out[key] = trial.suggest_categorical(key, p.choices)
+        else:  # lists (e.g. model.hidden): Optuna's storages keep plain values, so store their JSON text
+            out[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in p.choices]))
+    return out
+
+
+def decode(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
+    """Config values from a stored trial's params (undoing `suggest`'s JSON text for list choices)."""
+    return {k: json.loads(v) if isinstance(v, str) and k in space and space[k].type == "categorical"
+            and v not in space[k].choices else v for k, v in params.items()}
+
+
+_IN_MEMORY: dict[str, optuna.Study] = {}  # studies without storage, reachable by name in this process
+
+
+def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=search.storage, study_name=name, load_if_exists=search.storage is not None,
+                                sampler=SAMPLERS[search.strategy](search), direction=search.goal,
+                                pruner=PRUNERS[search.pruner](search, epochs))
+    if search.storage is None:
+        _IN_MEMORY[name] = study
+    return study
+
+
+def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """The study created by `create_study`: from its storage (any process), or this process's memory."""
+    if search.storage is None:
+        return _IN_MEMORY[name]
+    return optuna.load_study(study_name=name, storage=search.storage, sampler=SAMPLERS[search.strategy](search),
+                             pruner=PRUNERS[search.pruner](search, epochs))
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+         state: optuna.trial.TrialState | None = None) -> None:
+    """`study.tell`, tolerating the grid sampler's request to stop once its grid is covered (Optuna
+    allows that only inside `optimize`); the trial's result is stored before that request either way."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count against the budget: completed, pruned or failed (not running)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class PruningCallback:
+    """Engine callback: reports the metric every epoch and stops hopeless trials (raises TrialPruned)."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric, self.epoch = trial, metric, 0
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.epoch = epoch
+        self.trial.report(metrics[self.metric], epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+
+def objective(history: list[dict[str, float]], metric: str, goal: str) -> float:
+    """A trial's value: the best epoch's value of the metric."""
+    values = [h[metric] for h in history]
+    return max(values) if goal == "maximize" else min(values)
+
+
+def share_cpus(config: PipelineConfig, parallel: int) -> PipelineConfig:
+    """With `parallel` trainings at once in one process, give each its share of the CPU quota
+    (unless the config sets training.threads): oversubscribed cores only slow every run down."""
+    if config.training.threads or parallel <= 1:
+        return config
+    return override(config, {"training.threads": max(1, cpu_quota() // parallel)})
+
+
+def variants(vary: dict[str, list]) -> list[dict[str, Any]]:
+    """The full grid of `--vary` values: one dict of overrides per combination."""
+    keys = list(vary)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(vary[k] for k in keys))]
+
+
+def label(overrides: dict[str, Any]) -> str:
+    """A short readable name for a variant, e.g. `optimizer.name=sgd, schedule.name=step`."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
