@@ -13,12 +13,18 @@ from trainlib.data.split import load_manifest
 
 
 @task(name="start-run")
-def start_run(config: PipelineConfig) -> str:
-    """One MLflow run for this flow run, in the experiment named after the config; returns its id."""
-    run_id = tracking.start_run(config.name, flow_run.name or config.name, flatten(config), {
-        "prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
-        "prefect.flow_name": str(flow_run.flow_name)})
-    tracking.RunLogger(run_id).log_text(to_yaml(config), "config.yaml")
+def start_run(config: PipelineConfig, extra_params: dict | None = None, extra_text: dict[str, str] | None = None,
+              parent_run_id: str | None = None, run_name: str | None = None, kind: str = "training") -> str:
+    """The MLflow run of this flow run (or a child of `parent_run_id`), in the experiment named after the
+    config; returns its id. `extra_params` (e.g. the search file, flattened) and `extra_text` files are
+    recorded with it; `kind` (training, study, retrain, comparison) is its `trainflow.kind` tag."""
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
+            "prefect.flow_name": str(flow_run.flow_name), "trainflow.kind": kind}
+    run_id = tracking.start_run(config.name, run_name or flow_run.name or config.name,
+                                flatten(config) | (extra_params or {}), tags, parent_run_id)
+    log = tracking.RunLogger(run_id)
+    for name, text in {"config.yaml": to_yaml(config), **(extra_text or {})}.items():
+        log.log_text(text, name)
     return run_id
 
 

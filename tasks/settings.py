@@ -33,6 +33,7 @@ def apply_defaults() -> None:
         # the ephemeral API takes 10-20 s to start on a small machine
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
+        "MPLBACKEND": "Agg",  # plots are files; no display
         # Prefect's cache records live beside the cached outputs they point to
         "PREFECT_LOCAL_STORAGE_PATH": str(HOME / "cache" / "results"),
     }.items():

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.models import infer_signature
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from tasks import settings
 
@@ -55,10 +55,12 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-    """Create the run with every param and tag; returns its id."""
+def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+    """Create the run (nested under `parent_run_id` if given) with every param and tag; returns its id."""
     commit = git_commit()
-    all_tags = {**tags, **({MLFLOW_GIT_COMMIT: commit} if commit else {})}
+    all_tags = {**tags, **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
+                **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
     run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
     items = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)[:PARAM_LIMIT]) for k, v in params.items()]
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
@@ -66,11 +68,11 @@ def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict
     return run.info.run_id
 
 
-def finish_run(run_id: str, failure: str | None = None) -> None:
-    """Mark the run FINISHED, or FAILED with the reason as a tag."""
+def finish_run(run_id: str, failure: str | None = None, status: str | None = None) -> None:
+    """Mark the run FINISHED (or `status`, e.g. KILLED for a pruned trial), or FAILED with the reason as a tag."""
     if failure:
         client().set_tag(run_id, "failure_reason", failure[:5000])
-    client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failure else RunStatus.FINISHED))
+    client().set_terminated(run_id, "FAILED" if failure else status or "FINISHED")
 
 
 class RunLogger:
@@ -89,7 +91,7 @@ class RunLogger:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_figure(self, figure, name: str) -> None:
-        self.client.log_figure(self.run_id, figure, name)
+        self.client.log_figure(self.run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
 
     def log_dict(self, data: dict, name: str) -> None:
         self.client.log_dict(self.run_id, data, name)

@@ -1,0 +1,50 @@
+"""The report of a technique comparison: overlaid validation and LR curves, a table of every variant."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking
+from tasks.report import artifact_key, run_url
+from trainlib import plots
+
+COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
+
+
+@task(name="compare-report")
+def compare_report(name: str, parent_run_id: str, variants: list[dict], best: dict, registered: dict,
+                   workspace: str) -> dict:
+    """-> the comparison's summary (as `trainflow compare --json` prints it)."""
+    log = tracking.RunLogger(parent_run_id)
+    done = [v for v in variants if v["state"] == "complete"]
+    curves = {v["label"]: json.loads(open(v["curves"]).read()) for v in done}
+    log.log_figure(plots.compare_curves({k: c["history"] for k, c in curves.items()}), "compare_val_curves.png")
+    log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in curves.items()}),
+                   "compare_lr_curves.png")
+    rows = [{"variant": v["label"], "state": v["state"],
+             **{k: round(v["metrics"][k], 4) if v.get("metrics", {}).get(k) is not None else None for k in COLUMNS},
+             "epochs": v.get("epochs"), "best_epoch": v.get("best_epoch"),
+             "seconds": round(v["seconds"], 2) if v.get("seconds") else None, "run_id": v.get("run_id"),
+             "error": v.get("error")} for v in variants]
+    table = f"{workspace}/comparison.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    log.log_artifact(table)
+    log.set_tags({"best_variant": best["label"], "gate": registered["gate"]["passed"]})
+    create_table_artifact(rows, key=artifact_key(name, "comparison"), description="every variant, side by side")
+    lines = [f"# {name}: {len(done)} of {len(variants)} variants trained; best: {best['label']}", "",
+             "| variant | best val acc | test acc | epochs | seconds |", "|---|---|---|---|---|",
+             *[f"| {r['variant']} | {r['best_val_accuracy']} | {r['test_accuracy']} | {r['epochs']} | {r['seconds']} |"
+               for r in rows], "",
+             f"Best variant registered as `{registered['registered_model']}` version {registered['version']} "
+             f"with alias `@{registered['alias']}` (gate: {registered['gate']['reason']}).", "",
+             f"MLflow comparison run: [{parent_run_id}]({run_url(parent_run_id)})"]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
+    return {"run_id": parent_run_id, "experiment": name, "metrics": best["metrics"], "best_variant": best["label"],
+            "model_uri": registered["model_uri"], "registered_model": registered["registered_model"],
+            "version": registered["version"], "alias": registered["alias"], "gate": registered["gate"],
+            "children": [v["run_id"] for v in variants if v.get("run_id")], "variants": rows,
+            "mlflow_url": run_url(parent_run_id)}
