@@ -38,12 +38,10 @@ def _backends() -> str:
 
 
 def _train(args: argparse.Namespace, cfg) -> dict:
-    from flows.progress import EpochProgress, console
+    from flows.progress import EpochProgress
     from flows.training import training_pipeline
     from tasks import train as train_task
 
-    console.print(f"[bold]{cfg.name}[/]: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} "
-                  f"on {cfg.data.source} ({_backends()})")
     with EpochProgress(cfg.training.epochs, "training") as progress:
         train_task.LISTENERS.append(progress)
         try:
@@ -52,12 +50,25 @@ def _train(args: argparse.Namespace, cfg) -> dict:
             train_task.LISTENERS.remove(progress)
 
 
-def _print_summary(s: dict) -> None:
+def _fan_out(flow, total: int | None, what: str, *params, **options) -> dict:
+    from flows.progress import RunProgress
+    from tasks import fanout
+
+    with RunProgress(total, what) as progress:
+        fanout.LISTENERS.append(progress)
+        try:
+            return flow(*params, **options)
+        finally:
+            fanout.LISTENERS.remove(progress)
+
+
+def _print_run(s: dict) -> None:
     from flows.progress import console
 
     m, gate = s["metrics"], s["gate"]
     console.print(f"[bold green]done[/]: test accuracy {m['test_accuracy']:.4f}, macro F1 {m['test_f1']:.4f}, "
-                  f"test loss {m['test_loss']:.4f} (best epoch {m['best_epoch']}, stopped at {m['stopped_epoch']})")
+                  f"test loss {m['test_loss']:.4f}" + (f" (best epoch {m['best_epoch']}, stopped at "
+                                                       f"{m['stopped_epoch']})" if "best_epoch" in m else ""))
     verdict = "[green]passed[/]" if gate["passed"] else "[yellow]failed[/]"
     console.print(f"registered [bold]{s['registered_model']}[/] version {s['version']} as @{s['alias']} "
                   f"(gate {verdict}: {gate['reason']})")
@@ -66,17 +77,87 @@ def _print_summary(s: dict) -> None:
         console.print("browse it with: [bold].venv/bin/trainflow ui[/]")
 
 
+def _print_study(s: dict) -> None:
+    from flows.progress import console
+
+    best, t = s["best_trial"], s["trials"]
+    params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    console.print(f"[bold]{t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed trials[/]; "
+                  f"best trial {best['number']} ({best['value']:.4f}): {params}")
+    _print_run(s)
+
+
+def _print_comparison(s: dict) -> None:
+    from rich.table import Table
+
+    from flows.progress import console
+
+    table = Table("val acc", "val loss", "test acc", "epochs", "seconds", "state", title="best epoch of each variant")
+    table.columns.insert(0, Table("variant").columns[0])
+    table.columns[0].overflow = "fold"
+    for v in s["variants"]:
+        table.add_row(v["variant"], *(str(v[k]) for k in ("best_val_accuracy", "best_val_loss", "test_accuracy",
+                                                          "epochs", "seconds", "state")))
+    console.print(table)
+    console.print(f"best (on validation): [bold]{s['best_variant']}[/]")
+    _print_run(s)
+
+
+def _execute(args: argparse.Namespace, title: str, start, show) -> int:
+    """Run `start()`; print its summary with `show`, or as the one JSON object on stdout with --json."""
+    from flows.progress import console
+
+    console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
+    if not args.json:
+        show(start())
+        return 0
+    with _stdout_reserved() as stdout:
+        stdout.write(json.dumps(start(), default=str) + "\n")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from trainlib.config import load_config
 
     cfg = load_config(args.config, args.set or [])  # bad config fails here, before anything starts
-    if not args.json:
-        _print_summary(_train(args, cfg))
-        return 0
-    with _stdout_reserved() as stdout:
-        summary = _train(args, cfg)
-        stdout.write(json.dumps(summary) + "\n")
-    return 0
+    title = f"{cfg.name}: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} on {cfg.data.source}"
+    return _execute(args, title, lambda: _train(args, cfg), _print_run)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from trainlib.config import load_config
+    from trainlib.tuning import check_space, load_search
+
+    cfg, search = load_config(args.config, args.set or []), load_search(args.search)
+    check_space(cfg, search)
+
+    def start():
+        from flows.tuning import tuning_flow
+
+        return _fan_out(tuning_flow, search.budget(), f"{search.strategy} search", cfg, search, refresh=args.refresh)
+
+    return _execute(args, f"{cfg.name}: {search.strategy} search over {', '.join(search.space)}", start,
+                    _print_study)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from trainlib.config import load_config, override, parse_vary
+    from trainlib.tuning import check_keys, variants
+
+    cfg = load_config(args.config, args.set or [])
+    vary = dict(parse_vary(item) for item in args.vary)
+    check_keys(cfg, vary, "--vary")
+    combos = variants(vary)
+    for combo in combos:
+        override(cfg, combo)
+
+    def start():
+        from flows.compare import compare_flow
+
+        return _fan_out(compare_flow, len(combos), "variants", cfg, vary, max_parallel=args.max_parallel,
+                        refresh=args.refresh)
+
+    return _execute(args, f"{cfg.name}: {len(combos)} variants of {', '.join(vary)}", start, _print_comparison)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -102,6 +183,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
     run.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
     run.set_defaults(handler=_run)
+    tune = sub.add_parser("tune", help="search hyperparameters (grid, random, bayesian), retrain and register the best")
+    tune.add_argument("--search", required=True, help="search file YAML (strategy, metric, budget, space)")
+    compare = sub.add_parser("compare", help="train variants side by side on the same split and seed")
+    compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                         help="a config key and its values (repeat for a full grid of combinations)")
+    compare.add_argument("--max-parallel", type=int, default=2, help="variants trained at once (default 2)")
+    for sp, handler in ((tune, _tune), (compare, _compare)):
+        sp.add_argument("--config", help="pipeline config YAML (the base every trial or variant changes)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
+        sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
+        sp.set_defaults(handler=handler)
     ui = sub.add_parser("ui", help="the MLflow UI for the local store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)

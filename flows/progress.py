@@ -31,3 +31,26 @@ class EpochProgress:
             shown += [f"val_loss {metrics['val_loss']:.4f}", f"val_acc {metrics['val_accuracy']:.3f}"]
         shown.append(f"lr {metrics['lr']:.2e}")
         self.progress.update(self.task, completed=epoch, metrics="  ".join(shown))
+
+
+class RunProgress:
+    """A bar over the trials (or variants) of a fan-out flow, advanced as each one finishes."""
+
+    def __init__(self, total: int | None, description: str):
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(description, total=total, last="")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+    def __call__(self, result: dict) -> None:
+        self.progress.start()
+        name = result.get("label") or f"trial {result.get('number')}"
+        value = result["metrics"]["best_val_accuracy"] if "metrics" in result else result.get("value")
+        shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")
+        self.progress.update(self.task, advance=1, last=f"last: {name} {shown}")

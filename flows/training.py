@@ -5,16 +5,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.augment import augment
-from tasks.evaluate import evaluate
-from tasks.ingest import ingest
-from tasks.normalize import normalize
-from tasks.record import finish_run, record_data, start_run
-from tasks.register import register
+from flows.common import prepare_data, train_and_register
+from tasks.record import finish_run, start_run
 from tasks.report import report
 from tasks.settings import workspace
-from tasks.split import split
-from tasks.train import train
 from trainlib.config import PipelineConfig
 
 
@@ -35,15 +29,8 @@ def training_pipeline(config: PipelineConfig = DEFAULT, refresh: bool = False) -
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs
     try:
-        cached = {"refresh_cache": refresh}
-        data = ingest.with_options(**cached)(config.data)
-        parts = split.with_options(**cached)(data, config.split)
-        stats = normalize.with_options(**cached)(data, parts, config.normalize)
-        record_data(run_id, data, parts, stats)
-        augmented = augment(config.augment, data, parts, config.training.seed, ws, run_id)
-        trained = train(config, data, parts, stats, augmented, ws, run_id)
-        metrics = evaluate(config, data, parts, trained, run_id)
-        registered = register(config.name, config.register, trained, metrics, data, run_id)
+        data, parts, stats = prepare_data(config, run_id, refresh)
+        trained, metrics, registered = train_and_register(config, data, parts, stats, ws, run_id)
         summary = report(config.name, run_id, trained, metrics, registered)
     except BaseException as exc:
         finish_run(run_id, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,68 @@
+"""Technique comparison: validate -> ingest -> split -> normalize -> train every variant (parallel,
+same split and seed) -> register the best -> report."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import prepare_data, run_bounded
+from tasks.comparison import compare_report
+from tasks.fanout import variant
+from tasks.record import finish_run, start_run
+from tasks.register import register
+from tasks.settings import workspace
+from trainlib.config import PipelineConfig, override
+from trainlib.errors import TrainingError
+from trainlib.tuning import check_keys, label, share_cpus, variants
+
+
+def run_name() -> str:
+    vary = flow_run.parameters["vary"]
+    return "compare: " + " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items())
+
+
+@flow(name="compare", flow_run_name=run_name)
+def compare_flow(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2,
+                 refresh: bool = False) -> dict:
+    """Train every combination of the `vary` values (config key -> values) on the same data, split and
+    seed, `max_parallel` at a time; register the variant with the best validation accuracy."""
+    check_keys(config, vary, "--vary")
+    base = share_cpus(config, max_parallel)
+    jobs = [(label(o), o, override(base, o)) for o in variants(vary)]  # every combination validated up front
+    run_id = start_run(config, {f"vary.{k}": v for k, v in vary.items()}, kind="comparison")
+    ws = str(workspace(str(flow_run.id)))
+    try:
+        data, parts, stats = prepare_data(config, run_id, refresh)
+        results = train_variants(jobs, max_parallel, data, parts, stats, run_id, ws)
+        best = max((r for r in results if r["state"] == "complete"),
+                   key=lambda r: (r["metrics"]["best_val_accuracy"] or 0, -(r["metrics"]["best_val_loss"] or 0)))
+        registered = register(config.name, config.register, best, best["metrics"], data, best["run_id"])
+        summary = compare_report(config.name, run_id, results, best, registered, ws)
+    except BaseException as exc:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finish_run(run_id)
+    return summary
+
+
+def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats: dict, run_id: str,
+                   ws: str) -> list[dict]:
+    """Run every (label, overrides, config) job, `max_parallel` at a time; failed ones are kept as such."""
+    queue, results = list(jobs), {}
+
+    def submit_next():
+        if not queue:
+            return None
+        name, overrides, cfg = queue.pop(0)
+        return name, variant.submit(cfg, name, overrides, data, parts, stats, run_id, ws)
+
+    def on_done(name: str, result):
+        failed = isinstance(result, BaseException)
+        results[name] = ({"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
+                         if failed else result | {"state": "complete"})
+
+    run_bounded(max_parallel, submit_next, on_done)
+    if not any(r["state"] == "complete" for r in results.values()):
+        raise TrainingError("no variant trained; see the failed variants' runs")
+    return [results[name] for name, _, _ in jobs]

@@ -1,0 +1,115 @@
+"""Hyperparameter tuning: validate -> ingest -> split -> normalize -> search (parallel trials) ->
+retrain the best config -> evaluate -> register -> report."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import yaml
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import prepare_data, run_bounded, train_and_register
+from tasks.fanout import trial
+from tasks.normalize import normalize
+from tasks.record import finish_run, start_run
+from tasks.settings import workspace
+from tasks.split import merge_val
+from tasks.study import study_report
+from trainlib.config import PipelineConfig, flatten, override
+from trainlib.errors import ConfigError, TrainingError
+from trainlib.tuning import SearchConfig, check_space, create_study, decode, finished, share_cpus, suggest, tell
+
+States = optuna.trial.TrialState
+
+
+def run_name() -> str:
+    p = flow_run.parameters
+    config, search = p["config"], p["search"]
+    name = config.name if isinstance(config, PipelineConfig) else config.get("name", "config")
+    strategy = search.strategy if isinstance(search, SearchConfig) else search.get("strategy")
+    return f"{name}: {strategy} search"
+
+
+@flow(name="tuning", flow_run_name=run_name)
+def tuning_flow(config: PipelineConfig, search: SearchConfig, refresh: bool = False) -> dict:
+    """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
+    retrain the best config, test it and register it through the gate. Returns the study summary."""
+    check_space(config, search)
+    config = share_cpus(config, search.max_parallel)
+    study_name = search.study_name or f"{config.name}-study"
+    run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
+                       kind="study")
+    try:
+        data, parts, stats = prepare_data(config, run_id, refresh)
+        study = create_study(search, study_name, config.training.epochs)
+        children = search_trials(config, search, study, study_name, data, parts, stats, run_id)
+        retrain = retrain_best(config, search, study, data, parts, run_id)
+        summary = study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
+    except BaseException as exc:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finish_run(run_id)
+    return summary
+
+
+def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.Study, study_name: str,
+                  data: dict, parts: dict, stats: dict, run_id: str) -> list[str]:
+    """Ask the study for trials and run them, `search.max_parallel` at a time, until the budget (trials
+    the study should hold, or the timeout) is spent; returns the trials' MLflow run ids."""
+    budget, deadline = search.budget(), time.monotonic() + search.timeout if search.timeout else None
+    remaining = None if budget is None else max(0, budget - finished(study))  # a resumed study counts its past
+    children: list[str] = []
+
+    def submit_next():
+        nonlocal remaining
+        while (remaining is None or remaining > 0) and (deadline is None or time.monotonic() < deadline):
+            remaining = None if remaining is None else remaining - 1
+            t = study.ask()
+            params = suggest(t, search.space)
+            try:
+                trial_config = override(config, params)
+            except ConfigError as exc:  # a combination the config refuses (each value alone was valid)
+                t.set_user_attr("error", str(exc))
+                tell(study, t, state=States.FAIL)
+                continue
+            return t, trial.submit(trial_config, params, search, study_name, t._trial_id, t.number, data, parts,
+                                   stats, run_id)
+        return None
+
+    def on_done(t: optuna.Trial, result):
+        if isinstance(result, BaseException):
+            t.set_user_attr("error", f"{type(result).__name__}: {result}")
+            tell(study, t, state=States.FAIL)
+            return
+        children.append(result["run_id"])
+        if result["state"] == "pruned":
+            tell(study, t, state=States.PRUNED)
+        else:
+            t.set_user_attr("best_epoch", result["best_epoch"])
+            tell(study, t, result["value"])
+
+    run_bounded(search.max_parallel, submit_next, on_done)
+    if not [t for t in study.get_trials(deepcopy=False, states=(States.COMPLETE,))]:
+        raise TrainingError(f"no trial of study {study_name} completed; see the failed trials' runs")
+    return children
+
+
+def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Study, data: dict, parts: dict,
+                 parent_run_id: str) -> dict:
+    """Train the best trial's config again (on train, or train+val for its best number of epochs), test
+    it and register it through the gate, in a child run. -> {run_id, metrics, registered}."""
+    best = study.best_trial
+    best_config = override(config, decode(best.params, search.space))
+    if search.retrain == "train+val":
+        parts = merge_val(parts)
+        best_config = override(best_config, {"training.epochs": best.user_attrs.get("best_epoch") or
+                                             config.training.epochs, "training.early_stopping.enabled": False})
+    stats = normalize(data, parts, best_config.normalize)
+    run_id = start_run(best_config, {"search.best_trial": best.number}, parent_run_id=parent_run_id,
+                       run_name=f"best: trial {best.number} on {search.retrain}", kind="retrain")
+    ws = str(workspace(f"{flow_run.id}-best"))
+    _, metrics, registered = train_and_register(best_config, data, parts, stats, ws, run_id)
+    finish_run(run_id)
+    return {"run_id": run_id, "metrics": metrics, "registered": registered}
