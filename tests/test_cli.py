@@ -80,3 +80,32 @@ def test_ui_serves_the_local_store(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_tune_json_has_the_study_and_its_children(tmp_path):
+    search = tmp_path / "search.yaml"
+    search.write_text("strategy: grid\npruner: none\nspace:\n"
+                      "  optimizer.name: {type: categorical, choices: [adam, rmsprop]}\n")
+    out = _trainflow(tmp_path, "tune", "--json", "--search", str(search), "--set", "training.epochs=2",
+                     "--set", "name=cli-tune", "--set", "model.name=mlp")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias", "gate",
+            "children", "best_trial"} <= set(summary)
+    assert len(summary["children"]) == 3 and summary["trials"] == {"complete": 2, "pruned": 0, "fail": 0}
+    assert summary["best_trial"]["params"]["optimizer.name"] in {"adam", "rmsprop"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tune", "--search", "none.yaml"], "search file not found: none.yaml"),
+    (["tune", "--search", "{search}"], "search.metric: 'test_accuracy' is not a validation metric"),
+    (["compare", "--vary", "optimizer.name=sgd,lion"], "--vary optimizer.name='lion'"),
+    (["compare", "--vary", "split.seed=1,2"], "--vary split.seed: cannot vary"),
+    (["compare", "--vary", "optimizer.name"], "expected key=value1,value2"),
+])
+def test_fan_out_bad_input_exits_2(tmp_path, args, message):
+    search = tmp_path / "bad.yaml"
+    search.write_text("metric: test_accuracy\nspace:\n  optimizer.lr: {type: float, low: 0.001, high: 0.1}\n")
+    out = _trainflow(tmp_path, *[a.replace("{search}", str(search)) for a in args], "--json", timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert message in out.stderr and "Traceback" not in out.stderr

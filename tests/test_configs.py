@@ -31,3 +31,12 @@ def test_config_trains(path, monkeypatch):
     cfg = load_config(path, ["training.epochs=1"])
     out = recipe.run(cfg)
     assert out.evaluation.accuracy > 0 and len(out.fit.history) == 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.stem)
+def test_search_files_are_valid_for_the_default_config(path):
+    from trainlib.tuning import check_space, load_search
+
+    search = load_search(path)
+    check_space(PipelineConfig(), search)
+    assert search.budget() is None or search.budget() >= 1

@@ -150,9 +150,11 @@ def test_prefect_artifacts_summarize_the_run(first, prefect_api):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    with get_client(sync_client=True) as client:
+    flow_run_id = MlflowClient().get_run(first["run_id"]).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:  # later runs of the experiment reuse the keys: take this run's
         found = {a.key: a for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{NAME}-summary", f"{NAME}-epochs"])))}
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{NAME}-summary", f"{NAME}-epochs"])))
+            if str(a.flow_run_id) == flow_run_id}
     summary, table = found[f"{NAME}-summary"], found[f"{NAME}-epochs"]
     assert summary.type == "markdown" and "Gate:" in summary.data and first["run_id"] in summary.data
     assert table.type == "table"

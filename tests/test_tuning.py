@@ -1,0 +1,160 @@
+"""Search files, spaces, samplers and pruners (trainlib.tuning), without Prefect or MLflow."""
+
+import itertools
+import re
+
+import optuna
+import pytest
+
+from trainlib import recipe
+from trainlib.config import PipelineConfig, load_config, parse_vary, validate
+from trainlib.device import cpu_quota
+from trainlib.errors import ConfigError
+from trainlib.tuning import (
+    PRUNERS,
+    SAMPLERS,
+    PruningCallback,
+    SearchConfig,
+    check_keys,
+    check_space,
+    create_study,
+    grid_values,
+    share_cpus,
+    suggest,
+    tell,
+    variants,
+)
+
+SPACE = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+         "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+         "training.batch_size": {"type": "int", "low": 16, "high": 256, "log": True},
+         "model.hidden": {"type": "categorical", "choices": [[64], [128, 64]]},
+         "optimizer.name": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]}}
+
+
+def _search(**fields) -> SearchConfig:
+    return validate({"space": SPACE, **fields}, SearchConfig, "search file")
+
+
+def _draw(search: SearchConfig, n: int, name: str) -> list[dict]:
+    study = create_study(search, name, epochs=5)
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        params = suggest(t, search.space)
+        tell(study, t, float(hash(str(params)) % 1000) / 1000)
+        out.append(params)
+    return out
+
+
+def test_registries_cover_the_search_file_choices():
+    assert set(SAMPLERS) == {"grid", "random", "bayesian", "gp"} and set(PRUNERS) == {"none", "median", "hyperband"}
+
+
+def test_grid_covers_every_combination_exactly_once_even_with_parallel_asks():
+    search = validate({"strategy": "grid", "space": {
+        "optimizer.name": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25},
+        "training.batch_size": {"type": "int", "low": 32, "high": 64, "step": 32}}}, SearchConfig)
+    assert search.budget() == 3 * 3 * 2
+    study = create_study(search, "grid-test", epochs=3)
+    seen = []
+    for _ in range(search.budget() // 2):  # two trials asked before either is told: as with max_parallel 2
+        pair = [study.ask() for _ in range(2)]
+        for t in pair:
+            seen.append(tuple(suggest(t, search.space).values()))
+        for t in pair:
+            tell(study, t, 0.5)
+    expected = set(itertools.product(["adam", "sgd", "rmsprop"], [0.0, 0.25, 0.5], [32, 64]))
+    assert sorted(seen) == sorted(expected)
+
+
+def test_random_stays_within_bounds():
+    for p in _draw(_search(strategy="random", seed=3), 200, "random-test"):
+        assert 1e-4 <= p["optimizer.lr"] <= 1e-1 and 0.0 <= p["model.dropout"] <= 0.5
+        assert isinstance(p["training.batch_size"], int) and 16 <= p["training.batch_size"] <= 256
+        assert p["optimizer.name"] in {"adam", "sgd", "rmsprop"} and p["model.hidden"] in ([64], [128, 64])
+    lrs = sorted(p["optimizer.lr"] for p in _draw(_search(strategy="random"), 400, "random-log"))
+    assert lrs[len(lrs) // 2] < 1e-2  # log scale: the median lies near 10^-2.5, not near 0.05
+
+
+@pytest.mark.parametrize("strategy", ["bayesian", "gp", "random"])
+def test_seeded_samplers_are_reproducible(strategy):
+    n = 14 if strategy != "gp" else 8
+    a = _draw(_search(strategy=strategy, seed=7), n, f"{strategy}-a")
+    b = _draw(_search(strategy=strategy, seed=7), n, f"{strategy}-b")
+    c = _draw(_search(strategy=strategy, seed=8), n, f"{strategy}-c")
+    assert a == b and a != c
+
+
+def test_median_pruner_stops_a_hopeless_trial(digits):
+    cfg = load_config(None, ["model.name=mlp", "model.hidden=[64]", "training.epochs=6",
+                             "training.early_stopping.enabled=false"])
+    search = _search(pruner="median", prune_after=1, metric="val_accuracy")
+    study = create_study(search, "prune-test", epochs=6)
+    ds, manifest = digits, recipe.split(digits, cfg.split)
+    norm = recipe.fit_normalizer(ds, manifest, cfg.normalize)
+
+    def run(lr):
+        t = study.ask()
+        callback = PruningCallback(t, "val_accuracy")
+        try:
+            recipe.train(cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": lr})}), ds,
+                         manifest, norm, callbacks=[callback])
+        except optuna.TrialPruned:
+            tell(study, t, state=optuna.trial.TrialState.PRUNED)
+            return "pruned", callback.epoch
+        tell(study, t, max(t.storage.get_trial(t._trial_id).intermediate_values.values()))
+        return "complete", callback.epoch
+
+    assert run(1e-3) == ("complete", 6) and run(1e-3) == ("complete", 6)
+    state, epoch = run(1e-7)  # learns nothing
+    assert state == "pruned" and epoch == 2  # epoch 1 always runs (prune_after=1); pruned at the next
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"space": {}}, "space: Dictionary should have at least 1 item"),
+    ({"metric": "test_accuracy"}, "'test_accuracy' is not a validation metric"),
+    ({"metric": "val_loss", "direction": "maximize"}, "val_loss should be minimized"),
+    ({"strategy": "anneal"}, "unknown search strategy 'anneal'"),
+    ({"pruner": "asha"}, "unknown pruner 'asha'; valid: hyperband, median, none"),
+    ({"strategy": "grid"}, "grid search needs a step for a float"),
+    ({"n_trials": None}, "give n_trials or timeout"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "a log scale needs low > 0"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "low (1.0) must be below high (0.1)"),
+    ({"sapce": {}}, "sapce: unknown key (did you mean 'space'?)"),
+])
+def test_bad_search_files(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate({"space": SPACE} | fields, SearchConfig, "search file")
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimizer.lrr": {"type": "float", "low": 0.1, "high": 0.2}}, "unknown key (did you mean 'optimizer.lr'?)"),
+    ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}}, "model.dropout=1.5"),
+    ({"split.seed": {"type": "int", "low": 0, "high": 3}}, "split.seed: cannot vary"),
+    ({"data.source": {"type": "categorical", "choices": ["digits"]}}, "data.source: cannot vary"),
+    ({"optimizer.name": {"type": "categorical", "choices": ["adam", "lion"]}}, "unknown optimizer 'lion'"),
+])
+def test_search_space_is_checked_against_the_config(space, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_space(PipelineConfig(), validate({"space": space}, SearchConfig))
+
+
+def test_grid_values_and_variants():
+    assert grid_values(validate({"space": {"model.dropout": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}}},
+                                SearchConfig).space) == {"model.dropout": [0.1, 0.2, 0.3]}
+    vary = dict([parse_vary("optimizer.name=sgd,adam"), parse_vary("augment.scale=[0.9,1.1],[1,1]")])
+    assert variants(vary) == [{"optimizer.name": o, "augment.scale": s} for o in ("sgd", "adam")
+                              for s in ([0.9, 1.1], [1, 1])]
+    with pytest.raises(ConfigError, match="--vary split.train: cannot vary"):
+        check_keys(PipelineConfig(), {"split.train": [0.5]}, "--vary")
+    with pytest.raises(ConfigError, match="expected key=value1,value2"):
+        parse_vary("optimizer.name")
+
+
+def test_parallel_runs_share_the_cpus():
+    assert share_cpus(PipelineConfig(), 2).training.threads == max(1, cpu_quota() // 2)
+    assert share_cpus(PipelineConfig(), 1).training.threads is None
+    assert share_cpus(load_config(None, ["training.threads=2"]), 2).training.threads == 2
+    assert _search().budget() == 20

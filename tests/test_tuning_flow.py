@@ -1,0 +1,186 @@
+"""Tuning and comparison flows end to end: real Prefect API (test harness), real MLflow store."""
+
+import json
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from trainlib.config import load_config, validate
+from trainlib.tuning import SearchConfig
+
+BASE = ["model.name=mlp", "model.hidden=[64]", "training.epochs=3", "training.early_stopping.enabled=false"]
+
+
+def _search(**fields) -> SearchConfig:
+    return validate({"strategy": "random", "n_trials": 4, "pruner": "none", "max_parallel": 2, "seed": 0,
+                     "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+                               "model.hidden": {"type": "categorical", "choices": [[32], [64, 32]]}}} | fields,
+                    SearchConfig)
+
+
+def _children(parent_run_id: str):
+    client = MlflowClient()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def _prefect_table(key: str, run_id: str) -> list[dict]:
+    """The table artifact `key` created by the flow run behind MLflow run `run_id`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    flow_run_id = MlflowClient().get_run(run_id).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    data = next(a.data for a in found if str(a.flow_run_id) == flow_run_id)
+    return json.loads(data) if isinstance(data, str) else data
+
+
+@pytest.fixture(scope="module")
+def study(prefect_api):
+    from flows.tuning import tuning_flow
+
+    return tuning_flow(load_config(None, ["name=tune-e2e", *BASE]), _search())
+
+
+def test_trials_are_child_runs_that_do_not_collide(study):
+    client = MlflowClient()
+    children = _children(study["run_id"])
+    trials = [r for r in children if r.data.tags["trainflow.kind"] == "trial"]
+    assert len(trials) == 4 and {r.info.run_id for r in trials} | {study["children"][-1]} == set(study["children"])
+    for run in trials:  # each trial's own params, and exactly one metric point per epoch of its own
+        overrides = json.loads(run.data.tags["trainflow.overrides"])
+        assert float(run.data.params["optimizer.lr"]) == pytest.approx(overrides["optimizer.lr"])
+        assert run.data.params["model.hidden"] == json.dumps(overrides["model.hidden"])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == [1, 2, 3] and run.info.status == "FINISHED"
+    assert len({r.data.params["optimizer.lr"] for r in trials}) == 4
+
+
+def test_study_reports_and_registers_the_retrained_best(study):
+    client = MlflowClient()
+    parent = client.get_run(study["run_id"])
+    artifacts = {a.path for a in client.list_artifacts(study["run_id"])}
+    assert {"optimization_history.png", "param_importances.png", "parallel_coordinate.png", "search.yaml",
+            "config.yaml"} <= artifacts
+    assert parent.data.metrics["trials_complete"] == 4 and parent.data.params["search.strategy"] == "random"
+    retrain = client.get_run(study["children"][-1])
+    assert retrain.data.tags[MLFLOW_PARENT_RUN_ID] == study["run_id"]
+    assert "test_accuracy" in retrain.data.metrics and "val_accuracy" in retrain.data.metrics
+    best = study["best_trial"]
+    assert float(retrain.data.params["optimizer.lr"]) == pytest.approx(best["params"]["optimizer.lr"])
+    assert best["value"] == max(r.data.metrics["best_val_accuracy"] for r in _children(study["run_id"])
+                                if r.data.tags["trainflow.kind"] == "trial")
+    version = client.get_model_version("tune-e2e", str(study["version"]))
+    assert version.run_id == retrain.info.run_id and study["alias"] == "champion"
+    rows = _prefect_table("tune-e2e-trials", study["run_id"])
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3] and all(r["state"] == "complete" for r in rows)
+
+
+def test_grid_study_runs_every_combination_once_in_parallel(prefect_api):
+    from flows.tuning import tuning_flow
+
+    grid = _search(strategy="grid", n_trials=None, space={
+        "optimizer.name": {"type": "categorical", "choices": ["adam", "rmsprop"]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.2}})
+    out = tuning_flow(load_config(None, ["name=grid-e2e", *BASE]), grid)
+    combos = [tuple(json.loads(r.data.tags["trainflow.overrides"]).values())
+              for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
+    assert sorted(combos) == sorted([("adam", 0.0), ("adam", 0.2), ("rmsprop", 0.0), ("rmsprop", 0.2)])
+
+
+def test_pruned_trials_are_recorded_as_pruned(prefect_api, tmp_path):
+    from flows.tuning import tuning_flow
+
+    search = _search(n_trials=3, pruner="median", prune_after=1, max_parallel=1, storage=f"sqlite:///{tmp_path}/s.db",
+                     study_name="prune", space={"optimizer.lr": {"type": "float", "low": 1e-9, "high": 1e-2,
+                                                                 "log": True}})
+    queued = optuna.create_study(study_name="prune", storage=search.storage, direction="maximize")
+    for lr in (3e-3, 2e-3, 1e-9):  # two good trials set the median, then one that learns nothing
+        queued.enqueue_trial({"optimizer.lr": lr})
+    out = tuning_flow(load_config(None, ["name=prune-e2e", *BASE, "training.epochs=4"]), search)
+    trials = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
+    pruned = [r for r in trials if r.data.tags.get("trial.state") == "pruned"]
+    assert out["trials"]["pruned"] == len(pruned) == 1 and out["trials"]["complete"] == 2
+    run = pruned[0]
+    assert run.info.status == "KILLED" and float(run.data.params["optimizer.lr"]) == pytest.approx(1e-9)
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+
+
+def test_study_in_rdb_storage_resumes(prefect_api, tmp_path):
+    from flows.tuning import tuning_flow
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = load_config(None, ["name=resume-e2e", *BASE, "training.epochs=2"])
+    first = tuning_flow(cfg, _search(n_trials=2, storage=storage, study_name="shared"))
+    second = tuning_flow(cfg, _search(n_trials=4, storage=storage, study_name="shared", retrain="train+val"))
+    assert len(first["children"]) == 3 and len(second["children"]) == 3  # 2 new trials + the retrain each time
+    stored = optuna.load_study(study_name="shared", storage=storage)
+    assert [t.number for t in stored.trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials)
+    retrain = MlflowClient().get_run(second["children"][-1])
+    assert retrain.data.params["training.early_stopping.enabled"] == "False"
+    assert "val_accuracy" not in retrain.data.metrics  # trained on train+val: no validation split left
+
+
+@pytest.fixture(scope="module")
+def comparison(prefect_api):
+    from flows.compare import compare_flow
+
+    return compare_flow(load_config(None, ["name=compare-e2e", *BASE]),
+                        {"optimizer.name": ["adam", "sgd"], "augment.rotation": [0, 10]})
+
+
+def test_compare_trains_the_full_grid_as_children_and_reports(comparison):
+    client = MlflowClient()
+    children = _children(comparison["run_id"])
+    assert len(children) == 4 == len(comparison["children"])
+    labels = {r.info.run_name for r in children}
+    assert labels == {f"optimizer.name={o}, augment.rotation={a}" for o in ("adam", "sgd") for a in (0, 10)}
+    assert {"compare_val_curves.png", "compare_lr_curves.png", "comparison.csv"} <= {
+        a.path for a in client.list_artifacts(comparison["run_id"])}
+    rows = _prefect_table("compare-e2e-comparison", comparison["run_id"])
+    assert len(rows) == 4 and all(r["state"] == "complete" and r["test_accuracy"] is not None for r in rows)
+    best = max(rows, key=lambda r: (r["best_val_accuracy"], -r["best_val_loss"]))
+    assert comparison["best_variant"] == best["variant"]
+    version = client.get_model_version("compare-e2e", str(comparison["version"]))
+    assert version.run_id == next(r.info.run_id for r in children if r.info.run_name == best["variant"])
+
+
+FAMILIES = {
+    "optimizers": {"optimizer.name": ["sgd", "adagrad"]},
+    "schedules": {"schedule.name": ["onecycle", "plateau"]},
+    "regularization": {"regularization.l1": [0.0, 1e-4], "regularization.l2": [1e-3]},
+    "dropout": {"model.dropout": [0.0, 0.5]},
+    "augmentation": {"augment.rotation": [0, 15], "augment.erasing": [0.0, 0.3]},
+    "normalization": {"normalize.method": ["minmax", "none"]},
+    "gd modes": {"training.mode": ["batch", "stochastic"]},
+    "early stopping": {"training.early_stopping.enabled": [True, False]},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compare_works_for_every_technique_family(prefect_api, family):
+    from flows.compare import compare_flow
+
+    out = compare_flow(load_config(None, [f"name=family-{family.replace(' ', '-')}", *BASE, "training.epochs=1",
+                                          "training.batch_size=128"]), FAMILIES[family])
+    assert all(v["state"] == "complete" for v in out["variants"])
+    assert len(out["variants"]) == len(out["children"]) >= 2
+
+
+def test_invalid_combinations_and_failing_trials_do_not_sink_the_study(prefect_api):
+    from flows.tuning import tuning_flow
+
+    search = _search(strategy="grid", n_trials=None, max_parallel=2, space={
+        "optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]},
+        "optimizer.nesterov": {"type": "categorical", "choices": [True, False]},  # adam + nesterov: refused
+        "training.batch_size": {"type": "categorical", "choices": [64, 5000]}})  # 5000 > the train split: fails
+    out = tuning_flow(load_config(None, ["name=fail-e2e", *BASE, "training.epochs=1", "optimizer.name=sgd"]), search)
+    assert out["trials"] == {"complete": 3, "pruned": 0, "fail": 5}
+    assert out["best_trial"]["params"]["training.batch_size"] == 64
+    failed = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"
+              and r.info.status == "FAILED"]
+    assert len(failed) == 3 and all("larger than the train split" in r.data.tags["failure_reason"] for r in failed)
