@@ -37,29 +37,30 @@ def _backends() -> str:
     return f"Prefect: {api}; MLflow: {os.environ.get('MLFLOW_TRACKING_URI')}"
 
 
+def _watched(progress, listeners: list, start):
+    """Run `start()` with `progress` (a live bar) listening to the tasks of this process."""
+    with progress:
+        listeners.append(progress)
+        try:
+            return start()
+        finally:
+            listeners.remove(progress)
+
+
 def _train(args: argparse.Namespace, cfg) -> dict:
     from flows.progress import EpochProgress
     from flows.training import training_pipeline
     from tasks import train as train_task
 
-    with EpochProgress(cfg.training.epochs, "training") as progress:
-        train_task.LISTENERS.append(progress)
-        try:
-            return training_pipeline(cfg, refresh=args.refresh)
-        finally:
-            train_task.LISTENERS.remove(progress)
+    return _watched(EpochProgress(cfg.training.epochs, "training"), train_task.LISTENERS,
+                    lambda: training_pipeline(cfg, refresh=args.refresh))
 
 
 def _fan_out(flow, total: int | None, what: str, *params, **options) -> dict:
     from flows.progress import RunProgress
     from tasks import fanout
 
-    with RunProgress(total, what) as progress:
-        fanout.LISTENERS.append(progress)
-        try:
-            return flow(*params, **options)
-        finally:
-            fanout.LISTENERS.remove(progress)
+    return _watched(RunProgress(total, what), fanout.LISTENERS, lambda: flow(*params, **options))
 
 
 def _print_run(s: dict) -> None:
