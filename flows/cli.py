@@ -179,19 +179,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train one config through the pipeline (default: cnn on the embedded digits)")
-    run.add_argument("--config", help="pipeline config YAML")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    run.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
-    run.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
-    run.set_defaults(handler=_run)
     tune = sub.add_parser("tune", help="search hyperparameters (grid, random, bayesian), retrain and register the best")
     tune.add_argument("--search", required=True, help="search file YAML (strategy, metric, budget, space)")
     compare = sub.add_parser("compare", help="train variants side by side on the same split and seed")
     compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                          help="a config key and its values (repeat for a full grid of combinations)")
     compare.add_argument("--max-parallel", type=int, default=2, help="variants trained at once (default 2)")
-    for sp, handler in ((tune, _tune), (compare, _compare)):
-        sp.add_argument("--config", help="pipeline config YAML (the base every trial or variant changes)")
+    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare)):
+        sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
