@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
-from trainlib.data.batches import Data
+from trainlib.data.batches import Data, batch_bounds
 from trainlib.device import resolve_precision
 from trainlib.earlystop import EarlyStopping
 from trainlib.errors import ConfigError, TrainingError
+from trainlib.models import Dropout
 from trainlib.optim import penalized_weights, penalty
 from trainlib.registry import Registry
 from trainlib.schedules import LRSchedule
@@ -71,9 +72,9 @@ GD_MODES: Registry[Callable[[int, int], tuple[int, int]]] = Registry("gradient-d
 
 
 def updates_per_epoch(mode: str, n: int, batch_size: int) -> int:
-    """Optimizer updates in one epoch over n samples: 1 (batch), ceil(n / batch_size), or n."""
+    """Optimizer updates in one epoch over n samples: 1 (batch), about n / batch_size, or n."""
     chunk, accumulate = GD_MODES[mode](n, batch_size)
-    return math.ceil(math.ceil(n / chunk) / accumulate)
+    return math.ceil(len(batch_bounds(n, chunk)) / accumulate)
 
 
 @dataclass
@@ -117,6 +118,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     logger = logger or NullLogger()
     shuffle = torch.Generator().manual_seed(seed)
     aug_rng = torch.Generator(device=device).manual_seed(seed + 1)
+    drop_rng = _own_dropout(model, torch.Generator(device=device).manual_seed(seed + 2))
     history, lrs, start, reason = [], [], 1, "completed"
     if resume and checkpoint and Path(checkpoint).exists():
         ck = load_checkpoint(checkpoint)
@@ -124,13 +126,20 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         optimizer.load_state_dict(ck["optimizer"])
         schedule.load_state_dict(ck["schedule"])
         es.load_state_dict(ck["early_stopping"])
-        _set_rng(ck["rng"], shuffle, aug_rng)
+        _set_rng(ck["rng"], shuffle, aug_rng, drop_rng)
         history, lrs, reason = ck["history"], ck["lrs"], ck["stop_reason"]
         start = ck["epoch"] + 1 if reason == "completed" else epochs + 1  # a stopped run stays stopped
     for epoch in range(start, epochs + 1):
         started = time.perf_counter()
-        metrics = loop.train_epoch(train.batches(chunk, shuffle), len(train), chunk, accumulate, schedule, lrs,
-                                   aug_rng, epoch)
+        try:
+            metrics = loop.train_epoch(train.batches(chunk, shuffle), len(train), chunk, accumulate, schedule, lrs,
+                                       aug_rng, epoch)
+        except ValueError as exc:
+            if "Expected more than 1 value per channel" not in str(exc):
+                raise
+            raise ConfigError(f"the model's batch norm saw a single value per channel ({exc}): the inputs are too "
+                              "small for this model in batches of one; use training.mode: minibatch with "
+                              "training.batch_size >= 2, or larger images") from None
         seconds = time.perf_counter() - started
         if val is not None:
             metrics.update(loop.validate(val))
@@ -149,7 +158,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         if checkpoint:
             save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             schedule=schedule.state_dict(), early_stopping=es.state_dict(),
-                            rng=_get_rng(shuffle, aug_rng), history=history, lrs=lrs, stop_reason=reason,
+                            rng=_get_rng(shuffle, aug_rng, drop_rng), history=history, lrs=lrs, stop_reason=reason,
                             meta=meta or {})
         if reason != "completed":
             break
@@ -191,7 +200,7 @@ class _Loop:
         self.model.train()
         zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
         loss_sum, correct, pen_sum, first_bad = zero(), zero(), zero(), torch.full((), -1, device=self.device)
-        n_chunks, n_updates = math.ceil(n / chunk), 0
+        n_chunks, n_updates = len(batch_bounds(n, chunk)), 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(batches):
             if self.augment is not None:
@@ -241,17 +250,27 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _get_rng(shuffle: torch.Generator, aug: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "augment": aug.get_state()}
+def _own_dropout(model: nn.Module, generator: torch.Generator) -> torch.Generator:
+    """Give trainlib's dropout layers this run's generator (torch's global RNG is shared by threads)."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.generator = generator
+    return generator
+
+
+def _get_rng(shuffle: torch.Generator, aug: torch.Generator, drop: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "augment": aug.get_state(),
+             "dropout": drop.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng(state: dict, shuffle: torch.Generator, aug: torch.Generator) -> None:
+def _set_rng(state: dict, shuffle: torch.Generator, aug: torch.Generator, drop: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     shuffle.set_state(state["shuffle"])
     aug.set_state(state["augment"])
+    drop.set_state(state["dropout"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

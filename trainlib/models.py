@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
@@ -14,13 +15,33 @@ from trainlib.errors import ConfigError
 from trainlib.registry import Registry
 
 
+class Dropout(nn.Module):
+    """Dropout whose masks come from `generator` (set by the engine per training run) instead of torch's
+    global RNG, so runs training in parallel threads stay reproducible; global RNG when unset."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p, self.generator = p, None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            return nn.functional.dropout(x, self.p, True)
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def mlp(in_shape: Sequence[int], n_classes: int, *, hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0, **_unused) -> nn.Module:
     """Fully connected net on flattened inputs: [Linear, ReLU, Dropout] per hidden size, then Linear."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, size), nn.ReLU(inplace=True), Dropout(dropout)]
         width = size
     return nn.Sequential(*layers, nn.Linear(width, n_classes))
 
@@ -46,7 +67,7 @@ def cnn(in_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (3
             layers.append(nn.MaxPool2d(2))
             side //= 2
         c_in = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dropout(dropout),
                          nn.Linear(c_in, n_classes))
 
 
@@ -59,7 +80,7 @@ def resnet18(in_shape: Sequence[int], n_classes: int, *, dropout: float = 0.0, *
     net = tv_resnet18(weights=None, num_classes=n_classes)
     net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, n_classes))
+    net.fc = nn.Sequential(Dropout(dropout), nn.Linear(net.fc.in_features, n_classes))
     return net
 
 

@@ -7,6 +7,7 @@ never repeat that mapping. `run` chains every stage in memory.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,10 @@ def part(ds: sources.Dataset, manifest: pd.DataFrame, name: str, workers: int = 
     return subset(ds, indices(manifest, name), workers)
 
 
-def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeConfig) -> normalize.NormStats:
-    """Normalization statistics from the train split only."""
-    return normalize.fit(cfg.method, input_chunks(part(ds, manifest, "train")), ds.is_image)
+def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeConfig,
+                   workers: int = 2) -> normalize.NormStats:
+    """Normalization statistics from the train split only (`workers` decode streamed images)."""
+    return normalize.fit(cfg.method, input_chunks(part(ds, manifest, "train", workers)), ds.is_image)
 
 
 def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | None:
@@ -57,10 +59,16 @@ def expand(train: Data, aug: Augmenter, copies: int, seed: int) -> TensorData:
     return TensorData(x, y)
 
 
+_INIT = threading.Lock()  # weight initialization draws from torch's global RNG, shared by threads
+
+
 def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormStats | None) -> models.Classifier:
-    torch.manual_seed(cfg.training.seed)  # the same seed gives the same initial weights
-    return models.build(cfg.model.name, ds.sample_shape, len(ds.classes), norm,
-                        **cfg.model.model_dump(exclude={"name"}))
+    """The configured model; the same seed gives the same initial weights, also with runs in parallel threads
+    (nothing else in training draws from the global RNG: data order, augmentation and dropout have their own)."""
+    with _INIT, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.training.seed)
+        return models.build(cfg.model.name, ds.sample_shape, len(ds.classes), norm,
+                            **cfg.model.model_dump(exclude={"name"}))
 
 
 def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
@@ -113,6 +121,6 @@ def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
     """Every stage in memory: ingest, split, normalize, (augment), train, evaluate on test."""
     ds = ingest(cfg.data)
     manifest = split(ds, cfg.split)
-    norm = fit_normalizer(ds, manifest, cfg.normalize)
+    norm = fit_normalizer(ds, manifest, cfg.normalize, cfg.data.workers)
     model, result = train(cfg, ds, manifest, norm, callbacks=callbacks, logger=logger)
     return Outcome(ds, manifest, norm, model, result, test(cfg, model, ds, manifest))
