@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -10,13 +13,24 @@ import torch
 from trainlib.errors import DataError
 
 
-def save_checkpoint(path: str | Path, **state) -> None:
-    """Write `state` (tensors, numbers, strings, lists, dicts) to `path`; a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` that replaces it when the block succeeds: readers (and concurrent
+    writers of the same file) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: str | Path, **state) -> None:
+    """Write `state` (tensors, numbers, strings, lists, dicts) to `path`; a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:

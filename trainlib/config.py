@@ -161,7 +161,7 @@ class ScheduleConfig(Section):
     min_lr: NonNegative = Field(0, description="cosine: final LR; plateau: lowest LR")
     max_lr: Positive | None = Field(None, description="cyclical: upper LR; onecycle: peak LR (default 10 x lr)")
     cycle_epochs: Positive = Field(4, description="cyclical: epochs per full cycle (up and down)")
-    cycle_mode: Literal[CYCLE_MODES] = Field("triangular", description=" | ".join(CYCLE_MODES))
+    cycle_mode: Annotated[str, _one_of(CYCLE_MODES)] = Field("triangular", description=" | ".join(CYCLE_MODES))
     cycle_gamma: Fraction = Field(0.9, description="cyclical exp_range: amplitude factor per epoch")
     pct_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.3, description="onecycle: fraction of updates rising")
     div_factor: Positive = Field(25, description="onecycle: start LR = max_lr / div_factor")
@@ -176,7 +176,7 @@ class EarlyStoppingConfig(Section):
     monitor: Annotated[str, _one_of(MONITORS)] = Field("val_loss", description="val_loss | val_accuracy")
     patience: Count = Field(5, description="epochs without improvement before stopping")
     min_delta: NonNegative = Field(0, description="smallest change that counts as improvement")
-    restore_best: bool = Field(True, description="end with the best epoch's weights")
+    restore_best: bool = Field(True, description="end with the best epoch's weights (when enabled)")
 
 
 def _device(name: str) -> str:
@@ -238,6 +238,8 @@ with warnings.catch_warnings():
                                       "or enabled: false")
                 if self.schedule.name == "plateau":
                     raise ConfigError("schedule.name: plateau needs a validation split (split.val > 0)")
+            if self.augment.expand and self.data.stream:
+                raise ConfigError("augment.expand: needs in-memory data; data.stream keeps images on disk")
             max_lr = self.schedule.max_lr
             if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
                 raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")

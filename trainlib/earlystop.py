@@ -11,7 +11,8 @@ from trainlib.monitor import MONITORS, improved
 
 
 class EarlyStopping:
-    """Tracks the best epoch of `monitor` always; stops training only when `enabled`."""
+    """Tracks the best epoch of `monitor` always; stops training and restores the best weights only
+    when `enabled`."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  restore_best: bool = True, enabled: bool = True):
@@ -30,7 +31,7 @@ class EarlyStopping:
             return False
         if improved(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            if self.restore_best:
+            if self.enabled and self.restore_best:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
@@ -38,7 +39,7 @@ class EarlyStopping:
 
     def restore(self, model: torch.nn.Module) -> bool:
         """Load the best weights into `model` (when asked to and known); returns whether it did."""
-        if not (self.restore_best and self.best_state):
+        if not (self.enabled and self.restore_best and self.best_state):
             return False
         model.load_state_dict(self.best_state)
         return True

@@ -62,16 +62,23 @@ def _peak(s: Shape) -> float:
     return max_lr / s.lr
 
 
+# cycle mode -> amplitude scale at (cycle number, update, exp_range decay per update), as torch's CyclicLR
+CYCLE_MODES: Registry[Callable[[int, int, float], float]] = Registry("cycle mode", {
+    "triangular": lambda cycle, t, gamma: 1.0,
+    "triangular2": lambda cycle, t, gamma: 1 / 2 ** (cycle - 1),
+    "exp_range": lambda cycle, t, gamma: gamma**t,
+})
+
+
 def _cyclical(s: Shape):
-    ratio, mode = _peak(s), s.knobs.get("cycle_mode", "triangular")
+    ratio, scale_of = _peak(s), CYCLE_MODES[s.knobs.get("cycle_mode", "triangular")]
     half = max(1, round(s.knobs.get("cycle_epochs", 4.0) * s.updates_per_epoch / 2))  # updates per half cycle
     gamma = s.knobs.get("cycle_gamma", 0.9) ** (1 / s.updates_per_epoch)  # exp_range decay per update
 
     def factor(t, e):
         cycle = math.floor(1 + t / (2 * half))
         x = abs(t / half - 2 * cycle + 1)
-        scale = {"triangular": 1.0, "triangular2": 1 / 2 ** (cycle - 1), "exp_range": gamma**t}[mode]
-        return 1 + (ratio - 1) * max(0.0, 1 - x) * scale
+        return 1 + (ratio - 1) * max(0.0, 1 - x) * scale_of(cycle, t, gamma)
 
     return factor
 
@@ -101,7 +108,6 @@ SCHEDULES: Registry[tuple[Callable, bool]] = Registry("LR schedule", {
     "cosine": (_cosine, False), "plateau": (_plateau, False),
     "cyclical": (_cyclical, True), "onecycle": (_onecycle, True),
 })
-CYCLE_MODES = ("triangular", "triangular2", "exp_range")
 
 
 class LRSchedule:

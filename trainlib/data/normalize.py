@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainlib.checkpoint import atomic_path
 from trainlib.registry import Registry
 
 EPS = 1e-8  # floor for a range or std, so constant features map to 0 instead of dividing by zero
@@ -72,7 +73,8 @@ class NormStats:
         return cls(d["method"], d["shift"], d["scale"], Moments(**d["moments"]), d["image"])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> NormStats:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trainlib.checkpoint import atomic_path
 from trainlib.errors import ConfigError, DataError
 from trainlib.registry import Registry
 
@@ -246,7 +247,8 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
         payload["files"] = {"paths": inputs.paths, "size": list(inputs.size), "channels": inputs.channels}
     else:
         payload["inputs"] = inputs
-    torch.save(payload, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_dataset(path: str | Path) -> Dataset:

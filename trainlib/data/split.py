@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainlib.checkpoint import atomic_path
 from trainlib.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +65,8 @@ def merge(manifest: pd.DataFrame, source: str = "val", into: str = "train") -> p
 
 
 def save_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
-    manifest.to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        manifest.to_csv(tmp, index=False)
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
