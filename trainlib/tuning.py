@@ -74,7 +74,8 @@ class SearchConfig(Section):
     strategy: Annotated[str, Field(description="grid | random | bayesian (TPE) | gp")] = "bayesian"
     metric: str = Field("val_accuracy", description="validation metric to optimize (never a test metric)")
     direction: Literal["maximize", "minimize"] | None = Field(None, description="default: the metric's own")
-    n_trials: Annotated[int, Field(ge=1)] | None = Field(20, description="trials to run (grid: default all)")
+    n_trials: Annotated[int, Field(ge=1)] | None = Field(
+        20, description="trials to run (default 20; grid: every point; with only a timeout: no limit)")
     timeout: Annotated[float, Field(gt=0)] | None = Field(None, description="seconds after which no trial starts")
     pruner: str = Field("median", description="none | median | hyperband")
     prune_after: Annotated[int, Field(ge=0)] = Field(2, description="epochs every trial runs before pruning")
@@ -111,12 +112,15 @@ class SearchConfig(Section):
         return self.direction or ("minimize" if MONITORS[self.metric] == "min" else "maximize")
 
     def budget(self) -> int | None:
-        """Trials the study should hold in the end (grid: every combination, unless n_trials is lower)."""
+        """Trials the study should hold in the end: n_trials as given; when not given, every point of a grid,
+        no limit when a timeout is set, else 20. None: until the timeout."""
+        chosen = self.n_trials if "n_trials" in self.model_fields_set else None
         if self.strategy == "grid":
             size = int(np.prod([len(v) for v in grid_values(self.space).values()]))
-            chosen = self.n_trials if "n_trials" in self.model_fields_set else None
             return min(size, chosen) if chosen else size
-        return self.n_trials
+        if "n_trials" in self.model_fields_set or self.timeout is None:
+            return self.n_trials
+        return None
 
 
 def load_search(path) -> SearchConfig:
@@ -151,8 +155,15 @@ def check_keys(config: PipelineConfig, keys_and_values: dict[str, list], what: s
                 raise ConfigError(f"{what} {key}={value!r}: {exc}") from None
 
 
+def needs_validation(config: PipelineConfig, what: str) -> None:
+    """Trials and variants are scored on the validation split, never on test."""
+    if config.split.val == 0:
+        raise ConfigError(f"split.val: {what} scores on the validation split; it needs split.val > 0")
+
+
 def check_space(config: PipelineConfig, search: SearchConfig) -> None:
     """The search space against the config: known keys, valid bounds and choices."""
+    needs_validation(config, "tuning")
     check_keys(config, {k: p.choices if p.type == "categorical" else [p.low, p.high]
                         for k, p in search.space.items()}, "search.space")
     if search.retrain == "train+val" and "plateau" in _values(search, "schedule.name", config.schedule.name):
@@ -199,6 +210,11 @@ def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     return study
 
 
+def release_study(name: str) -> None:
+    """Forget an in-memory study once its flow is done."""
+    _IN_MEMORY.pop(name, None)
+
+
 def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """The study created by `create_study`: from its storage (any process), or this process's memory."""
     if search.storage is None:
@@ -237,10 +253,10 @@ class PruningCallback:
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 
-def objective(history: list[dict[str, float]], metric: str, goal: str) -> float:
-    """A trial's value: the best epoch's value of the metric."""
-    values = [h[metric] for h in history]
-    return max(values) if goal == "maximize" else min(values)
+def trial_base(config: PipelineConfig, search: SearchConfig, parallel: int) -> PipelineConfig:
+    """The config trials start from: early stopping watches the search metric, so a trial's score, its
+    best epoch and the weights it ends with all agree; `parallel` trials share the CPUs."""
+    return share_cpus(override(config, {"training.early_stopping.monitor": search.metric}), parallel)
 
 
 def share_cpus(config: PipelineConfig, parallel: int) -> PipelineConfig:
