@@ -93,8 +93,8 @@ def _print_comparison(s: dict) -> None:
 
     from flows.progress import console
 
-    table = Table("val acc", "val loss", "test acc", "epochs", "seconds", "state", title="best epoch of each variant")
-    table.columns.insert(0, Table("variant").columns[0])
+    table = Table("variant", "val acc", "val loss", "test acc", "epochs", "seconds", "state",
+                  title="best epoch of each variant")
     table.columns[0].overflow = "fold"
     for v in s["variants"]:
         table.add_row(v["variant"], *(str(v[k]) for k in ("best_val_accuracy", "best_val_loss", "test_accuracy",
@@ -143,10 +143,11 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from trainlib.config import load_config, override, parse_vary
-    from trainlib.tuning import check_keys, variants
+    from trainlib.tuning import check_keys, needs_validation, variants
 
     cfg = load_config(args.config, args.set or [])
     vary = dict(parse_vary(item) for item in args.vary)
+    needs_validation(cfg, "compare")
     check_keys(cfg, vary, "--vary")
     combos = variants(vary)
     for combo in combos:
@@ -174,6 +175,12 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
@@ -184,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="train variants side by side on the same split and seed")
     compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                          help="a config key and its values (repeat for a full grid of combinations)")
-    compare.add_argument("--max-parallel", type=int, default=2, help="variants trained at once (default 2)")
+    compare.add_argument("--max-parallel", type=_positive, default=2, help="variants trained at once (default 2)")
     for sp, handler in ((run, _run), (tune, _tune), (compare, _compare)):
         sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,11 +12,22 @@ from tasks.augment import augment
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.normalize import normalize
-from tasks.record import record_data
+from tasks.record import finish_run, record_data
 from tasks.register import register
 from tasks.split import split
 from tasks.train import train
 from trainlib.config import PipelineConfig
+
+
+@contextlib.contextmanager
+def tracked(run_id: str):
+    """Ends the MLflow run with the block: FAILED with the reason if it raises, else FINISHED."""
+    try:
+        yield
+    except BaseException as exc:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finish_run(run_id)
 
 
 def prepare_data(config: PipelineConfig, run_id: str, refresh: bool = False) -> tuple[dict, dict, dict]:
@@ -23,7 +35,7 @@ def prepare_data(config: PipelineConfig, run_id: str, refresh: bool = False) -> 
     cached = {"refresh_cache": refresh}
     data = ingest.with_options(**cached)(config.data)
     parts = split.with_options(**cached)(data, config.split)
-    stats = normalize.with_options(**cached)(data, parts, config.normalize)
+    stats = normalize.with_options(**cached)(data, parts, config.normalize, config.data.workers)
     record_data(run_id, data, parts, stats)
     return data, parts, stats
 
@@ -42,6 +54,8 @@ def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] 
     """Keep up to `limit` task runs going. `submit_next()` submits one more and returns (key, future),
     or None when there is nothing more to run; `on_done(key, result)` gets each result as it finishes
     (an exception object for a failed task run)."""
+    if limit < 1:
+        raise ValueError(f"at least one task run must be allowed at a time, not {limit}")
     running: dict[PrefectFuture, Any] = {}
     while True:
         while len(running) < limit and (job := submit_next()) is not None:

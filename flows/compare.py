@@ -6,15 +6,15 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, run_bounded
+from flows.common import prepare_data, run_bounded, tracked
 from tasks.comparison import compare_report
 from tasks.fanout import variant
-from tasks.record import finish_run, start_run
+from tasks.record import start_run
 from tasks.register import register
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError
-from trainlib.tuning import check_keys, label, share_cpus, variants
+from trainlib.tuning import check_keys, label, needs_validation, share_cpus, variants
 
 
 def run_name() -> str:
@@ -27,23 +27,20 @@ def compare_flow(config: PipelineConfig, vary: dict[str, list], max_parallel: in
                  refresh: bool = False) -> dict:
     """Train every combination of the `vary` values (config key -> values) on the same data, split and
     seed, `max_parallel` at a time; register the variant with the best validation accuracy."""
+    needs_validation(config, "compare")
     check_keys(config, vary, "--vary")
-    base = share_cpus(config, max_parallel)
-    jobs = [(label(o), o, override(base, o)) for o in variants(vary)]  # every combination validated up front
+    combos = variants(vary)
+    base = share_cpus(config, min(max_parallel, len(combos)))
+    jobs = [(label(o), o, override(base, o)) for o in combos]  # every combination validated up front
     run_id = start_run(config, {f"vary.{k}": v for k, v in vary.items()}, kind="comparison")
     ws = str(workspace(str(flow_run.id)))
-    try:
+    with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
         results = train_variants(jobs, max_parallel, data, parts, stats, run_id, ws)
         best = max((r for r in results if r["state"] == "complete"),
-                   key=lambda r: (r["metrics"]["best_val_accuracy"] or 0, -(r["metrics"]["best_val_loss"] or 0)))
+                   key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
         registered = register(config.name, config.register, best, best["metrics"], data, best["run_id"])
-        summary = compare_report(config.name, run_id, results, best, registered, ws)
-    except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finish_run(run_id)
-    return summary
+        return compare_report(config.name, run_id, results, best, registered, ws)
 
 
 def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats: dict, run_id: str,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, train_and_register
-from tasks.record import finish_run, start_run
+from flows.common import prepare_data, tracked, train_and_register
+from tasks.record import start_run
 from tasks.report import report
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig
@@ -28,12 +28,7 @@ def training_pipeline(config: PipelineConfig = DEFAULT, refresh: bool = False) -
     `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs
-    try:
+    with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
         trained, metrics, registered = train_and_register(config, data, parts, stats, ws, run_id)
-        summary = report(config.name, run_id, trained, metrics, registered)
-    except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finish_run(run_id)
-    return summary
+        return report(config.name, run_id, trained, metrics, registered)

@@ -10,16 +10,26 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, run_bounded, train_and_register
+from flows.common import prepare_data, run_bounded, tracked, train_and_register
 from tasks.fanout import trial
 from tasks.normalize import normalize
-from tasks.record import finish_run, start_run
+from tasks.record import start_run
 from tasks.settings import workspace
 from tasks.split import merge_val
 from tasks.study import study_report
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.errors import ConfigError, TrainingError
-from trainlib.tuning import SearchConfig, check_space, create_study, decode, finished, share_cpus, suggest, tell
+from trainlib.tuning import (
+    SearchConfig,
+    check_space,
+    create_study,
+    decode,
+    finished,
+    release_study,
+    suggest,
+    tell,
+    trial_base,
+)
 
 States = optuna.trial.TrialState
 
@@ -37,21 +47,19 @@ def tuning_flow(config: PipelineConfig, search: SearchConfig, refresh: bool = Fa
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary."""
     check_space(config, search)
-    config = share_cpus(config, search.max_parallel)
+    trials_base = trial_base(config, search, min(search.max_parallel, search.budget() or search.max_parallel))
     study_name = search.study_name or f"{config.name}-study"
     run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
                        kind="study")
-    try:
+    with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
-        children = search_trials(config, search, study, study_name, data, parts, stats, run_id)
-        retrain = retrain_best(config, search, study, data, parts, run_id)
-        summary = study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
-    except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finish_run(run_id)
-    return summary
+        try:
+            children = search_trials(trials_base, search, study, study_name, data, parts, stats, run_id)
+            retrain = retrain_best(config, search, study, data, parts, run_id)
+            return study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
+        finally:
+            release_study(study_name)
 
 
 def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.Study, study_name: str,
@@ -101,15 +109,15 @@ def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Stu
     """Train the best trial's config again (on train, or train+val for its best number of epochs), test
     it and register it through the gate, in a child run. -> {run_id, metrics, registered}."""
     best = study.best_trial
-    best_config = override(config, decode(best.params, search.space))
+    best_config = override(trial_base(config, search, parallel=1), decode(best.params, search.space))
     if search.retrain == "train+val":
         parts = merge_val(parts)
         best_config = override(best_config, {"training.epochs": best.user_attrs.get("best_epoch") or
                                              config.training.epochs, "training.early_stopping.enabled": False})
-    stats = normalize(data, parts, best_config.normalize)
+    stats = normalize(data, parts, best_config.normalize, best_config.data.workers)
     run_id = start_run(best_config, {"search.best_trial": best.number}, parent_run_id=parent_run_id,
                        run_name=f"best: trial {best.number} on {search.retrain}", kind="retrain")
     ws = str(workspace(f"{flow_run.id}-best"))
-    _, metrics, registered = train_and_register(best_config, data, parts, stats, ws, run_id)
-    finish_run(run_id)
+    with tracked(run_id):
+        _, metrics, registered = train_and_register(best_config, data, parts, stats, ws, run_id)
     return {"run_id": run_id, "metrics": metrics, "registered": registered}

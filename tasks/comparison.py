@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, run_url
+from tasks.report import artifact_key, run_url, summary
 from trainlib import plots
 
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
@@ -21,7 +22,7 @@ def compare_report(name: str, parent_run_id: str, variants: list[dict], best: di
     """-> the comparison's summary (as `trainflow compare --json` prints it)."""
     log = tracking.RunLogger(parent_run_id)
     done = [v for v in variants if v["state"] == "complete"]
-    curves = {v["label"]: json.loads(open(v["curves"]).read()) for v in done}
+    curves = {v["label"]: json.loads(Path(v["curves"]).read_text()) for v in done}
     log.log_figure(plots.compare_curves({k: c["history"] for k, c in curves.items()}), "compare_val_curves.png")
     log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in curves.items()}),
                    "compare_lr_curves.png")
@@ -43,8 +44,5 @@ def compare_report(name: str, parent_run_id: str, variants: list[dict], best: di
              f"with alias `@{registered['alias']}` (gate: {registered['gate']['reason']}).", "",
              f"MLflow comparison run: [{parent_run_id}]({run_url(parent_run_id)})"]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
-    return {"run_id": parent_run_id, "experiment": name, "metrics": best["metrics"], "best_variant": best["label"],
-            "model_uri": registered["model_uri"], "registered_model": registered["registered_model"],
-            "version": registered["version"], "alias": registered["alias"], "gate": registered["gate"],
-            "children": [v["run_id"] for v in variants if v.get("run_id")], "variants": rows,
-            "mlflow_url": run_url(parent_run_id)}
+    return summary(name, parent_run_id, best["metrics"], registered, best_variant=best["label"],
+                   children=[v["run_id"] for v in variants if v.get("run_id")], variants=rows)

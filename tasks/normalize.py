@@ -16,9 +16,9 @@ def _key(ctx, p) -> str:
 
 
 @task(name="normalize", cache_key_fn=_key, persist_result=True)
-def normalize(dataset: dict, manifest: dict, normalize: NormalizeConfig) -> dict:
-    """-> {path, method}: the statistics JSON."""
-    stats = recipe.fit_normalizer(load_dataset(dataset["path"]), load_manifest(manifest["path"]), normalize)
+def normalize(dataset: dict, manifest: dict, normalize: NormalizeConfig, workers: int = 2) -> dict:
+    """-> {path, method}: the statistics JSON (`workers` decode streamed images; not part of the key)."""
+    stats = recipe.fit_normalizer(load_dataset(dataset["path"]), load_manifest(manifest["path"]), normalize, workers)
     path = stage_dir(stage_key("normalization", stats.to_json())) / "normalization.json"
     stats.save(path)
     return {"path": str(path), "method": stats.method}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import mlflow
 from prefect import task
@@ -27,26 +28,30 @@ def artifact_key(name: str, kind: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{kind}".lower()).strip("-")
 
 
+def summary(name: str, run_id: str, metrics: dict, registered: dict, **extra) -> dict:
+    """What every command prints (`--json`): the run, its metrics, the registered model and the gate."""
+    return {"run_id": run_id, "experiment": name, "metrics": metrics, "model_uri": registered["model_uri"],
+            "registered_model": registered["registered_model"], "version": registered["version"],
+            "alias": registered["alias"], "gate": registered["gate"], **extra, "mlflow_url": run_url(run_id)}
+
+
 @task(name="report")
 def report(name: str, run_id: str, trained: dict, metrics: dict, registered: dict) -> dict:
     """-> the run's summary (as `trainflow run --json` prints it)."""
     gate = registered["gate"]
     best = {"best_epoch": trained["best_epoch"], "stopped_epoch": trained["stopped_epoch"]}
-    history = json.loads(open(trained["history"]).read())
+    history = json.loads(Path(trained["history"]).read_text())
     if trained["best_epoch"] and history and "val_accuracy" in history[0]:
         row = history[trained["best_epoch"] - 1]
         best |= {"best_val_loss": row["val_loss"], "best_val_accuracy": row["val_accuracy"]}
-    summary = {"run_id": run_id, "experiment": name, "metrics": {**metrics, **best},
-               "model_uri": registered["model_uri"], "registered_model": registered["registered_model"],
-               "version": registered["version"], "alias": registered["alias"], "gate": gate,
-               "mlflow_url": run_url(run_id)}
+    out = summary(name, run_id, {**metrics, **best}, registered)
     lines = [f"# {name}: {'promoted to @' + registered['alias'] if gate['passed'] else 'not promoted'}", "",
              "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary["metrics"].items()]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in out["metrics"].items()]
     lines += ["", f"**Gate:** {'passed' if gate['passed'] else 'failed'}: {gate['reason']}.",
               f"Registered as `{registered['registered_model']}` version {registered['version']} "
-              f"with alias `@{registered['alias']}`.", "", f"MLflow run: [{run_id}]({summary['mlflow_url']})"]
+              f"with alias `@{registered['alias']}`.", "", f"MLflow run: [{run_id}]({out['mlflow_url']})"]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
     rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in history]
     create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")
-    return summary
+    return out

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, run_url
+from tasks.report import artifact_key, run_url, summary
 from trainlib.tuning import SearchConfig, decode, open_study
 
 PLOTS = {
@@ -72,10 +72,6 @@ def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, 
              f"`@{registered['alias']}` (gate: {registered['gate']['reason']}).", "",
              f"MLflow study run: [{parent_run_id}]({run_url(parent_run_id)})"]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
-    return {"run_id": parent_run_id, "experiment": name,
-            "metrics": {**retrain["metrics"], f"best_{search.metric}": best.value},
-            "model_uri": registered["model_uri"], "registered_model": registered["registered_model"],
-            "version": registered["version"], "alias": registered["alias"], "gate": registered["gate"],
-            "children": [*children, retrain["run_id"]],
-            "best_trial": {"number": best.number, "params": best_params, "value": best.value},
-            "trials": counts, "plots_skipped": skipped, "mlflow_url": run_url(parent_run_id)}
+    return summary(name, parent_run_id, {**retrain["metrics"], f"best_{search.metric}": best.value}, registered,
+                   children=[*children, retrain["run_id"]], trials=counts, plots_skipped=skipped,
+                   best_trial={"number": best.number, "params": best_params, "value": best.value})

@@ -6,6 +6,7 @@ in other threads or processes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -23,6 +24,7 @@ from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from tasks import settings
+from trainlib.errors import ConfigError
 
 PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
 
@@ -35,6 +37,9 @@ def experiment_id(name: str) -> str:
     """The experiment called `name`, created on first use (local stores keep artifacts in .trainflow)."""
     c = client()
     found = c.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(f"name: the MLflow experiment {name!r} was deleted; restore it in the MLflow UI, remove "
+                          "it for good with `mlflow gc`, or choose another name")
     if found is not None:
         return found.experiment_id
     location = None
@@ -73,6 +78,19 @@ def finish_run(run_id: str, failure: str | None = None, status: str | None = Non
     if failure:
         client().set_tag(run_id, "failure_reason", failure[:5000])
     client().set_terminated(run_id, "FAILED" if failure else status or "FINISHED")
+
+
+@contextlib.contextmanager
+def finishing(run_id: str):
+    """Ends the run when the block ends: FAILED with the reason if it raises, else FINISHED or the
+    `status` the block put in the yielded dict (e.g. KILLED for a pruned trial)."""
+    outcome = {"status": "FINISHED"}
+    try:
+        yield outcome
+    except BaseException as exc:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finish_run(run_id, status=outcome["status"])
 
 
 class RunLogger:

@@ -15,27 +15,29 @@ from trainlib.data.batches import TensorData
 from trainlib.data.normalize import NormStats
 from trainlib.data.sources import load_dataset
 from trainlib.data.split import load_manifest
-from trainlib.errors import TrainflowError
+from trainlib.errors import TrainflowError, TrainingError
 from trainlib.models import save_model
 
 # Epoch callbacks of this process (the CLI's progress bar); a worker process has none.
 LISTENERS: list = []
 
 
-def _retry_unless_bad_input(task, task_run, state) -> bool:
+def _retry_unexpected(task, task_run, state) -> bool:
+    """Retry only unexpected failures: bad input and a diverging loss fail the same way every time."""
     try:
         state.result()
-    except TrainflowError:
-        return False  # bad input fails the same way every time
+    except (TrainflowError, TrainingError):
+        return False
     except Exception:
         return True
     return True
 
 
-@task(name="train", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
+@task(name="train", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unexpected)
 def train(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict, augmented: dict, workspace: str,
           run_id: str) -> dict:
-    """-> {model, best_epoch, stopped_epoch, stop_reason}. A retry continues from the last epoch's checkpoint."""
+    """-> {model, history (files), best_epoch, stopped_epoch, stop_reason}. A retry continues from the last
+    epoch's checkpoint."""
     ws, log = Path(workspace), RunLogger(run_id)
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     expanded = augmented.get("expanded")
