@@ -102,6 +102,9 @@ def test_tune_json_has_the_study_and_its_children(tmp_path):
     (["compare", "--vary", "optimizer.name=sgd,lion"], "--vary optimizer.name='lion'"),
     (["compare", "--vary", "split.seed=1,2"], "--vary split.seed: cannot vary"),
     (["compare", "--vary", "optimizer.name"], "expected key=value1,value2"),
+    (["compare", "--vary", "optimizer.name=sgd,adam", "--max-parallel", "0"], "expected a whole number of at least 1"),
+    (["compare", "--vary", "model.dropout=0,0.5", "--set", "split.val=0", "--set", "split.train=0.85",
+      "--set", "training.early_stopping.enabled=false"], "compare scores on the validation split"),
 ])
 def test_fan_out_bad_input_exits_2(tmp_path, args, message):
     search = tmp_path / "bad.yaml"

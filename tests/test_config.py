@@ -59,6 +59,8 @@ def test_yaml_round_trip():
     (["split.test=0", "split.train=0.85"], "split.test: must be above 0"),
     (["schedule.name=cyclical", "schedule.max_lr=0.0001"], "schedule.max_lr (0.0001) must be above optimizer.lr"),
     (["training.device=gpu"], "training.device: 'gpu' is not a device"),
+    (["data.source=imagefolder", "data.path=x", "data.stream=true", "augment.rotation=5", "augment.expand=1"],
+     "augment.expand: needs in-memory data"),
     (["name=has space"], "name: String should match pattern"),
     (["optimizer=3"], "optimizer: Input should be a valid dictionary"),
     (["lr"], "--set 'lr': expected key=value"),

@@ -7,7 +7,7 @@ import torch
 
 from trainlib import engine, models, optim
 from trainlib.checkpoint import load_checkpoint
-from trainlib.data.batches import TensorData
+from trainlib.data.batches import TensorData, batch_bounds
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import GD_MODES, StopTraining, fit
 from trainlib.errors import ConfigError, TrainingError
@@ -45,6 +45,24 @@ def test_updates_per_epoch_by_mode(mode, small_digits):
     assert steps.count == 3 * expected
     assert [h["updates"] for h in result.history] == [expected] * 3
     assert engine.updates_per_epoch(mode, 100, 32) == expected and len(result.lrs) == 3 * expected
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(10, 3, [3, 3, 4]), (9, 3, [3, 3, 3]), (4, 1, [1, 1, 1, 1]),
+                                                   (1, 5, [1]), (6, 5, [6])])
+def test_a_last_batch_of_one_sample_joins_the_one_before(n, batch_size, sizes):
+    assert [b - a for a, b in batch_bounds(n, batch_size)] == sizes
+    data = TensorData(torch.arange(n), torch.arange(n))
+    batches = list(data.batches(batch_size, torch.Generator().manual_seed(0)))
+    assert [len(y) for _, y in batches] == sizes
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(n))
+
+
+def test_resnet18_trains_when_the_train_split_leaves_one_sample(small_digits):
+    model = models.build("resnet18", (1, 8, 8), 10, None, dropout=0.0)  # 8x8 -> 1x1 before its last batch norm
+    _fit(model, _data(small_digits, 0, 65), batch_size=32, epochs=1)  # 32 + 33, not 32 + 32 + 1
+    with pytest.raises(ConfigError, match="batch norm .* single value"):
+        _fit(models.build("resnet18", (1, 8, 8), 10, None, dropout=0.0), _data(small_digits, 0, 8), epochs=1,
+             mode="stochastic")
 
 
 def test_full_batch_accumulation_equals_one_big_batch(small_digits):
@@ -96,6 +114,7 @@ def test_no_early_stop_when_disabled_but_best_epoch_is_reported(small_digits):
     result, _ = _fit(_model(), _data(small_digits), _data(small_digits, 300, 400), lr=0.0, epochs=4,
                      early_stopping=EarlyStopping(patience=1, enabled=False))
     assert result.stopped_epoch == 4 and result.stop_reason == "completed" and result.best_epoch == 1
+    assert not result.restored_best  # early stopping off: training ends with the last epoch's weights
 
 
 def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):

@@ -86,14 +86,17 @@ def test_registered_champion_and_worse_challenger(first, prefect_api):
     assert client.get_run(worse["run_id"]).data.tags["gate"] == "failed"
 
 
-def _task_states(summary: dict) -> dict[str, str]:
+def _task_runs(flow_run_id: str) -> list:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    flow_run_id = MlflowClient().get_run(summary["run_id"]).data.tags["prefect.flow_run_id"]
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _task_states(summary: dict) -> dict[str, str]:
+    flow_run_id = MlflowClient().get_run(summary["run_id"]).data.tags["prefect.flow_run_id"]
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in _task_runs(flow_run_id)}
 
 
 def test_rerun_hits_the_cache_for_data_stages(first, prefect_api, home):
@@ -187,3 +190,44 @@ def test_train_retry_resumes_from_the_checkpoint(prefect_api):
     straight = training_pipeline(load_config(None, ["name=flow-retry-ref", "training.epochs=6",
                                                     "training.early_stopping.enabled=false"]))
     assert resumed["metrics"]["test_loss"] == pytest.approx(straight["metrics"]["test_loss"], rel=1e-6)
+
+
+def test_a_diverging_loss_fails_once_without_retries_and_registers_nothing(prefect_api):
+    from flows.training import training_pipeline
+
+    cfg = load_config(None, ["name=flow-nan", "model.name=mlp", "optimizer.name=sgd", "optimizer.lr=1e12",
+                             "optimizer.momentum=0.0", "training.epochs=3"])
+    with pytest.raises(Exception, match="NaN or infinite in epoch 1"):
+        training_pipeline(cfg)
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("flow-nan").experiment_id])[0]
+    assert run.info.status == "FAILED" and "NaN or infinite" in run.data.tags["failure_reason"]
+    assert client.search_registered_models(filter_string="name='flow-nan'") == []
+    runs = {r.name.rsplit("-", 1)[0]: r for r in _task_runs(run.data.tags["prefect.flow_run_id"])}
+    assert runs["train"].state.name == "Failed" and "evaluate" not in runs
+    assert runs["train"].run_count == 1  # not retried: the same seed would diverge the same way
+
+
+def test_a_deleted_experiment_is_a_readable_error(prefect_api):
+    from tasks import tracking
+    from trainlib.errors import ConfigError
+
+    client = MlflowClient()
+    client.delete_experiment(tracking.experiment_id("flow-deleted"))
+    with pytest.raises(ConfigError, match="experiment 'flow-deleted' was deleted; restore it"):
+        tracking.experiment_id("flow-deleted")
+
+
+def test_streamed_imagefolder_through_the_flow_with_loader_workers(prefect_api, tmp_path):
+    from conftest import write_images
+
+    from flows.training import training_pipeline
+
+    root = write_images(tmp_path / "img", per_class=12)
+    out = training_pipeline(load_config(None, [
+        "name=flow-stream", "data.source=imagefolder", f"data.path={root}", "data.image_size=[16,16]",
+        "data.stream=true", "data.workers=1", "training.epochs=3", "training.batch_size=8", "augment.hflip=0.5",
+        "split.train=0.5", "split.val=0.25", "split.test=0.25", "register.min_test_accuracy=0"]))
+    assert out["alias"] == "champion" and 0 <= out["metrics"]["test_accuracy"] <= 1
+    steps = [m.step for m in MlflowClient().get_metric_history(out["run_id"], "val_loss")]
+    assert steps == [1, 2, 3]

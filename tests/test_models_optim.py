@@ -19,7 +19,7 @@ def test_every_model_maps_images_to_logits(name, shape):
     model = models.build(name, shape, 7, None, **OPTIONS)
     out = model(torch.randint(0, 255, (4, *shape), dtype=torch.uint8))
     assert out.shape == (4, 7) and out.dtype == torch.float32
-    drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    drops = [m.p for m in model.modules() if isinstance(m, models.Dropout)]
     assert drops and all(p == 0.3 for p in drops)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as tls
 
-from trainlib.schedules import SCHEDULES, LRSchedule
+from trainlib.schedules import CYCLE_MODES, SCHEDULES, LRSchedule
 
 LR, EPOCHS, UPE = 0.1, 12, 5  # base LR, epochs, updates per epoch
 
@@ -85,6 +85,15 @@ def test_closed_form_values():
     one = _ours("onecycle", max_lr=1.0, div_factor=10, pct_start=0.5)
     assert one[0] == pytest.approx(0.1) and max(one) == pytest.approx(1.0)
     assert one[-1] == pytest.approx(0.1 / 1e4)
+
+
+@pytest.mark.parametrize("mode", sorted(CYCLE_MODES))
+def test_every_cycle_mode_equals_torch(mode):
+    gamma = 0.9  # per epoch; torch's CyclicLR takes it per update
+    ours = _ours("cyclical", max_lr=0.5, cycle_epochs=2, cycle_mode=mode, cycle_gamma=gamma)
+    theirs = _torch(lambda o: tls.CyclicLR(o, LR, 0.5, step_size_up=UPE, mode=mode, gamma=gamma ** (1 / UPE),
+                                           cycle_momentum=False), per_batch=True)
+    assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 def test_exp_range_decays_per_epoch():

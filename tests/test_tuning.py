@@ -10,6 +10,7 @@ from trainlib import recipe
 from trainlib.config import PipelineConfig, load_config, parse_vary, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
+from trainlib.monitor import MONITORS
 from trainlib.tuning import (
     PRUNERS,
     SAMPLERS,
@@ -19,9 +20,11 @@ from trainlib.tuning import (
     check_space,
     create_study,
     grid_values,
+    needs_validation,
     share_cpus,
     suggest,
     tell,
+    trial_base,
     variants,
 )
 
@@ -49,6 +52,31 @@ def _draw(search: SearchConfig, n: int, name: str) -> list[dict]:
 
 def test_registries_cover_the_search_file_choices():
     assert set(SAMPLERS) == {"grid", "random", "bayesian", "gp"} and set(PRUNERS) == {"none", "median", "hyperband"}
+
+
+@pytest.mark.parametrize("pruner", sorted(PRUNERS))
+def test_no_pruner_stops_a_trial_within_its_first_epochs(pruner):
+    search = _search(pruner=pruner, prune_after=2)
+    study = create_study(search, f"warmup-{pruner}", epochs=6)
+    for value in (0.9, 0.9, 0.9):  # three finished trials that did well
+        t = study.ask()
+        for epoch in range(1, 7):
+            t.report(value, epoch)
+        tell(study, t, value)
+    hopeless = study.ask()
+    callback = PruningCallback(hopeless, "val_accuracy")
+    for epoch in (1, 2):  # the first prune_after epochs always run, whatever the pruner
+        callback.on_epoch_end(epoch, {"val_accuracy": 0.0})
+    if pruner == "median":  # then the median pruner stops it (hyperband compares within brackets of trials)
+        with pytest.raises(optuna.TrialPruned):
+            callback.on_epoch_end(3, {"val_accuracy": 0.0})
+
+
+@pytest.mark.parametrize("metric", sorted(MONITORS))
+def test_every_monitored_metric_can_be_searched_in_its_direction(metric):
+    search = _search(metric=metric)
+    assert search.goal == ("minimize" if metric == "val_loss" else "maximize")
+    assert trial_base(PipelineConfig(), search, 1).training.early_stopping.monitor == metric
 
 
 def test_grid_covers_every_combination_exactly_once_even_with_parallel_asks():
@@ -139,6 +167,22 @@ def test_bad_search_files(fields, message):
 def test_search_space_is_checked_against_the_config(space, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_space(PipelineConfig(), validate({"space": space}, SearchConfig))
+
+
+def test_budget_follows_n_trials_timeout_and_grid():
+    assert _search().budget() == 20 and _search(n_trials=5, timeout=60).budget() == 5
+    assert _search(timeout=60).budget() is None  # only a timeout: as many trials as fit
+    grid = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25}}
+    assert _search(strategy="grid", space=grid).budget() == 3 and _search(strategy="grid", space=grid,
+                                                                           n_trials=2).budget() == 2
+
+
+def test_tuning_and_comparing_need_a_validation_split():
+    no_val = load_config(None, ["split.val=0", "split.train=0.85", "training.early_stopping.enabled=false"])
+    with pytest.raises(ConfigError, match="tuning scores on the validation split"):
+        check_space(no_val, _search())
+    with pytest.raises(ConfigError, match="compare scores on the validation split"):
+        needs_validation(no_val, "compare")
 
 
 def test_grid_values_and_variants():
