@@ -23,15 +23,16 @@ def augment(augment: AugmentConfig, dataset: dict, manifest: dict, seed: int, wo
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     aug = recipe.augmenter(augment, ds)
     out = {"active": aug is not None, "preview": None, "expanded": None}
+    train = recipe.part(ds, m, "train", workers=0)
     if ds.is_image:
-        x, y = next(recipe.part(ds, m, "train", workers=0).batches(PREVIEW_POOL))
+        x, y = next(train.batches(PREVIEW_POOL))
         shown = aug or Augmenter(value_max=ds.value_max)  # with augmentation off: the originals alone
         grid = shown.preview(x, y, rows=4 if aug else 0, generator=torch.Generator().manual_seed(seed))
         out["preview"] = str(Path(workspace) / "augmentation_preview.png")
         plots.augmentation_grid(grid, ds.value_max).savefig(out["preview"])
         RunLogger(run_id).log_artifact(out["preview"])
     if aug and augment.expand:
-        expanded = recipe.expand(recipe.part(ds, m, "train"), aug, augment.expand, seed)
+        expanded = recipe.expand(train, aug, augment.expand, seed)
         out["expanded"] = str(Path(workspace) / "train_expanded.pt")
         torch.save({"inputs": expanded.inputs, "labels": expanded.labels}, out["expanded"])
     return out
