@@ -1,4 +1,4 @@
-"""Matplotlib figures: learning curves, LR schedule, confusion matrix, augmentation grid.
+"""Matplotlib figures: learning curves, LR schedule, confusion matrix, augmentation grid, comparisons, ensembles.
 
 Figures are built with matplotlib.figure.Figure (no pyplot state), so they are safe in threads and
 need no display. Save them with `fig.savefig(path)`.
@@ -93,4 +93,38 @@ def compare_lrs(schedules: dict[str, tuple[list[float], int]]) -> Figure:
     ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedules", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def ensemble_scores(scores: dict[str, dict[str, float | None]]) -> Figure:
+    """Validation and test accuracy of every member and of the ensemble (name -> {val_accuracy, test_accuracy})."""
+    names = list(scores)
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5), layout="constrained")
+    ax = fig.subplots()
+    x, width = np.arange(len(names)), 0.38
+    for offset, metric in ((-width / 2, "val_accuracy"), (width / 2, "test_accuracy")):
+        values = [scores[n].get(metric) or 0.0 for n in names]
+        bars = ax.bar(x + offset, values, width, label=metric.replace("_", " "))
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
+    low = min((v for s in scores.values() for v in (s.get("val_accuracy"), s.get("test_accuracy")) if v), default=0)
+    ax.set(xticks=x, ylabel="accuracy", title="members and ensemble", ylim=(max(0.0, low - 0.05), 1.02))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def disagreement(matrix: np.ndarray, names: list[str]) -> Figure:
+    """Pairwise disagreement of members: the share of test samples on which two members predict differently."""
+    k = len(names)
+    fig = Figure(figsize=(2.5 + 0.6 * k, 2 + 0.6 * k), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Oranges", vmin=0)
+    ax.set(xticks=range(k), yticks=range(k), title="pairwise disagreement (test)")
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8)
     return fig

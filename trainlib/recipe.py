@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,6 +23,7 @@ from trainlib.data.batches import Data, TensorData, input_chunks, subset
 from trainlib.data.split import indices, split_manifest
 from trainlib.device import configure_threads, resolve_device
 from trainlib.earlystop import EarlyStopping
+from trainlib.engine import predict_logits
 from trainlib.errors import ConfigError
 from trainlib.metrics import Evaluation, evaluate
 from trainlib.schedules import LRSchedule
@@ -72,17 +74,19 @@ def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormSt
 
 
 def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
-          *, train_data: Data | None = None, callbacks=(), logger=None, checkpoint: str | Path | None = None,
-          resume: bool = False) -> tuple[models.Classifier, engine.FitResult]:
-    """Build the model, optimizer and schedule from `cfg` and fit on the train split (or `train_data`,
-    e.g. an expanded train split), validating on the val split."""
+          *, rows: np.ndarray | None = None, train_data: Data | None = None, callbacks=(), logger=None,
+          checkpoint: str | Path | None = None, resume: bool = False) -> tuple[models.Classifier, engine.FitResult]:
+    """Build the model, optimizer and schedule from `cfg` and fit on the train split (or on the dataset
+    `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
+    on the val split."""
     t = cfg.training
     configure_threads(t.threads)
     device = resolve_device(t.device)
     model = build_model(cfg, ds, norm)
     aug = augmenter(cfg.augment, ds)
     if train_data is None:
-        train_data = part(ds, manifest, "train", cfg.data.workers)
+        rows = indices(manifest, "train") if rows is None else rows
+        train_data = subset(ds, rows, cfg.data.workers)
         if aug and cfg.augment.expand:
             train_data = expand(train_data, aug, cfg.augment.expand, t.seed)
     online = None if cfg.augment.expand else aug  # expanded data is not augmented again
@@ -105,6 +109,13 @@ def test(cfg: PipelineConfig, model: torch.nn.Module, ds: sources.Dataset, manif
     """Evaluate on one split (the test split by default)."""
     return evaluate(model, part(ds, manifest, split_name, cfg.data.workers), ds.classes,
                     resolve_device(cfg.training.device), cfg.training.precision)
+
+
+def probabilities(cfg: PipelineConfig, model: torch.nn.Module, ds: sources.Dataset, rows: np.ndarray) -> np.ndarray:
+    """The model's class probabilities (N, K) for the dataset `rows`, in order."""
+    logits, _ = predict_logits(model, subset(ds, rows, cfg.data.workers), resolve_device(cfg.training.device),
+                               cfg.training.precision)
+    return torch.softmax(logits, 1).numpy()
 
 
 @dataclass
