@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from tasks.augment import augment
 from tasks.evaluate import evaluate
@@ -17,6 +19,13 @@ from tasks.register import register
 from tasks.split import split
 from tasks.train import train
 from trainlib.config import PipelineConfig
+
+
+def parameter(name: str, field: str, default: Any = None) -> Any:
+    """A field of this flow run's parameter `name`, whether it arrives as a model or as a plain dict
+    (for flow run names)."""
+    value = flow_run.parameters[name]
+    return getattr(value, field) if isinstance(value, BaseModel) else value.get(field, default)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ class EpochProgress:
 
 
 class RunProgress:
-    """A bar over the trials (or variants) of a fan-out flow, advanced as each one finishes."""
+    """A bar over the trials (variants, ensemble members) of a fan-out flow, advanced as each one finishes."""
 
     def __init__(self, total: int | None, description: str):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -51,6 +51,7 @@ class RunProgress:
     def __call__(self, result: dict) -> None:
         self.progress.start()
         name = result.get("label") or f"trial {result.get('number')}"
-        value = result["metrics"]["best_val_accuracy"] if "metrics" in result else result.get("value")
+        metrics = result.get("metrics", {})  # trials report a value; variants and ensemble members metrics
+        value = metrics.get("best_val_accuracy", metrics.get("val_accuracy", result.get("value")))
         shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")
         self.progress.update(self.task, advance=1, last=f"last: {name} {shown}")

@@ -10,7 +10,7 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, run_bounded, tracked, train_and_register
+from flows.common import parameter, prepare_data, run_bounded, tracked, train_and_register
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
@@ -35,11 +35,7 @@ States = optuna.trial.TrialState
 
 
 def run_name() -> str:
-    p = flow_run.parameters
-    config, search = p["config"], p["search"]
-    name = config.name if isinstance(config, PipelineConfig) else config.get("name", "config")
-    strategy = search.strategy if isinstance(search, SearchConfig) else search.get("strategy")
-    return f"{name}: {strategy} search"
+    return f"{parameter('config', 'name', 'config')}: {parameter('search', 'strategy')} search"
 
 
 @flow(name="tuning", flow_run_name=run_name)

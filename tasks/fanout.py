@@ -25,20 +25,20 @@ from trainlib.tuning import PruningCallback, SearchConfig, open_study
 LISTENERS: list = []
 
 
-def _finished(result: dict) -> dict:
+def notify(result: dict) -> dict:
     for listener in LISTENERS:
         listener(result)
     return result
 
 
-def _data(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict):
+def load_data(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict):
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     if config.normalize.method == norm["method"]:
         return ds, m, NormStats.load(norm["path"])
     return ds, m, recipe.fit_normalizer(ds, m, config.normalize, config.data.workers)  # this one varies the method
 
 
-def _child(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str) -> str:
+def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str) -> str:
     """A run nested under the parent, recording its whole config like any training run."""
     run_id = tracking.start_run(config.name, name, flatten(config), {
         "trainflow.kind": kind, "trainflow.overrides": json.dumps(overrides, default=str),
@@ -52,7 +52,7 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
           dataset: dict, manifest: dict, norm: dict, parent_run_id: str) -> dict:
     """Train one trial's config on the train split, scored on validation; pruned trials stop early.
     -> {number, run_id, params, state (complete | pruned), value, epochs, best_epoch, seconds}."""
-    run_id = _child(config, f"trial {number}", parent_run_id, "trial", params, dataset["digest"])
+    run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset["digest"])
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     out = {"number": number, "run_id": run_id, "params": params}
     with tracking.finishing(run_id) as outcome:
@@ -60,16 +60,16 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
         pruning = PruningCallback(handle, search.metric)
         try:
-            _, fit = recipe.train(config, *_data(config, dataset, manifest, norm), callbacks=[pruning], logger=log)
+            _, fit = recipe.train(config, *load_data(config, dataset, manifest, norm), callbacks=[pruning], logger=log)
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
-            return _finished(out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
+            return notify(out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
                                     "seconds": time.perf_counter() - started})
         # early stopping watches the search metric (see trial_base): its best is the trial's score
         log.log_metrics({f"best_{search.metric}": fit.best_value}, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
-    return _finished(out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
+    return notify(out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
                             "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started})
 
 
@@ -78,10 +78,10 @@ def variant(config: PipelineConfig, label: str, overrides: dict, dataset: dict, 
             parent_run_id: str, workspace: str) -> dict:
     """Train and test one comparison variant. -> {label, run_id, overrides, metrics, epochs, best_epoch,
     seconds, model (file), curves (file of its history and LR per update)}."""
-    run_id = _child(config, label, parent_run_id, "variant", overrides, dataset["digest"])
+    run_id = child_run(config, label, parent_run_id, "variant", overrides, dataset["digest"])
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     with tracking.finishing(run_id):
-        ds, m, stats = _data(config, dataset, manifest, norm)
+        ds, m, stats = load_data(config, dataset, manifest, norm)
         model, fit = recipe.train(config, ds, m, stats, logger=log)
         seconds = time.perf_counter() - started
         metrics = recipe.test(config, model, ds, m).summary("test_")
@@ -93,6 +93,6 @@ def variant(config: PipelineConfig, label: str, overrides: dict, dataset: dict, 
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     (ws / "curves.json").write_text(json.dumps({"history": fit.history, "lrs": fit.lrs,
                                                 "updates_per_epoch": fit.updates_per_epoch}))
-    return _finished({"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
+    return notify({"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
                       "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
                       "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")})

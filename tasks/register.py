@@ -54,16 +54,12 @@ def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
     return version.version, float(accuracy) if accuracy is not None else None
 
 
-@task(name="register")
-def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, dataset: dict, run_id: str) -> dict:
-    """-> {model_uri, registered_model, version, alias, gate}."""
-    model = load_model(trained["model"])[0]
-    raw, _ = next(subset(load_dataset(dataset["path"]), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
-    example = raw.float().numpy()  # raw inputs: the logged model normalizes them itself
-    model_uri = tracking.log_model(run_id, model, example)
+def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
+    """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
+    `challenger`. -> {model_uri, registered_model, version, alias, gate}."""
     client = tracking.client()
     version = mlflow.register_model(model_uri, name)  # creates the registered model on first use
-    gate = decide(metrics["test_accuracy"], register.min_test_accuracy, *_holder(name, register.alias))
+    gate = decide(test_accuracy, register.min_test_accuracy, *_holder(name, register.alias))
     alias = register.alias if gate.passed else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": "passed" if gate.passed else "failed",
@@ -76,3 +72,16 @@ def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, 
     return {"model_uri": model_uri, "registered_model": name, "version": version.version, "alias": alias,
             "gate": asdict(gate)}
 
+
+def example_inputs(dataset: dict) -> np.ndarray:
+    """A few raw training inputs: the logged model's input example (it normalizes them itself)."""
+    raw, _ = next(subset(load_dataset(dataset["path"]), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
+    return raw.float().numpy()
+
+
+@task(name="register")
+def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, dataset: dict, run_id: str) -> dict:
+    """Log the trained model to the run, then register it through the gate.
+    -> {model_uri, registered_model, version, alias, gate}."""
+    model_uri = tracking.log_model(run_id, load_model(trained["model"])[0], example_inputs(dataset))
+    return promote(name, register, model_uri, metrics["test_accuracy"], run_id)

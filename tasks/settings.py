@@ -34,6 +34,7 @@ def apply_defaults() -> None:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
         "MPLBACKEND": "Agg",  # plots are files; no display
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # downloads of a few small files: bars are noise
         # Prefect's cache records live beside the cached outputs they point to
         "PREFECT_LOCAL_STORAGE_PATH": str(HOME / "cache" / "results"),
     }.items():

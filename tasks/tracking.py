@@ -144,15 +144,33 @@ def pip_requirements() -> list[str]:
             f"numpy=={np.__version__}"]
 
 
+def _in_run_experiment(run_id: str) -> None:
+    """MLflow 3 files a logged model under the active experiment, not the run's: point it at the run's."""
+    mlflow.set_experiment(experiment_id=client().get_run(run_id).info.experiment_id)
+
+
 def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray) -> str:
     """Log `model` (raw inputs in, logits out) to the run with a signature; returns its model URI."""
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    run = client().get_run(run_id)
-    # MLflow 3 files a logged model under the active experiment, not the run's: point it at the run's.
-    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    _in_run_experiment(run_id)
     info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
                                     input_example=example, pip_requirements=pip_requirements(), run_id=run_id)
     return info.model_uri
 
+
+
+ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")
+
+
+def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, output: np.ndarray) -> str:
+    """Log an ensemble as a pyfunc model from code: `program` (exported torch program, raw inputs ->
+    log-probabilities) and `about` (JSON description) as its artifacts; returns its model URI."""
+    _in_run_experiment(run_id)
+    # mlflow.pyfunc.log_model has no run_id; Model.log (which it calls) does: no thread-local active run needed
+    info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc,
+                                   python_model=str(ENSEMBLE_CODE), artifacts={"program": program, "about": about},
+                                   signature=infer_signature(example, output), input_example=example,
+                                   pip_requirements=pip_requirements(), run_id=run_id)
+    return info.model_uri

@@ -1,0 +1,112 @@
+"""Ensembles: validate -> ingest -> split -> normalize -> train the members (in parallel, or in sequence
+for boosting) -> combine -> register -> report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import yaml
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import parameter, prepare_data, run_bounded, tracked
+from tasks.ensemble import combine, register_ensemble
+from tasks.ensemble_report import ensemble_report
+from tasks.members import boost_weights, check_registered, member, registered_member
+from tasks.record import start_run
+from tasks.settings import workspace
+from trainlib.config import PipelineConfig, flatten
+from trainlib.ensemble import EnsembleConfig, Member, plan, registered_name
+from trainlib.errors import TrainingError
+from trainlib.tuning import share_cpus
+
+
+def run_name() -> str:
+    return f"{parameter('config', 'name', 'config')}: {parameter('ensemble', 'method')} ensemble"
+
+
+@flow(name="ensemble", flow_run_name=run_name)
+def ensemble_pipeline(config: PipelineConfig, ensemble: EnsembleConfig, refresh: bool = False) -> dict:
+    """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
+    into one model, test it and register it through the gate. Returns the ensemble's summary."""
+    members = plan(config, ensemble)
+    check_registered([m.uri for m in members if m.uri])
+    parallel = 1 if ensemble.method == "boosting" else min(ensemble.max_parallel, len(members))
+    members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
+    run_id = start_run(config, flatten(ensemble, "ensemble."),
+                       {"ensemble.yaml": yaml.safe_dump(ensemble.model_dump(mode="json"), sort_keys=False)},
+                       kind="ensemble")
+    ws = str(workspace(str(flow_run.id)))
+    with tracked(run_id):
+        data, parts, stats = prepare_data(config, run_id, refresh)
+        train = boost if ensemble.method == "boosting" else train_members
+        trained, weights = train(config, ensemble, members, data, parts, stats, run_id, ws)
+        done = [t for t in trained if t["state"] == "complete"]
+        combined = combine(config, ensemble, done, weights, data, parts, run_id, ws)
+        registered = register_ensemble(registered_name(config.name), config.register, combined, data, run_id)
+        return ensemble_report(config.name, run_id, ensemble, trained, combined, registered, ws)
+
+
+def _failed(result: BaseException, name: str) -> dict:
+    return {"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
+
+
+def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
+    """Fail unless at least min_members (of those attempted) trained: a failed member is recorded, not fatal."""
+    complete = sum(t["state"] == "complete" for t in trained)
+    if complete < min(ensemble.min_members, len(trained)) or not complete:
+        raise TrainingError(f"only {complete} of {len(trained)} ensemble members trained, fewer than "
+                            f"ensemble.min_members ({ensemble.min_members}); see the failed members' runs")
+
+
+def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
+                  stats: dict, run_id: str, ws: str) -> tuple[list[dict], None]:
+    """Bagging, stacking, voting: every member at once, up to max_parallel at a time. -> (results, no weights)."""
+    queue, results = list(enumerate(members)), {}
+    oof = {"folds": ensemble.folds, "seed": ensemble.seed} if ensemble.rule == "stacking" and \
+        ensemble.meta == "oof" else None
+
+    def submit_next():
+        if not queue:
+            return None
+        i, m = queue.pop(0)
+        if m.uri:
+            return i, registered_member.submit(config, m.name, m.uri, data, parts, run_id, ws)
+        resample = {"kind": "bootstrap", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction} \
+            if ensemble.method == "bagging" else None
+        return i, member.submit(m.config, m.name, m.overrides, resample, oof, data, parts, stats, run_id, ws)
+
+    def on_done(i: int, result):
+        failed = isinstance(result, BaseException)
+        results[i] = _failed(result, members[i].name) if failed else result | {"state": "complete"}
+
+    run_bounded(ensemble.max_parallel, submit_next, on_done)
+    trained = [results[i] for i in range(len(members))]
+    _enough(ensemble, trained)
+    return trained, None
+
+
+def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
+          stats: dict, run_id: str, ws: str) -> tuple[list[dict], list[float]]:
+    """Boosting (SAMME): members in sequence, each on a resample drawn by the sample weights its predecessors
+    left. -> (results, vote weights of the complete members)."""
+    weights, trained, alphas = None, [], []
+    for i, m in enumerate(members):
+        resample = {"kind": "weighted", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction,
+                    "weights": weights}
+        future = member.submit(m.config, m.name, m.overrides, resample, None, data, parts, stats, run_id, ws)
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):  # the next round draws from the same weights
+            trained.append(_failed(result, m.name))
+            continue
+        step = boost_weights(weights, result, data, parts, ensemble.learning_rate, ws, i)
+        if step["alpha"] > 0:
+            trained.append(result | {"state": "complete", "boost_error": step["error"]})
+            alphas.append(step["alpha"])
+        else:  # no better than chance: SAMME leaves it out
+            trained.append(result | {"state": "discarded", "error": step["stop"]})
+        weights = step["weights"]
+        if step["stop"]:
+            break
+    _enough(ensemble, trained)
+    return trained, alphas

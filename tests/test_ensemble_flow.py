@@ -1,0 +1,169 @@
+"""Ensemble flows end to end: real Prefect API (test harness), real MLflow store, the registered pyfunc model
+loaded in a fresh process."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from trainlib.config import load_config, validate
+from trainlib.ensemble import EnsembleConfig
+from trainlib.errors import ConfigError, TrainingError
+
+BASE = ["model.name=mlp", "model.hidden=[64]", "training.epochs=3", "training.early_stopping.enabled=false",
+        "register.min_test_accuracy=0.5"]
+DIVERGES = {"optimizer.name": "sgd", "optimizer.lr": 1.0e12}  # valid config, NaN loss in the first epoch
+
+
+def _run(name: str, **ensemble) -> dict:
+    from flows.ensemble import ensemble_pipeline
+
+    return ensemble_pipeline(load_config(None, [f"name={name}", *BASE]), validate(ensemble, EnsembleConfig))
+
+
+def _children(parent_run_id: str):
+    client = MlflowClient()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def _artifact_json(run_id: str, path: str):
+    with open(MlflowClient().download_artifacts(run_id, path)) as file:
+        return json.load(file)
+
+
+def _split_rows(run_id: str, split: str) -> set[int]:
+    manifest = pd.read_csv(MlflowClient().download_artifacts(run_id, "split_manifest.csv"))
+    return set(manifest.loc[manifest["split"] == split, "index"])
+
+
+@pytest.fixture(scope="module")
+def bagging(prefect_api):
+    return _run("ens-bagging", method="bagging", members=3)
+
+
+def test_bagging_members_are_child_runs_on_different_bootstraps(bagging):
+    children = _children(bagging["run_id"])
+    assert sorted(r.info.run_id for r in children) == sorted(bagging["children"]) and len(children) == 3
+    assert {r.data.tags["trainflow.kind"] for r in children} == {"member"}
+    assert {r.data.params["training.seed"] for r in children} == {"0", "1", "2"}
+    for run in children:
+        m = run.data.metrics
+        assert run.info.status == "FINISHED" and m["resample_classes"] == 10  # every class of the split kept
+        assert m["resample_rows"] == len(_split_rows(bagging["run_id"], "train")) > m["resample_unique_rows"]
+        assert {"val_accuracy", "test_accuracy", "test_f1"} <= set(m)
+    assert all(r["weight"] == 1.0 for r in bagging["members"])
+
+
+def test_ensemble_run_has_metrics_report_and_pyfunc_model(bagging, prefect_api):
+    client = MlflowClient()
+    run = client.get_run(bagging["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["trainflow.kind"] == "ensemble"
+    assert run.data.params["ensemble.method"] == "bagging" and run.data.params["ensemble.members"] == "3"
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] == bagging["metrics"]["test_accuracy"] > 0.8
+    assert metrics["best_member_test_accuracy"] == pytest.approx(max(r["test_accuracy"] for r in bagging["members"]),
+                                                                 abs=1e-4)  # table rounds to 4 places
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"ensemble_scores.png", "member_disagreement.png", "member_disagreement.json", "ensemble.csv",
+            "confusion_matrix.png", "ensemble.yaml", "config.yaml"} <= files
+    disagreement = _artifact_json(run.info.run_id, "member_disagreement.json")
+    assert len(disagreement["disagreement"]) == 3 == len(disagreement["members"])
+    assert bagging["registered_model"] == "ens-bagging-ensemble" and bagging["alias"] == "champion"
+    from mlflow.models import get_model_info
+
+    info = get_model_info(bagging["model_uri"])
+    assert set(info.flavors) == {"python_function"} and info.signature is not None
+    from tests.test_tuning_flow import _prefect_table
+
+    rows = _prefect_table("ens-bagging-ensemble", bagging["run_id"])
+    assert [r["member"] for r in rows] == ["member 1", "member 2", "member 3", "ensemble (bagging)"]
+
+
+def test_registered_ensemble_reproduces_the_test_accuracy_in_a_fresh_process(bagging):
+    code = """
+import json, mlflow, numpy as np, pandas as pd
+from mlflow import MlflowClient
+from sklearn.datasets import load_digits
+model = mlflow.pyfunc.load_model("models:/ens-bagging-ensemble@champion")
+run = MlflowClient().get_run(MlflowClient().get_model_version_by_alias("ens-bagging-ensemble", "champion").run_id)
+manifest = pd.read_csv(MlflowClient().download_artifacts(run.info.run_id, "split_manifest.csv"))
+rows = manifest.loc[manifest["split"] == "test", "index"].to_numpy()
+x, y = load_digits(return_X_y=True)
+out = model.predict(x[rows].reshape(-1, 1, 8, 8).astype(np.float32))  # raw 0..16 pixels
+print(json.dumps({"accuracy": float((out.argmax(1) == y[rows]).mean()), "probability_sums":
+                  np.exp(out).sum(1).round(4).tolist()[:3], "run_accuracy": run.data.metrics["test_accuracy"]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)
+    assert result["probability_sums"] == [1.0, 1.0, 1.0]  # log-probabilities out
+
+
+def test_boosting_records_member_weights(prefect_api):
+    out = _run("ens-boosting", method="boosting", members=3)
+    members = [r for r in out["members"] if r["state"] == "complete"]
+    assert members and all(r["weight"] > 0 for r in members)
+    children = _children(out["run_id"])
+    for run in children:
+        assert "member_weight" in run.data.metrics and "weighted_train_error" in run.data.metrics
+    weights = {r["run_id"]: r["weight"] for r in members}
+    for run in children:
+        if run.info.run_id in weights:
+            assert run.data.metrics["member_weight"] == pytest.approx(weights[run.info.run_id])
+
+
+@pytest.mark.parametrize("meta, split", [("oof", "train"), ("val", "val")])
+def test_stacking_meta_learner_never_sees_test_rows(prefect_api, meta, split):
+    out = _run(f"ens-stacking-{meta}", method="stacking", meta=meta, folds=2,
+               configs=[{"model.hidden": [32]}, {"optimizer.name": "sgd", "optimizer.lr": 0.05}])
+    run_id = out["run_id"]
+    seen = _artifact_json(run_id, "stacking_meta_rows.json")
+    assert seen["split"] == split and set(seen["rows"]) == _split_rows(run_id, split)
+    assert not set(seen["rows"]) & _split_rows(run_id, "test")
+    if meta == "oof":  # each member also reports how its out-of-fold predictions scored
+        assert all("oof_accuracy" in r.data.metrics for r in _children(run_id))
+
+
+@pytest.fixture(scope="module")
+def single(prefect_api):
+    from flows.training import training_pipeline
+
+    return training_pipeline(load_config(None, ["name=ens-single", *BASE]))
+
+
+def test_voting_with_a_registered_model_survives_a_failing_member(single, prefect_api):
+    uri = "models:/ens-single@champion"
+    out = _run("ens-voting", method="voting", vote="hard", configs=[uri, {"model.hidden": [32]}, DIVERGES])
+    states = [r["state"] for r in out["members"]]
+    assert states == ["complete", "complete", "failed"] and "TrainingError" in out["members"][2]["error"]
+    runs = {r.info.run_id: r for r in _children(out["run_id"])}
+    registered = runs[out["members"][0]["run_id"]]
+    assert registered.data.tags["trainflow.source_model"] == uri and registered.data.params["source_model"] == uri
+    assert registered.data.metrics["test_accuracy"] == single["metrics"]["test_accuracy"]
+    failed = [r for r in runs.values() if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "failure_reason" in failed[0].data.tags
+    about = _artifact_json(out["run_id"], "model/artifacts/ensemble.json")
+    assert about["rule"] == "hard" and [m["source"] for m in about["members"]] == [uri, None]
+
+
+def test_too_few_members_fail_the_ensemble(prefect_api):
+    with pytest.raises(TrainingError, match="only 1 of 3 ensemble members trained"):
+        _run("ens-too-few", method="voting", min_members=2,
+             configs=[DIVERGES, {"model.hidden": [32]}, DIVERGES | {"training.seed": 1}])
+    client = MlflowClient()
+    parent = client.search_runs([client.get_experiment_by_name("ens-too-few").experiment_id],
+                                "tags.`trainflow.kind` = 'ensemble'")[0]
+    assert parent.info.status == "FAILED" and "min_members" in parent.data.tags["failure_reason"]
+    assert client.search_registered_models("name LIKE 'ens-too-few%'") == []  # nothing registered
+
+
+def test_an_ensemble_cannot_vote_as_a_member(bagging, prefect_api):
+    with pytest.raises(ConfigError, match="not a single trained model"):
+        _run("ens-nested", method="voting", configs=["models:/ens-bagging-ensemble@champion", {}])
