@@ -162,6 +162,50 @@ def _compare(args: argparse.Namespace) -> int:
     return _execute(args, f"{cfg.name}: {len(combos)} variants of {', '.join(vary)}", start, _print_comparison)
 
 
+def _print_ensemble(s: dict) -> None:
+    from rich.table import Table
+
+    from flows.progress import console
+
+    table = Table("member", "weight", "val acc", "test acc", "epochs", "seconds", "state",
+                  title=f"{s['method']}: members and ensemble")
+    table.columns[0].overflow = "fold"
+    for r in s["members"]:
+        weight = f"{r['weight']:.3f}" if isinstance(r["weight"], float) else "-"
+        table.add_row(r["member"], weight, *(str(r[k]) for k in ("val_accuracy", "test_accuracy", "epochs",
+                                                                  "seconds", "state")))
+    m = s["metrics"]
+    table.add_row("[bold]ensemble[/]", "", f"{m.get('val_accuracy', float('nan')):.4f}",
+                  f"[bold]{m['test_accuracy']:.4f}[/]", "", "", "")
+    console.print(table)
+    console.print(f"best member on test: {s['best_member']} ({m['best_member_test_accuracy']:.4f})")
+    _print_run(s)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from trainlib.config import load_config, read_yaml, validate
+    from trainlib.ensemble import EnsembleConfig, parse_member, plan
+
+    cfg = load_config(args.config, args.set or [])
+    raw = read_yaml(args.ensemble, "ensemble file") if args.ensemble else {}
+    flags = {"method": args.method, "members": args.members, "vote": args.vote, "meta": args.meta,
+             "folds": args.folds, "max_parallel": args.max_parallel,
+             "configs": [parse_member(m) for m in args.member] if args.member else None}
+    raw |= {k: v for k, v in flags.items() if v is not None}
+    if "method" not in raw:
+        raise TrainflowError("ensemble: give --method bagging|boosting|stacking|voting (or an --ensemble file)")
+    ensemble = validate(raw, EnsembleConfig, "ensemble")
+    plan(cfg, ensemble)  # every member's config is checked before anything starts
+
+    def start():
+        from flows.ensemble import ensemble_pipeline
+
+        return _fan_out(ensemble_pipeline, ensemble.size, f"{ensemble.method} members", cfg, ensemble,
+                        refresh=args.refresh)
+
+    return _execute(args, f"{cfg.name}: {ensemble.method} ensemble of {ensemble.size}", start, _print_ensemble)
+
+
 def _ui(args: argparse.Namespace) -> int:
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if uri.startswith(("http://", "https://")):
@@ -192,7 +236,18 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                          help="a config key and its values (repeat for a full grid of combinations)")
     compare.add_argument("--max-parallel", type=_positive, default=2, help="variants trained at once (default 2)")
-    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare)):
+    ens = sub.add_parser("ensemble", help="combine several networks into one registered model")
+    ens.add_argument("--method", help="bagging | boosting | stacking | voting")
+    ens.add_argument("--members", type=_positive, help="bagging: members (default 5); boosting: most rounds")
+    ens.add_argument("--member", action="append", metavar="SPEC",
+                     help="stacking, voting (repeat per member): 'key=value ...' overrides of the base config, a "
+                          "config YAML, or (voting) a registered model models:/name@alias")
+    ens.add_argument("--vote", help="voting: soft (average probabilities, default) | hard (count votes)")
+    ens.add_argument("--meta", help="stacking: oof (meta-learner on k-fold predictions, default) | val")
+    ens.add_argument("--folds", type=_positive, help="stacking with --meta oof: k (default 5)")
+    ens.add_argument("--max-parallel", type=_positive, help="members trained at once (default 2)")
+    ens.add_argument("--ensemble", metavar="F", help="ensemble file YAML (any of these settings; flags win)")
+    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare), (ens, _ensemble)):
         sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")

@@ -96,7 +96,28 @@ def test_tune_json_has_the_study_and_its_children(tmp_path):
     assert summary["best_trial"]["params"]["optimizer.name"] in {"adam", "rmsprop"}
 
 
+def test_ensemble_json_has_the_members_and_the_ensemble(tmp_path):
+    out = _trainflow(tmp_path, "ensemble", "--json", "--method", "voting", "--member", "model.hidden=[32]",
+                     "--member", "optimizer.name=sgd optimizer.lr=0.05", "--set", "training.epochs=2",
+                     "--set", "name=cli-ensemble", "--set", "model.name=mlp", "--set", "register.min_test_accuracy=0")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias", "gate",
+            "children", "members", "method", "best_member"} <= set(summary)
+    assert summary["method"] == "voting" and len(summary["children"]) == 2
+    assert [m["member"] for m in summary["members"]] == ["member 1: hidden=[32]", "member 2: sgd lr=0.05"]
+    assert {"test_accuracy", "val_accuracy", "best_member_test_accuracy"} <= set(summary["metrics"])
+    assert summary["alias"] == "champion" and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize("args, message", [
+    (["ensemble", "--method", "bagin"], "unknown ensemble method 'bagin'; valid: bagging, boosting"),
+    (["ensemble", "--members", "3"], "give --method bagging|boosting|stacking|voting"),
+    (["ensemble", "--method", "stacking", "--member", "model.name=vgg", "--member", "model.name=mlp"],
+     "unknown model 'vgg'"),
+    (["ensemble", "--method", "voting", "--member", "models:/nothing@champion", "--member", "model.name=mlp"],
+     "ensemble member models:/nothing@champion: not found"),
+    (["ensemble", "--ensemble", "none.yaml"], "ensemble file not found: none.yaml"),
     (["tune", "--search", "none.yaml"], "search file not found: none.yaml"),
     (["tune", "--search", "{search}"], "search.metric: 'test_accuracy' is not a validation metric"),
     (["compare", "--vary", "optimizer.name=sgd,lion"], "--vary optimizer.name='lion'"),

@@ -40,3 +40,12 @@ def test_search_files_are_valid_for_the_default_config(path):
     search = load_search(path)
     check_space(PipelineConfig(), search)
     assert search.budget() is None or search.budget() >= 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "ensemble").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ensemble_files_plan_members_for_the_default_config(path):
+    from trainlib.ensemble import METHODS, load_ensemble, plan
+
+    ensemble = load_ensemble(path)
+    assert ensemble.method == path.stem and path.stem in METHODS
+    assert len(plan(PipelineConfig(), ensemble)) == ensemble.size
