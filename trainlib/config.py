@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from trainlib.data.normalize import NORMALIZERS
 from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
@@ -24,6 +24,7 @@ from trainlib.models import MODELS
 from trainlib.monitor import MONITORS
 from trainlib.optim import OPTIMIZERS
 from trainlib.schedules import CYCLE_MODES, SCHEDULES
+from trainlib.transfer import STRATEGIES
 
 
 def _one_of(registry):
@@ -35,6 +36,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Count = Annotated[int, Field(ge=1)]
+ClassName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]  # YAML reads 5 as int
 
 
 class Section(BaseModel):
@@ -54,6 +56,8 @@ class DataConfig(Section):
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
+    classes: list[ClassName] | None = Field(None, description="keep only these classes, in this order (e.g. [5, 6, "
+                                                              "7, 8, 9] of digits); default: all")
 
     @model_validator(mode="after")
     def _needs(self):
@@ -70,6 +74,8 @@ class SplitConfig(Section):
     test: Probability = Field(0.15, description="fraction held out for the final test metrics")
     stratify: bool = Field(True, description="keep class proportions equal in every split")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
+    shots: Count | None = Field(None, description="few-shot: keep only this many train samples per class "
+                                                  "(val and test unchanged)")
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -200,6 +206,21 @@ class TrainingConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
 
+class TransferConfig(Section):
+    source: str | None = Field(None, description="start from: models:/name@alias (or /version), a trainflow model "
+                                                 "file (.pt), or torchvision:resnet18 (ImageNet weights in the "
+                                                 "local torch cache); the architecture comes from it")
+    strategy: Annotated[str, _one_of(STRATEGIES)] = Field(
+        "finetune", description="feature_extraction (train a new head on the frozen backbone) | finetune (head "
+                                "first, then everything) | scratch (the source's architecture, fresh weights)")
+    head_epochs: Annotated[int, Field(ge=0)] = Field(3, description="finetune: epochs training only the new head")
+    backbone_lr: Fraction = Field(0.1, description="finetune: backbone LR as a fraction of optimizer.lr")
+    gradual: Annotated[int, Field(ge=0)] = Field(0, description="finetune: epochs between unfreezing successive "
+                                                                "blocks, from the top (0: all at once)")
+    freeze_norm: bool = Field(True, description="feature_extraction, finetune: batch norms keep the source's "
+                                                "statistics (few-shot batches estimate them badly)")
+
+
 class RegisterConfig(Section):
     min_test_accuracy: Probability = Field(0.9, description="gate: lowest test accuracy that may be promoted")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
@@ -221,6 +242,7 @@ with warnings.catch_warnings():
         regularization: RegularizationConfig = RegularizationConfig()
         schedule: ScheduleConfig = ScheduleConfig()
         training: TrainingConfig = TrainingConfig()
+        transfer: TransferConfig = TransferConfig()
         register: RegisterConfig = RegisterConfig()
 
         @model_validator(mode="after")

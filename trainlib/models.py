@@ -88,11 +88,19 @@ MODELS = Registry("model", {"mlp": mlp, "cnn": cnn, "resnet18": resnet18})
 
 
 class Classifier(nn.Module):
-    """Normalization followed by the network: takes raw inputs, returns logits."""
+    """Normalization followed by the network: takes raw inputs, returns logits. Modules listed in `frozen`
+    (by transfer learning) stay in eval mode when the model trains."""
 
     def __init__(self, normalize: nn.Module, net: nn.Module):
         super().__init__()
         self.normalize, self.net = normalize, net
+        self.frozen: list[nn.Module] = []
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def forward(self, x):
         return self.net(self.normalize(x))

@@ -41,8 +41,9 @@ def build(name: str, params: Iterable[nn.Parameter] | Sequence[dict], **options)
 
 
 def penalized_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Weights that L1/L2 act on: matrices and conv kernels, not biases or norm scales/shifts."""
-    return [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    """Weights that L1/L2 act on: matrices and conv kernels, not biases or norm scales/shifts. Frozen ones
+    count too (a constant while frozen): transfer learning may unfreeze them mid-training."""
+    return [p for p in model.parameters() if p.ndim > 1]
 
 
 def penalty(weights: Sequence[torch.Tensor], l1: float = 0.0, l2: float = 0.0) -> torch.Tensor:

@@ -128,3 +128,17 @@ def disagreement(matrix: np.ndarray, names: list[str]) -> Figure:
             ax.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
+
+
+def transfer_comparison(rows: list[dict]) -> Figure:
+    """Test accuracy and epochs of each run of the transfer demo (rows: {run, test_accuracy, best_epoch})."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    names = [r["run"] for r in rows]
+    for ax, key, label in zip(fig.subplots(1, 2), ("test_accuracy", "best_epoch"), ("test accuracy", "best epoch"),
+                              strict=True):
+        bars = ax.bar(names, [r[key] or 0 for r in rows], color=["grey", *["tab:blue"] * (len(rows) - 1)])
+        ax.bar_label(bars, fmt="%.3f" if key == "test_accuracy" else "%d", fontsize=8)
+        ax.set(title=label)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    return fig

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainlib import engine, models, optim
+from trainlib import engine, models, optim, transfer
+from trainlib.checkpoint import load_checkpoint
 from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
@@ -30,7 +31,8 @@ from trainlib.schedules import LRSchedule
 
 
 def ingest(data: DataConfig) -> sources.Dataset:
-    return sources.load(data.source, **data.model_dump(exclude={"source"}))
+    ds = sources.load(data.source, **data.model_dump(exclude={"source", "classes"}))
+    return sources.keep_classes(ds, data.classes) if data.classes else ds
 
 
 def split(ds: sources.Dataset, cfg: SplitConfig) -> pd.DataFrame:
@@ -73,12 +75,31 @@ def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormSt
                             **cfg.model.model_dump(exclude={"name"}))
 
 
+def transfer_setup(cfg: PipelineConfig, model: models.Classifier, source: str | Path | None):
+    """The optimizer's parameters (finetune: the backbone in its own group at a lower LR) and the freezing
+    callback, with the source's weights put into `model`; plain parameters and None without a source."""
+    t = cfg.transfer
+    if source is None:
+        return model.parameters(), None
+    if t.strategy != "scratch":
+        transfer.transplant(model, transfer.load_source(source))
+    params = model.parameters()
+    if t.strategy == "finetune":
+        top = set(transfer.head(model).parameters())
+        params = [{"params": list(top)},  # first group: the head, at optimizer.lr (the LR the engine records)
+                  {"params": [p for p in model.parameters() if p not in top], "lr": cfg.optimizer.lr * t.backbone_lr}]
+    return params, transfer.Freezer(model, t.strategy, t.head_epochs, t.gradual,
+                                    freeze_norm=t.freeze_norm and t.strategy != "scratch")
+
+
 def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
           *, rows: np.ndarray | None = None, train_data: Data | None = None, callbacks=(), logger=None,
-          checkpoint: str | Path | None = None, resume: bool = False) -> tuple[models.Classifier, engine.FitResult]:
+          checkpoint: str | Path | None = None, resume: bool = False,
+          source: str | Path | None = None) -> tuple[models.Classifier, engine.FitResult]:
     """Build the model, optimizer and schedule from `cfg` and fit on the train split (or on the dataset
     `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
-    on the val split."""
+    on the val split. With a transfer `source` (model file or torchvision:name), start from its weights as
+    `cfg.transfer.strategy` says."""
     t = cfg.training
     configure_threads(t.threads)
     device = resolve_device(t.device)
@@ -91,7 +112,12 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
             train_data = expand(train_data, aug, cfg.augment.expand, t.seed)
     online = None if cfg.augment.expand else aug  # expanded data is not augmented again
     val = part(ds, manifest, "val", cfg.data.workers) if (manifest["split"] == "val").any() else None
-    optimizer = optim.build(cfg.optimizer.name, model.parameters(), **cfg.optimizer.model_dump(exclude={"name"}))
+    params, freezer = transfer_setup(cfg, model, source)
+    if freezer is not None:  # a resumed run continues with the epoch's frozen parts
+        callbacks = [*callbacks, freezer]
+        if resume and checkpoint and Path(checkpoint).exists():
+            freezer.apply(load_checkpoint(checkpoint)["epoch"])
+    optimizer = optim.build(cfg.optimizer.name, params, **cfg.optimizer.model_dump(exclude={"name"}))
     upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
                           **cfg.schedule.model_dump(exclude={"name"}))

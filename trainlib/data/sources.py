@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +236,25 @@ SOURCES: Registry[Source] = Registry("data source", {
 def load(source: str, **options) -> Dataset:
     """Ingest `source` with its options (path, dataset, target, features, image_size, ...)."""
     return SOURCES[source].load(**options)
+
+
+def keep_classes(ds: Dataset, names: list[str]) -> Dataset:
+    """Only the samples of the classes `names` (in that order: labels renumbered 0..len-1)."""
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown:
+        raise DataError(f"data.classes: {', '.join(map(repr, unknown))} not among this data's classes "
+                        f"({', '.join(ds.classes)})")
+    old = torch.tensor([ds.classes.index(n) for n in names])
+    rows = torch.isin(ds.labels, old).nonzero().flatten()
+    relabel = torch.full((len(ds.classes),), -1, dtype=torch.int64)
+    relabel[old] = torch.arange(len(names))
+    labels = relabel[ds.labels[rows]]
+    if ds.streamed:
+        files = ds.inputs
+        inputs = ImageFiles([files.paths[i] for i in rows.tolist()], labels.tolist(), files.size, files.channels)
+    else:
+        inputs = ds.inputs[rows]
+    return replace(ds, inputs=inputs, labels=labels, classes=list(names), digest=content_digest(ds.digest, names))
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> None:

@@ -11,6 +11,7 @@ from trainlib.checkpoint import atomic_path
 from trainlib.errors import DataError
 
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # train rows left out by a few-shot split (shots per class)
 
 
 def _counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
@@ -20,11 +21,14 @@ def _counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
 
 
 def split_manifest(labels, train: float = 0.7, val: float = 0.15, test: float = 0.15,
-                   stratify: bool = True, seed: int = 0, classes: list[str] | None = None) -> pd.DataFrame:
+                   stratify: bool = True, seed: int = 0, classes: list[str] | None = None,
+                   shots: int | None = None) -> pd.DataFrame:
     """Assign every sample to exactly one split, deterministically for a seed.
 
     With `stratify`, each class is split by the ratios on its own, so every split keeps the class
-    proportions. Returns columns `index` (row in the dataset), `label`, `split`, sorted by index.
+    proportions. With `shots`, only that many train samples per class stay in train (few-shot
+    learning); the other train rows are marked `unused`, val and test keep theirs.
+    Returns columns `index` (row in the dataset), `label`, `split`, sorted by index.
     """
     labels = np.asarray(labels)
     ratios = {"train": train, "val": val, "test": test}
@@ -44,8 +48,20 @@ def split_manifest(labels, train: float = 0.7, val: float = 0.15, test: float = 
         edges = np.cumsum([counts[s] for s in SPLITS])[:-1]
         for name, part in zip(SPLITS, np.split(order, edges), strict=True):
             assigned[part] = name
+    if shots:
+        _few_shot(labels, assigned, shots, rng, classes)
     return pd.DataFrame({"index": np.arange(len(labels)), "label": labels.astype(np.int64),
-                         "split": pd.Categorical(assigned, categories=list(SPLITS))})
+                         "split": pd.Categorical(assigned, categories=[*SPLITS, UNUSED] if shots else list(SPLITS))})
+
+
+def _few_shot(labels: np.ndarray, assigned: np.ndarray, shots: int, rng: np.random.Generator, classes) -> None:
+    """Keep `shots` train rows per class, marking the rest unused."""
+    for c in np.unique(labels):
+        rows = np.flatnonzero((labels == c) & (assigned == "train"))
+        if len(rows) < shots:
+            raise DataError(f"split.shots: class {_name(c, classes)!r} has {len(rows)} train samples, fewer than "
+                            f"the {shots} shots asked for")
+        assigned[rng.permutation(rows)[shots:]] = UNUSED
 
 
 def _name(label, classes):
@@ -72,7 +88,8 @@ def save_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest written by `save_manifest`, checking its shape."""
     frame = pd.read_csv(path)
-    if list(frame.columns) != ["index", "label", "split"] or not frame["split"].isin(SPLITS).all():
+    if list(frame.columns) != ["index", "label", "split"] or not frame["split"].isin([*SPLITS, UNUSED]).all():
         raise DataError(f"{path} is not a split manifest (columns index,label,split; splits {', '.join(SPLITS)})")
-    frame["split"] = pd.Categorical(frame["split"], categories=list(SPLITS))
+    unused = [UNUSED] if (frame["split"] == UNUSED).any() else []
+    frame["split"] = pd.Categorical(frame["split"], categories=[*SPLITS, *unused])
     return frame
