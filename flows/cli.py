@@ -206,6 +206,57 @@ def _ensemble(args: argparse.Namespace) -> int:
     return _execute(args, f"{cfg.name}: {ensemble.method} ensemble of {ensemble.size}", start, _print_ensemble)
 
 
+def _print_transfer(s: dict) -> None:
+    from flows.progress import console
+
+    t = s["transfer"]
+    console.print(f"{t['strategy']} from [bold]{t['source']}[/] ({t['weights_copied']} weight tensors reused)")
+    _print_run(s)
+
+
+def _print_demo(s: dict) -> None:
+    from rich.table import Table
+
+    from flows.progress import console
+
+    table = Table("run", "test acc", "best epoch", "epochs to scratch's best val acc", "train s",
+                  title=f"digits 0-4 -> digits 5-9 with {s['shots']} labeled examples per class")
+    for r in s["runs"]:
+        table.add_row(*(str(r[k]) if r[k] is not None else "-" for k in
+                        ("run", "test_accuracy", "best_epoch", "epochs_to_scratch_best_val", "train_seconds")))
+    console.print(table)
+    _print_transfer(s)
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from trainlib.config import load_config, override
+
+    cfg = load_config(args.config, args.set or [])
+    if args.demo:
+        shots = args.shots or 10
+
+        def demo():
+            from flows.transfer import transfer_demo
+
+            return transfer_demo(cfg, shots, refresh=args.refresh)
+
+        return _execute(args, f"transfer demo: digits 0-4 -> 5-9, {shots} shots per class", demo, _print_demo)
+    if not args.source:
+        raise TrainflowError("transfer: give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)")
+    changes = {"transfer.source": args.source} | ({"transfer.strategy": args.strategy} if args.strategy else {})
+    cfg = override(cfg, changes | ({"split.shots": args.shots} if args.shots else {}))
+
+    def start():
+        from flows.progress import EpochProgress
+        from flows.transfer import transfer_pipeline
+        from tasks import train as train_task
+
+        return _watched(EpochProgress(cfg.training.epochs, cfg.transfer.strategy), train_task.LISTENERS,
+                        lambda: transfer_pipeline(cfg, refresh=args.refresh))
+
+    return _execute(args, f"{cfg.name}: {cfg.transfer.strategy} from {args.source}", start, _print_transfer)
+
+
 def _ui(args: argparse.Namespace) -> int:
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if uri.startswith(("http://", "https://")):
@@ -247,7 +298,12 @@ def parser() -> argparse.ArgumentParser:
     ens.add_argument("--folds", type=_positive, help="stacking with --meta oof: k (default 5)")
     ens.add_argument("--max-parallel", type=_positive, help="members trained at once (default 2)")
     ens.add_argument("--ensemble", metavar="F", help="ensemble file YAML (any of these settings; flags win)")
-    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare), (ens, _ensemble)):
+    tr = sub.add_parser("transfer", help="start from a trained model: feature extraction, fine-tuning, or scratch")
+    tr.add_argument("--source", help="models:/name@alias (or /version), a trainflow model file, torchvision:resnet18")
+    tr.add_argument("--strategy", help="feature_extraction | finetune (default) | scratch")
+    tr.add_argument("--shots", type=_positive, help="few-shot: labeled train samples kept per class (demo: 10)")
+    tr.add_argument("--demo", action="store_true", help="digits 0-4 -> digits 5-9: transfer against scratch")
+    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare), (ens, _ensemble), (tr, _transfer)):
         sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")

@@ -50,10 +50,11 @@ def prepare_data(config: PipelineConfig, run_id: str, refresh: bool = False) -> 
 
 
 def train_and_register(config: PipelineConfig, data: dict, parts: dict, stats: dict, workspace: str,
-                       run_id: str) -> tuple[dict, dict, dict]:
-    """augment -> train -> evaluate -> register on one run -> (trained, test metrics, registration)."""
+                       run_id: str, source: dict | None = None) -> tuple[dict, dict, dict]:
+    """augment -> train (from a transfer `source`, if given) -> evaluate -> register on one run
+    -> (trained, test metrics, registration)."""
     augmented = augment(config.augment, data, parts, config.training.seed, workspace, run_id)
-    trained = train(config, data, parts, stats, augmented, workspace, run_id)
+    trained = train(config, data, parts, stats, augmented, workspace, run_id, source)
     metrics = evaluate(config, data, parts, trained, run_id)
     return trained, metrics, register(config.name, config.register, trained, metrics, data, run_id)
 

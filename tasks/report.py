@@ -39,7 +39,8 @@ def summary(name: str, run_id: str, metrics: dict, registered: dict, **extra) ->
 def report(name: str, run_id: str, trained: dict, metrics: dict, registered: dict) -> dict:
     """-> the run's summary (as `trainflow run --json` prints it)."""
     gate = registered["gate"]
-    best = {"best_epoch": trained["best_epoch"], "stopped_epoch": trained["stopped_epoch"]}
+    best = {"best_epoch": trained["best_epoch"], "stopped_epoch": trained["stopped_epoch"],
+            "train_seconds": trained["train_seconds"]}
     history = json.loads(Path(trained["history"]).read_text())
     if trained["best_epoch"] and history and "val_accuracy" in history[0]:
         row = history[trained["best_epoch"] - 1]

@@ -35,22 +35,25 @@ def _retry_unexpected(task, task_run, state) -> bool:
 
 @task(name="train", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unexpected)
 def train(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict, augmented: dict, workspace: str,
-          run_id: str) -> dict:
+          run_id: str, source: dict | None = None) -> dict:
     """-> {model, history (files), best_epoch, stopped_epoch, stop_reason}. A retry continues from the last
-    epoch's checkpoint."""
+    epoch's checkpoint. With a transfer `source` (from fetch-source), training starts from its weights."""
     ws, log = Path(workspace), RunLogger(run_id)
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     expanded = augmented.get("expanded")
     train_data = TensorData(**torch.load(expanded, weights_only=True)) if expanded else None
     model, fit = recipe.train(config, ds, m, NormStats.load(norm["path"]), train_data=train_data,
-                              callbacks=list(LISTENERS), logger=log, checkpoint=ws / "checkpoint.pt", resume=True)
+                              callbacks=list(LISTENERS), logger=log, checkpoint=ws / "checkpoint.pt", resume=True,
+                              source=source["path"] if source else None)
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
-    summary = {"best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch}
+    summary = {"best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
+               "train_seconds": sum(h["epoch_seconds"] for h in fit.history)}
     log.log_metrics(summary, step=fit.stopped_epoch)
     log.set_tags({"stop_reason": fit.stop_reason, "updates_per_epoch": fit.updates_per_epoch})
     log.log_figure(plots.learning_curves(fit.history, fit.best_epoch), "learning_curves.png")
     log.log_figure(plots.lr_schedule(fit.lrs, fit.updates_per_epoch), "lr_schedule.png")
     log.log_artifact(str(ws / "checkpoint.pt"), "checkpoints")
+    log.log_artifact(str(ws / "model.pt"), "checkpoints")  # architecture + weights: a transfer-learning source
     (ws / "history.json").write_text(json.dumps(fit.history))
     return {"model": str(ws / "model.pt"), "history": str(ws / "history.json"), "stop_reason": fit.stop_reason,
             **summary}

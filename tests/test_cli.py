@@ -16,7 +16,7 @@ TRAINFLOW = str(Path(sys.executable).parent / "trainflow")
 
 def _env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    return env | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow")}
+    return env | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow"), "TORCH_HOME": str(tmp_path / "torch")}
 
 
 def _trainflow(tmp_path, *args, timeout=600):
@@ -110,7 +110,25 @@ def test_ensemble_json_has_the_members_and_the_ensemble(tmp_path):
     assert summary["alias"] == "champion" and "Traceback" not in out.stderr
 
 
+def test_transfer_json_from_a_model_file(tmp_path):
+    from trainlib.models import build, save_model
+
+    save_model(tmp_path / "source.pt", build("mlp", (1, 8, 8), 10, None, hidden=[32]), classes=list("0123456789"))
+    out = _trainflow(tmp_path, "transfer", "--json", "--source", "source.pt", "--strategy", "feature_extraction",
+                     "--shots", "20", "--set", "training.epochs=2", "--set", "name=cli-transfer")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias", "gate",
+            "transfer"} <= set(summary)
+    assert summary["transfer"]["source"] == "source.pt" and summary["transfer"]["strategy"] == "feature_extraction"
+    assert summary["transfer"]["weights_copied"] == 2 and summary["experiment"] == "cli-transfer"
+
+
 @pytest.mark.parametrize("args, message", [
+    (["transfer"], "give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)"),
+    (["transfer", "--source", "missing.pt"], "transfer.source: no such file: missing.pt"),
+    (["transfer", "--source", "x.pt", "--strategy", "finetuning"], "unknown transfer strategy 'finetuning'"),
+    (["transfer", "--source", "torchvision:resnet18"], "not in the local torch cache"),
     (["ensemble", "--method", "bagin"], "unknown ensemble method 'bagin'; valid: bagging, boosting"),
     (["ensemble", "--members", "3"], "give --method bagging|boosting|stacking|voting"),
     (["ensemble", "--method", "stacking", "--member", "model.name=vgg", "--member", "model.name=mlp"],

@@ -1,0 +1,78 @@
+"""Transfer learning: validate -> fetch the source -> ingest -> split -> normalize -> check the source fits ->
+augment -> train from its weights -> evaluate -> register. And the built-in demonstration: digits 0-4 ->
+digits 5-9 with a few labeled examples per class, transfer against scratch."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import parameter, prepare_data, tracked, train_and_register
+from flows.training import training_pipeline
+from tasks.record import start_run
+from tasks.report import report, run_url
+from tasks.settings import workspace
+from tasks.transfer import check_source, fetch_source, registered_source, transfer_report
+from trainlib.config import PipelineConfig, override
+from trainlib.errors import ConfigError
+
+DIGITS_0_4 = {"name": "digits-0-4", "data.classes": ["0", "1", "2", "3", "4"]}
+# The few-shot target: 5 x K training samples, so small batches; a head-first fine-tune at a moderate LR.
+DIGITS_5_9 = {"name": "digits-5-9", "data.classes": ["5", "6", "7", "8", "9"], "training.batch_size": 16,
+              "optimizer.lr": 0.003, "transfer.head_epochs": 2, "transfer.backbone_lr": 0.3}
+DEMO_STRATEGIES = ("finetune", "feature_extraction", "scratch")
+
+
+def run_name() -> str:
+    transfer = parameter("config", "transfer", {})
+    strategy = transfer.strategy if hasattr(transfer, "strategy") else transfer.get("strategy", "finetune")
+    return f"{parameter('config', 'name', 'config')}: {strategy} transfer"
+
+
+def with_source_architecture(config: PipelineConfig, source: dict) -> PipelineConfig:
+    """The config with the source's architecture (model name and sizes; dropout stays the config's)."""
+    sizes = {f"model.{k}": v for k, v in source["options"].items() if k != "dropout"}
+    return override(config, {"model.name": source["model"], **sizes})
+
+
+@flow(name="transfer", flow_run_name=run_name)
+def transfer_pipeline(config: PipelineConfig, refresh: bool = False, parent_run_id: str | None = None) -> dict:
+    """Train `config` starting from `config.transfer.source` as `config.transfer.strategy` says; register
+    through the gate. Returns the run summary plus the transfer's lineage."""
+    if not config.transfer.source:
+        raise ConfigError("transfer.source: give the model to start from (models:/name@alias, a model file, or "
+                          "torchvision:resnet18)")
+    ws = str(workspace(str(flow_run.id)))
+    source = fetch_source(config.transfer.source, ws)
+    config = with_source_architecture(config, source)
+    run_id = start_run(config, parent_run_id=parent_run_id, run_name=f"{config.transfer.strategy} from "
+                       f"{source['uri']}", kind="transfer")
+    with tracked(run_id):
+        data, parts, stats = prepare_data(config, run_id, refresh)
+        weights = check_source(config, source, data, stats, run_id)
+        trained, metrics, registered = train_and_register(config, data, parts, stats, ws, run_id, source)
+        lineage = {"source": source["uri"], "strategy": config.transfer.strategy, "history": trained["history"],
+                   "source_run_id": source["source_run_id"], "weights_copied": len(weights["copied"])}
+        return report(config.name, run_id, trained, metrics, registered) | {"transfer": lineage}
+
+
+@flow(name="transfer-demo", flow_run_name=lambda: f"transfer demo: {flow_run.parameters['shots']} shots")
+def transfer_demo(config: PipelineConfig, shots: int = 10, refresh: bool = False) -> dict:
+    """Train (or reuse) a source on digits 0-4, then learn digits 5-9 from `shots` labeled examples per class
+    by fine-tuning, by feature extraction and from scratch; report accuracy, epochs and time of each."""
+    source_config = override(config, DIGITS_0_4)
+    source = registered_source(source_config.name, source_config.register.alias)
+    if source is None:
+        trained = training_pipeline(source_config, refresh=refresh)
+        source = {"uri": f"models:/{source_config.name}@{source_config.register.alias}", "run_id": trained["run_id"],
+                  **{k: trained["metrics"][k] for k in ("test_accuracy", "best_epoch", "train_seconds")}}
+    target = override(config, DIGITS_5_9 | {"split.shots": shots, "transfer.source": source["uri"]})
+    run_id = start_run(target, {"demo.shots": shots, "demo.source": source["uri"]}, kind="transfer-demo",
+                       run_name=f"transfer demo: {shots} shots per class")
+    ws = str(workspace(str(flow_run.id)))
+    with tracked(run_id):
+        runs = {s: transfer_pipeline(override(target, {"transfer.strategy": s}), refresh, run_id)
+                for s in DEMO_STRATEGIES}
+        rows = transfer_report(target.name, run_id, source, runs, ws)
+        return runs["finetune"] | {"run_id": run_id, "mlflow_url": run_url(run_id), "shots": shots, "runs": rows,
+                                   "source": source, "children": [r["run_id"] for r in runs.values()]}
