@@ -233,6 +233,9 @@ def _transfer(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or [])
     if args.demo:
+        if args.source or args.strategy:
+            raise TrainflowError("transfer --demo: it trains its own source and runs every strategy; leave out "
+                                 "--source and --strategy")
         shots = args.shots or 10
 
         def demo():

@@ -19,6 +19,7 @@ from tasks.register import register
 from tasks.split import split
 from tasks.train import train
 from trainlib.config import PipelineConfig
+from trainlib.errors import ConfigError
 
 
 def parameter(name: str, field: str, default: Any = None) -> Any:
@@ -26,6 +27,13 @@ def parameter(name: str, field: str, default: Any = None) -> Any:
     (for flow run names)."""
     value = flow_run.parameters[name]
     return getattr(value, field) if isinstance(value, BaseModel) else value.get(field, default)
+
+
+def no_transfer(config: PipelineConfig, command: str) -> None:
+    """Only the transfer flow starts from a source model: elsewhere a set transfer.source would be ignored."""
+    if config.transfer.source:
+        raise ConfigError(f"transfer.source is set, but `trainflow {command}` trains from fresh weights; use "
+                          "`trainflow transfer` to start from a source model")
 
 
 @contextlib.contextmanager

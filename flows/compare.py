@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, run_bounded, tracked
+from flows.common import no_transfer, prepare_data, run_bounded, tracked
 from tasks.comparison import compare_report
 from tasks.fanout import variant
 from tasks.record import start_run
@@ -27,6 +27,7 @@ def compare_flow(config: PipelineConfig, vary: dict[str, list], max_parallel: in
                  refresh: bool = False) -> dict:
     """Train every combination of the `vary` values (config key -> values) on the same data, split and
     seed, `max_parallel` at a time; register the variant with the best validation accuracy."""
+    no_transfer(config, "compare")
     needs_validation(config, "compare")
     check_keys(config, vary, "--vary")
     combos = variants(vary)

@@ -9,7 +9,7 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import parameter, prepare_data, run_bounded, tracked
+from flows.common import no_transfer, parameter, prepare_data, run_bounded, tracked
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
@@ -29,6 +29,7 @@ def run_name() -> str:
 def ensemble_pipeline(config: PipelineConfig, ensemble: EnsembleConfig, refresh: bool = False) -> dict:
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
     into one model, test it and register it through the gate. Returns the ensemble's summary."""
+    no_transfer(config, "ensemble")
     members = plan(config, ensemble)
     check_registered([m.uri for m in members if m.uri])
     parallel = 1 if ensemble.method == "boosting" else min(ensemble.max_parallel, len(members))

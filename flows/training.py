@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, tracked, train_and_register
+from flows.common import no_transfer, prepare_data, tracked, train_and_register
 from tasks.record import start_run
 from tasks.report import report
 from tasks.settings import workspace
@@ -26,6 +26,7 @@ DEFAULT = PipelineConfig()  # cnn on the embedded digits
 def training_pipeline(config: PipelineConfig = DEFAULT, refresh: bool = False) -> dict:
     """Train one config end to end; returns the run summary (metrics, registered version, gate).
     `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
+    no_transfer(config, "run")
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs
     with tracked(run_id):

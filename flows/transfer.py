@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import parameter, prepare_data, tracked, train_and_register
+from flows.common import prepare_data, tracked, train_and_register
 from flows.training import training_pipeline
 from tasks.record import start_run
 from tasks.report import report, run_url
@@ -24,9 +24,9 @@ DEMO_STRATEGIES = ("finetune", "feature_extraction", "scratch")
 
 
 def run_name() -> str:
-    transfer = parameter("config", "transfer", {})
-    strategy = transfer.strategy if hasattr(transfer, "strategy") else transfer.get("strategy", "finetune")
-    return f"{parameter('config', 'name', 'config')}: {strategy} transfer"
+    config = flow_run.parameters["config"]
+    config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+    return f"{config.name}: {config.transfer.strategy} transfer"
 
 
 def with_source_architecture(config: PipelineConfig, source: dict) -> PipelineConfig:

@@ -10,7 +10,7 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import parameter, prepare_data, run_bounded, tracked, train_and_register
+from flows.common import no_transfer, parameter, prepare_data, run_bounded, tracked, train_and_register
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
@@ -42,6 +42,7 @@ def run_name() -> str:
 def tuning_flow(config: PipelineConfig, search: SearchConfig, refresh: bool = False) -> dict:
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary."""
+    no_transfer(config, "tune")
     check_space(config, search)
     trials_base = trial_base(config, search, min(search.max_parallel, search.budget() or search.max_parallel))
     study_name = search.study_name or f"{config.name}-study"

@@ -152,8 +152,9 @@ def registered_member(config: PipelineConfig, name: str, uri: str, dataset: dict
 @task(name="boost-weights", cache_policy=NO_CACHE)
 def boost_weights(weights: str | None, trained: dict, dataset: dict, manifest: dict, learning_rate: float,
                   workspace: str, round_: int) -> dict:
-    """One SAMME step after boosting round `round_`: the member's vote weight from its weighted error on
-    the train split, and the next sample weights (file; None: uniform). -> {alpha, error, weights, stop}."""
+    """One SAMME step after boosting round `round_`, from its sample `weights` (file; None: uniform): the
+    member's vote weight from its weighted error on the train split, and the next round's sample weights
+    (file). -> {alpha, error, weights, stop}."""
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     correct = np.load(trained["probabilities"])["train"].argmax(1) == ds.labels.numpy()[indices(m, "train")]
     boost = samme(np.load(weights) if weights else np.ones(len(correct)), correct, len(ds.classes), learning_rate)

@@ -42,6 +42,7 @@ def test_run_json_prints_exactly_one_json_object(tmp_path):
     (["--set", "model.name=vgg"], "unknown model 'vgg'; valid: cnn, mlp, resnet18"),
     (["--set", "epochs"], "--set 'epochs': expected key=value"),
     (["--config", "nope.yaml"], "config file not found: nope.yaml"),
+    (["--set", "transfer.source=model.pt"], "transfer.source is set, but `trainflow run` trains from fresh weights"),
 ])
 def test_bad_input_exits_2_with_one_readable_line(tmp_path, args, message):
     out = _trainflow(tmp_path, "run", "--json", *args, timeout=120)

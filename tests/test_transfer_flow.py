@@ -42,10 +42,12 @@ def test_transfer_runs_record_their_source_lineage(demo):
         run = client.get_run(run_id)
         tags, params = run.data.tags, run.data.params
         assert tags["transfer.source"] == params["transfer.source"] == "models:/digits-0-4@champion"
-        assert tags["transfer.source_run_id"] == source.run_id and tags["transfer.source_version"] == str(source.version)
+        assert tags["transfer.source_run_id"] == source.run_id
+        assert tags["transfer.source_version"] == str(source.version)
         assert tags["transfer.strategy"] == params["transfer.strategy"] and tags["trainflow.kind"] == "transfer"
         assert params["data.classes"] == json.dumps(["5", "6", "7", "8", "9"])
-        weights = json.load(open(client.download_artifacts(run_id, "transfer_weights.json")))
+        with open(client.download_artifacts(run_id, "transfer_weights.json")) as file:
+            weights = json.load(file)
         copied = [] if tags["transfer.strategy"] == "scratch" else ["net.1.bias", "net.1.weight"]  # the hidden layer
         assert sorted(weights["copied"]) == copied and weights["new"] != []
     finetune = client.get_run(demo["children"][0])
