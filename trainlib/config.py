@@ -56,8 +56,7 @@ class DataConfig(Section):
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
-    classes: list[ClassName] | None = Field(None, description="keep only these classes, in this order (e.g. [5, 6, "
-                                                              "7, 8, 9] of digits); default: all")
+    classes: list[ClassName] | None = Field(None, description="keep only these classes, in order (e.g. [5, 6, 7])")
 
     @model_validator(mode="after")
     def _needs(self):
@@ -74,8 +73,7 @@ class SplitConfig(Section):
     test: Probability = Field(0.15, description="fraction held out for the final test metrics")
     stratify: bool = Field(True, description="keep class proportions equal in every split")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
-    shots: Count | None = Field(None, description="few-shot: keep only this many train samples per class "
-                                                  "(val and test unchanged)")
+    shots: Count | None = Field(None, description="few-shot: train samples kept per class (val, test unchanged)")
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -207,18 +205,15 @@ class TrainingConfig(Section):
 
 
 class TransferConfig(Section):
-    source: str | None = Field(None, description="start from: models:/name@alias (or /version), a trainflow model "
-                                                 "file (.pt), or torchvision:resnet18 (ImageNet weights in the "
-                                                 "local torch cache); the architecture comes from it")
+    source: str | None = Field(None, description="models:/name@alias (or /version), a trainflow model file, or "
+                                                 "torchvision:resnet18 (local cache); gives the architecture")
     strategy: Annotated[str, _one_of(STRATEGIES)] = Field(
-        "finetune", description="feature_extraction (train a new head on the frozen backbone) | finetune (head "
-                                "first, then everything) | scratch (the source's architecture, fresh weights)")
+        "finetune", description="feature_extraction (frozen backbone, new head) | finetune (head first, then all) "
+                                "| scratch (the source's architecture, fresh weights)")
     head_epochs: Annotated[int, Field(ge=0)] = Field(3, description="finetune: epochs training only the new head")
     backbone_lr: Fraction = Field(0.1, description="finetune: backbone LR as a fraction of optimizer.lr")
-    gradual: Annotated[int, Field(ge=0)] = Field(0, description="finetune: epochs between unfreezing successive "
-                                                                "blocks, from the top (0: all at once)")
-    freeze_norm: bool = Field(True, description="feature_extraction, finetune: batch norms keep the source's "
-                                                "statistics (few-shot batches estimate them badly)")
+    gradual: Annotated[int, Field(ge=0)] = Field(0, description="finetune: unfreeze a block every N epochs (0: all)")
+    freeze_norm: bool = Field(True, description="batch norms keep the source's statistics (few-shot batches err)")
 
 
 class RegisterConfig(Section):
