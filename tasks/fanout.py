@@ -65,12 +65,12 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
             return notify(out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
-                                    "seconds": time.perf_counter() - started})
+                                 "seconds": time.perf_counter() - started})
         # early stopping watches the search metric (see trial_base): its best is the trial's score
         log.log_metrics({f"best_{search.metric}": fit.best_value}, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
     return notify(out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
-                            "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started})
+                         "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started})
 
 
 @task(name="variant", cache_policy=NO_CACHE)
@@ -94,5 +94,5 @@ def variant(config: PipelineConfig, label: str, overrides: dict, dataset: dict, 
     (ws / "curves.json").write_text(json.dumps({"history": fit.history, "lrs": fit.lrs,
                                                 "updates_per_epoch": fit.updates_per_epoch}))
     return notify({"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
-                      "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
-                      "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")})
+                   "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
+                   "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")})
