@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
@@ -18,15 +18,29 @@ from tasks.record import finish_run, record_data
 from tasks.register import register
 from tasks.split import split
 from tasks.train import train
-from trainlib.config import PipelineConfig
+from trainlib.config import PipelineConfig, load_config, validate
+from trainlib.ensemble import EnsembleConfig, load_ensemble
 from trainlib.errors import ConfigError
+from trainlib.tuning import SearchConfig, load_search
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def parameter(name: str, field: str, default: Any = None) -> Any:
-    """A field of this flow run's parameter `name`, whether it arrives as a model or as a plain dict
-    (for flow run names)."""
-    value = flow_run.parameters[name]
-    return getattr(value, field) if isinstance(value, BaseModel) else value.get(field, default)
+LOADERS: dict[type, Callable[[str], BaseModel]] = {PipelineConfig: load_config, SearchConfig: load_search,
+                                                   EnsembleConfig: load_ensemble}
+
+
+def as_model(value: BaseModel | dict | str, model: type[M]) -> M:
+    """A flow parameter as its model, however it arrives: the model itself, a dict (a deployment's JSON
+    parameters) or the path of its YAML file (deployments name files in configs/)."""
+    if isinstance(value, str):
+        return LOADERS[model](value)
+    return value if isinstance(value, model) else validate(value, model, model.__name__)
+
+
+def parameter(name: str, model: type[M]) -> M:
+    """This flow run's parameter `name` as `model` (for flow run names)."""
+    return as_model(flow_run.parameters[name], model)
 
 
 def no_transfer(config: PipelineConfig, command: str) -> None:

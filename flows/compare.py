@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import no_transfer, prepare_data, run_bounded, tracked
+from flows.common import as_model, no_transfer, prepare_data, run_bounded, tracked
 from tasks.comparison import compare_report
 from tasks.fanout import variant
 from tasks.record import start_run
@@ -23,10 +23,12 @@ def run_name() -> str:
 
 
 @flow(name="compare", flow_run_name=run_name)
-def compare_flow(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2,
+def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
                  refresh: bool = False) -> dict:
     """Train every combination of the `vary` values (config key -> values) on the same data, split and
-    seed, `max_parallel` at a time; register the variant with the best validation accuracy."""
+    seed, `max_parallel` at a time; register the variant with the best validation accuracy. The config
+    may be given as a YAML path."""
+    config = as_model(config, PipelineConfig)
     no_transfer(config, "compare")
     needs_validation(config, "compare")
     check_keys(config, vary, "--vary")

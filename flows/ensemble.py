@@ -9,7 +9,7 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import no_transfer, parameter, prepare_data, run_bounded, tracked
+from flows.common import as_model, no_transfer, parameter, prepare_data, run_bounded, tracked
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
@@ -22,13 +22,15 @@ from trainlib.tuning import share_cpus
 
 
 def run_name() -> str:
-    return f"{parameter('config', 'name', 'config')}: {parameter('ensemble', 'method')} ensemble"
+    return f"{parameter('config', PipelineConfig).name}: {parameter('ensemble', EnsembleConfig).method} ensemble"
 
 
 @flow(name="ensemble", flow_run_name=run_name)
-def ensemble_pipeline(config: PipelineConfig, ensemble: EnsembleConfig, refresh: bool = False) -> dict:
+def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | str, refresh: bool = False) -> dict:
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
-    into one model, test it and register it through the gate. Returns the ensemble's summary."""
+    into one model, test it and register it through the gate. Returns the ensemble's summary.
+    Config and ensemble may be given as YAML paths."""
+    config, ensemble = as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig)
     no_transfer(config, "ensemble")
     members = plan(config, ensemble)
     check_registered([m.uri for m in members if m.uri])

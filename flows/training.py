@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import no_transfer, prepare_data, tracked, train_and_register
+from flows.common import as_model, no_transfer, parameter, prepare_data, tracked, train_and_register
 from tasks.record import start_run
 from tasks.report import report
 from tasks.settings import workspace
@@ -14,8 +14,7 @@ from trainlib.config import PipelineConfig
 
 def run_name() -> str:
     """What is trained: e.g. `digits-cnn: cnn / adam / cosine`."""
-    c = flow_run.parameters["config"]
-    c = c if isinstance(c, PipelineConfig) else PipelineConfig.model_validate(c)
+    c = parameter("config", PipelineConfig)
     return f"{c.name}: {c.model.name} / {c.optimizer.name} / {c.schedule.name}"
 
 
@@ -23,9 +22,10 @@ DEFAULT = PipelineConfig()  # cnn on the embedded digits
 
 
 @flow(name="training-pipeline", flow_run_name=run_name)
-def training_pipeline(config: PipelineConfig = DEFAULT, refresh: bool = False) -> dict:
-    """Train one config end to end; returns the run summary (metrics, registered version, gate).
-    `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
+def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = False) -> dict:
+    """Train one config (or a config file) end to end; returns the run summary (metrics, registered version,
+    gate). `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
+    config = as_model(config, PipelineConfig)
     no_transfer(config, "run")
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs

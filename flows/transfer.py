@@ -7,8 +7,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import prepare_data, tracked, train_and_register
-from flows.training import training_pipeline
+from flows.common import as_model, parameter, prepare_data, tracked, train_and_register
+from flows.training import DEFAULT, training_pipeline
 from tasks.record import start_run
 from tasks.report import report, run_url
 from tasks.settings import workspace
@@ -24,8 +24,7 @@ DEMO_STRATEGIES = ("finetune", "feature_extraction", "scratch")
 
 
 def run_name() -> str:
-    config = flow_run.parameters["config"]
-    config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+    config = parameter("config", PipelineConfig)
     return f"{config.name}: {config.transfer.strategy} transfer"
 
 
@@ -36,9 +35,10 @@ def with_source_architecture(config: PipelineConfig, source: dict) -> PipelineCo
 
 
 @flow(name="transfer", flow_run_name=run_name)
-def transfer_pipeline(config: PipelineConfig, refresh: bool = False, parent_run_id: str | None = None) -> dict:
-    """Train `config` starting from `config.transfer.source` as `config.transfer.strategy` says; register
-    through the gate. Returns the run summary plus the transfer's lineage."""
+def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, parent_run_id: str | None = None) -> dict:
+    """Train `config` (or a config file) starting from `config.transfer.source` as `config.transfer.strategy`
+    says; register through the gate. Returns the run summary plus the transfer's lineage."""
+    config = as_model(config, PipelineConfig)
     if not config.transfer.source:
         raise ConfigError("transfer.source: give the model to start from (models:/name@alias, a model file, or "
                           "torchvision:resnet18)")
@@ -57,9 +57,10 @@ def transfer_pipeline(config: PipelineConfig, refresh: bool = False, parent_run_
 
 
 @flow(name="transfer-demo", flow_run_name=lambda: f"transfer demo: {flow_run.parameters['shots']} shots")
-def transfer_demo(config: PipelineConfig, shots: int = 10, refresh: bool = False) -> dict:
+def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refresh: bool = False) -> dict:
     """Train (or reuse) a source on digits 0-4, then learn digits 5-9 from `shots` labeled examples per class
     by fine-tuning, by feature extraction and from scratch; report accuracy, epochs and time of each."""
+    config = as_model(config, PipelineConfig)
     source_config = override(config, DIGITS_0_4)
     source = registered_source(source_config.name, source_config.register.alias)
     if source is None:

@@ -10,7 +10,7 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import no_transfer, parameter, prepare_data, run_bounded, tracked, train_and_register
+from flows.common import as_model, no_transfer, parameter, prepare_data, run_bounded, tracked, train_and_register
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
@@ -35,13 +35,15 @@ States = optuna.trial.TrialState
 
 
 def run_name() -> str:
-    return f"{parameter('config', 'name', 'config')}: {parameter('search', 'strategy')} search"
+    return f"{parameter('config', PipelineConfig).name}: {parameter('search', SearchConfig).strategy} search"
 
 
 @flow(name="tuning", flow_run_name=run_name)
-def tuning_flow(config: PipelineConfig, search: SearchConfig, refresh: bool = False) -> dict:
+def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refresh: bool = False) -> dict:
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
-    retrain the best config, test it and register it through the gate. Returns the study summary."""
+    retrain the best config, test it and register it through the gate. Returns the study summary.
+    Config and search may be given as YAML paths."""
+    config, search = as_model(config, PipelineConfig), as_model(search, SearchConfig)
     no_transfer(config, "tune")
     check_space(config, search)
     trials_base = trial_base(config, search, min(search.max_parallel, search.budget() or search.max_parallel))
