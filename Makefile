@@ -4,13 +4,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The UI tests drive Debian's Chromium (Playwright's own browser download needs the internet).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test clean
 
 run: $(VENV)/.installed
 	$(BIN)/trainflow run
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(CHROMIUM)
 	$(BIN)/ruff check trainlib tasks flows deployments tests
 	$(BIN)/python -m pytest -q
 
@@ -25,5 +28,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 clean:
-	rm -rf .trainflow mlruns mlflow.db .pytest_cache
+	rm -rf .trainflow mlruns mlflow.db .pytest_cache test-output

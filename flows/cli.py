@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 from trainlib.errors import TrainflowError
 
@@ -279,7 +280,8 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -> argparse.ArgumentParser:
+    """The flow commands; `extend(subparsers)` adds more (deployments/cli.py: the operations commands)."""
     p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -316,11 +318,13 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
+    if extend:
+        extend(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, build: Callable[[], argparse.ArgumentParser] = parser) -> int:
+    args = build().parse_args(argv)
     if args.debug:
         os.environ["TRAINFLOW_DEBUG"] = "1"
     else:  # the progress bar and the summary say what happens; Prefect's and MLflow's info logs are noise

@@ -1,0 +1,88 @@
+"""The `trainflow` command: the flow commands (flows/cli.py) plus operations: up, down, status, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from flows import cli
+
+ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell use the stack"
+
+
+def _up(args: argparse.Namespace) -> int:
+    from deployments import stack
+
+    options = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
+               "prefect_database": args.prefect_database, "mlflow_backend": args.mlflow_backend}
+    print("starting the Prefect and MLflow servers ...", file=sys.stderr)
+    urls = stack.up(timeout=args.timeout, **options)
+    print(f"Prefect UI and API: {urls['prefect'].removesuffix('/api')}  (PREFECT_API_URL={urls['prefect']})")
+    print(f"MLflow UI and tracking: {urls['mlflow']}  (MLFLOW_TRACKING_URI={urls['mlflow']})")
+    print(ENV_HINT.format(env=stack.env_file()))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from deployments import stack
+
+    stopped = stack.down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from deployments import stack
+
+    rows = stack.status()
+    for r in rows:
+        state = ("healthy" if r["healthy"] else "not answering") if r["pid"] else "stopped"
+        print(f"{r['name']:8s} {state:14s} {r['url'] or '-':32s} pid {r['pid'] or '-'}  log {r['log']}")
+    env = stack.env_file()
+    if env.exists():
+        print(ENV_HINT.format(env=env))
+    return 0 if all(r["healthy"] for r in rows) else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from trainlib.errors import ConfigError
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("serve needs a Prefect server (the ephemeral API has no scheduler): run `trainflow up` "
+                          "and `source .trainflow/stack/env` first, or set PREFECT_API_URL")
+    from deployments import serve
+
+    serve.run(args.prefect_file, args.only)
+    return 0
+
+
+def operations(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="start a local Prefect server and MLflow server on 127.0.0.1")
+    up.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--mlflow-port", type=int, default=5001)
+    up.add_argument("--prefect-database", metavar="URL", help="Prefect's database, e.g. "
+                    "postgresql+asyncpg://user:pw@host/db (default: SQLite in .trainflow/stack/prefect)")
+    up.add_argument("--mlflow-backend", metavar="URL", help="MLflow's backend store, e.g. "
+                    "postgresql://user:pw@host/db (default: SQLite .trainflow/stack/mlflow.db)")
+    up.add_argument("--timeout", type=float, default=120, help="seconds to wait for both to be healthy")
+    up.set_defaults(handler=_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(handler=_down)
+    sub.add_parser("status", help="is the local stack up and healthy?").set_defaults(handler=_status)
+    serve = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml with their schedules")
+    serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
+    serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")
+    serve.set_defaults(handler=_serve)
+
+
+def parser() -> argparse.ArgumentParser:
+    return cli.parser(extend=operations)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, build=parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

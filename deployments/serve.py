@@ -1,0 +1,60 @@
+"""`trainflow serve`: the deployments of deployments/prefect.yaml, with their schedules, served by this
+process (Prefect's `serve`): no work pool, no worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import serve
+from prefect.flows import load_flow_from_entrypoint
+from prefect.schedules import Cron, Interval
+
+from trainlib.config import read_yaml
+from trainlib.errors import ConfigError
+
+PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
+
+
+def _schedule(spec: dict):
+    if "cron" in spec:
+        return Cron(spec["cron"], timezone=spec.get("timezone"))
+    if "interval" in spec:
+        return Interval(spec["interval"], timezone=spec.get("timezone"))
+    raise ConfigError(f"deployment schedule {spec}: give cron or interval")
+
+
+def deployments(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> list:
+    """The runner deployments of `prefect_file` (all, or those `names`), entrypoints read from the project."""
+    found = read_yaml(prefect_file, "prefect file").get("deployments") or []
+    unknown = set(names or ()) - {d["name"] for d in found}
+    if unknown:
+        raise ConfigError(f"no deployment {', '.join(sorted(unknown))} in {prefect_file}; there are: "
+                          f"{', '.join(d['name'] for d in found)}")
+    return [load_flow_from_entrypoint(d["entrypoint"]).to_deployment(
+                name=d["name"], description=d.get("description"), parameters=d.get("parameters") or {},
+                schedules=[_schedule(s) for s in d.get("schedules") or []])
+            for d in found if not names or d["name"] in names]
+
+
+def _check_no_worker_deployments(served: list) -> None:
+    """A deployment of the same name already deployed to a work pool would be half-overwritten by serve."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for d in served:
+            try:
+                existing = client.read_deployment_by_name(f"{d.flow_name}/{d.name}")
+            except ObjectNotFound:
+                continue
+            if existing.work_pool_name:
+                raise ConfigError(f"deployment {d.flow_name}/{d.name} is deployed to work pool "
+                                  f"{existing.work_pool_name!r}: run it with a worker, or remove it first "
+                                  f"(prefect deployment delete {d.flow_name}/{d.name}) to serve it")
+
+
+def run(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> None:
+    """Serve until interrupted."""
+    served = deployments(prefect_file, names)
+    _check_no_worker_deployments(served)
+    serve(*served)

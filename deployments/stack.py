@@ -1,0 +1,158 @@
+"""The local stack: a Prefect server and an MLflow tracking server, started in the background on
+127.0.0.1, with their data under `.trainflow/stack/` (SQLite by default, PostgreSQL by URL).
+
+`up` waits until both answer their health checks and writes `.trainflow/stack/env`, the environment a
+CLI or worker needs (`PREFECT_API_URL`, `MLFLOW_TRACKING_URI`); `down` stops them; `status` reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import settings
+from trainlib.errors import ConfigError, TrainflowError
+
+STACK = settings.HOME / "stack"
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str  # what clients point at
+    health: str  # answers 200 when the server is up
+    command: list[str]
+    env: dict[str, str]
+
+    @property
+    def pid_file(self) -> Path:
+        return STACK / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return STACK / f"{self.name}.log"
+
+
+def services(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5001,
+             prefect_database: str | None = None, mlflow_backend: str | None = None) -> list[Service]:
+    """The two servers: Prefect (its UI and API) and MLflow (tracking, registry, artifact serving)."""
+    prefect_env = {"PREFECT_HOME": str(STACK / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   # the UI's calls go where the server listens, not to the default port
+                   "PREFECT_UI_API_URL": f"http://{host}:{prefect_port}/api",
+                   **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_database} if prefect_database else {})}
+    backend = mlflow_backend or f"sqlite:///{STACK / 'mlflow.db'}"
+    return [
+        Service("prefect", f"http://{host}:{prefect_port}/api", f"http://{host}:{prefect_port}/api/health",
+                [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)], prefect_env),
+        Service("mlflow", f"http://{host}:{mlflow_port}", f"http://{host}:{mlflow_port}/health",
+                [str(BIN / "mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
+                 "--backend-store-uri", backend, "--serve-artifacts",
+                 "--artifacts-destination", str(STACK / "mlartifacts")], {}),
+    ]
+
+
+def _running(service: Service) -> tuple[int, str, str] | None:
+    """(process id, URL, health URL) of the service as started, if it is running."""
+    try:
+        pid, url, health = service.pid_file.read_text().split()
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return None
+    return int(pid), url, health
+
+
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    return False
+
+
+def _port_free(url: str) -> bool:
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) != 0
+
+
+def _start(service: Service) -> None:
+    if not _port_free(service.url):
+        raise ConfigError(f"{service.name}: port of {service.url} is already in use by another program; choose "
+                          "another with --prefect-port / --mlflow-port")
+    STACK.mkdir(parents=True, exist_ok=True)
+    with open(service.log_file, "ab") as log:
+        process = subprocess.Popen(service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **service.env}, start_new_session=True)
+    service.pid_file.write_text(f"{process.pid} {service.url} {service.health}\n")
+
+
+def up(timeout: float = 120, **options) -> dict[str, str]:
+    """Start whatever of the stack is not running, wait until every server is healthy, write the env file.
+    -> {service name: URL}."""
+    stack = services(**options)
+    for service in stack:
+        if _running(service) is None:
+            _start(service)
+    deadline = time.monotonic() + timeout
+    for service in stack:
+        while not _healthy(service.health):
+            if _running(service) is None:
+                raise TrainflowError(f"{service.name} server exited while starting; its log: {service.log_file}")
+            if time.monotonic() > deadline:
+                raise TrainflowError(f"{service.name} server not healthy at {service.health} after {timeout:.0f} s; "
+                                     f"its log: {service.log_file}")
+            time.sleep(0.5)
+    urls = {s.name: s.url for s in stack}
+    env_file().write_text(f"export PREFECT_API_URL={urls['prefect']}\nexport MLFLOW_TRACKING_URI={urls['mlflow']}\n")
+    return urls
+
+
+def down(timeout: float = 30) -> list[str]:
+    """Stop the stack's servers (their whole process groups). -> names of the servers stopped."""
+    stopped = []
+    for service in services():
+        running = _running(service)
+        if running is not None:
+            _stop(running[0], timeout)
+            stopped.append(service.name)
+        service.pid_file.unlink(missing_ok=True)
+    env_file().unlink(missing_ok=True)
+    return stopped
+
+
+def _stop(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def status() -> list[dict]:
+    """Each server: process id (None when stopped), URL, healthy, log file."""
+    out = []
+    for service in services():
+        pid, url, health = _running(service) or (None, None, None)
+        out.append({"name": service.name, "pid": pid, "url": url, "healthy": bool(health and _healthy(health)),
+                    "log": str(service.log_file)})
+    return out
+
+
+def env_file() -> Path:
+    return STACK / "env"

@@ -1,0 +1,229 @@
+"""Operations end to end, for real: `trainflow up` (a Prefect server and an MLflow server on 127.0.0.1), a
+process work pool, `prefect deploy --all`, a worker, a deployment run and an interval schedule executed by
+the worker, results on the MLflow server, and both UIs in headless Chromium (screenshots kept in
+test-output/operations/). Every process is stopped at the end."""
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCREENSHOTS = Path(os.environ.get("TRAINFLOW_TEST_OUTPUT", ROOT / "test-output")) / "operations"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",  # no network lookups:
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # closed net
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """The servers started by `trainflow up`, the environment that points at them, and a worker."""
+
+    def __init__(self, home: Path):
+        self.home, self.worker = home, None
+        self.prefect_port, self.mlflow_port = _free_port(), _free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {
+            "TRAINFLOW_HOME": str(home / ".trainflow"), "PREFECT_HOME": str(home / "prefect-cli"),
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+
+    def run(self, *args, timeout=300, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
+        out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=self.env,
+                             cwd=cwd)
+        assert not check or out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
+        return out
+
+    def up(self) -> str:
+        out = self.run(BIN / "trainflow", "up", "--prefect-port", self.prefect_port, "--mlflow-port", self.mlflow_port)
+        env_file = self.home / ".trainflow" / "stack" / "env"
+        for line in env_file.read_text().splitlines():  # what `source .trainflow/stack/env` does
+            key, value = line.removeprefix("export ").split("=", 1)
+            self.env[key] = value
+        return out.stdout
+
+    def start_worker(self, cwd: Path) -> None:
+        log = open(self.home / "worker.log", "w")  # noqa: SIM115 - closed with the process
+        self.worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "trainflow"], cwd=cwd,
+                                       env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            os.killpg(self.worker.pid, 15)
+            self.worker.wait(timeout=30)
+            self.worker = None
+
+    def stop(self) -> None:
+        self.stop_worker()
+        self.run(BIN / "trainflow", "down", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("ops"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@contextlib.contextmanager
+def _prefect(stack: Stack):
+    """A Prefect client of this test process, talking to the stack's server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        yield client
+
+
+def _wait_for(stack: Stack, flow_run_id: str, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    with _prefect(stack) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state_type.value in TERMINAL:
+                return run
+            time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} not finished after {timeout} s; worker log: "
+                         f"{(stack.home / 'worker.log').read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def deployed(stack):
+    printed = stack.up()
+    assert f"http://127.0.0.1:{stack.prefect_port}" in printed and f"http://127.0.0.1:{stack.mlflow_port}" in printed
+    status = stack.run(BIN / "trainflow", "status").stdout
+    assert status.count("healthy") == 2
+    stack.run(BIN / "prefect", "work-pool", "create", "trainflow", "--type", "process")
+    stack.run(BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    stack.start_worker(cwd=stack.home)  # not the project folder: the deployments' pull step must go there
+    return stack
+
+
+@pytest.fixture(scope="module")
+def nightly_run(deployed):
+    out = deployed.run(BIN / "prefect", "deployment", "run", "training-pipeline/nightly")
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+    return _wait_for(deployed, flow_run_id)
+
+
+def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
+    with _prefect(deployed) as client:
+        deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
+    assert set(deployments) == {"training-pipeline/nightly", "tuning/bayesian", "compare/schedules",
+                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo"}
+    nightly = deployments["training-pipeline/nightly"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.work_pool_name == "trainflow" and nightly.parameters == {"config": "configs/default.yaml"}
+
+
+def test_a_deployment_run_executes_on_the_worker_and_lands_in_mlflow(deployed, nightly_run):
+    assert nightly_run.state_type.value == "COMPLETED", nightly_run.state
+    client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("digits-cnn")
+    run = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{nightly_run.id}'")[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] >= 0.9
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == run.data.metrics["stopped_epoch"]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served by the MLflow server, not a local path
+    champion = client.get_model_version_by_alias("digits-cnn", "champion")
+    assert champion.run_id == run.info.run_id
+
+
+def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, nightly_run):
+    deployed.run(BIN / "prefect", "deployment", "schedule", "create", "training-pipeline/nightly", "--interval", "15")
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 240
+    with _prefect(deployed) as client:
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs() if r.auto_scheduled]
+            done = [r for r in runs if r.state_type.value == "COMPLETED"]
+            if done:
+                break
+            time.sleep(3)
+        else:
+            raise AssertionError(f"no scheduled run completed: {[(r.name, r.state_name) for r in runs]}")
+        schedules = client.read_deployment_schedules(done[0].deployment_id)
+        for schedule in schedules:  # stop scheduling before the stack goes down
+            client.update_deployment_schedule(done[0].deployment_id, schedule.id, active=False)
+        finished = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done[0].id])))
+    assert finished[0].deployment_id == nightly_run.deployment_id and len(schedules) == 2
+
+
+def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
+    from playwright.sync_api import expect, sync_playwright
+
+    client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("digits-cnn").experiment_id
+    run = client.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{nightly_run.id}'")[0]
+    mlflow_ui, prefect_ui = deployed.env["MLFLOW_TRACKING_URI"], deployed.env["PREFECT_API_URL"].removesuffix("/api")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs")
+        expect(page.get_by_text("digits-cnn", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(run.info.run_name).first).to_be_attached(timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow-experiment.png")
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics")
+        page.get_by_placeholder("Search metric charts").fill("val_accuracy")
+        expect(page.get_by_text("val_accuracy", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.locator("canvas, svg.main-svg, .js-plotly-plot").first).to_be_visible(timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow-run-metrics.png")
+        page.goto(f"{mlflow_ui}/#/models/digits-cnn")
+        expect(page.get_by_text("champion").first).to_be_visible(timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow-registered-model.png")
+        page.goto(f"{prefect_ui}/runs/flow-run/{nightly_run.id}")
+        expect(page.get_by_text("Completed").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(nightly_run.name).first).to_be_visible(timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "prefect-flow-run.png")
+        browser.close()
+    shots = sorted(p.name for p in SCREENSHOTS.glob("*.png"))
+    assert {"mlflow-experiment.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
+            "prefect-flow-run.png"} <= set(shots)
+    (SCREENSHOTS / "screenshots.json").write_text(json.dumps({"run_id": run.info.run_id, "flow_run_id":
+                                                              str(nightly_run.id), "screenshots": shots}))
+
+
+def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run):
+    deployed.stop_worker()  # from here on only `trainflow serve` executes runs
+    clash = deployed.run(BIN / "trainflow", "serve", "--only", "nightly", check=False)
+    assert clash.returncode == 2 and "is deployed to work pool 'trainflow'" in clash.stderr
+    deployed.run(BIN / "prefect", "deployment", "delete", "training-pipeline/nightly")
+    log_file = deployed.home / "serve.log"
+    log = open(log_file, "w")  # noqa: SIM115 - closed with the process
+    serving = subprocess.Popen([BIN / "trainflow", "serve", "--only", "nightly"], cwd=ROOT, env=deployed.env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "being served" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(1)
+        with _prefect(deployed) as client:
+            nightly = client.read_deployment_by_name("training-pipeline/nightly")
+            assert nightly.work_pool_name is None and [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+            flow_run = client.create_flow_run_from_deployment(nightly.id)
+        assert _wait_for(deployed, flow_run.id).state_type.value == "COMPLETED", log_file.read_text()[-3000:]
+    finally:
+        os.killpg(serving.pid, 2)  # Ctrl+C
+        serving.wait(timeout=60)
+
+
+def test_serve_refuses_without_a_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "TRAINFLOW_HOME": str(tmp_path / ".trainflow")}
+    out = subprocess.run([BIN / "trainflow", "serve"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 2 and "serve needs a Prefect server" in out.stderr
