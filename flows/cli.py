@@ -118,10 +118,18 @@ def _execute(args: argparse.Namespace, title: str, start, show) -> int:
     return 0
 
 
+def _fresh_weights(cfg, command: str) -> None:
+    """Refuse a set transfer.source before anything starts (the flows refuse it too)."""
+    from flows.common import no_transfer
+
+    no_transfer(cfg, command)
+
+
 def _run(args: argparse.Namespace) -> int:
     from trainlib.config import load_config
 
     cfg = load_config(args.config, args.set or [])  # bad config fails here, before anything starts
+    _fresh_weights(cfg, "run")
     title = f"{cfg.name}: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} on {cfg.data.source}"
     return _execute(args, title, lambda: _train(args, cfg), _print_run)
 
@@ -131,6 +139,7 @@ def _tune(args: argparse.Namespace) -> int:
     from trainlib.tuning import check_space, load_search
 
     cfg, search = load_config(args.config, args.set or []), load_search(args.search)
+    _fresh_weights(cfg, "tune")
     check_space(cfg, search)
 
     def start():
@@ -148,6 +157,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or [])
     vary = dict(parse_vary(item) for item in args.vary)
+    _fresh_weights(cfg, "compare")
     needs_validation(cfg, "compare")
     check_keys(cfg, vary, "--vary")
     combos = variants(vary)
@@ -196,6 +206,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     if "method" not in raw:
         raise TrainflowError("ensemble: give --method bagging|boosting|stacking|voting (or an --ensemble file)")
     ensemble = validate(raw, EnsembleConfig, "ensemble")
+    _fresh_weights(cfg, "ensemble")
     plan(cfg, ensemble)  # every member's config is checked before anything starts
 
     def start():
