@@ -95,22 +95,25 @@ def _start(service: Service) -> None:
 
 
 def up(timeout: float = 120, **options) -> dict[str, str]:
-    """Start whatever of the stack is not running, wait until every server is healthy, write the env file.
-    -> {service name: URL}."""
-    stack = services(**options)
-    for service in stack:
-        if _running(service) is None:
+    """Start whatever of the stack is not running (a running server keeps its address), wait until every
+    server is healthy, write the env file. -> {service name: URL}."""
+    started = {}
+    for service in services(**options):
+        running = _running(service)
+        if running is None:
             _start(service)
+        _, url, health = running or (None, service.url, service.health)
+        started[service.name] = (service, url, health)
     deadline = time.monotonic() + timeout
-    for service in stack:
-        while not _healthy(service.health):
+    for service, _, health in started.values():
+        while not _healthy(health):
             if _running(service) is None:
                 raise TrainflowError(f"{service.name} server exited while starting; its log: {service.log_file}")
             if time.monotonic() > deadline:
-                raise TrainflowError(f"{service.name} server not healthy at {service.health} after {timeout:.0f} s; "
+                raise TrainflowError(f"{service.name} server not healthy at {health} after {timeout:.0f} s; "
                                      f"its log: {service.log_file}")
             time.sleep(0.5)
-    urls = {s.name: s.url for s in stack}
+    urls = {name: url for name, (_, url, _) in started.items()}
     env_file().write_text(f"export PREFECT_API_URL={urls['prefect']}\nexport MLFLOW_TRACKING_URI={urls['mlflow']}\n")
     return urls
 

@@ -126,6 +126,13 @@ def nightly_run(deployed):
     return _wait_for(deployed, flow_run_id)
 
 
+def test_up_again_keeps_the_running_servers_and_their_addresses(deployed):
+    again = deployed.run(BIN / "trainflow", "up").stdout  # default ports asked; the running servers answer
+    assert f"127.0.0.1:{deployed.prefect_port}/api" in again and f"127.0.0.1:{deployed.mlflow_port}" in again
+    env = (deployed.home / ".trainflow" / "stack" / "env").read_text()
+    assert f"PREFECT_API_URL=http://127.0.0.1:{deployed.prefect_port}/api" in env
+
+
 def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
     with _prefect(deployed) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
