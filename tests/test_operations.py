@@ -232,8 +232,8 @@ def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run)
             assert nightly.work_pool_name is None and [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
             flow_run = client.create_flow_run_from_deployment(nightly.id)
         assert _wait_for(deployed, flow_run.id).state_type.value == "COMPLETED", log_file.read_text()[-3000:]
-    finally:
-        os.killpg(serving.pid, 2)  # Ctrl+C
+    finally:  # SIGTERM, as a process manager stops it (CI's background shells ignore SIGINT)
+        os.killpg(serving.pid, signal.SIGTERM)
         serving.wait(timeout=60)
 
 
