@@ -67,6 +67,9 @@ def _running(service: Service) -> tuple[int, str, str] | None:
         os.kill(int(pid), 0)
     except (OSError, ValueError):
         return None
+    with contextlib.suppress(ChildProcessError):  # started by this process: an exited child is a zombie
+        if os.waitpid(int(pid), os.WNOHANG)[0]:
+            return None
     return int(pid), url, health
 
 
@@ -96,26 +99,38 @@ def _start(service: Service) -> None:
 
 def up(timeout: float = 120, **options) -> dict[str, str]:
     """Start whatever of the stack is not running (a running server keeps its address), wait until every
-    server is healthy, write the env file. -> {service name: URL}."""
-    started = {}
-    for service in services(**options):
-        running = _running(service)
-        if running is None:
-            _start(service)
-        _, url, health = running or (None, service.url, service.health)
-        started[service.name] = (service, url, health)
-    deadline = time.monotonic() + timeout
-    for service, _, health in started.values():
-        while not _healthy(health):
-            if _running(service) is None:
-                raise TrainflowError(f"{service.name} server exited while starting; its log: {service.log_file}")
-            if time.monotonic() > deadline:
-                raise TrainflowError(f"{service.name} server not healthy at {health} after {timeout:.0f} s; "
-                                     f"its log: {service.log_file}")
-            time.sleep(0.5)
+    server is healthy, write the env file. -> {service name: URL}. On failure, stops what it started."""
+    started, new = {}, []
+    try:
+        for service in services(**options):
+            running = _running(service)
+            if running is None:
+                _start(service)
+                new.append(service)
+            _, url, health = running or (None, service.url, service.health)
+            started[service.name] = (service, url, health)
+        deadline = time.monotonic() + timeout
+        for service, _, health in started.values():
+            _wait_healthy(service, health, deadline, timeout)
+    except BaseException:
+        for service in new:
+            if (running := _running(service)) is not None:
+                _stop(running[0], timeout=10)
+            service.pid_file.unlink(missing_ok=True)
+        raise
     urls = {name: url for name, (_, url, _) in started.items()}
     env_file().write_text(f"export PREFECT_API_URL={urls['prefect']}\nexport MLFLOW_TRACKING_URI={urls['mlflow']}\n")
     return urls
+
+
+def _wait_healthy(service: Service, health: str, deadline: float, timeout: float) -> None:
+    while not _healthy(health):
+        if _running(service) is None:
+            raise TrainflowError(f"{service.name} server exited while starting; its log: {service.log_file}")
+        if time.monotonic() > deadline:
+            raise TrainflowError(f"{service.name} server not healthy at {health} after {timeout:.0f} s; its log: "
+                                 f"{service.log_file}")
+        time.sleep(0.5)
 
 
 def down(timeout: float = 30) -> list[str]:

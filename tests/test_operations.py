@@ -237,6 +237,15 @@ def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run)
         serving.wait(timeout=60)
 
 
+def test_a_server_that_cannot_start_stops_the_whole_stack(tmp_path):
+    stack = Stack(tmp_path)
+    out = stack.run(BIN / "trainflow", "up", "--prefect-port", stack.prefect_port, "--mlflow-port",
+                    stack.mlflow_port, "--mlflow-backend", "bogus://nothing", check=False)
+    assert out.returncode == 2 and "error: mlflow server exited while starting; its log:" in out.stderr
+    status = stack.run(BIN / "trainflow", "status", check=False)
+    assert status.returncode == 1 and status.stdout.count("stopped") == 2  # the Prefect server it started too
+
+
 def test_serve_refuses_without_a_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
         "TRAINFLOW_HOME": str(tmp_path / ".trainflow")}
