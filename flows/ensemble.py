@@ -33,7 +33,8 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
     config, ensemble = as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig)
     no_transfer(config, "ensemble")
     members = plan(config, ensemble)
-    check_registered([m.uri for m in members if m.uri])
+    if uris := [m.uri for m in members if m.uri]:
+        check_registered(uris)
     parallel = 1 if ensemble.method == "boosting" else min(ensemble.max_parallel, len(members))
     members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
     run_id = start_run(config, flatten(ensemble, "ensemble."),

@@ -58,8 +58,7 @@ def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, 
     for fold, (fit_rows, held) in enumerate(folds(ds.labels.numpy(), rows, k, seed), 1):
         model, fit = recipe.train(config, ds, manifest, stats, rows=fit_rows)
         oof[[position[r] for r in held]] = recipe.probabilities(config, model, ds, held)
-        log.log_metrics({"fold_best_val_loss": fit.best_value if fit.best_value is not None else float("nan"),
-                         "fold_epochs": fit.stopped_epoch}, step=fold)
+        log.log_metrics({f"fold_best_{fit.monitor}": fit.best_value, "fold_epochs": fit.stopped_epoch}, step=fold)
     return oof
 
 
