@@ -1,4 +1,5 @@
-"""The `trainflow` command line.
+"""The `trainflow` command line: the flow commands (run, tune, compare, ensemble, transfer, ui). The entry
+point is deployments/cli.py, which adds the operations commands (up, down, status, serve) to this parser.
 
 Exit codes: 0 done, 1 failed while running, 2 bad input (one readable message; --debug shows the
 traceback). With --json, stdout carries exactly one JSON object; everything else goes to stderr.
