@@ -198,8 +198,7 @@ class _Loop:
                     lrs: list[float], rng: torch.Generator, epoch: int) -> dict[str, float]:
         """One pass over n samples in batches of `chunk`, one update per `accumulate` batches."""
         self.model.train()
-        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
-        loss_sum, correct, pen_sum, first_bad = zero(), zero(), zero(), torch.full((), -1, device=self.device)
+        tally, penalties = _Tally(self.device, self.label_smoothing), []
         n_chunks, n_updates = len(batch_bounds(n, chunk)), 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(batches):
@@ -213,12 +212,9 @@ class _Loop:
             if last_chunk and self.weights:
                 pen = penalty(self.weights, self.l1, self.l2)
                 objective = objective + pen
-                pen_sum += pen.detach()
+                penalties.append(pen.detach())
             objective.backward()
-            detached = loss.detach()
-            loss_sum += detached * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), i, first_bad)
+            tally.add(loss, logits, y)
             if last_chunk:
                 lrs.append(self.optimizer.param_groups[0]["lr"])
                 if self.grad_clip:
@@ -227,11 +223,11 @@ class _Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 schedule.step_batch()
                 n_updates += 1
-        loss_v, acc_v, pen_v, bad = torch.stack([loss_sum / n, correct / n, pen_sum / max(n_updates, 1),
-                                                 first_bad.float()]).tolist()  # the one sync per epoch
-        if bad >= 0:
-            raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch {int(bad) + 1}; "
-                                "lower optimizer.lr or check the data for extreme values")
+        pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
+        loss_v, acc_v, pen_v = torch.stack([*tally.totals(n), pen_mean]).tolist()  # the one sync per epoch
+        if not math.isfinite(loss_v):
+            raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch "
+                                f"{tally.first_bad()}; lower optimizer.lr or check the data for extreme values")
         return {"train_loss": loss_v, "train_accuracy": acc_v, "penalty": pen_v, "lr": lrs[-n_updates]}
 
     @torch.no_grad()
@@ -244,6 +240,47 @@ class _Loop:
             correct += (logits.argmax(1) == y).sum()
         loss_v, acc_v = (torch.stack([loss_sum, correct]) / len(data)).tolist()
         return {"val_loss": loss_v, "val_accuracy": acc_v}
+
+
+class _Tally:
+    """The train metrics of an epoch without a host sync per batch: batch losses and logits stay device
+    tensors (detached: no kernel per batch); the loss and accuracy are computed from the logits in a few
+    large steps, every so many batches. The batch losses are only read to name a non-finite one."""
+
+    HELD = 1 << 22  # logits elements kept before reducing (16 MB of fp32)
+    BATCHES = 1024  # batches kept before reducing
+
+    def __init__(self, device: torch.device, label_smoothing: float):
+        self.label_smoothing, self.batch_losses, self.chunks = label_smoothing, [], []
+        self.logits, self.targets, self.held = [], [], 0
+        self.loss_sum, self.correct = torch.zeros((), device=device), torch.zeros((), device=device)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.batch_losses.append(loss.detach())
+        self.logits.append(logits.detach())
+        self.targets.append(y)
+        self.held += logits.numel()
+        if self.held >= self.HELD or len(self.batch_losses) >= self.BATCHES:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        if not self.logits:
+            return
+        logits, targets = torch.cat(self.logits), torch.cat(self.targets)
+        self.loss_sum += F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="sum")
+        self.correct += (logits.argmax(1) == targets).sum()
+        self.chunks.append(torch.stack(self.batch_losses))
+        self.batch_losses, self.logits, self.targets, self.held = [], [], [], 0
+
+    def totals(self, n: int) -> list[torch.Tensor]:
+        """[mean loss, accuracy] as device scalars."""
+        self._reduce()
+        return [self.loss_sum / n, self.correct / n]
+
+    def first_bad(self) -> int:
+        """1-based number of the first batch whose loss is not finite (reads the device)."""
+        bad = torch.nonzero(~torch.isfinite(torch.cat(self.chunks)))
+        return int(bad[0, 0]) + 1 if len(bad) else 0
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

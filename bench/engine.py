@@ -1,0 +1,156 @@
+"""Benchmark 1: the engine (`trainlib.engine.fit`) vs a minimal hand-written loop.
+
+Same model (same initial weights), data, batch size, optimizer, precision and threads; data in memory;
+no tracking, no validation. Each measure is the samples/s of whole training calls (a few epochs). The
+two sides run back to back in rounds, alternating which goes first; after a warm-up round the table
+shows the medians of the rounds and the median of the per-round ratios (robust to the drift of a shared
+machine's speed).
+
+    .venv/bin/python -m bench.engine [--repeats 9] [--only NAME] [--quick]
+
+CPU workloads always run; the GPU workloads (resnet18 on 3x32x32 at batch 512, a small fast convnet at
+batch 1024, bf16 autocast, channels_last) run when CUDA is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.common import header, paired, stopwatch, table
+from bench.handloop import hand_loop
+from trainlib import engine, models, recipe
+from trainlib.config import PipelineConfig
+from trainlib.data.augment import Augmenter
+from trainlib.data.batches import TensorData
+from trainlib.device import configure_threads, resolve_device, resolve_precision
+
+# configs/augmentation.yaml
+AUGMENT = {"rotation": 12, "scale": (0.9, 1.1), "translate": 0.1, "erasing": 0.2, "noise": 0.02}
+
+
+@dataclass
+class Workload:
+    name: str
+    model: Callable[[], nn.Module]  # a fresh model; the same initial weights every call
+    data: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # (inputs, labels) on the CPU
+    batch_size: int
+    epochs: int  # per measured call
+    augment: Augmenter | None = None
+    gpu: bool = False
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor, models.NormStats, list[str]]:
+    """The default config's train split of digits and its normalization statistics."""
+    cfg = PipelineConfig()
+    ds = recipe.ingest(cfg.data)
+    manifest = recipe.split(ds, cfg.split)
+    train = recipe.part(ds, manifest, "train")
+    return train.inputs, train.labels, recipe.fit_normalizer(ds, manifest, cfg.normalize), ds.classes
+
+
+def synthetic(n: int, shape: tuple[int, ...], classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images with random labels: speed does not depend on what the pixels show."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    return x, torch.randint(0, classes, (n,), generator=g)
+
+
+def seeded(build: Callable[[], nn.Module], seed: int = 0) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return build()
+    return make
+
+
+def fast_convnet(in_shape, n_classes: int, widths=(64, 256, 256, 256)) -> nn.Module:
+    """A small fast CIFAR convnet (in the style of the CIFAR-10 speed runs): conv-BN-GELU blocks with
+    max-pooling, then a linear head."""
+    layers: list[nn.Module] = [nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                               nn.GELU()]
+    for c_in, c_out in zip(widths, widths[1:], strict=False):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.GELU(),
+                   nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], n_classes, bias=False))
+
+
+def workloads(quick: bool) -> list[Workload]:
+    x, y, norm, classes = digits()
+    digit = lambda: (x, y)  # noqa: E731
+    n28, n_resnet, n_fast = (512, 1024, 2048) if quick else (4096, 10_000, 50_000)
+    aug = Augmenter(**AUGMENT, value_max=16.0)
+    aug255 = Augmenter(**AUGMENT, value_max=255.0)
+    cnn = seeded(lambda: models.build("cnn", (1, 8, 8), 10, norm))
+    mlp = seeded(lambda: models.build("mlp", (1, 8, 8), 10, norm))
+    cnn28 = seeded(lambda: models.build("cnn", (1, 28, 28), 10))
+    e = 1 if quick else 5
+    return [
+        Workload("cnn / digits", cnn, digit, 64, e),
+        Workload("cnn / digits + augment", cnn, digit, 64, e, aug),
+        Workload("mlp / digits", mlp, digit, 64, e),
+        Workload("mlp / digits + augment", mlp, digit, 64, e, aug),
+        Workload("cnn / synthetic 1x28x28", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1),
+        Workload("cnn / synthetic 1x28x28 + augment", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1, aug255),
+        Workload("resnet18 / synthetic 3x32x32", seeded(lambda: models.build("resnet18", (3, 32, 32), 10)),
+                 lambda: synthetic(n_resnet, (3, 32, 32)), 512, 1, gpu=True),
+        Workload("fast convnet / synthetic 3x32x32", seeded(lambda: models.Classifier(
+            models.Normalize([0.0], [1.0], image=True), fast_convnet((3, 32, 32), 10))),
+                 lambda: synthetic(n_fast, (3, 32, 32)), 1024, 1, gpu=True),
+    ]
+
+
+def measure(w: Workload, device: torch.device, repeats: int) -> tuple[float, float, float]:
+    """Samples/s of the engine and of the hand-written loop on one workload, and their ratio (medians of
+    `repeats` rounds)."""
+    x, y = w.data()
+    n = len(y)
+    data = TensorData(x, y).to(device)
+    ours, theirs = w.model(), w.model()  # the same initial weights
+    theirs.load_state_dict(copy.deepcopy(ours.state_dict()))
+    amp = resolve_precision("auto", device)
+    channels_last = device.type == "cuda"
+    theirs.to(device)
+    if channels_last:
+        theirs.to(memory_format=torch.channels_last)
+    opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-3)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    return paired(
+        lambda: n * w.epochs / stopwatch(lambda: engine.fit(
+            ours, data, None, optimizer=opt_ours, epochs=w.epochs, batch_size=w.batch_size, augment=w.augment,
+            device=device), device),
+        lambda: n * w.epochs / stopwatch(lambda: hand_loop(
+            theirs, data.inputs, data.labels, opt_theirs, epochs=w.epochs, batch_size=w.batch_size,
+            augment=w.augment, amp=amp, channels_last=channels_last), device),
+        repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=9, help="measured repeats per side (median reported)")
+    p.add_argument("--only", help="run the workloads whose name contains this text")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the benchmark runs")
+    p.add_argument("--gpu-workloads", action="store_true", help="run the GPU workloads even without a GPU")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    threads = configure_threads()
+    rows = []
+    for w in workloads(args.quick):
+        if (args.only and args.only not in w.name) or (w.gpu and device.type != "cuda" and not args.gpu_workloads):
+            continue
+        ours, theirs, ratio = measure(w, device, args.repeats)
+        rows.append([w.name, device.type, w.batch_size, ours, theirs, f"{ratio:.3f}"])
+        print(f"{w.name}: engine {ours:,.0f}/s, hand {theirs:,.0f}/s, ratio {ratio:.3f}", flush=True)
+    print()
+    print(header(f"Engine vs hand-written loop (samples/s, median of {args.repeats}; {threads} threads; "
+                 f"precision {'bf16 autocast' if device.type == 'cuda' else 'fp32'})"))
+    print(table(["workload", "device", "batch", "engine", "hand loop", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()
