@@ -205,6 +205,30 @@ def test_nan_loss_stops_with_epoch_and_batch(small_digits):
         _fit(_model(), TensorData(x, small_digits.labels[:64]), batch_size=16, epochs=3)
 
 
+def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, monkeypatch):
+    monkeypatch.setattr(engine._Tally, "BATCHES", 2)  # reduce every 2 batches: the 5th is in the third chunk
+    x = small_digits.inputs[:80].float().clone()
+    x[64:, :, 0, 0] = float("inf")  # only the 5th batch of 16 (batches in order: no shuffle generator)
+    data, model = TensorData(x, small_digits.labels[:80]), _model()
+    loop = engine._Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
+                        None, [], 0.0, 0.0, None)
+    with pytest.raises(TrainingError, match="NaN or infinite in epoch 2 at batch 5"):
+        loop.train_epoch(data.batches(16), 80, 16, 1, LRSchedule(loop.optimizer, epochs=1, updates_per_epoch=5),
+                         [], None, 2)
+
+
+def test_train_metrics_are_the_same_whatever_the_reduction_interval(small_digits, monkeypatch):
+    train = _data(small_digits)
+    whole = _fit(_model(), train, epochs=2, batch_size=16)[0].history
+    monkeypatch.setattr(engine._Tally, "BATCHES", 3)
+    chunked = _fit(_model(), train, epochs=2, batch_size=16)[0].history
+    for a, b in zip(whole, chunked, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_accuracy"] == b["train_accuracy"]
+    # the epoch's accuracy is the share of the epoch's predictions that were right, in (0, 1]
+    assert 0 < whole[-1]["train_accuracy"] <= 1
+
+
 def test_batch_size_larger_than_train_split_is_a_config_error(small_digits):
     with pytest.raises(ConfigError, match=r"training.batch_size \(500\) is larger than the train split \(300"):
         _fit(_model(), _data(small_digits), batch_size=500)
