@@ -35,7 +35,10 @@ def _stdout_reserved():
 
 
 def _backends() -> str:
-    api = os.environ.get("PREFECT_API_URL") or "ephemeral Prefect API"
+    from flows import local_api
+
+    temporary = local_api.current()
+    api = f"temporary API {temporary.url}" if temporary else os.environ.get("PREFECT_API_URL") or "ephemeral API"
     return f"Prefect: {api}; MLflow: {os.environ.get('MLFLOW_TRACKING_URI')}"
 
 
@@ -106,9 +109,25 @@ def _print_comparison(s: dict) -> None:
     _print_run(s)
 
 
+def _while_the_api_starts() -> None:
+    """Work every run does anyway, done while the temporary Prefect API is still starting on another core."""
+    import mlflow.pytorch  # noqa: F401  the model logging's imports
+    import torch._dynamo  # noqa: F401  the first torch optimizer imports it (about a second)
+
+    from tasks import tracking
+
+    tracking.open_store()
+
+
 def _execute(args: argparse.Namespace, title: str, start, show) -> int:
     """Run `start()`; print its summary with `show`, or as the one JSON object on stdout with --json."""
+    import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
+    from flows import local_api
     from flows.progress import console
+
+    if api := local_api.current():
+        _while_the_api_starts()
+        api.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
     console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
     if not args.json:
@@ -325,7 +344,7 @@ def parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
-        sp.set_defaults(handler=handler)
+        sp.set_defaults(handler=handler, flow_command=True)
     ui = sub.add_parser("ui", help="the MLflow UI for the local store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -343,6 +362,10 @@ def main(argv: list[str] | None = None, build: Callable[[], argparse.ArgumentPar
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
+        if getattr(args, "flow_command", False):
+            from flows import local_api
+
+            local_api.start()  # now, so that it starts while the config and the libraries load
         return args.handler(args)
     except TrainflowError as exc:
         if args.debug:

@@ -33,6 +33,12 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+def open_store() -> None:
+    """Connect to the tracking store now (SQLite: open it and check its schema, about half a second); every
+    later client reuses the connection."""
+    client().search_experiments(max_results=1)
+
+
 def experiment_id(name: str) -> str:
     """The experiment called `name`, created on first use (local stores keep artifacts in .trainflow)."""
     c = client()

@@ -107,6 +107,26 @@ def test_evaluation_metrics_and_report():
     assert set(ev.summary()) == {"test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1"}
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_equal_sklearns(seed):
+    from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+
+    g = torch.Generator().manual_seed(seed)
+    k, n = 6, 50
+    labels = torch.randint(0, k - 1, (n,), generator=g)  # class 5 never occurs: divisions by zero
+    logits = torch.randn(n, k, generator=g) + 2 * torch.nn.functional.one_hot(labels, k) * (seed % 3)
+    ev = from_logits(logits, labels, [f"c{i}" for i in range(k)])
+    y, pred, ks = labels.numpy(), logits.argmax(1).numpy(), list(range(k))
+    p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=ks, average="macro", zero_division=0)
+    assert (ev.precision, ev.recall, ev.f1) == pytest.approx((p, r, f1))
+    assert ev.confusion.tolist() == confusion_matrix(y, pred, labels=ks).tolist()
+    expected = classification_report(y, pred, labels=ks, target_names=[f"c{i}" for i in ks], output_dict=True,
+                                     zero_division=0)
+    assert ev.report.keys() == expected.keys()
+    for key, value in expected.items():
+        assert ev.report[key] == pytest.approx(value), key
+
+
 def test_plots_render(tmp_path):
     out = _run("schedule.name=onecycle")
     figures = {"curves": plots.learning_curves(out.fit.history, out.fit.best_epoch),

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from sklearn.model_selection import StratifiedKFold
 
 from trainlib.config import PipelineConfig, Section, override, parse_set, read_yaml, validate
 from trainlib.errors import ConfigError, DataError
@@ -203,6 +202,8 @@ def folds(labels: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[tuple
     if counts[counts > 0].min() < k:
         raise DataError(f"ensemble.folds: a class has only {counts[counts > 0].min()} train samples, fewer than "
                         f"the {k} folds; lower ensemble.folds or use meta: val")
+    from sklearn.model_selection import StratifiedKFold  # here: importing sklearn costs most of a second
+
     splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     return [(rows[a], rows[b]) for a, b in splitter.split(rows, labels[rows])]
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from trainlib.data.batches import Data
 from trainlib.engine import predict_logits
@@ -20,7 +19,7 @@ class Evaluation:
     precision: float  # macro averages over classes
     recall: float
     f1: float
-    report: dict  # per-class precision/recall/f1/support, as sklearn's classification_report
+    report: dict  # per-class precision/recall/f1-score/support, shaped as sklearn's classification_report
     confusion: np.ndarray  # (K, K): rows true class, columns predicted
     probabilities: np.ndarray  # (N, K)
     labels: np.ndarray  # (N,)
@@ -31,15 +30,31 @@ class Evaluation:
         return {prefix + k: float(getattr(self, k)) for k in names}
 
 
+def per_class(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """(confusion (K, K), precision, recall, f1, support) per class; a ratio with nothing to divide is 0
+    (sklearn's zero_division=0). numpy only: importing sklearn.metrics costs most of a second."""
+    confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    tp, support, predicted = np.diag(confusion).astype(float), confusion.sum(1), confusion.sum(0)
+
+    def ratio(num, den):
+        return np.divide(num, den, out=np.zeros(k), where=den > 0)
+
+    return confusion, ratio(tp, predicted), ratio(tp, support), ratio(2 * tp, support + predicted), support
+
+
 def from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Evaluation:
     """All metrics from logits (N, K) and true labels (N,)."""
     loss = float(F.cross_entropy(logits, labels))
     probs = torch.softmax(logits, 1).numpy()
-    y, pred, ks = labels.numpy(), logits.argmax(1).numpy(), list(range(len(classes)))
-    p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=ks, average="macro", zero_division=0)
-    report = classification_report(y, pred, labels=ks, target_names=classes, output_dict=True, zero_division=0)
-    return Evaluation(loss, float((pred == y).mean()), float(p), float(r), float(f1), report,
-                      confusion_matrix(y, pred, labels=ks), probs, y)
+    y, pred = labels.numpy().astype(np.int64), logits.argmax(1).numpy().astype(np.int64)
+    confusion, p, r, f1, support = per_class(y, pred, len(classes))
+    accuracy = float((pred == y).mean())
+    row = lambda a, b, c, n: {"precision": float(a), "recall": float(b), "f1-score": float(c), "support": int(n)}  # noqa: E731
+    report = {name: row(p[i], r[i], f1[i], support[i]) for i, name in enumerate(classes)}
+    w = support / max(support.sum(), 1)
+    report |= {"accuracy": accuracy, "macro avg": row(p.mean(), r.mean(), f1.mean(), support.sum()),
+               "weighted avg": row(p @ w, r @ w, f1 @ w, support.sum())}
+    return Evaluation(loss, accuracy, float(p.mean()), float(r.mean()), float(f1.mean()), report, confusion, probs, y)
 
 
 def evaluate(model: torch.nn.Module, data: Data, classes: list[str], device="cpu", precision="auto") -> Evaluation:

@@ -1,0 +1,105 @@
+"""A temporary Prefect API for one command, started before the heavy imports so that its start-up
+(a few seconds: a uvicorn process importing Prefect's server and opening its database) runs on another
+core while this process imports torch, Prefect and MLflow.
+
+It is the server Prefect's own ephemeral mode would start (uvicorn on 127.0.0.1, UI off, the ephemeral
+settings), only earlier: Prefect starts it when the first client is made, after every import. The socket
+is bound here and handed to uvicorn, so no other process can take the port in between. The server stops
+when this process exits, also when it is killed. Its log: .trainflow/prefect/temporary-api.log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from trainlib.errors import TrainflowError
+
+EPHEMERAL = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+class TemporaryAPI:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process, self.url, self.log = process, url, log
+
+    def wait(self, timeout: float) -> None:
+        """Block until the API answers its health check; a clear error naming the log if it cannot."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TrainflowError(f"the temporary Prefect API exited with code {self.process.returncode} while "
+                                     f"starting; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TrainflowError(f"the temporary Prefect API did not answer within {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_current: TemporaryAPI | None = None
+
+
+def current() -> TemporaryAPI | None:
+    return _current
+
+
+def start() -> TemporaryAPI | None:
+    """Start the temporary API and point PREFECT_API_URL at it, unless a Prefect API is configured already
+    (or Prefect was imported: its settings are fixed then). Call before importing prefect."""
+    global _current
+    if _current is not None or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return _current
+    from tasks import settings  # the local defaults (PREFECT_HOME under .trainflow); imports nothing heavy
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    log = settings.HOME / "prefect" / "temporary-api.log"
+    site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    with sock, open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
+             "prefect.server.api.server:create_app", "--fd", str(sock.fileno()), "--log-level", "error",
+             "--lifespan", "on"],
+            pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **EPHEMERAL}, preexec_fn=_die_with_parent)
+    _current = TemporaryAPI(process, f"http://127.0.0.1:{port}/api", log)
+    atexit.register(_current.stop)
+    os.environ["PREFECT_API_URL"] = _current.url
+    return _current
+
+
+try:
+    _LIBC = ctypes.CDLL(None)  # loaded here: the child between fork and exec must not import anything
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    if _LIBC is not None and hasattr(_LIBC, "prctl"):
+        _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
