@@ -35,8 +35,11 @@ class TensorData:
         return len(self.labels)
 
     def to(self, device: torch.device) -> TensorData:
-        pin = device.type == "cuda"
-        return TensorData(self.inputs.to(device, non_blocking=pin), self.labels.to(device, non_blocking=pin))
+        if device.type != "cuda" or self.inputs.device == device:
+            return TensorData(self.inputs.to(device), self.labels.to(device))
+        # from pinned pages the copies run asynchronously (from pageable memory non_blocking does nothing)
+        pinned = [t if t.is_pinned() else t.pin_memory() for t in (self.inputs, self.labels)]
+        return TensorData(*(t.to(device, non_blocking=True) for t in pinned))
 
     def batches(self, batch_size: int, shuffle: torch.Generator | None = None) -> Iterator[Batch]:
         """Batches in a random order drawn from the CPU generator `shuffle`, or in order without it."""
