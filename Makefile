@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/trainflow run
@@ -16,6 +16,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev $(CHROMIUM)
 	$(BIN)/ruff check trainlib tasks flows deployments tests
 	$(BIN)/python -m pytest -q
+
+# The benchmarks (not tests; minutes): the figures in docs/benchmarks.md.
+bench: $(VENV)/.installed
+	for b in engine overhead data memory; do $(BIN)/python -m bench.$$b || exit 1; done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
