@@ -25,6 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 
 from tasks import settings
 from trainlib.errors import ConfigError
+from trainlib.redact import redact
 
 PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
 
@@ -68,12 +69,14 @@ def git_commit() -> str | None:
 
 def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               parent_run_id: str | None = None) -> str:
-    """Create the run (nested under `parent_run_id` if given) with every param and tag; returns its id."""
+    """Create the run (nested under `parent_run_id` if given) with every param and tag; returns its id.
+    Credentials in URLs among the values are redacted."""
     commit = git_commit()
-    all_tags = {**tags, **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
+    all_tags = {**{k: redact(str(v)) for k, v in tags.items()}, **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
                 **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
     run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
-    items = [Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    items = [Param(k, redact(json.dumps(v) if isinstance(v, list | dict) else str(v))[:PARAM_LIMIT])
+             for k, v in params.items()]
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client().log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
@@ -118,13 +121,13 @@ class RunLogger:
         self.client.log_figure(self.run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
 
     def log_dict(self, data: dict, name: str) -> None:
-        self.client.log_dict(self.run_id, data, name)
+        self.client.log_dict(self.run_id, json.loads(redact(json.dumps(data, default=str))), name)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self.client.log_text(self.run_id, redact(text), name)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str) -> None:

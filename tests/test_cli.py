@@ -152,3 +152,32 @@ def test_fan_out_bad_input_exits_2(tmp_path, args, message):
     out = _trainflow(tmp_path, *[a.replace("{search}", str(search)) for a in args], "--json", timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variable, url, what", [
+    ("MLFLOW_TRACKING_URI", "http://trainer:pa55word@127.0.0.1:{port}", "MLflow tracking server"),
+    ("PREFECT_API_URL", "http://127.0.0.1:{port}/api", "Prefect API"),
+])
+def test_an_unreachable_server_fails_at_once_naming_it(tmp_path, variable, url, what):
+    url = url.format(port=_closed_port())
+    out = subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=1"], capture_output=True, text=True,
+                         timeout=120, env=_env(tmp_path) | {variable: url}, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"the {what} at {url.replace('pa55word', '***')} does not answer" in " ".join(out.stderr.split())
+    assert "pa55word" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_a_server_that_never_answers_fails_after_a_bounded_wait(tmp_path):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        out = subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=1"], capture_output=True, text=True,
+                             timeout=120, env=_env(tmp_path) | {"MLFLOW_TRACKING_URI": url}, cwd=tmp_path)
+    assert out.returncode == 2 and f"the MLflow tracking server at {url} does not answer (timed out)" in out.stderr

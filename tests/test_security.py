@@ -1,0 +1,65 @@
+"""Security rules: credentials in URLs never reach MLflow or the terminal; checkpoints load with
+weights_only; YAML loads with safe_load."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from trainlib.redact import redact
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = "postgresql://trainer:pa55word@db.internal:5432/optuna"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (URL, "postgresql://trainer:***@db.internal:5432/optuna"),
+    ("storage: https://bot:ghp_tok3n@mlflow.example.com/ and sqlite:///x.db",
+     "storage: https://bot:***@mlflow.example.com/ and sqlite:///x.db"),
+    ("postgresql+asyncpg://u:p%40ss@h/db", "postgresql+asyncpg://u:***@h/db"),
+    ("http://127.0.0.1:5001", "http://127.0.0.1:5001"),  # a port is not a password
+    ("http://user@host/x", "http://user@host/x"),  # no password: nothing to hide
+    ("no url here: a:b@c", "no url here: a:b@c"),
+])
+def test_redact_hides_only_passwords(text, expected):
+    assert redact(text) == expected
+
+
+def test_credentials_never_reach_the_tracking_store(home):
+    from tasks import tracking
+
+    run_id = tracking.start_run("redaction", "redaction", {"search.storage": URL, "search.n_trials": 3},
+                                {"note": f"shared study in {URL}"})
+    log = tracking.RunLogger(run_id)
+    log.log_text(f"storage: {URL}\n", "search.yaml")
+    log.log_dict({"storage": URL, "nested": [URL]}, "search.json")
+    log.set_tags({"database": URL})
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    recorded = json.dumps(run.data.params) + json.dumps(run.data.tags)
+    recorded += Path(client.download_artifacts(run_id, "search.yaml")).read_text()
+    recorded += Path(client.download_artifacts(run_id, "search.json")).read_text()
+    assert "pa55word" not in recorded
+    assert run.data.params["search.storage"] == "postgresql://trainer:***@db.internal:5432/optuna"
+    assert run.data.params["search.n_trials"] == "3"
+
+
+def _sources():
+    for folder in ("trainlib", "tasks", "flows", "deployments"):
+        yield from (ROOT / folder).rglob("*.py")
+
+
+def test_checkpoints_load_only_with_weights_only():
+    calls = [(p.name, line.strip()) for p in _sources() for line in p.read_text().splitlines()
+             if re.search(r"\btorch\.load\(", line)]
+    assert calls, "no torch.load call found: the check looks in the wrong place"
+    assert all("weights_only=True" in line for _, line in calls), calls
+
+
+def test_yaml_loads_only_with_safe_load():
+    unsafe = [(p.name, line.strip()) for p in _sources() for line in p.read_text().splitlines()
+              if re.search(r"\byaml\.(load|unsafe_load|full_load)\(", line)]
+    assert unsafe == []
+    assert any("yaml.safe_load(" in p.read_text() for p in _sources())
