@@ -110,56 +110,13 @@ def _print_comparison(s: dict) -> None:
     _print_run(s)
 
 
-SERVER_TIMEOUT = 10.0  # seconds a configured server has to answer its health check before anything starts
-
-
-def _check_server(what: str, url: str | None, variable: str) -> None:
-    """A configured server that does not answer fails the command now, naming it, instead of after minutes
-    of retries mid-run."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from trainlib.redact import redact
-
-    if not url or not url.startswith(("http://", "https://")):
-        return
-    parts = urllib.parse.urlsplit(url)  # without user:password@ (urllib takes it for part of the host name)
-    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    try:
-        with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=SERVER_TIMEOUT):
-            return
-    except urllib.error.HTTPError as exc:
-        problem = f"answers HTTP {exc.code} to its health check"
-    except (OSError, ValueError) as exc:
-        problem = f"does not answer ({getattr(exc, 'reason', exc)})"
-    raise TrainflowError(f"the {what} at {redact(url)} {problem}; start it (`trainflow up`) or point {variable} at "
-                         "a running one (unset it to work locally)")
-
-
-def _while_the_api_starts() -> None:
-    """Work every run does anyway, done while the temporary Prefect API is still starting on another core."""
-    import mlflow.pytorch  # noqa: F401  the model logging's imports
-    import torch._dynamo  # noqa: F401  the first torch optimizer imports it (about a second)
-
-    from tasks import tracking
-
-    tracking.open_store()
-
-
 def _execute(args: argparse.Namespace, title: str, start, show) -> int:
     """Run `start()`; print its summary with `show`, or as the one JSON object on stdout with --json."""
     import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
     from flows import local_api
     from flows.progress import console
 
-    _check_server("MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")
-    if api := local_api.current():
-        _while_the_api_starts()
-        api.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    else:
-        _check_server("Prefect API", os.environ.get("PREFECT_API_URL"), "PREFECT_API_URL")
-
+    local_api.ready()
     console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
     if not args.json:
         show(start())

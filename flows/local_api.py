@@ -1,6 +1,7 @@
 """A temporary Prefect API for one command, started before the heavy imports so that its start-up
 (a few seconds: a uvicorn process importing Prefect's server and opening its database) runs on another
-core while this process imports torch, Prefect and MLflow.
+core while this process imports torch, Prefect and MLflow. Configured servers (PREFECT_API_URL,
+MLFLOW_TRACKING_URI) are checked instead: one that does not answer fails the command at once.
 
 It is the server Prefect's own ephemeral mode would start (uvicorn on 127.0.0.1, UI off, the ephemeral
 settings), only earlier: Prefect starts it when the first client is made, after every import. The socket
@@ -19,10 +20,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from trainlib.errors import TrainflowError
+from trainlib.redact import redact
 
 EPHEMERAL = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
@@ -97,6 +101,48 @@ try:
     _LIBC = ctypes.CDLL(None)  # loaded here: the child between fork and exec must not import anything
 except OSError:
     _LIBC = None
+
+
+SERVER_TIMEOUT = 10.0  # seconds a configured server has to answer its health check before anything starts
+
+
+def check_server(what: str, url: str | None, variable: str) -> None:
+    """A configured server that does not answer fails the command now, naming it, instead of after minutes
+    of retries mid-run."""
+    if not url or not url.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(url)  # without user:password@ (urllib takes it for part of the host name)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=SERVER_TIMEOUT):
+            return
+    except urllib.error.HTTPError as exc:
+        problem = f"answers HTTP {exc.code} to its health check"
+    except (OSError, ValueError) as exc:
+        problem = f"does not answer ({getattr(exc, 'reason', exc)})"
+    raise TrainflowError(f"the {what} at {redact(url)} {problem}; start it (`trainflow up`) or point {variable} at "
+                         "a running one (unset it to work locally)")
+
+
+def _while_starting() -> None:
+    """Work every run does anyway, done while the temporary Prefect API is still starting on another core."""
+    import mlflow.pytorch  # noqa: F401  the model logging's imports
+    import torch._dynamo  # noqa: F401  the first torch optimizer imports it (about a second)
+
+    from tasks import tracking
+
+    tracking.open_store()
+
+
+def ready() -> None:
+    """Before a flow starts: the MLflow server (if one is configured) answers; the temporary API has started
+    (doing work every run needs while it starts), or the configured Prefect API answers."""
+    check_server("MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")
+    if _current is not None:
+        _while_starting()
+        _current.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    else:
+        check_server("Prefect API", os.environ.get("PREFECT_API_URL"), "PREFECT_API_URL")
 
 
 def _die_with_parent() -> None:
