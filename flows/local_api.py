@@ -97,12 +97,6 @@ def start() -> TemporaryAPI | None:
     return _current
 
 
-try:
-    _LIBC = ctypes.CDLL(None)  # loaded here: the child between fork and exec must not import anything
-except OSError:
-    _LIBC = None
-
-
 SERVER_TIMEOUT = 10.0  # seconds a configured server has to answer its health check before anything starts
 
 
@@ -143,6 +137,12 @@ def ready() -> None:
         _current.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     else:
         check_server("Prefect API", os.environ.get("PREFECT_API_URL"), "PREFECT_API_URL")
+
+
+try:
+    _LIBC = ctypes.CDLL(None)  # loaded here: the child between fork and exec must not import anything
+except OSError:
+    _LIBC = None
 
 
 def _die_with_parent() -> None:

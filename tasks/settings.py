@@ -30,16 +30,16 @@ def apply_defaults() -> None:
     for key, value in {
         **OFFLINE,
         "PREFECT_HOME": str(HOME / "prefect"),
-        # the ephemeral API takes 10-20 s to start on a small machine
+        # how long the temporary (ephemeral) Prefect API may take to start: 4-8 s here, more on a new database
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
         "MPLBACKEND": "Agg",  # plots are files; no display
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # downloads of a few small files: bars are noise
         # a tracking server that goes away mid-run fails the run in about a minute, not after MLflow's default
         # 7 retries with doubling back-off and 120 s timeouts (many minutes)
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",  # downloads of a few small files: bars are noise
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
         # Prefect's cache records live beside the cached outputs they point to
         "PREFECT_LOCAL_STORAGE_PATH": str(HOME / "cache" / "results"),
     }.items():
