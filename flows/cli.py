@@ -115,7 +115,9 @@ def _execute(args: argparse.Namespace, title: str, start, show) -> int:
     import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
     from flows import local_api
     from flows.progress import console
+    from tasks.settings import one_message_for_input_errors
 
+    one_message_for_input_errors()
     local_api.ready()
     console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
     if not args.json:

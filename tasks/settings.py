@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -99,3 +100,29 @@ def quiet_input_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoInputErrorTracebacks) for f in logger.filters):
             logger.addFilter(_NoInputErrorTracebacks())
+
+
+INPUT_ERRORS = re.compile(r"\b(TrainflowError|ConfigError|DataError)\b")
+
+
+class _SaidByTheCLI(logging.Filter):
+    """Console only: a run's error lines about bad input repeat what the CLI prints once at the end. They
+    still reach the Prefect API (the UI's run logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from trainlib.errors import TrainflowError
+
+        if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
+            return True
+        about_input = record.exc_info and isinstance(record.exc_info[1], TrainflowError)
+        return not (about_input or INPUT_ERRORS.search(record.getMessage()))
+
+
+def one_message_for_input_errors() -> None:
+    """For the CLI (which prints bad input as one `error:` line): keep Prefect's console handlers from
+    printing the same problem three more times."""
+    if os.environ.get("TRAINFLOW_DEBUG"):
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _SaidByTheCLI) for f in handler.filters):
+            handler.addFilter(_SaidByTheCLI())

@@ -4,7 +4,9 @@ harness) and a temporary MLflow SQLite store."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 # Before anything imports tasks/prefect/mlflow: a private .trainflow home and MLflow store for this session.
 _HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
@@ -19,6 +21,15 @@ from PIL import Image  # noqa: E402
 
 import tasks  # noqa: E402,F401  - applies trainflow's local defaults before anything imports prefect
 from trainlib.data import sources  # noqa: E402
+
+TRAINFLOW = str(Path(sys.executable).parent / "trainflow")  # the console script, run as a real process
+
+
+def cli_env(folder) -> dict[str, str]:
+    """Environment for a `trainflow` process working in `folder`: its own .trainflow home and torch cache,
+    none of this session's Prefect or MLflow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    return env | {"TRAINFLOW_HOME": str(Path(folder) / ".trainflow"), "TORCH_HOME": str(Path(folder) / "torch")}
 
 
 @pytest.fixture(scope="session")

@@ -4,23 +4,15 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-
-TRAINFLOW = str(Path(sys.executable).parent / "trainflow")
-
-
-def _env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    return env | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow"), "TORCH_HOME": str(tmp_path / "torch")}
+from conftest import TRAINFLOW, cli_env
 
 
 def _trainflow(tmp_path, *args, timeout=600):
-    return subprocess.run([TRAINFLOW, *args], capture_output=True, text=True, timeout=timeout, env=_env(tmp_path),
+    return subprocess.run([TRAINFLOW, *args], capture_output=True, text=True, timeout=timeout, env=cli_env(tmp_path),
                           cwd=tmp_path)
 
 
@@ -66,7 +58,7 @@ def _free_port() -> int:
 
 def test_ui_serves_the_local_store(tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([TRAINFLOW, "ui", "--port", str(port)], env=_env(tmp_path), cwd=tmp_path,
+    proc = subprocess.Popen([TRAINFLOW, "ui", "--port", str(port)], env=cli_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, status = time.time() + 120, None
@@ -167,7 +159,7 @@ def _closed_port() -> int:
 def test_an_unreachable_server_fails_at_once_naming_it(tmp_path, variable, url, what):
     url = url.format(port=_closed_port())
     out = subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=1"], capture_output=True, text=True,
-                         timeout=120, env=_env(tmp_path) | {variable: url}, cwd=tmp_path)
+                         timeout=120, env=cli_env(tmp_path) | {variable: url}, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert f"the {what} at {url.replace('pa55word', '***')} does not answer" in " ".join(out.stderr.split())
     assert "pa55word" not in out.stderr + out.stdout and "Traceback" not in out.stderr
@@ -179,5 +171,5 @@ def test_a_server_that_never_answers_fails_after_a_bounded_wait(tmp_path):
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         out = subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=1"], capture_output=True, text=True,
-                             timeout=120, env=_env(tmp_path) | {"MLFLOW_TRACKING_URI": url}, cwd=tmp_path)
+                             timeout=120, env=cli_env(tmp_path) | {"MLFLOW_TRACKING_URI": url}, cwd=tmp_path)
     assert out.returncode == 2 and f"the MLflow tracking server at {url} does not answer (timed out)" in out.stderr

@@ -2,19 +2,12 @@
 the command, also when the command is killed."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-TRAINFLOW = str(Path(sys.executable).parent / "trainflow")
-
-
-def _env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    return env | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow")}
+from conftest import TRAINFLOW, cli_env
 
 
 def _api_server(pid: int) -> int | None:
@@ -62,7 +55,7 @@ def _gone(pid: int, within: float) -> bool:
 
 
 def _start(tmp_path, *args):
-    return subprocess.Popen([TRAINFLOW, "run", *args], env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+    return subprocess.Popen([TRAINFLOW, "run", *args], env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
