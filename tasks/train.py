@@ -1,13 +1,17 @@
-"""Train: fit the configured model, logging every epoch to MLflow; resumes from its checkpoint on retry."""
+"""Train: fit the configured model, logging every epoch to MLflow; continues from its checkpoint on retry, and
+after a killed process when the same training runs again (tasks/resume.py)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from prefect import task
+from prefect.runtime import flow_run
 
+from tasks import resume
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
@@ -42,9 +46,15 @@ def train(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict, aug
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
     expanded = augmented.get("expanded")
     train_data = TensorData(**torch.load(expanded, weights_only=True)) if expanded else None
-    model, fit = recipe.train(config, ds, m, NormStats.load(norm["path"]), train_data=train_data,
-                              callbacks=list(LISTENERS), logger=log, checkpoint=ws / "checkpoint.pt", resume=True,
-                              source=source["path"] if source else None)
+    key = resume.training_key(config, dataset, manifest, norm, augmented, source)
+    with resume.slot(key, ws, run_id, str(flow_run.id)) as held:
+        if held.previous:  # the same training was killed in another run: continue it
+            resume.adopt(held.previous, held.checkpoint, run_id)
+        model, fit = recipe.train(config, ds, m, NormStats.load(norm["path"]), train_data=train_data,
+                                  callbacks=list(LISTENERS), logger=log, checkpoint=held.checkpoint, resume=True,
+                                  source=source["path"] if source else None)
+        if held.checkpoint != ws / "checkpoint.pt":
+            shutil.copyfile(held.checkpoint, ws / "checkpoint.pt")
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     summary = {"best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
                "train_seconds": sum(h["epoch_seconds"] for h in fit.history)}
