@@ -195,14 +195,18 @@ def test_train_retry_resumes_from_the_checkpoint(prefect_api):
 def test_a_diverging_loss_fails_once_without_retries_and_registers_nothing(prefect_api):
     from flows.training import training_pipeline
 
-    cfg = load_config(None, ["name=flow-nan", "model.name=mlp", "optimizer.name=sgd", "optimizer.lr=1e12",
-                             "optimizer.momentum=0.0", "training.epochs=3"])
-    with pytest.raises(Exception, match="NaN or infinite in epoch 1"):
+    good = ["name=flow-nan", "model.name=mlp", "training.epochs=2", "register.min_test_accuracy=0"]
+    champion = training_pipeline(load_config(None, good))
+    cfg = load_config(None, good + ["optimizer.name=sgd", "optimizer.lr=1e12", "optimizer.momentum=0.0",
+                                    "training.epochs=3"])
+    with pytest.raises(Exception, match=r"NaN or infinite in epoch 1 at batch \d+"):
         training_pipeline(cfg)
     client = MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("flow-nan").experiment_id])[0]
-    assert run.info.status == "FAILED" and "NaN or infinite" in run.data.tags["failure_reason"]
-    assert client.search_registered_models(filter_string="name='flow-nan'") == []
+    run = client.search_runs([client.get_experiment_by_name("flow-nan").experiment_id], max_results=1)[0]
+    assert run.info.run_id != champion["run_id"]
+    assert run.info.status == "FAILED" and "NaN or infinite in epoch 1 at batch" in run.data.tags["failure_reason"]
+    assert [v.version for v in client.search_model_versions("name='flow-nan'")] == [1]  # nothing registered
+    assert client.get_model_version_by_alias("flow-nan", "champion").run_id == champion["run_id"]  # untouched
     runs = {r.name.rsplit("-", 1)[0]: r for r in _task_runs(run.data.tags["prefect.flow_run_id"])}
     assert runs["train"].state.name == "Failed" and "evaluate" not in runs
     assert runs["train"].run_count == 1  # not retried: the same seed would diverge the same way
