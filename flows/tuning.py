@@ -98,8 +98,10 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
             tell(study, t, result["value"])
 
     run_bounded(search.max_parallel, submit_next, on_done)
-    if not [t for t in study.get_trials(deepcopy=False, states=(States.COMPLETE,))]:
-        raise TrainingError(f"no trial of study {study_name} completed; see the failed trials' runs")
+    complete = len(study.get_trials(deepcopy=False, states=(States.COMPLETE,)))
+    if complete < search.min_complete:
+        raise TrainingError(f"{complete} trial(s) of study {study_name} completed, fewer than search.min_complete "
+                            f"({search.min_complete}); see the failed trials' runs")
     return children
 
 

@@ -66,7 +66,8 @@ CASES = {
     "unknown optimizer": (["run", "--set", "optimizer.name=adamm"], "unknown optimizer 'adamm'; valid: adagrad, adam, "
                                                                     "adamw, rmsprop, sgd (did you mean 'adam'?)"),
     "unknown schedule": (["run", "--set", "schedule.name=cosin"], "unknown LR schedule 'cosin'"),
-    "unknown normalizer": (["run", "--set", "normalize.method=zscore"], "unknown normalization method 'zscore'; valid: minmax, none, standardize, symmetric"),
+    "unknown normalizer": (["run", "--set", "normalize.method=zscore"],
+                           "unknown normalization method 'zscore'; valid: minmax, none, standardize, symmetric"),
     "unknown source": (["run", "--set", "data.source=hdf5"], "unknown data source 'hdf5'"),
     "unknown registered model": (["transfer", "--source", "models:/nothing@champion"],
                                  "transfer.source models:/nothing@champion: not found"),

@@ -151,6 +151,8 @@ def test_median_pruner_stops_a_hopeless_trial(digits):
     ({"space": {"optimizer.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "a log scale needs low > 0"),
     ({"space": {"optimizer.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "low (1.0) must be below high (0.1)"),
     ({"sapce": {}}, "sapce: unknown key (did you mean 'space'?)"),
+    ({"n_trials": 3, "min_complete": 4}, "search.min_complete: 4 is more than the 3 trials planned"),
+    ({"min_complete": 0}, "min_complete: Input should be greater than or equal to 1"),
 ])
 def test_bad_search_files(fields, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

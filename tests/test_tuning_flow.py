@@ -184,3 +184,21 @@ def test_invalid_combinations_and_failing_trials_do_not_sink_the_study(prefect_a
     failed = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"
               and r.info.status == "FAILED"]
     assert len(failed) == 3 and all("larger than the train split" in r.data.tags["failure_reason"] for r in failed)
+
+
+def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api):
+    from flows.tuning import tuning_flow
+    from trainlib.errors import TrainingError
+
+    search = _search(strategy="grid", n_trials=None, min_complete=2, space={
+        "training.batch_size": {"type": "categorical", "choices": [64, 5000]}})  # 5000 > the train split: fails
+    with pytest.raises(TrainingError, match=r"1 trial\(s\) of study min-complete-study completed, fewer than "
+                                            r"search.min_complete \(2\)"):
+        tuning_flow(load_config(None, ["name=min-complete", *BASE, "training.epochs=1"]), search)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("min-complete").experiment_id])
+    study = next(r for r in runs if r.data.tags["trainflow.kind"] == "study")
+    assert study.info.status == "FAILED" and "search.min_complete (2)" in study.data.tags["failure_reason"]
+    trials = sorted(r.info.status for r in runs if r.data.tags["trainflow.kind"] == "trial")
+    assert trials == ["FAILED", "FINISHED"]  # both recorded; no model registered from a failed study
+    assert client.search_registered_models("name = 'min-complete'") == []

@@ -80,6 +80,8 @@ class SearchConfig(Section):
     pruner: str = Field("median", description="none | median | hyperband")
     prune_after: Annotated[int, Field(ge=0)] = Field(2, description="epochs every trial runs before pruning")
     max_parallel: Annotated[int, Field(ge=1)] = Field(2, description="trials running at once")
+    min_complete: Annotated[int, Field(ge=1)] = Field(1, description="fail when fewer trials than this complete "
+                                                                     "(failed and pruned trials do not count)")
     storage: str | None = Field(None, description="RDB URL (sqlite:///f.db, postgresql://...) to share/resume")
     study_name: str | None = Field(None, description="default: <config name>-study")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="sampler seed")
@@ -105,6 +107,8 @@ class SearchConfig(Section):
             grid_values(self.space)  # floats need a step
         elif self.n_trials is None and self.timeout is None:
             raise ConfigError("search: give n_trials or timeout (or both)")
+        if (budget := self.budget()) is not None and self.min_complete > budget:
+            raise ConfigError(f"search.min_complete: {self.min_complete} is more than the {budget} trials planned")
         return self
 
     @property
