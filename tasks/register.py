@@ -3,12 +3,17 @@ apply the gate: promote to the alias only if good enough and not worse than the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
 from trainlib.config import RegisterConfig
@@ -54,18 +59,35 @@ def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
     return version.version, float(accuracy) if accuracy is not None else None
 
 
+LOCK = "trainflow-registry"  # a Prefect global concurrency limit of 1: a lock every flow on the API shares
+
+
+@contextlib.contextmanager
+def one_at_a_time():
+    """Hold the registry lock: only one flow (of any process or machine on this Prefect API) moves aliases."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(LOCK)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # created by a flow at the same moment
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LOCK, limit=1))
+    with concurrency(LOCK, occupy=1, timeout_seconds=600, strict=True):
+        yield
+
+
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
     """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
     `challenger`. -> {model_uri, registered_model, version, alias, gate}."""
     client = tracking.client()
     version = mlflow.register_model(model_uri, name)  # creates the registered model on first use
-    gate = decide(test_accuracy, register.min_test_accuracy, *_holder(name, register.alias))
-    alias = register.alias if gate.passed else CHALLENGER
-    client.set_registered_model_alias(name, alias, version.version)
-    tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": "passed" if gate.passed else "failed",
-            "gate_reason": gate.reason}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
+    with one_at_a_time():  # flows finishing together each compare with the holder the one before left
+        gate = decide(test_accuracy, register.min_test_accuracy, *_holder(name, register.alias))
+        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": "passed" if gate.passed else "failed",
+                "gate_reason": gate.reason}
+        for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
+            client.set_model_version_tag(name, version.version, key, value)
+        alias = register.alias if gate.passed else CHALLENGER
+        client.set_registered_model_alias(name, alias, version.version)
     tracking.RunLogger(run_id).set_tags({"gate": tags["gate"], "gate_reason": gate.reason,
                                          "registered_model": name, "registered_version": version.version,
                                          "registered_alias": alias})

@@ -4,6 +4,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,26 @@ def test_registered_champion_and_worse_challenger(first, prefect_api):
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
     assert client.get_run(worse["run_id"]).data.tags["gate"] == "failed"
+
+
+def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first, prefect_api):
+    from tasks.register import promote
+    from trainlib.config import RegisterConfig
+
+    client = MlflowClient()
+    accuracies = [0.91, 0.97, 0.93, 0.95, 0.92, 0.96]
+    runs = [client.create_run(client.get_experiment_by_name(NAME).experiment_id).info.run_id for _ in accuracies]
+    start = threading.Barrier(len(accuracies))
+
+    def register(accuracy, run_id):
+        start.wait()  # every flow reads the alias holder at about the same time
+        return promote("race", RegisterConfig(min_test_accuracy=0.5), first["model_uri"], accuracy, run_id)
+
+    with ThreadPoolExecutor(len(accuracies)) as pool:
+        results = list(pool.map(register, accuracies, runs))
+    champion = client.get_model_version_by_alias("race", "champion")
+    assert float(champion.tags["test_accuracy"]) == max(accuracies), [(r["version"], r["gate"]) for r in results]
+    assert sum(r["alias"] == "champion" for r in results) >= 1 and len({r["version"] for r in results}) == 6
 
 
 def _task_runs(flow_run_id: str) -> list:

@@ -214,6 +214,31 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
                                                               str(nightly_run.id), "screenshots": shots}))
 
 
+def test_four_flows_at_once_all_complete_and_the_champion_is_the_best(deployed):
+    epochs = 3
+    runs = [subprocess.Popen([BIN / "trainflow", "run", "--json", "--set", "name=concurrent", "--set", "model.name=mlp",
+                              "--set", f"training.epochs={epochs}", "--set", "training.early_stopping.enabled=false",
+                              "--set", f"training.seed={seed}", "--set", "register.min_test_accuracy=0"],
+                             cwd=deployed.home, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for seed in range(4)]
+    outs = [(r.communicate(timeout=600), r.returncode) for r in runs]
+    assert [code for _, code in outs] == [0] * 4, [err[-2000:] for (_, err), _ in outs]
+    summaries = [json.loads(out) for (out, _), _ in outs]
+    client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
+    for summary in summaries:  # every run has every epoch's metrics and its final ones
+        run = client.get_run(summary["run_id"])
+        assert run.info.status == "FINISHED"
+        assert {"test_accuracy", "test_loss", "test_f1", "best_epoch", "train_seconds"} <= set(run.data.metrics)
+        for name in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(1, epochs + 1))
+    versions = client.search_model_versions("name = 'concurrent'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    best = max(s["metrics"]["test_accuracy"] for s in summaries)
+    champion = client.get_model_version_by_alias("concurrent", "champion")
+    assert float(champion.tags["test_accuracy"]) == pytest.approx(best, abs=1e-6), [
+        (v.version, v.tags.get("test_accuracy"), v.aliases) for v in versions]
+
+
 def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run):
     deployed.stop_worker()  # from here on only `trainflow serve` executes runs
     clash = deployed.run(BIN / "trainflow", "serve", "--only", "nightly", check=False)
