@@ -9,8 +9,8 @@ from prefect import serve
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 
-from trainlib.config import read_yaml
 from trainlib.errors import ConfigError
+from trainlib.overrides import read_yaml
 
 PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
 

@@ -162,7 +162,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from trainlib.config import load_config, override, parse_vary
+    from trainlib.config import load_config, override
+    from trainlib.overrides import parse_vary
     from trainlib.tuning import check_keys, needs_validation, variants
 
     cfg = load_config(args.config, args.set or [])
@@ -204,8 +205,9 @@ def _print_ensemble(s: dict) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from trainlib.config import load_config, read_yaml, validate
+    from trainlib.config import load_config, validate
     from trainlib.ensemble import EnsembleConfig, parse_member, plan
+    from trainlib.overrides import read_yaml
 
     cfg = load_config(args.config, args.set or [])
     raw = read_yaml(args.ensemble, "ensemble file") if args.ensemble else {}

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from trainlib import recipe
-from trainlib.config import PipelineConfig, load_config, read_yaml, validate
+from trainlib.config import PipelineConfig, load_config, validate
+from trainlib.overrides import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -7,10 +7,11 @@ import optuna
 import pytest
 
 from trainlib import recipe
-from trainlib.config import PipelineConfig, load_config, parse_vary, validate
+from trainlib.config import PipelineConfig, load_config, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
+from trainlib.overrides import parse_vary
 from trainlib.tuning import (
     PRUNERS,
     SAMPLERS,

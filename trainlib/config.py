@@ -1,4 +1,5 @@
-"""The pipeline config: pydantic models (frozen, unknown keys refused), YAML loading, --set overrides.
+"""The pipeline config: pydantic models (frozen; unknown keys, infinities and NaN refused), validated from YAML
+files and --set overrides (parsed in trainlib.overrides) into one readable ConfigError.
 
 Field names are public (CLI --set, YAML files, MLflow params, docs); every field has a default and a
 description giving its meaning or unit.
@@ -23,6 +24,7 @@ from trainlib.errors import ConfigError
 from trainlib.models import MODELS
 from trainlib.monitor import MONITORS
 from trainlib.optim import OPTIMIZERS
+from trainlib.overrides import parse_set, read_yaml, set_key
 from trainlib.schedules import CYCLE_MODES, SCHEDULES
 from trainlib.transfer import STRATEGIES
 
@@ -40,7 +42,7 @@ ClassName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # .inf, 1e400, .nan: refused
 
 
 class DataConfig(Section):
@@ -302,65 +304,11 @@ def validate(raw: dict, model: type[BaseModel] = PipelineConfig, what: str = "co
                           f"invalid {what}:\n" + "\n".join(f"  - {line}" for line in lines)) from None
 
 
-def _set(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = key.split(".")
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parents[:i + 1])} is a value, not a section: cannot set {key}")
-        node = child
-    node[leaf] = value
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """`key=value` -> (key, value), the value read as YAML (numbers, booleans, lists, null)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. optimizer.lr=0.01")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    return key.strip(), value
-
-
-def parse_vary(item: str) -> tuple[str, list[Any]]:
-    """`key=v1,v2,...` -> (key, [values]), each value read as YAML; commas inside [] stay in a value."""
-    key, sep, text = item.partition("=")
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    if not sep or not key.strip() or not any(p.strip() for p in parts):
-        raise ConfigError(f"--vary {item!r}: expected key=value1,value2,..., e.g. optimizer.name=sgd,adam")
-    return key.strip(), [parse_set(f"{key}={p}")[1] for p in parts if p.strip()]
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> dict:
-    """A YAML mapping from a file, with a readable error for a missing file or bad YAML."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{what} not found: {file}")
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: expected a mapping of config sections, got {type(raw).__name__}")
-    return raw
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """The config from an optional YAML file plus `key=value` overrides, validated once."""
     raw = read_yaml(path) if path else {}
     for item in overrides:
-        _set(raw, *parse_set(item))
+        set_key(raw, *parse_set(item))
     return validate(raw)
 
 
@@ -368,7 +316,7 @@ def override(config: PipelineConfig, updates: dict[str, Any]) -> PipelineConfig:
     """A copy of `config` with dotted keys replaced, validated again."""
     raw = copy.deepcopy(config.model_dump(mode="json"))
     for key, value in updates.items():
-        _set(raw, key, value)
+        set_key(raw, key, value)
     return validate(raw)
 
 

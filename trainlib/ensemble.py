@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from trainlib.config import PipelineConfig, Section, override, parse_set, read_yaml, validate
+from trainlib.config import PipelineConfig, Section, override, validate
 from trainlib.errors import ConfigError, DataError
+from trainlib.overrides import parse_set, read_yaml
 from trainlib.registry import Registry
 
 # method -> how its members are combined (trainlib.combine.RULES); voting's comes from `vote`.

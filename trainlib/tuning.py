@@ -11,10 +11,11 @@ import numpy as np
 import optuna
 from pydantic import Field, model_validator
 
-from trainlib.config import PipelineConfig, Section, override, read_yaml, validate
+from trainlib.config import PipelineConfig, Section, override, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
+from trainlib.overrides import read_yaml
 from trainlib.registry import Registry
 
 # Keys no trial or variant may change: all of them must see the same data, split and identity.
