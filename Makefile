@@ -37,4 +37,4 @@ $(CHROMIUM):
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 clean:
-	rm -rf .trainflow mlruns mlflow.db .pytest_cache test-output
+	rm -rf .trainflow mlruns mlflow.db .pytest_cache .hypothesis test-output
