@@ -1,11 +1,14 @@
-"""Security rules: credentials in URLs never reach MLflow or the terminal; checkpoints load with
+"""Security rules: credentials in URLs never reach MLflow, Prefect or the terminal; checkpoints load with
 weights_only; YAML loads with safe_load."""
 
 import json
 import re
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
 
 from trainlib.redact import redact
@@ -44,6 +47,29 @@ def test_credentials_never_reach_the_tracking_store(home):
     assert "pa55word" not in recorded
     assert run.data.params["search.storage"] == "postgresql://trainer:***@db.internal:5432/optuna"
     assert run.data.params["search.n_trials"] == "3"
+
+
+def test_a_study_database_password_is_nowhere_in_the_stores_or_the_output(tmp_path):
+    with socket.socket() as s:  # a port where no database answers
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "search.yaml").write_text(f"strategy: random\nn_trials: 2\npruner: none\n"
+                                          f"storage: postgresql://trainer:pa55word@127.0.0.1:{port}/optuna\n"
+                                          "space:\n  optimizer.lr: {type: float, low: 0.001, high: 0.01}\n")
+    out = subprocess.run([TRAINFLOW, "tune", "--search", "search.yaml", "--set", "model.name=mlp", "--set",
+                          "training.epochs=1", "--set", "name=secret-study"], capture_output=True, text=True,
+                         timeout=300, env=cli_env(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"error: search.storage postgresql://trainer:***@127.0.0.1:{port}/optuna: " in out.stderr
+    assert "pa55word" not in out.stdout + out.stderr
+    home = tmp_path / ".trainflow"  # Prefect's database (flow run parameters, logs), MLflow's, every file
+    files = [f for f in home.rglob("*") if f.is_file()]
+    assert any(f.name == "prefect.db" for f in files) and any(f.name == "mlflow.db" for f in files)
+    assert [f for f in files if b"pa55word" in f.read_bytes()] == []
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    study = client.search_runs([client.get_experiment_by_name("secret-study").experiment_id])[0]
+    assert study.data.params["search.storage"] == f"postgresql://trainer:***@127.0.0.1:{port}/optuna"
+    assert study.info.status == "FAILED"
 
 
 def _sources():

@@ -9,13 +9,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import optuna
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from trainlib.config import PipelineConfig, Section, override, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
 from trainlib.overrides import read_yaml
+from trainlib.redact import redact
 from trainlib.registry import Registry
 
 # Keys no trial or variant may change: all of them must see the same data, split and identity.
@@ -84,6 +86,10 @@ class SearchConfig(Section):
     min_complete: Annotated[int, Field(ge=1)] = Field(1, description="fail when fewer trials than this complete "
                                                                      "(failed and pruned trials do not count)")
     storage: str | None = Field(None, description="RDB URL (sqlite:///f.db, postgresql://...) to share/resume")
+
+    @field_serializer("storage", when_used="json")
+    def _no_password(self, url: str | None) -> str | None:  # Prefect stores flow parameters as this JSON
+        return redact(url) if url else url
     study_name: str | None = Field(None, description="default: <config name>-study")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="sampler seed")
     retrain: Literal["train", "train+val"] = Field("train", description="data the best config is retrained on")
@@ -207,9 +213,17 @@ _IN_MEMORY: dict[str, optuna.Study] = {}  # studies without storage, reachable b
 def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=search.storage, study_name=name, load_if_exists=search.storage is not None,
-                                sampler=SAMPLERS[search.strategy](search), direction=search.goal,
-                                pruner=PRUNERS[search.pruner](search, epochs))
+    try:
+        study = optuna.create_study(storage=search.storage, study_name=name, load_if_exists=search.storage is not None,
+                                    sampler=SAMPLERS[search.strategy](search), direction=search.goal,
+                                    pruner=PRUNERS[search.pruner](search, epochs))
+    except ImportError:
+        raise ConfigError(f"search.storage {redact(search.storage)}: no database driver for this URL is installed "
+                          "(PostgreSQL: pip install psycopg2-binary)") from None
+    except SQLAlchemyError as exc:  # a bad URL, a database that does not answer or refuses the login
+        reason = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        raise ConfigError(f"search.storage {redact(search.storage)}: cannot open the study database ({reason})") \
+            from None
     if search.storage is None:
         _IN_MEMORY[name] = study
     return study
