@@ -201,6 +201,8 @@ class TrainingConfig(Section):
                                                                               "cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     threads: Count | None = Field(None, description="CPU threads for torch (default: the CPU quota)")
+    devices: Count = Field(1, description="data-parallel processes (DDP), one per device: GPUs on CUDA, CPU "
+                                          "processes sharing the threads on CPU")
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="cross-entropy label smoothing")
     grad_clip: Positive | None = Field(None, description="clip the gradient norm to this value")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -257,12 +259,26 @@ with warnings.catch_warnings():
                                       "or enabled: false")
                 if self.schedule.name == "plateau":
                     raise ConfigError("schedule.name: plateau needs a validation split (split.val > 0)")
+            if self.training.devices > 1:
+                _data_parallel(self)
             if self.augment.expand and self.data.stream:
                 raise ConfigError("augment.expand: needs in-memory data; data.stream keeps images on disk")
             max_lr = self.schedule.max_lr
             if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
                 raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")
             return self
+
+
+def _data_parallel(cfg: PipelineConfig) -> None:
+    """What data-parallel training (training.devices > 1) cannot do."""
+    t = cfg.training
+    problems = [(t.mode == "stochastic", "training.mode stochastic trains on one sample per update"),
+                (t.batch_size < t.devices, f"training.batch_size {t.batch_size} leaves some of them no sample"),
+                (bool(cfg.transfer.source), "transfer learning changes which layers train, which DDP does not allow")]
+    for found, problem in problems:
+        if found:
+            raise ConfigError(f"training.devices: {t.devices} processes share every batch, but {problem}; use "
+                              "training.devices: 1")
 
 
 # ---------------------------------------------------------------- loading, overrides, errors

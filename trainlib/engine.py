@@ -23,6 +23,7 @@ from torch import nn
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds
 from trainlib.device import resolve_precision
+from trainlib.distributed import SINGLE, Shard
 from trainlib.earlystop import EarlyStopping
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.models import Dropout
@@ -71,10 +72,11 @@ GD_MODES: Registry[Callable[[int, int], tuple[int, int]]] = Registry("gradient-d
 })
 
 
-def updates_per_epoch(mode: str, n: int, batch_size: int) -> int:
-    """Optimizer updates in one epoch over n samples: 1 (batch), about n / batch_size, or n."""
+def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer updates in one epoch over n samples: 1 (batch), about n / batch_size, or n (`world`:
+    processes sharing every batch)."""
     chunk, accumulate = GD_MODES[mode](n, batch_size)
-    return math.ceil(len(batch_bounds(n, chunk)) / accumulate)
+    return math.ceil(len(batch_bounds(n, chunk, world)) / accumulate)
 
 
 @dataclass
@@ -97,28 +99,32 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
         device: torch.device | str = "cpu", precision: str = "auto", seed: int = 0,
         callbacks: Sequence[Callback] = (), logger: Logger | None = None, checkpoint: str | Path | None = None,
-        resume: bool = False, meta: dict | None = None) -> FitResult:
+        resume: bool = False, meta: dict | None = None, shard: Shard = SINGLE) -> FitResult:
     """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
 
     `checkpoint`: file rewritten after every epoch (model, optimizer, schedule, early stopping, RNG
     states, history and `meta`); with `resume`, training continues from it when it exists and ends
-    with the same weights as an uninterrupted run (CPU, same seed).
+    with the same weights as an uninterrupted run (CPU, same seed). `shard`: this process's rank in a
+    data-parallel training (trainlib.distributed), which trains on its part of every batch.
     """
     device = torch.device(device)
     chunk, accumulate = GD_MODES[mode](len(train), batch_size)
     if mode == "minibatch" and batch_size > len(train):
         raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({len(train)} "
                           "samples) in minibatch mode; lower it or use training.mode: batch")
-    upe = updates_per_epoch(mode, len(train), batch_size)
+    if shard.parallel and (chunk < shard.world or len(train) < shard.world):
+        raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
+                          f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
+    upe = updates_per_epoch(mode, len(train), batch_size, shard.world)
     loop = _Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
-                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment)
+                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard)
     train, val = train.to(device), val.to(device) if val is not None else None
     schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
     logger = logger or NullLogger()
-    shuffle = torch.Generator().manual_seed(seed)
-    aug_rng = torch.Generator(device=device).manual_seed(seed + 1)
-    drop_rng = _own_dropout(model, torch.Generator(device=device).manual_seed(seed + 2))
+    shuffle = torch.Generator().manual_seed(seed)  # the same batch order on every rank
+    aug_rng = torch.Generator(device=device).manual_seed(shard.seed(seed + 1))  # each rank its own draws
+    drop_rng = _own_dropout(model, torch.Generator(device=device).manual_seed(shard.seed(seed + 2)))
     history, lrs, start, reason = [], [], 1, "completed"
     if resume and checkpoint and Path(checkpoint).exists():
         ck = load_checkpoint(checkpoint)
@@ -126,14 +132,14 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         optimizer.load_state_dict(ck["optimizer"])
         schedule.load_state_dict(ck["schedule"])
         es.load_state_dict(ck["early_stopping"])
-        _set_rng(ck["rng"], shuffle, aug_rng, drop_rng)
+        _set_rng(_rank_rng(ck["rng"], shard, checkpoint), shuffle, aug_rng, drop_rng)
         history, lrs, reason = ck["history"], ck["lrs"], ck["stop_reason"]
         start = ck["epoch"] + 1 if reason == "completed" else epochs + 1  # a stopped run stays stopped
     for epoch in range(start, epochs + 1):
         started = time.perf_counter()
         try:
-            metrics = loop.train_epoch(train.batches(chunk, shuffle), len(train), chunk, accumulate, schedule, lrs,
-                                       aug_rng, epoch)
+            metrics = loop.train_epoch(train.batches(chunk, shuffle, shard), len(train), chunk, accumulate, schedule,
+                                       lrs, aug_rng, epoch)
         except ValueError as exc:
             if "Expected more than 1 value per channel" not in str(exc):
                 raise
@@ -152,14 +158,17 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
                 callback.on_epoch_end(epoch, metrics)
         except StopTraining:
             reason = "callback"
+        reason = shard.agree(reason)  # every rank stops together
         if es.update(epoch, metrics, model) and reason == "completed":
             reason = "early_stopping"
         schedule.step_epoch(metrics)
         if checkpoint:
-            save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            schedule=schedule.state_dict(), early_stopping=es.state_dict(),
-                            rng=_get_rng(shuffle, aug_rng, drop_rng), history=history, lrs=lrs, stop_reason=reason,
-                            meta=meta or {})
+            rng = shard.gather(_get_rng(shuffle, aug_rng, drop_rng))  # one state per rank
+            if shard.rank == 0:
+                save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                schedule=schedule.state_dict(), early_stopping=es.state_dict(),
+                                rng=rng if shard.parallel else rng[0], history=history, lrs=lrs,
+                                stop_reason=reason, meta=meta or {})
         if reason != "completed":
             break
     restored = es.restore(model)
@@ -181,39 +190,47 @@ class _Loop:
     l1: float
     l2: float
     augment: Callable | None
+    shard: Shard = SINGLE
 
     def __post_init__(self):
         self.model.to(self.device)
         self.channels_last = self.device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.net = self.shard.wrap(self.model)  # what trains: the model, or its DDP wrapper
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(self.device, self.amp):
-            return self.model(x).float()
+            return (net or self.model)(x).float()
 
     def train_epoch(self, batches, n: int, chunk: int, accumulate: int, schedule: LRSchedule,
                     lrs: list[float], rng: torch.Generator, epoch: int) -> dict[str, float]:
-        """One pass over n samples in batches of `chunk`, one update per `accumulate` batches."""
+        """One pass over n samples in batches of `chunk`, one update per `accumulate` batches (of which this
+        rank trains on its shard)."""
         self.model.train()
         tally, penalties = _Tally(self.device, self.label_smoothing), []
-        n_chunks, n_updates = len(batch_bounds(n, chunk)), 0
+        bounds, n_updates, world = batch_bounds(n, chunk, self.shard.world), 0, self.shard.world
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(batches):
+            last_chunk = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
             if self.augment is not None:
                 x = self.augment(x, rng)
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            # full-batch GD: weight each chunk's mean loss by its share, so the update sees the full mean
-            objective = loss * (len(y) / n) if accumulate > 1 else loss
-            last_chunk = (i + 1) % accumulate == 0 or i + 1 == n_chunks
-            if last_chunk and self.weights:
-                pen = penalty(self.weights, self.l1, self.l2)
-                objective = objective + pen
-                penalties.append(pen.detach())
-            objective.backward()
+            with contextlib.nullcontext() if last_chunk or world == 1 else self.net.no_sync():  # reduce once
+                logits = self.forward(x, self.net)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+                # weight the mean loss of these samples by their share of the update's (full-batch GD: of all
+                # n; data-parallel: of the batch the ranks share, as DDP averages the ranks' gradients), so
+                # that the update sees the mean over all its samples
+                a, b = bounds[i]
+                share = len(y) * world / (n if accumulate > 1 else b - a)
+                objective = loss * share if share != 1 else loss
+                if last_chunk and self.weights:
+                    pen = penalty(self.weights, self.l1, self.l2)
+                    objective = objective + pen
+                    penalties.append(pen.detach())
+                objective.backward()
             tally.add(loss, logits, y)
             if last_chunk:
                 lrs.append(self.optimizer.param_groups[0]["lr"])
@@ -224,7 +241,9 @@ class _Loop:
                 schedule.step_batch()
                 n_updates += 1
         pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
-        loss_v, acc_v, pen_v = torch.stack([*tally.totals(n), pen_mean]).tolist()  # the one sync per epoch
+        self.shard.sync_buffers(self.model)  # every rank goes on with rank 0's batch-norm statistics
+        totals = self.shard.all_sum(torch.stack(tally.sums())) / n  # loss and accuracy over every rank's shards
+        loss_v, acc_v, pen_v = torch.cat([totals, pen_mean.reshape(1)]).tolist()  # the one sync per epoch
         if not math.isfinite(loss_v):
             raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch "
                                 f"{tally.first_bad()}; lower optimizer.lr or check the data for extreme values")
@@ -272,10 +291,10 @@ class _Tally:
         self.chunks.append(torch.stack(self.batch_losses))
         self.batch_losses, self.logits, self.targets, self.held = [], [], [], 0
 
-    def totals(self, n: int) -> list[torch.Tensor]:
-        """[mean loss, accuracy] as device scalars."""
+    def sums(self) -> list[torch.Tensor]:
+        """[summed loss, correct predictions] as device scalars."""
         self._reduce()
-        return [self.loss_sum / n, self.correct / n]
+        return [self.loss_sum, self.correct]
 
     def first_bad(self) -> int:
         """1-based number of the first batch whose loss is not finite (reads the device)."""
@@ -293,6 +312,15 @@ def _own_dropout(model: nn.Module, generator: torch.Generator) -> torch.Generato
         if isinstance(module, Dropout):
             module.generator = generator
     return generator
+
+
+def _rank_rng(saved: dict | list, shard: Shard, checkpoint) -> dict:
+    """This rank's RNG states from a checkpoint (one dict, or one per rank of a data-parallel training)."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != shard.world:
+        raise ConfigError(f"checkpoint {checkpoint}: written by a training on {len(states)} device(s); continue it "
+                          f"with training.devices: {len(states)}, not {shard.world}")
+    return states[shard.rank]
 
 
 def _get_rng(shuffle: torch.Generator, aug: torch.Generator, drop: torch.Generator) -> dict:

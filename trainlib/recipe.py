@@ -7,6 +7,7 @@ never repeat that mapping. `run` chains every stage in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainlib import engine, models, optim, transfer
+from trainlib import distributed, engine, models, optim, transfer
 from trainlib.checkpoint import load_checkpoint
 from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import Data, TensorData, input_chunks, subset
 from trainlib.data.split import indices, split_manifest
-from trainlib.device import configure_threads, resolve_device
+from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import predict_logits
 from trainlib.errors import ConfigError
@@ -94,15 +95,18 @@ def transfer_setup(cfg: PipelineConfig, model: models.Classifier, source: str | 
 
 def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
           *, rows: np.ndarray | None = None, train_data: Data | None = None, callbacks=(), logger=None,
-          checkpoint: str | Path | None = None, resume: bool = False,
-          source: str | Path | None = None) -> tuple[models.Classifier, engine.FitResult]:
+          checkpoint: str | Path | None = None, resume: bool = False, source: str | Path | None = None,
+          shard: distributed.Shard | None = None) -> tuple[models.Classifier, engine.FitResult]:
     """Build the model, optimizer and schedule from `cfg` and fit on the train split (or on the dataset
     `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
     on the val split. With a transfer `source` (model file or torchvision:name), start from its weights as
-    `cfg.transfer.strategy` says."""
+    `cfg.transfer.strategy` says. With training.devices > 1, in that many new processes (data-parallel)."""
     t = cfg.training
-    configure_threads(t.threads)
-    device = resolve_device(t.device)
+    if t.devices > 1 and shard is None:
+        return _data_parallel(cfg, ds, manifest, norm, rows, train_data, callbacks, logger, checkpoint, resume)
+    shard = shard or distributed.SINGLE
+    configure_threads(max(1, (t.threads or cpu_quota()) // shard.world))  # ranks share the CPUs
+    device = shard.device if shard.parallel else resolve_device(t.device)
     model = build_model(cfg, ds, norm)
     aug = augmenter(cfg.augment, ds)
     if train_data is None:
@@ -118,7 +122,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         if resume and checkpoint and Path(checkpoint).exists():
             freezer.apply(load_checkpoint(checkpoint)["epoch"])
     optimizer = optim.build(cfg.optimizer.name, params, **cfg.optimizer.model_dump(exclude={"name"}))
-    upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size)
+    upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
                           **cfg.schedule.model_dump(exclude={"name"}))
     result = engine.fit(
@@ -126,8 +130,28 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
         early_stopping=EarlyStopping(**t.early_stopping.model_dump()), label_smoothing=t.label_smoothing,
         grad_clip=t.grad_clip, device=device, precision=t.precision, seed=t.seed, callbacks=callbacks,
-        logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")})
+        logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")},
+        shard=shard)
     return model, result
+
+
+def _data_parallel(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm, rows, train_data,
+                   callbacks, logger, checkpoint, resume) -> tuple[models.Classifier, engine.FitResult]:
+    """`train` in training.devices processes; the trained model and result come back to this one."""
+    out = distributed.run(cfg.training.devices, resolve_device(cfg.training.device), _train_rank,
+                          (cfg, ds, manifest, norm, rows, train_data, checkpoint, resume), logger=logger,
+                          callbacks=callbacks)
+    model = build_model(cfg, ds, norm)
+    model.load_state_dict(out["model"])
+    return model, engine.FitResult(**out["fit"])
+
+
+def _train_rank(shard: distributed.Shard, relay: distributed.Relay | None, cfg: PipelineConfig, ds, manifest, norm,
+                rows, train_data, checkpoint, resume) -> dict:
+    """One rank of a data-parallel `train` (in its own process); rank 0 reports through `relay`."""
+    model, fit = train(cfg, ds, manifest, norm, rows=rows, train_data=train_data, callbacks=[relay] if relay else [],
+                       logger=relay, checkpoint=checkpoint, resume=resume, shard=shard)
+    return {"model": model.state_dict(), "fit": dataclasses.asdict(fit)}
 
 
 def test(cfg: PipelineConfig, model: torch.nn.Module, ds: sources.Dataset, manifest: pd.DataFrame,

@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from trainlib.data.sources import Dataset, ImageFiles
+from trainlib.distributed import SINGLE, Shard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+def batch_bounds(n: int, batch_size: int, world: int = 1) -> list[tuple[int, int]]:
     """(start, stop) of each batch over n samples. A last batch of a single sample joins the one before
-    it: batch norm cannot train on one sample, and one sample makes a very noisy update anyway."""
-    starts = list(range(0, n, batch_size))
-    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+    it: batch norm cannot train on one sample, and one sample makes a very noisy update anyway; so does
+    one too small to give each of `world` data-parallel processes a sample."""
+    starts, least = list(range(0, n, batch_size)), max(2, world)
+    if batch_size >= least and len(starts) > 1 and n - starts[-1] < least:
         starts.pop()
     return [(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
 
@@ -41,9 +43,11 @@ class TensorData:
         pinned = [t if t.is_pinned() else t.pin_memory() for t in (self.inputs, self.labels)]
         return TensorData(*(t.to(device, non_blocking=True) for t in pinned))
 
-    def batches(self, batch_size: int, shuffle: torch.Generator | None = None) -> Iterator[Batch]:
-        """Batches in a random order drawn from the CPU generator `shuffle`, or in order without it."""
-        bounds = batch_bounds(len(self), batch_size)
+    def batches(self, batch_size: int, shuffle: torch.Generator | None = None,
+                shard: Shard = SINGLE) -> Iterator[Batch]:
+        """Batches in a random order drawn from the CPU generator `shuffle`, or in order without it; of each,
+        only the `shard` of this data-parallel rank."""
+        bounds = [shard.bounds(a, b) for a, b in batch_bounds(len(self), batch_size, shard.world)]
         if shuffle is None:
             for a, b in bounds:
                 yield self.inputs[a:b], self.labels[a:b]
@@ -82,9 +86,11 @@ class StreamData:
     def to(self, device: torch.device) -> StreamData:
         return StreamData(self.files, self.indices, self.workers, device)
 
-    def batches(self, batch_size: int, shuffle: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, shuffle: torch.Generator | None = None,
+                shard: Shard = SINGLE) -> Iterator[Batch]:
         order = torch.randperm(len(self), generator=shuffle).tolist() if shuffle is not None else range(len(self))
-        self._sampler.lists = [[self.indices[i] for i in order[a:b]] for a, b in batch_bounds(len(self), batch_size)]
+        bounds = [shard.bounds(a, b) for a, b in batch_bounds(len(self), batch_size, shard.world)]
+        self._sampler.lists = [[self.indices[i] for i in order[a:b]] for a, b in bounds]
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
                 self.files, batch_sampler=self._sampler, num_workers=self.workers,
