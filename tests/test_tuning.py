@@ -12,6 +12,7 @@ from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
 from trainlib.overrides import parse_vary
+from trainlib.studies import tell
 from trainlib.tuning import (
     PRUNERS,
     SAMPLERS,
@@ -24,7 +25,6 @@ from trainlib.tuning import (
     needs_validation,
     share_cpus,
     suggest,
-    tell,
     trial_base,
     variants,
 )

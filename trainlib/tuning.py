@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import optuna
 from pydantic import Field, field_serializer, model_validator
-from sqlalchemy.exc import SQLAlchemyError
 
+from trainlib import studies
 from trainlib.config import PipelineConfig, Section, override, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
@@ -85,15 +85,16 @@ class SearchConfig(Section):
     max_parallel: Annotated[int, Field(ge=1)] = Field(2, description="trials running at once")
     min_complete: Annotated[int, Field(ge=1)] = Field(1, description="fail when fewer trials than this complete "
                                                                      "(failed and pruned trials do not count)")
-    storage: str | None = Field(None, description="RDB URL (sqlite:///f.db, postgresql://...) to share/resume")
-
-    @field_serializer("storage", when_used="json")
-    def _no_password(self, url: str | None) -> str | None:  # Prefect stores flow parameters as this JSON
-        return redact(url) if url else url
+    storage: str | None = Field(None, description="sqlite:///f.db, postgresql://..., journal:///f.log: shares "
+                                                  "and resumes the study (default: in memory)")
     study_name: str | None = Field(None, description="default: <config name>-study")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="sampler seed")
     retrain: Literal["train", "train+val"] = Field("train", description="data the best config is retrained on")
     space: dict[str, Param] = Field(min_length=1, description="dotted config key -> distribution")
+
+    @field_serializer("storage", when_used="json")
+    def _no_password(self, url: str | None) -> str | None:  # Prefect stores flow parameters as this JSON
+        return redact(url) if url else url
 
     @model_validator(mode="after")
     def _check(self):
@@ -207,56 +208,15 @@ def decode(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
             and v not in space[k].choices else v for k, v in params.items()}
 
 
-_IN_MEMORY: dict[str, optuna.Study] = {}  # studies without storage, reachable by name in this process
-
-
 def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(storage=search.storage, study_name=name, load_if_exists=search.storage is not None,
-                                    sampler=SAMPLERS[search.strategy](search), direction=search.goal,
-                                    pruner=PRUNERS[search.pruner](search, epochs))
-    except ImportError:
-        raise ConfigError(f"search.storage {redact(search.storage)}: no database driver for this URL is installed "
-                          "(PostgreSQL: pip install psycopg2-binary)") from None
-    except SQLAlchemyError as exc:  # a bad URL, a database that does not answer or refuses the login
-        reason = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
-        raise ConfigError(f"search.storage {redact(search.storage)}: cannot open the study database ({reason})") \
-            from None
-    if search.storage is None:
-        _IN_MEMORY[name] = study
-    return study
-
-
-def release_study(name: str) -> None:
-    """Forget an in-memory study once its flow is done."""
-    _IN_MEMORY.pop(name, None)
+    return studies.create(search.storage, name, search.goal, SAMPLERS[search.strategy](search),
+                          PRUNERS[search.pruner](search, epochs))
 
 
 def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """The study created by `create_study`: from its storage (any process), or this process's memory."""
-    if search.storage is None:
-        return _IN_MEMORY[name]
-    return optuna.load_study(study_name=name, storage=search.storage, sampler=SAMPLERS[search.strategy](search),
-                             pruner=PRUNERS[search.pruner](search, epochs))
-
-
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
-         state: optuna.trial.TrialState | None = None) -> None:
-    """`study.tell`, tolerating the grid sampler's request to stop once its grid is covered (Optuna
-    allows that only inside `optimize`); the trial's result is stored before that request either way."""
-    try:
-        study.tell(trial, value, state=state)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):
-            raise
-
-
-def finished(study: optuna.Study) -> int:
-    """Trials that count against the budget: completed, pruned or failed (not running)."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return studies.load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruner](search, epochs))
 
 
 class PruningCallback:

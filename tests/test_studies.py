@@ -1,0 +1,72 @@
+"""Study storages shared by several askers (trainlib.studies): the ask lock, the shared budget, heartbeats."""
+
+import threading
+import time
+
+import optuna
+import pytest
+
+from trainlib import studies
+from trainlib.errors import ConfigError
+
+States = optuna.trial.TrialState
+GRID = {"x": [1, 2, 3], "y": ["a", "b"]}
+
+
+def _grid_study(url: str, name: str) -> optuna.Study:
+    return studies.create(url, name, "maximize", optuna.samplers.GridSampler(GRID, seed=0),
+                          optuna.pruners.NopPruner())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_askers_sharing_a_study_take_every_grid_point_once_within_the_budget(tmp_path, kind):
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else studies.journal_url(tmp_path / "s.log")
+    _grid_study(url, "grid")
+    taken, errors = [], []
+
+    def asker():  # another process would do the same: its own study object, its own lock handle
+        try:
+            study, lock = studies.load(url, "grid", optuna.samplers.GridSampler(GRID, seed=0), None), \
+                studies.AskLock(url, "grid")
+            while (t := studies.ask(study, lock, budget=6)) is not None:
+                taken.append((t.suggest_categorical("x", GRID["x"]), t.suggest_categorical("y", GRID["y"])))
+                time.sleep(0.01)  # still running when the other asks
+                studies.tell(study, t, 1.0)
+            lock.close()
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=asker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(taken) == sorted((x, y) for x in GRID["x"] for y in GRID["y"])
+
+
+def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(studies, "GRACE_SECONDS", 1)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = studies.create(url, "stale", "maximize", optuna.samplers.RandomSampler(seed=0), None)
+    lock = studies.AskLock(url, "stale")
+    alive, dead = studies.ask(study, lock, 10), studies.ask(study, lock, 10)
+    with studies.heartbeats(study, lambda: [alive._trial_id]):  # only one trial's process still beats
+        time.sleep(3)
+        assert studies.held(study) == 1
+        assert study.trials[dead.number].state == States.FAIL
+        assert study.trials[alive.number].state == States.RUNNING
+        failed = studies.ask(study, lock, 10)
+        failed.set_user_attr("error", "RuntimeError: a failure the flow saw")
+        studies.tell(study, failed, state=States.FAIL)
+        study.enqueue_trial({})  # waiting: it counts once asked
+        assert studies.held(study) == 2  # the running one and the failure with its error
+    lock.close()
+
+
+def test_an_unreachable_storage_is_one_error_naming_it_without_its_password():
+    with pytest.raises(ConfigError) as caught:
+        studies.storage("postgresql://trainer:hunter2@127.0.0.1:9/db")
+    assert "postgresql://trainer:***@127.0.0.1:9/db: cannot open the study database" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

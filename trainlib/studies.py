@@ -1,0 +1,205 @@
+"""Where tuning studies live, and how several processes share one.
+
+A study's storage is a URL: none (this process's memory), an RDB (`sqlite:///study.db`,
+`postgresql://user:pw@host/db`), or `journal:///path/study.log` (Optuna's append-only journal file, for
+processes on one machine or a shared filesystem). Processes that share a study ask for trials one at a time
+under a lock the storage holds (a PostgreSQL advisory lock, or a file lock beside a SQLite or journal file),
+so that each sees the trials the others started: a grid point is never taken twice and the budget holds for
+all of them together. RDB studies keep a heartbeat per running trial: a trial whose process died fails once
+its heartbeat is older than GRACE_SECONDS, and then does not count against the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.exc import SQLAlchemyError
+
+from trainlib.errors import ConfigError
+from trainlib.redact import redact
+
+HEARTBEAT_SECONDS = 20  # how often the process running a trial says it is alive
+GRACE_SECONDS = 60  # a running trial without a heartbeat for this long was left by a dead process
+States = optuna.trial.TrialState
+
+_IN_MEMORY: dict[str, optuna.Study] = {}  # studies without storage, reachable by name in this process
+
+
+def journal_url(path: str | Path) -> str:
+    return f"journal://{Path(path).resolve()}"
+
+
+def _file_of(url: str) -> Path | None:
+    """The file a journal or SQLite storage writes (None for a server database or SQLite in memory)."""
+    if url.startswith("journal://"):
+        return Path(url.removeprefix("journal://"))
+    if url.startswith("sqlite:"):
+        database = sqlalchemy.engine.make_url(url).database
+        return Path(database) if database and database != ":memory:" else None
+    return None
+
+
+def storage(url: str | None) -> BaseStorage | None:
+    """The Optuna storage a URL names (None: in memory); a bad URL, a missing driver or a database that does
+    not answer is one ConfigError naming the URL (without its password)."""
+    if url is None:
+        return None
+    try:
+        if url.startswith("journal://"):
+            path = _file_of(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        with warnings.catch_warnings():  # Optuna calls its heartbeat experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    except ImportError:
+        raise ConfigError(f"search.storage {redact(url)}: {NO_DRIVER}") from None
+    except (SQLAlchemyError, ValueError, OSError) as exc:  # a bad URL, a refused login, no server, no folder
+        raise ConfigError(f"search.storage {redact(url)}: cannot open the study database ({_reason(exc)})") \
+            from None
+
+
+NO_DRIVER = "no database driver for this URL is installed (PostgreSQL: pip install 'psycopg[binary]')"
+
+
+def _reason(exc: Exception) -> str:
+    return redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+
+
+def create(url: str | None, name: str, direction: str, sampler, pruner) -> optuna.Study:
+    """A new study, or the existing one of that name in the storage `url` (to resume or share it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lock = AskLock(url, "")  # processes starting together: one at a time creates the tables and the study
+    try:
+        with lock:
+            study = optuna.create_study(storage=storage(url), study_name=name, load_if_exists=url is not None,
+                                        sampler=sampler, direction=direction, pruner=pruner)
+    finally:
+        lock.close()
+    if url is None:
+        _IN_MEMORY[name] = study
+    return study
+
+
+def load(url: str | None, name: str, sampler, pruner) -> optuna.Study:
+    """The study created by `create`: from its storage (any process), or this process's memory."""
+    if url is None:
+        return _IN_MEMORY[name]
+    return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler, pruner=pruner)
+
+
+def release(name: str) -> None:
+    """Forget an in-memory study once its flow is done."""
+    _IN_MEMORY.pop(name, None)
+
+
+class AskLock:
+    """Held while asking for one trial: no other process sharing the study asks at the same time."""
+
+    def __init__(self, url: str | None, name: str):
+        """The lock of study `name` in the storage `url` ("": of the whole storage)."""
+        self.key = int.from_bytes(hashlib.sha256(f"trainflow-study:{name}".encode()).digest()[:8], "big", signed=True)
+        self.connection, self.file = None, None
+        if url and url.startswith("postgresql"):
+            try:
+                self.connection = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect()
+            except ImportError:
+                raise ConfigError(f"search.storage {redact(url)}: {NO_DRIVER}") from None
+            except SQLAlchemyError as exc:
+                raise ConfigError(f"search.storage {redact(url)}: cannot open the study database "
+                                  f"({_reason(exc)})") from None
+        elif url and (path := _file_of(url)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path.with_name(path.name + ".ask-lock"), "a")  # noqa: SIM115 - closed by close()
+
+    def __enter__(self) -> AskLock:
+        if self.connection is not None:
+            self.connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        elif self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.connection is not None:
+            self.connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            self.connection.commit()
+        elif self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for handle in (self.connection, self.file):
+            if handle is not None:
+                handle.close()
+
+
+def _heartbeat_storage(study: optuna.Study):
+    store = study._storage  # Optuna keeps it private; its heartbeat functions take the storage too
+    return store if optuna.storages._heartbeat.is_heartbeat_enabled(store) else None
+
+
+def ask(study: optuna.Study, lock: AskLock, budget: int | None) -> optuna.Trial | None:
+    """The next trial, or None once the study holds `budget` trials (with every process's counted)."""
+    with lock:
+        if budget is not None and held(study) >= budget:
+            return None
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": ask/tell here
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+        if (beat := _heartbeat_storage(study)) is not None:
+            beat.record_heartbeat(trial._trial_id)
+        return trial
+
+
+def held(study: optuna.Study) -> int:
+    """Trials that count against the budget: those running or finished, except the ones that failed because
+    their process died (they fail with no error recorded; the flow records one for every failure it sees).
+    Enqueued trials count once asked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return sum(t.state not in (States.WAITING, States.FAIL) or "error" in t.user_attrs
+               for t in study.get_trials(deepcopy=False))
+
+
+@contextlib.contextmanager
+def heartbeats(study: optuna.Study, running: Callable[[], Iterable[int]]) -> Iterator[None]:
+    """While the block runs, record a heartbeat every HEARTBEAT_SECONDS for the trial ids `running()` gives."""
+    beat = _heartbeat_storage(study)
+    if beat is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(HEARTBEAT_SECONDS):
+            for trial_id in list(running()):
+                with contextlib.suppress(Exception):  # a database that is briefly away: the next beat will do
+                    beat.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=loop, name="study-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: States | None = None) -> None:
+    """`study.tell`, tolerating the grid sampler's request to stop once its grid is covered (Optuna
+    allows that only inside `optimize`); the trial's result is stored before that request either way."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
