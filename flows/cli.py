@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from flows import runners
 from trainlib.errors import TrainflowError
 
 
@@ -63,10 +64,10 @@ def _train(args: argparse.Namespace, cfg) -> dict:
 
 
 def _fan_out(flow, total: int | None, what: str, *params, **options) -> dict:
+    from flows import common
     from flows.progress import RunProgress
-    from tasks import fanout
 
-    return _watched(RunProgress(total, what), fanout.LISTENERS, lambda: flow(*params, **options))
+    return _watched(RunProgress(total, what), common.LISTENERS, lambda: flow(*params, **options))
 
 
 def _print_run(s: dict) -> None:
@@ -151,11 +152,13 @@ def _tune(args: argparse.Namespace) -> int:
     cfg, search = load_config(args.config, args.set or []), load_search(args.search)
     _fresh_weights(cfg, "tune")
     check_space(cfg, search)
+    runner = runners.check(args.runner)
 
     def start():
         from flows.tuning import tuning_flow
 
-        return _fan_out(tuning_flow, search.budget(), f"{search.strategy} search", cfg, search, refresh=args.refresh)
+        return _fan_out(tuning_flow, search.budget(), f"{search.strategy} search", cfg, search, refresh=args.refresh,
+                        runner=runner)
 
     return _execute(args, f"{cfg.name}: {search.strategy} search over {', '.join(search.space)}", start,
                     _print_study)
@@ -174,12 +177,13 @@ def _compare(args: argparse.Namespace) -> int:
     combos = variants(vary)
     for combo in combos:
         override(cfg, combo)
+    runner = runners.check(args.runner)
 
     def start():
         from flows.compare import compare_flow
 
         return _fan_out(compare_flow, len(combos), "variants", cfg, vary, max_parallel=args.max_parallel,
-                        refresh=args.refresh)
+                        refresh=args.refresh, runner=runner)
 
     return _execute(args, f"{cfg.name}: {len(combos)} variants of {', '.join(vary)}", start, _print_comparison)
 
@@ -220,12 +224,13 @@ def _ensemble(args: argparse.Namespace) -> int:
     ensemble = validate(raw, EnsembleConfig, "ensemble")
     _fresh_weights(cfg, "ensemble")
     plan(cfg, ensemble)  # every member's config is checked before anything starts
+    runner = runners.check(args.runner)
 
     def start():
         from flows.ensemble import ensemble_pipeline
 
         return _fan_out(ensemble_pipeline, ensemble.size, f"{ensemble.method} members", cfg, ensemble,
-                        refresh=args.refresh)
+                        refresh=args.refresh, runner=runner)
 
     return _execute(args, f"{cfg.name}: {ensemble.method} ensemble of {ensemble.size}", start, _print_ensemble)
 
@@ -326,6 +331,9 @@ def parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -
     ens.add_argument("--folds", type=_positive, help="stacking with --meta oof: k (default 5)")
     ens.add_argument("--max-parallel", type=_positive, help="members trained at once (default 2)")
     ens.add_argument("--ensemble", metavar="F", help="ensemble file YAML (any of these settings; flags win)")
+    for sp in (tune, compare, ens):
+        sp.add_argument("--runner", metavar="R", help=f"where trials, variants or members run: {runners.CHOICES} "
+                        "(default thread: this process's threads; dask: a local Dask cluster)")
     tr = sub.add_parser("transfer", help="start from a trained model: feature extraction, fine-tuning, or scratch")
     tr.add_argument("--source", help="models:/name@alias (or /version), a trainflow model file, torchvision:resnet18")
     tr.add_argument("--strategy", help="feature_extraction | finetune (default) | scratch")

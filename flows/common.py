@@ -25,6 +25,15 @@ from trainlib.tuning import SearchConfig, load_search
 
 M = TypeVar("M", bound=BaseModel)
 
+# Called in this process with the record of each finished trial, variant or member (the CLI's progress bar).
+LISTENERS: list[Callable[[dict], None]] = []
+
+
+def notify(record: dict) -> dict:
+    for listener in LISTENERS:
+        listener(record)
+    return record
+
 
 LOADERS: dict[type, Callable[[str], BaseModel]] = {PipelineConfig: load_config, SearchConfig: load_search,
                                                    EnsembleConfig: load_ensemble}
@@ -82,10 +91,10 @@ def train_and_register(config: PipelineConfig, data: dict, parts: dict, stats: d
 
 
 def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] | None],
-                on_done: Callable[[Any, Any], None]) -> None:
+                on_done: Callable[[Any, Any], dict]) -> None:
     """Keep up to `limit` task runs going. `submit_next()` submits one more and returns (key, future),
     or None when there is nothing more to run; `on_done(key, result)` gets each result as it finishes
-    (an exception object for a failed task run)."""
+    (an exception object for a failed task run) and returns its record for the listeners."""
     if limit < 1:
         raise ValueError(f"at least one task run must be allowed at a time, not {limit}")
     running: dict[PrefectFuture, Any] = {}
@@ -95,4 +104,4 @@ def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] 
         if not running:
             return
         done = next(as_completed(list(running)))
-        on_done(running.pop(done), done.result(raise_on_failure=False))
+        notify(on_done(running.pop(done), done.result(raise_on_failure=False)))

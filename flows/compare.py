@@ -7,6 +7,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.common import as_model, no_transfer, prepare_data, run_bounded, tracked
+from flows.runners import Submit, check, fan_out
 from tasks.comparison import compare_report
 from tasks.fanout import variant
 from tasks.record import start_run
@@ -24,11 +25,11 @@ def run_name() -> str:
 
 @flow(name="compare", flow_run_name=run_name)
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
-                 refresh: bool = False) -> dict:
+                 refresh: bool = False, runner: str | None = None) -> dict:
     """Train every combination of the `vary` values (config key -> values) on the same data, split and
-    seed, `max_parallel` at a time; register the variant with the best validation accuracy. The config
-    may be given as a YAML path."""
-    config = as_model(config, PipelineConfig)
+    seed, `max_parallel` at a time (on `runner`: flows/runners.py); register the variant with the best
+    validation accuracy. The config may be given as a YAML path."""
+    config, runner = as_model(config, PipelineConfig), check(runner)
     no_transfer(config, "compare")
     needs_validation(config, "compare")
     check_keys(config, vary, "--vary")
@@ -39,7 +40,8 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     ws = str(workspace(str(flow_run.id)))
     with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
-        results = train_variants(jobs, max_parallel, data, parts, stats, run_id, ws)
+        with fan_out(runner, min(max_parallel, len(jobs))) as submit:
+            results = train_variants(jobs, max_parallel, data, parts, stats, run_id, ws, submit)
         best = max((r for r in results if r["state"] == "complete"),
                    key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
         registered = register(config.name, config.register, best, best["metrics"], data, best["run_id"])
@@ -47,7 +49,7 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
 
 
 def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats: dict, run_id: str,
-                   ws: str) -> list[dict]:
+                   ws: str, submit: Submit) -> list[dict]:
     """Run every (label, overrides, config) job, `max_parallel` at a time; failed ones are kept as such."""
     queue, results = list(jobs), {}
 
@@ -55,12 +57,13 @@ def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats
         if not queue:
             return None
         name, overrides, cfg = queue.pop(0)
-        return name, variant.submit(cfg, name, overrides, data, parts, stats, run_id, ws)
+        return name, submit(variant, cfg, name, overrides, data, parts, stats, run_id, ws)
 
-    def on_done(name: str, result):
+    def on_done(name: str, result) -> dict:
         failed = isinstance(result, BaseException)
         results[name] = ({"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
                          if failed else result | {"state": "complete"})
+        return results[name]
 
     run_bounded(max_parallel, submit_next, on_done)
     if not any(r["state"] == "complete" for r in results.values()):

@@ -9,7 +9,8 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import as_model, no_transfer, parameter, prepare_data, run_bounded, tracked
+from flows.common import as_model, no_transfer, notify, parameter, prepare_data, run_bounded, tracked
+from flows.runners import Submit, check, fan_out
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
@@ -26,11 +27,12 @@ def run_name() -> str:
 
 
 @flow(name="ensemble", flow_run_name=run_name)
-def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | str, refresh: bool = False) -> dict:
+def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | str, refresh: bool = False,
+                      runner: str | None = None) -> dict:
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
     into one model, test it and register it through the gate. Returns the ensemble's summary.
-    Config and ensemble may be given as YAML paths."""
-    config, ensemble = as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig)
+    Config and ensemble may be given as YAML paths; `runner` says where members train (flows/runners.py)."""
+    config, ensemble, runner = as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig), check(runner)
     no_transfer(config, "ensemble")
     members = plan(config, ensemble)
     if uris := [m.uri for m in members if m.uri]:
@@ -44,7 +46,8 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
     with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
         train = boost if ensemble.method == "boosting" else train_members
-        trained, weights = train(config, ensemble, members, data, parts, stats, run_id, ws)
+        with fan_out(runner, parallel) as submit:
+            trained, weights = train(config, ensemble, members, data, parts, stats, run_id, ws, submit)
         done = [t for t in trained if t["state"] == "complete"]
         combined = combine(config, ensemble, done, weights, data, parts, run_id, ws)
         registered = register_ensemble(registered_name(config.name), config.register, combined, data, run_id)
@@ -64,7 +67,7 @@ def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
 
 
 def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
-                  stats: dict, run_id: str, ws: str) -> tuple[list[dict], None]:
+                  stats: dict, run_id: str, ws: str, submit: Submit) -> tuple[list[dict], None]:
     """Bagging, stacking, voting: every member at once, up to max_parallel at a time. -> (results, no weights)."""
     queue, results = list(enumerate(members)), {}
     oof = {"folds": ensemble.folds, "seed": ensemble.seed} if ensemble.rule == "stacking" and \
@@ -75,14 +78,15 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
             return None
         i, m = queue.pop(0)
         if m.uri:
-            return i, registered_member.submit(config, m.name, m.uri, data, parts, run_id, ws)
+            return i, submit(registered_member, config, m.name, m.uri, data, parts, run_id, ws)
         resample = {"kind": "bootstrap", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction} \
             if ensemble.method == "bagging" else None
-        return i, member.submit(m.config, m.name, m.overrides, resample, oof, data, parts, stats, run_id, ws)
+        return i, submit(member, m.config, m.name, m.overrides, resample, oof, data, parts, stats, run_id, ws)
 
-    def on_done(i: int, result):
+    def on_done(i: int, result) -> dict:
         failed = isinstance(result, BaseException)
         results[i] = _failed(result, members[i].name) if failed else result | {"state": "complete"}
+        return results[i]
 
     run_bounded(ensemble.max_parallel, submit_next, on_done)
     trained = [results[i] for i in range(len(members))]
@@ -91,18 +95,19 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
 
 
 def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
-          stats: dict, run_id: str, ws: str) -> tuple[list[dict], list[float]]:
+          stats: dict, run_id: str, ws: str, submit: Submit) -> tuple[list[dict], list[float]]:
     """Boosting (SAMME): members in sequence, each on a resample drawn by the sample weights its predecessors
     left. -> (results, vote weights of the complete members)."""
     weights, trained, alphas = None, [], []
     for i, m in enumerate(members):
         resample = {"kind": "weighted", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction,
                     "weights": weights}
-        future = member.submit(m.config, m.name, m.overrides, resample, None, data, parts, stats, run_id, ws)
+        future = submit(member, m.config, m.name, m.overrides, resample, None, data, parts, stats, run_id, ws)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):  # the next round draws from the same weights
-            trained.append(_failed(result, m.name))
+            trained.append(notify(_failed(result, m.name)))
             continue
+        notify(result)
         step = boost_weights(weights, result, data, parts, ensemble.learning_rate, ws, i)
         if step["alpha"] > 0:
             trained.append(result | {"state": "complete", "boost_error": step["error"]})

@@ -11,25 +11,18 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.common import as_model, no_transfer, parameter, prepare_data, run_bounded, tracked, train_and_register
+from flows.runners import Submit, check, fan_out, in_other_processes
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
 from tasks.settings import workspace
 from tasks.split import merge_val
 from tasks.study import study_report
+from trainlib import studies
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.errors import ConfigError, TrainingError
-from trainlib.tuning import (
-    SearchConfig,
-    check_space,
-    create_study,
-    decode,
-    finished,
-    release_study,
-    suggest,
-    tell,
-    trial_base,
-)
+from trainlib.studies import tell
+from trainlib.tuning import SearchConfig, check_space, create_study, decode, suggest, trial_base
 
 States = optuna.trial.TrialState
 
@@ -39,41 +32,48 @@ def run_name() -> str:
 
 
 @flow(name="tuning", flow_run_name=run_name)
-def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refresh: bool = False) -> dict:
+def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refresh: bool = False,
+                runner: str | None = None) -> dict:
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary.
-    Config and search may be given as YAML paths."""
-    config, search = as_model(config, PipelineConfig), as_model(search, SearchConfig)
+    Config and search may be given as YAML paths; `runner` says where trials run (flows/runners.py)."""
+    config, search, runner = as_model(config, PipelineConfig), as_model(search, SearchConfig), check(runner)
     no_transfer(config, "tune")
     check_space(config, search)
-    trials_base = trial_base(config, search, min(search.max_parallel, search.budget() or search.max_parallel))
+    parallel = min(search.max_parallel, search.budget() or search.max_parallel)
+    trials_base = trial_base(config, search, parallel)
     study_name = search.study_name or f"{config.name}-study"
     run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
                        kind="study")
+    if search.storage is None and in_other_processes(runner):  # trials in other processes report to a file
+        search = search.model_copy(update={"storage": studies.journal_url(workspace(str(flow_run.id)) / "study.log")})
     with tracked(run_id):
         data, parts, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
         try:
-            children = search_trials(trials_base, search, study, study_name, data, parts, stats, run_id)
+            with fan_out(runner, parallel) as submit:
+                children = search_trials(trials_base, search, study, study_name, data, parts, stats, run_id, submit)
             retrain = retrain_best(config, search, study, data, parts, run_id)
             return study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
         finally:
-            release_study(study_name)
+            studies.release(study_name)
 
 
 def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.Study, study_name: str,
-                  data: dict, parts: dict, stats: dict, run_id: str) -> list[str]:
+                  data: dict, parts: dict, stats: dict, run_id: str, submit: Submit) -> list[str]:
     """Ask the study for trials and run them, `search.max_parallel` at a time, until the budget (trials
-    the study should hold, or the timeout) is spent; returns the trials' MLflow run ids."""
+    the study should hold, with those of other processes sharing it) or the timeout is spent; returns the
+    trials' MLflow run ids."""
     budget, deadline = search.budget(), time.monotonic() + search.timeout if search.timeout else None
-    remaining = None if budget is None else max(0, budget - finished(study))  # a resumed study counts its past
     children: list[str] = []
+    running: dict[int, optuna.Trial] = {}
+    lock = studies.AskLock(search.storage, study_name)
 
     def submit_next():
-        nonlocal remaining
-        while (remaining is None or remaining > 0) and (deadline is None or time.monotonic() < deadline):
-            remaining = None if remaining is None else remaining - 1
-            t = study.ask()
+        while deadline is None or time.monotonic() < deadline:
+            t = studies.ask(study, lock, budget)
+            if t is None:
+                return None
             params = suggest(t, search.space)
             try:
                 trial_config = override(config, params)
@@ -81,23 +81,30 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
                 t.set_user_attr("error", str(exc))
                 tell(study, t, state=States.FAIL)
                 continue
-            return t, trial.submit(trial_config, params, search, study_name, t._trial_id, t.number, data, parts,
-                                   stats, run_id)
+            running[t._trial_id] = t
+            return t, submit(trial, trial_config, params, search, study_name, t._trial_id, t.number, data, parts,
+                             stats, run_id)
         return None
 
-    def on_done(t: optuna.Trial, result):
+    def on_done(t: optuna.Trial, result) -> dict:
+        running.pop(t._trial_id, None)
         if isinstance(result, BaseException):
             t.set_user_attr("error", f"{type(result).__name__}: {result}")
             tell(study, t, state=States.FAIL)
-            return
+            return {"number": t.number, "state": "failed"}
         children.append(result["run_id"])
         if result["state"] == "pruned":
             tell(study, t, state=States.PRUNED)
         else:
             t.set_user_attr("best_epoch", result["best_epoch"])
             tell(study, t, result["value"])
+        return result
 
-    run_bounded(search.max_parallel, submit_next, on_done)
+    try:
+        with studies.heartbeats(study, lambda: list(running)):
+            run_bounded(search.max_parallel, submit_next, on_done)
+    finally:
+        lock.close()
     complete = len(study.get_trials(deepcopy=False, states=(States.COMPLETE,)))
     if complete < search.min_complete:
         raise TrainingError(f"{complete} trial(s) of study {study_name} completed, fewer than search.min_complete "

@@ -5,6 +5,8 @@ an active run."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -21,15 +23,6 @@ from trainlib.data.split import load_manifest
 from trainlib.models import save_model
 from trainlib.tuning import PruningCallback, SearchConfig, open_study
 
-# Called with each finished trial's or variant's result in this process (the CLI's progress bar).
-LISTENERS: list = []
-
-
-def notify(result: dict) -> dict:
-    for listener in LISTENERS:
-        listener(result)
-    return result
-
 
 def load_data(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict):
     ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
@@ -42,7 +35,7 @@ def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, 
     """A run nested under the parent, recording its whole config like any training run."""
     run_id = tracking.start_run(config.name, name, flatten(config), {
         "trainflow.kind": kind, "trainflow.overrides": json.dumps(overrides, default=str),
-        "dataset.digest": digest}, parent_run_id)
+        "dataset.digest": digest, "trainflow.process": f"{socket.gethostname()}:{os.getpid()}"}, parent_run_id)
     tracking.RunLogger(run_id).log_text(to_yaml(config), "config.yaml")
     return run_id
 
@@ -64,13 +57,13 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
-            return notify(out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
-                                 "seconds": time.perf_counter() - started})
+            return out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
+                          "seconds": time.perf_counter() - started}
         # early stopping watches the search metric (see trial_base): its best is the trial's score
         log.log_metrics({f"best_{search.metric}": fit.best_value}, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
-    return notify(out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
-                         "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started})
+    return out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
+                  "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started}
 
 
 @task(name="variant", cache_policy=NO_CACHE)
@@ -93,6 +86,6 @@ def variant(config: PipelineConfig, label: str, overrides: dict, dataset: dict, 
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     (ws / "curves.json").write_text(json.dumps({"history": fit.history, "lrs": fit.lrs,
                                                 "updates_per_epoch": fit.updates_per_epoch}))
-    return notify({"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
-                   "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
-                   "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")})
+    return {"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
+            "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
+            "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")}

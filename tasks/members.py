@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
-from tasks.fanout import child_run, load_data, notify
+from tasks.fanout import child_run, load_data
 from trainlib import recipe
 from trainlib.combine import Program, export
 from trainlib.config import PipelineConfig
@@ -89,9 +89,9 @@ def member(config: PipelineConfig, name: str, overrides: dict, resample: dict | 
         log.log_metrics({**metrics, "wall_seconds": seconds}, step=fit.stopped_epoch)
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     np.savez(ws / PROBABILITIES, **probs)
-    return notify({"label": name, "run_id": run_id, "model": str(ws / "model.pt"),
-                   "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": fit.stopped_epoch,
-                   "seconds": seconds, "source": None})
+    return {"label": name, "run_id": run_id, "model": str(ws / "model.pt"),
+            "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": fit.stopped_epoch,
+            "seconds": seconds, "source": None}
 
 
 @task(name="check-registered")
@@ -143,9 +143,9 @@ def registered_member(config: PipelineConfig, name: str, uri: str, dataset: dict
         seconds = time.perf_counter() - started
         tracking.RunLogger(run_id).log_metrics({**metrics, "wall_seconds": seconds}, step=0)
     np.savez(ws / PROBABILITIES, **probs)
-    return notify({"label": name, "run_id": run_id, "model": str(ws / "model.pt2"),
-                   "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": None,
-                   "seconds": seconds, "source": uri})
+    return {"label": name, "run_id": run_id, "model": str(ws / "model.pt2"),
+            "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": None,
+            "seconds": seconds, "source": uri}
 
 
 @task(name="boost-weights", cache_policy=NO_CACHE)

@@ -1,0 +1,89 @@
+"""Where the fan-out flows (tuning trials, compare variants, ensemble members) run their task runs.
+
+- `thread` (default): the flow's own thread pool, in this process;
+- `dask`: a Dask LocalCluster started for the flow on 127.0.0.1, one single-threaded worker process per
+  parallel task run (prefect-dask's DaskTaskRunner);
+- `dask://host:port`: an existing Dask scheduler and its workers, on this machine or others.
+
+Task runs carry references (file paths, MLflow run ids, a study's storage URL), never tensors, and log to MLflow
+with explicit run ids, so they run the same in any process. Workers elsewhere need what the flow's files and
+servers are: the same TRAINFLOW_HOME (a shared filesystem) and MLFLOW_TRACKING_URI (a tracking server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copyreg
+import importlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from trainlib.errors import ConfigError
+
+CHOICES = "thread | dask | dask://host:port"
+CONNECT_SECONDS = 10  # how long to wait for an existing Dask scheduler to answer
+
+Submit = Callable[..., Any]  # submit(task, *args, **kwargs) -> its PrefectFuture
+
+
+def check(runner: str | None) -> str:
+    """The runner named, normalized; anything else is a ConfigError listing the choices."""
+    runner = runner or "thread"
+    if runner in ("thread", "dask") or re.fullmatch(r"dask://[^\s/:]+:\d+", runner):
+        return runner
+    raise ConfigError(f"--runner {runner!r}: not a task runner; valid: {CHOICES}")
+
+
+def in_other_processes(runner: str | None) -> bool:
+    """Whether task runs leave this process (then nothing may be shared through its memory)."""
+    return check(runner) != "thread"
+
+
+@contextlib.contextmanager
+def fan_out(runner: str | None, workers: int) -> Iterator[Submit]:
+    """For the block, a `submit(task, *args, **kwargs)` that runs task runs on `runner`; a cluster started
+    for the block (with `workers` worker processes) stops with it."""
+    runner = check(runner)
+    if runner == "thread":
+        yield lambda task, *args, **kwargs: task.submit(*args, **kwargs)
+        return
+    from prefect.utilities.callables import get_call_parameters
+
+    with _dask(runner, workers) as dask:
+        yield lambda task, *args, **kwargs: dask.submit(task, get_call_parameters(task.fn, args, kwargs))
+
+
+def _torch_classes_by_name() -> None:
+    """Let cloudpickle send `torch.classes` by name. Prefect sends the flow object with each task run, and
+    cloudpickle sends a flow's function by value, with the submodules of torch its tasks seem to use: one whose
+    code reads `.classes` (e.g. a dataset's classes) names `torch.classes`, an object that cannot be pickled."""
+    import torch
+
+    copyreg.pickle(type(torch.classes), lambda _: (importlib.import_module, ("torch.classes",)))
+
+
+@contextlib.contextmanager
+def _dask(runner: str, workers: int) -> Iterator[Any]:
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    _torch_classes_by_name()
+
+    client = {"timeout": CONNECT_SECONDS}
+    if runner == "dask":
+        # worker processes that may start processes of their own (training.devices > 1 trains in several)
+        options = {"cluster_kwargs": {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                      "host": "127.0.0.1", "dashboard_address": None,
+                                      "silence_logs": logging.ERROR}}
+        settings = {"distributed.worker.daemon": False}
+    else:
+        options, settings = {"address": "tcp://" + runner.removeprefix("dask://")}, {}
+    with dask.config.set(settings), DaskTaskRunner(**options, client_kwargs=client) as task_runner:
+        try:
+            task_runner.client  # noqa: B018 - connects (or starts the cluster) now, not at the first task run
+        except OSError as exc:
+            raise ConfigError(f"--runner {runner}: the Dask scheduler does not answer ({exc}); start it (`dask "
+                              "scheduler` and `dask worker`) or use --runner dask for a local cluster") from None
+        yield task_runner
