@@ -4,8 +4,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The UI tests drive Debian's Chromium (Playwright's own browser download needs the internet).
+# The UI tests drive Debian's Chromium (Playwright's own browser download needs the internet); the scale-out
+# tests start a PostgreSQL server of their own from Debian's binaries.
 CHROMIUM := /usr/bin/chromium
+POSTGRES := /usr/lib/postgresql
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench clean
@@ -13,13 +15,13 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: $(VENV)/.installed
 	$(BIN)/trainflow run
 
-test: $(VENV)/.installed-dev $(CHROMIUM)
+test: $(VENV)/.installed-dev $(CHROMIUM) $(POSTGRES)
 	$(BIN)/ruff check trainlib tasks flows deployments tests
 	$(BIN)/python -m pytest -q
 
-# The benchmarks (not tests; minutes): the figures in docs/benchmarks.md.
+# The benchmarks (not tests; about 15 minutes): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed
-	for b in engine overhead data memory; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in engine overhead data memory scaleout; do $(BIN)/python -m bench.$$b || exit 1; done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+$(POSTGRES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
 
 clean:
 	rm -rf .trainflow mlruns mlflow.db .pytest_cache .hypothesis test-output

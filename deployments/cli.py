@@ -15,9 +15,15 @@ ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell u
 
 def _up(args: argparse.Namespace) -> int:
     from deployments import stack
+    from trainlib.errors import ConfigError
 
     options = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
                "prefect_database": args.prefect_database, "mlflow_backend": args.mlflow_backend}
+    if args.postgres:
+        if args.prefect_database or args.mlflow_backend:
+            raise ConfigError("up: --postgres sets both servers' databases; leave out --prefect-database and "
+                              "--mlflow-backend")
+        options |= stack.postgres_databases(args.postgres)
     print("starting the Prefect and MLflow servers ...", file=sys.stderr)
     urls = stack.up(timeout=args.timeout, **options)
     print(f"Prefect UI and API: {urls['prefect'].removesuffix('/api')}  (PREFECT_API_URL={urls['prefect']})")
@@ -68,6 +74,9 @@ def operations(sub: argparse._SubParsersAction) -> None:
                     "postgresql+asyncpg://user:pw@host/db (default: SQLite in .trainflow/stack/prefect)")
     up.add_argument("--mlflow-backend", metavar="URL", help="MLflow's backend store, e.g. "
                     "postgresql://user:pw@host/db (default: SQLite .trainflow/stack/mlflow.db)")
+    up.add_argument("--postgres", metavar="URL", help="both servers on PostgreSQL: postgresql://user:pw@host/db "
+                    "(Prefect in database <db>_prefect, MLflow in <db>_mlflow, created when missing; <db> itself "
+                    "can hold shared tuning studies)")
     up.add_argument("--timeout", type=float, default=120, help="seconds to wait for both to be healthy")
     up.set_defaults(handler=_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(handler=_down)

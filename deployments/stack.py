@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tasks import settings
 from trainlib.errors import ConfigError, TrainflowError
+from trainlib.redact import redact
 
 STACK = settings.HOME / "stack"
 BIN = Path(sys.executable).parent
@@ -49,15 +50,50 @@ def services(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int
                    # the UI's calls go where the server listens, not to the default port
                    "PREFECT_UI_API_URL": f"http://{host}:{prefect_port}/api",
                    **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_database} if prefect_database else {})}
-    backend = mlflow_backend or f"sqlite:///{STACK / 'mlflow.db'}"
+    # the backend URL goes by the environment, not the command line, where `ps` would show its password
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": mlflow_backend or f"sqlite:///{STACK / 'mlflow.db'}"}
     return [
         Service("prefect", f"http://{host}:{prefect_port}/api", f"http://{host}:{prefect_port}/api/health",
                 [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)], prefect_env),
         Service("mlflow", f"http://{host}:{mlflow_port}", f"http://{host}:{mlflow_port}/health",
                 [str(BIN / "mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
-                 "--backend-store-uri", backend, "--serve-artifacts",
-                 "--artifacts-destination", str(STACK / "mlartifacts")], {}),
+                 "--serve-artifacts", "--artifacts-destination", str(STACK / "mlartifacts")], mlflow_env),
     ]
+
+
+def postgres_databases(url: str) -> dict[str, str]:
+    """Prefect's and MLflow's databases on the PostgreSQL server of `url` (whose own database is left to
+    tuning studies): `<db>_prefect` and `<db>_mlflow`, created when missing. -> {"prefect_database": its URL
+    (asyncpg driver), "mlflow_backend": its URL}."""
+    import sqlalchemy
+
+    try:
+        base = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"--postgres {redact(url)}: not a database URL (postgresql://user:password@host/db)") \
+            from None
+    if base.get_backend_name() != "postgresql" or not base.database:
+        raise ConfigError(f"--postgres {redact(url)}: give a PostgreSQL URL with a database, "
+                          "postgresql://user:password@host:5432/trainflow")
+    names = {"prefect_database": f"{base.database}_prefect", "mlflow_backend": f"{base.database}_mlflow"}
+    engine = sqlalchemy.create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT",
+                                      poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as db:
+            for name in names.values():
+                if db.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                    continue
+                db.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        raise ConfigError(f"--postgres {redact(url)}: cannot prepare Prefect's and MLflow's databases ({reason})") \
+            from None
+    finally:
+        engine.dispose()
+    prefect = base.set(drivername="postgresql+asyncpg", database=names["prefect_database"])
+    mlflow = base.set(drivername="postgresql", database=names["mlflow_backend"])
+    return {"prefect_database": prefect.render_as_string(hide_password=False),
+            "mlflow_backend": mlflow.render_as_string(hide_password=False)}
 
 
 def _running(service: Service) -> tuple[int, str, str] | None:

@@ -114,3 +114,12 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """A real PostgreSQL server for the session (tests/pgserver.py) -> the URL of its database `trainflow`."""
+    import pgserver
+
+    with pgserver.server() as url:
+        yield url

@@ -1,0 +1,203 @@
+"""Scaling out for real: fan-out flows on a 2-worker Dask LocalCluster and on an existing Dask scheduler with
+worker processes, a tuning study shared through PostgreSQL by two concurrent `trainflow tune` processes, and
+`trainflow up --postgres` (Prefect and MLflow servers on PostgreSQL)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+import yaml
+from conftest import TRAINFLOW, cli_env
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from trainlib.config import load_config, validate
+from trainlib.ensemble import EnsembleConfig
+from trainlib.tuning import SearchConfig
+
+BIN = Path(sys.executable).parent
+MLP = ["model.name=mlp", "model.hidden=[32]", "training.epochs=2", "training.early_stopping.enabled=false"]
+GRID = {"optimizer.name": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.2}}
+
+
+def _children(client: MlflowClient, parent_run_id: str):
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def _tracked_elsewhere(runs, steps: list[int]) -> set[str]:
+    """Each run finished with one metric point per epoch; -> the processes (host:pid) that ran them."""
+    client = MlflowClient()
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == steps
+    processes = {run.data.tags["trainflow.process"] for run in runs}
+    assert f"{socket.gethostname()}:{os.getpid()}" not in processes  # not in this (the flow's) process
+    return processes
+
+
+def _task_runs(parent_run_id: str, name: str) -> list[str]:
+    """States of the Prefect task runs called `name` of the flow run behind MLflow run `parent_run_id`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = MlflowClient().get_run(parent_run_id).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(r.state_type.value for r in runs if r.name.startswith(name))
+
+
+def test_tuning_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
+    from flows.tuning import tuning_flow
+
+    search = validate({"strategy": "random", "n_trials": 4, "pruner": "median", "prune_after": 1, "max_parallel": 2,
+                       "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}},
+                      SearchConfig)
+    out = tuning_flow(load_config(None, ["name=dask-tune", *MLP]), search, runner="dask")
+    client = MlflowClient()
+    trials = [r for r in _children(client, out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
+    assert len(trials) == 4 and out["trials"]["complete"] + out["trials"]["pruned"] == 4
+    complete = [r for r in trials if r.data.tags["trial.state"] == "complete"]
+    assert len(_tracked_elsewhere(complete, [1, 2])) == 2  # both Dask workers trained trials
+    assert _task_runs(out["run_id"], "trial") == ["COMPLETED"] * 4
+    assert out["registered_model"] == "dask-tune" and out["version"] == 1
+
+
+def test_bagging_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
+    from flows.ensemble import ensemble_pipeline
+
+    bagging = validate({"method": "bagging", "members": 3, "max_parallel": 2}, EnsembleConfig)
+    out = ensemble_pipeline(load_config(None, ["name=dask-bag", *MLP]), bagging, runner="dask")
+    members = [r for r in _children(MlflowClient(), out["run_id"]) if r.data.tags["trainflow.kind"] == "member"]
+    assert len(members) == 3 and all(m["state"] == "complete" for m in out["members"])
+    assert _tracked_elsewhere(members, [1, 2])
+    assert _task_runs(out["run_id"], "member") == ["COMPLETED"] * 3
+    assert out["registered_model"] == "dask-bag-ensemble" and out["metrics"]["test_accuracy"] > 0.8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_compare_on_an_existing_dask_scheduler_and_its_worker_processes(tmp_path):
+    port, env = _free_port(), cli_env(tmp_path)
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    started = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                 "--no-dashboard"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)]
+    try:  # a worker sees what the CLI sees: the same folder (TRAINFLOW_HOME) and so the same MLflow store
+        started.append(subprocess.Popen([BIN / "dask", "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                                         "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env,
+                                        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        out = subprocess.run([TRAINFLOW, "compare", "--vary", "optimizer.name=adam,sgd", "--runner",
+                              f"dask://127.0.0.1:{port}", "--json", *[a for s in MLP for a in ("--set", s)]],
+                             capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr + (tmp_path / "dask.log").read_text()
+        summary = json.loads(out.stdout)
+        client = MlflowClient(f"sqlite:///{tmp_path / '.trainflow' / 'mlflow.db'}")
+        variants = [client.get_run(r) for r in summary["children"]]
+        pids = {int(r.data.tags["trainflow.process"].rsplit(":", 1)[1]) for r in variants}
+        assert len(variants) == 2 and all(r.info.status == "FINISHED" for r in variants)
+        assert all(_is_descendant(pid, started[1].pid) for pid in pids)  # trained in the dask worker's processes
+    finally:
+        for process in started:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+        log.close()
+
+
+def _is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@pytest.mark.parametrize("runner, message", [
+    ("spark", "--runner 'spark': not a task runner; valid: thread | dask | dask://host:port"),
+    ("dask://127.0.0.1:9", "--runner dask://127.0.0.1:9: the Dask scheduler does not answer"),
+])
+def test_a_bad_or_unreachable_runner_is_one_message(tmp_path, runner, message):
+    started = time.monotonic()
+    out = subprocess.run([TRAINFLOW, "compare", "--vary", "optimizer.name=adam,sgd", "--runner", runner,
+                          *[a for s in MLP for a in ("--set", s)]], capture_output=True, text=True, timeout=300,
+                         env=cli_env(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), out.stderr
+    assert time.monotonic() - started < 120
+
+
+def _tune_in_background(folder: Path, search_file: Path) -> subprocess.Popen:
+    folder.mkdir()
+    return subprocess.Popen([TRAINFLOW, "tune", "--search", str(search_file), "--json", "--set", "name=shared",
+                             *[a for s in MLP for a in ("--set", s)]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(folder), cwd=folder)
+
+
+def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once(tmp_path, postgres):
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(yaml.safe_dump({"strategy": "grid", "pruner": "none", "max_parallel": 2, "seed": 0,
+                                           "storage": postgres, "study_name": "shared-grid", "space": GRID}))
+    first, second = (_tune_in_background(tmp_path / name, search_file) for name in ("a", "b"))
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    for process, (stdout, stderr) in zip((first, second), outputs, strict=True):
+        assert process.returncode == 0, stderr
+        assert "s3cret-pw" not in stdout + stderr  # the password stays out of what they print
+    study = optuna.load_study(study_name="shared-grid", storage=postgres)
+    combos = sorted((t.params["optimizer.name"], t.params["model.dropout"]) for t in study.trials)
+    assert combos == sorted((o, d) for o in ("adam", "sgd", "rmsprop") for d in (0.0, 0.2))  # each exactly once
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    tracked = {}  # trial run id -> the process's MLflow store that has it
+    for name in ("a", "b"):
+        client = MlflowClient(f"sqlite:///{tmp_path / name / '.trainflow' / 'mlflow.db'}")
+        for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+            if run.data.tags.get("trainflow.kind") == "trial":
+                assert run.info.run_id not in tracked
+                tracked[run.info.run_id] = name
+    assert sorted(tracked) == sorted(t.user_attrs["run_id"] for t in study.trials)
+    assert set(tracked.values()) == {"a", "b"}  # both processes ran trials of the one study
+
+
+def test_the_stack_on_postgresql(tmp_path, postgres):
+    env = cli_env(tmp_path) | {"PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    ports = [str(_free_port()), str(_free_port())]
+    up = subprocess.run([TRAINFLOW, "up", "--postgres", postgres, "--prefect-port", ports[0], "--mlflow-port",
+                         ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "s3cret-pw" not in up.stdout + up.stderr
+        stack_env = tmp_path / ".trainflow" / "stack" / "env"
+        for line in stack_env.read_text().splitlines():
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value
+        run = subprocess.run([TRAINFLOW, "run", "--json", "--set", "name=on-postgres",
+                              *[a for s in MLP for a in ("--set", s)]], capture_output=True, text=True,
+                             timeout=600, env=env, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        run_id = json.loads(run.stdout)["run_id"]
+        base = sqlalchemy.engine.make_url(postgres)
+        mlflow_db = sqlalchemy.create_engine(base.set(database=f"{base.database}_mlflow"))
+        prefect_db = sqlalchemy.create_engine(base.set(database=f"{base.database}_prefect"))
+        with mlflow_db.connect() as db:  # MLflow's server keeps the run in its PostgreSQL database
+            assert db.execute(sqlalchemy.text("SELECT status FROM runs WHERE run_uuid = :r"), {"r": run_id}).scalar() \
+                == "FINISHED"
+        with prefect_db.connect() as db:  # and Prefect's server its flow run
+            states = db.execute(sqlalchemy.text("SELECT state_type FROM flow_run")).scalars().all()
+            assert states == ["COMPLETED"]
+        mlflow_db.dispose()
+        prefect_db.dispose()
+    finally:
+        subprocess.run([TRAINFLOW, "down"], capture_output=True, timeout=120, env=env, cwd=tmp_path)
