@@ -71,6 +71,8 @@ def _dask(runner: str, workers: int) -> Iterator[Any]:
     from prefect_dask import DaskTaskRunner
 
     _torch_classes_by_name()
+    if not os.environ.get("TRAINFLOW_DEBUG"):  # the cluster's comings and goings: noise beside the progress bar
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
     client = {"timeout": CONNECT_SECONDS}
     if runner == "dask":

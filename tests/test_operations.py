@@ -58,8 +58,10 @@ class Stack:
 
     def start_worker(self, cwd: Path) -> None:
         log = open(self.home / "worker.log", "w")  # noqa: SIM115 - closed with the process
-        self.worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "trainflow"], cwd=cwd,
-                                       env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # two flow runs at a time on two cores: an interval schedule's runs queue instead of thrashing together
+        self.worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "trainflow", "--limit", "2"],
+                                       cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
 
     def stop_worker(self) -> None:
         if self.worker is not None:
@@ -161,20 +163,22 @@ def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, ni
 
     deadline = time.monotonic() + 240
     with _prefect(deployed) as client:
-        while time.monotonic() < deadline:
-            runs = [r for r in client.read_flow_runs() if r.auto_scheduled]
-            done = [r for r in runs if r.state_type.value == "COMPLETED"]
-            if done:
-                break
-            time.sleep(3)
-        else:
-            raise AssertionError(f"no scheduled run completed: {[(r.name, r.state_name) for r in runs]}")
-        schedules = client.read_deployment_schedules(done[0].deployment_id)
-        interval = [sc for sc in schedules if getattr(sc.schedule, "interval", None)]
-        for schedule in interval:  # stop scheduling, and drop the runs it queued for the next hour
-            client.delete_deployment_schedule(done[0].deployment_id, schedule.id)
-        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": ["SCHEDULED"]}})):
-            client.delete_flow_run(run.id)
+        try:
+            while time.monotonic() < deadline:
+                runs = [r for r in client.read_flow_runs() if r.auto_scheduled]
+                done = [r for r in runs if r.state_type.value == "COMPLETED"]
+                if done:
+                    break
+                time.sleep(3)
+            else:
+                raise AssertionError(f"no scheduled run completed: {[(r.name, r.state_name) for r in runs]}")
+        finally:  # stop scheduling, and drop the runs it queued for the next hour (also when it failed)
+            schedules = client.read_deployment_schedules(nightly_run.deployment_id)
+            interval = [sc for sc in schedules if getattr(sc.schedule, "interval", None)]
+            for schedule in interval:
+                client.delete_deployment_schedule(nightly_run.deployment_id, schedule.id)
+            for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": ["SCHEDULED"]}})):
+                client.delete_flow_run(run.id)
         finished = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done[0].id])))
     assert finished[0].deployment_id == nightly_run.deployment_id and len(schedules) == 2 and len(interval) == 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -158,7 +159,7 @@ def _watch(ranks: list, queue, logger, callbacks) -> list[Exception]:
             process.start()
     except AssertionError:  # multiprocessing: "daemonic processes are not allowed to have children"
         raise ConfigError(f"training.devices: {len(ranks)} processes cannot start here: this is a daemonic process "
-                          "(a Dask worker: start it with DASK_DISTRIBUTED__WORKER__DAEMON=False)") from None
+                          "(a Dask worker under a nanny: start `dask worker` with --no-nanny)") from None
     errors: list[Exception] = []
     while not errors and any(p.is_alive() for p in ranks):
         errors = _deliver(queue, logger, callbacks)
@@ -202,21 +203,26 @@ def _rank(rank: int, world: int, port: int, device_type: str, job: Callable[...,
           result: str, parent: int) -> None:
     """One rank's process: join the group, run the job, hand rank 0's result over (a file) or the error."""
     _die_with_parent(parent)
-    device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False, timeout=STORE_TIMEOUT)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world,
-                            timeout=STORE_TIMEOUT)
+    code = 0
     try:
+        device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False, timeout=STORE_TIMEOUT)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world, timeout=STORE_TIMEOUT)
         out = job(Shard(rank, world, device), Relay(queue) if rank == 0 else None, *args)
         if rank == 0:
             torch.save(out, result)
+        dist.destroy_process_group()
     except BaseException as exc:
         queue.put(("error", rank, _portable(exc)))
-        raise SystemExit(1) from None
-    finally:
-        dist.destroy_process_group()
+        code = 1
+    # End now: what was to hand over is written (the file; the queue writes at once). The interpreter's own
+    # shutdown can abort in the process group's threads ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _portable(exc: BaseException) -> Exception:
