@@ -19,6 +19,10 @@ def _up(args: argparse.Namespace) -> int:
 
     options = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
                "prefect_database": args.prefect_database, "mlflow_backend": args.mlflow_backend}
+    if args.postgres or args.prefect_database or args.mlflow_backend:
+        if running := [r["name"] for r in stack.status() if r["pid"]]:
+            raise ConfigError(f"up: {' and '.join(running)} already running on their databases; a database given "
+                              "now would be ignored: run `trainflow down` first")
     if args.postgres:
         if args.prefect_database or args.mlflow_backend:
             raise ConfigError("up: --postgres sets both servers' databases; leave out --prefect-database and "

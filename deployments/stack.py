@@ -76,6 +76,9 @@ def postgres_databases(url: str) -> dict[str, str]:
         raise ConfigError(f"--postgres {redact(url)}: give a PostgreSQL URL with a database, "
                           "postgresql://user:password@host:5432/trainflow")
     names = {"prefect_database": f"{base.database}_prefect", "mlflow_backend": f"{base.database}_mlflow"}
+    if any(len(name.encode()) > 63 for name in names.values()):  # PostgreSQL cuts longer names: they would clash
+        raise ConfigError(f"--postgres {redact(url)}: the database name {base.database!r} is too long for "
+                          "<db>_prefect and <db>_mlflow (63 bytes at most); choose a shorter one")
     engine = sqlalchemy.create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT",
                                       poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10})
     try:
@@ -83,7 +86,7 @@ def postgres_databases(url: str) -> dict[str, str]:
             for name in names.values():
                 if db.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
                     continue
-                db.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+                db.execute(sqlalchemy.text(f"CREATE DATABASE {db.dialect.identifier_preparer.quote(name)}"))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
         raise ConfigError(f"--postgres {redact(url)}: cannot prepare Prefect's and MLflow's databases ({reason})") \

@@ -87,15 +87,23 @@ def _dask(runner: str, workers: int) -> Iterator[Any]:
     else:
         options, settings = {"address": "tcp://" + runner.removeprefix("dask://")}, {}
     environ = dict(os.environ)  # a local cluster's nannies run here and write their workers' settings into it
-    with dask.config.set(settings), DaskTaskRunner(**options, client_kwargs=client) as task_runner:
-        try:
-            task_runner.client  # noqa: B018 - connects (or starts the cluster) now, not at the first task run
-        except OSError as exc:
-            raise ConfigError(f"--runner {runner}: the Dask scheduler does not answer ({exc}); start it (`dask "
-                              "scheduler` and `dask worker`) or use --runner dask for a local cluster") from None
-        finally:
+    try:
+        with dask.config.set(settings), DaskTaskRunner(**options, client_kwargs=client) as task_runner:
+            try:
+                task_runner.client  # noqa: B018 - connects (or starts the cluster) now, not at the first task run
+            except OSError as exc:
+                raise ConfigError(f"--runner {runner}: {_unreachable(runner, exc)}") from None
             _restore(environ)
-        yield task_runner
+            yield task_runner
+    finally:
+        _restore(environ)
+
+
+def _unreachable(runner: str, exc: Exception) -> str:
+    if runner == "dask":
+        return f"could not start a local Dask cluster ({exc})"
+    return (f"the Dask scheduler does not answer ({exc}); start it (`dask scheduler` and `dask worker`) or use "
+            "--runner dask for a local cluster")
 
 
 def _restore(environ: dict[str, str]) -> None:

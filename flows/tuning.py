@@ -78,8 +78,7 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
             try:
                 trial_config = override(config, params)
             except ConfigError as exc:  # a combination the config refuses (each value alone was valid)
-                t.set_user_attr("error", str(exc))
-                tell(study, t, state=States.FAIL)
+                tell(study, t, state=States.FAIL, attrs={"error": str(exc)})
                 continue
             running[t._trial_id] = t
             return t, submit(trial, trial_config, params, search, study_name, t._trial_id, t.number, data, parts,
@@ -89,15 +88,13 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
     def on_done(t: optuna.Trial, result) -> dict:
         running.pop(t._trial_id, None)
         if isinstance(result, BaseException):
-            t.set_user_attr("error", f"{type(result).__name__}: {result}")
-            tell(study, t, state=States.FAIL)
+            tell(study, t, state=States.FAIL, attrs={"error": f"{type(result).__name__}: {result}"})
             return {"number": t.number, "state": "failed"}
         children.append(result["run_id"])
         if result["state"] == "pruned":
             tell(study, t, state=States.PRUNED)
         else:
-            t.set_user_attr("best_epoch", result["best_epoch"])
-            tell(study, t, result["value"])
+            tell(study, t, result["value"], attrs={"best_epoch": result["best_epoch"]})
         return result
 
     try:

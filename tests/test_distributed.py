@@ -1,11 +1,14 @@
 """Data-parallel training (training.devices): real processes on the gloo backend, one per CPU device, against
 training in one process."""
 
+import multiprocessing
+
 import pytest
 import torch
+import torch.distributed as dist
 from mlflow import MlflowClient
 
-from trainlib import recipe
+from trainlib import distributed, recipe
 from trainlib.config import load_config
 from trainlib.errors import ConfigError, TrainingError
 
@@ -52,10 +55,12 @@ class Metrics:
         pass
 
 
-def test_two_processes_train_the_same_model_as_one():
-    one_model, one = _train([*EXACT, "training.devices=1"])
+@pytest.mark.parametrize("mode", ["minibatch", "batch"])  # batch: full-batch GD, chunks accumulated, one update
+def test_two_processes_train_the_same_model_as_one(mode):
+    one_model, one = _train([*EXACT, f"training.mode={mode}", "training.devices=1"])
     epochs, logger = Epochs(), Metrics()
-    two_model, two = _train([*EXACT, "training.devices=2"], callbacks=[epochs], logger=logger)
+    two_model, two = _train([*EXACT, f"training.mode={mode}", "training.devices=2"], callbacks=[epochs],
+                            logger=logger)
     assert _largest_difference(one_model, two_model) < 1e-5
     assert len(two.lrs) == len(one.lrs) and two.updates_per_epoch == one.updates_per_epoch
     for a, b in zip(one.history, two.history, strict=True):
@@ -73,15 +78,15 @@ def test_batch_norm_and_dropout_per_rank_still_train_about_as_well():
 
 
 def test_a_stopped_data_parallel_training_continues_from_its_checkpoint(tmp_path):
-    sets = ["model.name=mlp", "model.hidden=[64]", "model.dropout=0.3", "training.epochs=5",
+    sets = ["model.name=mlp", "model.hidden=[64]", "model.dropout=0.3", "training.epochs=15",
             "training.early_stopping.enabled=false", "training.devices=2"]  # dropout: each rank's RNG is restored
     straight, _ = _train(sets)
     checkpoint = tmp_path / "checkpoint.pt"
-    with pytest.raises(RuntimeError, match="stopped after epoch 2"):
+    with pytest.raises(RuntimeError, match="stopped after epoch 2"):  # the ranks run a little ahead of this
         _train(sets, callbacks=[Epochs(fail_at=2)], checkpoint=checkpoint, resume=True)
-    assert 2 <= torch.load(checkpoint, weights_only=True)["epoch"] < 5
+    assert 2 <= torch.load(checkpoint, weights_only=True)["epoch"] < 15
     resumed, fit = _train(sets, checkpoint=checkpoint, resume=True)
-    assert fit.stopped_epoch == 5
+    assert fit.stopped_epoch == 15
     assert _largest_difference(straight, resumed) == 0
 
 
@@ -89,6 +94,20 @@ def test_a_failing_rank_fails_the_training_with_its_error():
     with pytest.raises(TrainingError, match=r"became NaN or infinite in epoch 1 at batch \d+"):
         _train(["model.name=mlp", "optimizer.name=sgd", "optimizer.lr=1e12", "training.devices=2",
                 "training.epochs=2"])
+
+
+def _fails_on_rank_1(shard, relay):
+    if shard.rank == 1:
+        raise RuntimeError("rank 1 lost its device")
+    dist.barrier()  # rank 0 waits for rank 1 for ever: the caller must stop it
+    return {}
+
+
+def test_one_failing_rank_fails_the_training_without_leaving_the_others_waiting():
+    with pytest.raises(distributed.RankFailed, match="rank failed: RuntimeError: rank 1 lost its device") as caught:
+        distributed.run(2, torch.device("cpu"), _fails_on_rank_1, ())
+    assert not isinstance(caught.value, TrainingError)  # unexpected: the train task's retry takes it
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("trainlib-rank")]
 
 
 def test_a_checkpoint_continues_only_on_as_many_devices(tmp_path):

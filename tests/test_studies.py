@@ -45,23 +45,29 @@ def test_askers_sharing_a_study_take_every_grid_point_once_within_the_budget(tmp
     assert sorted(taken) == sorted((x, y) for x in GRID["x"] for y in GRID["y"])
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypatch):
     monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(studies, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(studies, "GRACE_SECONDS", 3)  # SQLite keeps heartbeats to the second
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = studies.create(url, "stale", "maximize", optuna.samplers.RandomSampler(seed=0), None)
     lock = studies.AskLock(url, "stale")
     alive, dead = studies.ask(study, lock, 10), studies.ask(study, lock, 10)
+    alive.suggest_float("x", 0, 1), dead.suggest_float("x", 0, 1)
     with studies.heartbeats(study, lambda: [alive._trial_id]):  # only one trial's process still beats
-        time.sleep(3)
+        time.sleep(6)
         assert studies.held(study) == 1
         assert study.trials[dead.number].state == States.FAIL
         assert study.trials[alive.number].state == States.RUNNING
+        retry = studies.ask(study, lock, 10)  # the dead trial again, with its parameters
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[retry.number])
+        assert retry.params == study.trials[dead.number].params and retried == dead.number
+        assert studies.held(study) == 2
         failed = studies.ask(study, lock, 10)
         failed.set_user_attr("error", "RuntimeError: a failure the flow saw")
         studies.tell(study, failed, state=States.FAIL)
         study.enqueue_trial({})  # waiting: it counts once asked
-        assert studies.held(study) == 2  # the running one and the failure with its error
+        assert studies.held(study) == 3  # the two running and the failure with its error
     lock.close()
 
 

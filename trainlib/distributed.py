@@ -5,9 +5,10 @@ Every rank walks the same shuffled order and takes its contiguous shard of each 
 by the shard's share, so DDP's average of the ranks' gradients is the gradient of the whole batch and the
 updates are those of one process, up to float rounding. Dropout masks, augmentation and batch-norm
 statistics are drawn or computed per rank (on CPU torch has no synchronized batch norm), so with those on a
-run differs from the one-process run as another seed would. Rank 0 writes the checkpoints and reports every
-epoch to the calling process, which passes it on to the logger and the callbacks (they observe: an exception
-from one, such as a pruned trial, ends the training).
+run differs from the one-process run as another seed would. Rank 0 validates (its numbers decide early stopping
+and the schedule on every rank), writes the checkpoints and reports every epoch to the calling process, which
+passes it on to the logger and the callbacks. Those observe: the ranks run on meanwhile, and an exception from
+a callback (a pruned trial) stops them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ from torch import nn
 
 from trainlib.errors import ConfigError, TrainflowError, TrainingError
 
+STOP_SECONDS = 5  # how long a stopped rank may take to end before it is killed
 STORE_TIMEOUT = timedelta(seconds=120)  # how long a rank waits for the others to join (each imports torch)
 POLL_SECONDS = 0.05  # how often the calling process looks for reports and ended ranks
 PR_SET_PDEATHSIG = 1  # prctl option: a signal the kernel sends when the parent dies
+
+
+class RankFailed(RuntimeError):
+    """A rank failed unexpectedly or died: not bad input, not a diverging loss, so worth a retry."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +147,16 @@ def run(devices: int, device: torch.device, job: Callable[..., dict], args: Sequ
         finally:
             for process in ranks:
                 if process.is_alive():
-                    process.terminate()
+                    process.terminate()  # a rank inside a collective may not see it: then it is killed
+                    process.join(STOP_SECONDS)
+                    process.kill()
                 if process.pid is not None:
                     process.join()
         if errors:
             raise errors[0]
         if any(p.exitcode for p in ranks) or not result.exists():
             codes = ", ".join(f"rank {r}: {p.exitcode}" for r, p in enumerate(ranks))
-            raise TrainingError(f"data-parallel training: a process ended without a result (exit codes {codes})")
+            raise RankFailed(f"data-parallel training: a process ended without a result (exit codes {codes})")
         return torch.load(result, map_location="cpu", weights_only=True)
 
 
@@ -229,4 +237,4 @@ def _portable(exc: BaseException) -> Exception:
     """The error as this library's own kind (it crosses a process boundary by pickle)."""
     if isinstance(exc, TrainflowError | TrainingError) and type(exc).__module__.startswith("trainlib"):
         return exc
-    return TrainingError(f"rank failed: {type(exc).__name__}: {exc}")
+    return RankFailed(f"rank failed: {type(exc).__name__}: {exc}")

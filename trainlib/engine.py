@@ -125,32 +125,12 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     shuffle = torch.Generator().manual_seed(seed)  # the same batch order on every rank
     aug_rng = torch.Generator(device=device).manual_seed(shard.seed(seed + 1))  # each rank its own draws
     drop_rng = _own_dropout(model, torch.Generator(device=device).manual_seed(shard.seed(seed + 2)))
+    rngs = (shuffle, aug_rng, drop_rng)
     history, lrs, start, reason = [], [], 1, "completed"
     if resume and checkpoint and Path(checkpoint).exists():
-        ck = load_checkpoint(checkpoint)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        schedule.load_state_dict(ck["schedule"])
-        es.load_state_dict(ck["early_stopping"])
-        _set_rng(_rank_rng(ck["rng"], shard, checkpoint), shuffle, aug_rng, drop_rng)
-        history, lrs, reason = ck["history"], ck["lrs"], ck["stop_reason"]
-        start = ck["epoch"] + 1 if reason == "completed" else epochs + 1  # a stopped run stays stopped
+        history, lrs, reason, start = _resume(checkpoint, model, optimizer, schedule, es, rngs, shard, epochs)
     for epoch in range(start, epochs + 1):
-        started = time.perf_counter()
-        try:
-            metrics = loop.train_epoch(train.batches(chunk, shuffle, shard), len(train), chunk, accumulate, schedule,
-                                       lrs, aug_rng, epoch)
-        except ValueError as exc:
-            if "Expected more than 1 value per channel" not in str(exc):
-                raise
-            raise ConfigError(f"the model's batch norm saw a single value per channel ({exc}): the inputs are too "
-                              "small for this model in batches of one; use training.mode: minibatch with "
-                              "training.batch_size >= 2, or larger images") from None
-        seconds = time.perf_counter() - started
-        if val is not None:
-            metrics.update(loop.validate(val))
-        metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
-                       samples_per_second=len(train) / max(seconds, 1e-9))
+        metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, rngs, epoch, upe)
         history.append(metrics)
         logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         try:
@@ -163,7 +143,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
             reason = "early_stopping"
         schedule.step_epoch(metrics)
         if checkpoint:
-            rng = shard.gather(_get_rng(shuffle, aug_rng, drop_rng))  # one state per rank
+            rng = shard.gather(_get_rng(*rngs))  # one state per rank
             if shard.rank == 0:
                 save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 schedule=schedule.state_dict(), early_stopping=es.state_dict(),
@@ -174,6 +154,40 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     restored = es.restore(model)
     return FitResult(history, es.best_epoch, es.best, es.monitor, history[-1]["epoch"] if history else 0, reason,
                      restored, es.best_state, lrs, upe)
+
+
+def _resume(checkpoint, model, optimizer, schedule, es, rngs, shard: Shard, epochs: int) -> tuple[list, list, str, int]:
+    """Put a checkpoint's state into the training -> (history, LRs, stop reason, first epoch to run)."""
+    ck = load_checkpoint(checkpoint)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    schedule.load_state_dict(ck["schedule"])
+    es.load_state_dict(ck["early_stopping"])
+    _set_rng(_rank_rng(ck["rng"], shard, checkpoint), *rngs)
+    start = ck["epoch"] + 1 if ck["stop_reason"] == "completed" else epochs + 1  # a stopped run stays stopped
+    return ck["history"], ck["lrs"], ck["stop_reason"], start
+
+
+def _epoch(loop: _Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
+           lrs: list[float], rngs: tuple, epoch: int, upe: int) -> dict[str, float]:
+    """Train one epoch and validate -> its metrics, the same on every rank (rank 0 validates, and its numbers
+    decide early stopping and the schedule everywhere)."""
+    started, shard = time.perf_counter(), loop.shard
+    try:
+        metrics = loop.train_epoch(train.batches(chunk, rngs[0], shard), len(train), chunk, accumulate, schedule,
+                                   lrs, rngs[1], epoch)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise ConfigError(f"the model's batch norm saw a single value per channel ({exc}): the inputs are too "
+                          "small for this model in batches of one; use training.mode: minibatch with "
+                          "training.batch_size >= 2, or larger images") from None
+    seconds = time.perf_counter() - started
+    if val is not None and shard.rank == 0:
+        metrics.update(loop.validate(val))
+    metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
+                   samples_per_second=len(train) / max(seconds, 1e-9))
+    return shard.agree(metrics)
 
 
 @dataclass

@@ -4,9 +4,10 @@ A study's storage is a URL: none (this process's memory), an RDB (`sqlite:///stu
 `postgresql://user:pw@host/db`), or `journal:///path/study.log` (Optuna's append-only journal file, for
 processes on one machine or a shared filesystem). Processes that share a study ask for trials one at a time
 under a lock the storage holds (a PostgreSQL advisory lock, or a file lock beside a SQLite or journal file),
-so that each sees the trials the others started: a grid point is never taken twice and the budget holds for
-all of them together. RDB studies keep a heartbeat per running trial: a trial whose process died fails once
-its heartbeat is older than GRACE_SECONDS, and then does not count against the budget.
+so that each sees the trials the others started and the budget holds for all of them together. RDB studies
+keep a heartbeat per running trial: a trial whose process died fails once its heartbeat is older than
+GRACE_SECONDS, does not count against the budget, and is queued again with the same parameters (a grid point
+is not lost). A journal file keeps no heartbeats: there a dead process's running trials keep their place.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from trainlib.redact import redact
 
 HEARTBEAT_SECONDS = 20  # how often the process running a trial says it is alive
 GRACE_SECONDS = 60  # a running trial without a heartbeat for this long was left by a dead process
+RETRIES = 2  # how often a trial left by dead processes is queued again
 States = optuna.trial.TrialState
 
 _IN_MEMORY: dict[str, optuna.Study] = {}  # studies without storage, reachable by name in this process
@@ -61,7 +63,9 @@ def storage(url: str | None) -> BaseStorage | None:
             return JournalStorage(JournalFileBackend(str(path)))
         with warnings.catch_warnings():  # Optuna calls its heartbeat experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                              heartbeat_stale_trial_callback=retry)
     except ImportError:
         raise ConfigError(f"search.storage {redact(url)}: {NO_DRIVER}") from None
     except (SQLAlchemyError, ValueError, OSError) as exc:  # a bad URL, a refused login, no server, no folder
@@ -115,7 +119,7 @@ class AskLock:
                 self.connection = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect()
             except ImportError:
                 raise ConfigError(f"search.storage {redact(url)}: {NO_DRIVER}") from None
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, ValueError) as exc:  # a refused login, no server, a malformed URL
                 raise ConfigError(f"search.storage {redact(url)}: cannot open the study database "
                                   f"({_reason(exc)})") from None
         elif url and (path := _file_of(url)):
@@ -143,8 +147,8 @@ class AskLock:
 
 
 def _heartbeat_storage(study: optuna.Study):
-    store = study._storage  # Optuna keeps it private; its heartbeat functions take the storage too
-    return store if optuna.storages._heartbeat.is_heartbeat_enabled(store) else None
+    store = study._storage  # Optuna keeps it private; its own heartbeat functions take the study's storage
+    return store if getattr(store, "get_heartbeat_interval", lambda: None)() else None
 
 
 def ask(study: optuna.Study, lock: AskLock, budget: int | None) -> optuna.Trial | None:
@@ -195,11 +199,18 @@ def heartbeats(study: optuna.Study, running: Callable[[], Iterable[int]]) -> Ite
         thread.join()
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: States | None = None) -> None:
-    """`study.tell`, tolerating the grid sampler's request to stop once its grid is covered (Optuna
-    allows that only inside `optimize`); the trial's result is stored before that request either way."""
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: States | None = None,
+         attrs: dict | None = None) -> None:
+    """Record a trial's `attrs` (user attributes) and result. A trial already finished elsewhere (failed as
+    stale while its heartbeat could not be written, and queued again) is left as it is. The grid sampler's
+    request to stop once its grid is covered is tolerated (Optuna allows that only inside `optimize`); the
+    result is stored before that request either way."""
     try:
-        study.tell(trial, value, state=state)
+        for key, value_ in (attrs or {}).items():
+            trial.set_user_attr(key, value_)
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
