@@ -82,9 +82,10 @@ def test_a_stopped_data_parallel_training_continues_from_its_checkpoint(tmp_path
             "training.early_stopping.enabled=false", "training.devices=2"]  # dropout: each rank's RNG is restored
     straight, _ = _train(sets)
     checkpoint = tmp_path / "checkpoint.pt"
-    with pytest.raises(RuntimeError, match="stopped after epoch 2"):  # the ranks run a little ahead of this
+    with pytest.raises(RuntimeError, match="stopped after epoch 2"):
         _train(sets, callbacks=[Epochs(fail_at=2)], checkpoint=checkpoint, resume=True)
-    assert 2 <= torch.load(checkpoint, weights_only=True)["epoch"] < 15
+    # rank 0 reports an epoch before it writes its checkpoint, and runs on while the report travels
+    assert 1 <= torch.load(checkpoint, weights_only=True)["epoch"] < 15
     resumed, fit = _train(sets, checkpoint=checkpoint, resume=True)
     assert fit.stopped_epoch == 15
     assert _largest_difference(straight, resumed) == 0
