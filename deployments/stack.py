@@ -75,6 +75,11 @@ def postgres_databases(url: str) -> dict[str, str]:
     if base.get_backend_name() != "postgresql" or not base.database:
         raise ConfigError(f"--postgres {redact(url)}: give a PostgreSQL URL with a database, "
                           "postgresql://user:password@host:5432/trainflow")
+    libpq_only = sorted(key for key in base.query if key.startswith("ssl") and key != "sslmode")
+    if libpq_only:  # asyncpg would fail inside Prefect's server with "unexpected keyword argument"
+        raise ConfigError(f"--postgres {redact(url)}: {', '.join(libpq_only)} cannot be passed on to Prefect's "
+                          "server (asyncpg takes only sslmode); use --prefect-database and --mlflow-backend with "
+                          "the settings each driver takes")
     names = {"prefect_database": f"{base.database}_prefect", "mlflow_backend": f"{base.database}_mlflow"}
     if any(len(name.encode()) > 63 for name in names.values()):  # PostgreSQL cuts longer names: they would clash
         raise ConfigError(f"--postgres {redact(url)}: the database name {base.database!r} is too long for "
@@ -93,7 +98,11 @@ def postgres_databases(url: str) -> dict[str, str]:
             from None
     finally:
         engine.dispose()
-    prefect = base.set(drivername="postgresql+asyncpg", database=names["prefect_database"])
+    # Prefect's server connects with asyncpg, whose keyword arguments take libpq's `sslmode` as `ssl`
+    query = dict(base.query)
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    prefect = base.set(drivername="postgresql+asyncpg", database=names["prefect_database"], query=query)
     mlflow = base.set(drivername="postgresql", database=names["mlflow_backend"])
     return {"prefect_database": prefect.render_as_string(hide_password=False),
             "mlflow_backend": mlflow.render_as_string(hide_password=False)}

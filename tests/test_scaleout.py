@@ -166,11 +166,32 @@ def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once
     assert set(tracked.values()) == {"a", "b"}  # both processes ran trials of the one study
 
 
+@pytest.mark.parametrize("url, message", [
+    ("not a url", "--postgres not a url: not a database URL (postgresql://user:password@host/db)"),
+    ("sqlite:///x.db", "--postgres sqlite:///x.db: give a PostgreSQL URL with a database"),
+    ("postgresql://u:s3cret-pw@127.0.0.1:5432/" + "d" * 60, f"--postgres postgresql://u:***@127.0.0.1:5432/"
+     f"{'d' * 60}: the database name '{'d' * 60}' is too long for <db>_prefect and <db>_mlflow (63 bytes at most)"),
+    ("postgresql://u:s3cret-pw@127.0.0.1:5432/db?sslrootcert=ca.pem",
+     "--postgres postgresql://u:***@127.0.0.1:5432/db?sslrootcert=ca.pem: sslrootcert cannot be passed on to "
+     "Prefect's server"),
+    ("postgresql://u:s3cret-pw@127.0.0.1:9/db", "--postgres postgresql://u:***@127.0.0.1:9/db: cannot prepare "
+     "Prefect's and MLflow's databases (connection failed"),
+])
+def test_a_bad_postgres_url_is_one_message_and_starts_nothing(tmp_path, url, message):
+    out = subprocess.run([TRAINFLOW, "up", "--postgres", url], capture_output=True, text=True, timeout=120,
+                         env=cli_env(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "s3cret-pw" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[0]]
+    assert out.stderr.startswith(f"error: {message}"), out.stderr
+    assert not (tmp_path / ".trainflow" / "stack" / "prefect.pid").exists()
+
+
 def test_the_stack_on_postgresql(tmp_path, postgres):
     env = cli_env(tmp_path) | {"PREFECT_HOME": str(tmp_path / "prefect-cli")}
     ports = [str(_free_port()), str(_free_port())]
-    up = subprocess.run([TRAINFLOW, "up", "--postgres", postgres, "--prefect-port", ports[0], "--mlflow-port",
-                         ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    # sslmode is libpq's name; Prefect's asyncpg connection gets it as `ssl`
+    up = subprocess.run([TRAINFLOW, "up", "--postgres", f"{postgres}?sslmode=prefer", "--prefect-port", ports[0],
+                         "--mlflow-port", ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         assert "s3cret-pw" not in up.stdout + up.stderr
