@@ -8,6 +8,7 @@ CLI or worker needs (`PREFECT_API_URL`, `MLFLOW_TRACKING_URI`); `down` stops the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -75,11 +76,15 @@ def postgres_databases(url: str) -> dict[str, str]:
     if base.get_backend_name() != "postgresql" or not base.database:
         raise ConfigError(f"--postgres {redact(url)}: give a PostgreSQL URL with a database, "
                           "postgresql://user:password@host:5432/trainflow")
-    libpq_only = sorted(key for key in base.query if key.startswith("ssl") and key != "sslmode")
-    if libpq_only:  # asyncpg would fail inside Prefect's server with "unexpected keyword argument"
-        raise ConfigError(f"--postgres {redact(url)}: {', '.join(libpq_only)} cannot be passed on to Prefect's "
-                          "server (asyncpg takes only sslmode); use --prefect-database and --mlflow-backend with "
-                          "the settings each driver takes")
+    # SQLAlchemy hands the query to Prefect's driver, asyncpg, as keyword arguments: one it does not take
+    # would stop Prefect's server at start. libpq's sslmode is its `ssl` (translated below).
+    import asyncpg
+
+    taken = set(inspect.signature(asyncpg.connect).parameters) | {"sslmode"}
+    if untaken := sorted(set(base.query) - taken):
+        raise ConfigError(f"--postgres {redact(url)}: {', '.join(untaken)} cannot be passed on to Prefect's "
+                          "server (its driver, asyncpg, has no such setting); use --prefect-database and "
+                          "--mlflow-backend with the settings each driver takes")
     names = {"prefect_database": f"{base.database}_prefect", "mlflow_backend": f"{base.database}_mlflow"}
     if any(len(name.encode()) > 63 for name in names.values()):  # PostgreSQL cuts longer names: they would clash
         raise ConfigError(f"--postgres {redact(url)}: the database name {base.database!r} is too long for "
@@ -98,7 +103,6 @@ def postgres_databases(url: str) -> dict[str, str]:
             from None
     finally:
         engine.dispose()
-    # Prefect's server connects with asyncpg, whose keyword arguments take libpq's `sslmode` as `ssl`
     query = dict(base.query)
     if "sslmode" in query:
         query["ssl"] = query.pop("sslmode")

@@ -171,9 +171,9 @@ def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once
     ("sqlite:///x.db", "--postgres sqlite:///x.db: give a PostgreSQL URL with a database"),
     ("postgresql://u:s3cret-pw@127.0.0.1:5432/" + "d" * 60, f"--postgres postgresql://u:***@127.0.0.1:5432/"
      f"{'d' * 60}: the database name '{'d' * 60}' is too long for <db>_prefect and <db>_mlflow (63 bytes at most)"),
-    ("postgresql://u:s3cret-pw@127.0.0.1:5432/db?sslrootcert=ca.pem",
-     "--postgres postgresql://u:***@127.0.0.1:5432/db?sslrootcert=ca.pem: sslrootcert cannot be passed on to "
-     "Prefect's server"),
+    ("postgresql://u:s3cret-pw@127.0.0.1:5432/db?sslrootcert=ca.pem&connect_timeout=5",
+     "--postgres postgresql://u:***@127.0.0.1:5432/db?sslrootcert=ca.pem&connect_timeout=5: connect_timeout, "
+     "sslrootcert cannot be passed on to Prefect's server (its driver, asyncpg, has no such setting)"),
     ("postgresql://u:s3cret-pw@127.0.0.1:9/db", "--postgres postgresql://u:***@127.0.0.1:9/db: cannot prepare "
      "Prefect's and MLflow's databases (connection failed"),
 ])
