@@ -1,4 +1,9 @@
-"""The `trainflow` command: the flow commands (flows/cli.py) plus operations: up, down, status, serve."""
+"""The `trainflow` command line: its parser and `main`. The flow commands (run, tune, compare, ensemble,
+transfer, ui) are in flows/commands.py; the operations commands (up, down, status, serve) are here.
+
+Exit codes: 0 done, 1 failed while running, 2 bad input (one readable message; --debug shows the
+traceback). With --json, stdout carries exactly one JSON object; everything else goes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import logging
 import os
 import sys
 
-from flows import cli
+from flows import commands
+from trainlib.errors import TrainflowError
 
 ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell use the stack"
 
@@ -92,11 +98,40 @@ def operations(sub: argparse._SubParsersAction) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    return cli.parser(extend=operations)
+    p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
+    sub = p.add_subparsers(dest="command", required=True)
+    commands.add_commands(sub)
+    operations(sub)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(argv, build=parser)
+    args = parser().parse_args(argv)
+    if args.debug:
+        os.environ["TRAINFLOW_DEBUG"] = "1"
+    else:  # the progress bar and the summary say what happens; Prefect's and MLflow's info logs are noise
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    try:
+        if getattr(args, "flow_command", False):
+            from flows import local_api
+
+            local_api.start()  # now, so that it starts while the config and the libraries load
+        return args.handler(args)
+    except TrainflowError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # TrainingError and anything else that broke while running
+        if args.debug:
+            raise
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 _exit_code: int | None = None

@@ -10,28 +10,26 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from tasks import events
 from tasks.augment import augment
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.normalize import normalize
 from tasks.record import finish_run, record_data
+from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
 from tasks.register import register
 from tasks.split import split
 from tasks.train import train
 from trainlib.config import PipelineConfig, load_config, validate
 from trainlib.ensemble import EnsembleConfig, load_ensemble
-from trainlib.errors import ConfigError
 from trainlib.tuning import SearchConfig, load_search
 
 M = TypeVar("M", bound=BaseModel)
 
-# Called in this process with the record of each finished trial, variant or member (the CLI's progress bar).
-LISTENERS: list[Callable[[dict], None]] = []
 
-
-def notify(record: dict) -> dict:
-    for listener in LISTENERS:
-        listener(record)
+def finished(record: dict) -> dict:
+    """Tell this process's listeners (tasks/events.py) that a trial, variant or member finished."""
+    events.emit("finished", record=record)
     return record
 
 
@@ -52,13 +50,6 @@ def parameter(name: str, model: type[M]) -> M:
     return as_model(flow_run.parameters[name], model)
 
 
-def no_transfer(config: PipelineConfig, command: str) -> None:
-    """Only the transfer flow starts from a source model: elsewhere a set transfer.source would be ignored."""
-    if config.transfer.source:
-        raise ConfigError(f"transfer.source is set, but `trainflow {command}` trains from fresh weights; use "
-                          "`trainflow transfer` to start from a source model")
-
-
 @contextlib.contextmanager
 def tracked(run_id: str):
     """Ends the MLflow run with the block: FAILED with the reason if it raises, else FINISHED."""
@@ -70,31 +61,32 @@ def tracked(run_id: str):
     finish_run(run_id)
 
 
-def prepare_data(config: PipelineConfig, run_id: str, refresh: bool = False) -> tuple[dict, dict, dict]:
-    """ingest -> split -> normalize (cached unless `refresh`), recorded on the run -> (data, parts, stats)."""
+def prepare_data(config: PipelineConfig, run_id: str,
+                 refresh: bool = False) -> tuple[DatasetRef, ManifestRef, StatsRef]:
+    """ingest -> split -> normalize (cached unless `refresh`), recorded on the run -> (dataset, manifest, stats)."""
     cached = {"refresh_cache": refresh}
-    data = ingest.with_options(**cached)(config.data)
-    parts = split.with_options(**cached)(data, config.split)
-    stats = normalize.with_options(**cached)(data, parts, config.normalize, config.data.workers)
-    record_data(run_id, data, parts, stats)
-    return data, parts, stats
+    dataset = ingest.with_options(**cached)(config.data)
+    manifest = split.with_options(**cached)(dataset, config.split)
+    stats = normalize.with_options(**cached)(dataset, manifest, config.normalize, config.data.workers)
+    record_data(run_id, dataset, manifest, stats)
+    return dataset, manifest, stats
 
 
-def train_and_register(config: PipelineConfig, data: dict, parts: dict, stats: dict, workspace: str,
-                       run_id: str, source: dict | None = None) -> tuple[dict, dict, dict]:
+def train_and_register(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef,
+                       workspace: str, run_id: str, source: SourceRef | None = None) -> tuple[TrainedRef, dict, dict]:
     """augment -> train (from a transfer `source`, if given) -> evaluate -> register on one run
     -> (trained, test metrics, registration)."""
-    augmented = augment(config.augment, data, parts, config.training.seed, workspace, run_id)
-    trained = train(config, data, parts, stats, augmented, workspace, run_id, source)
-    metrics = evaluate(config, data, parts, trained, run_id)
-    return trained, metrics, register(config.name, config.register, trained, metrics, data, run_id)
+    augmented = augment(config.augment, dataset, manifest, config.training.seed, workspace, run_id)
+    trained = train(config, dataset, manifest, stats, augmented, workspace, run_id, source)
+    metrics = evaluate(config, dataset, manifest, trained, run_id)
+    return trained, metrics, register(config.name, config.register, trained.model, metrics, dataset, run_id)
 
 
 def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] | None],
                 on_done: Callable[[Any, Any], dict]) -> None:
     """Keep up to `limit` task runs going. `submit_next()` submits one more and returns (key, future),
     or None when there is nothing more to run; `on_done(key, result)` gets each result as it finishes
-    (an exception object for a failed task run) and returns its record for the listeners."""
+    (an exception object for a failed task run) and returns its record, which is emitted as `finished`."""
     if limit < 1:
         raise ValueError(f"at least one task run must be allowed at a time, not {limit}")
     running: dict[PrefectFuture, Any] = {}
@@ -104,4 +96,4 @@ def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] 
         if not running:
             return
         done = next(as_completed(list(running)))
-        notify(on_done(running.pop(done), done.result(raise_on_failure=False)))
+        finished(on_done(running.pop(done), done.result(raise_on_failure=False)))

@@ -6,16 +6,17 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import as_model, no_transfer, prepare_data, run_bounded, tracked
-from flows.runners import Submit, check, fan_out
+from flows import plans
+from flows.common import as_model, prepare_data, run_bounded, tracked
+from flows.runners import Submit, fan_out
 from tasks.comparison import compare_report
 from tasks.fanout import variant
 from tasks.record import start_run
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.register import register
 from tasks.settings import workspace
-from trainlib.config import PipelineConfig, override
+from trainlib.config import PipelineConfig
 from trainlib.errors import TrainingError
-from trainlib.tuning import check_keys, label, needs_validation, share_cpus, variants
 
 
 def run_name() -> str:
@@ -29,35 +30,30 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     """Train every combination of the `vary` values (config key -> values) on the same data, split and
     seed, `max_parallel` at a time (on `runner`: flows/runners.py); register the variant with the best
     validation accuracy. The config may be given as a YAML path."""
-    config, runner = as_model(config, PipelineConfig), check(runner)
-    no_transfer(config, "compare")
-    needs_validation(config, "compare")
-    check_keys(config, vary, "--vary")
-    combos = variants(vary)
-    base = share_cpus(config, min(max_parallel, len(combos)))
-    jobs = [(label(o), o, override(base, o)) for o in combos]  # every combination validated up front
+    plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner)
+    config = plan.config
     run_id = start_run(config, {f"vary.{k}": v for k, v in vary.items()}, kind="comparison")
     ws = str(workspace(str(flow_run.id)))
     with tracked(run_id):
-        data, parts, stats = prepare_data(config, run_id, refresh)
-        with fan_out(runner, min(max_parallel, len(jobs))) as submit:
-            results = train_variants(jobs, max_parallel, data, parts, stats, run_id, ws, submit)
+        dataset, manifest, stats = prepare_data(config, run_id, refresh)
+        with fan_out(plan.runner, plan.parallel) as submit:
+            results = train_variants(plan.variants, plan.parallel, dataset, manifest, stats, run_id, ws, submit)
         best = max((r for r in results if r["state"] == "complete"),
                    key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
-        registered = register(config.name, config.register, best, best["metrics"], data, best["run_id"])
+        registered = register(config.name, config.register, best["model"], best["metrics"], dataset, best["run_id"])
         return compare_report(config.name, run_id, results, best, registered, ws)
 
 
-def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats: dict, run_id: str,
-                   ws: str, submit: Submit) -> list[dict]:
-    """Run every (label, overrides, config) job, `max_parallel` at a time; failed ones are kept as such."""
+def train_variants(jobs: list[plans.Variant], max_parallel: int, dataset: DatasetRef, manifest: ManifestRef,
+                   stats: StatsRef, run_id: str, ws: str, submit: Submit) -> list[dict]:
+    """Train every variant, `max_parallel` at a time; failed ones are kept as such."""
     queue, results = list(jobs), {}
 
     def submit_next():
         if not queue:
             return None
-        name, overrides, cfg = queue.pop(0)
-        return name, submit(variant, cfg, name, overrides, data, parts, stats, run_id, ws)
+        v = queue.pop(0)
+        return v.label, submit(variant, v.config, v.label, v.overrides, dataset, manifest, stats, run_id, ws)
 
     def on_done(name: str, result) -> dict:
         failed = isinstance(result, BaseException)
@@ -68,4 +64,4 @@ def train_variants(jobs: list, max_parallel: int, data: dict, parts: dict, stats
     run_bounded(max_parallel, submit_next, on_done)
     if not any(r["state"] == "complete" for r in results.values()):
         raise TrainingError("no variant trained; see the failed variants' runs")
-    return [results[name] for name, _, _ in jobs]
+    return [results[v.label] for v in jobs]

@@ -3,23 +3,22 @@ for boosting) -> combine -> register -> report."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import as_model, no_transfer, notify, parameter, prepare_data, run_bounded, tracked
-from flows.runners import Submit, check, fan_out
+from flows import plans
+from flows.common import as_model, finished, parameter, prepare_data, run_bounded, tracked
+from flows.runners import Submit, fan_out
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
 from tasks.record import start_run
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, flatten
-from trainlib.ensemble import EnsembleConfig, Member, plan, registered_name
+from trainlib.ensemble import EnsembleConfig, Member, registered_name
 from trainlib.errors import TrainingError
-from trainlib.tuning import share_cpus
 
 
 def run_name() -> str:
@@ -32,25 +31,22 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
     into one model, test it and register it through the gate. Returns the ensemble's summary.
     Config and ensemble may be given as YAML paths; `runner` says where members train (flows/runners.py)."""
-    config, ensemble, runner = as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig), check(runner)
-    no_transfer(config, "ensemble")
-    members = plan(config, ensemble)
+    plan = plans.ensemble(as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig), runner)
+    config, ensemble, members = plan.config, plan.ensemble, plan.members
     if uris := [m.uri for m in members if m.uri]:
         check_registered(uris)
-    parallel = 1 if ensemble.method == "boosting" else min(ensemble.max_parallel, len(members))
-    members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
     run_id = start_run(config, flatten(ensemble, "ensemble."),
                        {"ensemble.yaml": yaml.safe_dump(ensemble.model_dump(mode="json"), sort_keys=False)},
                        kind="ensemble")
     ws = str(workspace(str(flow_run.id)))
     with tracked(run_id):
-        data, parts, stats = prepare_data(config, run_id, refresh)
+        dataset, manifest, stats = prepare_data(config, run_id, refresh)
         train = boost if ensemble.method == "boosting" else train_members
-        with fan_out(runner, parallel) as submit:
-            trained, weights = train(config, ensemble, members, data, parts, stats, run_id, ws, submit)
+        with fan_out(plan.runner, plan.parallel) as submit:
+            trained, weights = train(config, ensemble, members, dataset, manifest, stats, run_id, ws, submit)
         done = [t for t in trained if t["state"] == "complete"]
-        combined = combine(config, ensemble, done, weights, data, parts, run_id, ws)
-        registered = register_ensemble(registered_name(config.name), config.register, combined, data, run_id)
+        combined = combine(config, ensemble, done, weights, dataset, manifest, run_id, ws)
+        registered = register_ensemble(registered_name(config.name), config.register, combined, dataset, run_id)
         return ensemble_report(config.name, run_id, ensemble, trained, combined, registered, ws)
 
 
@@ -66,8 +62,9 @@ def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
                             f"ensemble.min_members ({ensemble.min_members}); see the failed members' runs")
 
 
-def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
-                  stats: dict, run_id: str, ws: str, submit: Submit) -> tuple[list[dict], None]:
+def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], dataset: DatasetRef,
+                  manifest: ManifestRef, stats: StatsRef, run_id: str, ws: str,
+                  submit: Submit) -> tuple[list[dict], None]:
     """Bagging, stacking, voting: every member at once, up to max_parallel at a time. -> (results, no weights)."""
     queue, results = list(enumerate(members)), {}
     oof = {"folds": ensemble.folds, "seed": ensemble.seed} if ensemble.rule == "stacking" and \
@@ -78,10 +75,10 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
             return None
         i, m = queue.pop(0)
         if m.uri:
-            return i, submit(registered_member, config, m.name, m.uri, data, parts, run_id, ws)
+            return i, submit(registered_member, config, m.name, m.uri, dataset, manifest, run_id, ws)
         resample = {"kind": "bootstrap", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction} \
             if ensemble.method == "bagging" else None
-        return i, submit(member, m.config, m.name, m.overrides, resample, oof, data, parts, stats, run_id, ws)
+        return i, submit(member, m.config, m.name, m.overrides, resample, oof, dataset, manifest, stats, run_id, ws)
 
     def on_done(i: int, result) -> dict:
         failed = isinstance(result, BaseException)
@@ -94,21 +91,22 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
     return trained, None
 
 
-def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], data: dict, parts: dict,
-          stats: dict, run_id: str, ws: str, submit: Submit) -> tuple[list[dict], list[float]]:
+def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], dataset: DatasetRef,
+          manifest: ManifestRef, stats: StatsRef, run_id: str, ws: str,
+          submit: Submit) -> tuple[list[dict], list[float]]:
     """Boosting (SAMME): members in sequence, each on a resample drawn by the sample weights its predecessors
     left. -> (results, vote weights of the complete members)."""
     weights, trained, alphas = None, [], []
     for i, m in enumerate(members):
         resample = {"kind": "weighted", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction,
                     "weights": weights}
-        future = submit(member, m.config, m.name, m.overrides, resample, None, data, parts, stats, run_id, ws)
+        future = submit(member, m.config, m.name, m.overrides, resample, None, dataset, manifest, stats, run_id, ws)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):  # the next round draws from the same weights
-            trained.append(notify(_failed(result, m.name)))
+            trained.append(finished(_failed(result, m.name)))
             continue
-        notify(result)
-        step = boost_weights(weights, result, data, parts, ensemble.learning_rate, ws, i)
+        finished(result)
+        step = boost_weights(weights, result, dataset, manifest, ensemble.learning_rate, ws, i)
         if step["alpha"] > 0:
             trained.append(result | {"state": "complete", "boost_error": step["error"]})
             alphas.append(step["alpha"])

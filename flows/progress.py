@@ -1,15 +1,17 @@
-"""Live terminal progress for training: a rich progress bar per epoch with the current metrics."""
+"""Live terminal progress: rich progress bars that listen to the events of tasks/events.py."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tasks.events import Event
+
 console = Console(stderr=True)  # stdout stays clean for --json
 
 
 class EpochProgress:
-    """A trainlib callback showing one bar over the epochs, with the last epoch's metrics beside it."""
+    """A bar over the epochs of a training (its `epoch` events), with the last epoch's metrics beside it."""
 
     def __init__(self, epochs: int, description: str = "training"):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -24,7 +26,10 @@ class EpochProgress:
         if self.progress.live.is_started:
             self.progress.stop()
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+    def __call__(self, event: Event) -> None:
+        if event.kind != "epoch":
+            return
+        epoch, metrics = event.data["epoch"], event.data["metrics"]
         self.progress.start()  # no-op once started
         shown = [f"loss {metrics['train_loss']:.4f}", f"acc {metrics['train_accuracy']:.3f}"]
         if "val_loss" in metrics:
@@ -34,7 +39,8 @@ class EpochProgress:
 
 
 class RunProgress:
-    """A bar over the trials (variants, ensemble members) of a fan-out flow, advanced as each one finishes."""
+    """A bar over the trials (variants, ensemble members) of a fan-out flow, advanced by each `finished`
+    event."""
 
     def __init__(self, total: int | None, description: str):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -48,7 +54,10 @@ class RunProgress:
         if self.progress.live.is_started:
             self.progress.stop()
 
-    def __call__(self, result: dict) -> None:
+    def __call__(self, event: Event) -> None:
+        if event.kind != "finished":
+            return
+        result = event.data["record"]
         self.progress.start()
         name = result.get("label") or f"trial {result.get('number')}"
         metrics = result.get("metrics", {})  # trials report a value; variants and ensemble members metrics

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import as_model, no_transfer, parameter, prepare_data, tracked, train_and_register
+from flows import plans
+from flows.common import as_model, parameter, prepare_data, tracked, train_and_register
 from tasks.record import start_run
 from tasks.report import report
 from tasks.settings import workspace
@@ -25,11 +26,10 @@ DEFAULT = PipelineConfig()  # cnn on the embedded digits
 def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = False) -> dict:
     """Train one config (or a config file) end to end; returns the run summary (metrics, registered version,
     gate). `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
-    config = as_model(config, PipelineConfig)
-    no_transfer(config, "run")
+    config = plans.run(as_model(config, PipelineConfig))
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs
     with tracked(run_id):
-        data, parts, stats = prepare_data(config, run_id, refresh)
-        trained, metrics, registered = train_and_register(config, data, parts, stats, ws, run_id)
+        dataset, manifest, stats = prepare_data(config, run_id, refresh)
+        trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id)
         return report(config.name, run_id, trained, metrics, registered)

@@ -7,14 +7,15 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows import plans
 from flows.common import as_model, parameter, prepare_data, tracked, train_and_register
 from flows.training import DEFAULT, training_pipeline
 from tasks.record import start_run
+from tasks.refs import SourceRef
 from tasks.report import report, run_url
 from tasks.settings import workspace
 from tasks.transfer import check_source, fetch_source, registered_source, transfer_report
 from trainlib.config import PipelineConfig, override
-from trainlib.errors import ConfigError
 
 DIGITS_0_4 = {"name": "digits-0-4", "data.classes": ["0", "1", "2", "3", "4"]}
 # The few-shot target: 5 x K training samples, so small batches; a head-first fine-tune at a moderate LR.
@@ -28,31 +29,28 @@ def run_name() -> str:
     return f"{config.name}: {config.transfer.strategy} transfer"
 
 
-def with_source_architecture(config: PipelineConfig, source: dict) -> PipelineConfig:
+def with_source_architecture(config: PipelineConfig, source: SourceRef) -> PipelineConfig:
     """The config with the source's architecture (model name and sizes; dropout stays the config's)."""
-    sizes = {f"model.{k}": v for k, v in source["options"].items() if k != "dropout"}
-    return override(config, {"model.name": source["model"], **sizes})
+    sizes = {f"model.{k}": v for k, v in source.options.items() if k != "dropout"}
+    return override(config, {"model.name": source.model, **sizes})
 
 
 @flow(name="transfer", flow_run_name=run_name)
 def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, parent_run_id: str | None = None) -> dict:
     """Train `config` (or a config file) starting from `config.transfer.source` as `config.transfer.strategy`
     says; register through the gate. Returns the run summary plus the transfer's lineage."""
-    config = as_model(config, PipelineConfig)
-    if not config.transfer.source:
-        raise ConfigError("transfer.source: give the model to start from (models:/name@alias, a model file, or "
-                          "torchvision:resnet18)")
+    config = plans.transfer(as_model(config, PipelineConfig))
     ws = str(workspace(str(flow_run.id)))
     source = fetch_source(config.transfer.source, ws)
     config = with_source_architecture(config, source)
     run_id = start_run(config, parent_run_id=parent_run_id, run_name=f"{config.transfer.strategy} from "
-                       f"{source['uri']}", kind="transfer")
+                       f"{source.uri}", kind="transfer")
     with tracked(run_id):
-        data, parts, stats = prepare_data(config, run_id, refresh)
-        weights = check_source(config, source, data, stats, run_id)
-        trained, metrics, registered = train_and_register(config, data, parts, stats, ws, run_id, source)
-        lineage = {"source": source["uri"], "strategy": config.transfer.strategy, "history": trained["history"],
-                   "source_run_id": source["source_run_id"], "weights_copied": len(weights["copied"])}
+        dataset, manifest, stats = prepare_data(config, run_id, refresh)
+        weights = check_source(config, source, dataset, stats, run_id)
+        trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id, source)
+        lineage = {"source": source.uri, "strategy": config.transfer.strategy, "history": trained.history,
+                   "source_run_id": source.source_run_id, "weights_copied": len(weights["copied"])}
         return report(config.name, run_id, trained, metrics, registered) | {"transfer": lineage}
 
 

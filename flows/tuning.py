@@ -10,11 +10,13 @@ import yaml
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.common import as_model, no_transfer, parameter, prepare_data, run_bounded, tracked, train_and_register
-from flows.runners import Submit, check, fan_out, in_other_processes
+from flows import plans
+from flows.common import as_model, parameter, prepare_data, run_bounded, tracked, train_and_register
+from flows.runners import Submit, fan_out, in_other_processes
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import workspace
 from tasks.split import merge_val
 from tasks.study import study_report
@@ -22,7 +24,7 @@ from trainlib import studies
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.studies import tell
-from trainlib.tuning import SearchConfig, check_space, create_study, decode, suggest, trial_base
+from trainlib.tuning import SearchConfig, create_study, decode, suggest, trial_base
 
 States = optuna.trial.TrialState
 
@@ -37,30 +39,28 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary.
     Config and search may be given as YAML paths; `runner` says where trials run (flows/runners.py)."""
-    config, search, runner = as_model(config, PipelineConfig), as_model(search, SearchConfig), check(runner)
-    no_transfer(config, "tune")
-    check_space(config, search)
-    parallel = min(search.max_parallel, search.budget() or search.max_parallel)
-    trials_base = trial_base(config, search, parallel)
-    study_name = search.study_name or f"{config.name}-study"
+    plan = plans.tune(as_model(config, PipelineConfig), as_model(search, SearchConfig), runner)
+    config, search, study_name = plan.config, plan.search, plan.name
     run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
                        kind="study")
-    if search.storage is None and in_other_processes(runner):  # trials in other processes report to a file
+    if search.storage is None and in_other_processes(plan.runner):  # trials in other processes report to a file
         search = search.model_copy(update={"storage": studies.journal_url(workspace(str(flow_run.id)) / "study.log")})
     with tracked(run_id):
-        data, parts, stats = prepare_data(config, run_id, refresh)
+        dataset, manifest, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
         try:
-            with fan_out(runner, parallel) as submit:
-                children = search_trials(trials_base, search, study, study_name, data, parts, stats, run_id, submit)
-            retrain = retrain_best(config, search, study, data, parts, run_id)
+            with fan_out(plan.runner, plan.parallel) as submit:
+                children = search_trials(plan.trial_base, search, study, study_name, dataset, manifest, stats, run_id,
+                                         submit)
+            retrain = retrain_best(config, search, study, dataset, manifest, run_id)
             return study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
         finally:
             studies.release(study_name)
 
 
 def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.Study, study_name: str,
-                  data: dict, parts: dict, stats: dict, run_id: str, submit: Submit) -> list[str]:
+                  dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, run_id: str,
+                  submit: Submit) -> list[str]:
     """Ask the study for trials and run them, `search.max_parallel` at a time, until the budget (trials
     the study should hold, with those of other processes sharing it) or the timeout is spent; returns the
     trials' MLflow run ids."""
@@ -81,8 +81,8 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
                 tell(study, t, state=States.FAIL, attrs={"error": str(exc)})
                 continue
             running[t._trial_id] = t
-            return t, submit(trial, trial_config, params, search, study_name, t._trial_id, t.number, data, parts,
-                             stats, run_id)
+            return t, submit(trial, trial_config, params, search, study_name, t._trial_id, t.number, dataset,
+                             manifest, stats, run_id)
         return None
 
     def on_done(t: optuna.Trial, result) -> dict:
@@ -109,20 +109,20 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
     return children
 
 
-def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Study, data: dict, parts: dict,
-                 parent_run_id: str) -> dict:
+def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Study, dataset: DatasetRef,
+                 manifest: ManifestRef, parent_run_id: str) -> dict:
     """Train the best trial's config again (on train, or train+val for its best number of epochs), test
     it and register it through the gate, in a child run. -> {run_id, metrics, registered}."""
     best = study.best_trial
     best_config = override(trial_base(config, search, parallel=1), decode(best.params, search.space))
     if search.retrain == "train+val":
-        parts = merge_val(parts)
+        manifest = merge_val(manifest)
         best_config = override(best_config, {"training.epochs": best.user_attrs.get("best_epoch") or
                                              config.training.epochs, "training.early_stopping.enabled": False})
-    stats = normalize(data, parts, best_config.normalize, best_config.data.workers)
+    stats = normalize(dataset, manifest, best_config.normalize, best_config.data.workers)
     run_id = start_run(best_config, {"search.best_trial": best.number}, parent_run_id=parent_run_id,
                        run_name=f"best: trial {best.number} on {search.retrain}", kind="retrain")
     ws = str(workspace(f"{flow_run.id}-best"))
     with tracked(run_id):
-        _, metrics, registered = train_and_register(best_config, data, parts, stats, ws, run_id)
+        _, metrics, registered = train_and_register(best_config, dataset, manifest, stats, ws, run_id)
     return {"run_id": run_id, "metrics": metrics, "registered": registered}

@@ -7,32 +7,33 @@ from pathlib import Path
 import torch
 from prefect import task
 
+from tasks.refs import AugmentedRef, DatasetRef, ManifestRef
+from tasks.settings import stage_key
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import AugmentConfig
 from trainlib.data.augment import Augmenter
-from trainlib.data.sources import load_dataset
-from trainlib.data.split import load_manifest
 
 PREVIEW_POOL = 256  # train samples the preview picks from (one per class first)
 
 
 @task(name="augment")
-def augment(augment: AugmentConfig, dataset: dict, manifest: dict, seed: int, workspace: str, run_id: str) -> dict:
-    """-> {active, preview, expanded}: expanded is a file of the augmented train split (expand > 0)."""
-    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
+def augment(augment: AugmentConfig, dataset: DatasetRef, manifest: ManifestRef, seed: int, workspace: str,
+            run_id: str) -> AugmentedRef:
+    """-> whether augmentation is on, its preview, and the expanded train split (augment.expand > 0)."""
+    ds, m = dataset.load(), manifest.load()
     aug = recipe.augmenter(augment, ds)
-    out = {"active": aug is not None, "preview": None, "expanded": None}
     train = recipe.part(ds, m, "train", workers=0)
+    preview = expanded = digest = None
     if ds.is_image:
         x, y = next(train.batches(PREVIEW_POOL))
         shown = aug or Augmenter(value_max=ds.value_max)  # with augmentation off: the originals alone
         grid = shown.preview(x, y, rows=4 if aug else 0, generator=torch.Generator().manual_seed(seed))
-        out["preview"] = str(Path(workspace) / "augmentation_preview.png")
-        plots.augmentation_grid(grid, ds.value_max).savefig(out["preview"])
-        RunLogger(run_id).log_artifact(out["preview"])
+        preview = str(Path(workspace) / "augmentation_preview.png")
+        plots.augmentation_grid(grid, ds.value_max).savefig(preview)
+        RunLogger(run_id).log_artifact(preview)
     if aug and augment.expand:
-        expanded = recipe.expand(train, aug, augment.expand, seed)
-        out["expanded"] = str(Path(workspace) / "train_expanded.pt")
-        torch.save({"inputs": expanded.inputs, "labels": expanded.labels}, out["expanded"])
-    return out
+        expanded = str(Path(workspace) / "train_expanded.pt")
+        AugmentedRef.save_expanded(recipe.expand(train, aug, augment.expand, seed), Path(expanded))
+        digest = stage_key("expanded", dataset.digest, manifest.digest, augment.model_dump(mode="json"), seed)
+    return AugmentedRef(aug is not None, preview, expanded, digest)

@@ -11,12 +11,12 @@ import torch
 from prefect import task
 
 from tasks import tracking
+from tasks.refs import DatasetRef, ManifestRef
 from tasks.register import example_inputs, promote
 from trainlib import plots, recipe
 from trainlib.combine import Ensemble, export, load_exported, meta_features
 from trainlib.config import PipelineConfig, RegisterConfig
-from trainlib.data.sources import load_dataset
-from trainlib.data.split import indices, load_manifest
+from trainlib.data.split import indices
 from trainlib.ensemble import EnsembleConfig, disagreement, fit_meta
 from trainlib.models import load_model
 
@@ -37,10 +37,10 @@ def _meta(ensemble: EnsembleConfig, members: list[dict], labels: np.ndarray, man
 
 @task(name="combine")
 def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict], weights: list[float] | None,
-            dataset: dict, manifest: dict, run_id: str, workspace: str) -> dict:
+            dataset: DatasetRef, manifest: ManifestRef, run_id: str, workspace: str) -> dict:
     """One model from the trained `members` (with their vote `weights`, if any), evaluated on val and test.
     -> {program, about (files), metrics, weights, disagreement}."""
-    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
+    ds, m = dataset.load(), manifest.load()
     log, ws = tracking.RunLogger(run_id), Path(workspace)
     meta, meta_rows = _meta(ensemble, members, ds.labels.numpy(), m) if ensemble.rule == "stacking" else (None, None)
     model = Ensemble([_module(x["model"]) for x in members], ensemble.rule, weights, meta)
@@ -68,7 +68,7 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
 
 
 @task(name="register-ensemble")
-def register_ensemble(name: str, register: RegisterConfig, combined: dict, dataset: dict, run_id: str) -> dict:
+def register_ensemble(name: str, register: RegisterConfig, combined: dict, dataset: DatasetRef, run_id: str) -> dict:
     """Log the ensemble as an MLflow pyfunc model (from code) and register it through the gate.
     -> {model_uri, registered_model, version, alias, gate}."""
     example = example_inputs(dataset)

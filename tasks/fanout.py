@@ -15,20 +15,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib import recipe
 from trainlib.config import PipelineConfig, flatten, to_yaml
-from trainlib.data.normalize import NormStats
-from trainlib.data.sources import load_dataset
-from trainlib.data.split import load_manifest
 from trainlib.models import save_model
 from trainlib.tuning import PruningCallback, SearchConfig, open_study
 
 
-def load_data(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict):
-    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
-    if config.normalize.method == norm["method"]:
-        return ds, m, NormStats.load(norm["path"])
-    return ds, m, recipe.fit_normalizer(ds, m, config.normalize, config.data.workers)  # this one varies the method
+def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef):
+    """-> (dataset, manifest, normalization statistics) for `config`: refitted when it varies the method."""
+    ds, m = dataset.load(), manifest.load()
+    if config.normalize.method == stats.method:
+        return ds, m, stats.load()
+    return ds, m, recipe.fit_normalizer(ds, m, config.normalize, config.data.workers)
 
 
 def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str) -> str:
@@ -42,10 +41,10 @@ def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, 
 
 @task(name="trial", cache_policy=NO_CACHE)
 def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name: str, trial_id: int, number: int,
-          dataset: dict, manifest: dict, norm: dict, parent_run_id: str) -> dict:
+          dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str) -> dict:
     """Train one trial's config on the train split, scored on validation; pruned trials stop early.
     -> {number, run_id, params, state (complete | pruned), value, epochs, best_epoch, seconds}."""
-    run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset["digest"])
+    run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset.digest)
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     out = {"number": number, "run_id": run_id, "params": params}
     with tracking.finishing(run_id) as outcome:
@@ -53,7 +52,7 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
         pruning = PruningCallback(handle, search.metric)
         try:
-            _, fit = recipe.train(config, *load_data(config, dataset, manifest, norm), callbacks=[pruning], logger=log)
+            _, fit = recipe.train(config, *load_data(config, dataset, manifest, stats), callbacks=[pruning], logger=log)
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
@@ -67,15 +66,15 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
 
 
 @task(name="variant", cache_policy=NO_CACHE)
-def variant(config: PipelineConfig, label: str, overrides: dict, dataset: dict, manifest: dict, norm: dict,
-            parent_run_id: str, workspace: str) -> dict:
+def variant(config: PipelineConfig, label: str, overrides: dict, dataset: DatasetRef, manifest: ManifestRef,
+            stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
     """Train and test one comparison variant. -> {label, run_id, overrides, metrics, epochs, best_epoch,
     seconds, model (file), curves (file of its history and LR per update)}."""
-    run_id = child_run(config, label, parent_run_id, "variant", overrides, dataset["digest"])
+    run_id = child_run(config, label, parent_run_id, "variant", overrides, dataset.digest)
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     with tracking.finishing(run_id):
-        ds, m, stats = load_data(config, dataset, manifest, norm)
-        model, fit = recipe.train(config, ds, m, stats, logger=log)
+        ds, m, norm = load_data(config, dataset, manifest, stats)
+        model, fit = recipe.train(config, ds, m, norm, logger=log)
         seconds = time.perf_counter() - started
         metrics = recipe.test(config, model, ds, m).summary("test_")
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.refs import DatasetRef
 from tasks.settings import stage_dir, stage_key
 from trainlib import recipe
 from trainlib.config import DataConfig
@@ -15,10 +16,10 @@ def ingest_key(data: DataConfig) -> str:
 
 
 @task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"]), persist_result=True)
-def ingest(data: DataConfig) -> dict:
-    """-> {path, digest, samples, classes, shape}: the dataset file and what it holds."""
+def ingest(data: DataConfig) -> DatasetRef:
+    """-> the dataset file and what it holds."""
     ds = recipe.ingest(data)
     path = stage_dir(stage_key("dataset", ds.digest)) / "dataset.pt"
     save_dataset(ds, path)
-    return {"path": str(path), "digest": ds.digest, "samples": len(ds), "classes": ds.classes,
-            "shape": list(ds.sample_shape), "source": data.path or data.source}
+    return DatasetRef(str(path), ds.digest, len(ds), tuple(ds.classes), tuple(ds.sample_shape),
+                      str(data.path or data.source))

@@ -15,12 +15,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 from tasks.fanout import child_run, load_data
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib import recipe
 from trainlib.combine import Program, export
 from trainlib.config import PipelineConfig
 from trainlib.data.batches import subset
-from trainlib.data.sources import load_dataset
-from trainlib.data.split import SPLITS, indices, load_manifest
+from trainlib.data.split import SPLITS, indices
 from trainlib.ensemble import bootstrap, folds, samme, weighted_resample
 from trainlib.errors import ConfigError
 from trainlib.metrics import from_logits
@@ -64,23 +64,23 @@ def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, 
 
 @task(name="member", cache_policy=NO_CACHE)
 def member(config: PipelineConfig, name: str, overrides: dict, resample: dict | None, oof: dict | None,
-           dataset: dict, manifest: dict, norm: dict, parent_run_id: str, workspace: str) -> dict:
+           dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
     """Train one member on the train split, or on a `resample` of it ({kind: bootstrap | weighted, seed,
     fraction, weights (file)}); with `oof` ({folds, seed}) first its out-of-fold probabilities over the
     train split. -> {label, run_id, model, probabilities (files), metrics, epochs, seconds}."""
-    run_id = child_run(config, name, parent_run_id, "member", overrides, dataset["digest"])
+    run_id = child_run(config, name, parent_run_id, "member", overrides, dataset.digest)
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     ws = Path(workspace) / run_id
     ws.mkdir(parents=True, exist_ok=True)
     with tracking.finishing(run_id):
-        data = ds, m, stats = load_data(config, dataset, manifest, norm)
+        data = ds, m, norm = load_data(config, dataset, manifest, stats)
         labels, train_rows = ds.labels.numpy(), indices(m, "train")
         rows = _resample(resample, labels, train_rows)
         if rows is not None:
             log.log_metrics({"resample_rows": len(rows), "resample_unique_rows": len(np.unique(rows)),
                              "resample_classes": len(np.unique(labels[rows]))}, step=0)
         probs = {"oof": _out_of_fold(config, data, train_rows, oof["folds"], oof["seed"], log)} if oof else {}
-        model, fit = recipe.train(config, ds, m, stats, rows=rows, logger=log)
+        model, fit = recipe.train(config, ds, m, norm, rows=rows, logger=log)
         probs |= {s: recipe.probabilities(config, model, ds, indices(m, s)) for s in SPLITS if (m["split"] == s).any()}
         metrics = _metrics(probs, labels, m, ds.classes)
         if "oof" in probs:
@@ -117,11 +117,11 @@ def load_registered(uri: str) -> torch.nn.Module:
 
 
 @task(name="registered-member", cache_policy=NO_CACHE)
-def registered_member(config: PipelineConfig, name: str, uri: str, dataset: dict, manifest: dict,
+def registered_member(config: PipelineConfig, name: str, uri: str, dataset: DatasetRef, manifest: ManifestRef,
                       parent_run_id: str, workspace: str) -> dict:
     """Reuse a registered model as a voting member: checked against the data, exported, evaluated on every
     split in its own child run (tagged with the source URI). -> as `member`."""
-    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
+    ds, m = dataset.load(), manifest.load()
     model = load_registered(uri)
     example = next(subset(ds, np.arange(2), workers=0).batches(2))[0].float()
     try:
@@ -133,7 +133,7 @@ def registered_member(config: PipelineConfig, name: str, uri: str, dataset: dict
     if classes != len(ds.classes):
         raise ConfigError(f"ensemble member {uri}: it predicts {classes} classes; this data has {len(ds.classes)}")
     run_id = tracking.start_run(config.name, name, {"source_model": uri}, {
-        "trainflow.kind": "member", "trainflow.source_model": uri, "dataset.digest": dataset["digest"]}, parent_run_id)
+        "trainflow.kind": "member", "trainflow.source_model": uri, "dataset.digest": dataset.digest}, parent_run_id)
     started, ws = time.perf_counter(), Path(workspace) / run_id
     ws.mkdir(parents=True, exist_ok=True)
     with tracking.finishing(run_id):
@@ -149,12 +149,12 @@ def registered_member(config: PipelineConfig, name: str, uri: str, dataset: dict
 
 
 @task(name="boost-weights", cache_policy=NO_CACHE)
-def boost_weights(weights: str | None, trained: dict, dataset: dict, manifest: dict, learning_rate: float,
-                  workspace: str, round_: int) -> dict:
+def boost_weights(weights: str | None, trained: dict, dataset: DatasetRef, manifest: ManifestRef,
+                  learning_rate: float, workspace: str, round_: int) -> dict:
     """One SAMME step after boosting round `round_`, from its sample `weights` (file; None: uniform): the
     member's vote weight from its weighted error on the train split, and the next round's sample weights
     (file). -> {alpha, error, weights, stop}."""
-    ds, m = load_dataset(dataset["path"]), load_manifest(manifest["path"])
+    ds, m = dataset.load(), manifest.load()
     correct = np.load(trained["probabilities"])["train"].argmax(1) == ds.labels.numpy()[indices(m, "train")]
     boost = samme(np.load(weights) if weights else np.ones(len(correct)), correct, len(ds.classes), learning_rate)
     path = Path(workspace) / f"weights-{round_ + 1}.npy"

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import stage_dir, stage_key
 from trainlib import recipe
 from trainlib.config import NormalizeConfig
-from trainlib.data.sources import load_dataset
-from trainlib.data.split import load_manifest
 
 
 def _key(ctx, p) -> str:
-    return stage_key("normalize", p["dataset"]["digest"], p["manifest"]["digest"], p["normalize"].model_dump())
+    return stage_key("normalize", p["dataset"].digest, p["manifest"].digest, p["normalize"].model_dump())
 
 
 @task(name="normalize", cache_key_fn=_key, persist_result=True)
-def normalize(dataset: dict, manifest: dict, normalize: NormalizeConfig, workers: int = 2) -> dict:
-    """-> {path, method}: the statistics JSON (`workers` decode streamed images; not part of the key)."""
-    stats = recipe.fit_normalizer(load_dataset(dataset["path"]), load_manifest(manifest["path"]), normalize, workers)
+def normalize(dataset: DatasetRef, manifest: ManifestRef, normalize: NormalizeConfig, workers: int = 2) -> StatsRef:
+    """-> the statistics JSON (`workers` decode streamed images; not part of the key)."""
+    stats = recipe.fit_normalizer(dataset.load(), manifest.load(), normalize, workers)
     path = stage_dir(stage_key("normalization", stats.to_json())) / "normalization.json"
     stats.save(path)
-    return {"path": str(path), "method": stats.method}
+    return StatsRef(str(path), stats.method)

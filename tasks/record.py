@@ -8,8 +8,8 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from tasks import tracking
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib.config import PipelineConfig, flatten, to_yaml
-from trainlib.data.split import load_manifest
 
 
 @task(name="start-run")
@@ -29,14 +29,14 @@ def start_run(config: PipelineConfig, extra_params: dict | None = None, extra_te
 
 
 @task(name="record-data")
-def record_data(run_id: str, dataset: dict, manifest: dict, norm: dict) -> None:
+def record_data(run_id: str, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef) -> None:
     """Dataset digest tag, the split manifests as dataset inputs, the manifest and statistics files."""
     log = tracking.RunLogger(run_id)
-    log.set_tags({"dataset.digest": dataset["digest"], "dataset.samples": dataset["samples"]})
-    source = Path(manifest["path"]).resolve().as_uri()  # the manifest file these datasets are rows of
-    tracking.log_manifests(run_id, load_manifest(manifest["path"]), source, dataset["digest"])
-    log.log_artifact(manifest["path"])
-    log.log_artifact(norm["path"])
+    log.set_tags({"dataset.digest": dataset.digest, "dataset.samples": dataset.samples})
+    source = Path(manifest.path).resolve().as_uri()  # the manifest file these datasets are rows of
+    tracking.log_manifests(run_id, manifest.load(), source, dataset.digest)
+    log.log_artifact(manifest.path)
+    log.log_artifact(stats.path)
 
 
 @task(name="finish-run")

@@ -16,9 +16,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
+from tasks.refs import DatasetRef
 from trainlib.config import RegisterConfig
 from trainlib.data.batches import subset
-from trainlib.data.sources import load_dataset
 from trainlib.models import load_model
 
 CHALLENGER = "challenger"
@@ -95,15 +95,16 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
             "gate": asdict(gate)}
 
 
-def example_inputs(dataset: dict) -> np.ndarray:
+def example_inputs(dataset: DatasetRef) -> np.ndarray:
     """A few raw training inputs: the logged model's input example (it normalizes them itself)."""
-    raw, _ = next(subset(load_dataset(dataset["path"]), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
+    raw, _ = next(subset(dataset.load(), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
     return raw.float().numpy()
 
 
 @task(name="register")
-def register(name: str, register: RegisterConfig, trained: dict, metrics: dict, dataset: dict, run_id: str) -> dict:
-    """Log the trained model to the run, then register it through the gate.
+def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef,
+             run_id: str) -> dict:
+    """Log the trained `model` (a trainlib model file) to the run, then register it through the gate.
     -> {model_uri, registered_model, version, alias, gate}."""
-    model_uri = tracking.log_model(run_id, load_model(trained["model"])[0], example_inputs(dataset))
+    model_uri = tracking.log_model(run_id, load_model(model)[0], example_inputs(dataset))
     return promote(name, register, model_uri, metrics["test_accuracy"], run_id)

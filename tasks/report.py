@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import mlflow
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
+from tasks.refs import TrainedRef
 
 UI_URL = "http://127.0.0.1:5000"  # where `trainflow ui` serves the local store
 
@@ -36,16 +35,10 @@ def summary(name: str, run_id: str, metrics: dict, registered: dict, **extra) ->
 
 
 @task(name="report")
-def report(name: str, run_id: str, trained: dict, metrics: dict, registered: dict) -> dict:
+def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registered: dict) -> dict:
     """-> the run's summary (as `trainflow run --json` prints it)."""
     gate = registered["gate"]
-    best = {"best_epoch": trained["best_epoch"], "stopped_epoch": trained["stopped_epoch"],
-            "train_seconds": trained["train_seconds"]}
-    history = json.loads(Path(trained["history"]).read_text())
-    if trained["best_epoch"] and history and "val_accuracy" in history[0]:
-        row = history[trained["best_epoch"] - 1]
-        best |= {"best_val_loss": row["val_loss"], "best_val_accuracy": row["val_accuracy"]}
-    out = summary(name, run_id, {**metrics, **best}, registered)
+    out = summary(name, run_id, {**metrics, **trained.summary()}, registered)
     lines = [f"# {name}: {'promoted to @' + registered['alias'] if gate['passed'] else 'not promoted'}", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in out["metrics"].items()]
@@ -53,6 +46,6 @@ def report(name: str, run_id: str, trained: dict, metrics: dict, registered: dic
               f"Registered as `{registered['registered_model']}` version {registered['version']} "
               f"with alias `@{registered['alias']}`.", "", f"MLflow run: [{run_id}]({out['mlflow_url']})"]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
-    rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in history]
+    rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in trained.epochs()]
     create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")
     return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -23,29 +22,18 @@ from pathlib import Path
 from prefect.logging import get_run_logger
 
 from tasks import tracking
+from tasks.refs import AugmentedRef, DatasetRef, ManifestRef, SourceRef, StatsRef
 from tasks.settings import HOME, stage_key
 from trainlib.checkpoint import load_checkpoint
 from trainlib.config import PipelineConfig
 from trainlib.errors import TrainflowError, TrainingError
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def training_key(config: PipelineConfig, dataset: dict, manifest: dict, norm: dict, augmented: dict,
-                 source: dict | None) -> str:
+def training_key(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef,
+                 augmented: AugmentedRef, source: SourceRef | None) -> str:
     """Names what a training run computes: equal keys, equal training (same seed, CPU)."""
-    weights = None
-    if source:
-        path = Path(source["path"])
-        weights = _file_digest(str(path)) if path.is_file() else source["uri"]  # torchvision:<name>
-    return stage_key("train", config.model_dump(mode="json"), dataset["digest"], manifest["digest"], norm["path"],
-                     augmented.get("expanded"), weights)
+    return stage_key("train", config.model_dump(mode="json"), dataset.digest, manifest.digest, stats.path,
+                     augmented.digest, source.identity() if source else None)
 
 
 @dataclass

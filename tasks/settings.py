@@ -68,9 +68,12 @@ def _cache_generation() -> str:
     return marker.read_text()
 
 
+CACHE_FORMAT = 2  # raised when what a cached stage returns changes shape (2: typed references, tasks/refs.py)
+
+
 def stage_key(stage: str, *parts) -> str:
     """Cache key of a stage: its name, the inputs' digests and its config slice."""
-    text = json.dumps([stage, _cache_generation(), *parts], sort_keys=True, default=str)
+    text = json.dumps([stage, CACHE_FORMAT, _cache_generation(), *parts], sort_keys=True, default=str)
     return f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
 
 

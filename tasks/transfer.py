@@ -13,11 +13,10 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from tasks import tracking
+from tasks.refs import DatasetRef, SourceRef, StatsRef
 from tasks.report import artifact_key
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
-from trainlib.data.normalize import NormStats
-from trainlib.data.sources import load_dataset
 from trainlib.errors import ConfigError
 from trainlib.transfer import load_source, transplant
 
@@ -46,31 +45,31 @@ def _registered(uri: str, folder: Path) -> tuple[str, dict]:
 
 
 @task(name="fetch-source")
-def fetch_source(source: str, workspace: str) -> dict:
-    """The source model as a local file, with its architecture. -> {uri, path, model, options, classes,
-    source_run_id, source_version}."""
+def fetch_source(source: str, workspace: str) -> SourceRef:
+    """The source model as a local file, with its architecture and lineage."""
     lineage: dict = {"source_run_id": None, "source_version": None}
     if source.startswith("models:/"):
         path, lineage = _registered(source, Path(workspace) / "source")
     else:
         path = source  # a file, or torchvision:<name> (read from the local torch cache)
     loaded = load_source(path)
-    return {"uri": source, "path": str(path), "model": loaded.spec["name"], "options": loaded.spec["options"],
-            "classes": loaded.classes, **lineage}
+    return SourceRef(source, str(path), loaded.spec["name"], loaded.spec["options"],
+                     tuple(loaded.classes) if loaded.classes else None, **lineage)
 
 
 @task(name="check-source")
-def check_source(config: PipelineConfig, source: dict, dataset: dict, norm: dict, run_id: str) -> dict:
+def check_source(config: PipelineConfig, source: SourceRef, dataset: DatasetRef, stats: StatsRef,
+                 run_id: str) -> dict:
     """Fit the source's weights into the new model once before training (a mismatch fails here, naming it)
     and record the lineage on the run. -> {copied, adapted, new} tensor names."""
-    model = recipe.build_model(config, load_dataset(dataset["path"]), NormStats.load(norm["path"]))
-    report = transplant(model, load_source(source["path"])) if config.transfer.strategy != "scratch" else \
+    model = recipe.build_model(config, dataset.load(), stats.load())
+    report = transplant(model, load_source(source.path)) if config.transfer.strategy != "scratch" else \
         {"copied": [], "adapted": [], "new": ["everything (scratch: the source's architecture only)"]}
     log = tracking.RunLogger(run_id)
-    log.set_tags({"transfer.source": source["uri"], "transfer.strategy": config.transfer.strategy,
-                  "transfer.source_run_id": source["source_run_id"] or "",
-                  "transfer.source_version": source["source_version"] or "",
-                  "transfer.source_classes": ",".join(source["classes"] or []),
+    log.set_tags({"transfer.source": source.uri, "transfer.strategy": config.transfer.strategy,
+                  "transfer.source_run_id": source.source_run_id or "",
+                  "transfer.source_version": source.source_version or "",
+                  "transfer.source_classes": ",".join(source.classes or []),
                   "transfer.copied": len(report["copied"]), "transfer.adapted": "; ".join(report["adapted"]),
                   "transfer.new": "; ".join(report["new"])})
     log.log_dict(report, "transfer_weights.json")

@@ -189,22 +189,19 @@ def test_prefect_artifacts_summarize_the_run(first, prefect_api):
 
 def test_train_retry_resumes_from_the_checkpoint(prefect_api):
     from flows.training import training_pipeline
-    from tasks import train as train_task
+    from tasks import events
 
     class CrashOnce:  # the first attempt fails at the end of epoch 4, before that epoch is checkpointed
         crashed = False
 
-        def on_epoch_end(self, epoch, metrics):
-            if epoch == 4 and not CrashOnce.crashed:
+        def __call__(self, event):
+            if event.kind == "epoch" and event.data["epoch"] == 4 and not CrashOnce.crashed:
                 CrashOnce.crashed = True
                 raise RuntimeError("simulated crash")
 
     cfg = load_config(None, ["name=flow-retry", "training.epochs=6", "training.early_stopping.enabled=false"])
-    train_task.LISTENERS.append(CrashOnce())
-    try:
+    with events.listening(CrashOnce()):
         resumed = training_pipeline(cfg)
-    finally:
-        train_task.LISTENERS.clear()
     states = _task_states(resumed)
     assert CrashOnce.crashed and states["train"] == "Completed"
     steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "train_loss")]

@@ -1,0 +1,246 @@
+"""The flow commands of `trainflow` (run, tune, compare, ensemble, transfer, ui): their arguments, and how each
+is checked, started, watched and summarized. deployments/cli.py owns the parser and `main`.
+
+Every command first builds its plan (flows/plans.py: the same checks its flow makes), so bad input fails
+before anything starts. With --json, stdout carries exactly one JSON object; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+from flows import runners
+from trainlib.errors import TrainflowError
+
+
+@contextlib.contextmanager
+def _stdout_reserved():
+    """Send everything written to stdout (by libraries and subprocesses too) to stderr; yield a
+    writer for the real stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as real, contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _backends() -> str:
+    from flows import local_api
+    from trainlib.redact import redact
+
+    temporary = local_api.current()
+    api = f"temporary API {temporary.url}" if temporary else os.environ.get("PREFECT_API_URL") or "ephemeral API"
+    return redact(f"Prefect: {api}; MLflow: {os.environ.get('MLFLOW_TRACKING_URI')}")
+
+
+def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -> int:
+    """Run `start()` while `progress` (a live bar listening to tasks/events.py), if any, shows what happens;
+    print the summary with `show`, or as the one JSON object on stdout with --json."""
+    import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
+    from flows import local_api
+    from flows.progress import console
+    from tasks import events
+    from tasks.settings import one_message_for_input_errors
+
+    one_message_for_input_errors()
+    local_api.ready()
+    console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
+    with contextlib.ExitStack() as watching:
+        if progress is not None:
+            watching.enter_context(progress)
+            watching.enter_context(events.listening(progress))
+        if not args.json:
+            result = start()
+        else:
+            with _stdout_reserved() as stdout:
+                stdout.write(json.dumps(start(), default=str) + "\n")
+            return 0
+    show(result)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import EpochProgress
+    from trainlib.config import load_config
+
+    cfg = plans.run(load_config(args.config, args.set or []))  # bad input fails here, before anything starts
+
+    def start():
+        from flows.training import training_pipeline
+
+        return training_pipeline(cfg, refresh=args.refresh)
+
+    title = f"{cfg.name}: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} on {cfg.data.source}"
+    return _execute(args, title, start, summaries.run, EpochProgress(cfg.training.epochs, "training"))
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import RunProgress
+    from trainlib.config import load_config
+    from trainlib.tuning import load_search
+
+    plan = plans.tune(load_config(args.config, args.set or []), load_search(args.search), args.runner)
+    search = plan.search
+
+    def start():
+        from flows.tuning import tuning_flow
+
+        return tuning_flow(plan.config, search, refresh=args.refresh, runner=plan.runner)
+
+    return _execute(args, f"{plan.config.name}: {search.strategy} search over {', '.join(search.space)}", start,
+                    summaries.study, RunProgress(search.budget(), f"{search.strategy} search"))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import RunProgress
+    from trainlib.config import load_config
+    from trainlib.overrides import parse_vary
+
+    vary = dict(parse_vary(item) for item in args.vary)
+    plan = plans.compare(load_config(args.config, args.set or []), vary, args.max_parallel, args.runner)
+
+    def start():
+        from flows.compare import compare_flow
+
+        return compare_flow(plan.config, vary, max_parallel=args.max_parallel, refresh=args.refresh,
+                            runner=plan.runner)
+
+    return _execute(args, f"{plan.config.name}: {len(plan.variants)} variants of {', '.join(vary)}", start,
+                    summaries.comparison, RunProgress(len(plan.variants), "variants"))
+
+
+def _ensemble_settings(args: argparse.Namespace):
+    """The ensemble's settings: an --ensemble file, with the flags given over it."""
+    from trainlib.config import validate
+    from trainlib.ensemble import EnsembleConfig, parse_member
+    from trainlib.overrides import read_yaml
+
+    raw = read_yaml(args.ensemble, "ensemble file") if args.ensemble else {}
+    flags = {"method": args.method, "members": args.members, "vote": args.vote, "meta": args.meta,
+             "folds": args.folds, "max_parallel": args.max_parallel,
+             "configs": [parse_member(m) for m in args.member] if args.member else None}
+    raw |= {k: v for k, v in flags.items() if v is not None}
+    if "method" not in raw:
+        raise TrainflowError("ensemble: give --method bagging|boosting|stacking|voting (or an --ensemble file)")
+    return validate(raw, EnsembleConfig, "ensemble")
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import RunProgress
+    from trainlib.config import load_config
+
+    plan = plans.ensemble(load_config(args.config, args.set or []), _ensemble_settings(args), args.runner)
+    ensemble = plan.ensemble
+
+    def start():
+        from flows.ensemble import ensemble_pipeline
+
+        return ensemble_pipeline(plan.config, ensemble, refresh=args.refresh, runner=plan.runner)
+
+    return _execute(args, f"{plan.config.name}: {ensemble.method} ensemble of {ensemble.size}", start,
+                    summaries.ensemble, RunProgress(ensemble.size, f"{ensemble.method} members"))
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import EpochProgress
+    from trainlib.config import load_config, override
+
+    cfg = load_config(args.config, args.set or [])
+    if args.demo:
+        if args.source or args.strategy:
+            raise TrainflowError("transfer --demo: it trains its own source and runs every strategy; leave out "
+                                 "--source and --strategy")
+        shots = args.shots or 10
+
+        def demo():
+            from flows.transfer import transfer_demo
+
+            return transfer_demo(cfg, shots, refresh=args.refresh)
+
+        return _execute(args, f"transfer demo: digits 0-4 -> 5-9, {shots} shots per class", demo, summaries.demo)
+    if not args.source:
+        raise TrainflowError("transfer: give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)")
+    changes = {"transfer.source": args.source} | ({"transfer.strategy": args.strategy} if args.strategy else {})
+    cfg = plans.transfer(override(cfg, changes | ({"split.shots": args.shots} if args.shots else {})))
+
+    def start():
+        from flows.transfer import transfer_pipeline
+
+        return transfer_pipeline(cfg, refresh=args.refresh)
+
+    return _execute(args, f"{cfg.name}: {cfg.transfer.strategy} from {args.source}", start, summaries.transfer,
+                    EpochProgress(cfg.training.epochs, cfg.transfer.strategy))
+
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")):
+        print(f"runs are tracked on the MLflow server at {uri}: open it in a browser")
+        return 0
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    with contextlib.suppress(KeyboardInterrupt):
+        return subprocess.run(cmd).returncode
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the flow commands and `ui` to the `trainflow` parser's subcommands."""
+    run = sub.add_parser("run", help="train one config through the pipeline (default: cnn on the embedded digits)")
+    tune = sub.add_parser("tune", help="search hyperparameters (grid, random, bayesian), retrain and register the best")
+    tune.add_argument("--search", required=True, help="search file YAML (strategy, metric, budget, space)")
+    compare = sub.add_parser("compare", help="train variants side by side on the same split and seed")
+    compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                         help="a config key and its values (repeat for a full grid of combinations)")
+    compare.add_argument("--max-parallel", type=_positive, default=2, help="variants trained at once (default 2)")
+    ens = sub.add_parser("ensemble", help="combine several networks into one registered model")
+    ens.add_argument("--method", help="bagging | boosting | stacking | voting")
+    ens.add_argument("--members", type=_positive, help="bagging: members (default 5); boosting: most rounds")
+    ens.add_argument("--member", action="append", metavar="SPEC",
+                     help="stacking, voting (repeat per member): 'key=value ...' overrides of the base config, a "
+                          "config YAML, or (voting) a registered model models:/name@alias")
+    ens.add_argument("--vote", help="voting: soft (average probabilities, default) | hard (count votes)")
+    ens.add_argument("--meta", help="stacking: oof (meta-learner on k-fold predictions, default) | val")
+    ens.add_argument("--folds", type=_positive, help="stacking with --meta oof: k (default 5)")
+    ens.add_argument("--max-parallel", type=_positive, help="members trained at once (default 2)")
+    ens.add_argument("--ensemble", metavar="F", help="ensemble file YAML (any of these settings; flags win)")
+    for sp in (tune, compare, ens):
+        sp.add_argument("--runner", metavar="R", help=f"where trials, variants or members run: {runners.CHOICES} "
+                        "(default thread: this process's threads; dask: a local Dask cluster)")
+    tr = sub.add_parser("transfer", help="start from a trained model: feature extraction, fine-tuning, or scratch")
+    tr.add_argument("--source", help="models:/name@alias (or /version), a trainflow model file, torchvision:resnet18")
+    tr.add_argument("--strategy", help="feature_extraction | finetune (default) | scratch")
+    tr.add_argument("--shots", type=_positive, help="few-shot: labeled train samples kept per class (demo: 10)")
+    tr.add_argument("--demo", action="store_true", help="digits 0-4 -> digits 5-9: transfer against scratch")
+    for sp, handler in ((run, _run), (tune, _tune), (compare, _compare), (ens, _ensemble), (tr, _transfer)):
+        sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
+        sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
+        sp.set_defaults(handler=handler, flow_command=True)
+    ui = sub.add_parser("ui", help="the MLflow UI for the local store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)

@@ -1,0 +1,65 @@
+"""Progress events: how tasks and flows tell whoever listens in this process what is happening.
+
+Tasks and flows `emit` an event; anything in the same process (the CLI's progress bars, a test) receives
+every event while it is inside `listening(listener)`. The kinds:
+
+- `epoch`: a training task finished an epoch. Data: `run_id`, `epoch`, `metrics` (that epoch's).
+- `finished`: a trial, variant or ensemble member finished, failed or was pruned. Data: `record` (its
+  result as the flow keeps it: `label` or `number`, `state`, `metrics` or `value`, `run_id`).
+
+Listeners are per process: a task running in another process (a Dask worker, a deployment's worker) has
+none, so its events go nowhere. That is why the flows emit `finished` themselves, for every result they
+collect, wherever it ran. A listener that raises stops what emitted (a training callback, e.g.).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["epoch", "finished"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    data: dict[str, Any] = field(hash=False)
+
+
+Listener = Callable[[Event], None]
+_listeners: list[Listener] = []
+_lock = threading.Lock()  # tasks in threads emit while the CLI adds or removes listeners
+
+
+@contextlib.contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Send every event emitted in this process to `listener` while the block runs."""
+    with _lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(listener)
+
+
+def emit(kind: Kind, **data: Any) -> None:
+    """Tell the listeners of this process."""
+    with _lock:
+        listeners = list(_listeners)
+    event = Event(kind, data)
+    for listener in listeners:
+        listener(event)
+
+
+class EpochEvents:
+    """A trainlib engine callback that emits an `epoch` event after every epoch of run `run_id`."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        emit("epoch", run_id=self.run_id, epoch=epoch, metrics=metrics)
