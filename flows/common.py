@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ from tasks.augment import augment
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.normalize import normalize
-from tasks.record import finish_run, record_data
+from tasks.record import record_data
 from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
 from tasks.register import register
 from tasks.split import split
@@ -48,17 +47,6 @@ def as_model(value: BaseModel | dict | str, model: type[M]) -> M:
 def parameter(name: str, model: type[M]) -> M:
     """This flow run's parameter `name` as `model` (for flow run names)."""
     return as_model(flow_run.parameters[name], model)
-
-
-@contextlib.contextmanager
-def tracked(run_id: str):
-    """Ends the MLflow run with the block: FAILED with the reason if it raises, else FINISHED."""
-    try:
-        yield
-    except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finish_run(run_id)
 
 
 def prepare_data(config: PipelineConfig, run_id: str,

@@ -7,8 +7,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.common import as_model, prepare_data, run_bounded, tracked
+from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
+from tasks import tracking
 from tasks.comparison import compare_report
 from tasks.fanout import variant
 from tasks.record import start_run
@@ -34,7 +35,7 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     config = plan.config
     run_id = start_run(config, {f"vary.{k}": v for k, v in vary.items()}, kind="comparison")
     ws = str(workspace(str(flow_run.id)))
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         with fan_out(plan.runner, plan.parallel) as submit:
             results = train_variants(plan.variants, plan.parallel, dataset, manifest, stats, run_id, ws, submit)

@@ -8,8 +8,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.common import as_model, finished, parameter, prepare_data, run_bounded, tracked
+from flows.common import as_model, finished, parameter, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
+from tasks import tracking
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
@@ -39,7 +40,7 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
                        {"ensemble.yaml": yaml.safe_dump(ensemble.model_dump(mode="json"), sort_keys=False)},
                        kind="ensemble")
     ws = str(workspace(str(flow_run.id)))
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         train = boost if ensemble.method == "boosting" else train_members
         with fan_out(plan.runner, plan.parallel) as submit:

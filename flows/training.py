@@ -6,7 +6,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.common import as_model, parameter, prepare_data, tracked, train_and_register
+from flows.common import as_model, parameter, prepare_data, train_and_register
+from tasks import tracking
 from tasks.record import start_run
 from tasks.report import report
 from tasks.settings import workspace
@@ -29,7 +30,7 @@ def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = Fa
     config = plans.run(as_model(config, PipelineConfig))
     ws = str(workspace(str(flow_run.id)))
     run_id = start_run(config)  # the experiment and run exist before anything else logs
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id)
         return report(config.name, run_id, trained, metrics, registered)

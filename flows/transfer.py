@@ -8,8 +8,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.common import as_model, parameter, prepare_data, tracked, train_and_register
+from flows.common import as_model, parameter, prepare_data, train_and_register
 from flows.training import DEFAULT, training_pipeline
+from tasks import tracking
 from tasks.record import start_run
 from tasks.refs import SourceRef
 from tasks.report import report, run_url
@@ -45,7 +46,7 @@ def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, paren
     config = with_source_architecture(config, source)
     run_id = start_run(config, parent_run_id=parent_run_id, run_name=f"{config.transfer.strategy} from "
                        f"{source.uri}", kind="transfer")
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         weights = check_source(config, source, dataset, stats, run_id)
         trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id, source)
@@ -69,7 +70,7 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
     run_id = start_run(target, {"demo.shots": shots, "demo.source": source["uri"]}, kind="transfer-demo",
                        run_name=f"transfer demo: {shots} shots per class")
     ws = str(workspace(str(flow_run.id)))
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         runs = {s: transfer_pipeline(override(target, {"transfer.strategy": s}), refresh, run_id)
                 for s in DEMO_STRATEGIES}
         rows = transfer_report(target.name, run_id, source, runs, ws)

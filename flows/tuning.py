@@ -11,8 +11,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.common import as_model, parameter, prepare_data, run_bounded, tracked, train_and_register
+from flows.common import as_model, parameter, prepare_data, run_bounded, train_and_register
 from flows.runners import Submit, fan_out, in_other_processes
+from tasks import tracking
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
@@ -45,7 +46,7 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
                        kind="study")
     if search.storage is None and in_other_processes(plan.runner):  # trials in other processes report to a file
         search = search.model_copy(update={"storage": studies.journal_url(workspace(str(flow_run.id)) / "study.log")})
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
         try:
@@ -123,6 +124,6 @@ def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Stu
     run_id = start_run(best_config, {"search.best_trial": best.number}, parent_run_id=parent_run_id,
                        run_name=f"best: trial {best.number} on {search.retrain}", kind="retrain")
     ws = str(workspace(f"{flow_run.id}-best"))
-    with tracked(run_id):
+    with tracking.finishing(run_id):
         _, metrics, registered = train_and_register(best_config, dataset, manifest, stats, ws, run_id)
     return {"run_id": run_id, "metrics": metrics, "registered": registered}

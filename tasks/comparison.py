@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, run_url, summary
+from tasks.report import artifact_key, link, registration, rounded, summary
 from trainlib import plots
 
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
@@ -27,7 +27,7 @@ def compare_report(name: str, parent_run_id: str, variants: list[dict], best: di
     log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in curves.items()}),
                    "compare_lr_curves.png")
     rows = [{"variant": v["label"], "state": v["state"],
-             **{k: round(v["metrics"][k], 4) if v.get("metrics", {}).get(k) is not None else None for k in COLUMNS},
+             **rounded(v.get("metrics", {}), COLUMNS),
              "epochs": v.get("epochs"), "best_epoch": v.get("best_epoch"),
              "seconds": round(v["seconds"], 2) if v.get("seconds") else None, "run_id": v.get("run_id"),
              "error": v.get("error")} for v in variants]
@@ -40,9 +40,7 @@ def compare_report(name: str, parent_run_id: str, variants: list[dict], best: di
              "| variant | best val acc | test acc | epochs | seconds |", "|---|---|---|---|---|",
              *[f"| {r['variant']} | {r['best_val_accuracy']} | {r['test_accuracy']} | {r['epochs']} | {r['seconds']} |"
                for r in rows], "",
-             f"Best variant registered as `{registered['registered_model']}` version {registered['version']} "
-             f"with alias `@{registered['alias']}` (gate: {registered['gate']['reason']}).", "",
-             f"MLflow comparison run: [{parent_run_id}]({run_url(parent_run_id)})"]
+             f"Best variant: {best['label']}. {registration(registered)}", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return summary(name, parent_run_id, best["metrics"], registered, best_variant=best["label"],
                    children=[v["run_id"] for v in variants if v.get("run_id")], variants=rows)

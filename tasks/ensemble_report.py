@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, run_url, summary
+from tasks.report import artifact_key, link, registration, rounded, summary
 from trainlib import plots
 from trainlib.ensemble import EnsembleConfig
 
@@ -17,8 +17,7 @@ COLUMNS = ["val_accuracy", "test_accuracy", "test_f1", "test_loss"]
 
 
 def _row(name: str, state: str, metrics: dict, **extra) -> dict:
-    return {"member": name, "state": state,
-            **{k: round(metrics[k], 4) if metrics.get(k) is not None else None for k in COLUMNS}, **extra}
+    return {"member": name, "state": state, **rounded(metrics, COLUMNS), **extra}
 
 
 @task(name="ensemble-report")
@@ -47,16 +46,13 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
                  "member_disagreement.json")
     create_table_artifact([*rows, ensemble_row], key=artifact_key(name, "ensemble"),
                           description="every member and the ensemble, val and test")
-    gate = registered["gate"]
     lines = [f"# {name}: {ensemble.method} of {len(done)} members (of {len(members)})", "",
              "| member | weight | val acc | test acc | epochs | seconds |", "|---|---|---|---|---|---|",
              *[f"| {r['member']} | {r['weight']} | {r['val_accuracy']} | {r['test_accuracy']} | {r['epochs']} | "
                f"{r['seconds']} |" for r in rows],
              f"| **ensemble** | | {ensemble_row['val_accuracy']} | **{ensemble_row['test_accuracy']}** | | |", "",
              f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined['disagreement']):.4f}.", "",
-             f"Registered as `{registered['registered_model']}` version {registered['version']} with alias "
-             f"`@{registered['alias']}` (gate {'passed' if gate['passed'] else 'failed'}: {gate['reason']}).", "",
-             f"MLflow ensemble run: [{run_id}]({run_url(run_id)})"]
+             registration(registered), "", link("ensemble run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-summary"), description="ensemble")
     metrics = combined["metrics"] | {"best_member_test_accuracy": best["metrics"]["test_accuracy"]}
     return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best["label"],

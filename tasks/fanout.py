@@ -15,9 +15,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.record import open_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib import recipe
-from trainlib.config import PipelineConfig, flatten, to_yaml
+from trainlib.config import PipelineConfig
 from trainlib.models import save_model
 from trainlib.tuning import PruningCallback, SearchConfig, open_study
 
@@ -31,12 +32,11 @@ def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef
 
 
 def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str) -> str:
-    """A run nested under the parent, recording its whole config like any training run."""
-    run_id = tracking.start_run(config.name, name, flatten(config), {
-        "trainflow.kind": kind, "trainflow.overrides": json.dumps(overrides, default=str),
-        "dataset.digest": digest, "trainflow.process": f"{socket.gethostname()}:{os.getpid()}"}, parent_run_id)
-    tracking.RunLogger(run_id).log_text(to_yaml(config), "config.yaml")
-    return run_id
+    """A trial's, variant's or member's run, nested under the parent, recording its whole config, what it
+    changes (`overrides`), the dataset and the process that trains it."""
+    return open_run(config, name, kind, parent_run_id, tags={
+        "trainflow.overrides": json.dumps(overrides, default=str), "dataset.digest": digest,
+        "trainflow.process": f"{socket.gethostname()}:{os.getpid()}"})
 
 
 @task(name="trial", cache_policy=NO_CACHE)

@@ -1,4 +1,6 @@
-"""The MLflow run of a pipeline: start it (params, tags, config), record its data, finish it."""
+"""The MLflow runs of a pipeline: start one (params, tags, config), and record its data. Every trainflow run
+starts through `open_run` (a flow's own run, a trial, a variant, a member) and ends through
+tasks.tracking.finishing."""
 
 from __future__ import annotations
 
@@ -12,20 +14,28 @@ from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib.config import PipelineConfig, flatten, to_yaml
 
 
+def open_run(config: PipelineConfig, run_name: str, kind: str, parent_run_id: str | None = None,
+             params: dict | None = None, tags: dict | None = None, files: dict[str, str] | None = None) -> str:
+    """A run in the experiment named after the config (nested under `parent_run_id`, if given) recording the
+    whole config (flattened params and config.yaml), `params`, `tags` and text `files`; `kind` (training,
+    study, retrain, comparison, trial, variant, member, ...) is its `trainflow.kind` tag. -> its id."""
+    run_id = tracking.start_run(config.name, run_name, flatten(config) | (params or {}),
+                                {"trainflow.kind": kind, **(tags or {})}, parent_run_id)
+    log = tracking.RunLogger(run_id)
+    for name, text in {"config.yaml": to_yaml(config), **(files or {})}.items():
+        log.log_text(text, name)
+    return run_id
+
+
 @task(name="start-run")
 def start_run(config: PipelineConfig, extra_params: dict | None = None, extra_text: dict[str, str] | None = None,
               parent_run_id: str | None = None, run_name: str | None = None, kind: str = "training") -> str:
-    """The MLflow run of this flow run (or a child of `parent_run_id`), in the experiment named after the
-    config; returns its id. `extra_params` (e.g. the search file, flattened) and `extra_text` files are
-    recorded with it; `kind` (training, study, retrain, comparison) is its `trainflow.kind` tag."""
+    """The MLflow run of this flow run (or a child of `parent_run_id`), tagged with the flow run; returns its
+    id. `extra_params` (e.g. the search file, flattened) and `extra_text` files are recorded with it."""
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
-            "prefect.flow_name": str(flow_run.flow_name), "trainflow.kind": kind}
-    run_id = tracking.start_run(config.name, run_name or flow_run.name or config.name,
-                                flatten(config) | (extra_params or {}), tags, parent_run_id)
-    log = tracking.RunLogger(run_id)
-    for name, text in {"config.yaml": to_yaml(config), **(extra_text or {})}.items():
-        log.log_text(text, name)
-    return run_id
+            "prefect.flow_name": str(flow_run.flow_name)}
+    return open_run(config, run_name or flow_run.name or config.name, kind, parent_run_id, extra_params, tags,
+                    extra_text)
 
 
 @task(name="record-data")
@@ -37,9 +47,3 @@ def record_data(run_id: str, dataset: DatasetRef, manifest: ManifestRef, stats: 
     tracking.log_manifests(run_id, manifest.load(), source, dataset.digest)
     log.log_artifact(manifest.path)
     log.log_artifact(stats.path)
-
-
-@task(name="finish-run")
-def finish_run(run_id: str, failure: str | None = None) -> None:
-    """Mark the run FINISHED, or FAILED with `failure` as the reason."""
-    tracking.finish_run(run_id, failure)

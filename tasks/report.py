@@ -34,6 +34,23 @@ def summary(name: str, run_id: str, metrics: dict, registered: dict, **extra) ->
             "alias": registered["alias"], "gate": registered["gate"], **extra, "mlflow_url": run_url(run_id)}
 
 
+def registration(registered: dict) -> str:
+    """The sentence every summary gives about the registered model and its gate."""
+    gate = registered["gate"]
+    return (f"Registered as `{registered['registered_model']}` version {registered['version']} with alias "
+            f"`@{registered['alias']}` (gate {'passed' if gate['passed'] else 'failed'}: {gate['reason']}).")
+
+
+def link(what: str, run_id: str) -> str:
+    """A markdown link to the run in the MLflow UI, e.g. `MLflow run: [id](url)`."""
+    return f"MLflow {what}: [{run_id}]({run_url(run_id)})"
+
+
+def rounded(values: dict, keys, places: int = 4) -> dict:
+    """{key: value rounded to `places`} for each of `keys`; None where `values` has none."""
+    return {k: round(values[k], places) if values.get(k) is not None else None for k in keys}
+
+
 @task(name="report")
 def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registered: dict) -> dict:
     """-> the run's summary (as `trainflow run --json` prints it)."""
@@ -42,9 +59,7 @@ def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registere
     lines = [f"# {name}: {'promoted to @' + registered['alias'] if gate['passed'] else 'not promoted'}", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in out["metrics"].items()]
-    lines += ["", f"**Gate:** {'passed' if gate['passed'] else 'failed'}: {gate['reason']}.",
-              f"Registered as `{registered['registered_model']}` version {registered['version']} "
-              f"with alias `@{registered['alias']}`.", "", f"MLflow run: [{run_id}]({out['mlflow_url']})"]
+    lines += ["", registration(registered), "", link("run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
     rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in trained.epochs()]
     create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")

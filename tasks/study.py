@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, run_url, summary
+from tasks.report import artifact_key, link, registration, summary
 from trainlib.tuning import SearchConfig, decode, open_study
 
 PLOTS = {
@@ -67,10 +67,8 @@ def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, 
              f"{search.strategy} search: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} "
              f"pruned, {counts['fail']} failed); best {search.metric} {best.value:.4f}",
              "", "| parameter | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in best_params.items()], "",
-             f"Retrained on {search.retrain}: test accuracy {retrain['metrics']['test_accuracy']:.4f}; "
-             f"registered `{registered['registered_model']}` version {registered['version']} as "
-             f"`@{registered['alias']}` (gate: {registered['gate']['reason']}).", "",
-             f"MLflow study run: [{parent_run_id}]({run_url(parent_run_id)})"]
+             f"Retrained on {search.retrain}: test accuracy {retrain['metrics']['test_accuracy']:.4f}. "
+             f"{registration(registered)}", "", link("study run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
     return summary(name, parent_run_id, {**retrain["metrics"], f"best_{search.metric}": best.value}, registered,
                    children=[*children, retrain["run_id"]], trials=counts, plots_skipped=skipped,

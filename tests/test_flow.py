@@ -181,7 +181,7 @@ def test_prefect_artifacts_summarize_the_run(first, prefect_api):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{NAME}-summary", f"{NAME}-epochs"])))
             if str(a.flow_run_id) == flow_run_id}
     summary, table = found[f"{NAME}-summary"], found[f"{NAME}-epochs"]
-    assert summary.type == "markdown" and "Gate:" in summary.data and first["run_id"] in summary.data
+    assert summary.type == "markdown" and first["gate"]["reason"] in summary.data and first["run_id"] in summary.data
     assert table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))

@@ -110,9 +110,6 @@ class Relay:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.queue.put(("metrics", metrics, step))
 
-    def log_artifact(self, path: str) -> None:
-        self.queue.put(("artifact", str(path)))
-
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.queue.put(("epoch", epoch, metrics))
 
@@ -184,8 +181,6 @@ def _deliver(queue, logger, callbacks) -> list[Exception]:
         kind, *message = queue.get()
         if kind == "metrics" and logger is not None:
             logger.log_metrics(message[0], step=message[1])
-        elif kind == "artifact" and logger is not None:
-            logger.log_artifact(message[0])
         elif kind == "epoch":
             for callback in callbacks:
                 callback.on_epoch_end(*message)

@@ -44,18 +44,13 @@ class Callback(Protocol):
 
 
 class Logger(Protocol):
-    """How tracking reaches the engine (the default does nothing)."""
+    """How tracking reaches the engine: the metrics of every epoch (the default does nothing)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: str) -> None: ...
 
 
 class NullLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def log_artifact(self, path: str) -> None:
         pass
 
 
@@ -88,7 +83,6 @@ class FitResult:
     stopped_epoch: int  # the last epoch run
     stop_reason: str  # "completed", "early_stopping" or "callback"
     restored_best: bool  # whether the model now holds the best epoch's weights
-    best_state: dict[str, torch.Tensor] | None
     lrs: list[float] = field(default_factory=list)  # LR of every update (first param group)
     updates_per_epoch: int = 0
 
@@ -102,10 +96,29 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         resume: bool = False, meta: dict | None = None, shard: Shard = SINGLE) -> FitResult:
     """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
 
-    `checkpoint`: file rewritten after every epoch (model, optimizer, schedule, early stopping, RNG
-    states, history and `meta`); with `resume`, training continues from it when it exists and ends
-    with the same weights as an uninterrupted run (CPU, same seed). `shard`: this process's rank in a
-    data-parallel training (trainlib.distributed), which trains on its part of every batch.
+    What is trained, and on what:
+      model: any module taking a batch of inputs to logits; train, val: in-memory or streamed data.
+      epochs: passes over `train` at most (early stopping or a callback may end sooner).
+    How each update is made:
+      optimizer: built over `model`'s parameters; schedule: its LR per update and per epoch
+        (default: constant); mode: batch (one update per epoch, every sample, accumulated over chunks of
+        `batch_size`), minibatch (updates of `batch_size` samples) or stochastic (updates of 1 sample).
+      l1, l2: penalty weights on the weight tensors (not biases or norms), added to the data loss.
+      augment: callable (x, generator) -> x, applied to every training batch on the device.
+      label_smoothing: as torch's cross_entropy; grad_clip: largest gradient norm (None: no clipping).
+      device: where to train; precision: auto | fp32 | bf16 (trainlib.device.resolve_precision).
+      seed: data order, augmentation and dropout draw from generators seeded from it, never the global RNG.
+    When to stop, and what to report:
+      early_stopping: the monitored metric, patience, and whether to restore the best weights at the end
+        (default: off, best epoch still tracked on val_loss).
+      callbacks: `on_epoch_end(epoch, metrics)` after every epoch; may raise StopTraining.
+      logger: `log_metrics(metrics, step=epoch)` once per epoch.
+    Surviving a killed process:
+      checkpoint: file rewritten after every epoch (model, optimizer, schedule, early stopping, RNG
+        states, history and `meta`); with `resume`, training continues from it when it exists and ends
+        with the same weights as an uninterrupted run (CPU, same seed). meta: stored with it (the config).
+    shard: this process's rank in a data-parallel training (trainlib.distributed), which trains on its
+      part of every batch; the default is one process.
     """
     device = torch.device(device)
     chunk, accumulate = GD_MODES[mode](len(train), batch_size)
@@ -153,7 +166,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
             break
     restored = es.restore(model)
     return FitResult(history, es.best_epoch, es.best, es.monitor, history[-1]["epoch"] if history else 0, reason,
-                     restored, es.best_state, lrs, upe)
+                     restored, lrs, upe)
 
 
 def _resume(checkpoint, model, optimizer, schedule, es, rngs, shard: Shard, epochs: int) -> tuple[list, list, str, int]:
