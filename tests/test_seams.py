@@ -1,0 +1,159 @@
+"""The seams between layers: typed references between tasks, one plan per command, one event path, and
+imports that point one way (deployments -> flows -> tasks -> trainlib)."""
+
+from __future__ import annotations
+
+import ast
+import pickle
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+
+from flows import plans
+from tasks import events
+from tasks.augment import augment
+from tasks.ingest import ingest
+from tasks.normalize import normalize
+from tasks.refs import AugmentedRef, DatasetRef, ManifestRef, StatsRef
+from tasks.split import merge_val, split
+from trainlib.config import load_config, override
+from trainlib.ensemble import EnsembleConfig
+from trainlib.errors import ConfigError
+from trainlib.tuning import SearchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["trainlib", "tasks", "flows", "deployments"]  # each may import only those before it
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """ingest -> split -> normalize of the default config, as plain functions (no Prefect API needed)."""
+    cfg = load_config(None, [])
+    dataset = ingest.fn(cfg.data)
+    manifest = split.fn(dataset, cfg.split)
+    return cfg, dataset, manifest, normalize.fn(dataset, manifest, cfg.normalize, 0)
+
+
+def test_the_stage_references_load_what_they_name(prepared, digits):
+    cfg, dataset, manifest, stats = prepared
+    assert isinstance(dataset, DatasetRef) and isinstance(manifest, ManifestRef) and isinstance(stats, StatsRef)
+    ds = dataset.load()
+    assert torch.equal(ds.inputs, digits.inputs) and ds.digest == dataset.digest == digits.digest
+    assert (dataset.samples, dataset.classes, dataset.shape) == (len(digits), tuple(digits.classes), (1, 8, 8))
+    m = manifest.load()
+    assert len(m) == dataset.samples and sum(manifest.counts.values()) == dataset.samples
+    assert manifest.counts == {s: int((m["split"] == s).sum()) for s in ("train", "val", "test")}
+    assert stats.method == cfg.normalize.method == stats.load().method
+    merged = merge_val.fn(manifest)
+    counts = manifest.counts
+    assert merged.counts == {"train": counts["train"] + counts["val"], "val": 0, "test": counts["test"]}
+    assert merged.digest != manifest.digest
+
+
+def test_references_survive_the_serializers_prefect_and_dask_use(prepared):
+    """Cached task results are pickled by Prefect, and task arguments are cloudpickled to Dask workers."""
+    _, dataset, manifest, stats = prepared
+    for ref in (dataset, manifest, stats, AugmentedRef(False)):
+        for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+            back = loads(dumps(ref))
+            assert back == ref and type(back) is type(ref)
+    with pytest.raises(AttributeError):
+        dataset.path = "elsewhere"  # frozen: a reference names one file for good
+
+
+def test_the_expanded_train_split_is_written_whole_and_named_by_what_it_is_made_of(prepared, tmp_path):
+    cfg, dataset, manifest, _ = prepared
+    run_id = _run()
+    aug = override(cfg, {"augment.rotation": 10, "augment.expand": 1}).augment
+    for ws in "abcd":
+        (tmp_path / ws).mkdir()  # each run's workspace exists before its tasks write there
+    first = augment.fn(aug, dataset, manifest, 0, str(tmp_path / "a"), run_id)
+    again = augment.fn(aug, dataset, manifest, 0, str(tmp_path / "b"), run_id)  # another workspace
+    other = augment.fn(aug, dataset, manifest, 1, str(tmp_path / "c"), run_id)  # another seed
+    assert first.expanded != again.expanded and first.digest == again.digest != other.digest
+    expanded = first.load()
+    assert len(expanded) == 2 * manifest.counts["train"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["augmentation_preview.png", "train_expanded.pt"]
+    off = augment.fn(cfg.augment, dataset, manifest, 0, str(tmp_path / "d"), run_id)
+    assert off.load() is None and off.digest is None and not off.active
+
+
+def _run() -> str:
+    from tasks import tracking
+
+    return tracking.start_run("seams", "seams", {}, {})
+
+
+def test_events_reach_the_listeners_of_the_block_only():
+    heard, other = [], []
+    with events.listening(heard.append):
+        events.emit("finished", record={"label": "a"})
+        with events.listening(other.append):
+            events.emit("epoch", run_id="r", epoch=1, metrics={})
+    events.emit("finished", record={"label": "after"})
+    assert [(e.kind, e.data) for e in heard] == [("finished", {"record": {"label": "a"}}),
+                                                 ("epoch", {"run_id": "r", "epoch": 1, "metrics": {}})]
+    assert [e.kind for e in other] == ["epoch"]
+
+
+def test_a_listener_that_raises_stops_what_emitted():
+    def refuse(event):
+        raise RuntimeError("stop")
+
+    with events.listening(refuse), pytest.raises(RuntimeError, match="stop"):
+        events.EpochEvents("r").on_epoch_end(1, {"train_loss": 1.0})
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda c: plans.run(override(c, {"transfer.source": "x.pt"})), "trainflow run` trains from fresh weights"),
+    (lambda c: plans.transfer(c), "transfer.source: give the model to start from"),
+    (lambda c: plans.compare(c, {"data.source": ["csv"]}), "--vary data.source: cannot vary"),
+    (lambda c: plans.compare(c, {"optimizer.lr": [-1]}), "--vary optimizer.lr=-1"),
+    (lambda c: plans.compare(override(c, {"split.val": 0, "split.train": 0.85,
+                                                   "training.early_stopping.enabled": False}), {"optimizer.lr": [0.1]}),
+     "split.val: compare scores on the validation split"),
+    (lambda c: plans.compare(c, {"optimizer.lr": [0.1]}, runner="spark"), "--runner 'spark': not a task runner"),
+    (lambda c: plans.tune(c, SearchConfig(space={"model.dropout": {"type": "float", "low": 0, "high": 2}})),
+     "search.space model.dropout=2"),
+    (lambda c: plans.ensemble(c, EnsembleConfig(method="stacking", configs=[{"model.name": "mlp"},
+                                                                            {"split.seed": 3}])),
+     "its split section differs"),
+])
+def test_each_plan_refuses_bad_input_with_one_message(make, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        make(load_config(None, []))
+
+
+def test_plans_are_what_the_flows_run():
+    cfg = load_config(None, [])
+    compare = plans.compare(cfg, {"optimizer.name": ["sgd", "adam"], "model.dropout": [0.0]}, max_parallel=4)
+    assert [v.label for v in compare.variants] == ["optimizer.name=sgd, model.dropout=0.0",
+                                                   "optimizer.name=adam, model.dropout=0.0"]
+    assert [v.config.optimizer.name for v in compare.variants] == ["sgd", "adam"] and compare.parallel == 2
+    boosting = plans.ensemble(cfg, EnsembleConfig(method="boosting", members=3, max_parallel=3))
+    assert boosting.parallel == 1 and [m.config.training.seed for m in boosting.members] == [0, 1, 2]
+    study = plans.tune(cfg, SearchConfig(n_trials=3, max_parallel=8,
+                                         space={"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}))
+    assert study.parallel == 3 and study.name == "digits-cnn-study"
+    assert study.trial_base.training.early_stopping.monitor == "val_accuracy"
+
+
+def _imports(file: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_imports_point_one_way(layer):
+    """deployments -> flows -> tasks -> trainlib (DESIGN.md rule 1): no layer imports one above it."""
+    above = set(LAYERS[LAYERS.index(layer) + 1:])
+    offenders = {f"{f.relative_to(ROOT)}: {sorted(_imports(f) & above)}" for f in (ROOT / layer).rglob("*.py")
+                 if _imports(f) & above}
+    assert offenders == set()
