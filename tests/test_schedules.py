@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch.optim import lr_scheduler as tls
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainlib.schedules import CYCLE_MODES, SCHEDULES, LRSchedule
 
@@ -219,8 +220,15 @@ def _engine_run(digits_parts, sets):
     from trainlib.config import load_config
 
     cfg = load_config(None, [*RUN, *sets])
-    _, fit = recipe.train(cfg, *digits_parts)
-    assert len(fit.lrs) == cfg.training.epochs * fit.updates_per_epoch == 80
+    stepped = []  # the LR each optimizer.step() of the run used, read at the step (any optimizer: a global hook)
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: stepped.append(opt.param_groups[0]["lr"]))
+    try:
+        _, fit = recipe.train(cfg, *digits_parts)
+    finally:
+        hook.remove()
+    assert len(stepped) == cfg.training.epochs * fit.updates_per_epoch == 80
+    assert fit.lrs == stepped  # what the engine records is what the optimizer used
     return cfg, fit
 
 
