@@ -85,9 +85,14 @@ def test_a_stopped_data_parallel_training_continues_from_its_checkpoint(tmp_path
     with pytest.raises(RuntimeError, match="stopped after epoch 2"):
         _train(sets, callbacks=[Epochs(fail_at=2)], checkpoint=checkpoint, resume=True)
     # rank 0 reports an epoch before it writes its checkpoint, and runs on while the report travels
-    assert 1 <= torch.load(checkpoint, weights_only=True)["epoch"] < 15
-    resumed, fit = _train(sets, checkpoint=checkpoint, resume=True)
-    assert fit.stopped_epoch == 15
+    saved = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= saved < 15
+    epochs, logger = Epochs(), Metrics()
+    resumed, fit = _train(sets, checkpoint=checkpoint, resume=True, callbacks=[epochs], logger=logger)
+    remaining = list(range(saved + 1, 16))
+    assert epochs.seen == logger.steps == remaining, f"trained after resuming from epoch {saved}: {epochs.seen}"
+    assert [h["epoch"] for h in fit.history] == list(range(1, 16)) and fit.stopped_epoch == 15
+    assert len(fit.lrs) == 15 * fit.updates_per_epoch  # the updates of the saved epochs, then of the remaining ones
     assert _largest_difference(straight, resumed) == 0
 
 

@@ -4,6 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.modules.module import register_module_forward_hook
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainlib import engine, models, optim
 from trainlib.checkpoint import load_checkpoint
@@ -232,3 +235,91 @@ def test_train_metrics_are_the_same_whatever_the_reduction_interval(small_digits
 def test_batch_size_larger_than_train_split_is_a_config_error(small_digits):
     with pytest.raises(ConfigError, match=r"training.batch_size \(500\) is larger than the train split \(300"):
         _fit(_model(), _data(small_digits), batch_size=500)
+
+
+# ---------------------------------------------------------------- training.grad_clip, label_smoothing, precision
+# Through the config (config -> recipe -> fit), on 280 training samples of digits, so that the fields are proven
+# to reach the engine, not only the engine's arguments.
+
+SMALL_RUN = ["model.name=mlp", "model.hidden=[32]", "model.dropout=0", "training.epochs=2", "training.batch_size=32",
+             "training.early_stopping.enabled=false", "training.device=cpu", "training.threads=1"]
+
+
+def _train_config(ds, *sets):
+    from trainlib import recipe
+    from trainlib.config import load_config
+
+    cfg = load_config(None, [*SMALL_RUN, *sets])
+    manifest = recipe.split(ds, cfg.split)
+    norm = recipe.fit_normalizer(ds, manifest, cfg.normalize)
+    model, result = recipe.train(cfg, ds, manifest, norm)
+    return cfg, manifest, norm, model, result
+
+
+def _differ(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_grad_clip_bounds_the_gradient_norm_of_every_update(small_digits):
+    def run(*sets):
+        norms = []  # total gradient norm at every optimizer.step() of the run, after any clipping
+
+        def read(opt, args, kwargs):
+            grads = [p.grad.flatten() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.cat(grads)).item())
+
+        hook = register_optimizer_step_pre_hook(read)
+        try:
+            model = _train_config(small_digits, "optimizer.name=sgd", "optimizer.lr=0.1", *sets)[3]
+        finally:
+            hook.remove()
+        return model, norms
+
+    free_model, free = run()
+    clip = sorted(free)[len(free) // 2]  # the median unclipped norm: many updates exceed it
+    clipped_model, clipped = run(f"training.grad_clip={clip!r}")
+    assert len(clipped) == len(free) == 2 * 9 and sum(n > clip * 1.01 for n in free) >= 5
+    assert max(clipped) <= clip * (1 + 1e-5), (clip, clipped)
+    assert max(clipped) == pytest.approx(clip, rel=1e-5)  # scaled to the bound, not below it
+    assert clipped[0] == pytest.approx(min(free[0], clip), rel=1e-5)  # the same first batch: its norm, clipped
+    assert (change := _differ(free_model, clipped_model)) > 1e-3, change  # and the training changes
+
+
+def test_label_smoothing_trains_on_torchs_smoothed_cross_entropy(small_digits):
+    from trainlib import recipe
+
+    sets = ["optimizer.name=sgd", "optimizer.momentum=0", "optimizer.lr=0.5", "training.mode=batch",
+            "training.epochs=1"]  # one full-batch update: its loss and its step are computed by hand below
+    cfg, manifest, norm, smoothed, result = _train_config(small_digits, *sets, "training.label_smoothing=0.2")
+    plain = _train_config(small_digits, *sets)[3]
+    start = recipe.build_model(cfg, small_digits, norm)  # the same seed: the weights the update started from
+    x, y = next(iter(recipe.part(small_digits, manifest, "train").batches(10_000)))
+    loss = F.cross_entropy(start(x), y, label_smoothing=0.2)
+    assert result.history[0]["train_loss"] == pytest.approx(loss.item(), rel=1e-5)
+    loss.backward()
+    with torch.no_grad():
+        for p in start.parameters():
+            p -= 0.5 * p.grad  # plain SGD on torch's smoothed loss
+    by_hand, by_smoothing = _differ(start, smoothed), _differ(plain, smoothed)
+    assert by_hand < 1e-5 and by_smoothing > 1e-3, (by_hand, by_smoothing)
+
+
+def test_precision_bf16_autocasts_on_cpu_and_fp32_and_auto_do_not(small_digits):
+    def run(precision):
+        dtypes = set()  # (training?, output dtype) of every linear layer's forward pass, training and validating
+        hook = register_module_forward_hook(
+            lambda m, args, out: dtypes.add((m.training, out.dtype)) if isinstance(m, torch.nn.Linear) else None)
+        try:
+            history = _train_config(small_digits, "model.name=cnn", "model.channels=[8]",
+                                    f"training.precision={precision}")[4].history
+        finally:
+            hook.remove()
+        return dtypes, history
+
+    (fp32, fp32_history), (auto, auto_history), (bf16, bf16_history) = map(run, ["fp32", "auto", "bf16"])
+    assert fp32 == auto == {(True, torch.float32), (False, torch.float32)}  # auto is fp32 on CPU
+    assert bf16 == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    assert [h["train_loss"] for h in auto_history] == [h["train_loss"] for h in fp32_history]  # the same maths
+    for a, b in zip(fp32_history, bf16_history, strict=True):
+        for key in ("train_loss", "val_loss"):  # bf16 rounds: different numbers, within 1%
+            assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=1e-2), (key, a[key], b[key])

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch.optim import lr_scheduler as tls
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainlib.schedules import CYCLE_MODES, SCHEDULES, LRSchedule
 
@@ -130,3 +131,126 @@ def test_state_round_trip_resumes_the_schedule():
     fresh.load_state_dict(s.state_dict())
     assert fresh.lrs() == s.lrs() == [pytest.approx(LR * 0.5)]
     assert not math.isnan(fresh.factor())
+
+
+# ---------------------------------------------------------------- in the engine: the LR of every update of a run
+
+# A run of the pipeline's training step (config -> recipe -> engine), small enough to take a fraction of a second:
+# an mlp on digits, 10 updates per epoch. lr 0.05 makes the validation metrics wander, so plateaus happen.
+RUN = ["model.name=mlp", "model.hidden=[16]", "model.dropout=0", "optimizer.lr=0.05", "training.epochs=8",
+       "training.batch_size=128", "training.early_stopping.enabled=false", "training.device=cpu",
+       "training.threads=1"]
+ENGINE_CASES = {  # schedule name -> its knobs, chosen so that the LR moves within the run
+    "none": [],
+    "step": ["schedule.step_size=3", "schedule.gamma=0.5"],
+    "exponential": ["schedule.decay=0.7"],
+    "cosine": ["schedule.min_lr=0.005"],
+    "cyclical": ["schedule.max_lr=0.2", "schedule.cycle_epochs=3", "schedule.cycle_mode=triangular2"],
+    "onecycle": [],  # every knob its default, max_lr too: 10 x optimizer.lr
+    "plateau": ["schedule.plateau_patience=0", "schedule.plateau_factor=0.5"],  # on val_loss
+}
+MODE = {"val_loss": "min", "val_accuracy": "max"}  # the direction torch's ReduceLROnPlateau is told
+
+
+def _torch_scheduler(opt, s, lr: float, upe: int, epochs: int):
+    """torch's own scheduler for the config's schedule section `s` -> (scheduler, stepped per update?)."""
+    peak = s.max_lr or 10 * lr  # the documented default max_lr
+    return {
+        "none": lambda: (tls.LambdaLR(opt, lambda e: 1.0), False),
+        "step": lambda: (tls.StepLR(opt, s.step_size, s.gamma), False),
+        "exponential": lambda: (tls.ExponentialLR(opt, s.decay), False),
+        "cosine": lambda: (tls.CosineAnnealingLR(opt, epochs, eta_min=s.min_lr), False),
+        "plateau": lambda: (tls.ReduceLROnPlateau(opt, MODE[s.plateau_monitor], factor=s.plateau_factor,
+                                                  patience=s.plateau_patience, min_lr=s.min_lr), False),
+        "cyclical": lambda: (tls.CyclicLR(opt, lr, peak, step_size_up=round(s.cycle_epochs * upe / 2),
+                                          mode=s.cycle_mode, gamma=s.cycle_gamma ** (1 / upe), cycle_momentum=False),
+                             True),
+        "onecycle": lambda: (tls.OneCycleLR(opt, peak, total_steps=epochs * upe, pct_start=s.pct_start,
+                                            div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                                            cycle_momentum=False), True),
+    }[s.name]()
+
+
+def _torch_warmup(updates: int, n: int) -> list[float]:
+    """torch's LinearLR factor (1/updates up to 1, per update) for n updates: warmup multiplies the schedule."""
+    opt = _opt(1.0)
+    warm = tls.LinearLR(opt, 1 / updates, 1.0, total_iters=updates - 1) if updates > 1 else None
+    factors = []
+    for _ in range(n):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if warm:
+            warm.step()
+    return factors
+
+
+def _replay_in_torch(cfg, fit) -> list[float]:
+    """The LR of every update of the run `fit`, from torch's schedulers on a dummy optimizer stepped as the engine
+    steps (after every update, or after every epoch with the validation metrics the engine saw)."""
+    s, lr, upe = cfg.schedule, cfg.optimizer.lr, fit.updates_per_epoch
+    opt = _opt(lr)
+    scheduler, per_update = _torch_scheduler(opt, s, lr, upe, cfg.training.epochs)
+    lrs = []
+    for metrics in fit.history:
+        for _ in range(upe):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if per_update:
+                scheduler.step()
+        if isinstance(scheduler, tls.ReduceLROnPlateau):
+            scheduler.step(metrics[s.plateau_monitor])
+        elif not per_update:
+            scheduler.step()
+    return [lr * w for lr, w in zip(lrs, _torch_warmup(round(s.warmup_epochs * upe), len(lrs)), strict=True)]
+
+
+@pytest.fixture(scope="module")
+def digits_parts():
+    from trainlib import recipe
+    from trainlib.config import load_config
+
+    cfg = load_config(None, RUN)
+    ds = recipe.ingest(cfg.data)
+    manifest = recipe.split(ds, cfg.split)
+    return ds, manifest, recipe.fit_normalizer(ds, manifest, cfg.normalize)
+
+
+def _engine_run(digits_parts, sets):
+    from trainlib import recipe
+    from trainlib.config import load_config
+
+    cfg = load_config(None, [*RUN, *sets])
+    stepped = []  # the LR each optimizer.step() of the run used, read at the step (any optimizer: a global hook)
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: stepped.append(opt.param_groups[0]["lr"]))
+    try:
+        _, fit = recipe.train(cfg, *digits_parts)
+    finally:
+        hook.remove()
+    assert len(stepped) == cfg.training.epochs * fit.updates_per_epoch == 80
+    assert fit.lrs == stepped  # what the engine records is what the optimizer used
+    return cfg, fit
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+@pytest.mark.parametrize("name", sorted(SCHEDULES))  # a schedule without an ENGINE_CASES entry fails here
+def test_the_engine_trains_every_update_at_torchs_lr(name, warmup, digits_parts):
+    cfg, fit = _engine_run(digits_parts, [f"schedule.name={name}", f"schedule.warmup_epochs={warmup}",
+                                          *ENGINE_CASES[name]])
+    assert fit.lrs == pytest.approx(_replay_in_torch(cfg, fit), rel=1e-9, abs=1e-15)
+    assert len(set(fit.lrs)) > 1 or (name == "none" and not warmup), "the case should move the LR"
+    assert [h["lr"] for h in fit.history] == fit.lrs[::fit.updates_per_epoch]  # the logged LR: each epoch's first
+
+
+@pytest.mark.parametrize("sets, lowest", [
+    pytest.param(["schedule.plateau_monitor=val_accuracy"], None, id="val_accuracy"),  # improves upwards: mode max
+    pytest.param(["schedule.plateau_monitor=val_accuracy", "schedule.min_lr=0.01"], 0.01, id="val_accuracy-min_lr"),
+    pytest.param(["schedule.min_lr=0.01"], 0.01, id="val_loss-min_lr"),
+])
+def test_the_engine_reduces_on_a_plateau_as_torch_does(sets, lowest, digits_parts):
+    cfg, fit = _engine_run(digits_parts, ["schedule.name=plateau", "schedule.plateau_patience=0",
+                                          "schedule.plateau_factor=0.5", *sets])
+    assert fit.lrs == pytest.approx(_replay_in_torch(cfg, fit), rel=1e-9, abs=1e-15)
+    assert len(set(fit.lrs)) >= 3, "the case should reduce the LR at least twice"
+    if lowest is not None:
+        assert min(fit.lrs) == pytest.approx(lowest), "the case should reach min_lr"

@@ -1,9 +1,13 @@
 """Ingest: every source yields inputs, integer labels, class names and a content digest."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from conftest import tabular_frame, write_fake_mnist, write_images
+from PIL import Image
 
 from trainlib.data import sources
 from trainlib.data.sources import SOURCES, load_dataset, save_dataset
@@ -129,3 +133,72 @@ def test_bad_tables(tmp_path, change, expected):
 def test_missing_table_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         sources.load("parquet", path=tmp_path / "none.parquet")
+
+
+# ---------------------------------------------------------------- the source's identity before ingest (the cache key)
+
+
+def _rewrite_keeping_size_and_mtime(path, content: bytes) -> None:
+    """New content of the same size, with the modification time put back: what a stat-based check cannot see."""
+    before = path.stat()
+    assert len(content) == before.st_size and content != path.read_bytes()
+    path.write_bytes(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def _bmp(path, seed: int) -> None:
+    """An uncompressed image: any pixels give the same file size."""
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(path)
+
+
+def _same_size_edit(source: str, tmp_path):
+    """-> (data config options, how to change one file's content keeping its size and mtime)."""
+    if source == "imagefolder":
+        root = write_images(tmp_path / "img")
+        _bmp(root / "cat" / "edited.bmp", seed=1)
+
+        def edit():
+            out = tmp_path / "other.bmp"
+            _bmp(out, seed=2)
+            _rewrite_keeping_size_and_mtime(root / "cat" / "edited.bmp", out.read_bytes())
+
+        return {"path": str(root), "image_size": (12, 10)}, edit
+    file = tmp_path / "t.csv"
+    tabular_frame().to_csv(file, index=False)
+    text = file.read_text()
+    return {"path": str(file)}, lambda: _rewrite_keeping_size_and_mtime(file, text.replace(",a\n", ",b\n", 1).encode())
+
+
+@pytest.mark.parametrize("source", ["csv", "imagefolder"])
+def test_new_content_of_the_same_size_and_mtime_changes_the_fingerprint_and_the_ingest_key(source, tmp_path):
+    from tasks.ingest import ingest_key
+    from trainlib.config import DataConfig
+
+    options, edit = _same_size_edit(source, tmp_path)
+    data = DataConfig(source=source, **options)
+    fingerprint, key = sources.fingerprint(source, data.path), ingest_key(data)
+    digest = sources.load(source, **options).digest
+    assert sources.fingerprint(source, data.path) == fingerprint and ingest_key(data) == key  # stable when unchanged
+    edit()
+    assert sources.load(source, **options).digest != digest  # the data really changed
+    assert sources.fingerprint(source, data.path) != fingerprint
+    assert ingest_key(data) != key  # so the cached ingest is not reused
+
+
+def test_a_streamed_image_folder_digest_follows_the_content(tmp_path):
+    """Split and normalize are cached on the dataset digest: a streamed dataset's must change with its pixels."""
+    options, edit = _same_size_edit("imagefolder", tmp_path)
+    before = sources.load("imagefolder", **options, stream=True)
+    edit()
+    after = sources.load("imagefolder", **options, stream=True)
+    assert after.digest != before.digest
+
+
+def test_a_copied_folder_keeps_its_fingerprint(image_root, tmp_path):
+    copy = shutil.copytree(image_root, tmp_path / "copy", copy_function=shutil.copyfile)  # new modification times
+    assert (copy / "cat" / "0.png").stat().st_mtime_ns != (image_root / "cat" / "0.png").stat().st_mtime_ns
+    assert sources.fingerprint("imagefolder", copy) == sources.fingerprint("imagefolder", image_root)
+    (copy / "cat" / "0.png").rename(copy / "cat" / "renamed.png")
+    assert sources.fingerprint("imagefolder", copy) != sources.fingerprint("imagefolder", image_root)

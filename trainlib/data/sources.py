@@ -46,7 +46,7 @@ class Dataset:
     inputs: torch.Tensor | ImageFiles
     labels: torch.Tensor  # (N,) int64 class indices
     classes: list[str]
-    digest: str  # sha256 of the content (streamed data: of file names, sizes and times)
+    digest: str  # sha256 of the content (streamed data: of the files' names, sizes and contents)
     value_max: float | None = None  # largest raw value of an image pixel; None for tabular data
     feature_names: list[str] = field(default_factory=list)  # tabular columns, in input order
 
@@ -140,8 +140,7 @@ def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, **_) -
     paths, labels, classes = _image_files(root)
     size = tuple(image_size)
     if stream:
-        stats = [(str(Path(p).relative_to(root)), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
-        digest = content_digest(stats, labels, classes, list(size), channels)
+        digest = content_digest(_files_identity(root, paths), labels, classes, list(size), channels)
         return _finish(ImageFiles(paths, labels, size, channels), labels, classes, 255.0, digest=digest)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
         arrays = list(pool.map(lambda p: decode_image(p, size, channels), paths))
@@ -282,14 +281,32 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])
 
 
+def file_digest(path: str | Path) -> tuple[int, str]:
+    """(size in bytes, sha256 of the bytes) of a file, read in 1 MiB chunks (sha256: twice blake2b's speed on
+    CPUs with SHA instructions, measured here)."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _files_identity(root: Path, files: list) -> list[tuple[str, int, str]]:
+    """(name relative to root, size, content digest) of each file: what the files hold, not when they were
+    written, so new content of the same size and time counts as a change and a copied folder does not."""
+    return [(str(Path(p).relative_to(root)) if Path(p) != root else Path(p).name, *file_digest(p)) for p in files]
+
+
 def fingerprint(source: str, path=None, **_) -> str:
-    """A cheap identity of the source before reading it (file names, sizes and change times; the
-    library version for the embedded digits), so an unchanged source can skip ingest."""
+    """The identity of the source before ingesting it (its files' names, sizes and contents; the library
+    version for the embedded digits), so an unchanged source, or a copy of it, can skip ingest. It reads every
+    file once: names, sizes and modification times missed an edit that kept them, and hashing 20,000 small PNGs
+    costs about 1 s more than their stat (sha256: about 1 GB/s per core here)."""
     if source == "digits":  # the version from the package metadata: importing sklearn takes half a second
         return content_digest("digits", importlib.metadata.version("scikit-learn"))
     root = Path(path)
     if not root.exists():
         return content_digest("missing", str(root))  # ingest itself reports the missing path
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return content_digest([(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size,
-                            p.stat().st_mtime_ns) for p in files])
+    return content_digest(_files_identity(root, files))
