@@ -15,16 +15,8 @@ from flows import runners
 from trainlib.config import PipelineConfig, override
 from trainlib.ensemble import EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
-from trainlib.tuning import (
-    SearchConfig,
-    check_keys,
-    check_space,
-    label,
-    needs_validation,
-    share_cpus,
-    trial_base,
-    variants,
-)
+from trainlib.tuning import SearchConfig, check_space, trial_base
+from trainlib.variants import check_keys, label, needs_validation, share_cpus, variants
 
 
 def fresh_weights(config: PipelineConfig, command: str) -> None:

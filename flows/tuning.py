@@ -13,18 +13,18 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, parameter, prepare_data, run_bounded, tracked, train_and_register
 from flows.runners import Submit, fan_out, in_other_processes
+from tasks import studies
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import workspace
 from tasks.split import merge_val
+from tasks.studies import create_study, tell
 from tasks.study import study_report
-from trainlib import studies
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.errors import ConfigError, TrainingError
-from trainlib.studies import tell
-from trainlib.tuning import SearchConfig, create_study, decode, suggest, trial_base
+from trainlib.tuning import SearchConfig, decode, suggest, trial_base
 
 States = optuna.trial.TrialState
 

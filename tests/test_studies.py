@@ -1,4 +1,4 @@
-"""Study storages shared by several askers (trainlib.studies): the ask lock, the shared budget, heartbeats."""
+"""Study storages shared by several askers (tasks.studies): the ask lock, the shared budget, heartbeats."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import optuna
 import pytest
 
-from trainlib import studies
+from tasks import studies
 from trainlib.errors import ConfigError
 
 States = optuna.trial.TrialState
@@ -76,3 +76,4 @@ def test_an_unreachable_storage_is_one_error_naming_it_without_its_password():
         studies.storage("postgresql://trainer:hunter2@127.0.0.1:9/db")
     assert "postgresql://trainer:***@127.0.0.1:9/db: cannot open the study database" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+

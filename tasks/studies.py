@@ -1,4 +1,5 @@
-"""Where tuning studies live, and how several processes share one.
+"""Where tuning studies live, and how several processes share one. The orchestrating layer's, not the
+training library's: it holds database connections, file locks and a heartbeat thread.
 
 A study's storage is a URL: none (this process's memory), an RDB (`sqlite:///study.db`,
 `postgresql://user:pw@host/db`), or `journal:///path/study.log` (Optuna's append-only journal file, for
@@ -28,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from trainlib.errors import ConfigError
 from trainlib.redact import redact
+from trainlib.tuning import PRUNERS, SAMPLERS, SearchConfig
 
 HEARTBEAT_SECONDS = 20  # how often the process running a trial says it is alive
 GRACE_SECONDS = 60  # a running trial without a heartbeat for this long was left by a dead process
@@ -100,6 +102,17 @@ def load(url: str | None, name: str, sampler, pruner) -> optuna.Study:
     if url is None:
         return _IN_MEMORY[name]
     return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler, pruner=pruner)
+
+
+def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
+    return create(search.storage, name, search.goal, SAMPLERS[search.strategy](search),
+                  PRUNERS[search.pruner](search, epochs))
+
+
+def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """The study created by `create_study`: from its storage (any process), or this process's memory."""
+    return load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruner](search, epochs))
 
 
 def release(name: str) -> None:
@@ -214,3 +227,4 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, s
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
+
