@@ -125,8 +125,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _ensemble_settings(args: argparse.Namespace):
     """The ensemble's settings: an --ensemble file, with the flags given over it."""
     from trainlib.config import validate
-    from trainlib.ensemble import EnsembleConfig, parse_member
-    from trainlib.overrides import read_yaml
+    from trainlib.ensemble import EnsembleConfig
+    from trainlib.overrides import parse_member, read_yaml
 
     raw = read_yaml(args.ensemble, "ensemble file") if args.ensemble else {}
     flags = {"method": args.method, "members": args.members, "vote": args.vote, "meta": args.meta,

@@ -18,7 +18,7 @@ from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, flatten
-from trainlib.ensemble import EnsembleConfig, Member, registered_name
+from trainlib.ensemble import METHODS, EnsembleConfig, Member, registered_name
 from trainlib.errors import TrainingError
 
 
@@ -42,7 +42,7 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
-        train = boost if ensemble.method == "boosting" else train_members
+        train = boost if METHODS[ensemble.method].sequential else train_members
         with fan_out(plan.runner, plan.parallel) as submit:
             trained, weights = train(config, ensemble, members, dataset, manifest, stats, run_id, ws, submit)
         done = [t for t in trained if t["state"] == "complete"]
@@ -67,9 +67,7 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
                   manifest: ManifestRef, stats: StatsRef, run_id: str, ws: str,
                   submit: Submit) -> tuple[list[dict], None]:
     """Bagging, stacking, voting: every member at once, up to max_parallel at a time. -> (results, no weights)."""
-    queue, results = list(enumerate(members)), {}
-    oof = {"folds": ensemble.folds, "seed": ensemble.seed} if ensemble.rule == "stacking" and \
-        ensemble.meta == "oof" else None
+    queue, results, oof = list(enumerate(members)), {}, ensemble.out_of_fold()
 
     def submit_next():
         if not queue:
@@ -77,9 +75,8 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
         i, m = queue.pop(0)
         if m.uri:
             return i, submit(registered_member, config, m.name, m.uri, dataset, manifest, run_id, ws)
-        resample = {"kind": "bootstrap", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction} \
-            if ensemble.method == "bagging" else None
-        return i, submit(member, m.config, m.name, m.overrides, resample, oof, dataset, manifest, stats, run_id, ws)
+        return i, submit(member, m.config, m.name, m.overrides, ensemble.resample(i), oof, dataset, manifest, stats,
+                         run_id, ws)
 
     def on_done(i: int, result) -> dict:
         failed = isinstance(result, BaseException)
@@ -99,9 +96,8 @@ def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member
     left. -> (results, vote weights of the complete members)."""
     weights, trained, alphas = None, [], []
     for i, m in enumerate(members):
-        resample = {"kind": "weighted", "seed": [ensemble.seed, i], "fraction": ensemble.sample_fraction,
-                    "weights": weights}
-        future = submit(member, m.config, m.name, m.overrides, resample, None, dataset, manifest, stats, run_id, ws)
+        future = submit(member, m.config, m.name, m.overrides, ensemble.resample(i, weights), None, dataset, manifest,
+                        stats, run_id, ws)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):  # the next round draws from the same weights
             trained.append(finished(_failed(result, m.name)))

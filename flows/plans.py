@@ -13,18 +13,10 @@ from typing import Any
 
 from flows import runners
 from trainlib.config import PipelineConfig, override
-from trainlib.ensemble import EnsembleConfig, Member, plan
+from trainlib.ensemble import METHODS, EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
-from trainlib.tuning import (
-    SearchConfig,
-    check_keys,
-    check_space,
-    label,
-    needs_validation,
-    share_cpus,
-    trial_base,
-    variants,
-)
+from trainlib.tuning import SearchConfig, check_space, trial_base
+from trainlib.variants import check_keys, label, needs_validation, share_cpus, variants
 
 
 def fresh_weights(config: PipelineConfig, command: str) -> None:
@@ -108,6 +100,6 @@ def ensemble(config: PipelineConfig, settings: EnsembleConfig, runner: str | Non
     """`trainflow ensemble`: every member's config (or registered model), sharing the CPUs of one process."""
     fresh_weights(config, "ensemble")
     members = plan(config, settings)
-    parallel = 1 if settings.method == "boosting" else min(settings.max_parallel, len(members))
+    parallel = 1 if METHODS[settings.method].sequential else min(settings.max_parallel, len(members))
     members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
     return Ensemble(config, settings, members, parallel, runners.check(runner))

@@ -3,8 +3,6 @@ retrain the best config -> evaluate -> register -> report."""
 
 from __future__ import annotations
 
-import time
-
 import optuna
 import yaml
 from prefect import flow
@@ -13,21 +11,17 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, parameter, prepare_data, run_bounded, train_and_register
 from flows.runners import Submit, fan_out, in_other_processes
-from tasks import tracking
+from tasks import studies, tracking
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.settings import workspace
 from tasks.split import merge_val
+from tasks.studies import create_study
 from tasks.study import study_report
-from trainlib import studies
 from trainlib.config import PipelineConfig, flatten, override
-from trainlib.errors import ConfigError, TrainingError
-from trainlib.studies import tell
-from trainlib.tuning import SearchConfig, create_study, decode, suggest, trial_base
-
-States = optuna.trial.TrialState
+from trainlib.tuning import SearchConfig, decode, trial_base
 
 
 def run_name() -> str:
@@ -65,49 +59,17 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
     """Ask the study for trials and run them, `search.max_parallel` at a time, until the budget (trials
     the study should hold, with those of other processes sharing it) or the timeout is spent; returns the
     trials' MLflow run ids."""
-    budget, deadline = search.budget(), time.monotonic() + search.timeout if search.timeout else None
-    children: list[str] = []
-    running: dict[int, optuna.Trial] = {}
-    lock = studies.AskLock(search.storage, study_name)
+    with studies.AskTell(study, search, study_name, config) as trials:
 
-    def submit_next():
-        while deadline is None or time.monotonic() < deadline:
-            t = studies.ask(study, lock, budget)
-            if t is None:
+        def submit_next():
+            if (t := trials.ask()) is None:
                 return None
-            params = suggest(t, search.space)
-            try:
-                trial_config = override(config, params)
-            except ConfigError as exc:  # a combination the config refuses (each value alone was valid)
-                tell(study, t, state=States.FAIL, attrs={"error": str(exc)})
-                continue
-            running[t._trial_id] = t
-            return t, submit(trial, trial_config, params, search, study_name, t._trial_id, t.number, dataset,
+            return t, submit(trial, t.config, t.params, search, study_name, t.trial_id, t.number, dataset,
                              manifest, stats, run_id)
-        return None
 
-    def on_done(t: optuna.Trial, result) -> dict:
-        running.pop(t._trial_id, None)
-        if isinstance(result, BaseException):
-            tell(study, t, state=States.FAIL, attrs={"error": f"{type(result).__name__}: {result}"})
-            return {"number": t.number, "state": "failed"}
-        children.append(result["run_id"])
-        if result["state"] == "pruned":
-            tell(study, t, state=States.PRUNED)
-        else:
-            tell(study, t, result["value"], attrs={"best_epoch": result["best_epoch"]})
-        return result
-
-    try:
-        with studies.heartbeats(study, lambda: list(running)):
-            run_bounded(search.max_parallel, submit_next, on_done)
-    finally:
-        lock.close()
-    complete = len(study.get_trials(deepcopy=False, states=(States.COMPLETE,)))
-    if complete < search.min_complete:
-        raise TrainingError(f"{complete} trial(s) of study {study_name} completed, fewer than search.min_complete "
-                            f"({search.min_complete}); see the failed trials' runs")
-    return children
+        run_bounded(search.max_parallel, submit_next, trials.tell)
+    trials.check_complete()
+    return trials.run_ids
 
 
 def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Study, dataset: DatasetRef,

@@ -14,10 +14,11 @@ from tasks import tracking
 from tasks.refs import DatasetRef, ManifestRef
 from tasks.register import example_inputs, promote
 from trainlib import plots, recipe
-from trainlib.combine import Ensemble, export, load_exported, meta_features
+from trainlib.combine import Ensemble, disagreement, fit_meta, meta_features
 from trainlib.config import PipelineConfig, RegisterConfig
 from trainlib.data.split import indices
-from trainlib.ensemble import EnsembleConfig, disagreement, fit_meta
+from trainlib.ensemble import META_SOURCES, EnsembleConfig
+from trainlib.export import export, load_exported
 from trainlib.models import load_model
 
 
@@ -28,9 +29,9 @@ def _module(path: str) -> torch.nn.Module:
 def _meta(ensemble: EnsembleConfig, members: list[dict], labels: np.ndarray, manifest) -> tuple:
     """The stacking meta-learner, fitted on the members' out-of-fold train predictions or on validation
     (never on test). -> (meta-learner, the dataset rows it was fitted on)."""
-    source, split = ("oof", "train") if ensemble.meta == "oof" else ("val", "val")
-    rows = indices(manifest, split)
-    probs = torch.stack([torch.from_numpy(np.load(m["probabilities"])[source]) for m in members])
+    source = META_SOURCES[ensemble.meta]
+    rows = indices(manifest, source.split)
+    probs = torch.stack([torch.from_numpy(np.load(m["probabilities"])[source.predictions]) for m in members])
     meta = fit_meta(meta_features(probs), torch.from_numpy(labels[rows].copy()), probs.shape[2], ensemble.meta_l2)
     return meta, rows
 
@@ -42,7 +43,7 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
     -> {program, about (files), metrics, weights, disagreement}."""
     ds, m = dataset.load(), manifest.load()
     log, ws = tracking.RunLogger(run_id), Path(workspace)
-    meta, meta_rows = _meta(ensemble, members, ds.labels.numpy(), m) if ensemble.rule == "stacking" else (None, None)
+    meta, meta_rows = _meta(ensemble, members, ds.labels.numpy(), m) if ensemble.combination.learned else (None, None)
     model = Ensemble([_module(x["model"]) for x in members], ensemble.rule, weights, meta)
     metrics = {}
     for split in ("val", "test"):
@@ -53,7 +54,7 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
     log.log_dict(result.report, "classification_report.json")
     if meta_rows is not None:  # the rows the meta-learner saw, for audit: train (out of fold) or val, never test
-        log.log_dict({"split": "train" if ensemble.meta == "oof" else "val", "rows": meta_rows.tolist()},
+        log.log_dict({"split": META_SOURCES[ensemble.meta].split, "rows": meta_rows.tolist()},
                      "stacking_meta_rows.json")
     predictions = np.stack([np.load(x["probabilities"])["test"].argmax(1) for x in members])
     votes = [None] * len(members) if meta else weights or [1.0] * len(members)  # stacking: the meta-learner weighs

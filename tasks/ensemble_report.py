@@ -25,7 +25,7 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
                     registered: dict, workspace: str) -> dict:
     """-> the ensemble's summary (as `trainflow ensemble --json` prints it)."""
     done = [x for x in members if x["state"] == "complete"]
-    weights = {} if ensemble.rule == "stacking" else dict(  # stacking weighs through its meta-learner
+    weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
         zip((x["label"] for x in done), combined["weights"] or [1.0] * len(done), strict=True))
     rows = [_row(x["label"], x["state"], x.get("metrics", {}), weight=weights.get(x["label"]),
                  epochs=x.get("epochs"), seconds=round(x["seconds"], 2) if x.get("seconds") else None,

@@ -17,10 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.record import open_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.studies import open_study
 from trainlib import recipe
 from trainlib.config import PipelineConfig
 from trainlib.models import save_model
-from trainlib.tuning import PruningCallback, SearchConfig, open_study
+from trainlib.tuning import PruningCallback, SearchConfig
 
 
 def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef):

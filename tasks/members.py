@@ -17,14 +17,15 @@ from tasks import tracking
 from tasks.fanout import child_run, load_data
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib import recipe
-from trainlib.combine import Program, export
+from trainlib.boosting import samme
 from trainlib.config import PipelineConfig
 from trainlib.data.batches import subset
 from trainlib.data.split import SPLITS, indices
-from trainlib.ensemble import bootstrap, folds, samme, weighted_resample
 from trainlib.errors import ConfigError
+from trainlib.export import Program, export
 from trainlib.metrics import from_logits
 from trainlib.models import save_model
+from trainlib.resample import Resample, folds
 
 PROBABILITIES = "probabilities.npz"  # one (N, K) array per split (train, val, test) and, for stacking, oof
 
@@ -40,16 +41,6 @@ def _metrics(probs: dict[str, np.ndarray], labels: np.ndarray, manifest, classes
     return out
 
 
-def _resample(spec: dict | None, labels: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """The rows a bagging or boosting member trains on: a stratified bootstrap, or a draw by sample weight."""
-    if spec is None:
-        return None
-    if spec["kind"] == "bootstrap":
-        return bootstrap(labels, rows, spec["seed"], spec["fraction"])
-    weights = np.load(spec["weights"]) if spec["weights"] else np.ones(len(rows))  # first round: uniform
-    return weighted_resample(rows, weights, spec["seed"], spec["fraction"])
-
-
 def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, seed: int, log) -> np.ndarray:
     """Probabilities over the train split `rows`, each from a copy of the member fitted without its fold."""
     ds, manifest, stats = data
@@ -63,11 +54,11 @@ def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, 
 
 
 @task(name="member", cache_policy=NO_CACHE)
-def member(config: PipelineConfig, name: str, overrides: dict, resample: dict | None, oof: dict | None,
+def member(config: PipelineConfig, name: str, overrides: dict, resample: Resample | None, oof: dict | None,
            dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
-    """Train one member on the train split, or on a `resample` of it ({kind: bootstrap | weighted, seed,
-    fraction, weights (file)}); with `oof` ({folds, seed}) first its out-of-fold probabilities over the
-    train split. -> {label, run_id, model, probabilities (files), metrics, epochs, seconds}."""
+    """Train one member on the train split, or on the rows `resample` draws from it; with `oof` ({folds,
+    seed}) first its out-of-fold probabilities over the train split. -> {label, run_id, model, probabilities
+    (files), metrics, epochs, seconds}."""
     run_id = child_run(config, name, parent_run_id, "member", overrides, dataset.digest)
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     ws = Path(workspace) / run_id
@@ -75,7 +66,7 @@ def member(config: PipelineConfig, name: str, overrides: dict, resample: dict | 
     with tracking.finishing(run_id):
         data = ds, m, norm = load_data(config, dataset, manifest, stats)
         labels, train_rows = ds.labels.numpy(), indices(m, "train")
-        rows = _resample(resample, labels, train_rows)
+        rows = resample.draw(labels, train_rows) if resample else None
         if rows is not None:
             log.log_metrics({"resample_rows": len(rows), "resample_unique_rows": len(np.unique(rows)),
                              "resample_classes": len(np.unique(labels[rows]))}, step=0)

@@ -12,7 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.report import artifact_key, link, registration, summary
-from trainlib.tuning import SearchConfig, decode, open_study
+from tasks.studies import open_study
+from trainlib.tuning import SearchConfig, decode
 
 PLOTS = {
     "optimization_history.png": optuna.visualization.matplotlib.plot_optimization_history,

@@ -18,7 +18,7 @@ from tasks.report import artifact_key
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
 from trainlib.errors import ConfigError
-from trainlib.transfer import load_source, transplant
+from trainlib.transfer import STRATEGIES, load_source, transplant
 
 WEIGHTS = "checkpoints/model.pt"  # the trained model file every training run logs (architecture + weights)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -63,8 +63,9 @@ def check_source(config: PipelineConfig, source: SourceRef, dataset: DatasetRef,
     """Fit the source's weights into the new model once before training (a mismatch fails here, naming it)
     and record the lineage on the run. -> {copied, adapted, new} tensor names."""
     model = recipe.build_model(config, dataset.load(), stats.load())
-    report = transplant(model, load_source(source.path)) if config.transfer.strategy != "scratch" else \
-        {"copied": [], "adapted": [], "new": ["everything (scratch: the source's architecture only)"]}
+    strategy = config.transfer.strategy
+    report = transplant(model, load_source(source.path)) if STRATEGIES[strategy].copies_weights else \
+        {"copied": [], "adapted": [], "new": [f"everything ({strategy}: the source's architecture only)"]}
     log = tracking.RunLogger(run_id)
     log.set_tags({"transfer.source": source.uri, "transfer.strategy": config.transfer.strategy,
                   "transfer.source_run_id": source.source_run_id or "",

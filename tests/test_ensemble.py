@@ -1,27 +1,22 @@
-"""trainlib's ensemble pieces: resampling, SAMME, folds, the meta-learner, combination rules, the exported
-ensemble, and the ensemble settings."""
+"""trainlib's ensemble pieces: resampling and folds (trainlib.resample), SAMME (trainlib.boosting), the
+meta-learner and combination rules (trainlib.combine), the exported ensemble (trainlib.export), and the ensemble
+methods, settings and member plans (trainlib.ensemble)."""
+
+from typing import get_args
 
 import numpy as np
 import pytest
 import torch
 
 from trainlib import models
-from trainlib.combine import RULES, Ensemble, Program, export, load_exported, meta_features
+from trainlib.boosting import samme
+from trainlib.combine import RULES, Ensemble, disagreement, fit_meta, meta_features
 from trainlib.config import PipelineConfig, load_config, validate
-from trainlib.ensemble import (
-    DEFAULT_MEMBERS,
-    METHODS,
-    EnsembleConfig,
-    bootstrap,
-    disagreement,
-    fit_meta,
-    folds,
-    parse_member,
-    plan,
-    samme,
-    weighted_resample,
-)
+from trainlib.ensemble import DEFAULT_MEMBERS, META_SOURCES, METHODS, EnsembleConfig, plan
 from trainlib.errors import ConfigError, DataError
+from trainlib.export import Program, export, load_exported
+from trainlib.overrides import parse_member
+from trainlib.resample import RESAMPLERS, Resample, bootstrap, folds, weighted_resample
 
 LABELS = np.repeat(np.arange(4), [30, 20, 10, 40])  # unbalanced classes
 ROWS = np.arange(0, 100, 1)
@@ -35,6 +30,16 @@ def test_bootstrap_resamples_differ_and_keep_every_class_in_proportion():
         assert set(sample) <= set(rows) and len(np.unique(sample)) < len(sample)  # drawn with replacement
         assert np.array_equal(np.bincount(LABELS[sample], minlength=4), np.bincount(LABELS[rows], minlength=4))
     assert len(bootstrap(LABELS, rows, 0, fraction=0.5)) == pytest.approx(len(rows) / 2, abs=2)
+
+
+@pytest.mark.parametrize("kind", list(RESAMPLERS))
+def test_every_resampling_draws_seeded_train_rows_with_replacement(kind, tmp_path):
+    rows = ROWS[::2]
+    np.save(tmp_path / "w.npy", np.linspace(1, 2, len(rows)))
+    a, again, b = (Resample(kind, (0, i), 1.0, str(tmp_path / "w.npy")).draw(LABELS, rows) for i in (0, 0, 1))
+    assert set(a) <= set(rows) and len(a) == len(rows) and len(np.unique(a)) < len(a)
+    assert np.array_equal(a, again) and not np.array_equal(a, b)
+    assert len(Resample(kind, (0, 0), 0.5).draw(LABELS, rows)) == pytest.approx(len(rows) / 2, abs=2)
 
 
 def test_weighted_resample_draws_by_weight():
@@ -106,12 +111,24 @@ class Fixed(torch.nn.Module):
         return self.logits.expand(x.shape[0], -1)
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "stacking"])
+def _plain_average(members: int, classes: int) -> torch.nn.Linear:
+    """A meta-learner averaging the members' log-probabilities (where fit_meta starts from)."""
+    meta = torch.nn.Linear(members * classes, classes)
+    with torch.no_grad():
+        meta.weight.copy_(torch.eye(classes).repeat(1, members) / members)
+        meta.bias.zero_()
+    return meta
+
+
+@pytest.mark.parametrize("rule", list(RULES))
 def test_every_rule_gives_log_probabilities(rule):
     members = [Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 1.0, 0.0]), Fixed([0.0, 1.5, 0.0])]
-    out = Ensemble(members, rule)(torch.zeros(5, 2))
+    meta = _plain_average(3, 3) if RULES[rule].learned else None
+    out = Ensemble(members, rule, meta=meta)(torch.zeros(5, 2))
     assert out.shape == (5, 3) and torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-4)
-    assert (out.argmax(1) == 1).all()  # 2 of 3 votes; also the higher mean probability
+    assert (out.argmax(1) == 1).all()  # 2 of 3 votes; also the higher mean (log-)probability
+    with pytest.raises(ValueError, match="a meta-learner goes with a learned rule, and only with it"):
+        Ensemble(members, rule, meta=None if meta is not None else _plain_average(3, 3))
 
 
 def test_stacking_rule_uses_the_meta_learner():
@@ -145,14 +162,54 @@ def test_exported_ensemble_matches_and_takes_any_batch_size(tmp_path):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_has_a_plan_and_a_rule(method):
+    entry = METHODS[method]
     ensemble = validate({"method": method}, EnsembleConfig)
     members = plan(PipelineConfig(), ensemble)
-    assert len(members) == ensemble.size >= 2 and ensemble.rule in RULES
+    assert len(members) == ensemble.size == entry.default_size >= 2 and ensemble.rule in RULES
+    assert ensemble.combination is RULES[ensemble.rule] and ensemble.rule == (entry.rule or ensemble.vote)
     assert len({m.name for m in members}) == len(members)
-    if method in ("bagging", "boosting"):  # copies of the config with their own seeds
-        assert [m.config.training.seed for m in members] == list(range(5))
+    if entry.copies:  # copies of the config with their own seeds
+        assert [m.config.training.seed for m in members] == list(range(entry.default_size))
     else:
         assert [m.config.model.name for m in members] == [d["model.name"] for d in DEFAULT_MEMBERS]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_resamples_its_members_as_its_entry_says(method):
+    entry = METHODS[method]
+    ensemble = validate({"method": method}, EnsembleConfig)
+    first, second = ensemble.resample(0), ensemble.resample(1, weights="w.npy")
+    if entry.resample is None:  # every member trains on the whole train split
+        assert first is second is None
+    else:
+        assert first.kind == second.kind == entry.resample and entry.resample in RESAMPLERS
+        assert first.seed != second.seed and second.weights == "w.npy"
+    assert not entry.sequential or entry.resample == "weighted"  # in sequence: each round on the last one's weights
+    assert (ensemble.out_of_fold() is not None) == (ensemble.combination.learned and
+                                                    META_SOURCES[ensemble.meta].out_of_fold)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_only_methods_that_take_registered_models_accept_them(method):
+    entry = METHODS[method]
+    raw = {"method": method, "configs": ["models:/digits-cnn@champion", {"model.name": "mlp"}]}
+    if entry.copies:
+        with pytest.raises(ConfigError, match=f"configs: {method} trains copies"):
+            validate(raw, EnsembleConfig, "ensemble")
+    elif entry.registered:
+        assert plan(PipelineConfig(), validate(raw, EnsembleConfig))[0].uri == "models:/digits-cnn@champion"
+    else:
+        with pytest.raises(ConfigError, match="can only join a voting ensemble"):
+            validate(raw, EnsembleConfig, "ensemble")
+
+
+@pytest.mark.parametrize("meta", list(META_SOURCES))
+def test_every_meta_source_fits_the_meta_learner_off_the_test_split(meta):
+    source = META_SOURCES[meta]
+    stacking = validate({"method": "stacking", "meta": meta}, EnsembleConfig)
+    assert source.split in ("train", "val") and (stacking.out_of_fold() is not None) == source.out_of_fold
+    assert source.predictions == ("oof" if source.out_of_fold else source.split)
+    assert set(META_SOURCES) == set(get_args(EnsembleConfig.model_fields["meta"].annotation))
 
 
 def test_members_from_overrides_files_and_registered_models(tmp_path):

@@ -1,11 +1,38 @@
-"""Rule 1 of DESIGN.md: trainlib never imports prefect or mlflow."""
+"""Rule 1 of DESIGN.md: imports point one way (deployments -> flows -> tasks -> trainlib), and trainlib never
+imports prefect or mlflow, nor holds databases or file locks."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-TRAINLIB = Path(__file__).resolve().parents[1] / "trainlib"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINLIB = ROOT / "trainlib"
+LAYERS = ["deployments", "flows", "tasks", "trainlib"]  # each imports only the layers after it
+
+
+def imported(folder: Path) -> list[tuple[str, str]]:
+    """(file, top-level module) of every import statement under `folder`, also those inside functions."""
+    out = []
+    for file in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            out += [(str(file.relative_to(ROOT)), n.split(".")[0]) for n in names]
+    return out
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_imports_point_one_way(layer):
+    above = set(LAYERS[:LAYERS.index(layer)])
+    assert [f"{file}: {name}" for file, name in imported(ROOT / layer) if name in above] == []
+
+
+def test_trainlib_holds_no_database_connections_or_file_locks():
+    # study storages, their locks and heartbeats are the orchestrating layer's (tasks/studies.py)
+    assert [f"{file}: {name}" for file, name in imported(TRAINLIB) if name in {"sqlalchemy", "fcntl"}] == []
 
 
 def test_no_prefect_or_mlflow_import_statements():

@@ -1,4 +1,4 @@
-"""Study storages shared by several askers (trainlib.studies): the ask lock, the shared budget, heartbeats."""
+"""Study storages shared by several askers (tasks.studies): the ask lock, the shared budget, heartbeats."""
 
 import threading
 import time
@@ -6,8 +6,10 @@ import time
 import optuna
 import pytest
 
-from trainlib import studies
-from trainlib.errors import ConfigError
+from tasks import studies
+from trainlib.config import PipelineConfig, validate
+from trainlib.errors import ConfigError, TrainingError
+from trainlib.tuning import SearchConfig
 
 States = optuna.trial.TrialState
 GRID = {"x": [1, 2, 3], "y": ["a", "b"]}
@@ -76,3 +78,28 @@ def test_an_unreachable_storage_is_one_error_naming_it_without_its_password():
         studies.storage("postgresql://trainer:hunter2@127.0.0.1:9/db")
     assert "postgresql://trainer:***@127.0.0.1:9/db: cannot open the study database" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_ask_tell_runs_a_grid_within_its_budget_and_records_every_outcome(tmp_path):
+    space = {"optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]},
+             "optimizer.nesterov": {"type": "categorical", "choices": [True, False]}}  # adam with nesterov: refused
+    search = validate({"strategy": "grid", "pruner": "none", "min_complete": 3, "space": space,
+                       "storage": f"sqlite:///{tmp_path / 's.db'}"}, SearchConfig)
+    study = studies.create_study(search, "drive", epochs=3)
+    with studies.AskTell(study, search, "drive", PipelineConfig()) as trials:
+        asked = [trials.ask() for _ in range(3)]  # three trials running at once
+        assert trials.ask() is None  # the fourth grid point was refused (told as failed): the budget of 4 is spent
+        assert sorted(trials.running) == sorted(t.trial_id for t in asked)
+        assert all(t.config.optimizer.name == t.params["optimizer.name"] for t in asked)
+        assert trials.tell(asked[0], {"run_id": "r0", "state": "complete", "value": 0.9, "best_epoch": 2})["value"] \
+            == 0.9
+        assert trials.tell(asked[1], {"run_id": "r1", "state": "pruned"})["state"] == "pruned"
+        assert trials.tell(asked[2], RuntimeError("out of memory")) == {"number": asked[2].number, "state": "failed"}
+    assert trials.run_ids == ["r0", "r1"] and trials.running == {}
+    states = {t.number: (t.state, t.user_attrs.get("error")) for t in studies.open_study(search, "drive", 3).trials}
+    assert states[asked[0].number] == (States.COMPLETE, None) and states[asked[1].number] == (States.PRUNED, None)
+    assert states[asked[2].number] == (States.FAIL, "RuntimeError: out of memory")
+    refused = [error for state, error in states.values() if state == States.FAIL and "nesterov" in (error or "")]
+    assert len(refused) == 1
+    with pytest.raises(TrainingError, match=r"1 trial\(s\) of study drive completed, fewer than search.min_complete"):
+        trials.check_complete()

@@ -87,11 +87,11 @@ def override_epochs(cfg, epochs):
 
 
 def test_gradual_unfreezing_releases_one_group_at_a_time_from_the_top():
-    frozen = transfer.STRATEGIES["finetune"](groups=4, head_epochs=2, gradual=3)
+    frozen = transfer.STRATEGIES["finetune"].frozen(groups=4, head_epochs=2, gradual=3)
     assert [frozen(done) for done in range(0, 14, 1)] == [4, 4, 3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0]
-    assert transfer.STRATEGIES["finetune"](4, 2, 0)(2) == 0  # all at once
-    assert transfer.STRATEGIES["feature_extraction"](4, 2, 0)(99) == 4
-    assert transfer.STRATEGIES["scratch"](4, 2, 0)(0) == 0
+    assert transfer.STRATEGIES["finetune"].frozen(4, 2, 0)(2) == 0  # all at once
+    assert transfer.STRATEGIES["feature_extraction"].frozen(4, 2, 0)(99) == 4
+    assert transfer.STRATEGIES["scratch"].frozen(4, 2, 0)(0) == 0
     model = build("cnn", (1, 8, 8), 5, None)
     groups = transfer.groups(model)
     assert len(groups) == 4 and all(isinstance(g[0], torch.nn.Conv2d) and len(g) == 2 for g in groups)
@@ -104,6 +104,23 @@ def test_every_strategy_trains_from_a_source(strategy, source_file):
     cfg, ds, manifest, norm = _target(f"transfer.strategy={strategy}", "training.epochs=1")
     model, fit = recipe.train(cfg, ds, manifest, norm, source=source_file)
     assert fit.stopped_epoch == 1 and recipe.test(cfg, model, ds, manifest).accuracy > 0
+
+
+@pytest.mark.parametrize("strategy", list(transfer.STRATEGIES))
+def test_every_strategy_sets_training_up_as_its_entry_says(strategy, source_file):
+    entry = transfer.STRATEGIES[strategy]
+    cfg, ds, _, norm = _target(f"transfer.strategy={strategy}", "transfer.head_epochs=1")
+    fresh, model = recipe.build_model(cfg, ds, norm), recipe.build_model(cfg, ds, norm)
+    params, freezer = recipe.transfer_setup(cfg, model, source_file)
+    source = transfer.load_source(source_file).state
+    weights = [k for k, v in model.state_dict().items() if k.startswith("net.") and v.ndim >= 2]
+    assert any(torch.equal(model.state_dict()[k], source[k]) for k in weights) == entry.copies_weights
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items()) != entry.copies_weights
+    groups = list(params)
+    assert (len(groups) == 2 and isinstance(groups[0], dict)) == entry.backbone_group
+    frozen = entry.frozen(len(freezer.groups), 1, 0)(0)  # backbone groups frozen in the first epoch
+    assert [not any(p.requires_grad for m in g for p in m.parameters()) for g in freezer.groups] == \
+        [i < frozen for i in range(len(freezer.groups))]
 
 
 def test_a_new_head_and_an_adapted_stem(source_file, tmp_path):

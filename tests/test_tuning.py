@@ -1,4 +1,5 @@
-"""Search files, spaces, samplers and pruners (trainlib.tuning), without Prefect or MLflow."""
+"""Search files, spaces, samplers and pruners (trainlib.tuning) on in-memory studies (tasks.studies), and
+comparison grids (trainlib.variants), without Prefect or MLflow."""
 
 import itertools
 import re
@@ -6,28 +7,24 @@ import re
 import optuna
 import pytest
 
+from tasks.studies import create_study, tell
 from trainlib import recipe
 from trainlib.config import PipelineConfig, load_config, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
 from trainlib.overrides import parse_vary
-from trainlib.studies import tell
 from trainlib.tuning import (
     PRUNERS,
     SAMPLERS,
     PruningCallback,
     SearchConfig,
-    check_keys,
     check_space,
-    create_study,
     grid_values,
-    needs_validation,
-    share_cpus,
     suggest,
     trial_base,
-    variants,
 )
+from trainlib.variants import check_keys, needs_validation, share_cpus, variants
 
 SPACE = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
          "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},

@@ -1,5 +1,7 @@
-"""How members' predictions become one: the ensemble as a single torch module (raw inputs in, log-probabilities
-out), so the flow evaluates exactly what is registered and it exports as one program.
+"""How members' predictions become one: the combination rules (a fixed weighted average or vote, or a
+stacking meta-learner fitted here on held-out predictions), the ensemble as a single torch module (raw inputs
+in, log-probabilities out) so the flow evaluates exactly what is registered and trainlib.export saves it as
+one program, and how often members disagree.
 
 Log-probabilities keep the ensemble interchangeable with a single model's logits: argmax is the class,
 softmax gives the probabilities.
@@ -7,11 +9,12 @@ softmax gives the probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch._dynamo  # noqa: F401 - imported once up front: export's first import of it, racing another
-from torch import nn  # thread's (optimizers import it too), fails with a circular-import error
+from torch import nn
 
 from trainlib.registry import Registry
 
@@ -31,7 +34,17 @@ def hard(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (soft(votes, weights) + TIE * soft(probs, weights)) / (1 + TIE)
 
 
-RULES = Registry("combination rule", {"soft": soft, "hard": hard, "stacking": None})
+@dataclass(frozen=True)
+class Rule:
+    """How the members' probabilities become the ensemble's: a fixed function of them and the member weights,
+    (M, N, K), (M,) -> (N, K); or, when `learned`, a meta-learner fitted on their held-out predictions, which
+    weighs the members itself."""
+
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    learned: bool = False
+
+
+RULES = Registry("combination rule", {"soft": Rule(soft), "hard": Rule(hard), "stacking": Rule(learned=True)})
 
 
 def meta_features(probs: torch.Tensor) -> torch.Tensor:
@@ -39,16 +52,37 @@ def meta_features(probs: torch.Tensor) -> torch.Tensor:
     return torch.log(probs.clamp_min(FLOOR)).permute(1, 0, 2).flatten(1)
 
 
+def fit_meta(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float = 1e-3,
+             steps: int = 200) -> torch.nn.Linear:
+    """Multinomial logistic regression (full-batch L-BFGS, L2 on the weights) from the members' stacked
+    log-probabilities to the class."""
+    torch.manual_seed(0)
+    meta = torch.nn.Linear(features.shape[1], n_classes)
+    with torch.no_grad():  # start from the members' plain average: the sum of their log-probabilities
+        meta.weight.copy_(torch.eye(n_classes).repeat(1, features.shape[1] // n_classes) /
+                          (features.shape[1] // n_classes))
+        meta.bias.zero_()
+    opt = torch.optim.LBFGS(meta.parameters(), lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(meta(features), labels) + l2 * meta.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return meta.requires_grad_(False)
+
+
 class Ensemble(nn.Module):
-    """Members (each a raw-input -> logits module, normalization inside) and how they are combined:
-    `rule` soft | hard with per-member `weights`, or stacking through a linear `meta` learner."""
+    """Members (each a raw-input -> logits module, normalization inside) and how they are combined: a fixed
+    `rule` (soft | hard) with per-member `weights`, or a learned one (stacking) through a linear `meta` learner."""
 
     def __init__(self, members: Sequence[nn.Module], rule: str, weights: Sequence[float] | None = None,
                  meta: nn.Linear | None = None):
         super().__init__()
-        RULES.check(rule)
-        if (rule == "stacking") != (meta is not None):
-            raise ValueError("a meta-learner goes with rule 'stacking', and only with it")
+        if RULES[rule].learned != (meta is not None):
+            raise ValueError(f"rule {rule!r}: a meta-learner goes with a learned rule, and only with it")
         self.members, self.rule, self.stacker = nn.ModuleList(members), rule, meta
         self.register_buffer("weights", torch.tensor(list(weights or [1.0] * len(members)), dtype=torch.float32))
         self.eval()  # never trained as a whole: members are fitted first, the meta-learner on their outputs
@@ -61,31 +95,9 @@ class Ensemble(nn.Module):
         probs = self.probabilities(x)
         if self.stacker is not None:  # not named `meta`: exported programs' modules have a `meta` dict
             return torch.log_softmax(self.stacker(meta_features(probs)), 1)
-        return torch.log(RULES[self.rule](probs, self.weights).clamp_min(FLOOR))
+        return torch.log(RULES[self.rule].combine(probs, self.weights).clamp_min(FLOOR))
 
 
-def export(module: nn.Module, example: torch.Tensor, path) -> None:
-    """Save `module` as a torch.export program (.pt2) with a dynamic batch size: loadable with torch alone."""
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
-
-
-class Program(nn.Module):
-    """An exported program as a module that, like any other, accepts train()/eval() (a no-op: it is
-    frozen in the mode it was exported in) and any numeric input dtype."""
-
-    def __init__(self, program: nn.Module):
-        super().__init__()
-        self.program = program
-
-    def train(self, mode: bool = True) -> Program:
-        self.training = mode
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x.float())  # exported from float inputs; raw data may be stored as uint8
-
-
-def load_exported(path) -> Program:
-    """A module saved by `export`."""
-    return Program(torch.export.load(str(path)).module())
+def disagreement(predictions: np.ndarray) -> np.ndarray:
+    """(M, M) share of samples on which members i and j predict different classes, from (M, N) predictions."""
+    return (predictions[:, None, :] != predictions[None, :, :]).mean(2)

@@ -1,39 +1,71 @@
-"""Ensembles: the `trainflow ensemble` settings, member plans, resampling (bootstrap, boosting weights,
-k folds), SAMME member weights, the stacking meta-learner, and how often members disagree."""
+"""What an ensemble is made of: its methods (a registry of what each does), the `trainflow ensemble`
+settings, and the plan of its members (every member's config, or a registered model to reuse).
+
+The pieces each method uses live apart: trainlib.resample (bootstrap, weighted draws, folds),
+trainlib.boosting (SAMME), trainlib.combine (combination rules, the meta-learner, the ensemble module).
+"""
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
-import torch
 from pydantic import Field, model_validator
 
+from trainlib.combine import RULES, Rule
 from trainlib.config import PipelineConfig, Section, override, validate
-from trainlib.errors import ConfigError, DataError
-from trainlib.overrides import parse_set, read_yaml
+from trainlib.errors import ConfigError
+from trainlib.overrides import URI_PREFIXES, read_yaml
 from trainlib.registry import Registry
+from trainlib.resample import Resample
 
-# method -> how its members are combined (trainlib.combine.RULES); voting's comes from `vote`.
-METHODS = Registry("ensemble method", {
-    "bagging": "soft",  # copies of the config on bootstrap resamples of the train split; averaged probabilities
-    "boosting": "hard",  # copies trained in sequence on re-weighted resamples; SAMME-weighted votes
-    "stacking": "stacking",  # different configs; a meta-learner on their out-of-fold (or validation) predictions
-    "voting": None,  # different configs or registered models; soft or hard vote
-})
-URI_PREFIXES = ("models:/", "runs:/")
 # Stacking and voting members when none are given: three different learners of the base config's data.
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
     {"model.name": "mlp"},
     {"model.name": "cnn"},
     {"model.name": "cnn", "optimizer.name": "sgd", "optimizer.lr": 0.05, "schedule.name": "cosine"},
 )
+
+
+@dataclass(frozen=True)
+class Method:
+    """What an ensemble method does, for the code that plans, trains and combines its members to ask."""
+
+    rule: str | None  # how members are combined (trainlib.combine.RULES); None: the `vote` setting says
+    copies: bool  # True: copies of the base config with their own seeds; False: one member per entry of `configs`
+    default_size: int  # members when neither `members` nor `configs` is given
+    resample: str | None = None  # how each member draws its train rows (trainlib.resample.RESAMPLERS); None: all
+    sequential: bool = False  # members train one after another, each on the sample weights its predecessors left
+    registered: bool = False  # members may be registered models (models:/...), reused rather than trained
+
+
+METHODS = Registry("ensemble method", {
+    # copies of the config on bootstrap resamples of the train split; averaged probabilities
+    "bagging": Method("soft", copies=True, default_size=5, resample="bootstrap"),
+    # copies trained in sequence on re-weighted resamples; SAMME-weighted votes
+    "boosting": Method("hard", copies=True, default_size=5, resample="weighted", sequential=True),
+    # different configs; a meta-learner on their out-of-fold (or validation) predictions
+    "stacking": Method("stacking", copies=False, default_size=len(DEFAULT_MEMBERS)),
+    # different configs or registered models; soft or hard vote
+    "voting": Method(None, copies=False, default_size=len(DEFAULT_MEMBERS), registered=True),
+})
+
+
+@dataclass(frozen=True)
+class MetaSource:
+    """What a learned combination (stacking's meta-learner) is fitted on; never the test split."""
+
+    split: str  # the dataset rows: those of this split
+    predictions: str  # the members' predictions over them: this entry of each member's probabilities
+    out_of_fold: bool  # members first predict the train split out of fold (k more fits each)
+
+
+META_SOURCES = Registry("meta-learner source", {
+    "oof": MetaSource("train", "oof", out_of_fold=True),
+    "val": MetaSource("val", "val", out_of_fold=False),
+})
 Count = Annotated[int, Field(ge=1)]
-Seed = int | Sequence[int]  # numpy seed: e.g. [ensemble seed, member index]
 
 
 class EnsembleConfig(Section):
@@ -60,16 +92,15 @@ class EnsembleConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
-        METHODS.check(self.method)
-        resampled = self.method in ("bagging", "boosting")
-        if resampled and self.configs is not None:
+        method = METHODS[self.method]
+        if method.copies and self.configs is not None:
             raise ConfigError(f"configs: {self.method} trains copies of the base config on resamples; "
                               "change them with --set, or use stacking or voting for different configs")
-        if not resampled and self.members is not None:
+        if not method.copies and self.members is not None:
             raise ConfigError(f"members: {self.method} takes one member per entry of configs "
                               "(--member); leave members unset")
-        if self.method != "voting" and any(isinstance(c, str) and c.startswith(URI_PREFIXES)
-                                           for c in self.configs or ()):
+        if not method.registered and any(isinstance(c, str) and c.startswith(URI_PREFIXES)
+                                         for c in self.configs or ()):
             raise ConfigError("configs: registered models (models:/...) can only join a voting ensemble; "
                               "the other methods train their members")
         if self.configs is not None and len(self.configs) < 2:
@@ -81,14 +112,29 @@ class EnsembleConfig(Section):
     @property
     def rule(self) -> str:
         """The combination rule (trainlib.combine.RULES) of this method."""
-        return METHODS[self.method] or self.vote
+        return METHODS[self.method].rule or self.vote
+
+    @property
+    def combination(self) -> Rule:
+        """How the members are combined: a fixed rule, or a learned one (a meta-learner)."""
+        return RULES[self.rule]
 
     @property
     def size(self) -> int:
         """How many members (for boosting: at most)."""
-        if self.method in ("stacking", "voting"):
-            return len(self.configs or DEFAULT_MEMBERS)
-        return self.members or 5
+        return len(self.configs or ()) or self.members or METHODS[self.method].default_size
+
+    def resample(self, member: int, weights: str | None = None) -> Resample | None:
+        """How member `member` (from 0) draws its train rows, with the sample `weights` (a file) its
+        predecessors left when members train in sequence; None: it trains on the whole train split."""
+        kind = METHODS[self.method].resample
+        return Resample(kind, (self.seed, member), self.sample_fraction, weights) if kind else None
+
+    def out_of_fold(self) -> dict | None:
+        """{folds, seed} when every member first predicts the train split out of fold for the meta-learner."""
+        if self.combination.learned and META_SOURCES[self.meta].out_of_fold:
+            return {"folds": self.folds, "seed": self.seed}
+        return None
 
 
 def registered_name(name: str) -> str:
@@ -108,20 +154,6 @@ def short_label(overrides: dict[str, Any]) -> str:
     return " ".join(str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
 
 
-def parse_member(text: str) -> str | dict[str, Any]:
-    """A `--member` value: a registered model URI or a config YAML path (kept as given), or space-separated
-    `key=value` overrides of the base config, e.g. `model.name=cnn optimizer.name=sgd`."""
-    if text.startswith(URI_PREFIXES) or text.endswith((".yaml", ".yml")):
-        return text
-    try:
-        items = shlex.split(text)
-    except ValueError as exc:
-        raise ConfigError(f"--member {text!r}: {exc}") from None
-    if not items:
-        raise ConfigError("--member: empty; give key=value overrides, a config YAML or models:/name@alias")
-    return dict(parse_set(item) for item in items)
-
-
 @dataclass(frozen=True)
 class Member:
     """One planned member: a config to train, or a registered model to reuse (`uri`)."""
@@ -137,7 +169,7 @@ SHARED = ("data", "split")  # every member sees the same data and split: their p
 
 def plan(config: PipelineConfig, ensemble: EnsembleConfig) -> list[Member]:
     """Every member's config, validated up front (bad overrides fail before anything trains)."""
-    if ensemble.method in ("bagging", "boosting"):
+    if METHODS[ensemble.method].copies:
         return [Member(f"member {i + 1}", override(config, {"training.seed": config.training.seed + i}),
                        {"training.seed": config.training.seed + i}) for i in range(ensemble.size)]
     members = []
@@ -155,82 +187,6 @@ def plan(config: PipelineConfig, ensemble: EnsembleConfig) -> list[Member]:
                 raise ConfigError(f"ensemble member {i + 1} ({name}): its {section} section differs from the base "
                                   f"config's; every member must see the same {'/'.join(SHARED)}")
         members.append(Member(f"member {i + 1}: {name}", member, overrides))
-    if ensemble.method == "stacking" and ensemble.meta == "val" and config.split.val == 0:
+    if ensemble.combination.learned and META_SOURCES[ensemble.meta].split == "val" and config.split.val == 0:
         raise ConfigError("ensemble.meta: val needs a validation split (split.val > 0); use meta: oof")
     return members
-
-
-def bootstrap(labels: np.ndarray, rows: np.ndarray, seed: Seed, fraction: float = 1.0) -> np.ndarray:
-    """A stratified bootstrap of `rows` (dataset indices): each class drawn with replacement on its own, so
-    every class of the split stays, in its proportion."""
-    rng = np.random.default_rng(seed)
-    parts = [rng.choice(c, max(1, round(fraction * len(c)))) for c in
-             (rows[labels[rows] == k] for k in np.unique(labels[rows]))]
-    return np.sort(np.concatenate(parts))
-
-
-def weighted_resample(rows: np.ndarray, weights: np.ndarray, seed: Seed, fraction: float = 1.0) -> np.ndarray:
-    """`rows` drawn with replacement in proportion to `weights` (boosting by resampling)."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(rows, max(1, round(fraction * len(rows))), p=weights / weights.sum()))
-
-
-@dataclass(frozen=True)
-class Boost:
-    alpha: float  # the member's weight in the vote
-    error: float  # its weighted error on the train split
-    weights: np.ndarray  # the next round's sample weights (sum 1)
-    stop: str | None  # why boosting ends after this member, if it does
-
-
-def samme(weights: np.ndarray, correct: np.ndarray, n_classes: int, learning_rate: float = 1.0) -> Boost:
-    """One round of multi-class AdaBoost (SAMME): the member's weight from its weighted error, and sample
-    weights raised on the samples it got wrong. A member no better than chance gets weight 0 and ends
-    boosting; a perfect one ends it too, weighted as if it had made half a mistake."""
-    w = weights / weights.sum()
-    error = float(w[~correct].sum())
-    if error >= 1 - 1 / n_classes:
-        return Boost(0.0, error, w, f"weighted error {error:.4f} is no better than chance ({1 - 1 / n_classes:.4f})")
-    clipped = max(error, 0.5 / len(w))
-    alpha = learning_rate * (np.log((1 - clipped) / clipped) + np.log(n_classes - 1))
-    raised = w * np.exp(alpha * ~correct)
-    return Boost(float(alpha), error, raised / raised.sum(), "a perfect fit of the train split" if error == 0 else None)
-
-
-def folds(labels: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k folds of `rows`: (rows to fit, held-out rows) per fold; every row is held out once."""
-    counts = np.bincount(labels[rows])
-    if counts[counts > 0].min() < k:
-        raise DataError(f"ensemble.folds: a class has only {counts[counts > 0].min()} train samples, fewer than "
-                        f"the {k} folds; lower ensemble.folds or use meta: val")
-    from sklearn.model_selection import StratifiedKFold  # here: importing sklearn costs most of a second
-
-    splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
-    return [(rows[a], rows[b]) for a, b in splitter.split(rows, labels[rows])]
-
-
-def fit_meta(features: torch.Tensor, labels: torch.Tensor, n_classes: int, l2: float = 1e-3,
-             steps: int = 200) -> torch.nn.Linear:
-    """Multinomial logistic regression (full-batch L-BFGS, L2 on the weights) from the members' stacked
-    log-probabilities to the class."""
-    torch.manual_seed(0)
-    meta = torch.nn.Linear(features.shape[1], n_classes)
-    with torch.no_grad():  # start from the members' plain average: the sum of their log-probabilities
-        meta.weight.copy_(torch.eye(n_classes).repeat(1, features.shape[1] // n_classes) /
-                          (features.shape[1] // n_classes))
-        meta.bias.zero_()
-    opt = torch.optim.LBFGS(meta.parameters(), lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(meta(features), labels) + l2 * meta.weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return meta.requires_grad_(False)
-
-
-def disagreement(predictions: np.ndarray) -> np.ndarray:
-    """(M, M) share of samples on which members i and j predict different classes, from (M, N) predictions."""
-    return (predictions[:, None, :] != predictions[None, :, :]).mean(2)

@@ -1,14 +1,18 @@
-"""Text a user types: `--set key=value` and `--vary key=v1,v2` items (values read as YAML) and YAML files,
-turned into plain dicts with readable errors. Validation against the config models is trainlib.config's."""
+"""Text a user types: `--set key=value`, `--vary key=v1,v2` and `--member 'key=value ...'` items (values read
+as YAML) and YAML files, turned into plain dicts with readable errors. Validation against the config models
+is trainlib.config's."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainlib.errors import ConfigError
+
+URI_PREFIXES = ("models:/", "runs:/")  # a registered model or a run's, as MLflow names them
 
 
 def set_key(raw: dict, key: str, value: Any) -> None:
@@ -66,3 +70,17 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping of config sections, got {type(raw).__name__}")
     return raw
+
+
+def parse_member(text: str) -> str | dict[str, Any]:
+    """A `--member` value: a registered model URI or a config YAML path (kept as given), or space-separated
+    `key=value` overrides of the base config, e.g. `model.name=cnn optimizer.name=sgd`."""
+    if text.startswith(URI_PREFIXES) or text.endswith((".yaml", ".yml")):
+        return text
+    try:
+        items = shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"--member {text!r}: {exc}") from None
+    if not items:
+        raise ConfigError("--member: empty; give key=value overrides, a config YAML or models:/name@alias")
+    return dict(parse_set(item) for item in items)

@@ -77,20 +77,21 @@ def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormSt
 
 
 def transfer_setup(cfg: PipelineConfig, model: models.Classifier, source: str | Path | None):
-    """The optimizer's parameters (finetune: the backbone in its own group at a lower LR) and the freezing
-    callback, with the source's weights put into `model`; plain parameters and None without a source."""
-    t = cfg.transfer
+    """The optimizer's parameters (the backbone in its own group at a lower LR where the strategy says so) and
+    the freezing callback, with the source's weights put into `model` unless the strategy starts from fresh
+    weights; plain parameters and None without a source."""
+    t, strategy = cfg.transfer, transfer.STRATEGIES[cfg.transfer.strategy]
     if source is None:
         return model.parameters(), None
-    if t.strategy != "scratch":
+    if strategy.copies_weights:
         transfer.transplant(model, transfer.load_source(source))
     params = model.parameters()
-    if t.strategy == "finetune":
+    if strategy.backbone_group:
         top = set(transfer.head(model).parameters())
         params = [{"params": list(top)},  # first group: the head, at optimizer.lr (the LR the engine records)
                   {"params": [p for p in model.parameters() if p not in top], "lr": cfg.optimizer.lr * t.backbone_lr}]
     return params, transfer.Freezer(model, t.strategy, t.head_epochs, t.gradual,
-                                    freeze_norm=t.freeze_norm and t.strategy != "scratch")
+                                    freeze_norm=t.freeze_norm and strategy.copies_weights)
 
 
 def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,

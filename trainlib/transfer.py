@@ -1,6 +1,6 @@
 """Transfer learning: load a source model, put its weights into a model for the new task (new head,
-adapted stem), and freeze / unfreeze its backbone while training (feature extraction, fine-tuning with
-gradual unfreezing)."""
+adapted stem), and freeze / unfreeze its backbone while training as the strategy says (feature extraction,
+fine-tuning with gradual unfreezing, or the source's architecture trained from scratch)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,24 @@ def _finetune(groups: int, head_epochs: int, gradual: int) -> Callable[[int], in
     return frozen
 
 
-# strategy -> (backbone groups, head_epochs, gradual) -> (epochs done -> how many lowest groups stay frozen)
+def _scratch(groups: int, head_epochs: int, gradual: int) -> Callable[[int], int]:
+    return lambda done: 0  # everything trains from the start
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What a transfer strategy does with the source model, for the code that sets training up to ask."""
+
+    # (backbone groups, head_epochs, gradual) -> (epochs done -> how many of the lowest groups stay frozen)
+    frozen: Callable[[int, int, int], Callable[[int], int]]
+    copies_weights: bool = True  # start from the source's weights; else from its architecture with fresh weights
+    backbone_group: bool = False  # the backbone trains in its own optimizer group, at transfer.backbone_lr
+
+
 STRATEGIES = Registry("transfer strategy", {
-    "feature_extraction": _feature_extraction,
-    "finetune": _finetune,
-    "scratch": lambda groups, head_epochs, gradual: (lambda done: 0),
+    "feature_extraction": Strategy(_feature_extraction),  # the backbone stays frozen; a new head learns
+    "finetune": Strategy(_finetune, backbone_group=True),  # the head first, then (gradually) everything
+    "scratch": Strategy(_scratch, copies_weights=False),  # the baseline transfer is measured against
 })
 
 
@@ -108,7 +121,7 @@ class Freezer:
     def __init__(self, model: nn.Module, strategy: str, head_epochs: int = 0, gradual: int = 0,
                  freeze_norm: bool = False):
         self.model, self.groups = model, groups(model)
-        self.frozen = STRATEGIES[strategy](len(self.groups), head_epochs, gradual)
+        self.frozen = STRATEGIES[strategy].frozen(len(self.groups), head_epochs, gradual)
         self.norms = [m for m in model.net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)] \
             if freeze_norm else []
         self.apply(0)

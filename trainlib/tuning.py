@@ -1,9 +1,9 @@
-"""Hyperparameter search (Optuna) and technique comparison: search files, spaces, samplers,
-pruners, the pruning callback, and comparison grids."""
+"""Hyperparameter search (Optuna): search files, spaces, samplers, pruners, the pruning callback, and the
+config trials start from. Where studies are stored and how processes share one is tasks/studies.py's;
+which keys trials may change is trainlib.variants'."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Annotated, Any, Literal
 
@@ -11,17 +11,14 @@ import numpy as np
 import optuna
 from pydantic import Field, field_serializer, model_validator
 
-from trainlib import studies
 from trainlib.config import PipelineConfig, Section, override, validate
-from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
 from trainlib.overrides import read_yaml
 from trainlib.redact import redact
 from trainlib.registry import Registry
+from trainlib.variants import check_keys, needs_validation, share_cpus
 
-# Keys no trial or variant may change: all of them must see the same data, split and identity.
-FIXED_PREFIXES = ("data.", "split.", "register.")
 PRUNE_STARTUP_TRIALS = 2  # trials that finish before the median pruner starts comparing
 
 
@@ -155,24 +152,6 @@ def grid_values(space: dict[str, Param]) -> dict[str, list]:
     return values
 
 
-def check_keys(config: PipelineConfig, keys_and_values: dict[str, list], what: str) -> None:
-    """Every key must be a config key that trials may change, and every value valid for it."""
-    for key, values in keys_and_values.items():
-        if key == "name" or key.startswith(FIXED_PREFIXES):
-            raise ConfigError(f"{what} {key}: cannot vary; every trial uses the same data, split and name")
-        for value in values:
-            try:
-                override(config, {key: value})
-            except ConfigError as exc:
-                raise ConfigError(f"{what} {key}={value!r}: {exc}") from None
-
-
-def needs_validation(config: PipelineConfig, what: str) -> None:
-    """Trials and variants are scored on the validation split, never on test."""
-    if config.split.val == 0:
-        raise ConfigError(f"split.val: {what} scores on the validation split; it needs split.val > 0")
-
-
 def check_space(config: PipelineConfig, search: SearchConfig) -> None:
     """The search space against the config: known keys, valid bounds and choices."""
     needs_validation(config, "tuning")
@@ -208,17 +187,6 @@ def decode(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
             and v not in space[k].choices else v for k, v in params.items()}
 
 
-def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
-    """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
-    return studies.create(search.storage, name, search.goal, SAMPLERS[search.strategy](search),
-                          PRUNERS[search.pruner](search, epochs))
-
-
-def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
-    """The study created by `create_study`: from its storage (any process), or this process's memory."""
-    return studies.load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruner](search, epochs))
-
-
 class PruningCallback:
     """Engine callback: reports the metric every epoch and stops hopeless trials (raises TrialPruned)."""
 
@@ -236,22 +204,3 @@ def trial_base(config: PipelineConfig, search: SearchConfig, parallel: int) -> P
     """The config trials start from: early stopping watches the search metric, so a trial's score, its
     best epoch and the weights it ends with all agree; `parallel` trials share the CPUs."""
     return share_cpus(override(config, {"training.early_stopping.monitor": search.metric}), parallel)
-
-
-def share_cpus(config: PipelineConfig, parallel: int) -> PipelineConfig:
-    """With `parallel` trainings at once in one process, give each its share of the CPU quota
-    (unless the config sets training.threads): oversubscribed cores only slow every run down."""
-    if config.training.threads or parallel <= 1:
-        return config
-    return override(config, {"training.threads": max(1, cpu_quota() // parallel)})
-
-
-def variants(vary: dict[str, list]) -> list[dict[str, Any]]:
-    """The full grid of `--vary` values: one dict of overrides per combination."""
-    keys = list(vary)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(vary[k] for k in keys))]
-
-
-def label(overrides: dict[str, Any]) -> str:
-    """A short readable name for a variant, e.g. `optimizer.name=sgd, schedule.name=step`."""
-    return ", ".join(f"{k}={v}" for k, v in overrides.items())

@@ -1,4 +1,5 @@
-"""Where tuning studies live, and how several processes share one.
+"""Where tuning studies live, and how several processes share one. The orchestrating layer's, not the
+training library's: it holds database connections, file locks and a heartbeat thread.
 
 A study's storage is a URL: none (this process's memory), an RDB (`sqlite:///study.db`,
 `postgresql://user:pw@host/db`), or `journal:///path/study.log` (Optuna's append-only journal file, for
@@ -16,9 +17,12 @@ import contextlib
 import fcntl
 import hashlib
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -26,8 +30,10 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import SQLAlchemyError
 
-from trainlib.errors import ConfigError
+from trainlib.config import PipelineConfig, override
+from trainlib.errors import ConfigError, TrainingError
 from trainlib.redact import redact
+from trainlib.tuning import PRUNERS, SAMPLERS, SearchConfig, suggest
 
 HEARTBEAT_SECONDS = 20  # how often the process running a trial says it is alive
 GRACE_SECONDS = 60  # a running trial without a heartbeat for this long was left by a dead process
@@ -100,6 +106,17 @@ def load(url: str | None, name: str, sampler, pruner) -> optuna.Study:
     if url is None:
         return _IN_MEMORY[name]
     return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler, pruner=pruner)
+
+
+def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
+    return create(search.storage, name, search.goal, SAMPLERS[search.strategy](search),
+                  PRUNERS[search.pruner](search, epochs))
+
+
+def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
+    """The study created by `create_study`: from its storage (any process), or this process's memory."""
+    return load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruner](search, epochs))
 
 
 def release(name: str) -> None:
@@ -214,3 +231,78 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, s
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A trial asked for and ready to run: its id in the study's storage (what reopens it in any process),
+    its number, the parameters drawn for it and the config they make."""
+
+    trial_id: int
+    number: int
+    params: dict[str, Any]
+    config: PipelineConfig
+
+
+class AskTell:
+    """One process's ask-and-tell loop over a study that other processes may share. Trials are asked for one
+    at a time under the storage's lock until the budget (every process's trials counted) or the search's
+    timeout is spent; the running ones keep a heartbeat; results are told as they come. A block
+    (`with AskTell(...) as trials:`) holds the lock's connection and the heartbeat thread."""
+
+    def __init__(self, study: optuna.Study, search: SearchConfig, name: str, base: PipelineConfig):
+        """Trials of `study` (named `name`) drawn from `search.space`, each a change of the config `base`."""
+        self.study, self.search, self.name, self.base = study, search, name, base
+        self.budget = search.budget()
+        self.deadline = time.monotonic() + search.timeout if search.timeout else None
+        self.running: dict[int, optuna.Trial] = {}  # by trial id
+        self.run_ids: list[str] = []  # the MLflow runs of the trials told (a failed task has none)
+        self._held = contextlib.ExitStack()
+        self.lock: AskLock | None = None
+
+    def __enter__(self) -> AskTell:
+        self.lock = self._held.enter_context(contextlib.closing(AskLock(self.search.storage, self.name)))
+        self._held.enter_context(heartbeats(self.study, lambda: list(self.running)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.close()
+
+    def ask(self) -> Asked | None:
+        """The next trial to run, or None once the budget or the time is spent. A combination of values that
+        the config refuses (each value alone was valid) is told as failed, and the next trial asked for."""
+        while self.deadline is None or time.monotonic() < self.deadline:
+            trial = ask(self.study, self.lock, self.budget)
+            if trial is None:
+                return None
+            params = suggest(trial, self.search.space)
+            try:
+                config = override(self.base, params)
+            except ConfigError as exc:
+                tell(self.study, trial, state=States.FAIL, attrs={"error": str(exc)})
+                continue
+            trial_id = trial._trial_id  # Optuna keeps it private; optuna.trial.Trial(study, id) reopens the trial
+            self.running[trial_id] = trial
+            return Asked(trial_id, trial.number, params, config)
+        return None
+
+    def tell(self, asked: Asked, result: dict | BaseException) -> dict:
+        """Record what a trial's task returned ({run_id, state (complete | pruned), value, best_epoch, ...}), or
+        the exception it failed with. -> the trial's record."""
+        trial = self.running.pop(asked.trial_id)
+        if isinstance(result, BaseException):
+            tell(self.study, trial, state=States.FAIL, attrs={"error": f"{type(result).__name__}: {result}"})
+            return {"number": asked.number, "state": "failed"}
+        self.run_ids.append(result["run_id"])
+        if result["state"] == "pruned":
+            tell(self.study, trial, state=States.PRUNED)
+        else:
+            tell(self.study, trial, result["value"], attrs={"best_epoch": result["best_epoch"]})
+        return result
+
+    def check_complete(self) -> None:
+        """Fail unless `search.min_complete` trials of the study completed (those of every process count)."""
+        complete = len(self.study.get_trials(deepcopy=False, states=(States.COMPLETE,)))
+        if complete < self.search.min_complete:
+            raise TrainingError(f"{complete} trial(s) of study {self.name} completed, fewer than "
+                                f"search.min_complete ({self.search.min_complete}); see the failed trials' runs")

@@ -1,0 +1,36 @@
+"""A module saved as a torch.export program (.pt2), and loaded back: the file holds the computation and the
+weights, loads with torch alone and runs no pickled code. The combined ensemble travels this way, and so
+do registered models reused as voting members."""
+
+from __future__ import annotations
+
+import torch
+import torch._dynamo  # noqa: F401 - imported once up front: export's first import of it, racing another
+from torch import nn  # thread's (optimizers import it too), fails with a circular-import error
+
+
+def export(module: nn.Module, example: torch.Tensor, path) -> None:
+    """Save `module` as a torch.export program (.pt2) with a dynamic batch size: loadable with torch alone."""
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+
+
+class Program(nn.Module):
+    """An exported program as a module that, like any other, accepts train()/eval() (a no-op: it is
+    frozen in the mode it was exported in) and any numeric input dtype."""
+
+    def __init__(self, program: nn.Module):
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> Program:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x.float())  # exported from float inputs; raw data may be stored as uint8
+
+
+def load_exported(path) -> Program:
+    """A module saved by `export`."""
+    return Program(torch.export.load(str(path)).module())
