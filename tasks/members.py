@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.fanout import child_run, load_data
 from trainlib import recipe
-from trainlib.combine import Program, export
+from trainlib.combine import EXPORTING, Program, export
 from trainlib.config import PipelineConfig
 from trainlib.data.batches import subset
 from trainlib.data.sources import load_dataset
@@ -110,7 +110,8 @@ def check_registered(uris: list[str]) -> None:
 def load_registered(uri: str) -> torch.nn.Module:
     """A registered single model (MLflow pytorch flavor) as a module: raw inputs in, logits out."""
     try:
-        return Program(mlflow.pytorch.load_model(uri))
+        with EXPORTING:  # an exported (pt2) program: torch loads one at a time
+            return Program(mlflow.pytorch.load_model(uri))
     except (MlflowException, OSError) as exc:
         raise ConfigError(f"ensemble member {uri}: cannot load it as a trained model ({exc}); give a registered "
                           "model trained by `trainflow run`, e.g. models:/digits-cnn@champion") from None

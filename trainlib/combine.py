@@ -7,6 +7,7 @@ softmax gives the probabilities.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,10 @@ from trainlib.registry import Registry
 
 FLOOR = 1e-6  # smallest probability: keeps log-probabilities (and the meta-learner's inputs) finite
 TIE = 1e-3  # hard votes: weight of the averaged probabilities that breaks ties between equally voted classes
+# torch.export keeps the program it traces or reads in module globals, and fails when a second thread
+# starts meanwhile ("_CURRENT_DESERIALIZER is already set", "Trying to pop empty mode stack"): threads
+# (members in parallel) export and load one at a time
+EXPORTING = threading.Lock()
 
 
 def soft(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -66,7 +71,8 @@ class Ensemble(nn.Module):
 
 def export(module: nn.Module, example: torch.Tensor, path) -> None:
     """Save `module` as a torch.export program (.pt2) with a dynamic batch size: loadable with torch alone."""
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with EXPORTING:
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
 
 
@@ -88,4 +94,5 @@ class Program(nn.Module):
 
 def load_exported(path) -> Program:
     """A module saved by `export`."""
-    return Program(torch.export.load(str(path)).module())
+    with EXPORTING:
+        return Program(torch.export.load(str(path)).module())
