@@ -234,9 +234,9 @@ def served(bagging, boosting, stacking, hard_voting, soft_voting, misexported) -
                                     "soft voting"])
 def test_every_registered_ensemble_reproduces_its_test_accuracy_in_a_fresh_process(served, method):
     result = served[method]
-    assert result["accuracy"] > 0.5
     assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)  # what the run recorded
     assert result["accuracy"] == pytest.approx(result["gate_accuracy"], abs=1e-6)  # what the gate scored (6 places)
+    assert result["accuracy"] > 0.5
     assert result["probability_sums"] == [1.0, 1.0, 1.0]  # log-probabilities out
 
 
