@@ -15,7 +15,7 @@ from tasks.refs import DatasetRef, ManifestRef
 from tasks.register import example_inputs, promote
 from trainlib import plots, recipe
 from trainlib.combine import Ensemble, disagreement, fit_meta, meta_features
-from trainlib.config import PipelineConfig, RegisterConfig
+from trainlib.config import PipelineConfig, RegisterConfig, override
 from trainlib.data.split import indices
 from trainlib.ensemble import META_SOURCES, EnsembleConfig
 from trainlib.export import export, load_exported
@@ -39,16 +39,19 @@ def _meta(ensemble: EnsembleConfig, members: list[dict], labels: np.ndarray, man
 @task(name="combine")
 def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict], weights: list[float] | None,
             dataset: DatasetRef, manifest: ManifestRef, run_id: str, workspace: str) -> dict:
-    """One model from the trained `members` (with their vote `weights`, if any), evaluated on val and test.
+    """One model from the trained `members` (with their vote `weights`, if any), exported, and the exported
+    program evaluated on val and test.
     -> {program, about (files), metrics, weights, disagreement}."""
     ds, m = dataset.load(), manifest.load()
     log, ws = tracking.RunLogger(run_id), Path(workspace)
     meta, meta_rows = _meta(ensemble, members, ds.labels.numpy(), m) if ensemble.combination.learned else (None, None)
     model = Ensemble([_module(x["model"]) for x in members], ensemble.rule, weights, meta)
-    metrics = {}
+    export(model.cpu(), torch.from_numpy(example_inputs(dataset)), ws / "ensemble.pt2")
+    # Scored as registered: the exported program read back from its file, on the CPU as pyfunc serves it.
+    program, on_cpu, metrics = load_exported(ws / "ensemble.pt2"), override(config, {"training.device": "cpu"}), {}
     for split in ("val", "test"):
         if (m["split"] == split).any():
-            result = recipe.test(config, model, ds, m, split)
+            result = recipe.test(on_cpu, program, ds, m, split)
             metrics |= result.summary(f"{split}_")
     log.log_metrics(metrics | {"members_trained": len(members)}, step=0)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
@@ -63,7 +66,6 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
              "probabilities)", "members": [{"name": x["label"], "run_id": x["run_id"], "source": x["source"],
                                              "weight": w} for x, w in zip(members, votes, strict=True)]}
     (ws / "ensemble.json").write_text(json.dumps(about, indent=2))
-    export(model.cpu(), torch.from_numpy(example_inputs(dataset)), ws / "ensemble.pt2")
     return {"program": str(ws / "ensemble.pt2"), "about": str(ws / "ensemble.json"), "metrics": metrics,
             "weights": weights, "disagreement": disagreement(predictions).tolist()}
 

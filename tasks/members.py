@@ -22,7 +22,7 @@ from trainlib.config import PipelineConfig
 from trainlib.data.batches import subset
 from trainlib.data.split import SPLITS, indices
 from trainlib.errors import ConfigError
-from trainlib.export import Program, export
+from trainlib.export import EXPORTING, Program, export
 from trainlib.metrics import from_logits
 from trainlib.models import save_model
 from trainlib.resample import Resample, folds
@@ -101,7 +101,8 @@ def check_registered(uris: list[str]) -> None:
 def load_registered(uri: str) -> torch.nn.Module:
     """A registered single model (MLflow pytorch flavor) as a module: raw inputs in, logits out."""
     try:
-        return Program(mlflow.pytorch.load_model(uri))
+        with EXPORTING:  # an exported (pt2) program: torch loads one at a time
+            return Program(mlflow.pytorch.load_model(uri))
     except (MlflowException, OSError) as exc:
         raise ConfigError(f"ensemble member {uri}: cannot load it as a trained model ({exc}); give a registered "
                           "model trained by `trainflow run`, e.g. models:/digits-cnn@champion") from None

@@ -85,13 +85,14 @@ def stage_dir(key: str) -> Path:
 
 
 class _NoInputErrorTracebacks(logging.Filter):
-    """Bad input (a TrainflowError) is reported by its message alone: drop the traceback that
-    Prefect attaches to task- and flow-run failure logs. The log line itself stays."""
+    """Bad input (a TrainflowError) and a training that failed as such (a TrainingError: a diverging loss, too
+    few members) are reported by their message alone: drop the traceback that Prefect attaches to task- and
+    flow-run failure logs. The log line itself stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from trainlib.errors import TrainflowError
+        from trainlib.errors import TrainflowError, TrainingError
 
-        if record.exc_info and isinstance(record.exc_info[1], TrainflowError):
+        if record.exc_info and isinstance(record.exc_info[1], (TrainflowError, TrainingError)):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -9,6 +10,7 @@ import urllib.request
 
 import pytest
 from conftest import TRAINFLOW, cli_env
+from mlflow import MlflowClient
 
 
 def _trainflow(tmp_path, *args, timeout=600):
@@ -41,6 +43,20 @@ def test_bad_input_exits_2_with_one_readable_line(tmp_path, args, message):
     assert out.returncode == 2
     assert out.stdout == "" and message in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error:")
+
+
+def test_a_diverging_loss_exits_1_with_one_failed_line_and_registers_nothing(tmp_path):
+    out = _trainflow(tmp_path, "run", "--json", "--set", "name=cli-nan", "--set", "model.name=mlp", "--set",
+                     "training.epochs=2", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=1e12")
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    failed = [line for line in out.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and failed[0].startswith("failed: TrainingError: "), out.stderr
+    assert re.search(r"loss became NaN or infinite in epoch 1 at batch \d+", failed[0]), out.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/.trainflow/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cli-nan").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"] and "NaN" in runs[0].data.tags["failure_reason"]
+    assert client.search_registered_models() == []  # nothing registered
 
 
 def test_bad_data_inside_the_flow_exits_2_without_traceback(tmp_path):

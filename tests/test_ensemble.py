@@ -160,6 +160,20 @@ def test_exported_ensemble_matches_and_takes_any_batch_size(tmp_path):
     assert isinstance(loaded, Program) and loaded.eval() is loaded  # usable where modules get .eval()
 
 
+def test_programs_export_and_load_in_parallel_threads(tmp_path):
+    # voting members from the registry are exported and loaded at once; torch.export alone is not thread-safe
+    from concurrent.futures import ThreadPoolExecutor
+
+    def round_trip(i: int) -> torch.Tensor:
+        export(Ensemble([Fixed([2.0, 0.0, 3.0 * i]), Fixed([0.0, 1.0, 0.0])], "soft"), torch.zeros(4, 2),
+               tmp_path / f"{i}.pt2")
+        return load_exported(tmp_path / f"{i}.pt2")(torch.zeros(3, 2))
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(round_trip, range(8)))
+    assert [o.argmax(1).tolist() for o in outputs] == [[0] * 3] + [[2] * 3] * 7  # each its own program
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_has_a_plan_and_a_rule(method):
     entry = METHODS[method]

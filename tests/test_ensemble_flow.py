@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -85,29 +86,13 @@ def test_ensemble_run_has_metrics_report_and_pyfunc_model(bagging, prefect_api):
     assert [r["member"] for r in rows] == ["member 1", "member 2", "member 3", "ensemble (bagging)"]
 
 
-def test_registered_ensemble_reproduces_the_test_accuracy_in_a_fresh_process(bagging):
-    code = """
-import json, mlflow, numpy as np, pandas as pd
-from mlflow import MlflowClient
-from sklearn.datasets import load_digits
-model = mlflow.pyfunc.load_model("models:/ens-bagging-ensemble@champion")
-run = MlflowClient().get_run(MlflowClient().get_model_version_by_alias("ens-bagging-ensemble", "champion").run_id)
-manifest = pd.read_csv(MlflowClient().download_artifacts(run.info.run_id, "split_manifest.csv"))
-rows = manifest.loc[manifest["split"] == "test", "index"].to_numpy()
-x, y = load_digits(return_X_y=True)
-out = model.predict(x[rows].reshape(-1, 1, 8, 8).astype(np.float32))  # raw 0..16 pixels
-print(json.dumps({"accuracy": float((out.argmax(1) == y[rows]).mean()), "probability_sums":
-                  np.exp(out).sum(1).round(4).tolist()[:3], "run_accuracy": run.data.metrics["test_accuracy"]}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)
-    assert result["probability_sums"] == [1.0, 1.0, 1.0]  # log-probabilities out
+@pytest.fixture(scope="module")
+def boosting(prefect_api):
+    return _run("ens-boosting", method="boosting", members=3)
 
 
-def test_boosting_records_member_weights(prefect_api):
-    out = _run("ens-boosting", method="boosting", members=3)
+def test_boosting_records_member_weights(boosting):
+    out = boosting
     members = [r for r in out["members"] if r["state"] == "complete"]
     assert members and all(r["weight"] > 0 for r in members)
     children = _children(out["run_id"])
@@ -119,10 +104,17 @@ def test_boosting_records_member_weights(prefect_api):
             assert run.data.metrics["member_weight"] == pytest.approx(weights[run.info.run_id])
 
 
+@pytest.fixture(scope="module")
+def stacking(prefect_api) -> dict[str, dict]:
+    """Stacking with its meta-learner fitted out of fold and on validation: meta -> the flow's summary."""
+    return {meta: _run(f"ens-stacking-{meta}", method="stacking", meta=meta, folds=2,
+                       configs=[{"model.hidden": [32]}, {"optimizer.name": "sgd", "optimizer.lr": 0.05}])
+            for meta in ("oof", "val")}
+
+
 @pytest.mark.parametrize("meta, split", [("oof", "train"), ("val", "val")])
-def test_stacking_meta_learner_never_sees_test_rows(prefect_api, meta, split):
-    out = _run(f"ens-stacking-{meta}", method="stacking", meta=meta, folds=2,
-               configs=[{"model.hidden": [32]}, {"optimizer.name": "sgd", "optimizer.lr": 0.05}])
+def test_stacking_meta_learner_never_sees_test_rows(stacking, meta, split):
+    out = stacking[meta]
     run_id = out["run_id"]
     seen = _artifact_json(run_id, "stacking_meta_rows.json")
     assert seen["split"] == split and set(seen["rows"]) == _split_rows(run_id, split)
@@ -138,9 +130,20 @@ def single(prefect_api):
     return training_pipeline(load_config(None, ["name=ens-single", *BASE]))
 
 
-def test_voting_with_a_registered_model_survives_a_failing_member(single, prefect_api):
-    uri = "models:/ens-single@champion"
-    out = _run("ens-voting", method="voting", vote="hard", configs=[uri, {"model.hidden": [32]}, DIVERGES])
+@pytest.fixture(scope="module")
+def hard_voting(single, prefect_api):
+    return _run("ens-voting", method="voting", vote="hard",
+                configs=["models:/ens-single@champion", {"model.hidden": [32]}, DIVERGES])
+
+
+@pytest.fixture(scope="module")
+def soft_voting(single, prefect_api):
+    return _run("ens-soft", method="voting", vote="soft", configs=["models:/ens-single@champion",
+                                                                  {"model.hidden": [32]}])
+
+
+def test_voting_with_a_registered_model_survives_a_failing_member(single, hard_voting):
+    uri, out = "models:/ens-single@champion", hard_voting
     states = [r["state"] for r in out["members"]]
     assert states == ["complete", "complete", "failed"] and "TrainingError" in out["members"][2]["error"]
     runs = {r.info.run_id: r for r in _children(out["run_id"])}
@@ -167,3 +170,82 @@ def test_too_few_members_fail_the_ensemble(prefect_api):
 def test_an_ensemble_cannot_vote_as_a_member(bagging, prefect_api):
     with pytest.raises(ConfigError, match="not a single trained model"):
         _run("ens-nested", method="voting", configs=["models:/ens-bagging-ensemble@champion", {}])
+
+
+class _NextClass(torch.nn.Module):
+    """A model whose every prediction is moved to the next class: what a faulty export would write."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).roll(1, 1)
+
+
+@pytest.fixture(scope="module")
+def misexported(single, prefect_api):
+    """A voting ensemble (the single model twice: nothing to train) whose exported program is not the model in
+    memory: the fault is put in the export step only, never in the evaluation or the gate."""
+    import tasks.ensemble
+    from trainlib.export import export
+
+    def export_next_class(module, example, path):
+        export(_NextClass(module), example, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks.ensemble, "export", export_next_class)
+        return _run("ens-misexported", method="voting", configs=["models:/ens-single@champion", "models:/ens-single/1"])
+
+
+SERVE = """
+import json, sys, mlflow, numpy as np, pandas as pd
+from mlflow import MlflowClient
+from sklearn.datasets import load_digits
+client, x, y, results = MlflowClient(), *load_digits(return_X_y=True), {}
+for key, (name, version) in json.loads(sys.argv[1]).items():
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    registered = client.get_model_version(name, version)
+    run = client.get_run(registered.run_id)
+    manifest = pd.read_csv(client.download_artifacts(run.info.run_id, "split_manifest.csv"))
+    rows = manifest.loc[manifest["split"] == "test", "index"].to_numpy()
+    out = model.predict(x[rows].reshape(-1, 1, 8, 8).astype(np.float32))  # raw 0..16 pixels
+    results[key] = {"accuracy": float((out.argmax(1) == y[rows]).mean()), "run_accuracy":
+                    run.data.metrics["test_accuracy"], "gate_accuracy": float(registered.tags["test_accuracy"]),
+                    "probability_sums": np.exp(out).sum(1).round(4).tolist()[:3]}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def served(bagging, boosting, stacking, hard_voting, soft_voting, misexported) -> dict[str, dict]:
+    """Every registered ensemble version loaded from the registry in one fresh process and scored there on its
+    run's test split: key -> {accuracy (served), run_accuracy (recorded), gate_accuracy (the version's tag)}."""
+    runs = {"bagging": bagging, "boosting": boosting, "stacking oof": stacking["oof"], "stacking val": stacking["val"],
+            "hard voting": hard_voting, "soft voting": soft_voting, "misexported": misexported}
+    versions = {key: [out["registered_model"], str(out["version"])] for key, out in runs.items()}
+    out = subprocess.run([sys.executable, "-c", SERVE, json.dumps(versions)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("method", ["bagging", "boosting", "stacking oof", "stacking val", "hard voting",
+                                    "soft voting"])
+def test_every_registered_ensemble_reproduces_its_test_accuracy_in_a_fresh_process(served, method):
+    result = served[method]
+    assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)  # what the run recorded
+    assert result["accuracy"] == pytest.approx(result["gate_accuracy"], abs=1e-6)  # what the gate scored (6 places)
+    assert result["accuracy"] > 0.5
+    assert result["probability_sums"] == [1.0, 1.0, 1.0]  # log-probabilities out
+
+
+def test_the_gate_scores_the_exported_program_not_the_model_in_memory(single, misexported, served):
+    result = served["misexported"]
+    # in memory: the single model twice, as accurate as it is; exported: every prediction one class off
+    assert single["metrics"]["test_accuracy"] > 0.8 > 0.2 > result["accuracy"]
+    assert misexported["metrics"]["test_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
+    assert result["run_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
+    assert misexported["gate"]["test_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
+    assert not misexported["gate"]["passed"] and misexported["alias"] == "challenger"
+    assert "below the minimum" in misexported["gate"]["reason"]

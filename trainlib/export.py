@@ -4,14 +4,22 @@ do registered models reused as voting members."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch._dynamo  # noqa: F401 - imported once up front: export's first import of it, racing another
 from torch import nn  # thread's (optimizers import it too), fails with a circular-import error
 
+# torch.export keeps the program it traces or reads in module globals, and fails when a second thread
+# starts meanwhile ("_CURRENT_DESERIALIZER is already set", "Trying to pop empty mode stack"): threads
+# (members in parallel) export and load one at a time
+EXPORTING = threading.Lock()
+
 
 def export(module: nn.Module, example: torch.Tensor, path) -> None:
     """Save `module` as a torch.export program (.pt2) with a dynamic batch size: loadable with torch alone."""
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with EXPORTING:
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
 
 
@@ -33,4 +41,5 @@ class Program(nn.Module):
 
 def load_exported(path) -> Program:
     """A module saved by `export`."""
-    return Program(torch.export.load(str(path)).module())
+    with EXPORTING:
+        return Program(torch.export.load(str(path)).module())
