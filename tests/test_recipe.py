@@ -62,7 +62,7 @@ def test_runs_in_parallel_threads_equal_sequential_runs():
 def test_every_registry_choice_trains_from_config(key, name):
     extra = ["training.epochs=1"]
     if (key, name) == ("training.mode", "stochastic"):
-        extra.append("model.name=mlp")
+        extra += ["model.name=mlp", "split.shots=20"]  # one update per sample: 20 train samples per class
     if (key, name) == ("model.name", "resnet18"):
         extra.append("split.shots=20")  # slow on a CPU: 20 train samples per class
     out = _run(f"{key}={name}", *extra)
