@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make run` (the main job) and `make test` (the test suite).
+# Two commands do all the set-up: `make run` (the main job) and `make test` (the test suite, every tier).
+# `make check` is the inner loop: ruff and the unit tier (tests/tiers.py), in under 3 minutes.
 # Each creates .venv when it is missing and installs the project into it (editable), re-installing
 # only when pyproject.toml changes.
 PYTHON ?= python3
@@ -8,16 +9,21 @@ BIN    := $(VENV)/bin
 # tests start a PostgreSQL server of their own from Debian's binaries.
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql
+LINTED   := trainlib tasks flows deployments tests bench
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench clean
+.PHONY: run test check bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/trainflow run
 
 test: $(VENV)/.installed-dev $(CHROMIUM) $(POSTGRES)
-	$(BIN)/ruff check trainlib tasks flows deployments tests
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q
+
+check: $(VENV)/.installed-dev
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/python -m pytest -q -m unit
 
 # The benchmarks (not tests; about 15 minutes): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import header, table
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINFLOW = [str(Path(sys.executable).with_name("trainflow"))]
@@ -67,18 +67,12 @@ def parts(t: dict) -> dict[str, float]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(mode: str, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
         env["TRAINFLOW_HOME"] = str(Path(tmp) / "home")
         if mode == "server":
-            up = [*TRAINFLOW, "up", "--prefect-port", str(_free_port()), "--mlflow-port", str(_free_port())]
+            up = [*TRAINFLOW, "up", "--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
             subprocess.run(up, env=env, cwd=ROOT, check=True, capture_output=True)
             for line in (Path(tmp) / "home" / "stack" / "env").read_text().splitlines():
                 key, value = line.removeprefix("export ").split("=", 1)

@@ -110,6 +110,13 @@ def small_digits(digits) -> sources.Dataset:
     return sources.Dataset(digits.inputs[idx], digits.labels[idx], digits.classes, "small", digits.value_max)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers given here
+def pytest_collection_modifyitems(items):
+    import tiers
+
+    tiers.assign(items)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 

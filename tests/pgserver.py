@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ports import free_port
 
 USER, PASSWORD, DATABASE = "trainer", "s3cret-pw", "trainflow"
 
@@ -21,12 +22,6 @@ def _bin() -> Path:
     if not found:
         raise RuntimeError("PostgreSQL is not installed: `make test` installs Debian's postgresql package")
     return found[-1].parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -43,7 +38,7 @@ def server() -> Iterator[str]:
     run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
     subprocess.run([*as_postgres, bindir / "initdb", "-D", root / "data", "-U", USER, "--auth=scram-sha-256",
                     f"--pwfile={root / 'pw'}"], **run)
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed with the server
     process = subprocess.Popen([*as_postgres, bindir / "postgres", "-D", root / "data", "-p", str(port), "-k", root,
                                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
+from ports import free_port
 
 
 def _trainflow(tmp_path, *args, timeout=600):
@@ -66,14 +67,8 @@ def test_bad_data_inside_the_flow_exits_2_without_traceback(tmp_path):
     assert "error: data.path: no such file: missing.csv" in out.stderr and "Traceback" not in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_local_store(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([TRAINFLOW, "ui", "--port", str(port)], env=cli_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -162,18 +157,12 @@ def test_fan_out_bad_input_exits_2(tmp_path, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("variable, url, what", [
     ("MLFLOW_TRACKING_URI", "http://trainer:pa55word@127.0.0.1:{port}", "MLflow tracking server"),
     ("PREFECT_API_URL", "http://127.0.0.1:{port}/api", "Prefect API"),
 ])
 def test_an_unreachable_server_fails_at_once_naming_it(tmp_path, variable, url, what):
-    url = url.format(port=_closed_port())
+    url = url.format(port=free_port())
     out = subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=1"], capture_output=True, text=True,
                          timeout=120, env=cli_env(tmp_path) | {variable: url}, cwd=tmp_path)
     assert out.returncode == 2, out.stderr

@@ -62,16 +62,17 @@ def test_runs_in_parallel_threads_equal_sequential_runs():
 def test_every_registry_choice_trains_from_config(key, name):
     extra = ["training.epochs=1"]
     if (key, name) == ("training.mode", "stochastic"):
-        extra.append("model.name=mlp")
+        extra += ["model.name=mlp", "split.shots=20"]  # one update per sample: 20 train samples per class
     if (key, name) == ("model.name", "resnet18"):
-        extra.append("training.batch_size=256")
+        extra.append("split.shots=20")  # slow on a CPU: 20 train samples per class
     out = _run(f"{key}={name}", *extra)
     assert out.evaluation.accuracy > 0.1 and len(out.fit.history) == 1
 
 
 def test_augmentation_online_and_expanded():
-    online = _run("augment.rotation=15", "augment.erasing=0.3")
-    expanded = _run("augment.rotation=15", "augment.expand=2")
+    few = ["training.epochs=1", "split.shots=20"]  # one epoch on 20 train samples per class shows both
+    online = _run("augment.rotation=15", "augment.erasing=0.3", *few)
+    expanded = _run("augment.rotation=15", "augment.expand=2", *few)
     n_train = int((online.manifest["split"] == "train").sum())
     assert online.fit.history[0]["samples_per_second"] > 0
     assert expanded.fit.updates_per_epoch == updates_per_epoch("minibatch", 3 * n_train, 64)  # 3x the train split

@@ -18,6 +18,7 @@ import yaml
 from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ports import free_port
 
 from trainlib.config import load_config, validate
 from trainlib.ensemble import EnsembleConfig
@@ -85,14 +86,8 @@ def test_bagging_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
     assert out["registered_model"] == "dask-bag-ensemble" and out["metrics"]["test_accuracy"] > 0.8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_compare_on_an_existing_dask_scheduler_and_its_worker_processes(tmp_path):
-    port, env = _free_port(), cli_env(tmp_path)
+    port, env = free_port(), cli_env(tmp_path)
     log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
     started = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                  "--no-dashboard"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
@@ -188,7 +183,7 @@ def test_a_bad_postgres_url_is_one_message_and_starts_nothing(tmp_path, url, mes
 
 def test_the_stack_on_postgresql(tmp_path, postgres):
     env = cli_env(tmp_path) | {"PREFECT_HOME": str(tmp_path / "prefect-cli")}
-    ports = [str(_free_port()), str(_free_port())]
+    ports = [str(free_port()), str(free_port())]
     # sslmode is libpq's name; Prefect's asyncpg connection gets it as `ssl`
     up = subprocess.run([TRAINFLOW, "up", "--postgres", f"{postgres}?sslmode=prefer", "--prefect-port", ports[0],
                          "--mlflow-port", ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

@@ -3,13 +3,13 @@ weights_only; YAML loads with safe_load."""
 
 import json
 import re
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
+from ports import free_port
 
 from trainlib.redact import redact
 
@@ -50,9 +50,7 @@ def test_credentials_never_reach_the_tracking_store(home):
 
 
 def test_a_study_database_password_is_nowhere_in_the_stores_or_the_output(tmp_path):
-    with socket.socket() as s:  # a port where no database answers
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # where no database answers
     (tmp_path / "search.yaml").write_text(f"strategy: random\nn_trials: 2\npruner: none\n"
                                           f"storage: postgresql://trainer:pa55word@127.0.0.1:{port}/optuna\n"
                                           "space:\n  optimizer.lr: {type: float, low: 0.001, high: 0.01}\n")

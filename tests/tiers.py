@@ -1,0 +1,76 @@
+"""Test tiers: conftest.py gives every test exactly one of these markers (pyproject.toml registers them).
+
+    unit     one process, no Prefect API, no MLflow store, no `trainflow` process: trainlib and pure helpers.
+             `make check` runs them after ruff: the inner loop, under 3 minutes.
+    slow     trainlib only as well, but minutes: the default config trained in full, data-parallel ranks in
+             processes (gloo).
+    flow     Prefect flows on the test API, the `trainflow` command as a process, MLflow on SQLite.
+    servers  starts servers of its own: MLflow and Prefect servers, a worker, Chromium, Dask, PostgreSQL.
+
+`make test` runs all four. A test's tier is its module's (MODULES) unless TESTS names it; a fixture in FIXTURES
+raises it to at least that tier. Collection stops, saying why, on a test module missing from MODULES, a name in
+TESTS that its module no longer defines, a module that runs `trainflow` (imports TRAINFLOW) listed below flow,
+or a tier marker written in a test file (the tables here are the one place).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+ORDER = ["unit", "slow", "flow", "servers"]
+
+MODULES = {
+    "unit": ["test_augment", "test_config", "test_config_properties", "test_configs", "test_docs", "test_engine",
+             "test_ensemble", "test_golden", "test_models_optim", "test_purity", "test_recipe", "test_schedules",
+             "test_sources", "test_split_normalize", "test_studies", "test_transfer", "test_tuning"],
+    "slow": ["test_distributed"],
+    "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_resume",
+             "test_seams", "test_security", "test_transfer_flow", "test_tuning_flow"],
+    "servers": ["test_operations", "test_scaleout"],
+}
+
+TESTS = {  # tests whose tier is not their module's: file::function -> tier
+    "test_recipe.py::test_default_config_learns_digits": "slow",  # the default config for all its epochs
+    "test_distributed.py::test_what_data_parallel_training_refuses": "unit",  # refused before any rank starts
+    "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
+    "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",
+    "test_security.py::test_redact_hides_only_passwords": "unit",
+    "test_security.py::test_checkpoints_load_only_with_weights_only": "unit",  # reads the sources
+    "test_security.py::test_yaml_loads_only_with_safe_load": "unit",
+    "test_cli.py::test_ui_serves_the_local_store": "servers",  # `trainflow ui`: an MLflow server
+    "test_scaleout.py::test_a_bad_or_unreachable_runner_is_one_message": "flow",  # refused before any cluster
+    "test_scaleout.py::test_a_bad_postgres_url_is_one_message_and_starts_nothing": "flow",
+}
+
+FIXTURES = {"prefect_api": "flow", "postgres": "servers"}  # what a fixture needs at least
+
+
+def _module_tiers() -> dict[str, str]:
+    return {module: tier for tier, modules in MODULES.items() for module in modules}
+
+
+def tier(item: pytest.Item, module_tiers: dict[str, str]) -> str:
+    """The one tier of a collected test."""
+    module, key = item.path.stem, f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+    if module not in module_tiers:
+        raise pytest.UsageError(f"{item.path.name}: give the module a tier in tests/tiers.py (MODULES)")
+    if module_tiers[module] in ("unit", "slow") and hasattr(item.module, "TRAINFLOW"):
+        raise pytest.UsageError(f"{item.path.name} runs the trainflow command: its tier is flow or servers")
+    stale = [name for name in TESTS if name.startswith(f"{item.path.name}::")
+             and not hasattr(item.module, name.split("::")[1])]
+    if stale:
+        raise pytest.UsageError(f"tests/tiers.py TESTS names tests that {item.path.name} does not define: {stale}")
+    if written := [m.name for m in item.iter_markers() if m.name in ORDER]:
+        raise pytest.UsageError(f"{item.nodeid}: marked {written} in the test file; tiers live in tests/tiers.py")
+    chosen = TESTS.get(key, module_tiers[module])
+    for fixture in item.fixturenames:
+        needed = FIXTURES.get(fixture, "unit")
+        if ORDER.index(needed) > ORDER.index(chosen):
+            chosen = needed
+    return chosen
+
+
+def assign(items: list[pytest.Item]) -> None:
+    module_tiers = _module_tiers()
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier(item, module_tiers)))
