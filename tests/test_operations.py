@@ -97,7 +97,7 @@ def _prefect(stack: Stack):
         yield client
 
 
-def _wait_for(stack: Stack, flow_run_id: str, timeout: float = 240):
+def _wait_for(stack: Stack, flow_run_id: str, timeout: float = 600):
     deadline = time.monotonic() + timeout
     with _prefect(stack) as client:
         while time.monotonic() < deadline:
@@ -161,7 +161,7 @@ def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, ni
     deployed.run(BIN / "prefect", "deployment", "schedule", "create", "training-pipeline/nightly", "--interval", "15")
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     with _prefect(deployed) as client:
         try:
             while time.monotonic() < deadline:
