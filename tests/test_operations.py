@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +182,59 @@ def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, ni
                 client.delete_flow_run(run.id)
         finished = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done[0].id])))
     assert finished[0].deployment_id == nightly_run.deployment_id and len(schedules) == 2 and len(interval) == 1
+
+
+SMALL = "tests/deployments-small.yaml"  # read by the flow runs in the project folder, as configs/ files are
+
+
+def _file(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+# Every deployment but nightly (run above as it is), with the small config and its own search or ensemble file
+# cut down to a few trainings -> (its parameters, the registered model its run must create a version of).
+SMALL_RUNS = {
+    "tuning/bayesian": ({"config": SMALL, "search": _file("configs/search/bayesian.yaml") | {"n_trials": 2}},
+                        "ops-small"),
+    "compare/schedules": ({"config": SMALL}, "ops-small"),
+    "ensemble/bagging": ({"config": SMALL, "ensemble": _file("configs/ensemble/bagging.yaml") | {"members": 2}},
+                         "ops-small-ensemble"),
+    "ensemble/stacking": ({"config": SMALL, "ensemble": _file("configs/ensemble/stacking.yaml") | {"meta": "val"}},
+                          "ops-small-ensemble"),
+    "transfer-demo/demo": ({"config": SMALL, "shots": 5}, "digits-5-9"),
+}
+
+
+def _mlflow_runs(client: MlflowClient, flow_run_id) -> tuple[list, dict]:
+    """The MLflow runs a flow run started (tagged with its id), and those with their child runs by id."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    own = client.search_runs(experiments, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    family = {r.info.run_id: r for r in own}
+    for run in own:
+        family |= {c.info.run_id: c for c in client.search_runs(experiments, f"tags.`mlflow.parentRunId` = "
+                                                                              f"'{run.info.run_id}'")}
+    return own, family
+
+
+def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(deployed, nightly_run):
+    with _prefect(deployed) as client:
+        started = {name: client.create_flow_run_from_deployment(client.read_deployment_by_name(name).id,
+                                                                parameters=parameters)
+                   for name, (parameters, _) in SMALL_RUNS.items()}
+    finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
+    states = {name: run.state_type.value for name, run in finished.items()}
+    assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
+    assert nightly_run.state_type.value == "COMPLETED"  # the sixth, with its own parameters
+    client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
+    for name, run in finished.items():
+        assert run.deployment_id == started[name].deployment_id and run.parameters["config"] == SMALL
+        own, family = _mlflow_runs(client, run.id)
+        assert own and {r.info.status for r in own} == {"FINISHED"}, name
+        registering = [r for r in family.values() if "registered_version" in r.data.tags]
+        assert registering, f"{name}: no model registered from its runs"
+        for r in registering:  # the version exists and comes from the run that says it registered it
+            version = client.get_model_version(r.data.tags["registered_model"], r.data.tags["registered_version"])
+            assert version.name == SMALL_RUNS[name][1] and version.run_id == r.info.run_id, name
 
 
 def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
