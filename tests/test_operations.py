@@ -240,9 +240,15 @@ def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(de
 def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
     from playwright.sync_api import expect, sync_playwright
 
+    # what the pages must show, read from the APIs first: this run's own values, not any chart or word
     client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("digits-cnn").experiment_id
     run = client.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{nightly_run.id}'")[0]
+    last_val_accuracy = run.data.metrics["val_accuracy"]  # its latest value: the last epoch's
+    champion = client.get_model_version_by_alias("digits-cnn", "champion").version
+    with _prefect(deployed) as prefect:
+        flow_run = prefect.read_flow_run(nightly_run.id)
+        deployment = prefect.read_deployment(flow_run.deployment_id).name
     mlflow_ui, prefect_ui = deployed.env["MLFLOW_TRACKING_URI"], deployed.env["PREFECT_API_URL"].removesuffix("/api")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -252,21 +258,30 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
         expect(page.get_by_text("digits-cnn", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.get_by_text(run.info.run_name).first).to_be_attached(timeout=60_000)
         page.screenshot(path=SCREENSHOTS / "mlflow-experiment.png")
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{run.info.run_id}")  # its metrics table
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="val_accuracy", exact=True))
+        shown = page.evaluate("value => String(value)", last_val_accuracy)  # as JavaScript prints it: 1, not 1.0
+        expect(row.get_by_role("cell").last).to_have_text(shown, timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow-run.png")
         page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics")
         page.get_by_placeholder("Search metric charts").fill("val_accuracy")
         expect(page.get_by_text("val_accuracy", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.locator("canvas, svg.main-svg, .js-plotly-plot").first).to_be_visible(timeout=60_000)
         page.screenshot(path=SCREENSHOTS / "mlflow-run-metrics.png")
         page.goto(f"{mlflow_ui}/#/models/digits-cnn")
-        expect(page.get_by_text("champion").first).to_be_visible(timeout=60_000)
+        holder = page.get_by_role("row").filter(has_text="@ champion")  # the version row with the alias chip
+        expect(holder).to_have_count(1, timeout=60_000)
+        expect(holder.get_by_role("link", name=f"Version {champion}", exact=True)).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "mlflow-registered-model.png")
         page.goto(f"{prefect_ui}/runs/flow-run/{nightly_run.id}")
-        expect(page.get_by_text("Completed").first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text(nightly_run.name).first).to_be_visible(timeout=60_000)
+        heading = page.locator(".page-heading")  # the flow run's own name, state badge and deployment
+        expect(heading).to_contain_text(flow_run.name, timeout=60_000)
+        expect(heading.locator(".state-badge")).to_have_text(flow_run.state.name)
+        expect(heading).to_contain_text(deployment)
         page.screenshot(path=SCREENSHOTS / "prefect-flow-run.png")
         browser.close()
     shots = sorted(p.name for p in SCREENSHOTS.glob("*.png"))
-    assert {"mlflow-experiment.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
+    assert {"mlflow-experiment.png", "mlflow-run.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
             "prefect-flow-run.png"} <= set(shots)
     (SCREENSHOTS / "screenshots.json").write_text(json.dumps({"run_id": run.info.run_id, "flow_run_id":
                                                               str(nightly_run.id), "screenshots": shots}))
