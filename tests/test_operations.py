@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -91,7 +92,7 @@ def _prefect(stack: Stack):
         yield client
 
 
-def _wait_for(stack: Stack, flow_run_id: str, timeout: float = 240):
+def _wait_for(stack: Stack, flow_run_id: str, timeout: float = 600):
     deadline = time.monotonic() + timeout
     with _prefect(stack) as client:
         while time.monotonic() < deadline:
@@ -155,7 +156,7 @@ def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, ni
     deployed.run(BIN / "prefect", "deployment", "schedule", "create", "training-pipeline/nightly", "--interval", "15")
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     with _prefect(deployed) as client:
         try:
             while time.monotonic() < deadline:
@@ -177,12 +178,71 @@ def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, ni
     assert finished[0].deployment_id == nightly_run.deployment_id and len(schedules) == 2 and len(interval) == 1
 
 
+SMALL = "tests/deployments-small.yaml"  # read by the flow runs in the project folder, as configs/ files are
+
+
+def _file(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+# Every deployment but nightly (run above as it is), with the small config and its own search or ensemble file
+# cut down to a few trainings -> (its parameters, the registered model its run must create a version of).
+SMALL_RUNS = {
+    "tuning/bayesian": ({"config": SMALL, "search": _file("configs/search/bayesian.yaml") | {"n_trials": 2}},
+                        "ops-small"),
+    "compare/schedules": ({"config": SMALL}, "ops-small"),
+    "ensemble/bagging": ({"config": SMALL, "ensemble": _file("configs/ensemble/bagging.yaml") | {"members": 2}},
+                         "ops-small-ensemble"),
+    "ensemble/stacking": ({"config": SMALL, "ensemble": _file("configs/ensemble/stacking.yaml") | {"meta": "val"}},
+                          "ops-small-ensemble"),
+    "transfer-demo/demo": ({"config": SMALL, "shots": 5}, "digits-5-9"),
+}
+
+
+def _mlflow_runs(client: MlflowClient, flow_run_id) -> tuple[list, dict]:
+    """The MLflow runs a flow run started (tagged with its id), and those with their child runs by id."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    own = client.search_runs(experiments, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    family = {r.info.run_id: r for r in own}
+    for run in own:
+        family |= {c.info.run_id: c for c in client.search_runs(experiments, f"tags.`mlflow.parentRunId` = "
+                                                                              f"'{run.info.run_id}'")}
+    return own, family
+
+
+def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(deployed, nightly_run):
+    with _prefect(deployed) as client:
+        started = {name: client.create_flow_run_from_deployment(client.read_deployment_by_name(name).id,
+                                                                parameters=parameters)
+                   for name, (parameters, _) in SMALL_RUNS.items()}
+    finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
+    states = {name: run.state_type.value for name, run in finished.items()}
+    assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
+    assert nightly_run.state_type.value == "COMPLETED"  # the sixth, with its own parameters
+    client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
+    for name, run in finished.items():
+        assert run.deployment_id == started[name].deployment_id and run.parameters["config"] == SMALL
+        own, family = _mlflow_runs(client, run.id)
+        assert own and {r.info.status for r in own} == {"FINISHED"}, name
+        registering = [r for r in family.values() if "registered_version" in r.data.tags]
+        assert registering, f"{name}: no model registered from its runs"
+        for r in registering:  # the version exists and comes from the run that says it registered it
+            version = client.get_model_version(r.data.tags["registered_model"], r.data.tags["registered_version"])
+            assert version.name == SMALL_RUNS[name][1] and version.run_id == r.info.run_id, name
+
+
 def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
     from playwright.sync_api import expect, sync_playwright
 
+    # what the pages must show, read from the APIs first: this run's own values, not any chart or word
     client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("digits-cnn").experiment_id
     run = client.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{nightly_run.id}'")[0]
+    last_val_accuracy = run.data.metrics["val_accuracy"]  # its latest value: the last epoch's
+    champion = client.get_model_version_by_alias("digits-cnn", "champion").version
+    with _prefect(deployed) as prefect:
+        flow_run = prefect.read_flow_run(nightly_run.id)
+        deployment = prefect.read_deployment(flow_run.deployment_id).name
     mlflow_ui, prefect_ui = deployed.env["MLFLOW_TRACKING_URI"], deployed.env["PREFECT_API_URL"].removesuffix("/api")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -192,21 +252,30 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
         expect(page.get_by_text("digits-cnn", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.get_by_text(run.info.run_name).first).to_be_attached(timeout=60_000)
         page.screenshot(path=SCREENSHOTS / "mlflow-experiment.png")
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{run.info.run_id}")  # its metrics table
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="val_accuracy", exact=True))
+        shown = page.evaluate("value => String(value)", last_val_accuracy)  # as JavaScript prints it: 1, not 1.0
+        expect(row.get_by_role("cell").last).to_have_text(shown, timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow-run.png")
         page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics")
         page.get_by_placeholder("Search metric charts").fill("val_accuracy")
         expect(page.get_by_text("val_accuracy", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.locator("canvas, svg.main-svg, .js-plotly-plot").first).to_be_visible(timeout=60_000)
         page.screenshot(path=SCREENSHOTS / "mlflow-run-metrics.png")
         page.goto(f"{mlflow_ui}/#/models/digits-cnn")
-        expect(page.get_by_text("champion").first).to_be_visible(timeout=60_000)
+        holder = page.get_by_role("row").filter(has_text="@ champion")  # the version row with the alias chip
+        expect(holder).to_have_count(1, timeout=60_000)
+        expect(holder.get_by_role("link", name=f"Version {champion}", exact=True)).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "mlflow-registered-model.png")
         page.goto(f"{prefect_ui}/runs/flow-run/{nightly_run.id}")
-        expect(page.get_by_text("Completed").first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text(nightly_run.name).first).to_be_visible(timeout=60_000)
+        heading = page.locator(".page-heading")  # the flow run's own name, state badge and deployment
+        expect(heading).to_contain_text(flow_run.name, timeout=60_000)
+        expect(heading.locator(".state-badge")).to_have_text(flow_run.state.name)
+        expect(heading).to_contain_text(deployment)
         page.screenshot(path=SCREENSHOTS / "prefect-flow-run.png")
         browser.close()
     shots = sorted(p.name for p in SCREENSHOTS.glob("*.png"))
-    assert {"mlflow-experiment.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
+    assert {"mlflow-experiment.png", "mlflow-run.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
             "prefect-flow-run.png"} <= set(shots)
     (SCREENSHOTS / "screenshots.json").write_text(json.dumps({"run_id": run.info.run_id, "flow_run_id":
                                                               str(nightly_run.id), "screenshots": shots}))
