@@ -154,28 +154,28 @@ def test_a_deployment_run_executes_on_the_worker_and_lands_in_mlflow(deployed, n
 
 def test_an_interval_schedule_creates_runs_that_the_worker_executes(deployed, nightly_run):
     deployed.run(BIN / "prefect", "deployment", "schedule", "create", "training-pipeline/nightly", "--interval", "15")
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilter
 
     deadline = time.monotonic() + 600
     with _prefect(deployed) as client:
         try:
             while time.monotonic() < deadline:
                 runs = [r for r in client.read_flow_runs() if r.auto_scheduled]
-                done = [r for r in runs if r.state_type.value == "COMPLETED"]
-                if done:
+                picked = [r for r in runs if r.state_type.value != "SCHEDULED"]  # the worker took it
+                if picked:
                     break
-                time.sleep(3)
-            else:
-                raise AssertionError(f"no scheduled run completed: {[(r.name, r.state_name) for r in runs]}")
-        finally:  # stop scheduling, and drop the runs it queued for the next hour (also when it failed)
+                time.sleep(2)
+            assert picked, f"the worker took no scheduled run: {[(r.name, r.state_name) for r in runs]}"
+        finally:  # stop scheduling, and drop the runs it queued (one is enough: every other would train too)
             schedules = client.read_deployment_schedules(nightly_run.deployment_id)
             interval = [sc for sc in schedules if getattr(sc.schedule, "interval", None)]
             for schedule in interval:
                 client.delete_deployment_schedule(nightly_run.deployment_id, schedule.id)
             for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(state={"type": {"any_": ["SCHEDULED"]}})):
                 client.delete_flow_run(run.id)
-        finished = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done[0].id])))
-    assert finished[0].deployment_id == nightly_run.deployment_id and len(schedules) == 2 and len(interval) == 1
+    finished = _wait_for(deployed, picked[0].id)
+    assert finished.state_type.value == "COMPLETED" and finished.auto_scheduled, finished.state
+    assert finished.deployment_id == nightly_run.deployment_id and len(schedules) == 2 and len(interval) == 1
 
 
 SMALL = "tests/deployments-small.yaml"  # read by the flow runs in the project folder, as configs/ files are
