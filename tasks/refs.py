@@ -3,12 +3,11 @@
 Each is a frozen dataclass holding the file's path and what identifies its content, with a `.load()` that
 reads it back. They are plain data, so Prefect persists them as cached task results and Dask ships them to
 its workers; the big things (datasets, models) stay in their files. Flows and tasks call them by the same
-names: `dataset`, `manifest`, `stats`, `augmented`, `trained`.
+names: `dataset`, `manifest`, `stats`, `augmented`, `trained`, `source`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from trainlib.checkpoint import atomic_path
 from trainlib.data.batches import TensorData
 from trainlib.data.normalize import NormStats
-from trainlib.data.sources import Dataset, load_dataset
+from trainlib.data.sources import Dataset, file_digest, load_dataset
 from trainlib.data.split import load_manifest
 from trainlib.models import Classifier, load_model
 
@@ -128,12 +127,4 @@ class SourceRef:
     def identity(self) -> str:
         """What the source's weights are: the file's content digest, or the name of a torchvision model."""
         path = Path(self.path)
-        return _file_digest(path) if path.is_file() else self.uri
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return file_digest(path)[1] if path.is_file() else self.uri
