@@ -59,15 +59,23 @@ def test_runs_in_parallel_threads_equal_sequential_runs():
     assert parallel == [sequential] * 3
 
 
+# Enough updates for every choice to learn: chance on digits is 0.1, and each choice must reach 0.6.
+LEARNS = ["training.epochs=8", "optimizer.lr=0.01"]
+LEARNS_WITH = {
+    ("model.name", "resnet18"): ["training.epochs=4", "optimizer.lr=0.001", "split.shots=20"],  # slow on a CPU
+    ("optimizer.name", "sgd"): ["optimizer.lr=0.05"],  # plain SGD needs a larger step than the adaptive ones
+    ("training.mode", "batch"): ["training.epochs=20", "optimizer.lr=0.03"],  # one update per epoch
+    ("training.mode", "stochastic"): ["model.name=mlp", "split.shots=20"],  # one update per sample
+}
+
+
 @pytest.mark.parametrize("key, name", CHOICES, ids=[f"{k}={n}" for k, n in CHOICES])
 def test_every_registry_choice_trains_from_config(key, name):
-    extra = ["training.epochs=1"]
-    if (key, name) == ("training.mode", "stochastic"):
-        extra += ["model.name=mlp", "split.shots=20"]  # one update per sample: 20 train samples per class
-    if (key, name) == ("model.name", "resnet18"):
-        extra.append("split.shots=20")  # slow on a CPU: 20 train samples per class
-    out = _run(f"{key}={name}", *extra)
-    assert out.evaluation.accuracy > 0.1 and len(out.fit.history) == 1
+    overrides = [*LEARNS, f"{key}={name}", *LEARNS_WITH.get((key, name), [])]
+    out = _run(*overrides)
+    epochs = load_config(None, QUICK + overrides).training.epochs
+    assert out.evaluation.accuracy >= 0.6 and len(out.fit.history) == epochs
+    assert out.fit.history[-1]["train_loss"] < out.fit.history[0]["train_loss"]
 
 
 def test_augmentation_online_and_expanded():
