@@ -7,7 +7,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tasks.events import Event
 
-console = Console(stderr=True)  # stdout stays clean for --json
+console = Console(stderr=True)  # progress and logs: stderr, so stdout stays clean for --json
+# A finished command's summary goes to stdout (`trainflow run > log` keeps it); soft wrap keeps a long line
+# (a URL) whole when stdout is not a terminal, where rich would otherwise cut it at 80 columns.
+summary_console = Console(soft_wrap=True)
 
 
 class EpochProgress:

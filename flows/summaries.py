@@ -1,4 +1,4 @@
-"""What each command prints when it is done (without --json): the summary of its result, on stderr."""
+"""What each command prints when it is done (without --json): the summary of its result, on stdout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 from rich.table import Table
 
-from flows.progress import console
+from flows.progress import summary_console as console
 
 
 def run(s: dict) -> None:
