@@ -106,3 +106,21 @@ def test_override_revalidates():
     assert cfg.optimizer.lr == 0.5 and cfg.model.name == "mlp"
     with pytest.raises(ConfigError):
         override(cfg, {"optimizer.lr": -1})
+
+
+def test_paths_in_a_config_file_are_read_against_its_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "conf.yaml").write_text(yaml.safe_dump({"data": {"source": "csv", "path": "data/x.csv"},
+                                                       "model": {"name": "mlp"},
+                                                       "transfer": {"source": "models:/m@champion"}}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(project / "conf.yaml")
+    assert cfg.data.path == str(project / "data" / "x.csv")  # the file's neighbour, from any directory
+    assert cfg.transfer.source == "models:/m@champion"  # a URI is not a path
+    given = load_config(project / "conf.yaml", ["data.path=mine.csv", "transfer.source=weights/m.pt"])
+    assert given.data.path == "mine.csv" and given.transfer.source == "weights/m.pt"  # --set: the current folder
+    (project / "tf.yaml").write_text("transfer: {source: weights/m.pt}\n")
+    assert load_config(project / "tf.yaml").transfer.source == str(project / "weights" / "m.pt")

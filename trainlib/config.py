@@ -24,7 +24,7 @@ from trainlib.errors import ConfigError
 from trainlib.models import MODELS
 from trainlib.monitor import MONITORS
 from trainlib.optim import OPTIMIZERS
-from trainlib.overrides import parse_set, read_yaml, set_key
+from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
 from trainlib.schedules import CYCLE_MODES, SCHEDULES
 from trainlib.transfer import STRATEGIES
 
@@ -320,9 +320,28 @@ def validate(raw: dict, model: type[BaseModel] = PipelineConfig, what: str = "co
                           f"invalid {what}:\n" + "\n".join(f"  - {line}" for line in lines)) from None
 
 
+# Keys that name files: relative in a config file, they mean relative to that file's folder (so a config works
+# from any directory, as its neighbours' paths do); given with --set, relative to the current directory.
+PATH_KEYS = ("data.path", "transfer.source")
+NOT_FILES = (*URI_PREFIXES, "torchvision:")
+
+
+def _anchor_paths(raw: dict, folder: Path) -> None:
+    """Make the relative file paths of a config file's `raw` sections absolute, against `folder`."""
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        node = raw.get(section)
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not value.startswith(NOT_FILES) and not Path(value).is_absolute():
+            node[leaf] = str((folder / value).resolve())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """The config from an optional YAML file plus `key=value` overrides, validated once."""
+    """The config from an optional YAML file plus `key=value` overrides, validated once. Relative file paths in
+    the file (PATH_KEYS) are read against the file's folder, those given in `overrides` against the current one."""
     raw = read_yaml(path) if path else {}
+    if path:
+        _anchor_paths(raw, Path(path).resolve().parent)
     for item in overrides:
         set_key(raw, *parse_set(item))
     return validate(raw)
