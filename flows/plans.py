@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flows import runners
-from trainlib.config import PipelineConfig, override
+from trainlib.config import NOT_FILES, PipelineConfig, override
+from trainlib.data.sources import SOURCES
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
 from trainlib.tuning import SearchConfig, check_space, trial_base
@@ -26,9 +28,33 @@ def fresh_weights(config: PipelineConfig, command: str) -> None:
                           "`trainflow transfer` to start from a source model")
 
 
+def title(config: PipelineConfig) -> str:
+    """What is trained, in words: the CLI's header and the flow run's name, e.g.
+    `digits-cnn: cnn, adam at lr 0.001, schedule none, on digits`."""
+    c = config
+    return (f"{c.name}: {c.model.name}, {c.optimizer.name} at lr {c.optimizer.lr:.3g}, schedule {c.schedule.name}, "
+            f"on {c.data.source}")
+
+
+WHERE = "relative paths in a config file are read against its folder, with --set against the current one"
+
+
+def inputs_exist(config: PipelineConfig) -> None:
+    """The files a config names exist, checked before a flow starts: a typo fails here, not as a FAILED run
+    after the servers started. (Registered models are looked up when the flow starts: that needs MLflow.)"""
+    data = config.data
+    if SOURCES[data.source].needs_path and not data.download and not Path(data.path).exists():
+        raise ConfigError(f"data.path: no such file or folder: {data.path} ({WHERE})")
+    source = config.transfer.source
+    if source and not source.startswith(NOT_FILES) and not Path(source).is_file():
+        raise ConfigError(f"transfer.source: no such file: {source} (give models:/name@alias, a trainflow model "
+                          f"file, or torchvision:resnet18; {WHERE})")
+
+
 def run(config: PipelineConfig) -> PipelineConfig:
     """`trainflow run`: one config, trained from fresh weights."""
     fresh_weights(config, "run")
+    inputs_exist(config)
     return config
 
 
@@ -37,6 +63,7 @@ def transfer(config: PipelineConfig) -> PipelineConfig:
     if not config.transfer.source:
         raise ConfigError("transfer.source: give the model to start from (models:/name@alias, a model file, or "
                           "torchvision:resnet18)")
+    inputs_exist(config)
     return config
 
 
@@ -64,8 +91,10 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     combos = variants(vary)
     parallel = min(max_parallel, len(combos))
     base = share_cpus(config, parallel)
-    return Comparison(config, [Variant(label(o), o, override(base, o)) for o in combos], parallel,
-                      runners.check(runner))
+    planned = [Variant(label(o), o, override(base, o)) for o in combos]
+    for v in planned:
+        inputs_exist(v.config)
+    return Comparison(config, planned, parallel, runners.check(runner))
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,7 @@ class Study:
 def tune(config: PipelineConfig, search: SearchConfig, runner: str | None = None) -> Study:
     """`trainflow tune`: the search space checked against the config, and the config trials start from."""
     fresh_weights(config, "tune")
+    inputs_exist(config)
     check_space(config, search)
     parallel = min(search.max_parallel, search.budget() or search.max_parallel)
     return Study(config, search, trial_base(config, search, parallel), parallel,
@@ -100,6 +130,8 @@ def ensemble(config: PipelineConfig, settings: EnsembleConfig, runner: str | Non
     """`trainflow ensemble`: every member's config (or registered model), sharing the CPUs of one process."""
     fresh_weights(config, "ensemble")
     members = plan(config, settings)
+    for m in members:
+        inputs_exist(m.config or config)
     parallel = 1 if METHODS[settings.method].sequential else min(settings.max_parallel, len(members))
     members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
     return Ensemble(config, settings, members, parallel, runners.check(runner))

@@ -71,8 +71,9 @@ CASES = {
     "unknown source": (["run", "--set", "data.source=hdf5"], "unknown data source 'hdf5'"),
     "unknown registered model": (["transfer", "--source", "models:/nothing@champion"],
                                  "transfer.source models:/nothing@champion: not found"),
-    "missing dataset path": (["run", *_imagefolder("no-such-folder")], "data.path: no such directory: no-such-folder"),
-    "missing table": (["run", *_table("missing.csv")], "data.path: no such file: missing.csv"),
+    "missing dataset path": (["run", *_imagefolder("no-such-folder")],
+                             "data.path: no such file or folder: no-such-folder"),
+    "missing table": (["run", *_table("missing.csv")], "data.path: no such file or folder: missing.csv"),
     "empty ImageFolder": (["run", *_imagefolder("empty")], "imagefolder empty: Couldn't find any class folder"),
     "empty class folder": (["run", *_imagefolder("empty-class")], "imagefolder empty-class: Found no valid file for "
                                                                   "the classes b"),

@@ -60,11 +60,13 @@ def test_a_diverging_loss_exits_1_with_one_failed_line_and_registers_nothing(tmp
     assert client.search_registered_models() == []  # nothing registered
 
 
-def test_bad_data_inside_the_flow_exits_2_without_traceback(tmp_path):
+def test_a_missing_data_file_fails_before_anything_starts(tmp_path):
     out = _trainflow(tmp_path, "run", "--set", "data.source=csv", "--set", "data.path=missing.csv",
                      "--set", "model.name=mlp")
     assert out.returncode == 2, out.stderr
-    assert "error: data.path: no such file: missing.csv" in out.stderr and "Traceback" not in out.stderr
+    assert "error: data.path: no such file or folder: missing.csv" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / ".trainflow" / "mlflow.db").exists()  # no MLflow run, FAILED or other
+    assert not (tmp_path / ".trainflow" / "prefect" / "temporary-api.log").exists()  # no Prefect API started
 
 
 def test_ui_serves_the_local_store(tmp_path):

@@ -49,7 +49,8 @@ def test_run_records_params_tags_metrics_and_datasets(first):
     expected = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(_config()).items()}
     assert run.data.params == expected
     tags = run.data.tags
-    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_name"] == f"{NAME}: cnn / adam / cosine"
+    assert tags["prefect.flow_run_id"]
+    assert tags["prefect.flow_run_name"] == f"{NAME}: cnn, adam at lr 0.001, schedule cosine, on digits"
     assert len(tags["dataset.digest"]) == 64 and tags["gate"] == "passed"
     for name in EPOCH_METRICS:
         history = client.get_metric_history(first["run_id"], name)
@@ -161,13 +162,14 @@ print(json.dumps({{"accuracy": float((logits.argmax(1) == y[test["index"].to_num
 def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
     from flows.training import training_pipeline
 
-    missing = tmp_path / "missing.csv"
-    with pytest.raises(Exception, match="no such file"):
-        training_pipeline(load_config(None, ["name=flow-fail", "data.source=csv", f"data.path={missing}",
+    no_target = tmp_path / "no-target.csv"  # it exists (the plan checks that), and fails to load in the flow
+    no_target.write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(30)))
+    with pytest.raises(Exception, match="target column"):
+        training_pipeline(load_config(None, ["name=flow-fail", "data.source=csv", f"data.path={no_target}",
                                              "model.name=mlp"]))
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])[0]
-    assert run.info.status == "FAILED" and "no such file" in run.data.tags["failure_reason"]
+    assert run.info.status == "FAILED" and "target column" in run.data.tags["failure_reason"]
     assert client.search_registered_models(filter_string="name='flow-fail'") == []
 
 
