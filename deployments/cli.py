@@ -97,27 +97,93 @@ def operations(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_serve)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from trainlib.config import load_config, reference, to_yaml
+
+    if args.keys:
+        rows = [(key, "null" if default is None else str(default), text) for key, default, text in reference()]
+        width = max(len(k) for k, _, _ in rows), max(len(d) for _, d, _ in rows)
+        print("\n".join(f"{k:{width[0]}}  {d:{width[1]}}  {t}" for k, d, t in rows))
+    else:
+        print(to_yaml(load_config(args.config, args.set or [])), end="")
+    return 0
+
+
+EXAMPLES = {  # two per command, shown by --help
+    "run": ["trainflow run --set training.epochs=5 --set optimizer.lr=0.01",
+            "trainflow run --config configs/tabular-csv.yaml --json"],
+    "tune": ["trainflow tune --search configs/search/bayesian.yaml",
+             "trainflow tune --search configs/search/grid.yaml --set training.epochs=10"],
+    "compare": ["trainflow compare --vary optimizer.name=sgd,adam,rmsprop",
+                "trainflow compare --vary schedule.name=step,cosine --vary augment.rotation=0,15"],
+    "ensemble": ["trainflow ensemble --method bagging --members 5",
+                 "trainflow ensemble --method stacking --member model.name=mlp --member model.name=cnn"],
+    "transfer": ["trainflow transfer --demo",
+                 "trainflow transfer --source models:/digits-cnn@champion --strategy finetune --shots 10"],
+    "config": ["trainflow config --config configs/augmentation.yaml --set augment.erasing=0.25",
+               "trainflow config --keys"],
+    "ui": ["trainflow ui", "trainflow ui --port 5050"],
+    "up": ["trainflow up", "trainflow up --postgres postgresql://trainer:secret@127.0.0.1:5432/trainflow"],
+    "down": ["trainflow down", "trainflow down && trainflow status"],
+    "status": ["trainflow status", "trainflow status || trainflow up"],
+    "serve": ["trainflow serve", "trainflow serve --only training/nightly"],
+}
+CONFIG_HINT = "Config keys, their defaults and meanings: trainflow config --keys"
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' lines as written; show an option's default where it has one its help does not say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.")
+    p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.",
+                                epilog="Run `trainflow COMMAND --help` for a command's options and examples.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_commands(sub)
+    config = sub.add_parser("config", help="print the effective config as YAML (or every key with --keys)")
+    config.add_argument("--config", help="pipeline config YAML")
+    config.add_argument("--set", action="append", type=commands.key_value, metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    config.add_argument("--keys", action="store_true", help="list every config key, its default and its meaning")
+    config.set_defaults(handler=_config)
     operations(sub)
+    for name, command in sub.choices.items():
+        command.formatter_class = _Help
+        hint = f"\n\n{CONFIG_HINT}" if "--set" in command.format_usage() else ""
+        command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]) + hint
     return p
 
 
+def overview(p: argparse.ArgumentParser) -> str:
+    """`trainflow` alone: each command with its one line of help."""
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    width = max(len(a.dest) for a in sub._choices_actions)
+    lines = [f"  {a.dest:{width}}  {a.help}" for a in sub._choices_actions]
+    return "\n".join(["usage: trainflow [--debug] COMMAND [options]", "", "commands:", *lines, "",
+                      "`trainflow COMMAND --help` shows a command's options and examples."])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        print(overview(p))
+        return 0
     if args.debug:
         os.environ["TRAINFLOW_DEBUG"] = "1"
     else:  # the progress bar and the summary say what happens; Prefect's and MLflow's info logs are noise
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow prints "View run ... at: URL" on stdout when a run ends on a server; the summary gives the URL
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
-        if getattr(args, "flow_command", False):
-            from flows import local_api
-
-            local_api.start()  # now, so that it starts while the config and the libraries load
         return args.handler(args)
     except TrainflowError as exc:
         if args.debug:

@@ -45,9 +45,12 @@ def _backends() -> str:
 
 def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -> int:
     """Run `start()` while `progress` (a live bar listening to tasks/events.py), if any, shows what happens;
-    print the summary with `show`, or as the one JSON object on stdout with --json."""
-    import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
+    print the summary with `show`, or as the one JSON object on stdout with --json. Called once the command's
+    plan is built: bad input has failed by then, with no API started and nothing written."""
     from flows import local_api
+
+    local_api.start()  # before the heavy imports (torch, Prefect, MLflow), which run while the API starts
+    import flows.common  # noqa: F401
     from flows.progress import console
     from tasks import events
     from tasks.settings import one_message_for_input_errors
@@ -81,8 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return training_pipeline(cfg, refresh=args.refresh)
 
-    title = f"{cfg.name}: {cfg.model.name} / {cfg.optimizer.name} / {cfg.schedule.name} on {cfg.data.source}"
-    return _execute(args, title, start, summaries.run, EpochProgress(cfg.training.epochs, "training"))
+    return _execute(args, plans.title(cfg), start, summaries.run, EpochProgress(cfg.training.epochs, "training"))
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -200,6 +202,14 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def key_value(text: str) -> str:
+    """argparse type of --set: one word KEY=VALUE (`--set optimizer.lr 0.01` would leave 0.01 unparsed)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE as one word, e.g. --set optimizer.lr=0.01 (got {text!r})")
+    return text
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
@@ -236,10 +246,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--demo", action="store_true", help="digits 0-4 -> digits 5-9: transfer against scratch")
     for sp, handler in ((run, _run), (tune, _tune), (compare, _compare), (ens, _ensemble), (tr, _transfer)):
         sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--set", action="append", type=key_value, metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
-        sp.set_defaults(handler=handler, flow_command=True)
+        sp.set_defaults(handler=handler)
     ui = sub.add_parser("ui", help="the MLflow UI for the local store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)

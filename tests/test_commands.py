@@ -1,0 +1,63 @@
+"""The command line's own surface, in process: the command list, each command's help, `trainflow config`, and
+what a malformed --set says. Nothing here starts a flow."""
+
+import pytest
+import yaml
+
+from deployments.cli import EXAMPLES, main, parser
+from trainlib.config import load_config, reference
+
+
+def test_trainflow_alone_lists_every_command_with_one_line(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(EXAMPLES)
+    assert all(len(line.split()) > 1 for line in out.splitlines() if line.startswith("  "))  # each has its help
+
+
+@pytest.mark.parametrize("command", sorted(EXAMPLES))
+def test_each_commands_help_shows_two_examples_that_parse(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert all(example in out for example in EXAMPLES[command]) and len(EXAMPLES[command]) == 2
+    for example in EXAMPLES[command]:  # every example is a valid command line
+        words = example.split("&&")[0].split("||")[0].split()[1:]
+        assert parser().parse_args(words).command == command
+    if "--set" in out:
+        assert "trainflow config --keys" in out
+
+
+def test_a_malformed_set_says_what_it_expects(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--set", "optimizer.lr", "0.01"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected KEY=VALUE as one word, e.g. --set optimizer.lr=0.01 (got 'optimizer.lr')" in err
+
+
+def test_config_prints_the_effective_config_that_loads_back(capsys, tmp_path):
+    assert main(["config", "--config", "configs/tabular-csv.yaml", "--set", "training.epochs=3"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    again = load_config(printed)
+    assert again == load_config("configs/tabular-csv.yaml", ["training.epochs=3"]) and again.training.epochs == 3
+    assert yaml.safe_load(printed.read_text())["data"]["path"].endswith("configs/data/iris.csv")
+
+
+def test_config_keys_lists_every_key_with_its_default_and_meaning(capsys):
+    assert main(["config", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    keys = reference()
+    assert len(lines) == len(keys)
+    for line, (key, default, text) in zip(lines, keys, strict=True):
+        assert line.split()[0] == key and line.rstrip().endswith(text.strip())
+        assert line.split()[1] == ("null" if default is None else str(default).split()[0])
+
+
+def test_bad_config_in_config_command_is_one_error(capsys):
+    assert main(["config", "--set", "training.epoch=3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: invalid config: training.epoch: unknown key (did you mean " \
+                                              "'training.epochs'?)"
