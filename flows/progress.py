@@ -1,4 +1,5 @@
-"""Live terminal progress: rich progress bars that listen to the events of tasks/events.py."""
+"""Progress that listens to the events of tasks/events.py: in a terminal a live bar; in a log (stderr is not a
+terminal: a file, a pipe, a supervisor) one plain line per epoch or finished run, so the log keeps the history."""
 
 from __future__ import annotations
 
@@ -7,48 +8,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tasks.events import Event
 
-console = Console(stderr=True)  # progress and logs: stderr, so stdout stays clean for --json
+# Progress and logs: stderr, so stdout stays clean for --json. Soft wrap: a long line (a URL) stays whole in a log.
+console = Console(stderr=True, soft_wrap=True)
 # A finished command's summary goes to stdout (`trainflow run > log` keeps it); soft wrap keeps a long line
 # (a URL) whole when stdout is not a terminal, where rich would otherwise cut it at 80 columns.
 summary_console = Console(soft_wrap=True)
 
 
-class EpochProgress:
-    """A bar over the epochs of a training (its `epoch` events), with the last epoch's metrics beside it."""
+class _Bar:
+    """A rich bar in a terminal, started by the first event (not while data is prepared); elsewhere nothing
+    live: `line` prints each event as one line instead."""
 
-    def __init__(self, epochs: int, description: str = "training"):
+    def __init__(self, description: str, total: int | None, field: str):
+        self.live = console.is_terminal
+        self.description, self.total, self.done = description, total, 0
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console,
-                                 transient=False)
-        self.task = self.progress.add_task(description, total=epochs, metrics="")
-
-    def __enter__(self):
-        return self  # the bar appears with the first finished epoch, not while data is prepared
-
-    def __exit__(self, *exc):
-        if self.progress.live.is_started:
-            self.progress.stop()
-
-    def __call__(self, event: Event) -> None:
-        if event.kind != "epoch":
-            return
-        epoch, metrics = event.data["epoch"], event.data["metrics"]
-        self.progress.start()  # no-op once started
-        shown = [f"loss {metrics['train_loss']:.4f}", f"acc {metrics['train_accuracy']:.3f}"]
-        if "val_loss" in metrics:
-            shown += [f"val_loss {metrics['val_loss']:.4f}", f"val_acc {metrics['val_accuracy']:.3f}"]
-        shown.append(f"lr {metrics['lr']:.2e}")
-        self.progress.update(self.task, completed=epoch, metrics="  ".join(shown))
-
-
-class RunProgress:
-    """A bar over the trials (variants, ensemble members) of a fan-out flow, advanced by each `finished`
-    event."""
-
-    def __init__(self, total: int | None, description: str):
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)
-        self.task = self.progress.add_task(description, total=total, last="")
+                                 TextColumn(f"{{task.fields[{field}]}}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(description, total=total, **{field: ""})
 
     def __enter__(self):
         return self
@@ -57,13 +33,47 @@ class RunProgress:
         if self.progress.live.is_started:
             self.progress.stop()
 
+    def show(self, done: int, text: str, **fields) -> None:
+        self.done = done
+        if self.live:
+            self.progress.start()  # no-op once started
+            self.progress.update(self.task, completed=done, **fields)
+        else:
+            console.print(f"{self.description} {done}/{self.total or '?'}  {text}", highlight=False)
+
+
+class EpochProgress(_Bar):
+    """Over the epochs of a training (its `epoch` events), with the last epoch's metrics."""
+
+    def __init__(self, epochs: int, description: str = "training"):
+        super().__init__(description, epochs, "metrics")
+
+    def __call__(self, event: Event) -> None:
+        if event.kind != "epoch":
+            return
+        epoch, metrics = event.data["epoch"], event.data["metrics"]
+        shown = [f"loss {metrics['train_loss']:.4f}", f"acc {metrics['train_accuracy']:.4f}"]
+        if "val_loss" in metrics:
+            shown += [f"val_loss {metrics['val_loss']:.4f}", f"val_acc {metrics['val_accuracy']:.4f}"]
+        shown.append(f"lr {metrics['lr']:.3g}")
+        if not self.live and "epoch_seconds" in metrics:
+            shown.append(f"{metrics['epoch_seconds']:.1f} s")
+        text = "  ".join(shown)
+        self.show(epoch, text, metrics=text)
+
+
+class RunProgress(_Bar):
+    """Over the trials (variants, ensemble members) of a fan-out flow, advanced by each `finished` event."""
+
+    def __init__(self, total: int | None, description: str):
+        super().__init__(description, total, "last")
+
     def __call__(self, event: Event) -> None:
         if event.kind != "finished":
             return
         result = event.data["record"]
-        self.progress.start()
         name = result.get("label") or f"trial {result.get('number')}"
         metrics = result.get("metrics", {})  # trials report a value; variants and ensemble members metrics
         value = metrics.get("best_val_accuracy", metrics.get("val_accuracy", result.get("value")))
         shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")
-        self.progress.update(self.task, advance=1, last=f"last: {name} {shown}")
+        self.show(self.done + 1, f"{name}: {shown}", last=f"last: {name} {shown}")

@@ -15,9 +15,8 @@ from trainlib.config import PipelineConfig
 
 
 def run_name() -> str:
-    """What is trained: e.g. `digits-cnn: cnn / adam / cosine`."""
-    c = parameter("config", PipelineConfig)
-    return f"{c.name}: {c.model.name} / {c.optimizer.name} / {c.schedule.name}"
+    """What is trained (plans.title)."""
+    return plans.title(parameter("config", PipelineConfig))
 
 
 DEFAULT = PipelineConfig()  # cnn on the embedded digits
