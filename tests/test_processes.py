@@ -2,6 +2,7 @@
 is signalled, as a supervisor, `timeout`, systemd or an IDE does, or when it dies: no process of its tree is left
 and its ports are free."""
 
+import contextlib
 import signal
 import socket
 import sqlite3
@@ -48,6 +49,15 @@ def _left(processes: list[psutil.Process], within: float) -> list[str]:
         time.sleep(0.2)
 
 
+def _end(tree: list[psutil.Process], proc: subprocess.Popen | None = None) -> None:
+    """Whatever a failed test left running (of `tree`, and of `proc`'s tree now) is killed, not left behind."""
+    if proc is not None and proc.poll() is None:  # not reaped: its pid is still its own
+        tree = [*tree, *_tree(proc.pid)]
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -78,19 +88,19 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGINT: 130, signa
                          ids=lambda s: signal.Signals(s).name)
 def test_ui_stops_with_everything_it_started(tmp_path, signum):
     port = free_port()
-    proc = _start(tmp_path, "ui", "--port", str(port))
+    proc, tree = _start(tmp_path, "ui", "--port", str(port)), []
     try:
         _wait_until("MLflow UI answering", lambda: _answers(port), proc)
         tree = _tree(proc.pid)
-        assert not [p for p in tree if "huey" in " ".join(p.cmdline())], "the UI needs no job runner"
+        commands = [" ".join(p.cmdline()) for p in tree]
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
+        assert _left(tree, within=30) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_CODES[signum], err
-    assert _left(tree, within=30) == []
+        _end(tree, proc)
     assert not _listening(port)
+    assert proc.returncode == EXIT_CODES[signum], err
+    assert not [c for c in commands if "huey" in c], "the UI needs no job runner"
     assert "Traceback" not in err and "INFO" not in err and "Deprecat" not in err and "middleware" not in err, err
 
 
@@ -107,18 +117,17 @@ def _read(db, query: str):
 
 def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
     db = tmp_path / ".trainflow" / "mlflow.db"
-    proc = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY)
+    proc, tree = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY), []
     try:
         _wait_until("an epoch's metrics", lambda: _read(db, "SELECT 1 FROM metrics WHERE key = 'train_loss'"), proc)
         tree = _tree(proc.pid)
         assert any("prefect.server.api.server:create_app" in p.cmdline() for p in tree)  # the temporary API
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+        assert _left(tree, within=30) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _end(tree, proc)
     assert proc.returncode == 143, err
-    assert _left(tree, within=30) == []
     assert _read(db, "SELECT status FROM runs") == ("FAILED",)
     assert "stopping (SIGTERM)" in err
 
@@ -126,17 +135,19 @@ def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
 def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
     ports = free_port(), free_port()
     env = cli_env(tmp_path)
-    up = subprocess.run([TRAINFLOW, "up", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1])],
-                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    up, tree = subprocess.run([TRAINFLOW, "up", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1])],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300), []
     try:
         assert up.returncode == 0, up.stderr
         servers = [int(f.read_text().split()[0]) for f in (tmp_path / ".trainflow" / "stack").glob("*.pid")]
         assert len(servers) == 2
         tree = [p for pid in servers for p in _tree(pid)]
-        assert not [p for p in tree if "huey" in " ".join(p.cmdline())], "the stack needs no MLflow job runner"
-    finally:
+        commands = [" ".join(p.cmdline()) for p in tree]
         down = subprocess.run([TRAINFLOW, "down"], env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=120)
-    assert down.returncode == 0 and "stopped: prefect, mlflow" in down.stdout, down.stderr
-    assert _left(tree, within=5) == []
+        assert down.returncode == 0 and "stopped: prefect, mlflow" in down.stdout, down.stderr
+        assert _left(tree, within=5) == []
+    finally:
+        _end(tree)
     assert not any(_listening(port) for port in ports)
+    assert not [c for c in commands if "huey" in c], "the stack needs no MLflow job runner"
