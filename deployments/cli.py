@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from flows import commands
+from flows import commands, processes
 from trainlib.errors import TrainflowError
 
 ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell use the stack"
@@ -219,6 +219,7 @@ def _leave() -> None:
 def entry() -> None:
     """The `trainflow` console script."""
     global _exit_code
+    processes.stop_cleanly_on_signals()  # SIGTERM, SIGHUP: finally blocks and exit handlers run, children stop
     atexit.register(_leave)
     _exit_code = main()
     sys.exit(_exit_code)

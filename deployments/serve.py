@@ -3,6 +3,8 @@ process (Prefect's `serve`): no work pool, no worker."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from prefect import serve
@@ -54,7 +56,10 @@ def _check_no_worker_deployments(served: list) -> None:
 
 
 def run(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted (SIGINT), terminated (SIGTERM) or hung up (SIGHUP)."""
     served = deployments(prefect_file, names)
     _check_no_worker_deployments(served)
+    # Prefect's runner shuts down cleanly on SIGTERM (it cancels the flow runs it started, then returns):
+    # a hang-up takes the same way out
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     serve(*served)

@@ -25,6 +25,9 @@ from trainlib.redact import redact
 
 STACK = settings.HOME / "stack"
 BIN = Path(sys.executable).parent
+# MLflow's job execution (a job runner and 7 huey worker processes, about 1.7 GB) runs its GenAI evaluation jobs;
+# nothing here uses them
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def _start(service: Service) -> None:
     STACK.mkdir(parents=True, exist_ok=True)
     with open(service.log_file, "ab") as log:
         process = subprocess.Popen(service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **service.env}, start_new_session=True)
+                                   env={**os.environ, **SERVER_ENV, **service.env}, start_new_session=True)
     service.pid_file.write_text(f"{process.pid} {service.url} {service.health}\n")
 
 
@@ -199,16 +202,18 @@ def down(timeout: float = 30) -> list[str]:
 
 
 def _stop(pid: int, timeout: float) -> None:
+    """Stop a server and every process it started: its process group (it was started as a session leader, and
+    its workers stay in its group). SIGTERM, then SIGKILL for whatever is left after `timeout` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        try:
+            os.killpg(pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 
 from flows import runners
@@ -194,11 +193,11 @@ def _ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"runs are tracked on the MLflow server at {uri}: open it in a browser")
         return 0
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    with contextlib.suppress(KeyboardInterrupt):
-        return subprocess.run(cmd).returncode
+    from flows import ui
+
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl+C or kill {os.getpid()} stops it)",
+          file=sys.stderr)
+    ui.serve(uri, args.host, args.port)
     return 0
 
 

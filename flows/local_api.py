@@ -12,10 +12,8 @@ when this process exits, also when it is killed. Its log: .trainflow/prefect/tem
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from flows.processes import die_with_parent
 from trainlib.errors import TrainflowError
 from trainlib.redact import redact
 
@@ -83,6 +82,7 @@ def start() -> TemporaryAPI | None:
     sock.listen(128)
     port = sock.getsockname()[1]
     log = settings.HOME / "prefect" / "temporary-api.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     site = Path(importlib.util.find_spec("prefect").origin).parent.parent
     with sock, open(log, "w") as out:
         process = subprocess.Popen(
@@ -90,7 +90,7 @@ def start() -> TemporaryAPI | None:
              "prefect.server.api.server:create_app", "--fd", str(sock.fileno()), "--log-level", "error",
              "--lifespan", "on"],
             pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **EPHEMERAL}, preexec_fn=_die_with_parent)
+            env={**os.environ, **EPHEMERAL}, preexec_fn=die_with_parent)
     _current = TemporaryAPI(process, f"http://127.0.0.1:{port}/api", log)
     atexit.register(_current.stop)
     os.environ["PREFECT_API_URL"] = _current.url
@@ -138,14 +138,3 @@ def ready() -> None:
     else:
         check_server("Prefect API", os.environ.get("PREFECT_API_URL"), "PREFECT_API_URL")
 
-
-try:
-    _LIBC = ctypes.CDLL(None)  # loaded here: the child between fork and exec must not import anything
-except OSError:
-    _LIBC = None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    if _LIBC is not None and hasattr(_LIBC, "prctl"):
-        _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

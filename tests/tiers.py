@@ -26,7 +26,7 @@ MODULES = {
     "slow": ["test_distributed"],
     "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_resume",
              "test_seams", "test_security", "test_transfer_flow", "test_tuning_flow"],
-    "servers": ["test_operations", "test_scaleout"],
+    "servers": ["test_operations", "test_processes", "test_scaleout"],
 }
 
 TESTS = {  # tests whose tier is not their module's: file::function -> tier

@@ -1,0 +1,153 @@
+"""Every long-running `trainflow` command stops with everything it started when its own process (not its group)
+is signalled, as a supervisor, `timeout`, systemd or an IDE does, or when it dies: no process of its tree is left
+and its ports are free."""
+
+import contextlib
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.request
+
+import psutil
+import pytest
+from conftest import TRAINFLOW, cli_env
+from ports import free_port
+
+TINY = ["--set", "model.channels=[8]", "--set", "model.hidden=[32]"]
+
+
+def _as_in_a_terminal() -> None:
+    """A shell's background jobs (and so a test run in one) ignore SIGINT; a terminal's foreground does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(tmp_path, *args) -> subprocess.Popen:
+    return subprocess.Popen([TRAINFLOW, *args], env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _left(processes: list[psutil.Process], within: float) -> list[str]:
+    """The processes still running after `within` seconds (an exited one nobody has reaped yet counts as gone)."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for p in processes:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _end(tree: list[psutil.Process], proc: subprocess.Popen | None = None) -> None:
+    """Whatever a failed test left running (of `tree`, and of `proc`'s tree now) is killed, not left behind."""
+    if proc is not None and proc.poll() is None:  # not reaped: its pid is still its own
+        tree = [*tree, *_tree(proc.pid)]
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_until(what: str, ready, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"trainflow exited ({proc.returncode}) before {what}: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.2)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGKILL: -signal.SIGKILL}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_ui_stops_with_everything_it_started(tmp_path, signum):
+    port = free_port()
+    proc, tree = _start(tmp_path, "ui", "--port", str(port)), []
+    try:
+        _wait_until("MLflow UI answering", lambda: _answers(port), proc)
+        tree = _tree(proc.pid)
+        commands = [" ".join(p.cmdline()) for p in tree]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert _left(tree, within=30) == []
+    finally:
+        _end(tree, proc)
+    assert not _listening(port)
+    assert proc.returncode == EXIT_CODES[signum], err
+    assert not [c for c in commands if "huey" in c], "the UI needs no job runner"
+    assert "Traceback" not in err and "INFO" not in err and "Deprecat" not in err and "middleware" not in err, err
+
+
+def _read(db, query: str):
+    """The first row of `query` on the MLflow store `db`, read without writing (the command owns the store)."""
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as store:
+            return store.execute(query).fetchone()
+    except sqlite3.OperationalError:  # the command is creating the store's tables
+        return None
+
+
+def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
+    db = tmp_path / ".trainflow" / "mlflow.db"
+    proc, tree = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY), []
+    try:
+        _wait_until("an epoch's metrics", lambda: _read(db, "SELECT 1 FROM metrics WHERE key = 'train_loss'"), proc)
+        tree = _tree(proc.pid)
+        assert any("prefect.server.api.server:create_app" in p.cmdline() for p in tree)  # the temporary API
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert _left(tree, within=30) == []
+    finally:
+        _end(tree, proc)
+    assert proc.returncode == 143, err
+    assert _read(db, "SELECT status FROM runs") == ("FAILED",)
+    assert "stopping (SIGTERM)" in err
+
+
+def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
+    ports = free_port(), free_port()
+    env = cli_env(tmp_path)
+    up, tree = subprocess.run([TRAINFLOW, "up", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1])],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300), []
+    try:
+        assert up.returncode == 0, up.stderr
+        servers = [int(f.read_text().split()[0]) for f in (tmp_path / ".trainflow" / "stack").glob("*.pid")]
+        assert len(servers) == 2
+        tree = [p for pid in servers for p in _tree(pid)]
+        commands = [" ".join(p.cmdline()) for p in tree]
+        down = subprocess.run([TRAINFLOW, "down"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0 and "stopped: prefect, mlflow" in down.stdout, down.stderr
+        assert _left(tree, within=5) == []
+    finally:
+        _end(tree)
+    assert not any(_listening(port) for port in ports)
+    assert not [c for c in commands if "huey" in c], "the stack needs no MLflow job runner"
