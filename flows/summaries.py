@@ -8,7 +8,7 @@ import os
 from rich.table import Table
 
 from flows.progress import summary_console as console
-from tasks.report import outcome, registration, shown
+from tasks.report import cells, outcome, registration, shown
 
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 
@@ -34,16 +34,12 @@ def study(s: dict) -> None:
     run(s)
 
 
-def _cells(row: dict, keys: tuple[str, ...]) -> list[str]:
-    return [shown(row.get(k), k) for k in keys]
-
-
 def comparison(s: dict) -> None:
     table = Table("variant", "val acc", "val loss", "test acc", "epochs", "seconds", "state",
                   title="best epoch of each variant")
     table.columns[0].overflow = "fold"
     for v in s["variants"]:
-        table.add_row(*_cells(v, ("variant", "best_val_accuracy", "best_val_loss", "test_accuracy", "epochs",
+        table.add_row(*cells(v, ("variant", "best_val_accuracy", "best_val_loss", "test_accuracy", "epochs",
                                   "seconds", "state")))
     console.print(table)
     console.print(f"best (on validation): [bold]{s['best_variant']}[/]")
@@ -55,7 +51,7 @@ def ensemble(s: dict) -> None:
                   title=f"{s['method']}: members and ensemble")
     table.columns[0].overflow = "fold"
     for r in s["members"]:
-        table.add_row(*_cells(r, ("member", "weight", "val_accuracy", "test_accuracy", "epochs", "seconds", "state")))
+        table.add_row(*cells(r, ("member", "weight", "val_accuracy", "test_accuracy", "epochs", "seconds", "state")))
     m = s["metrics"]
     table.add_row("[bold]ensemble[/]", "", shown(m.get("val_accuracy")), f"[bold]{shown(m['test_accuracy'])}[/]",
                   "", "", "")
@@ -74,7 +70,7 @@ def demo(s: dict) -> None:
     table = Table("run", "test acc", "best epoch", "epochs to scratch's best val acc", "train s",
                   title=f"digits 0-4 -> digits 5-9 with {s['shots']} labeled examples per class")
     for r in s["runs"]:
-        table.add_row(*_cells(r, ("run", "test_accuracy", "best_epoch", "epochs_to_scratch_best_val",
+        table.add_row(*cells(r, ("run", "test_accuracy", "best_epoch", "epochs_to_scratch_best_val",
                                   "train_seconds")))
     console.print(table)
     transfer(s)

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, outcome, registration, rounded, rounded_row, shown, summary
+from tasks.report import artifact_key, link, markdown_row, outcome, registration, rounded, rounded_row, summary
 from trainlib import plots
 
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
@@ -38,8 +38,8 @@ def compare_report(name: str, parent_run_id: str, variants: list[dict], best: di
     create_table_artifact(rows, key=artifact_key(name, "comparison"), description="every variant, side by side")
     lines = [f"# {name}: {len(done)} of {len(variants)} variants trained; best: {best['label']}", "",
              "| variant | best val acc | test acc | epochs | seconds |", "|---|---|---|---|---|",
-             *["| " + " | ".join(shown(r[k], k) for k in ("variant", "best_val_accuracy", "test_accuracy", "epochs",
-                                                          "seconds")) + " |" for r in rows], "",
+             *[markdown_row(r, ("variant", "best_val_accuracy", "test_accuracy", "epochs", "seconds")) for r in rows],
+             "",
              f"Best variant: {best['label']}; {registration(registered)}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return summary(name, parent_run_id, best["metrics"], registered, best_variant=best["label"],

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, registration, rounded_row, shown, summary
+from tasks.report import artifact_key, link, markdown_row, registration, rounded_row, shown, summary
 from trainlib import plots
 from trainlib.ensemble import EnsembleConfig
 
@@ -48,8 +48,8 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
                           description="every member and the ensemble, val and test")
     lines = [f"# {name}: {ensemble.method} of {len(done)} members (of {len(members)})", "",
              "| member | weight | val acc | test acc | epochs | seconds |", "|---|---|---|---|---|---|",
-             *["| " + " | ".join(shown(r[k], k) for k in ("member", "weight", "val_accuracy", "test_accuracy",
-                                                         "epochs", "seconds")) + " |" for r in rows],
+             *[markdown_row(r, ("member", "weight", "val_accuracy", "test_accuracy", "epochs", "seconds"))
+               for r in rows],
              f"| **ensemble** | | {shown(ensemble_row['val_accuracy'])} | **{shown(ensemble_row['test_accuracy'])}** "
              "| | |", "",
              f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined['disagreement']):.4f}.", "",

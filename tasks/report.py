@@ -87,6 +87,15 @@ def shown(value, key: str = "") -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def cells(row: dict, keys) -> list[str]:
+    """The row's `keys` as table text (CLI tables and markdown rows alike)."""
+    return [shown(row.get(k), k) for k in keys]
+
+
+def markdown_row(row: dict, keys) -> str:
+    return "| " + " | ".join(cells(row, keys)) + " |"
+
+
 def rounded_row(row: dict, keys=None) -> dict:
     """The row with each value rounded by its key (only `keys`, None where the row has none, if given)."""
     if keys is None:

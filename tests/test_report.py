@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.register import decide
-from tasks.report import registration, rounded, rounded_row, shown
+from tasks.report import markdown_row, registration, rounded, rounded_row, shown
 from trainlib.config import RegisterConfig
 
 GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)
@@ -84,6 +84,9 @@ def test_tables_show_metrics_with_four_decimals_and_learning_rates_with_three_di
     assert shown(1e-5, "optimizer.lr") == "1e-05"
     assert shown(12.3456, "seconds") == "12.3" and shown(7.0, "best_epoch") == "7"
     assert shown(None, "weight") == "-" and shown(3, "epochs") == "3" and shown("sgd", "variant") == "sgd"
+    row = {"variant": "optimizer.lr=0.01", "test_accuracy": 1.0, "seconds": 2.26, "weight": None}
+    keys = ("variant", "test_accuracy", "seconds", "weight")
+    assert markdown_row(row, keys) == "| optimizer.lr=0.01 | 1.0000 | 2.3 | - |"
 
 
 def test_numpy_floats_follow_the_same_rule():
