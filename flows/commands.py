@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.progress import EpochProgress
     from trainlib.config import load_config
 
-    cfg = plans.run(load_config(args.config, args.set or []))  # bad input fails here, before anything starts
+    cfg = plans.run(load_config(args.config, _overrides(args)))  # bad input fails here, before anything starts
 
     def start():
         from flows.training import training_pipeline
@@ -92,7 +92,7 @@ def _tune(args: argparse.Namespace) -> int:
     from trainlib.config import load_config
     from trainlib.tuning import load_search
 
-    plan = plans.tune(load_config(args.config, args.set or []), load_search(args.search), args.runner)
+    plan = plans.tune(load_config(args.config, _overrides(args)), load_search(args.search), args.runner)
     search = plan.search
 
     def start():
@@ -111,7 +111,7 @@ def _compare(args: argparse.Namespace) -> int:
     from trainlib.overrides import parse_vary
 
     vary = dict(parse_vary(item) for item in args.vary)
-    plan = plans.compare(load_config(args.config, args.set or []), vary, args.max_parallel, args.runner)
+    plan = plans.compare(load_config(args.config, _overrides(args)), vary, args.max_parallel, args.runner)
 
     def start():
         from flows.compare import compare_flow
@@ -144,7 +144,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     from flows.progress import RunProgress
     from trainlib.config import load_config
 
-    plan = plans.ensemble(load_config(args.config, args.set or []), _ensemble_settings(args), args.runner)
+    plan = plans.ensemble(load_config(args.config, _overrides(args)), _ensemble_settings(args), args.runner)
     ensemble = plan.ensemble
 
     def start():
@@ -161,7 +161,7 @@ def _transfer(args: argparse.Namespace) -> int:
     from flows.progress import EpochProgress
     from trainlib.config import load_config, override
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = load_config(args.config, _overrides(args))
     if args.demo:
         if args.source or args.strategy:
             raise TrainflowError("transfer --demo: it trains its own source and runs every strategy; leave out "
@@ -209,6 +209,16 @@ def key_value(text: str) -> str:
     return text
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, then those of --name and --no-register (so the flags win over a --set)."""
+    overrides = [*(args.set or [])]
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.no_register:
+        overrides.append("register.enabled=false")
+    return overrides
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
@@ -247,6 +257,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--config", help="pipeline config YAML (tune, compare: the base every trial changes)")
         sp.add_argument("--set", action="append", type=key_value, metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
+        sp.add_argument("--name", help="experiment and registered-model name (the config's `name`)")
+        sp.add_argument("--no-register", action="store_true", help="register nothing: no model version, no alias "
+                        "moved; the run and its model are still recorded (register.enabled=false)")
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
         sp.set_defaults(handler=handler)

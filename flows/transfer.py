@@ -55,6 +55,15 @@ def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, paren
         return report(config.name, run_id, trained, metrics, registered) | {"transfer": lineage}
 
 
+def trained_uri(trained: dict) -> str:
+    """Where a just trained source is found: the alias it took, else its version (challenger), else its run
+    (--no-register: nothing was registered)."""
+    if trained["gate"] is None:
+        return f"runs:/{trained['run_id']}"
+    at = f"@{trained['alias']}" if trained["gate"]["passed"] else f"/{trained['version']}"
+    return f"models:/{trained['registered_model']}{at}"
+
+
 @flow(name="transfer-demo", flow_run_name=lambda: f"transfer demo: {flow_run.parameters['shots']} shots")
 def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refresh: bool = False) -> dict:
     """Train (or reuse) a source on digits 0-4, then learn digits 5-9 from `shots` labeled examples per class
@@ -64,7 +73,7 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
     source = registered_source(source_config.name, source_config.register.alias)
     if source is None:
         trained = training_pipeline(source_config, refresh=refresh)
-        source = {"uri": f"models:/{source_config.name}@{source_config.register.alias}", "run_id": trained["run_id"],
+        source = {"uri": trained_uri(trained), "run_id": trained["run_id"],
                   **{k: trained["metrics"][k] for k in ("test_accuracy", "best_epoch", "train_seconds")}}
     target = override(config, DIGITS_5_9 | {"split.shots": shots, "transfer.source": source["uri"]})
     run_id = start_run(target, {"demo.shots": shots, "demo.source": source["uri"]}, kind="transfer-demo",

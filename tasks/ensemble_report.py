@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, registration, rounded, summary
+from tasks.report import artifact_key, link, markdown_row, registration, rounded_row, shown, summary
 from trainlib import plots
 from trainlib.ensemble import EnsembleConfig
 
@@ -17,7 +17,7 @@ COLUMNS = ["val_accuracy", "test_accuracy", "test_f1", "test_loss"]
 
 
 def _row(name: str, state: str, metrics: dict, **extra) -> dict:
-    return {"member": name, "state": state, **rounded(metrics, COLUMNS), **extra}
+    return {"member": name, "state": state, **rounded_row(metrics, COLUMNS), **rounded_row(extra)}
 
 
 @task(name="ensemble-report")
@@ -28,7 +28,7 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
     weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
         zip((x["label"] for x in done), combined["weights"] or [1.0] * len(done), strict=True))
     rows = [_row(x["label"], x["state"], x.get("metrics", {}), weight=weights.get(x["label"]),
-                 epochs=x.get("epochs"), seconds=round(x["seconds"], 2) if x.get("seconds") else None,
+                 epochs=x.get("epochs"), seconds=x.get("seconds"),
                  run_id=x.get("run_id"), source=x.get("source"), error=x.get("error")) for x in members]
     ensemble_row = _row(f"ensemble ({ensemble.method})", "complete", combined["metrics"], run_id=run_id)
     best = max(done, key=lambda x: (x["metrics"]["test_accuracy"], -x["metrics"]["test_loss"]))
@@ -48,11 +48,12 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
                           description="every member and the ensemble, val and test")
     lines = [f"# {name}: {ensemble.method} of {len(done)} members (of {len(members)})", "",
              "| member | weight | val acc | test acc | epochs | seconds |", "|---|---|---|---|---|---|",
-             *[f"| {r['member']} | {r['weight']} | {r['val_accuracy']} | {r['test_accuracy']} | {r['epochs']} | "
-               f"{r['seconds']} |" for r in rows],
-             f"| **ensemble** | | {ensemble_row['val_accuracy']} | **{ensemble_row['test_accuracy']}** | | |", "",
+             *[markdown_row(r, ("member", "weight", "val_accuracy", "test_accuracy", "epochs", "seconds"))
+               for r in rows],
+             f"| **ensemble** | | {shown(ensemble_row['val_accuracy'])} | **{shown(ensemble_row['test_accuracy'])}** "
+             "| | |", "",
              f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined['disagreement']):.4f}.", "",
-             registration(registered), "", link("ensemble run", run_id)]
+             registration(registered) + ".", "", link("ensemble run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-summary"), description="ensemble")
     metrics = combined["metrics"] | {"best_member_test_accuracy": best["metrics"]["test_accuracy"]}
     return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best["label"],

@@ -1,5 +1,6 @@
 """Register: log the model to MLflow (normalization inside, takes raw inputs), create a version, and
-apply the gate: promote to the alias only if good enough and not worse than the current holder."""
+apply the gate: the alias moves only to a version good enough and strictly better than its holder.
+With register.enabled false (--no-register) the model is logged to the run and nothing is registered."""
 
 from __future__ import annotations
 
@@ -23,32 +24,48 @@ from trainlib.models import load_model
 
 CHALLENGER = "challenger"
 EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
+OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; only the first moves the alias
 
 
 @dataclass(frozen=True)
 class Gate:
-    passed: bool
-    reason: str
+    passed: bool  # the alias moved to this version
+    outcome: str  # one of OUTCOMES
+    reason: str  # the sentence every summary prints
     test_accuracy: float
-    threshold: float
-    champion_version: str | None
+    threshold: float  # register.min_test_accuracy
+    min_delta: float
+    champion_version: int | None  # the alias holder this version was compared with
     champion_accuracy: float | None
 
 
-def decide(accuracy: float, threshold: float, champion_version: str | None, champion_accuracy: float | None) -> Gate:
-    """Pass when accuracy >= threshold and >= the current alias holder's accuracy (if any)."""
+def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
+           champion_accuracy: float | None) -> Gate:
+    """Promote when accuracy reaches register.min_test_accuracy and beats the holder's (if any) by more than
+    register.min_delta; anything else, a tie included, stays challenger."""
+    alias, threshold, delta = register.alias, register.min_test_accuracy, register.min_delta
     if accuracy < threshold:
-        reason = f"test accuracy {accuracy:.4f} is below the minimum {threshold:.4f}"
-    elif champion_accuracy is not None and accuracy < champion_accuracy:
-        reason = f"test accuracy {accuracy:.4f} is below version {champion_version}'s {champion_accuracy:.4f}"
+        outcome = "below_minimum"
+        reason = f"kept as challenger: below the gate ({accuracy:.4f} < register.min_test_accuracy {threshold:g})"
+    # to 6 places, as the holder's accuracy is kept (its version tag): float noise never turns a tie into a gain
+    elif champion_accuracy is not None and not round(accuracy - champion_accuracy, 6) > delta:
+        outcome = "not_better"
+        reason = (f"kept as challenger (not better than version {champion_version}'s {champion_accuracy:.4f} "
+                  f"by {delta:g})")
+    elif champion_accuracy is not None:
+        outcome = "promoted"
+        reason = f"promoted to @{alias} ({accuracy:.4f} > version {champion_version}'s {champion_accuracy:.4f})"
     else:
-        reason = f"test accuracy {accuracy:.4f} >= minimum {threshold:.4f}" + (
-            f" and >= version {champion_version}'s {champion_accuracy:.4f}" if champion_accuracy is not None else "")
-        return Gate(True, reason, accuracy, threshold, champion_version, champion_accuracy)
-    return Gate(False, reason, accuracy, threshold, champion_version, champion_accuracy)
+        outcome = "promoted"
+        reason = (f"promoted to @{alias} ({accuracy:.4f} >= register.min_test_accuracy {threshold:g}; no version "
+                  f"held @{alias})")
+    return Gate(outcome == "promoted", outcome, reason, accuracy, threshold, delta, champion_version,
+                champion_accuracy)
 
 
-def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
+def _holder(name: str, alias: str) -> tuple[int | None, float | None]:
+    """The version holding `alias` and its test accuracy. Versions are ints here whatever the store:
+    MLflow's client returns an int from SQLite and a string from a server."""
     try:
         version = tracking.client().get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -56,7 +73,7 @@ def _holder(name: str, alias: str) -> tuple[str | None, float | None]:
     accuracy = version.tags.get("test_accuracy")
     if accuracy is None and version.run_id:
         accuracy = tracking.client().get_run(version.run_id).data.metrics.get("test_accuracy")
-    return version.version, float(accuracy) if accuracy is not None else None
+    return int(version.version), float(accuracy) if accuracy is not None else None
 
 
 LOCK = "trainflow-registry"  # a Prefect global concurrency limit of 1: a lock every flow on the API shares
@@ -75,23 +92,28 @@ def one_at_a_time():
         yield
 
 
+NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
+
+
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
     """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
-    `challenger`. -> {model_uri, registered_model, version, alias, gate}."""
+    `challenger`. -> {model_uri, registered_model, version (int), alias, gate}; with register.enabled false,
+    nothing is registered and all but model_uri are None."""
+    if not register.enabled:
+        tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
+        return {"model_uri": model_uri, "registered_model": None, "version": None, "alias": None, "gate": None}
     client = tracking.client()
-    version = mlflow.register_model(model_uri, name)  # creates the registered model on first use
+    version = int(mlflow.register_model(model_uri, name).version)  # creates the registered model on first use
     with one_at_a_time():  # flows finishing together each compare with the holder the one before left
-        gate = decide(test_accuracy, register.min_test_accuracy, *_holder(name, register.alias))
-        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": "passed" if gate.passed else "failed",
-                "gate_reason": gate.reason}
+        gate = decide(float(test_accuracy), register, *_holder(name, register.alias))
+        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason}
         for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
-            client.set_model_version_tag(name, version.version, key, value)
+            client.set_model_version_tag(name, str(version), key, value)
         alias = register.alias if gate.passed else CHALLENGER
-        client.set_registered_model_alias(name, alias, version.version)
-    tracking.RunLogger(run_id).set_tags({"gate": tags["gate"], "gate_reason": gate.reason,
-                                         "registered_model": name, "registered_version": version.version,
-                                         "registered_alias": alias})
-    return {"model_uri": model_uri, "registered_model": name, "version": version.version, "alias": alias,
+        client.set_registered_model_alias(name, alias, str(version))
+    tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
+                                         "registered_version": version, "registered_alias": alias})
+    return {"model_uri": model_uri, "registered_model": name, "version": version, "alias": alias,
             "gate": asdict(gate)}
 
 
@@ -104,7 +126,7 @@ def example_inputs(dataset: DatasetRef) -> np.ndarray:
 @task(name="register")
 def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef,
              run_id: str) -> dict:
-    """Log the trained `model` (a trainlib model file) to the run, then register it through the gate.
-    -> {model_uri, registered_model, version, alias, gate}."""
+    """Log the trained `model` (a trainlib model file) to the run, then register it through the gate (unless
+    register.enabled is false: the logged model stays usable by its model_uri). -> as `promote`."""
     model_uri = tracking.log_model(run_id, load_model(model)[0], example_inputs(dataset))
     return promote(name, register, model_uri, metrics["test_accuracy"], run_id)

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, registration, summary
+from tasks.report import artifact_key, link, registration, rounded_row, shown, summary
 from tasks.studies import open_study
 from trainlib.tuning import SearchConfig, decode
 
@@ -41,10 +41,10 @@ def _log_plots(log: tracking.RunLogger, study: optuna.Study) -> list[str]:
 
 
 def _rows(study: optuna.Study, search: SearchConfig) -> list[dict]:
-    return [{"trial": t.number, "state": t.state.name.lower(), search.metric: t.value,
-             "epochs": max(t.intermediate_values, default=None),
-             "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
-             **{k: t.params.get(k) for k in search.space}, "run_id": t.user_attrs.get("run_id")}
+    return [rounded_row({"trial": t.number, "state": t.state.name.lower(), search.metric: t.value,
+                         "epochs": max(t.intermediate_values, default=None),
+                         "seconds": t.duration.total_seconds() if t.duration else None,
+                         **{k: t.params.get(k) for k in search.space}, "run_id": t.user_attrs.get("run_id")})
             for t in study.get_trials(deepcopy=False)]
 
 
@@ -66,10 +66,10 @@ def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, 
     registered = retrain["registered"]
     lines = [f"# {study_name}: best trial {best.number}", "",
              f"{search.strategy} search: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} "
-             f"pruned, {counts['fail']} failed); best {search.metric} {best.value:.4f}",
-             "", "| parameter | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in best_params.items()], "",
-             f"Retrained on {search.retrain}: test accuracy {retrain['metrics']['test_accuracy']:.4f}. "
-             f"{registration(registered)}", "", link("study run", parent_run_id)]
+             f"pruned, {counts['fail']} failed); best {search.metric} {shown(best.value)}",
+             "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
+             "", f"Retrained on {search.retrain}: test accuracy {shown(retrain['metrics']['test_accuracy'])}; "
+             f"{registration(registered)}.", "", link("study run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
     return summary(name, parent_run_id, {**retrain["metrics"], f"best_{search.metric}": best.value}, registered,
                    children=[*children, retrain["run_id"]], trials=counts, plots_skipped=skipped,

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks import tracking
 from tasks.refs import DatasetRef, SourceRef, StatsRef
-from tasks.report import artifact_key
+from tasks.report import artifact_key, rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
 from trainlib.errors import ConfigError
@@ -22,33 +22,37 @@ from trainlib.transfer import STRATEGIES, load_source, transplant
 
 WEIGHTS = "checkpoints/model.pt"  # the trained model file every training run logs (architecture + weights)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")  # a run's model, registered or not (--no-register)
 
 
 def _registered(uri: str, folder: Path) -> tuple[str, dict]:
-    """Download a registered model's weights file. -> (local path, lineage)."""
-    match = MODEL_URI.match(uri)
-    if not match:
-        raise ConfigError(f"transfer.source: {uri!r} is not models:/name@alias or models:/name/version")
+    """Download a registered model's (or a run's) weights file. -> (local path, lineage)."""
+    match, run = MODEL_URI.match(uri), RUN_URI.match(uri)
+    if not match and not run:
+        raise ConfigError(f"transfer.source: {uri!r} is not models:/name@alias, models:/name/version or runs:/RUN_ID")
     client = tracking.client()
     try:
-        version = client.get_model_version_by_alias(match["name"], match["alias"]) if match["alias"] else \
-            client.get_model_version(match["name"], match["version"])
+        if run:
+            run_id, version = client.get_run(run["run_id"]).info.run_id, None
+        else:
+            found = client.get_model_version_by_alias(match["name"], match["alias"]) if match["alias"] else \
+                client.get_model_version(match["name"], match["version"])
+            run_id, version = found.run_id, str(found.version)
     except MlflowException as exc:
         raise ConfigError(f"transfer.source {uri}: not found ({str(exc).splitlines()[0]})") from None
     try:
-        path = client.download_artifacts(version.run_id, WEIGHTS, str(folder))
+        path = client.download_artifacts(run_id, WEIGHTS, str(folder))
     except (MlflowException, OSError):
-        raise ConfigError(f"transfer.source {uri}: version {version.version}'s run {version.run_id} has no "
-                          f"{WEIGHTS} (ensembles and models trained elsewhere cannot be a source; give a "
-                          "model file)") from None
-    return path, {"source_run_id": version.run_id, "source_version": version.version}
+        raise ConfigError(f"transfer.source {uri}: run {run_id} has no {WEIGHTS} (ensembles and models trained "
+                          "elsewhere cannot be a source; give a model file)") from None
+    return path, {"source_run_id": run_id, "source_version": version}
 
 
 @task(name="fetch-source")
 def fetch_source(source: str, workspace: str) -> SourceRef:
     """The source model as a local file, with its architecture and lineage."""
     lineage: dict = {"source_run_id": None, "source_version": None}
-    if source.startswith("models:/"):
+    if source.startswith(("models:/", "runs:/")):
         path, lineage = _registered(source, Path(workspace) / "source")
     else:
         path = source  # a file, or torchvision:<name> (read from the local torch cache)
@@ -96,7 +100,7 @@ def transfer_report(name: str, run_id: str, source: dict, runs: dict[str, dict],
                      "train_seconds": m["train_seconds"],
                      "epochs_to_scratch_best_val": _first_epoch(histories[strategy], bar) if bar else None,
                      "run_id": r["run_id"]})
-    rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    rows = [rounded_row(row) for row in rows]
     log = tracking.RunLogger(run_id)
     log.log_metrics({f"{r['run']}_{k}": r[k] for r in rows[1:] for k in ("test_accuracy", "best_epoch")
                      if r[k] is not None}, step=0)
@@ -117,5 +121,5 @@ def registered_source(name: str, alias: str) -> dict | None:
     except MlflowException:
         return None
     metrics = client.get_run(version.run_id).data.metrics
-    return {"uri": f"models:/{name}@{alias}", "run_id": version.run_id, "version": version.version,
+    return {"uri": f"models:/{name}@{alias}", "run_id": version.run_id, "version": int(version.version),
             **{k: metrics.get(k) for k in ("test_accuracy", "best_epoch", "stopped_epoch", "train_seconds")}}

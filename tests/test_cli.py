@@ -26,6 +26,7 @@ def test_run_json_prints_exactly_one_json_object(tmp_path):
     assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias",
             "gate"} <= set(summary)
     assert summary["experiment"] == "cli-json" and summary["alias"] == "champion" and summary["version"] == 1
+    assert type(summary["version"]) is int and all(type(v) in (int, float) for v in summary["metrics"].values())
     assert {"test_accuracy", "test_f1", "best_val_loss", "best_epoch"} <= set(summary["metrics"])
     assert "Traceback" not in out.stderr and "Error" not in out.stderr
     assert (tmp_path / ".trainflow" / "mlflow.db").exists()  # local by default, under .trainflow/

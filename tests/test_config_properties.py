@@ -49,6 +49,8 @@ VALID = {  # dotted key -> values the field accepts on its own
     "augment.rotation": _finite(0, 180),
     "augment.hflip": _finite(0, 1),
     "register.min_test_accuracy": _finite(0, 1),
+    "register.min_delta": _finite(0, 0.99),
+    "register.enabled": st.booleans(),
     # each valid alone, but some combinations break a cross-field rule (see _conflicts)
     "data.source": st.sampled_from(sorted(SOURCES)),
     "data.path": st.one_of(st.none(), st.just("data/file")),

@@ -248,4 +248,4 @@ def test_the_gate_scores_the_exported_program_not_the_model_in_memory(single, mi
     assert result["run_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
     assert misexported["gate"]["test_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
     assert not misexported["gate"]["passed"] and misexported["alias"] == "challenger"
-    assert "below the minimum" in misexported["gate"]["reason"]
+    assert misexported["gate"]["outcome"] == "below_minimum" and "below the gate" in misexported["gate"]["reason"]

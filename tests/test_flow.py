@@ -51,7 +51,7 @@ def test_run_records_params_tags_metrics_and_datasets(first):
     tags = run.data.tags
     assert tags["prefect.flow_run_id"]
     assert tags["prefect.flow_run_name"] == f"{NAME}: cnn, adam at lr 0.001, schedule cosine, on digits"
-    assert len(tags["dataset.digest"]) == 64 and tags["gate"] == "passed"
+    assert len(tags["dataset.digest"]) == 64 and tags["gate"] == "promoted"
     for name in EPOCH_METRICS:
         history = client.get_metric_history(first["run_id"], name)
         assert [m.step for m in history] == list(range(1, EPOCHS + 1)), name
@@ -80,13 +80,46 @@ def test_registered_champion_and_worse_challenger(first, prefect_api):
 
     client = MlflowClient()
     champion = client.get_model_version_by_alias(NAME, "champion")
-    assert int(champion.version) == first["version"] and champion.tags["gate"] == "passed"
+    assert int(champion.version) == first["version"] and champion.tags["gate"] == "promoted"
     worse = training_pipeline(_config("training.epochs=1", "optimizer.lr=1e-5", "augment.rotation=0"))
     assert worse["alias"] == "challenger" and not worse["gate"]["passed"]
-    assert "below" in worse["gate"]["reason"]
+    accuracy = worse["metrics"]["test_accuracy"]
+    assert worse["gate"]["reason"] == (f"kept as challenger: below the gate ({accuracy:.4f} < "
+                                       "register.min_test_accuracy 0.9)")
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
-    assert client.get_run(worse["run_id"]).data.tags["gate"] == "failed"
+    assert client.get_run(worse["run_id"]).data.tags["gate"] == "below_minimum"
+
+
+def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
+    from flows.training import training_pipeline
+
+    client = MlflowClient()
+    champion = int(client.get_model_version_by_alias(NAME, "champion").version)
+    tie = training_pipeline(_config())  # the same config and seed on CPU: the same test accuracy
+    assert tie["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
+    assert tie["alias"] == "challenger" and tie["gate"]["outcome"] == "not_better" and type(tie["version"]) is int
+    assert tie["gate"]["reason"] == (f"kept as challenger (not better than version {champion}'s "
+                                     f"{first['metrics']['test_accuracy']:.4f} by 0.001)")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == champion
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == tie["version"] != champion
+
+
+def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, prefect_api):
+    from tasks.register import promote
+    from trainlib.config import RegisterConfig
+
+    client, gate = MlflowClient(), RegisterConfig(min_test_accuracy=0.5, min_delta=0.001)
+    experiment = client.get_experiment_by_name(NAME).experiment_id
+    outcomes = []
+    for accuracy in [0.95, 0.95, 0.9505, 0.96, 0.9605]:
+        run_id = client.create_run(experiment).info.run_id
+        registered = promote("delta", gate, first["model_uri"], accuracy, run_id)
+        outcomes.append((registered["version"], registered["alias"], registered["gate"]["champion_version"]))
+        assert client.get_run(run_id).data.tags["registered_alias"] == registered["alias"]
+    assert outcomes == [(1, "champion", None), (2, "challenger", 1), (3, "challenger", 1), (4, "champion", 1),
+                        (5, "challenger", 4)]
+    assert int(client.get_model_version_by_alias("delta", "champion").version) == 4
 
 
 def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first, prefect_api):

@@ -74,3 +74,18 @@ def test_a_source_that_does_not_fit_fails_before_training(demo, prefect_api, tmp
     run = client.search_runs([client.get_experiment_by_name("transfer-misfit").experiment_id])[0]
     assert run.info.status == "FAILED" and "input features" in run.data.tags["failure_reason"]
     assert client.search_registered_models("name = 'transfer-misfit'") == []
+
+
+def test_a_run_is_a_source_by_its_run_uri_and_its_transfer_may_register_nothing(demo, prefect_api):
+    from flows.transfer import DIGITS_5_9, transfer_pipeline
+
+    source_run = demo["source"]["run_id"]  # what a --no-register run leaves: a run, no version to name
+    config = override(load_config(None, FAST), DIGITS_5_9 | {"name": "transfer-from-run", "split.shots": 5,
+                                                            "transfer.source": f"runs:/{source_run}",
+                                                            "register.enabled": False})
+    out = transfer_pipeline(config)
+    assert (out["registered_model"], out["version"], out["alias"], out["gate"]) == (None, None, None, None)
+    client = MlflowClient()
+    tags = client.get_run(out["run_id"]).data.tags
+    assert tags["transfer.source_run_id"] == source_run and tags["transfer.source_version"] == ""
+    assert tags["gate"] == "not_registered" and client.search_registered_models("name = 'transfer-from-run'") == []

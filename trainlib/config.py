@@ -221,7 +221,13 @@ class TransferConfig(Section):
 
 
 class RegisterConfig(Section):
+    enabled: bool = Field(True, description="register a new version of `name` and apply the gate (false, as "
+                          "--no-register: the run and its logged model only, no version, no alias moved)")
     min_test_accuracy: Probability = Field(0.9, description="gate: lowest test accuracy that may be promoted")
+    # 0.001: above float noise, below one test sample on digits (1/270 = 0.0037), so a tie never moves the alias
+    # but one more correct test sample there does; on 10,000 test samples it takes 11 more.
+    min_delta: float = Field(0.001, ge=0, lt=1, description="gate: the alias moves only when test accuracy beats "
+                             "its holder's by more than this (a tie stays challenger)")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
 
 
@@ -231,7 +237,7 @@ with warnings.catch_warnings():
 
     class PipelineConfig(Section):
         name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                          description="experiment and registered-model name")
+                          description="experiment and registered-model name (--name)")
         data: DataConfig = DataConfig()
         split: SplitConfig = SplitConfig()
         normalize: NormalizeConfig = NormalizeConfig()

@@ -1,0 +1,96 @@
+"""The gate's decision and wording, and the one rounding rule of every table and summary (pure functions)."""
+
+import pytest
+
+from tasks.register import decide
+from tasks.report import markdown_row, registration, rounded, rounded_row, shown
+from trainlib.config import RegisterConfig
+
+GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)
+
+
+def test_a_tie_with_the_champion_stays_challenger():
+    gate = decide(1.0, GATE, 3, 1.0)
+    assert not gate.passed and gate.outcome == "not_better"
+    assert gate.reason == "kept as challenger (not better than version 3's 1.0000 by 0.001)"
+
+
+def test_better_by_no_more_than_min_delta_stays_challenger():
+    assert not decide(0.9820, GATE, 3, 0.9815).passed  # +0.0005
+    assert not decide(0.9815 + 0.001, GATE, 3, 0.9815).passed  # exactly min_delta is not more than it
+    assert not decide(0.97, GATE, 3, 0.98).passed  # worse
+
+
+def test_strictly_better_by_more_than_min_delta_is_promoted():
+    gate = decide(0.9852, GATE, 3, 0.9815)
+    assert gate.passed and gate.outcome == "promoted" and gate.champion_version == 3
+    assert gate.reason == "promoted to @champion (0.9852 > version 3's 0.9815)"
+
+
+def test_the_first_version_above_the_minimum_is_promoted():
+    gate = decide(0.95, GATE, None, None)
+    assert gate.passed and "promoted to @champion (0.9500 >= register.min_test_accuracy 0.9" in gate.reason
+
+
+def test_below_the_minimum_stays_challenger_even_without_a_champion():
+    for champion in ((None, None), (2, 0.5)):
+        gate = decide(0.85, GATE, *champion)
+        assert not gate.passed and gate.outcome == "below_minimum"
+        assert gate.reason == "kept as challenger: below the gate (0.8500 < register.min_test_accuracy 0.9)"
+
+
+def test_min_delta_zero_still_refuses_a_tie():
+    assert not decide(0.98, RegisterConfig(min_delta=0), 1, 0.98).passed
+    assert decide(0.9801, RegisterConfig(min_delta=0), 1, 0.98).passed
+
+
+def test_the_default_min_delta_is_above_zero_and_below_one_digits_test_sample():
+    assert 0 < RegisterConfig().min_delta < 1 / 270  # digits' test split: 15% of 1797 samples
+
+
+def test_the_registration_line_never_says_gate_failed():
+    gate = decide(1.0, GATE, 3, 1.0)
+    from dataclasses import asdict
+
+    line = registration({"registered_model": "digits-cnn", "version": 4, "gate": asdict(gate), "model_uri": "x"})
+    assert line == "registered digits-cnn version 4: kept as challenger (not better than version 3's 1.0000 by 0.001)"
+    off = registration({"registered_model": None, "version": None, "gate": None, "model_uri": "models:/m-1"})
+    assert off.startswith("not registered") and "models:/m-1" in off
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("test_accuracy", 0.98765432, 0.9877),
+    ("val_loss", 0.0007177873855741623, 0.0007),
+    ("test_f1", 1.0, 1.0),
+    ("lr", 0.0007177873855741623, 0.000718),
+    ("optimizer.lr", 0.012345678, 0.0123),
+    ("model.dropout", 0.31415926, 0.314),
+    ("seconds", 12.3456, 12.3),
+    ("train_seconds", 0.04, 0.0),
+    ("epoch_seconds", 2.0, 2.0),
+    ("best_epoch", 7.0, 7),
+    ("epochs", 12, 12),
+    ("state", "complete", "complete"),
+    ("weight", None, None),
+])
+def test_one_rounding_rule(key, value, expected):
+    result = rounded(value, key)
+    assert result == expected and type(result) is type(expected)
+
+
+def test_tables_show_metrics_with_four_decimals_and_learning_rates_with_three_digits():
+    assert [shown(v, "test_accuracy") for v in (1.0, 0.5, 0.98765)] == ["1.0000", "0.5000", "0.9877"]
+    assert shown(0.0007177873855741623, "optimizer.lr") == "0.000718"
+    assert shown(1e-5, "optimizer.lr") == "1e-05"
+    assert shown(12.3456, "seconds") == "12.3" and shown(7.0, "best_epoch") == "7"
+    assert shown(None, "weight") == "-" and shown(3, "epochs") == "3" and shown("sgd", "variant") == "sgd"
+    row = {"variant": "optimizer.lr=0.01", "test_accuracy": 1.0, "seconds": 2.26, "weight": None}
+    keys = ("variant", "test_accuracy", "seconds", "weight")
+    assert markdown_row(row, keys) == "| optimizer.lr=0.01 | 1.0000 | 2.3 | - |"
+
+
+def test_numpy_floats_follow_the_same_rule():
+    import numpy as np
+
+    assert rounded(np.float32(0.987654), "test_accuracy") == 0.9877
+    assert rounded_row({"lr": np.float64(0.00071778), "epoch": 3}) == {"lr": 0.000718, "epoch": 3}
