@@ -89,6 +89,21 @@ def test_ui_serves_the_local_store(tmp_path):
         proc.wait(timeout=30)
 
 
+def test_a_run_in_a_log_has_its_summary_on_stdout_and_a_line_per_epoch(tmp_path):
+    out = _trainflow(tmp_path, "run", "--set", "training.epochs=3", "--set", "model.channels=[8]",
+                     "--set", "name=cli-log")  # both streams are pipes here, as in `trainflow run > log 2>&1`
+    assert out.returncode == 0, out.stderr
+    summary = out.stdout.splitlines()
+    assert summary[0].startswith("done: test accuracy 0.") and len(summary) <= 4, out.stdout
+    url = r"MLflow run [0-9a-f]{32}: http://\S+/runs/[0-9a-f]{32}( \(.*\))?"  # whole, on one line
+    assert any(re.fullmatch(url, line) for line in summary), out.stdout
+    epochs = [line for line in out.stderr.splitlines() if line.startswith("training ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], out.stderr
+    assert all(re.search(r"loss \d\.\d{4}  acc \d\.\d{4}  val_loss \d\.\d{4}  val_acc \d\.\d{4}  lr 0\.001 ", line)
+               for line in epochs), out.stderr
+    assert "Successfully registered model" not in out.stdout + out.stderr  # MLflow's own lines are not echoed
+
+
 def test_tune_json_has_the_study_and_its_children(tmp_path):
     search = tmp_path / "search.yaml"
     search.write_text("strategy: grid\npruner: none\nspace:\n"
