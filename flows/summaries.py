@@ -8,7 +8,7 @@ import os
 from rich.table import Table
 
 from flows.progress import summary_console as console
-from tasks.report import cells, outcome, registration, shown
+from tasks.wording import cells, outcome, registration, shown
 
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 

@@ -10,7 +10,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, markdown_row, outcome, registration, rounded, rounded_row, summary
+from tasks.report import artifact_key, link, summary
+from tasks.wording import markdown_row, outcome, registration, rounded, rounded_row
 from trainlib import plots
 
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]

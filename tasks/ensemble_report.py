@@ -9,7 +9,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, markdown_row, registration, rounded_row, shown, summary
+from tasks.report import artifact_key, link, summary
+from tasks.wording import markdown_row, registration, rounded_row, shown
 from trainlib import plots
 from trainlib.ensemble import EnsembleConfig
 

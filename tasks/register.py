@@ -18,6 +18,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
 from tasks.refs import DatasetRef
+from tasks.wording import NOT_REGISTERED
 from trainlib.config import RegisterConfig
 from trainlib.data.batches import subset
 from trainlib.models import load_model
@@ -92,7 +93,6 @@ def one_at_a_time():
         yield
 
 
-NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
 
 
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:

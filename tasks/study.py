@@ -11,8 +11,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
-from tasks.report import artifact_key, link, registration, rounded_row, shown, summary
+from tasks.report import artifact_key, link, summary
 from tasks.studies import open_study
+from tasks.wording import registration, rounded_row, shown
 from trainlib.tuning import SearchConfig, decode
 
 PLOTS = {

@@ -14,7 +14,8 @@ from prefect.artifacts import create_table_artifact
 
 from tasks import tracking
 from tasks.refs import DatasetRef, SourceRef, StatsRef
-from tasks.report import artifact_key, rounded_row
+from tasks.report import artifact_key
+from tasks.wording import rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
 from trainlib.errors import ConfigError

@@ -61,3 +61,22 @@ def test_bad_config_in_config_command_is_one_error(capsys):
     assert main(["config", "--set", "training.epoch=3"]) == 2
     assert capsys.readouterr().err.strip() == "error: invalid config: training.epoch: unknown key (did you mean " \
                                               "'training.epochs'?)"
+
+
+def test_a_command_reaches_its_temporary_api_before_prefect_or_mlflow_is_imported():
+    """The temporary Prefect API must start before Prefect is imported (its settings are fixed at import) and
+    boots while the heavy imports run: everything a command does up to _execute stays clear of both."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from deployments import cli\n"
+            "from flows import commands, plans, summaries, progress\n"
+            "from trainlib.config import load_config\n"
+            "from trainlib.ensemble import EnsembleConfig\n"
+            "from trainlib.tuning import load_search\n"
+            "plans.run(load_config(None, []))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.register import decide
-from tasks.report import markdown_row, registration, rounded, rounded_row, shown
+from tasks.wording import markdown_row, registration, rounded, rounded_row, shown
 from trainlib.config import RegisterConfig
 
 GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)

@@ -1,0 +1,70 @@
+"""How results read, in every table and summary (CLI, Prefect artifacts, CSV): the one rounding rule and the
+registration sentence. Pure (no Prefect or MLflow import): the CLI prints with it, and importing it must not
+load Prefect before the command's temporary API has started."""
+
+from __future__ import annotations
+
+import numbers
+
+NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
+
+
+def registration(registered: dict) -> str:
+    """The line every summary gives about the registration, e.g. `registered digits-cnn version 4: kept as
+    challenger (not better than version 3's 1.0000 by 0.001)`, or why nothing was registered."""
+    if registered["gate"] is None:
+        return f"{NOT_REGISTERED}; the model is logged to the run as {registered['model_uri']}"
+    name, version, gate = registered["registered_model"], registered["version"], registered["gate"]
+    return f"registered {name} version {version}: {gate['reason']}"
+
+
+def outcome(registered: dict) -> str:
+    """The gate's verdict in a word (tasks/register.py OUTCOMES), or `not_registered`."""
+    return registered["gate"]["outcome"] if registered["gate"] else "not_registered"
+
+
+# One rounding rule for every table (CLI, Prefect artifacts, CSV): hyperparameters such as learning rates
+# to 3 significant digits, times to 1 decimal, epochs as whole numbers, every other float (a metric: accuracy,
+# loss, F1) to 4 decimals. Summaries' --json keeps full precision.
+def _is_hyperparameter(key: str) -> bool:
+    return "." in key or key.endswith("lr")  # config keys (optimizer.lr, model.dropout) and lr, backbone_lr
+
+
+def rounded(value, key: str = ""):
+    """`value` (of the column `key`) rounded by the one rule; anything but a float as it is."""
+    if not isinstance(value, numbers.Real) or isinstance(value, numbers.Integral) or value != value:  # NaN stays
+        return value
+    value = float(value)  # numpy's too
+    if key.endswith(("seconds", "per_second")):
+        return round(value, 1)
+    if "epoch" in key and value.is_integer():  # MLflow keeps best_epoch as a float metric
+        return int(value)
+    if _is_hyperparameter(key):
+        return float(f"{value:.3g}")
+    return round(value, 4)
+
+
+def shown(value, key: str = "") -> str:
+    """`value` as table text: metrics always with 4 decimals (1.0000, never 1.0), '-' for none."""
+    value = rounded(value, key)
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not _is_hyperparameter(key):
+        return f"{value:.1f}" if key.endswith(("seconds", "per_second")) else f"{value:.4f}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cells(row: dict, keys) -> list[str]:
+    """The row's `keys` as table text (CLI tables and markdown rows alike)."""
+    return [shown(row.get(k), k) for k in keys]
+
+
+def markdown_row(row: dict, keys) -> str:
+    return "| " + " | ".join(cells(row, keys)) + " |"
+
+
+def rounded_row(row: dict, keys=None) -> dict:
+    """The row with each value rounded by its key (only `keys`, None where the row has none, if given)."""
+    if keys is None:
+        return {k: rounded(v, k) for k, v in row.items()}
+    return {k: rounded(row.get(k), k) for k in keys}
