@@ -16,11 +16,13 @@ import sys
 from flows import commands
 from trainlib.errors import TrainflowError
 
-ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell use the stack"
+ENV_HINT = ("trainflow commands in this project use the stack while it runs; for other tools (prefect, mlflow, "
+            "workers): source {env}")
 
 
 def _up(args: argparse.Namespace) -> int:
     from deployments import stack
+    from tasks import settings
     from trainlib.errors import ConfigError
 
     options = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
@@ -36,6 +38,10 @@ def _up(args: argparse.Namespace) -> int:
         options |= stack.postgres_databases(args.postgres)
     print("starting the Prefect and MLflow servers ...", file=sys.stderr)
     urls = stack.up(timeout=args.timeout, **options)
+    for old in stack.older_stores():
+        print(f"note: {old} holds what the stack recorded before it served the project's stores; it is kept as "
+              "it was (browse it with its own server if you need it)", file=sys.stderr)
+    print(f"project {settings.HOME.parent}: its stores in {settings.HOME}")
     print(f"Prefect UI and API: {urls['prefect'].removesuffix('/api')}  (PREFECT_API_URL={urls['prefect']})")
     print(f"MLflow UI and tracking: {urls['mlflow']}  (MLFLOW_TRACKING_URI={urls['mlflow']})")
     print(ENV_HINT.format(env=stack.env_file()))
@@ -52,11 +58,18 @@ def _down(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from deployments import stack
+    from tasks import settings
+    from trainlib.redact import redact
 
     rows = stack.status()
     for r in rows:
         state = ("healthy" if r["healthy"] else "not answering") if r["pid"] else "stopped"
         print(f"{r['name']:8s} {state:14s} {r['url'] or '-':32s} pid {r['pid'] or '-'}  log {r['log']}")
+    # what a command run here uses (tasks/settings.py), so what a script or a notebook should point at
+    api = os.environ.get("PREFECT_API_URL")
+    print(f"project  {settings.HOME.parent}  (its store: {settings.HOME})")
+    print(f"tracking MLFLOW_TRACKING_URI={redact(os.environ['MLFLOW_TRACKING_URI'])}")
+    print(f"prefect  {f'PREFECT_API_URL={redact(api)}' if api else 'a temporary API per command (no server running)'}")
     env = stack.env_file()
     if env.exists():
         print(ENV_HINT.format(env=env))
