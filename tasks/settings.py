@@ -71,7 +71,7 @@ def apply_defaults() -> None:
         using_stack = bool(stack)
     for key, value in {
         **OFFLINE,
-        "PREFECT_HOME": str(prefect_home()),
+        "PREFECT_HOME": str(HOME / "prefect"),
         # how long the temporary (ephemeral) Prefect API may take to start: 4-8 s here, more on a new database
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": local_tracking_uri(),
@@ -97,7 +97,9 @@ def local_artifact_root() -> Path:
 
 
 def prefect_home() -> Path:
-    return HOME / "prefect"  # prefect.db: the temporary APIs' and the stack's Prefect server's database
+    """Prefect's home, whose prefect.db the temporary APIs and the stack's Prefect server share: the user's
+    PREFECT_HOME if set (as for every Prefect tool), else the project's."""
+    return Path(os.environ.get("PREFECT_HOME") or HOME / "prefect")
 
 
 def workspace(flow_run_id: str) -> Path:
