@@ -26,7 +26,7 @@ MODULES = {
     "slow": ["test_distributed"],
     "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_resume",
              "test_seams", "test_security", "test_transfer_flow", "test_tuning_flow"],
-    "servers": ["test_operations", "test_scaleout"],
+    "servers": ["test_operations", "test_scaleout", "test_store"],
 }
 
 TESTS = {  # tests whose tier is not their module's: file::function -> tier
@@ -40,6 +40,7 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_cli.py::test_ui_serves_the_local_store": "servers",  # `trainflow ui`: an MLflow server
     "test_scaleout.py::test_a_bad_or_unreachable_runner_is_one_message": "flow",  # refused before any cluster
     "test_scaleout.py::test_a_bad_postgres_url_is_one_message_and_starts_nothing": "flow",
+    "test_store.py::test_bad_input_and_looking_around_leave_no_store": "flow",  # trainflow processes, no server
 }
 
 FIXTURES = {"prefect_api": "flow", "postgres": "servers"}  # what a fixture needs at least
