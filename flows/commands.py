@@ -43,7 +43,7 @@ def _backends() -> str:
 
     mlflow, api = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("PREFECT_API_URL")
     temporary = local_api.current()
-    prefect = "temporary Prefect API" if temporary else f"Prefect {api}" if api else "ephemeral Prefect API"
+    prefect = f"temporary Prefect API {temporary.url}" if temporary else f"Prefect {api or '(ephemeral API)'}"
     where = ("stack" if settings.using_stack else
              "local" if mlflow == settings.local_tracking_uri() else "from the environment")
     return redact(f"project {settings.HOME.parent}; {where}: {prefect}, MLflow {mlflow}")
