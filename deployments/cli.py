@@ -89,21 +89,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def operations(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("up", help="start a local Prefect server and MLflow server on 127.0.0.1")
+    up = sub.add_parser("up", help="Prefect and MLflow servers on 127.0.0.1 serving the project's stores")
     up.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5001)
     up.add_argument("--prefect-database", metavar="URL", help="Prefect's database, e.g. "
-                    "postgresql+asyncpg://user:pw@host/db (default: SQLite in .trainflow/stack/prefect)")
+                    "postgresql+asyncpg://user:pw@host/db (default: the project's, .trainflow/prefect/prefect.db)")
     up.add_argument("--mlflow-backend", metavar="URL", help="MLflow's backend store, e.g. "
-                    "postgresql://user:pw@host/db (default: SQLite .trainflow/stack/mlflow.db)")
+                    "postgresql://user:pw@host/db (default: the project's store, .trainflow/mlflow.db)")
     up.add_argument("--postgres", metavar="URL", help="both servers on PostgreSQL: postgresql://user:pw@host/db "
                     "(Prefect in database <db>_prefect, MLflow in <db>_mlflow, created when missing; <db> itself "
                     "can hold shared tuning studies)")
     up.add_argument("--timeout", type=float, default=120, help="seconds to wait for both to be healthy")
     up.set_defaults(handler=_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(handler=_down)
-    sub.add_parser("status", help="is the local stack up and healthy?").set_defaults(handler=_status)
+    sub.add_parser("status", help="the project, its tracking URI, the stack's servers").set_defaults(handler=_status)
     serve = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml with their schedules")
     serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")
