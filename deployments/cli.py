@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
+        if getattr(args, "flow_command", False):
+            from flows import local_api
+
+            local_api.start()  # now, so that it starts while the config and the libraries load
         return args.handler(args)
     except TrainflowError as exc:
         if args.debug:

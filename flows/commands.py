@@ -52,10 +52,8 @@ def _backends() -> str:
 def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -> int:
     """Run `start()` while `progress` (a live bar listening to tasks/events.py), if any, shows what happens;
     print the summary with `show`, or as the one JSON object on stdout with --json."""
-    from flows import local_api
-
-    local_api.start()  # after the checks (bad input starts nothing), while the libraries load
     import flows.common  # noqa: F401  the heavy imports (torch, Prefect, MLflow), while a temporary API starts
+    from flows import local_api
     from flows.progress import console
     from tasks import events
     from tasks.settings import one_message_for_input_errors

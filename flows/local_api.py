@@ -83,7 +83,6 @@ def start() -> TemporaryAPI | None:
     sock.listen(128)
     port = sock.getsockname()[1]
     log = settings.HOME / "prefect" / "temporary-api.log"
-    log.parent.mkdir(parents=True, exist_ok=True)  # the project's .trainflow/ is made by the first command that works
     site = Path(importlib.util.find_spec("prefect").origin).parent.parent
     with sock, open(log, "w") as out:
         process = subprocess.Popen(
