@@ -16,11 +16,13 @@ import sys
 from flows import commands, processes
 from trainlib.errors import TrainflowError
 
-ENV_HINT = "source {env}   # then trainflow, prefect and workers in this shell use the stack"
+ENV_HINT = ("trainflow commands in this project use the stack while it runs; for other tools (prefect, mlflow, "
+            "workers): source {env}")
 
 
 def _up(args: argparse.Namespace) -> int:
     from deployments import stack
+    from tasks import settings
     from trainlib.errors import ConfigError
 
     options = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
@@ -36,6 +38,10 @@ def _up(args: argparse.Namespace) -> int:
         options |= stack.postgres_databases(args.postgres)
     print("starting the Prefect and MLflow servers ...", file=sys.stderr)
     urls = stack.up(timeout=args.timeout, **options)
+    for old in stack.older_stores():
+        print(f"note: {old} holds what the stack recorded before it served the project's stores; it is kept as "
+              "it was (browse it with its own server if you need it)", file=sys.stderr)
+    print(f"project {settings.HOME.parent}: its stores in {settings.HOME}")
     print(f"Prefect UI and API: {urls['prefect'].removesuffix('/api')}  (PREFECT_API_URL={urls['prefect']})")
     print(f"MLflow UI and tracking: {urls['mlflow']}  (MLFLOW_TRACKING_URI={urls['mlflow']})")
     print(ENV_HINT.format(env=stack.env_file()))
@@ -52,11 +58,18 @@ def _down(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from deployments import stack
+    from tasks import settings
+    from trainlib.redact import redact
 
     rows = stack.status()
     for r in rows:
         state = ("healthy" if r["healthy"] else "not answering") if r["pid"] else "stopped"
         print(f"{r['name']:8s} {state:14s} {r['url'] or '-':32s} pid {r['pid'] or '-'}  log {r['log']}")
+    # what a command run here uses (tasks/settings.py), so what a script or a notebook should point at
+    api = os.environ.get("PREFECT_API_URL")
+    print(f"project  {settings.HOME.parent}  (its store: {settings.HOME})")
+    print(f"tracking MLFLOW_TRACKING_URI={redact(os.environ['MLFLOW_TRACKING_URI'])}")
+    print(f"prefect  {f'PREFECT_API_URL={redact(api)}' if api else 'a temporary API per command (no server running)'}")
     env = stack.env_file()
     if env.exists():
         print(ENV_HINT.format(env=env))
@@ -76,21 +89,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def operations(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("up", help="start a local Prefect server and MLflow server on 127.0.0.1")
+    up = sub.add_parser("up", help="Prefect and MLflow servers on 127.0.0.1 serving the project's stores")
     up.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5001)
     up.add_argument("--prefect-database", metavar="URL", help="Prefect's database, e.g. "
-                    "postgresql+asyncpg://user:pw@host/db (default: SQLite in .trainflow/stack/prefect)")
+                    "postgresql+asyncpg://user:pw@host/db (default: the project's, .trainflow/prefect/prefect.db)")
     up.add_argument("--mlflow-backend", metavar="URL", help="MLflow's backend store, e.g. "
-                    "postgresql://user:pw@host/db (default: SQLite .trainflow/stack/mlflow.db)")
+                    "postgresql://user:pw@host/db (default: the project's store, .trainflow/mlflow.db)")
     up.add_argument("--postgres", metavar="URL", help="both servers on PostgreSQL: postgresql://user:pw@host/db "
                     "(Prefect in database <db>_prefect, MLflow in <db>_mlflow, created when missing; <db> itself "
                     "can hold shared tuning studies)")
     up.add_argument("--timeout", type=float, default=120, help="seconds to wait for both to be healthy")
     up.set_defaults(handler=_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(handler=_down)
-    sub.add_parser("status", help="is the local stack up and healthy?").set_defaults(handler=_status)
+    sub.add_parser("status", help="the project, its tracking URI, the stack's servers").set_defaults(handler=_status)
     serve = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml with their schedules")
     serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")

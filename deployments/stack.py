@@ -1,8 +1,20 @@
 """The local stack: a Prefect server and an MLflow tracking server, started in the background on
-127.0.0.1, with their data under `.trainflow/stack/` (SQLite by default, PostgreSQL by URL).
+127.0.0.1, serving the project's own stores (tasks/settings.py), the ones local runs write:
 
-`up` waits until both answer their health checks and writes `.trainflow/stack/env`, the environment a
-CLI or worker needs (`PREFECT_API_URL`, `MLFLOW_TRACKING_URI`); `down` stops them; `status` reports.
+    .trainflow/mlflow.db       MLflow runs and registry      .trainflow/mlartifacts/  their artifacts
+    .trainflow/prefect/        Prefect's home: prefect.db (flow runs), logs
+    .trainflow/stack/          the servers' pid files and logs, and `env`
+
+So every run is visible in both UIs however it was started, and `models:/NAME@ALIAS` names one model.
+MLflow does not serve the artifacts: clients on this machine read and write them in
+`.trainflow/mlartifacts` directly, as local runs do (an `mlflow-artifacts:/` location, which served
+artifacts give new experiments, is one a later local run could not write to). On PostgreSQL
+(`--postgres`, `--mlflow-backend`, `--prefect-database`: servers other machines use) the databases are
+the given ones and MLflow serves the artifacts from `.trainflow/stack/mlartifacts`.
+
+`up` waits until both answer their health checks and writes `.trainflow/stack/env` (`PREFECT_API_URL`,
+`MLFLOW_TRACKING_URI`): while the servers run, trainflow commands in the project use them without it
+(tasks/settings.py `running_stack`); other tools and shells `source` it. `down` stops them; `status` reports.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from tasks import settings
 from trainlib.errors import ConfigError, TrainflowError
 from trainlib.redact import redact
 
-STACK = settings.HOME / "stack"
+STACK = settings.STACK
 BIN = Path(sys.executable).parent
 # MLflow's job execution (a job runner and 7 huey worker processes, about 1.7 GB) runs its GenAI evaluation jobs;
 # nothing here uses them
@@ -49,19 +61,24 @@ class Service:
 
 def services(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5001,
              prefect_database: str | None = None, mlflow_backend: str | None = None) -> list[Service]:
-    """The two servers: Prefect (its UI and API) and MLflow (tracking, registry, artifact serving)."""
-    prefect_env = {"PREFECT_HOME": str(STACK / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    """The two servers: Prefect (its UI and API) and MLflow (tracking, registry; artifacts served only on a
+    given backend). By default both serve the project's local stores."""
+    prefect_env = {"PREFECT_HOME": str(settings.prefect_home()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    # the UI's calls go where the server listens, not to the default port
                    "PREFECT_UI_API_URL": f"http://{host}:{prefect_port}/api",
                    **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_database} if prefect_database else {})}
     # the backend URL goes by the environment, not the command line, where `ps` would show its password
-    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": mlflow_backend or f"sqlite:///{STACK / 'mlflow.db'}"}
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": mlflow_backend or settings.local_tracking_uri()}
+    if mlflow_backend:  # a server other machines may use: it serves the artifacts
+        artifacts = ["--serve-artifacts", "--artifacts-destination", str(STACK / "mlartifacts")]
+    else:  # the local store: artifacts where local runs keep them, read and written directly
+        artifacts = ["--no-serve-artifacts", "--default-artifact-root", str(settings.local_artifact_root())]
     return [
         Service("prefect", f"http://{host}:{prefect_port}/api", f"http://{host}:{prefect_port}/api/health",
                 [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)], prefect_env),
         Service("mlflow", f"http://{host}:{mlflow_port}", f"http://{host}:{mlflow_port}/health",
                 [str(BIN / "mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
-                 "--serve-artifacts", "--artifacts-destination", str(STACK / "mlartifacts")], mlflow_env),
+                 *artifacts], mlflow_env),
     ]
 
 
@@ -231,3 +248,8 @@ def status() -> list[dict]:
 
 def env_file() -> Path:
     return STACK / "env"
+
+
+def older_stores() -> list[Path]:
+    """The stack's own stores of trainflow versions before it served the project's: kept, never read."""
+    return [path for path in (STACK / "mlflow.db", STACK / "prefect" / "prefect.db") if path.exists()]

@@ -54,12 +54,18 @@ def _quiet_registry_notices() -> None:
 
 
 def _backends() -> str:
+    """The project folder and where this command records: the project's running stack, the local stores with a
+    temporary Prefect API, or the servers the environment names."""
     from flows import local_api
+    from tasks import settings
     from trainlib.redact import redact
 
+    mlflow, api = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("PREFECT_API_URL")
     temporary = local_api.current()
-    api = f"temporary API {temporary.url}" if temporary else os.environ.get("PREFECT_API_URL") or "ephemeral API"
-    return redact(f"Prefect: {api}; MLflow: {os.environ.get('MLFLOW_TRACKING_URI')}")
+    prefect = f"temporary Prefect API {temporary.url}" if temporary else f"Prefect {api or '(ephemeral API)'}"
+    where = ("stack" if settings.using_stack else
+             "local" if mlflow == settings.local_tracking_uri() else "from the environment")
+    return redact(f"project {settings.HOME.parent}; {where}: {prefect}, MLflow {mlflow}")
 
 
 def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -> int:

@@ -1,8 +1,10 @@
 """Local-by-default settings, applied before prefect or mlflow is imported.
 
-With no environment set, everything lives under a project-local `.trainflow/` (Prefect home,
-MLflow SQLite store and artifacts, run workspaces, stage caches). `PREFECT_API_URL` and
-`MLFLOW_TRACKING_URI`, when set, are used unchanged.
+One store per project: everything lives under the project's `.trainflow/` (Prefect home and its
+database, MLflow SQLite store and artifacts, run workspaces, stage caches), found the way git finds
+its root (`find_home`). While the project's stack (`trainflow up`) is running, commands use its
+servers, which serve these same stores. `PREFECT_API_URL` and `MLFLOW_TRACKING_URI`, when set, are
+used unchanged. Nothing here creates a folder: a command creates what it writes when it starts work.
 """
 
 from __future__ import annotations
@@ -15,7 +17,24 @@ import re
 import uuid
 from pathlib import Path
 
-HOME = Path(os.environ.get("TRAINFLOW_HOME", ".trainflow")).resolve()
+PROJECT_MARKERS = (".trainflow", ".git")  # what makes a folder a project's root, the first one first
+
+
+def find_home(start: Path | None = None) -> Path:
+    """The project's `.trainflow/` folder: $TRAINFLOW_HOME if set; else, walking up from `start` (the current
+    directory), the first folder holding `.trainflow/` or `.git` (a repository is a project: a stray
+    `.trainflow/` above it, say in the home folder, does not capture it); else `start` itself."""
+    if os.environ.get("TRAINFLOW_HOME"):
+        return Path(os.environ["TRAINFLOW_HOME"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder / ".trainflow"
+    return here / ".trainflow"
+
+
+HOME = find_home()
+STACK = HOME / "stack"  # `trainflow up`: the servers' pid files, logs and the env file naming their URLs
 
 OFFLINE = {  # this tool must work without internet: no telemetry, no pip checks at model logging
     "DO_NOT_TRACK": "true",
@@ -25,15 +44,37 @@ OFFLINE = {  # this tool must work without internet: no telemetry, no pip checks
 }
 
 
+def running_stack() -> dict[str, str]:
+    """The variables of the env file `trainflow up` wrote, if every server it names is still running (its pid
+    file's process is alive); {} when the stack is down or its files are stale. Reads files only: commands
+    check that the servers answer before they start (flows/local_api.py `ready`)."""
+    try:
+        env = dict(line.removeprefix("export ").split("=", 1) for line in (STACK / "env").read_text().splitlines()
+                   if "=" in line)
+        for name in ("prefect", "mlflow"):  # deployments/stack.py's servers
+            os.kill(int((STACK / f"{name}.pid").read_text().split()[0]), 0)
+    except (OSError, ValueError, IndexError):
+        return {}
+    return env
+
+
+using_stack = False  # whether apply_defaults pointed this process at the project's running stack
+
+
 def apply_defaults() -> None:
-    """Set the offline switches and the local stack, leaving anything the user set untouched."""
-    (HOME / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect creates its home without parents
+    """Set the offline switches and the project's stores, leaving anything the user set untouched: the running
+    stack's servers when neither server variable is set, else the local stores."""
+    global using_stack
+    if not (os.environ.get("PREFECT_API_URL") or os.environ.get("MLFLOW_TRACKING_URI")):
+        stack = running_stack()
+        os.environ.update(stack)
+        using_stack = bool(stack)
     for key, value in {
         **OFFLINE,
         "PREFECT_HOME": str(HOME / "prefect"),
         # how long the temporary (ephemeral) Prefect API may take to start: 4-8 s here, more on a new database
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": local_tracking_uri(),
         "MPLBACKEND": "Agg",  # plots are files; no display
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # downloads of a few small files: bars are noise
         # a tracking server that goes away mid-run fails the run in about a minute, not after MLflow's default
@@ -47,8 +88,18 @@ def apply_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def local_tracking_uri() -> str:
+    return f"sqlite:///{HOME / 'mlflow.db'}"
+
+
 def local_artifact_root() -> Path:
     return HOME / "mlartifacts"
+
+
+def prefect_home() -> Path:
+    """Prefect's home, whose prefect.db the temporary APIs and the stack's Prefect server share: the user's
+    PREFECT_HOME if set (as for every Prefect tool), else the project's."""
+    return Path(os.environ.get("PREFECT_HOME") or HOME / "prefect")
 
 
 def workspace(flow_run_id: str) -> Path:

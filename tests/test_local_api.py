@@ -75,7 +75,7 @@ def test_the_run_uses_a_temporary_api_that_stops_with_it(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert json.loads(out)["experiment"] == "temporary-api"
-    assert "Prefect: temporary API http://127.0.0.1:" in " ".join(err.split())
+    assert "local: temporary Prefect API http://127.0.0.1:" in " ".join(err.split())
     assert _gone(server, within=10), "the temporary API outlived the command"
     assert _servers_of(tmp_path) == []
     assert (tmp_path / ".trainflow" / "prefect" / "temporary-api.log").exists()

@@ -21,13 +21,13 @@ ORDER = ["unit", "slow", "flow", "servers"]
 
 MODULES = {
     "unit": ["test_augment", "test_commands", "test_config", "test_config_properties", "test_configs", "test_docs",
-             "test_engine", "test_ensemble", "test_golden", "test_models_optim", "test_purity", "test_recipe",
-             "test_report", "test_schedules", "test_sources", "test_split_normalize", "test_studies", "test_transfer",
-             "test_tuning"],
+             "test_engine", "test_ensemble", "test_golden", "test_home", "test_models_optim", "test_purity",
+             "test_recipe", "test_report", "test_schedules", "test_sources", "test_split_normalize", "test_studies",
+             "test_transfer", "test_tuning"],
     "slow": ["test_distributed"],
     "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_registration",
              "test_resume", "test_seams", "test_security", "test_transfer_flow", "test_tuning_flow"],
-    "servers": ["test_operations", "test_processes", "test_scaleout"],
+    "servers": ["test_operations", "test_processes", "test_scaleout", "test_store"],
 }
 
 TESTS = {  # tests whose tier is not their module's: file::function -> tier
@@ -42,6 +42,7 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_registration.py::test_json_versions_are_ints_against_an_mlflow_server": "servers",
     "test_scaleout.py::test_a_bad_or_unreachable_runner_is_one_message": "flow",  # refused before any cluster
     "test_scaleout.py::test_a_bad_postgres_url_is_one_message_and_starts_nothing": "flow",
+    "test_store.py::test_bad_input_and_looking_around_leave_no_store": "flow",  # trainflow processes, no server
 }
 
 FIXTURES = {"prefect_api": "flow", "postgres": "servers"}  # what a fixture needs at least
