@@ -72,10 +72,11 @@ CASES = {
     "unknown registered model": (["transfer", "--source", "models:/nothing@champion"],
                                  "transfer.source models:/nothing@champion: not found"),
     "missing dataset path": (["run", *_imagefolder("no-such-folder")],
-                             "data.path: no such file or folder: no-such-folder"),
-    "missing table": (["run", *_table("missing.csv")], "data.path: no such file or folder: missing.csv"),
-    "empty ImageFolder": (["run", *_imagefolder("empty")], "imagefolder empty: Couldn't find any class folder"),
-    "empty class folder": (["run", *_imagefolder("empty-class")], "imagefolder empty-class: Found no valid file for "
+                             "/no-such-folder (relative paths in a config file are read against its folder"),
+    "missing table": (["run", *_table("missing.csv")],
+                      "/missing.csv (relative paths in a config file are read against its folder"),
+    "empty ImageFolder": (["run", *_imagefolder("empty")], "/empty: Couldn't find any class folder"),
+    "empty class folder": (["run", *_imagefolder("empty-class")], "/empty-class: Found no valid file for "
                                                                   "the classes b"),
     "corrupt image": (["run", *_imagefolder("corrupt")], "cannot read image corrupt/b/3.png"),
     "truncated image": (["run", *_imagefolder("truncated")], "cannot read image truncated/b/3.png"),

@@ -65,7 +65,8 @@ def test_a_missing_data_file_fails_before_anything_starts(tmp_path):
     out = _trainflow(tmp_path, "run", "--set", "data.source=csv", "--set", "data.path=missing.csv",
                      "--set", "model.name=mlp")
     assert out.returncode == 2, out.stderr
-    assert "error: data.path: no such file or folder: missing.csv" in out.stderr and "Traceback" not in out.stderr
+    assert f"error: data.path: no such file or folder: {tmp_path / 'missing.csv'} (" in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / ".trainflow" / "mlflow.db").exists()  # no MLflow run, FAILED or other
     assert not (tmp_path / ".trainflow" / "prefect" / "temporary-api.log").exists()  # no Prefect API started
 

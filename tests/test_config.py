@@ -121,6 +121,7 @@ def test_paths_in_a_config_file_are_read_against_its_folder(tmp_path, monkeypatc
     assert cfg.data.path == str(project / "data" / "x.csv")  # the file's neighbour, from any directory
     assert cfg.transfer.source == "models:/m@champion"  # a URI is not a path
     given = load_config(project / "conf.yaml", ["data.path=mine.csv", "transfer.source=weights/m.pt"])
-    assert given.data.path == "mine.csv" and given.transfer.source == "weights/m.pt"  # --set: the current folder
+    assert given.data.path == str(elsewhere / "mine.csv")  # --set: the current folder
+    assert given.transfer.source == str(elsewhere / "weights" / "m.pt")
     (project / "tf.yaml").write_text("transfer: {source: weights/m.pt}\n")
     assert load_config(project / "tf.yaml").transfer.source == str(project / "weights" / "m.pt")

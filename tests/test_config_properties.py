@@ -4,6 +4,7 @@ ConfigError naming what is wrong, and nothing else ever escapes."""
 
 import math
 import re
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, Phase, event, example, given, settings
@@ -154,6 +155,14 @@ def _rules_from_both_sides(test):
     return test
 
 
+def _as_loaded(key: str, value):
+    """A file path given with --set is loaded absolute, against the current folder (URIs are not paths)."""
+    if key in ("data.path", "transfer.source") and isinstance(value, str) and value \
+            and not value.startswith(("models:/", "runs:/", "torchvision:")) and not value.startswith("/"):
+        return str(Path.cwd() / value)
+    return value
+
+
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(sorted(VALID)), st.none(), min_size=1).flatmap(
     lambda keys: st.fixed_dictionaries({k: VALID[k] for k in keys})), st.one_of(st.just({}), _split()))
@@ -164,7 +173,7 @@ def test_valid_values_parse_to_exactly_those_values_or_a_named_conflict(values, 
     if config is None:
         return
     for key, value in values.items():
-        assert _get(config, key) == value, key
+        assert _get(config, key) == _as_loaded(key, value), key
     again = load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                                for k, v in flatten(config).items() if v is not None])
     assert again == config  # every parameter MLflow records reproduces the config
@@ -209,6 +218,14 @@ def test_a_misspelt_key_is_refused_with_a_valid_suggestion(key, data):
     assert f"{wrong}: unknown key" in message
     if "did you mean" in message:
         assert message.split("did you mean '")[1].split("'")[0] in KEYS
+
+
+def _as_loaded(key: str, value):
+    """A file path given with --set is loaded absolute, against the current folder (URIs are not paths)."""
+    if key in ("data.path", "transfer.source") and isinstance(value, str) and value \
+            and not value.startswith(("models:/", "runs:/", "torchvision:")) and not value.startswith("/"):
+        return str(Path.cwd() / value)
+    return value
 
 
 @SETTINGS

@@ -327,7 +327,8 @@ def validate(raw: dict, model: type[BaseModel] = PipelineConfig, what: str = "co
 
 
 # Keys that name files: relative in a config file, they mean relative to that file's folder (so a config works
-# from any directory, as its neighbours' paths do); given with --set, relative to the current directory.
+# from any directory, as its neighbours' paths do); given with --set, relative to the current directory. Either
+# way the loaded config holds them absolute, so the config.yaml a run records names the same files from anywhere.
 PATH_KEYS = ("data.path", "transfer.source")
 NOT_FILES = (*URI_PREFIXES, "torchvision:")
 
@@ -350,6 +351,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _anchor_paths(raw, Path(path).resolve().parent)
     for item in overrides:
         set_key(raw, *parse_set(item))
+    _anchor_paths(raw, Path.cwd())
     return validate(raw)
 
 
