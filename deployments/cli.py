@@ -144,6 +144,13 @@ EXAMPLES = {  # two per command, shown by --help
 CONFIG_HINT = "Config keys, their defaults and meanings: trainflow config --keys"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command line argparse cannot read is bad input like any other: one `error:` line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` shows the options)\n")
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Keep the examples' lines as written; show an option's default where it has one its help does not say."""
 
@@ -155,7 +162,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainflow", description="Deep-learning training techniques as a pipeline.",
+    p = _Parser(prog="trainflow", description="Deep-learning training techniques as a pipeline.",
                                 epilog="Run `trainflow COMMAND --help` for a command's options and examples.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

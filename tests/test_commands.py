@@ -35,7 +35,8 @@ def test_a_malformed_set_says_what_it_expects(capsys):
         main(["run", "--set", "optimizer.lr", "0.01"])
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert "expected KEY=VALUE as one word, e.g. --set optimizer.lr=0.01 (got 'optimizer.lr')" in err
+    assert err.startswith("error: argument --set: expected KEY=VALUE as one word, e.g. --set optimizer.lr=0.01 "
+                          "(got 'optimizer.lr')") and len(err.splitlines()) == 1
 
 
 def test_config_prints_the_effective_config_that_loads_back(capsys, tmp_path):
