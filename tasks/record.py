@@ -22,8 +22,9 @@ def open_run(config: PipelineConfig, run_name: str, kind: str, parent_run_id: st
     run_id = tracking.start_run(config.name, run_name, flatten(config) | (params or {}),
                                 {"trainflow.kind": kind, **(tags or {})}, parent_run_id)
     log = tracking.RunLogger(run_id)
-    for name, text in {"config.yaml": to_yaml(config), **(files or {})}.items():
-        log.log_text(text, name)
+    with tracking.failed_if_interrupted(run_id):
+        for name, text in {"config.yaml": to_yaml(config), **(files or {})}.items():
+            log.log_text(text, name)
     return run_id
 
 

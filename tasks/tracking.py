@@ -77,9 +77,21 @@ def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict
     run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
     items = [Param(k, redact(json.dumps(v) if isinstance(v, list | dict) else str(v))[:PARAM_LIMIT])
              for k, v in params.items()]
-    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
-        client().log_batch(run.info.run_id, params=items[i:i + 100])
+    with failed_if_interrupted(run.info.run_id):
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+            client().log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def failed_if_interrupted(run_id: str):
+    """While a run is being set up, before `finishing` owns it: anything that breaks off the set-up (an error,
+    a stop signal) marks the run FAILED instead of leaving it RUNNING."""
+    try:
+        yield
+    except BaseException as exc:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def finish_run(run_id: str, failure: str | None = None, status: str | None = None) -> None:
@@ -94,11 +106,8 @@ def finishing(run_id: str):
     """Ends the run when the block ends: FAILED with the reason if it raises, else FINISHED or the
     `status` the block put in the yielded dict (e.g. KILLED for a pruned trial)."""
     outcome = {"status": "FINISHED"}
-    try:
+    with failed_if_interrupted(run_id):
         yield outcome
-    except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
     finish_run(run_id, status=outcome["status"])
 
 

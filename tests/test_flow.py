@@ -289,3 +289,13 @@ def test_streamed_imagefolder_through_the_flow_with_loader_workers(prefect_api, 
     assert out["alias"] == "champion" and 0 <= out["metrics"]["test_accuracy"] <= 1
     steps = [m.step for m in MlflowClient().get_metric_history(out["run_id"], "val_loss")]
     assert steps == [1, 2, 3]
+
+
+def test_a_run_whose_set_up_breaks_off_is_failed_not_left_running(prefect_api):
+    from tasks import tracking
+
+    with pytest.raises(Exception, match="Invalid"):  # an invalid param name: MLflow refuses the batch
+        tracking.start_run("setup-breaks", "broken", {"lr": 0.1, "bad key!": 1}, {})
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("setup-breaks").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"] and "Invalid" in runs[0].data.tags["failure_reason"]
