@@ -77,11 +77,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import tasks  # noqa: F401  the project's settings: a running stack's Prefect API among them
     from trainlib.errors import ConfigError
 
     if not os.environ.get("PREFECT_API_URL"):
-        raise ConfigError("serve needs a Prefect server (the ephemeral API has no scheduler): run `trainflow up` "
-                          "and `source .trainflow/stack/env` first, or set PREFECT_API_URL")
+        raise ConfigError("serve needs a Prefect server (the ephemeral API has no scheduler): start the project's "
+                          "stack with `trainflow up` first, or set PREFECT_API_URL")
     from deployments import serve
 
     serve.run(args.prefect_file, args.only)
