@@ -24,8 +24,8 @@ def outcome(registered: dict) -> str:
 
 
 # One rounding rule for every table (CLI, Prefect artifacts, CSV): hyperparameters such as learning rates
-# to 3 significant digits, times to 1 decimal, epochs as whole numbers, every other float (a metric: accuracy,
-# loss, F1) to 4 decimals. Summaries' --json keeps full precision.
+# to 3 significant digits, times to 2 decimals (shown with 1: a run of 0.04 s is not recorded as 0), epochs as
+# whole numbers, every other float (a metric: accuracy, loss, F1) to 4 decimals.
 def _is_hyperparameter(key: str) -> bool:
     return "." in key or key.endswith("lr")  # config keys (optimizer.lr, model.dropout) and lr, backbone_lr
 
@@ -36,7 +36,7 @@ def rounded(value, key: str = ""):
         return value
     value = float(value)  # numpy's too
     if key.endswith(("seconds", "per_second")):
-        return round(value, 1)
+        return round(value, 2)
     if "epoch" in key and value.is_integer():  # MLflow keeps best_epoch as a float metric
         return int(value)
     if _is_hyperparameter(key):

@@ -78,8 +78,8 @@ CASES = {
     "empty ImageFolder": (["run", *_imagefolder("empty")], "/empty: Couldn't find any class folder"),
     "empty class folder": (["run", *_imagefolder("empty-class")], "/empty-class: Found no valid file for "
                                                                   "the classes b"),
-    "corrupt image": (["run", *_imagefolder("corrupt")], "cannot read image corrupt/b/3.png"),
-    "truncated image": (["run", *_imagefolder("truncated")], "cannot read image truncated/b/3.png"),
+    "corrupt image": (["run", *_imagefolder("corrupt")], "/corrupt/b/3.png: cannot identify image file"),
+    "truncated image": (["run", *_imagefolder("truncated")], "/truncated/b/3.png: image file is truncated"),
     "CSV without target": (["run", *_table("no-target.csv")], "csv: target column 'label' not found; columns are: "
                                                               "x, y"),
     "non-numeric features": (["run", *_table("text.csv")], "csv: feature columns must be numeric; not numeric: y"),

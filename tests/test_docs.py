@@ -1,6 +1,7 @@
 """The README stays true: it opens with the two commands and documents every config key."""
 
 import json
+import os
 from pathlib import Path
 
 from trainlib.config import reference
@@ -36,3 +37,55 @@ def test_configs_named_in_the_readme_exist():
     root = Path(__file__).resolve().parents[1]
     named = set(re.findall(r"configs/[\w./-]+\.(?:yaml|csv)", README))
     assert named and all((root / path).exists() for path in named), named
+
+
+def quickstart() -> list[str]:
+    """The README's first code block, line by line: the quickstart."""
+    return README.split("```")[1].strip("\n").splitlines()
+
+
+def test_the_quickstart_is_short_and_covers_the_first_hour():
+    prose = README.split("```")[2].strip().split("\n\n")[0]  # the paragraph after the block
+    assert len(quickstart()) + len(prose.splitlines()) <= 15
+    block = "\n".join(quickstart())
+    for what in ("make run", "trainflow ui &", "kill %1", 'set_tracking_uri("sqlite:///.trainflow/mlflow.db")',
+                 'load_model("models:/digits-cnn@champion")', "make test"):
+        assert what in block, what
+
+
+def test_the_quickstart_runs_as_written(tmp_path):
+    """Every line of the quickstart but `make test` (the suite itself), in a fresh copy of the project, in bash.
+    Only waits are added: for the UI's port after it starts, and for it to end after `kill %1`."""
+    import shutil
+    import socket
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    for name in files.split():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, project / name)  # mtimes kept: make sees .venv as up to date
+    (project / ".venv").symlink_to(root / ".venv")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)  # a clone: the project's root for trainflow
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 5000)) != 0, "port 5000 (the UI's) is taken: the quickstart needs it"
+    wait_up = "for i in $(seq 600); do (echo > /dev/tcp/127.0.0.1/5000) 2>/dev/null && break; sleep 0.2; done"
+    script = []
+    for line in quickstart():
+        if line.startswith("make test"):
+            continue
+        script.append(line)
+        if line.split("#")[0].rstrip().endswith("&"):
+            script.append(wait_up)
+        if line.startswith("kill %1"):
+            script.append('wait %1; echo "ui exited $?"')
+    env = {k: v for k, v in os.environ.items() if k != "TRAINFLOW_HOME" and not k.startswith(("PREFECT_", "MLFLOW_"))}
+    out = subprocess.run(["bash", "-c", "\n".join(script)], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "promoted to @champion" in out.stdout and "ui exited 143" in out.stdout, out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("[0 1 2 3 4]"), out.stdout  # the champion read five digits right
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 5000)) != 0  # the UI is gone
+    assert (project / ".trainflow" / "mlflow.db").is_file() and not (project / "mlflow.db").exists()

@@ -49,7 +49,8 @@ class DataConfig(Section):
     source: Annotated[str, _one_of(SOURCES)] = Field(
         "digits", description="digits (embedded 8x8 digits) | imagefolder | csv | parquet | torchvision")
     path: str | None = Field(None, description="imagefolder: class-per-folder root; csv/parquet: the file; "
-                                               "torchvision: the dataset root")
+                                               "torchvision: the dataset root (relative: to the config file's "
+                                               "folder, or with --set to the current one)")
     dataset: str | None = Field(None, description="torchvision: " + " | ".join(TORCHVISION_DATASETS))
     target: str = Field("label", description="csv/parquet: name of the target (class) column")
     features: list[str] | None = Field(None, description="csv/parquet: feature columns (default: all but target)")
@@ -209,8 +210,9 @@ class TrainingConfig(Section):
 
 
 class TransferConfig(Section):
-    source: str | None = Field(None, description="models:/name@alias (or /version), a trainflow model file, or "
-                                                 "torchvision:resnet18 (local cache); gives the architecture")
+    source: str | None = Field(None, description="models:/name@alias (or /version), runs:/RUN_ID, a trainflow "
+                                                 "model file, or torchvision:resnet18 (local cache); gives the "
+                                                 "architecture")
     strategy: Annotated[str, _one_of(STRATEGIES)] = Field(
         "finetune", description="feature_extraction (frozen backbone, new head) | finetune (head first, then all) "
                                 "| scratch (the source's architecture, fresh weights)")
