@@ -1,0 +1,77 @@
+"""Evidence from repeated runs: a mean with its 95% confidence interval, and a paired comparison with a verdict.
+
+Repeats are paired: repeat i of every variant trains with the same seeds, so two variants are compared on their
+per-repeat differences, and what the seed does to both cancels out. The interval is Student's t on those
+differences (a paired t interval). Not a bootstrap: with the 3-10 repeats a CPU affords, a percentile bootstrap
+cannot reach beyond the few values it resamples and gives intervals too narrow for their level; the t interval
+is exact for normal differences and widens as it should when n is small.
+
+A verdict needs an interval: one repeat is an anecdote (`too few repeats`), whatever its difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy.stats import t as student_t
+
+LEVEL = 0.95
+BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable difference", "too few repeats"
+HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall")  # metrics named so; losses, epochs, seconds: lower
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over `n` repeats with its sample standard deviation and 95% interval (None below 2 repeats)."""
+
+    n: int
+    mean: float
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def excludes_zero(self) -> bool:
+        return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+
+def estimate(values: Sequence[float]) -> Estimate:
+    """Mean, standard deviation and the t interval of `values` (independent repeats)."""
+    xs = [float(v) for v in values]
+    if not xs or any(math.isnan(x) for x in xs):
+        raise ValueError(f"estimate needs numbers, got {values!r}")
+    n, mean = len(xs), sum(xs) / len(xs)
+    if n < 2:
+        return Estimate(n, mean, None, None, None)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = student_t.ppf((1 + LEVEL) / 2, n - 1) * std / math.sqrt(n)
+    return Estimate(n, mean, std, mean - half, mean + half)
+
+
+def higher_is_better(metric: str) -> bool:
+    return any(word in metric for word in HIGHER_IS_BETTER)
+
+
+@dataclass(frozen=True)
+class Versus:
+    """Treatment against baseline on one metric: the paired difference (treatment - baseline) and the verdict."""
+
+    metric: str
+    diff: Estimate
+    verdict: str
+
+
+def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float]) -> Versus:
+    """Repeat i of `treatment` against repeat i of `baseline` (same seeds). `better` when the interval of the
+    difference lies wholly on the good side of zero for `metric`, `worse` on the bad side, else no detectable
+    difference."""
+    if len(treatment) != len(baseline):
+        raise ValueError(f"{metric}: paired repeats need as many of each, got {len(treatment)} and {len(baseline)}")
+    diff = estimate([a - b for a, b in zip(treatment, baseline, strict=True)])
+    if diff.ci_low is None:
+        return Versus(metric, diff, TOO_FEW)
+    if not diff.excludes_zero():
+        return Versus(metric, diff, NO_DIFFERENCE)
+    up = diff.ci_low > 0
+    return Versus(metric, diff, BETTER if up == higher_is_better(metric) else WORSE)
