@@ -164,7 +164,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="trainflow", description="Deep-learning training techniques as a pipeline.",
-                                epilog="Run `trainflow COMMAND --help` for a command's options and examples.")
+                epilog="Run `trainflow COMMAND --help` for a command's options and examples.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_commands(sub)

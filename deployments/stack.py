@@ -37,9 +37,6 @@ from trainlib.redact import redact
 
 STACK = settings.STACK
 BIN = Path(sys.executable).parent
-# MLflow's job execution (a job runner and 7 huey worker processes, about 1.7 GB) runs its GenAI evaluation jobs;
-# nothing here uses them
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,10 @@ def services(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int
                    "PREFECT_UI_API_URL": f"http://{host}:{prefect_port}/api",
                    **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_database} if prefect_database else {})}
     # the backend URL goes by the environment, not the command line, where `ps` would show its password
-    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": mlflow_backend or settings.local_tracking_uri()}
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": mlflow_backend or settings.local_tracking_uri(),
+                  # MLflow's job execution (a job runner and 7 huey worker processes, about 1.7 GB) runs its GenAI
+                  # evaluation jobs; nothing here uses them
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     if mlflow_backend:  # a server other machines may use: it serves the artifacts
         artifacts = ["--serve-artifacts", "--artifacts-destination", str(STACK / "mlartifacts")]
     else:  # the local store: artifacts where local runs keep them, read and written directly
@@ -165,7 +165,7 @@ def _start(service: Service) -> None:
     STACK.mkdir(parents=True, exist_ok=True)
     with open(service.log_file, "ab") as log:
         process = subprocess.Popen(service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **SERVER_ENV, **service.env}, start_new_session=True)
+                                   env={**os.environ, **service.env}, start_new_session=True)
     service.pid_file.write_text(f"{process.pid} {service.url} {service.health}\n")
 
 

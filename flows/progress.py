@@ -17,7 +17,7 @@ summary_console = Console(soft_wrap=True)
 
 class _Bar:
     """A rich bar in a terminal, started by the first event (not while data is prepared); elsewhere nothing
-    live: `line` prints each event as one line instead."""
+    live: `show` prints each event as one line instead."""
 
     def __init__(self, description: str, total: int | None, field: str):
         self.live = console.is_terminal

@@ -1,5 +1,5 @@
 """What each command prints when it is done (without --json): the summary of its result, on stdout. Numbers are
-rounded by the one rule of every table (tasks/report.py `rounded`)."""
+rounded by the one rule of every table (tasks/wording.py)."""
 
 from __future__ import annotations
 

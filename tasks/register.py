@@ -93,8 +93,6 @@ def one_at_a_time():
         yield
 
 
-
-
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
     """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
     `challenger`. -> {model_uri, registered_model, version (int), alias, gate}; with register.enabled false,

@@ -57,4 +57,3 @@ def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registere
     rows = [rounded_row(h) for h in trained.epochs()]
     create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")
     return out
-
