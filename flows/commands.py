@@ -139,16 +139,19 @@ def _compare(args: argparse.Namespace) -> int:
     from trainlib.overrides import parse_vary
 
     vary = dict(parse_vary(item) for item in args.vary)
-    plan = plans.compare(load_config(args.config, _overrides(args)), vary, args.max_parallel, args.runner)
+    plan = plans.compare(load_config(args.config, _overrides(args)), vary, args.max_parallel, args.runner,
+                         args.repeats, args.resplit, args.baseline)
 
     def start():
         from flows.compare import compare_flow
 
         return compare_flow(plan.config, vary, max_parallel=args.max_parallel, refresh=args.refresh,
-                            runner=plan.runner)
+                            runner=plan.runner, repeats=plan.repeats, resplit=plan.resplit, baseline=plan.baseline)
 
-    return _execute(args, f"{plan.config.name}: {len(plan.variants)} variants of {', '.join(vary)}", start,
-                    summaries.comparison, RunProgress(len(plan.variants), "variants"))
+    repeats = f" x {plan.repeats} repeats{' on their own splits' if plan.resplit else ''}" if plan.repeats > 1 else ""
+    return _execute(args, f"{plan.config.name}: {len(plan.variants)} variants of {', '.join(vary)}{repeats}, "
+                    f"baseline {plan.baseline}", start, summaries.comparison,
+                    RunProgress(len(plan.runs), "variant runs" if plan.repeats > 1 else "variants"))
 
 
 def _ensemble_settings(args: argparse.Namespace):
@@ -261,7 +264,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser("compare", help="train variants side by side on the same split and seed")
     compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                          help="a config key and its values (repeat for a full grid of combinations)")
-    compare.add_argument("--max-parallel", type=_positive, default=2, help="variants trained at once (default 2)")
+    compare.add_argument("--max-parallel", type=_positive, default=2, help="trainings at once (default 2)")
+    compare.add_argument("--repeats", type=_positive, default=1, metavar="N",
+                         help="train every variant N times, repeat i with training.seed + i, the same seeds for "
+                              "every variant (paired): means, 95%% intervals and verdicts (default 1)")
+    compare.add_argument("--resplit", action="store_true",
+                         help="repeat i is also split with split.seed + i: scored on another test split each time")
+    compare.add_argument("--baseline", metavar="LABEL",
+                         help="the variant the others are compared with, e.g. optimizer.name=sgd or sgd "
+                              "(default the first)")
     ens = sub.add_parser("ensemble", help="combine several networks into one registered model")
     ens.add_argument("--method", help="bagging | boosting | stacking | voting")
     ens.add_argument("--members", type=_positive, help="bagging: members (default 5); boosting: most rounds")

@@ -49,14 +49,16 @@ def parameter(name: str, model: type[M]) -> M:
     return as_model(flow_run.parameters[name], model)
 
 
-def prepare_data(config: PipelineConfig, run_id: str,
+def prepare_data(config: PipelineConfig, run_id: str | None,
                  refresh: bool = False) -> tuple[DatasetRef, ManifestRef, StatsRef]:
-    """ingest -> split -> normalize (cached unless `refresh`), recorded on the run -> (dataset, manifest, stats)."""
+    """ingest -> split -> normalize (cached unless `refresh`), recorded on the run (if any)
+    -> (dataset, manifest, stats)."""
     cached = {"refresh_cache": refresh}
     dataset = ingest.with_options(**cached)(config.data)
     manifest = split.with_options(**cached)(dataset, config.split)
     stats = normalize.with_options(**cached)(dataset, manifest, config.normalize, config.data.workers)
-    record_data(run_id, dataset, manifest, stats)
+    if run_id:
+        record_data(run_id, dataset, manifest, stats)
     return dataset, manifest, stats
 
 

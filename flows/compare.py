@@ -1,5 +1,6 @@
-"""Technique comparison: validate -> ingest -> split -> normalize -> train every variant (parallel,
-same split and seed) -> register the best -> report."""
+"""Technique comparison: validate -> ingest -> split -> normalize -> train every variant `repeats` times
+(parallel; repeat i of every variant with the same seeds) -> register the best -> report means, intervals and
+verdicts against the baseline."""
 
 from __future__ import annotations
 
@@ -10,59 +11,81 @@ from flows import plans
 from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
 from tasks import tracking
-from tasks.comparison import compare_report
+from tasks.comparison import MEASURES, compare_report, measures
 from tasks.fanout import variant
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.register import register
 from tasks.settings import workspace
-from trainlib.config import PipelineConfig
+from trainlib import evidence
+from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError
 
 
 def run_name() -> str:
-    vary = flow_run.parameters["vary"]
-    return "compare: " + " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items())
+    vary, repeats = flow_run.parameters["vary"], flow_run.parameters.get("repeats", 1)
+    return ("compare: " + " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items())
+            + (f" x {repeats} repeats" if repeats > 1 else ""))
 
 
 @flow(name="compare", flow_run_name=run_name)
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
-                 refresh: bool = False, runner: str | None = None) -> dict:
-    """Train every combination of the `vary` values (config key -> values) on the same data, split and
-    seed, `max_parallel` at a time (on `runner`: flows/runners.py); register the variant with the best
-    validation accuracy. The config may be given as a YAML path."""
-    plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner)
+                 refresh: bool = False, runner: str | None = None, repeats: int = 1, resplit: bool = False,
+                 baseline: str | None = None) -> dict:
+    """Train every combination of the `vary` values (config key -> values) on the same data, `repeats` times
+    each (repeat i: training.seed + i, and split.seed + i with `resplit`), `max_parallel` at a time (on `runner`:
+    flows/runners.py). The variant with the best mean validation accuracy wins; its repeat with the best
+    validation accuracy is registered. Every variant is compared with `baseline` (a label; default the first)
+    on paired repeats. The config may be given as a YAML path."""
+    plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner, repeats, resplit, baseline)
     config = plan.config
-    run_id = start_run(config, {f"vary.{k}": v for k, v in vary.items()}, kind="comparison")
+    params = {f"vary.{k}": v for k, v in vary.items()} | {"repeats": repeats, "resplit": resplit,
+                                                          "baseline": plan.baseline}
+    run_id = start_run(config, params, kind="comparison")
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
-        dataset, manifest, stats = prepare_data(config, run_id, refresh)
+        data = {seed: prepare_data(override(config, {"split.seed": seed}), run_id if i == 0 else None, refresh)
+                for i, seed in enumerate(plan.split_seeds)}  # the repeats' splits, recorded: the first
         with fan_out(plan.runner, plan.parallel) as submit:
-            results = train_variants(plan.variants, plan.parallel, dataset, manifest, stats, run_id, ws, submit)
-        best = max((r for r in results if r["state"] == "complete"),
+            results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit)
+        groups = {v.label: [measures(r) for r in results if r["label"] == v.label] for v in plan.variants}
+        summary = evidence.summarize(groups, MEASURES)
+        winner = max((s for s in summary if s["n"]),
+                     key=lambda s: (s["best_val_accuracy"]["mean"], -s["best_val_loss"]["mean"]))
+        best = max((r for r in results if r["label"] == winner["label"] and r["state"] == "complete"),
                    key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
+        dataset = data[best["split_seed"]][0]
         registered = register(config.name, config.register, best["model"], best["metrics"], dataset, best["run_id"])
-        return compare_report(config.name, run_id, results, best, registered, ws)
+        return compare_report(config.name, run_id, results, summary, evidence.versus(groups, plan.baseline, MEASURES),
+                              plan.baseline, best, registered, ws)
 
 
-def train_variants(jobs: list[plans.Variant], max_parallel: int, dataset: DatasetRef, manifest: ManifestRef,
-                   stats: StatsRef, run_id: str, ws: str, submit: Submit) -> list[dict]:
-    """Train every variant, `max_parallel` at a time; failed ones are kept as such."""
+Prepared = tuple[DatasetRef, ManifestRef, StatsRef]
+
+
+def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, Prepared], run_id: str, ws: str,
+                  submit: Submit) -> list[dict]:
+    """Train every repeat of every variant, `max_parallel` at a time, each on its split's data; failed ones are
+    kept as such."""
     queue, results = list(jobs), {}
 
     def submit_next():
         if not queue:
             return None
-        v = queue.pop(0)
-        return v.label, submit(variant, v.config, v.label, v.overrides, dataset, manifest, stats, run_id, ws)
+        r = queue.pop(0)
+        dataset, manifest, stats = data[r.config.split.seed]
+        return r, submit(variant, r.config, r.label, r.repeat, r.name, r.overrides, dataset, manifest, stats,
+                         run_id, ws)
 
-    def on_done(name: str, result) -> dict:
-        failed = isinstance(result, BaseException)
-        results[name] = ({"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
-                         if failed else result | {"state": "complete"})
-        return results[name]
+    def on_done(r: plans.Repeat, result) -> dict:
+        base = {"label": r.label, "repeat": r.repeat, "name": r.name, "split_seed": r.config.split.seed}
+        if isinstance(result, BaseException):
+            results[r.name] = base | {"state": "failed", "error": f"{type(result).__name__}: {result}"}
+        else:
+            results[r.name] = result | base | {"state": "complete"}
+        return results[r.name]
 
     run_bounded(max_parallel, submit_next, on_done)
     if not any(r["state"] == "complete" for r in results.values()):
         raise TrainingError("no variant trained; see the failed variants' runs")
-    return [results[v.label] for v in jobs]
+    return [results[r.name] for r in jobs]

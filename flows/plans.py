@@ -75,26 +75,81 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """One training of a comparison: repeat `repeat` of a variant, with its seeds moved by `repeat`."""
+
+    label: str  # the variant's
+    repeat: int  # 0, 1, ...: training.seed + repeat (and split.seed + repeat with resplit)
+    of: int  # repeats in all
+    overrides: dict[str, Any]  # the variant's
+    config: PipelineConfig
+
+    @property
+    def name(self) -> str:
+        """The child run's name: the variant's label, with `#repeat` when there are repeats."""
+        return f"{self.label} #{self.repeat}" if self.of > 1 else self.label
+
+
+@dataclass(frozen=True)
 class Comparison:
     config: PipelineConfig
     variants: list[Variant]
-    parallel: int  # variants trained at once
+    repeats: int  # trainings of every variant, paired: repeat i of every variant has the same seeds
+    resplit: bool  # repeat i is also scored on another split (split.seed + i)
+    baseline: str  # the label every other variant is compared with
+    parallel: int  # trainings at once
     runner: str | None
 
+    @property
+    def runs(self) -> list[Repeat]:
+        """Every training, repeat by repeat (repeat 0 of every variant first: early results compare)."""
+        return [Repeat(v.label, i, self.repeats, v.overrides, seeded(v.config, i, self.resplit))
+                for i in range(self.repeats) for v in self.variants]
 
-def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2,
-            runner: str | None = None) -> Comparison:
-    """`trainflow compare`: every combination of the `vary` values, each a full config, validated now."""
+    @property
+    def split_seeds(self) -> list[int]:
+        """The split seed of every repeat's data, in order, each once."""
+        return list(dict.fromkeys(seeded(self.config, i, self.resplit).split.seed for i in range(self.repeats)))
+
+
+def seeded(config: PipelineConfig, repeat: int, resplit: bool) -> PipelineConfig:
+    """Repeat `repeat`'s config: training.seed + repeat, and split.seed + repeat with `resplit`."""
+    if repeat == 0:
+        return config
+    changes = {"training.seed": config.training.seed + repeat}
+    return override(config, changes | ({"split.seed": config.split.seed + repeat} if resplit else {}))
+
+
+def baseline_label(labels: list[str], baseline: str | None) -> str:
+    """The variant every other is compared with: `baseline` (a label, or its values: `sgd` for
+    `optimizer.name=sgd`), by default the first."""
+    if baseline is None:
+        return labels[0]
+    for name in labels:
+        if baseline.replace(" ", "") in (name.replace(" ", ""), ",".join(p.split("=", 1)[1] for p in name.split(", "))):
+            return name
+    raise ConfigError(f"--baseline {baseline!r}: not a variant; the variants are {', '.join(labels)}")
+
+
+def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2, runner: str | None = None,
+            repeats: int = 1, resplit: bool = False, baseline: str | None = None) -> Comparison:
+    """`trainflow compare`: every combination of the `vary` values, each a full config, validated now, trained
+    `repeats` times with paired seeds."""
     fresh_weights(config, "compare")
     needs_validation(config, "compare")
     check_keys(config, vary, "--vary")
+    if repeats < 1:
+        raise ConfigError(f"--repeats {repeats}: give at least 1")
+    if resplit and repeats < 2:
+        raise ConfigError("--resplit: scores each repeat on another split; it needs --repeats 2 or more")
     combos = variants(vary)
-    parallel = min(max_parallel, len(combos))
+    parallel = min(max_parallel, len(combos) * repeats)
     base = share_cpus(config, parallel)
     planned = [Variant(label(o), o, override(base, o)) for o in combos]
     for v in planned:
         inputs_exist(v.config)
-    return Comparison(config, planned, parallel, runners.check(runner))
+    chosen = baseline_label([v.label for v in planned], baseline)
+    return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ terminal: a file, a pipe, a supervisor) one plain line per epoch or finished run
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -12,7 +14,8 @@ from tasks.events import Event
 console = Console(stderr=True, soft_wrap=True)
 # A finished command's summary goes to stdout (`trainflow run > log` keeps it); soft wrap keeps a long line
 # (a URL) whole when stdout is not a terminal, where rich would otherwise cut it at 80 columns.
-summary_console = Console(soft_wrap=True)
+# Its tables are 120 columns wide in a log (rich would make them 80), as wide as the terminal in one.
+summary_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 class _Bar:
@@ -72,7 +75,7 @@ class RunProgress(_Bar):
         if event.kind != "finished":
             return
         result = event.data["record"]
-        name = result.get("label") or f"trial {result.get('number')}"
+        name = result.get("name") or result.get("label") or f"trial {result.get('number')}"
         metrics = result.get("metrics", {})  # trials report a value; variants and ensemble members metrics
         value = metrics.get("best_val_accuracy", metrics.get("val_accuracy", result.get("value")))
         shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")

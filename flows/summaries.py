@@ -8,8 +8,9 @@ import os
 from rich.table import Table
 
 from flows.progress import summary_console as console
-from tasks.wording import cells, outcome, registration, shown
+from tasks.wording import cells, difference, outcome, registration, shown, with_interval
 
+VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow"}
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 
 
@@ -35,14 +36,31 @@ def study(s: dict) -> None:
 
 
 def comparison(s: dict) -> None:
-    table = Table("variant", "val acc", "val loss", "test acc", "epochs", "seconds", "state",
-                  title="best epoch of each variant")
+    """Every variant's means with their intervals, each against the baseline with a verdict, then the winner."""
+    n = s["repeats"]
+    table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "seconds",
+                  title=f"best epoch of each variant, mean ± 95% interval over {n} repeats" if n > 1
+                  else "best epoch of each variant (one repeat: no interval)")
     table.columns[0].overflow = "fold"
-    for v in s["variants"]:
-        table.add_row(*cells(v, ("variant", "best_val_accuracy", "best_val_loss", "test_accuracy", "epochs",
-                                  "seconds", "state")))
+    for row in s["summary"]:
+        table.add_row(row["label"], f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else ""),
+                      *[with_interval(row[m], m) for m in ("best_val_accuracy", "test_accuracy", "test_loss",
+                                                           "epochs", "train_seconds")])
     console.print(table)
-    console.print(f"best (on validation): [bold]{s['best_variant']}[/]")
+    shown_metrics = ("test_accuracy", "best_val_accuracy", "test_loss")
+    against = [v for v in s["versus_baseline"] if v["metric"] in shown_metrics]
+    if against and n > 1:
+        versus = Table("variant", "metric", "difference [95% CI]", "verdict",
+                       title=f"against the baseline {s['baseline']} (paired repeats)")
+        versus.columns[0].overflow = "fold"
+        for v in against:
+            versus.add_row(v["label"], v["metric"], difference(v), f"[{VERDICTS[v['verdict']]}]{v['verdict']}[/]")
+        console.print(versus)
+    elif against:
+        console.print("one repeat: no verdict (a single seed is an anecdote; give --repeats 3 or more)",
+                      style="yellow")
+    console.print(f"best (mean on validation): [bold]{s['best_variant']}[/]"
+                  + (f"; its best repeat on validation, {s['best_repeat']}, is the model below" if n > 1 else ""))
     run(s)
 
 

@@ -1,4 +1,5 @@
-"""The report of a technique comparison: overlaid validation and LR curves, a table of every variant."""
+"""The report of a technique comparison: every variant's mean and 95% interval over its repeats, each against the
+baseline (paired difference, interval, verdict), the learning curves as bands, the LR schedules, every run."""
 
 from __future__ import annotations
 
@@ -9,39 +10,82 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import tracking
+from tasks import tracking, wording
 from tasks.report import artifact_key, link, summary
-from tasks.wording import markdown_row, outcome, registration, rounded, rounded_row
+from tasks.wording import difference, markdown_row, outcome, registration, rounded, rounded_row, with_interval
 from trainlib import plots
 
+# What every repeat is measured by (trainlib.evidence summarizes them): its test scores, the best validation
+# epoch's scores, how many epochs it ran (early stopping) and how long its epochs took.
+MEASURES = ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_loss", "epochs", "train_seconds")
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
+SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
+
+
+def measures(result: dict) -> dict | None:
+    """A repeat's MEASURES, or None when it failed."""
+    if result["state"] != "complete":
+        return None
+    return {m: result["epochs"] if m == "epochs" else result["metrics"].get(m) for m in MEASURES}
+
+
+def flat(row: dict) -> dict:
+    """A summary row as one flat table row: `test_accuracy_mean`, `test_accuracy_ci_low`, ..."""
+    out = {"variant": row["label"], "n": row["n"], "failed": row["failed"]}
+    for m in MEASURES:
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            out[f"{m}_{stat}"] = rounded((row[m] or {}).get(stat), m)
+    return out
 
 
 @task(name="compare-report")
-def compare_report(name: str, parent_run_id: str, variants: list[dict], best: dict, registered: dict,
-                   workspace: str) -> dict:
+def compare_report(name: str, parent_run_id: str, results: list[dict], summary_rows: list[dict],
+                   versus: list[dict], baseline: str, best: dict, registered: dict, workspace: str) -> dict:
     """-> the comparison's summary (as `trainflow compare --json` prints it)."""
     log = tracking.RunLogger(parent_run_id)
-    done = [v for v in variants if v["state"] == "complete"]
-    curves = {v["label"]: json.loads(Path(v["curves"]).read_text()) for v in done}
-    log.log_figure(plots.compare_curves({k: c["history"] for k, c in curves.items()}), "compare_val_curves.png")
-    log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in curves.items()}),
+    done = [r for r in results if r["state"] == "complete"]
+    curves = {r["name"]: json.loads(Path(r["curves"]).read_text()) for r in done}
+    bands: dict[str, list] = {}
+    for r in done:
+        bands.setdefault(r["label"], []).append(curves[r["name"]]["history"])
+    log.log_figure(plots.compare_curves(bands), "compare_val_curves.png")
+    log.log_figure(plots.compare_means(summary_rows, ("best_val_accuracy", "test_accuracy")), "compare_means.png")
+    first = {}  # one LR schedule per variant: the repeats share it
+    for r in done:
+        first.setdefault(r["label"], curves[r["name"]])
+    log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in first.items()}),
                    "compare_lr_curves.png")
-    rows = [{"variant": v["label"], "state": v["state"],
-             **rounded_row(v.get("metrics", {}), COLUMNS),
-             "epochs": v.get("epochs"), "best_epoch": v.get("best_epoch"),
-             "seconds": rounded(v.get("seconds"), "seconds"), "run_id": v.get("run_id"),
-             "error": v.get("error")} for v in variants]
-    table = f"{workspace}/comparison.csv"
-    pd.DataFrame(rows).to_csv(table, index=False)
-    log.log_artifact(table)
-    log.set_tags({"best_variant": best["label"], "gate": outcome(registered)})
-    create_table_artifact(rows, key=artifact_key(name, "comparison"), description="every variant, side by side")
-    lines = [f"# {name}: {len(done)} of {len(variants)} variants trained; best: {best['label']}", "",
-             "| variant | best val acc | test acc | epochs | seconds |", "|---|---|---|---|---|",
-             *[markdown_row(r, ("variant", "best_val_accuracy", "test_accuracy", "epochs", "seconds")) for r in rows],
-             "",
-             f"Best variant: {best['label']}; {registration(registered)}.", "", link("comparison run", parent_run_id)]
+    runs = [{"variant": r["label"], "repeat": r["repeat"], "state": r["state"],
+             **rounded_row(r.get("metrics", {}), COLUMNS),
+             "epochs": r.get("epochs"), "best_epoch": r.get("best_epoch"),
+             "seconds": rounded(r.get("seconds"), "seconds"), "run_id": r.get("run_id"),
+             "error": r.get("error")} for r in results]
+    table = [flat(s) for s in summary_rows]
+    versus = [wording.rounded_versus(v) for v in versus]
+    for file, rows in (("comparison.csv", table), ("runs.csv", runs), ("versus_baseline.csv", versus)):
+        pd.DataFrame(rows).to_csv(f"{workspace}/{file}", index=False)
+        log.log_artifact(f"{workspace}/{file}")
+    log.set_tags({"best_variant": best["label"], "baseline": baseline, "gate": outcome(registered)})
+    create_table_artifact(table, key=artifact_key(name, "comparison"),
+                          description="every variant: mean, standard deviation and 95% interval over its repeats")
+    repeats = max(r["repeat"] for r in results) + 1
+    lines = [f"# {name}: {len(summary_rows)} variants x {repeats} repeats ({len(done)} of {len(results)} trained); "
+             f"best: {best['label']}", "",
+             "| variant | n | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN),
+             *[f"| {s['label']} | {s['n']} | " + " | ".join(with_interval(s[m], m) for m in SHOWN) + " |"
+               for s in summary_rows], "",
+             "Mean ± half-width of its 95% t interval over the repeats."]
+    if versus:
+        lines += ["", f"## Against the baseline, {baseline} (paired repeats, 95% interval of the difference)", "",
+                  "| variant | metric | difference | verdict |", "|---|---|---|---|",
+                  *[f"| {v['label']} | {v['metric']} | {difference(v)} | {v['verdict']} |" for v in versus]]
+    per_run = ("run_id", "variant", "repeat", "best_val_accuracy", "test_accuracy", "epochs", "seconds")
+    lines += ["", "| " + " | ".join(per_run) + " |", "|---" * len(per_run) + "|",
+              *[markdown_row(r, per_run) for r in runs],
+              "", f"Best variant (mean validation accuracy): {best['label']}; registered its repeat {best['repeat']}: "
+              f"{registration(registered)}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return summary(name, parent_run_id, best["metrics"], registered, best_variant=best["label"],
-                   children=[v["run_id"] for v in variants if v.get("run_id")], variants=rows)
+                   best_repeat=best["repeat"], baseline=baseline, repeats=repeats,
+                   children=[r["run_id"] for r in results if r.get("run_id")], runs=runs,
+                   summary=[wording.rounded_estimates(s) for s in summary_rows], versus_baseline=versus)

@@ -32,12 +32,13 @@ def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef
     return ds, m, recipe.fit_normalizer(ds, m, config.normalize, config.data.workers)
 
 
-def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str) -> str:
+def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str,
+              tags: dict | None = None) -> str:
     """A trial's, variant's or member's run, nested under the parent, recording its whole config, what it
-    changes (`overrides`), the dataset and the process that trains it."""
+    changes (`overrides`), the dataset, the process that trains it and any other `tags`."""
     return open_run(config, name, kind, parent_run_id, tags={
         "trainflow.overrides": json.dumps(overrides, default=str), "dataset.digest": digest,
-        "trainflow.process": f"{socket.gethostname()}:{os.getpid()}"})
+        "trainflow.process": f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})
 
 
 @task(name="trial", cache_policy=NO_CACHE)
@@ -67,25 +68,32 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
 
 
 @task(name="variant", cache_policy=NO_CACHE)
-def variant(config: PipelineConfig, label: str, overrides: dict, dataset: DatasetRef, manifest: ManifestRef,
-            stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
-    """Train and test one comparison variant. -> {label, run_id, overrides, metrics, epochs, best_epoch,
-    seconds, model (file), curves (file of its history and LR per update)}."""
-    run_id = child_run(config, label, parent_run_id, "variant", overrides, dataset.digest)
+def variant(config: PipelineConfig, label: str, repeat: int, name: str, overrides: dict, dataset: DatasetRef,
+            manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
+    """Train and test repeat `repeat` of one comparison variant, recorded as a training run is (per-epoch metrics,
+    best and stopped epoch, the model file as checkpoints/model.pt; the MLflow model only once registered).
+    -> {label, repeat, name, run_id, overrides, metrics, epochs, best_epoch, seconds, model (file), curves (file
+    of its history and LR per update)}."""
+    run_id = child_run(config, name, parent_run_id, "variant", overrides, dataset.digest,
+                       {"trainflow.variant": label, "trainflow.repeat": repeat})
     log, started = tracking.RunLogger(run_id), time.perf_counter()
+    ws = Path(workspace) / run_id
+    ws.mkdir(parents=True, exist_ok=True)
     with tracking.finishing(run_id):
         ds, m, norm = load_data(config, dataset, manifest, stats)
         model, fit = recipe.train(config, ds, m, norm, logger=log)
         seconds = time.perf_counter() - started
         metrics = recipe.test(config, model, ds, m).summary("test_")
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]
-        metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy")}
+        metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
+                    "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
+                    "train_seconds": sum(h["epoch_seconds"] for h in fit.history)}
         log.log_metrics({**metrics, "wall_seconds": seconds}, step=fit.stopped_epoch)
-    ws = Path(workspace) / run_id
-    ws.mkdir(parents=True, exist_ok=True)
-    save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
+        log.set_tags({"stop_reason": fit.stop_reason})
+        save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
+        log.log_artifact(str(ws / "model.pt"), "checkpoints")  # architecture + weights: inspectable, a transfer source
     (ws / "curves.json").write_text(json.dumps({"history": fit.history, "lrs": fit.lrs,
                                                 "updates_per_epoch": fit.updates_per_epoch}))
-    return {"label": label, "run_id": run_id, "overrides": overrides, "metrics": metrics,
-            "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
+    return {"label": label, "repeat": repeat, "name": name, "run_id": run_id, "overrides": overrides,
+            "metrics": metrics, "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
             "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")}

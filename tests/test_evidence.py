@@ -66,3 +66,20 @@ def test_bad_inputs_are_refused():
 def test_which_way_is_better():
     assert all(higher_is_better(m) for m in ("test_accuracy", "best_val_accuracy", "test_f1", "test_recall"))
     assert not any(higher_is_better(m) for m in ("test_loss", "best_val_loss", "epochs", "train_seconds"))
+
+
+def test_summaries_and_verdicts_pair_only_the_repeats_both_variants_finished():
+    from trainlib.evidence import summarize, versus
+
+    groups = {"sgd": [{"accuracy": 0.80}, {"accuracy": 0.70}, {"accuracy": 0.90}, {"accuracy": 0.60}],
+              "adam": [{"accuracy": 0.85}, None, {"accuracy": 0.95}, {"accuracy": 0.65}]}  # repeat 1 failed
+    rows = summarize(groups, ["accuracy"])
+    assert [(r["label"], r["n"], r["failed"]) for r in rows] == [("sgd", 4, 0), ("adam", 3, 1)]
+    assert rows[1]["accuracy"]["mean"] == pytest.approx(0.8166667)
+    (row,) = versus(groups, "sgd", ["accuracy"])
+    # repeats 0, 2, 3: +0.05 each time (sgd's 0.70 of repeat 1 has no partner and is left out)
+    assert row["n"] == 3 and row["diff"] == pytest.approx(0.05) and row["verdict"] == BETTER
+    assert versus({"a": [{"accuracy": 0.8}, {"accuracy": 0.7}], "b": [{"accuracy": 0.8}, {"accuracy": 0.7}]}, "a",
+                  ["accuracy"])[0]["verdict"] == NO_DIFFERENCE  # identical runs
+    lone = versus({"a": [{"accuracy": 0.8}, None], "b": [None, {"accuracy": 0.7}]}, "a", ["accuracy"])[0]
+    assert lone["n"] == 0 and lone["diff"] is None and lone["verdict"] == TOO_FEW

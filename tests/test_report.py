@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.register import decide
-from tasks.wording import markdown_row, registration, rounded, rounded_row, shown
+from tasks.wording import difference, markdown_row, registration, rounded, rounded_row, shown, with_interval
 from trainlib.config import RegisterConfig
 
 GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)
@@ -94,3 +94,14 @@ def test_numpy_floats_follow_the_same_rule():
 
     assert rounded(np.float32(0.987654), "test_accuracy") == 0.9877
     assert rounded_row({"lr": np.float64(0.00071778), "epoch": 3}) == {"lr": 0.000718, "epoch": 3}
+
+
+def test_means_read_with_their_half_interval_and_differences_with_their_interval():
+    assert with_interval({"mean": 0.97123, "std": 0.01, "ci_low": 0.96, "ci_high": 0.98246}, "test_accuracy") == (
+        "0.9712 ± 0.0112")
+    assert with_interval({"mean": 0.97, "std": None, "ci_low": None, "ci_high": None}, "test_accuracy") == "0.9700"
+    assert with_interval(None, "test_accuracy") == "-"
+    row = {"metric": "test_loss", "diff": -0.02, "ci_low": -0.031, "ci_high": 0.00449}
+    assert difference(row) == "-0.0200 [-0.0310, +0.0045]"
+    assert difference(row | {"ci_low": None, "ci_high": None}) == "-0.0200"
+    assert difference(row | {"diff": None}) == "-"

@@ -110,6 +110,9 @@ def test_a_listener_that_raises_stops_what_emitted():
                                                    "training.early_stopping.enabled": False}), {"optimizer.lr": [0.1]}),
      "split.val: compare scores on the validation split"),
     (lambda c: plans.compare(c, {"optimizer.lr": [0.1]}, runner="spark"), "--runner 'spark': not a task runner"),
+    (lambda c: plans.compare(c, {"optimizer.lr": [0.1, 0.2]}, baseline="0.3"),
+     "--baseline '0.3': not a variant; the variants are optimizer.lr=0.1, optimizer.lr=0.2"),
+    (lambda c: plans.compare(c, {"optimizer.lr": [0.1]}, resplit=True), "--resplit: .* needs --repeats 2 or more"),
     (lambda c: plans.tune(c, SearchConfig(space={"model.dropout": {"type": "float", "low": 0, "high": 2}})),
      "search.space model.dropout=2"),
     (lambda c: plans.ensemble(c, EnsembleConfig(method="stacking", configs=[{"model.name": "mlp"},
@@ -127,9 +130,23 @@ def test_plans_are_what_the_flows_run():
     assert [v.label for v in compare.variants] == ["optimizer.name=sgd, model.dropout=0.0",
                                                    "optimizer.name=adam, model.dropout=0.0"]
     assert [v.config.optimizer.name for v in compare.variants] == ["sgd", "adam"] and compare.parallel == 2
+    assert compare.repeats == 1 and [r.name for r in compare.runs] == [v.label for v in compare.variants]
     boosting = plans.ensemble(cfg, EnsembleConfig(method="boosting", members=3, max_parallel=3))
     assert boosting.parallel == 1 and [m.config.training.seed for m in boosting.members] == [0, 1, 2]
     study = plans.tune(cfg, SearchConfig(n_trials=3, max_parallel=8,
                                          space={"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}))
     assert study.parallel == 3 and study.name == "digits-cnn-study"
     assert study.trial_base.training.early_stopping.monitor == "val_accuracy"
+
+
+@pytest.mark.parametrize("resplit", [False, True])
+def test_repeats_are_paired_across_variants(resplit):
+    cfg = override(load_config(None, []), {"training.seed": 7, "split.seed": 3})
+    plan = plans.compare(cfg, {"optimizer.name": ["sgd", "adam"]}, repeats=3, resplit=resplit, baseline="adam")
+    assert plan.baseline == "optimizer.name=adam" and len(plan.runs) == 6
+    for r in plan.runs:  # repeat i: the same seeds for every variant
+        assert r.config.optimizer.name == r.overrides["optimizer.name"]
+        assert r.config.training.seed == 7 + r.repeat
+        assert r.config.split.seed == (3 + r.repeat if resplit else 3)
+        assert r.name == f"{r.label} #{r.repeat}"
+    assert plan.split_seeds == ([3, 4, 5] if resplit else [3])

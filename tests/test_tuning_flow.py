@@ -130,23 +130,42 @@ def comparison(prefect_api):
     from flows.compare import compare_flow
 
     return compare_flow(load_config(None, ["name=compare-e2e", *BASE]),
-                        {"optimizer.name": ["adam", "sgd"], "augment.rotation": [0, 10]})
+                        {"optimizer.name": ["adam", "sgd"], "augment.rotation": [0, 10]}, repeats=2, resplit=True,
+                        baseline="optimizer.name=sgd, augment.rotation=0")
 
 
-def test_compare_trains_the_full_grid_as_children_and_reports(comparison):
+def test_compare_trains_the_full_grid_repeated_as_children_and_reports(comparison):
     client = MlflowClient()
     children = _children(comparison["run_id"])
-    assert len(children) == 4 == len(comparison["children"])
-    labels = {r.info.run_name for r in children}
-    assert labels == {f"optimizer.name={o}, augment.rotation={a}" for o in ("adam", "sgd") for a in (0, 10)}
-    assert {"compare_val_curves.png", "compare_lr_curves.png", "comparison.csv"} <= {
-        a.path for a in client.list_artifacts(comparison["run_id"])}
-    rows = _prefect_table("compare-e2e-comparison", comparison["run_id"])
-    assert len(rows) == 4 and all(r["state"] == "complete" and r["test_accuracy"] is not None for r in rows)
-    best = max(rows, key=lambda r: (r["best_val_accuracy"], -r["best_val_loss"]))
-    assert comparison["best_variant"] == best["variant"]
+    assert len(children) == 8 == len(comparison["children"])
+    labels = {f"optimizer.name={o}, augment.rotation={a}" for o in ("adam", "sgd") for a in (0, 10)}
+    assert {r.info.run_name for r in children} == {f"{v} #{i}" for v in labels for i in (0, 1)}
+    for r in children:  # paired: repeat i of every variant has the same seeds; resplit: its own split too
+        repeat = int(r.data.tags["trainflow.repeat"])
+        assert r.data.tags["trainflow.variant"] in labels and r.info.run_name.endswith(f"#{repeat}")
+        assert r.data.params["training.seed"] == r.data.params["split.seed"] == str(repeat)
+        assert {"best_epoch", "stopped_epoch", "train_seconds", "test_accuracy"} <= set(r.data.metrics)
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
+    assert {"compare_val_curves.png", "compare_means.png", "compare_lr_curves.png", "comparison.csv", "runs.csv",
+            "versus_baseline.csv"} <= {a.path for a in client.list_artifacts(comparison["run_id"])}
+    table = _prefect_table("compare-e2e-comparison", comparison["run_id"])
+    assert {r["variant"] for r in table} == labels and all(r["n"] == 2 for r in table)
+    winner = max(comparison["summary"], key=lambda s: (s["best_val_accuracy"]["mean"], -s["best_val_loss"]["mean"]))
+    assert comparison["best_variant"] == winner["label"]
+    for s in comparison["summary"]:  # the mean of its two repeats
+        runs = [r for r in comparison["runs"] if r["variant"] == s["label"]]
+        for m in ("test_accuracy", "test_loss", "best_val_accuracy", "epochs"):
+            assert s[m]["mean"] == pytest.approx(sum(r[m] for r in runs) / 2, abs=1e-4), m
+        assert s["test_accuracy"]["ci_low"] <= s["test_accuracy"]["mean"] <= s["test_accuracy"]["ci_high"]
+    assert comparison["baseline"] == "optimizer.name=sgd, augment.rotation=0"
+    assert {(v["label"], v["metric"]) for v in comparison["versus_baseline"]} == {
+        (label, m) for label in labels - {comparison["baseline"]} for m in
+        ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_loss", "epochs", "train_seconds")}
+    # registered: the winner's repeat with the best validation score
+    best = max((r for r in comparison["runs"] if r["variant"] == winner["label"]),
+               key=lambda r: (r["best_val_accuracy"], -r["best_val_loss"]))
     version = client.get_model_version("compare-e2e", str(comparison["version"]))
-    assert version.run_id == next(r.info.run_id for r in children if r.info.run_name == best["variant"])
+    assert version.run_id == best["run_id"] and comparison["best_repeat"] == best["repeat"]
 
 
 FAMILIES = {
@@ -167,8 +186,8 @@ def test_compare_works_for_every_technique_family(prefect_api, family):
 
     out = compare_flow(load_config(None, [f"name=family-{family.replace(' ', '-')}", *BASE, "training.epochs=1",
                                           "training.batch_size=128"]), FAMILIES[family])
-    assert all(v["state"] == "complete" for v in out["variants"])
-    assert len(out["variants"]) == len(out["children"]) >= 2
+    assert all(r["state"] == "complete" for r in out["runs"])
+    assert len(out["runs"]) == len(out["children"]) >= 2
 
 
 def test_invalid_combinations_and_failing_trials_do_not_sink_the_study(prefect_api):

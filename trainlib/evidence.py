@@ -75,3 +75,40 @@ def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float]) -
         return Versus(metric, diff, NO_DIFFERENCE)
     up = diff.ci_low > 0
     return Versus(metric, diff, BETTER if up == higher_is_better(metric) else WORSE)
+
+
+def summarize(groups: dict[str, list[dict | None]], measures: Sequence[str]) -> list[dict]:
+    """One row per group (a variant: its repeats' measures, None for a failed repeat): `label`, `n` (repeats
+    that finished), `failed`, and per measure its `mean`, `std`, `ci_low`, `ci_high` (None where no repeat has it)."""
+    rows = []
+    for label, repeats in groups.items():
+        done = [r for r in repeats if r is not None]
+        row = {"label": label, "n": len(done), "failed": len(repeats) - len(done)}
+        for m in measures:
+            values = [r[m] for r in done if r.get(m) is not None]
+            row[m] = _as_dict(estimate(values)) if values else None
+        rows.append(row)
+    return rows
+
+
+def versus(groups: dict[str, list[dict | None]], baseline: str, measures: Sequence[str]) -> list[dict]:
+    """Every other group against `baseline`, measure by measure, on the repeats both finished (paired by
+    position): `label`, `metric`, `n`, `diff` (mean of treatment - baseline), `ci_low`, `ci_high`, `verdict`."""
+    rows = []
+    for label, repeats in groups.items():
+        if label == baseline:
+            continue
+        for m in measures:
+            pairs = [(a[m], b[m]) for a, b in zip(repeats, groups[baseline], strict=True)
+                     if a is not None and b is not None and a.get(m) is not None and b.get(m) is not None]
+            row = {"label": label, "metric": m, "n": len(pairs), "diff": None, "ci_low": None, "ci_high": None,
+                   "verdict": TOO_FEW}
+            if pairs:
+                v = paired(m, [a for a, _ in pairs], [b for _, b in pairs])
+                row |= {"diff": v.diff.mean, "ci_low": v.diff.ci_low, "ci_high": v.diff.ci_high, "verdict": v.verdict}
+            rows.append(row)
+    return rows
+
+
+def _as_dict(e: Estimate) -> dict:
+    return {"mean": e.mean, "std": e.std, "ci_low": e.ci_low, "ci_high": e.ci_high}

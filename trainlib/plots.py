@@ -70,17 +70,50 @@ def augmentation_grid(grid: torch.Tensor, value_max: float) -> Figure:
     return fig
 
 
-def compare_curves(histories: dict[str, list[dict[str, float]]]) -> Figure:
-    """Validation loss and accuracy per epoch of several runs, overlaid."""
+def compare_curves(histories: dict[str, list[list[dict[str, float]]]]) -> Figure:
+    """Validation loss and accuracy per epoch of several variants, overlaid: each the mean over its repeats'
+    histories (name -> [history, ...]) with a band of one standard deviation where there are several. A repeat
+    that stopped early counts up to its last epoch."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     for ax, metric in zip(fig.subplots(1, 2), ("val_loss", "val_accuracy"), strict=True):
-        for name, history in histories.items():
-            if history and metric in history[0]:
-                ax.plot([h["epoch"] for h in history], [h[metric] for h in history], marker=".", label=name)
+        for name, repeats in histories.items():
+            by_epoch: dict[int, list[float]] = {}
+            for history in repeats:
+                for h in history:
+                    if metric in h:
+                        by_epoch.setdefault(h["epoch"], []).append(h[metric])
+            if not by_epoch:
+                continue
+            epochs = sorted(by_epoch)
+            mean = np.array([np.mean(by_epoch[e]) for e in epochs])
+            line, = ax.plot(epochs, mean, marker=".", label=f"{name} (mean of {len(repeats)})" if len(repeats) > 1
+                            else name)
+            if len(repeats) > 1:
+                std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
     fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(histories), 4),
                fontsize=8)
+    return fig
+
+
+def compare_means(summary: list[dict], measures: tuple[str, ...]) -> Figure:
+    """Each variant's mean of every measure with its 95% interval as an error bar (rows of
+    trainlib.evidence.summarize); a variant with one repeat has a dot and no bar."""
+    fig = Figure(figsize=(5 * len(measures), max(3.0, 0.45 * len(summary) + 1.5)), layout="constrained")
+    labels = [s["label"] for s in summary]
+    for ax, m in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures, strict=True):
+        for y, row in enumerate(summary):
+            e = row.get(m)
+            if not e:
+                continue
+            err = None if e["ci_low"] is None else [[e["mean"] - e["ci_low"]], [e["ci_high"] - e["mean"]]]
+            ax.errorbar([e["mean"]], [y], xerr=err, fmt="o", capsize=4, color="C0")
+        ax.set(yticks=range(len(labels)), title=f"{m}: mean, 95% interval", xlabel=m)
+        ax.set_yticklabels(labels if ax is fig.axes[0] else [], fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
     return fig
 
 
