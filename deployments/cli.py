@@ -129,7 +129,7 @@ EXAMPLES = {  # two per command, shown by --help
     "tune": ["trainflow tune --search configs/search/bayesian.yaml",
              "trainflow tune --search configs/search/grid.yaml --set training.epochs=10"],
     "compare": ["trainflow compare --vary optimizer.name=sgd,adam,rmsprop",
-                "trainflow compare --vary schedule.name=step,cosine --vary augment.rotation=0,15"],
+                "trainflow compare --config configs/regimes/few-labels.yaml --vary model.dropout=0,0.3 --repeats 5"],
     "ensemble": ["trainflow ensemble --method bagging --members 5",
                  "trainflow ensemble --method stacking --member model.name=mlp --member model.name=cnn"],
     "transfer": ["trainflow transfer --demo",

@@ -55,7 +55,7 @@ def prepare_data(config: PipelineConfig, run_id: str | None,
     -> (dataset, manifest, stats)."""
     cached = {"refresh_cache": refresh}
     dataset = ingest.with_options(**cached)(config.data)
-    manifest = split.with_options(**cached)(dataset, config.split)
+    manifest = split.with_options(**cached)(dataset, config.split, config.data.label_noise)
     stats = normalize.with_options(**cached)(dataset, manifest, config.normalize, config.data.workers)
     if run_id:
         record_data(run_id, dataset, manifest, stats)

@@ -44,7 +44,8 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
     -> {program, about (files), metrics, weights, disagreement}."""
     ds, m = dataset.load(), manifest.load()
     log, ws = tracking.RunLogger(run_id), Path(workspace)
-    meta, meta_rows = _meta(ensemble, members, ds.labels.numpy(), m) if ensemble.combination.learned else (None, None)
+    labels = recipe.labelled(ds, m).labels.numpy()  # out of fold: the train labels the members saw
+    meta, meta_rows = _meta(ensemble, members, labels, m) if ensemble.combination.learned else (None, None)
     model = Ensemble([_module(x["model"]) for x in members], ensemble.rule, weights, meta)
     export(model.cpu(), torch.from_numpy(example_inputs(dataset)), ws / "ensemble.pt2")
     # Scored as registered: the exported program read back from its file, on the CPU as pyfunc serves it.

@@ -12,7 +12,9 @@ from trainlib.data.sources import fingerprint, save_dataset
 
 
 def ingest_key(data: DataConfig) -> str:
-    return stage_key("ingest", data.model_dump(mode="json"), fingerprint(data.source, data.path))
+    """What the data read depends on (label noise is the split's: the same data is read with or without it)."""
+    read = data.model_dump(mode="json", exclude={"label_noise"})
+    return stage_key("ingest", read, fingerprint(data.source, data.path))
 
 
 @task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"]), persist_result=True)

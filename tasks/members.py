@@ -64,7 +64,8 @@ def member(config: PipelineConfig, name: str, overrides: dict, resample: Resampl
     ws = Path(workspace) / run_id
     ws.mkdir(parents=True, exist_ok=True)
     with tracking.finishing(run_id):
-        data = ds, m, norm = load_data(config, dataset, manifest, stats)
+        ds, m, norm = load_data(config, dataset, manifest, stats)
+        data = ds, m, norm = recipe.labelled(ds, m), m, norm  # the labels trained on (label noise)
         labels, train_rows = ds.labels.numpy(), indices(m, "train")
         rows = resample.draw(labels, train_rows) if resample else None
         if rows is not None:
@@ -146,7 +147,8 @@ def boost_weights(weights: str | None, trained: dict, dataset: DatasetRef, manif
     """One SAMME step after boosting round `round_`, from its sample `weights` (file; None: uniform): the
     member's vote weight from its weighted error on the train split, and the next round's sample weights
     (file). -> {alpha, error, weights, stop}."""
-    ds, m = dataset.load(), manifest.load()
+    m = manifest.load()
+    ds = recipe.labelled(dataset.load(), m)  # boosting weighs errors against the labels trained on
     correct = np.load(trained["probabilities"])["train"].argmax(1) == ds.labels.numpy()[indices(m, "train")]
     boost = samme(np.load(weights) if weights else np.ones(len(correct)), correct, len(ds.classes), learning_rate)
     path = Path(workspace) / f"weights-{round_ + 1}.npy"

@@ -41,10 +41,14 @@ def start_run(config: PipelineConfig, extra_params: dict | None = None, extra_te
 
 @task(name="record-data")
 def record_data(run_id: str, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef) -> None:
-    """Dataset digest tag, the split manifests as dataset inputs, the manifest and statistics files."""
-    log = tracking.RunLogger(run_id)
-    log.set_tags({"dataset.digest": dataset.digest, "dataset.samples": dataset.samples})
+    """Dataset digest tag, the split manifests as dataset inputs, the manifest and statistics files; with label
+    noise, how many train labels were flipped."""
+    log, rows = tracking.RunLogger(run_id), manifest.load()
+    tags = {"dataset.digest": dataset.digest, "dataset.samples": dataset.samples}
+    if "clean_label" in rows.columns:
+        tags["train_labels_flipped"] = int((rows["label"] != rows["clean_label"]).sum())
+    log.set_tags(tags)
     source = Path(manifest.path).resolve().as_uri()  # the manifest file these datasets are rows of
-    tracking.log_manifests(run_id, manifest.load(), source, dataset.digest)
+    tracking.log_manifests(run_id, rows, source, dataset.digest)
     log.log_artifact(manifest.path)
     log.log_artifact(stats.path)

@@ -14,17 +14,19 @@ from trainlib.data.split import merge, save_manifest
 
 
 def _store(manifest: pd.DataFrame) -> ManifestRef:
-    """The manifest CSV (index, label, split), content-addressed."""
-    digest = content_digest(manifest["index"].to_numpy(), manifest["split"].astype(str).tolist())
+    """The manifest CSV (index, label, split; clean_label with label noise), content-addressed."""
+    noisy = [manifest["label"].to_numpy()] if "clean_label" in manifest.columns else []  # flipped labels differ
+    digest = content_digest(manifest["index"].to_numpy(), manifest["split"].astype(str).tolist(), *noisy)
     path = stage_dir(stage_key("manifest", digest)) / "split_manifest.csv"
     save_manifest(manifest, path)
     return ManifestRef(str(path), digest, {str(k): int(v) for k, v in manifest["split"].value_counts().items()})
 
 
-@task(name="split", cache_key_fn=lambda ctx, p: stage_key("split", p["dataset"].digest, p["split"].model_dump()),
-      persist_result=True)
-def split(dataset: DatasetRef, split: SplitConfig) -> ManifestRef:
-    return _store(recipe.split(dataset.load(), split))
+@task(name="split", cache_key_fn=lambda ctx, p: stage_key("split", p["dataset"].digest, p["split"].model_dump(),
+                                                          p.get("label_noise", 0.0)), persist_result=True)
+def split(dataset: DatasetRef, split: SplitConfig, label_noise: float = 0.0) -> ManifestRef:
+    """The split manifest; with `label_noise` (data.label_noise) that fraction of train labels flipped."""
+    return _store(recipe.split(dataset.load(), split, label_noise))
 
 
 @task(name="merge-val")

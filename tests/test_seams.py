@@ -31,6 +31,18 @@ def prepared():
     return cfg, dataset, manifest, normalize.fn(dataset, manifest, cfg.normalize, 0)
 
 
+def test_label_noise_changes_the_split_not_the_ingest(prepared):
+    from tasks.ingest import ingest_key
+
+    cfg, dataset, manifest, _ = prepared
+    noisy_cfg = override(cfg, {"data.label_noise": 0.25})
+    assert ingest_key(noisy_cfg.data) == ingest_key(cfg.data)  # the same data is read: not ingested again
+    noisy = split.fn(dataset, noisy_cfg.split, noisy_cfg.data.label_noise)
+    assert noisy.digest != manifest.digest and noisy.counts == manifest.counts  # another manifest, the same split
+    rows = noisy.load()
+    assert (rows["label"] != rows["clean_label"]).sum() == round(0.25 * manifest.counts["train"])
+
+
 def test_the_stage_references_load_what_they_name(prepared, digits):
     cfg, dataset, manifest, stats = prepared
     assert isinstance(dataset, DatasetRef) and isinstance(manifest, ManifestRef) and isinstance(stats, StatsRef)

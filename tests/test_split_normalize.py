@@ -99,3 +99,52 @@ def test_stats_json_round_trip_and_raw_uint8_inputs(tmp_path):
     assert back == stats and json.loads(stats.to_json())["method"] == "standardize"
     raw = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
     assert back.module()(raw).dtype == torch.float32
+
+
+def test_label_noise_flips_that_fraction_of_train_labels_only(digits):
+    from trainlib import recipe
+    from trainlib.config import SplitConfig
+
+    clean = recipe.split(digits, SplitConfig(seed=4))
+    noisy = recipe.split(digits, SplitConfig(seed=4), label_noise=0.3)
+    assert (noisy[["index", "split"]] == clean[["index", "split"]]).all().all()  # the split itself is unchanged
+    assert (noisy["clean_label"] == clean["label"]).all()
+    flipped = noisy["label"] != noisy["clean_label"]
+    train = noisy["split"] == "train"
+    assert not flipped[~train].any()  # val and test labels are never touched
+    assert flipped[train].sum() == round(0.3 * train.sum())  # the fraction asked for, every one another class
+    assert noisy["label"].between(0, len(digits.classes) - 1).all()
+    again = recipe.split(digits, SplitConfig(seed=4), label_noise=0.3)
+    other = recipe.split(digits, SplitConfig(seed=5), label_noise=0.3)
+    assert (again["label"] == noisy["label"]).all()  # the same seed flips the same rows to the same classes
+    assert set(np.flatnonzero(flipped)) != set(np.flatnonzero(other["label"] != other["clean_label"]))
+    # what training sees: the flipped train labels; validation and test: the true ones
+    train_part, val_part = recipe.part(digits, noisy, "train"), recipe.part(digits, noisy, "val")
+    assert (train_part.labels.numpy() == noisy.loc[train, "label"].to_numpy()).all()
+    assert (val_part.labels.numpy() == digits.labels.numpy()[indices(noisy, "val")]).all()
+    assert recipe.labelled(digits, clean) is digits  # no noise: the dataset itself
+
+
+def test_a_noisy_manifest_round_trips(tmp_path, digits):
+    from trainlib import recipe
+    from trainlib.config import SplitConfig
+
+    noisy = recipe.split(digits, SplitConfig(), label_noise=0.2)
+    save_manifest(noisy, tmp_path / "m.csv")
+    back = load_manifest(tmp_path / "m.csv")
+    assert list(back.columns) == ["index", "label", "split", "clean_label"]
+    assert (back["label"] == noisy["label"]).all()
+
+
+def test_imbalance_leaves_a_long_tail_of_train_samples_and_balanced_val_test(digits):
+    labels = digits.labels.numpy()
+    flat = split_manifest(labels, seed=2)
+    tail = split_manifest(labels, seed=2, imbalance=20)
+    kept_rows = tail["split"] != "unused"
+    assert (tail.loc[kept_rows, "split"].astype(str) == flat.loc[kept_rows, "split"].astype(str)).all()
+    for s in ("val", "test"):  # untouched
+        assert (indices(tail, s) == indices(flat, s)).all()
+    full = np.bincount(labels[indices(flat, "train")])
+    kept = np.bincount(labels[indices(tail, "train")], minlength=10)
+    expected = [max(1, round(n * 20 ** (-i / 9))) for i, n in enumerate(full)]
+    assert kept.tolist() == expected and kept[0] == full[0] and kept[9] == round(full[9] / 20)

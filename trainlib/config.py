@@ -60,6 +60,9 @@ class DataConfig(Section):
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
     classes: list[ClassName] | None = Field(None, description="keep only these classes, in order (e.g. [5, 6, 7])")
+    label_noise: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="regime: this fraction of the train labels flipped to another class, drawn by split.seed "
+                         "(val and test labels never)")
 
     @model_validator(mode="after")
     def _needs(self):
@@ -77,6 +80,9 @@ class SplitConfig(Section):
     stratify: bool = Field(True, description="keep class proportions equal in every split")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
     shots: Count | None = Field(None, description="few-shot: train samples kept per class (val, test unchanged)")
+    imbalance: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="regime, long-tailed classes: class i of K keeps a fraction imbalance^(-i/(K-1)) of its "
+                          "train samples (the first all, the last 1/imbalance); val and test stay balanced")
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -88,6 +94,8 @@ class SplitConfig(Section):
             raise ConfigError("split.train: must be above 0")
         if self.test == 0:
             raise ConfigError("split.test: must be above 0 (test metrics and the registration gate need it)")
+        if self.shots and self.imbalance:
+            raise ConfigError("split.shots and split.imbalance: give one (shots keeps the same number per class)")
         return self
 
 

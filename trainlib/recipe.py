@@ -22,7 +22,7 @@ from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, Pipeline
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import Data, TensorData, input_chunks, subset
-from trainlib.data.split import indices, split_manifest
+from trainlib.data.split import flip_labels, indices, split_manifest
 from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import predict_logits
@@ -32,17 +32,33 @@ from trainlib.schedules import LRSchedule
 
 
 def ingest(data: DataConfig) -> sources.Dataset:
-    ds = sources.load(data.source, **data.model_dump(exclude={"source", "classes"}))
+    ds = sources.load(data.source, **data.model_dump(exclude={"source", "classes", "label_noise"}))
     return sources.keep_classes(ds, data.classes) if data.classes else ds
 
 
-def split(ds: sources.Dataset, cfg: SplitConfig) -> pd.DataFrame:
-    return split_manifest(ds.labels.numpy(), **cfg.model_dump(), classes=ds.classes)
+def split(ds: sources.Dataset, cfg: SplitConfig, label_noise: float = 0.0) -> pd.DataFrame:
+    """The split manifest; with `label_noise` (data.label_noise), that fraction of its train labels flipped."""
+    manifest = split_manifest(ds.labels.numpy(), **cfg.model_dump(), classes=ds.classes)
+    return flip_labels(manifest, label_noise, cfg.seed, len(ds.classes))
+
+
+def labelled(ds: sources.Dataset, manifest: pd.DataFrame) -> sources.Dataset:
+    """The dataset with the labels its manifest trains on: the same dataset unless label noise flipped some
+    (trainlib.data.split.flip_labels; only train rows differ). Every path to training labels goes through here."""
+    if "clean_label" not in manifest.columns:
+        return ds
+    labels = torch.tensor(manifest.sort_values("index")["label"].to_numpy(dtype=np.int64))  # a copy
+    if len(labels) != len(ds):
+        raise ConfigError(f"the split manifest has {len(labels)} rows for a dataset of {len(ds)}")
+    inputs = ds.inputs
+    if ds.streamed:
+        inputs = sources.ImageFiles(inputs.paths, labels.tolist(), inputs.size, inputs.channels)
+    return dataclasses.replace(ds, inputs=inputs, labels=labels)
 
 
 def part(ds: sources.Dataset, manifest: pd.DataFrame, name: str, workers: int = 2) -> Data:
-    """One split of the dataset ("train", "val" or "test")."""
-    return subset(ds, indices(manifest, name), workers)
+    """One split of the dataset ("train", "val" or "test"), with the labels the manifest gives it."""
+    return subset(labelled(ds, manifest), indices(manifest, name), workers)
 
 
 def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeConfig,
@@ -106,6 +122,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     if t.devices > 1 and shard is None:
         return _data_parallel(cfg, ds, manifest, norm, rows, train_data, callbacks, logger, checkpoint, resume)
     shard = shard or distributed.SINGLE
+    ds = labelled(ds, manifest)
     configure_threads(max(1, (t.threads or cpu_quota()) // shard.world))  # ranks share the CPUs
     device = shard.device if shard.parallel else resolve_device(t.device)
     model = build_model(cfg, ds, norm)
@@ -182,7 +199,7 @@ class Outcome:
 def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
     """Every stage in memory: ingest, split, normalize, (augment), train, evaluate on test."""
     ds = ingest(cfg.data)
-    manifest = split(ds, cfg.split)
+    manifest = split(ds, cfg.split, cfg.data.label_noise)
     norm = fit_normalizer(ds, manifest, cfg.normalize, cfg.data.workers)
     model, result = train(cfg, ds, manifest, norm, callbacks=callbacks, logger=logger)
     return Outcome(ds, manifest, norm, model, result, test(cfg, model, ds, manifest))
