@@ -130,6 +130,8 @@ EXAMPLES = {  # two per command, shown by --help
              "trainflow tune --search configs/search/grid.yaml --set training.epochs=10"],
     "compare": ["trainflow compare --vary optimizer.name=sgd,adam,rmsprop",
                 "trainflow compare --config configs/regimes/few-labels.yaml --vary model.dropout=0,0.3 --repeats 5"],
+    "study": ["trainflow study --quick",
+              "trainflow study --only dropout,l1 --repeats 5 --json"],
     "ensemble": ["trainflow ensemble --method bagging --members 5",
                  "trainflow ensemble --method stacking --member model.name=mlp --member model.name=cnn"],
     "transfer": ["trainflow transfer --demo",

@@ -154,6 +154,25 @@ def _compare(args: argparse.Namespace) -> int:
                     RunProgress(len(plan.runs), "variant runs" if plan.repeats > 1 else "variants"))
 
 
+def _study(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from flows.progress import StudyProgress
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    plan = plans.study(args.config, args.set or [], args.entries, only, args.repeats, args.quick, args.max_parallel,
+                       args.runner)
+
+    def start():
+        from flows.technique_study import study_flow
+
+        return study_flow(args.config, args.set or [], only, args.repeats, args.quick, args.max_parallel,
+                          plan.runner, args.entries)
+
+    runs = sum(len(c.comparison.variants) * (c.repeats + (len(c.lr_grid) if c.lr_grid else 0)) for c in plan.claims)
+    return _execute(args, f"technique study{' (quick)' if plan.quick else ''}: {len(plan.claims)} claims, {runs} "
+                    "trainings", start, summaries.technique_study, StudyProgress(len(plan.claims)))
+
+
 def _ensemble_settings(args: argparse.Namespace):
     """The ensemble's settings: an --ensemble file, with the flags given over it."""
     from trainlib.config import validate
@@ -302,6 +321,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
         sp.set_defaults(handler=handler)
+    st = sub.add_parser("study", help="the technique study: every claim of configs/study tested with repeats, "
+                        "one report")
+    st.add_argument("--config", help="pipeline config YAML for entries that name no base")
+    st.add_argument("--set", action="append", type=key_value, metavar="KEY=VALUE",
+                    help="override a config key in every entry (repeatable)")
+    st.add_argument("--repeats", type=_positive, metavar="N", help="repeats of every variant (default: each entry's)")
+    st.add_argument("--quick", action="store_true", help="each entry's quick settings: fewer repeats and epochs")
+    st.add_argument("--only", metavar="NAME,...", help="run only these entries (file names in configs/study)")
+    st.add_argument("--entries", metavar="DIR", help="a folder of entries instead of configs/study")
+    st.add_argument("--max-parallel", type=_positive, default=2, help="trainings at once (default 2)")
+    st.add_argument("--runner", metavar="R", help=f"where trainings run: {runners.CHOICES}")
+    st.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
+    st.set_defaults(handler=_study)
     ui = sub.add_parser("ui", help="the MLflow UI for the local store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)

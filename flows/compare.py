@@ -11,7 +11,7 @@ from flows import plans
 from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
 from tasks import tracking
-from tasks.comparison import MEASURES, compare_report, measures
+from tasks.comparison import BETTER, MEASURES, compare_report, measures
 from tasks.fanout import variant
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
@@ -20,28 +20,37 @@ from tasks.settings import workspace
 from trainlib import evidence
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError
+from trainlib.variants import label
 
 
 def run_name() -> str:
     vary, repeats = flow_run.parameters["vary"], flow_run.parameters.get("repeats", 1)
-    return ("compare: " + " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items())
-            + (f" x {repeats} repeats" if repeats > 1 else ""))
+    chosen = flow_run.parameters.get("variants")
+    what = (" | ".join(label(v) for v in chosen) if chosen else
+            " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items()))
+    return f"compare: {what}" + (f" x {repeats} repeats" if repeats > 1 else "")
 
 
 @flow(name="compare", flow_run_name=run_name)
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
                  refresh: bool = False, runner: str | None = None, repeats: int = 1, resplit: bool = False,
-                 baseline: str | None = None) -> dict:
+                 baseline: str | None = None, variants: list[dict] | None = None,
+                 parent_run_id: str | None = None) -> dict:
     """Train every combination of the `vary` values (config key -> values) on the same data, `repeats` times
     each (repeat i: training.seed + i, and split.seed + i with `resplit`), `max_parallel` at a time (on `runner`:
     flows/runners.py). The variant with the best mean validation accuracy wins; its repeat with the best
     validation accuracy is registered. Every variant is compared with `baseline` (a label; default the first)
-    on paired repeats. The config may be given as a YAML path."""
-    plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner, repeats, resplit, baseline)
+    on paired repeats. `variants` (dicts of overrides), when given, are the variants instead of the grid of
+    `vary`; `parent_run_id` nests the comparison's run under another (a technique study's). The config may be
+    given as a YAML path."""
+    plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner, repeats, resplit, baseline,
+                         variants)
     config = plan.config
     params = {f"vary.{k}": v for k, v in vary.items()} | {"repeats": repeats, "resplit": resplit,
                                                           "baseline": plan.baseline}
-    run_id = start_run(config, params, kind="comparison")
+    if variants:
+        params["variants"] = [v.label for v in plan.variants]
+    run_id = start_run(config, params, kind="comparison", parent_run_id=parent_run_id)
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
         data = {seed: prepare_data(override(config, {"split.seed": seed}), run_id if i == 0 else None, refresh)
@@ -56,8 +65,8 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
                    key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
         dataset = data[best["split_seed"]][0]
         registered = register(config.name, config.register, best["model"], best["metrics"], dataset, best["run_id"])
-        return compare_report(config.name, run_id, results, summary, evidence.versus(groups, plan.baseline, MEASURES),
-                              plan.baseline, best, registered, ws)
+        versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER)
+        return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered, ws)
 
 
 Prepared = tuple[DatasetRef, ManifestRef, StatsRef]

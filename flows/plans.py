@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from flows import runners
-from trainlib.config import NOT_FILES, PipelineConfig, override
+from trainlib.claims import Entry, load_entry
+from trainlib.config import NOT_FILES, PipelineConfig, load_config, override
 from trainlib.data.sources import SOURCES
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
+from trainlib.overrides import parse_set
 from trainlib.tuning import SearchConfig, check_space, trial_base
 from trainlib.variants import check_keys, label, needs_validation, share_cpus, variants
 
@@ -132,17 +134,22 @@ def baseline_label(labels: list[str], baseline: str | None) -> str:
 
 
 def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2, runner: str | None = None,
-            repeats: int = 1, resplit: bool = False, baseline: str | None = None) -> Comparison:
-    """`trainflow compare`: every combination of the `vary` values, each a full config, validated now, trained
-    `repeats` times with paired seeds."""
+            repeats: int = 1, resplit: bool = False, baseline: str | None = None,
+            combos: list[dict[str, Any]] | None = None) -> Comparison:
+    """`trainflow compare`: every combination of the `vary` values (or the `combos` given: each a dict of
+    overrides), each a full config, validated now, trained `repeats` times with paired seeds."""
     fresh_weights(config, "compare")
     needs_validation(config, "compare")
+    if combos is not None:
+        vary = {k: [c[k] for c in combos if k in c] for k in dict.fromkeys(k for c in combos for k in c)}
     check_keys(config, vary, "--vary")
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: give at least 1")
     if resplit and repeats < 2:
         raise ConfigError("--resplit: scores each repeat on another split; it needs --repeats 2 or more")
-    combos = variants(vary)
+    combos = variants(vary) if combos is None else combos
+    if not combos:
+        raise ConfigError("compare: no variants to train")
     parallel = min(max_parallel, len(combos) * repeats)
     base = share_cpus(config, parallel)
     planned = [Variant(label(o), o, override(base, o)) for o in combos]
@@ -190,3 +197,65 @@ def ensemble(config: PipelineConfig, settings: EnsembleConfig, runner: str | Non
     parallel = 1 if METHODS[settings.method].sequential else min(settings.max_parallel, len(members))
     members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
     return Ensemble(config, settings, members, parallel, runners.check(runner))
+
+
+STUDY_ENTRIES = Path(__file__).resolve().parents[1] / "configs" / "study"  # the study's entries, as shipped
+STUDY_NAME = "technique-study"  # the experiment of the study and all its comparisons
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One entry of the technique study, planned: its config and the comparison it runs."""
+
+    entry: Entry
+    config: PipelineConfig  # base, then the entry's set, --quick's set and --set; registers nothing
+    repeats: int
+    comparison: Comparison  # checked now; with lr_grid, the LRs are chosen when the study runs
+
+    @property
+    def lr_grid(self) -> list[float] | None:
+        return self.entry.lr_grid
+
+
+@dataclass(frozen=True)
+class TechniqueStudy:
+    claims: list[Claim]
+    quick: bool
+    parallel: int
+    runner: str | None
+
+
+def study(config_path: str | None, overrides: list[str], entries: str | Path | None = None,
+          only: list[str] | None = None, repeats: int | None = None, quick: bool = False, max_parallel: int = 2,
+          runner: str | None = None) -> TechniqueStudy:
+    """`trainflow study`: every entry of `entries` (a folder of YAML files; default configs/study), or those named
+    in `only`, loaded and checked with the configs it builds: a bad entry fails here, before anything runs."""
+    folder = Path(entries) if entries else STUDY_ENTRIES
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"study: no entries (*.yaml) in {folder}")
+    named = {f.stem: f for f in files}
+    for name in only or []:
+        if name not in named:
+            raise ConfigError(f"--only {name}: no such study entry; the entries are {', '.join(named)}")
+    claims = []
+    for path in [named[n] for n in only] if only else files:
+        entry = load_entry(path)
+        where = f"study entry {path.name}"
+        try:
+            base = load_config(entry.base_path(path.parent) or config_path, [])
+            changes = {**entry.set, **(entry.quick.set if quick else {}), "name": STUDY_NAME,
+                       "register.enabled": False}
+            cfg = override(base, changes)
+            cfg = override(cfg, dict(parse_set(o) for o in overrides)) if overrides else cfg
+            n = repeats or (entry.quick.repeats if quick else entry.repeats)
+            if n < 2:
+                raise ConfigError(f"--repeats {n}: a verdict needs an interval; give 2 or more")
+            grid = entry.lr_grid or [None]
+            for lr in grid:  # every LR the entry may choose must make a valid config
+                at = override(cfg, {"optimizer.lr": lr}) if lr else cfg
+                comparison = compare(at, entry.vary, max_parallel, runner, n, combos=entry.variants)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        claims.append(Claim(entry, cfg, n, comparison))
+    return TechniqueStudy(claims, quick, max_parallel, runners.check(runner))

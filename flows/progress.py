@@ -80,3 +80,23 @@ class RunProgress(_Bar):
         value = metrics.get("best_val_accuracy", metrics.get("val_accuracy", result.get("value")))
         shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")
         self.show(self.done + 1, f"{name}: {shown}", last=f"last: {name} {shown}")
+
+
+class StudyProgress(_Bar):
+    """Over the claims of the technique study (`claim` events), with each training of their comparisons
+    (`finished` events) as the last thing done."""
+
+    def __init__(self, total: int):
+        super().__init__("study", total, "last")
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "claim":
+            row = event.data["row"]
+            text = f"{row['name']}: {row['verdict']} ({row['seconds']:.0f} s)"
+            self.show(self.done + 1, text, last=text)
+        elif event.kind == "finished":
+            r = event.data["record"]
+            value = r.get("metrics", {}).get("best_val_accuracy")
+            text = f"  {r.get('name') or r.get('label')}: " + (f"{value:.4f}" if isinstance(value, float)
+                                                                else r.get("state", "done"))
+            self.show(self.done, text, last=text.strip())

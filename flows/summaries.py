@@ -4,13 +4,15 @@ rounded by the one rule of every table (tasks/wording.py)."""
 from __future__ import annotations
 
 import os
+import re
 
 from rich.table import Table
 
 from flows.progress import summary_console as console
 from tasks.wording import cells, difference, outcome, registration, shown, with_interval
 
-VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow"}
+VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow",
+            "higher": "default", "lower": "default"}
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 
 
@@ -92,3 +94,35 @@ def demo(s: dict) -> None:
                                   "train_seconds")))
     console.print(table)
     transfer(s)
+
+
+def short(label: str) -> str:
+    """A variant's label without key prefixes and the LR a study chose: `name=adam` for
+    `optimizer.name=adam, optimizer.lr=0.001`."""
+    parts = re.split(r", (?=[\w.]+=)", label)
+    return ", ".join(p.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + p.split("=", 1)[1] for p in parts
+                     if not p.startswith("optimizer.lr=")) or label
+
+
+CLAIM_STYLES = {"supported": "green", "contradicted": "red", "inconclusive": "default", "failed": "yellow"}
+
+
+def technique_study(s: dict) -> None:
+    """One row per claim: the measure, baseline and treatment with intervals, the difference, the verdict."""
+    from tasks.claims_report import signed
+
+    table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "verdict",
+                  title="technique study: mean ± 95% interval over paired repeats (the report names the variants)")
+    for r in s["rows"]:
+        if r["verdict"] == "failed":
+            table.add_row(r["name"], r["measure"], "-", "-", "-", f"[yellow]failed[/]: {r['error']}")
+            continue
+        m = r["measure"]
+        table.add_row(f"{r['name']} ({short(r['treatment']['label'])})", m, with_interval(r["baseline"], m),
+                      with_interval(r["treatment"], m), signed(r["diff"], m),
+                      f"[{CLAIM_STYLES[r['verdict']]}]{r['verdict']}[/]")
+    console.print(table)
+    console.print(", ".join(f"{n} {v}" for v, n in s["counts"].items() if n) + f" in {s['wall_seconds'] / 60:.1f} "
+                  "minutes")
+    console.print(f"report: {s['report']} (one page: {s['html']})", markup=False, highlight=False)
+    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)

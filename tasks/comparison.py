@@ -14,10 +14,14 @@ from tasks import tracking, wording
 from tasks.report import artifact_key, link, summary
 from tasks.wording import difference, markdown_row, outcome, registration, rounded, rounded_row, with_interval
 from trainlib import plots
+from trainlib.measures import MEASURES as DERIVED
+from trainlib.measures import RUN_MEASURES
 
 # What every repeat is measured by (trainlib.evidence summarizes them): its test scores, the best validation
-# epoch's scores, how many epochs it ran (early stopping) and how long its epochs took.
-MEASURES = ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_loss", "epochs", "train_seconds")
+# epoch's scores, how many epochs it ran (early stopping), how long its epochs took, and the derived measures
+# (trainlib/measures.py: overfitting gap, weight norm and sparsity, time to a validation target).
+MEASURES = RUN_MEASURES
+BETTER = {name: m.better for name, m in DERIVED.items()}  # their good direction (trainlib.evidence.versus)
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
 SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
 

@@ -20,6 +20,7 @@ from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.studies import open_study
 from trainlib import recipe
 from trainlib.config import PipelineConfig
+from trainlib.measures import Trained, derived
 from trainlib.models import save_model
 from trainlib.tuning import PruningCallback, SearchConfig
 
@@ -88,7 +89,11 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
                     "train_seconds": sum(h["epoch_seconds"] for h in fit.history)}
-        log.log_metrics({**metrics, "wall_seconds": seconds}, step=fit.stopped_epoch)
+        fitted = {s: recipe.test(config, model, ds, m, s).accuracy for s in ("train", "val")}  # eval mode
+        metrics |= {"train_accuracy_eval": fitted["train"]} | derived(Trained(fit, model, fitted["train"],
+                                                                               fitted["val"]))
+        log.log_metrics({k: v for k, v in metrics.items() if v is not None} | {"wall_seconds": seconds},
+                        step=fit.stopped_epoch)
         log.set_tags({"stop_reason": fit.stop_reason})
         save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
         log.log_artifact(str(ws / "model.pt"), "checkpoints")  # architecture + weights: inspectable, a transfer source

@@ -19,6 +19,7 @@ from scipy.stats import t as student_t
 
 LEVEL = 0.95
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable difference", "too few repeats"
+HIGHER, LOWER = "higher", "lower"  # the verdicts on a measure neither way of which is better (a weight norm)
 HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall")  # metrics named so; losses, epochs, seconds: lower
 
 
@@ -62,10 +63,14 @@ class Versus:
     verdict: str
 
 
-def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float]) -> Versus:
+AUTO = "auto"
+
+
+def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float], better: str | None = AUTO) -> Versus:
     """Repeat i of `treatment` against repeat i of `baseline` (same seeds). `better` when the interval of the
     difference lies wholly on the good side of zero for `metric`, `worse` on the bad side, else no detectable
-    difference."""
+    difference. Which side is good: `better` ("higher" or "lower"; by default from the metric's name); with
+    `better` None neither is, and the verdict is `higher` or `lower`."""
     if len(treatment) != len(baseline):
         raise ValueError(f"{metric}: paired repeats need as many of each, got {len(treatment)} and {len(baseline)}")
     diff = estimate([a - b for a, b in zip(treatment, baseline, strict=True)])
@@ -74,7 +79,10 @@ def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float]) -
     if not diff.excludes_zero():
         return Versus(metric, diff, NO_DIFFERENCE)
     up = diff.ci_low > 0
-    return Versus(metric, diff, BETTER if up == higher_is_better(metric) else WORSE)
+    if better is None:
+        return Versus(metric, diff, HIGHER if up else LOWER)
+    higher = higher_is_better(metric) if better == AUTO else better == "higher"
+    return Versus(metric, diff, BETTER if up == higher else WORSE)
 
 
 def summarize(groups: dict[str, list[dict | None]], measures: Sequence[str]) -> list[dict]:
@@ -91,9 +99,11 @@ def summarize(groups: dict[str, list[dict | None]], measures: Sequence[str]) -> 
     return rows
 
 
-def versus(groups: dict[str, list[dict | None]], baseline: str, measures: Sequence[str]) -> list[dict]:
+def versus(groups: dict[str, list[dict | None]], baseline: str, measures: Sequence[str],
+           better: dict[str, str | None] | None = None) -> list[dict]:
     """Every other group against `baseline`, measure by measure, on the repeats both finished (paired by
-    position): `label`, `metric`, `n`, `diff` (mean of treatment - baseline), `ci_low`, `ci_high`, `verdict`."""
+    position): `label`, `metric`, `n`, `diff` (mean of treatment - baseline), `ci_low`, `ci_high`, `verdict`.
+    `better` gives a measure's good direction where its name does not (see `paired`)."""
     rows = []
     for label, repeats in groups.items():
         if label == baseline:
@@ -104,7 +114,7 @@ def versus(groups: dict[str, list[dict | None]], baseline: str, measures: Sequen
             row = {"label": label, "metric": m, "n": len(pairs), "diff": None, "ci_low": None, "ci_high": None,
                    "verdict": TOO_FEW}
             if pairs:
-                v = paired(m, [a for a, _ in pairs], [b for _, b in pairs])
+                v = paired(m, [a for a, _ in pairs], [b for _, b in pairs], (better or {}).get(m, AUTO))
                 row |= {"diff": v.diff.mean, "ci_low": v.diff.ci_low, "ci_high": v.diff.ci_high, "verdict": v.verdict}
             rows.append(row)
     return rows

@@ -1,0 +1,85 @@
+"""The technique study: every entry of configs/study (a claim about one technique) run as a comparison with
+repeats, one after another, each judged on the paired interval of its measure; one report for all of them.
+
+A failed entry is reported as failed and the study goes on. With an entry's lr_grid, each variant first gets
+its own learning rate: one comparison over the grid per variant (one repeat each, chosen on validation accuracy),
+recorded in the report; then the comparison the claim is judged on, with those learning rates.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows import plans
+from flows.compare import compare_flow
+from tasks import events, tracking
+from tasks.claims_report import study_report
+from tasks.record import start_run
+from tasks.settings import workspace
+from trainlib.claims import FAILED, judge
+from trainlib.config import override
+from trainlib.variants import label
+
+
+def run_name() -> str:
+    p = flow_run.parameters
+    return "technique study" + (" (quick)" if p.get("quick") else "") + (f": {', '.join(p['only'])}"
+                                                                        if p.get("only") else "")
+
+
+@flow(name="study", flow_run_name=run_name)
+def study_flow(config: str | None = None, overrides: list[str] | None = None, only: list[str] | None = None,
+               repeats: int | None = None, quick: bool = False, max_parallel: int = 2, runner: str | None = None,
+               entries: str | None = None) -> dict:
+    """Run the study's entries (all of `entries`, default configs/study, or those in `only`) from the config file
+    `config` (where an entry names no base) with the `overrides` (key=value) over every entry; `repeats` replaces
+    each entry's. -> the study's summary (as `trainflow study --json` prints it)."""
+    plan = plans.study(config, overrides or [], entries, only, repeats, quick, max_parallel, runner)
+    started = time.perf_counter()
+    run_id = start_run(plan.claims[0].config, {"study.entries": [c.entry.name for c in plan.claims],
+                                               "study.quick": quick, "study.repeats": repeats},
+                       run_name=run_name(), kind="technique-study")
+    ws = str(workspace(str(flow_run.id)))
+    rows = []
+    with tracking.finishing(run_id):
+        for claim in plan.claims:
+            t0 = time.perf_counter()
+            try:
+                row = judged(claim, *run_claim(claim, plan, run_id))
+            except Exception as exc:  # noqa: BLE001 - a failed entry is reported; the others still run
+                row = entry_row(claim) | {"verdict": FAILED, "error": f"{type(exc).__name__}: {exc}"}
+            rows.append(row | {"seconds": time.perf_counter() - t0})
+            events.emit("claim", row=rows[-1])
+        return study_report(run_id, rows, ws, quick, time.perf_counter() - started)
+
+
+def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str) -> tuple[dict, dict | None]:
+    """The entry's comparison (after choosing each variant's LR, with lr_grid) -> (its summary, chosen LRs)."""
+    entry, cfg, chosen = claim.entry, claim.config, None
+    run = {"max_parallel": plan.parallel, "runner": plan.runner, "parent_run_id": parent_run_id}
+    if entry.lr_grid:
+        chosen = {}
+        for v in claim.comparison.variants:
+            grid = {"optimizer.lr": entry.lr_grid}
+            out = compare_flow(override(cfg, v.overrides), grid, **run)
+            chosen[v.label] = next(lr for lr in entry.lr_grid if label({"optimizer.lr": lr}) == out["best_variant"])
+        variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
+        return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants,
+                            **run), chosen
+    return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=entry.variants,
+                        **run), chosen
+
+
+def entry_row(claim: plans.Claim) -> dict:
+    e = claim.entry
+    return {"name": e.name, "technique": e.technique, "claim": e.claim, "measure": e.measure,
+            "direction": e.direction, "fair": e.fair, "repeats": claim.repeats}
+
+
+def judged(claim: plans.Claim, result: dict, chosen: dict | None) -> dict:
+    """The entry's row of the report: its judgement (trainlib.claims.judge) with the LRs chosen and the run."""
+    return entry_row(claim) | judge(claim.entry, result["summary"], result["versus_baseline"], result["baseline"]) | {
+        "learning_rates": chosen, "run_id": result["run_id"], "summary": result["summary"], "error": None}

@@ -1,0 +1,106 @@
+"""The technique study's entries (trainlib/claims.py) and their plans: what a bad entry says, the verdicts."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flows import plans
+from trainlib.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, judge, load_entry, verdict
+from trainlib.errors import ConfigError
+
+GOOD = """technique: dropout
+claim: Dropout narrows the gap between train and validation accuracy.
+base: {base}
+vary: {{model.dropout: [0.0, 0.5]}}
+measure: train_val_gap
+direction: lower
+fair: The same LR and epochs for both variants.
+"""
+REGIME = Path(__file__).resolve().parents[1] / "configs" / "regimes" / "few-labels.yaml"
+
+
+def _entry(folder: Path, text: str, name: str = "entry") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_verdicts_follow_the_interval_and_the_predicted_direction():
+    assert verdict("higher", 0.01, 0.05) == SUPPORTED and verdict("lower", -0.05, -0.01) == SUPPORTED
+    assert verdict("higher", -0.05, -0.01) == CONTRADICTED and verdict("lower", 0.01, 0.05) == CONTRADICTED
+    assert verdict("higher", -0.01, 0.05) == INCONCLUSIVE and verdict("higher", None, None) == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t + "repeat: 5\n", "study entry entry.yaml: repeat: unknown key (did you mean 'repeats'?)"),
+    (lambda t: t.replace("measure: train_val_gap", "measure: gap"), "measure: 'gap' is not a measure; valid: "),
+    (lambda t: t.replace("direction: lower", "direction: down"), "direction: Input should be 'higher' or 'lower'"),
+    (lambda t: t.replace("vary: {model.dropout: [0.0, 0.5]}", "vary: {model.dropout: [0.0]}"),
+     "vary: give each key a baseline value and at least one treatment value"),
+    (lambda t: t.replace("base: ", "base: ../nowhere/"), "base: no such file: ../nowhere/"),
+    (lambda t: t.replace("fair: The same LR and epochs for both variants.\n", ""), "fair: Field required"),
+])
+def test_a_bad_entry_is_one_message_naming_its_file(tmp_path, change, message):
+    path = _entry(tmp_path, change(GOOD.format(base=REGIME)))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_entry(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("set: {model.dropuot: 0.1}\n", "study entry entry.yaml: invalid config: model.dropuot: unknown key"),
+    ("set: {training.epochs: 0}\n", "study entry entry.yaml: invalid config: training.epochs"),
+])
+def test_an_entry_naming_a_config_key_that_does_not_exist_fails_its_plan(tmp_path, line, message):
+    _entry(tmp_path, GOOD.format(base=REGIME) + line)
+    with pytest.raises(ConfigError, match=message):
+        plans.study(None, [], tmp_path)
+
+
+def test_only_names_entries_that_exist(tmp_path):
+    _entry(tmp_path, GOOD.format(base=REGIME), "dropout")
+    with pytest.raises(ConfigError, match="--only l3: no such study entry; the entries are dropout"):
+        plans.study(None, [], tmp_path, only=["l3"])
+
+
+def test_every_shipped_entry_plans_in_both_modes():
+    for quick in (False, True):
+        study = plans.study(None, [], quick=quick)
+        assert len(study.claims) >= 9
+        for claim in study.claims:
+            cfg = claim.config
+            assert cfg.name == plans.STUDY_NAME and not cfg.register.enabled  # the study registers nothing
+            assert claim.repeats == (claim.entry.quick.repeats if quick else claim.entry.repeats) >= 2
+            assert len(claim.comparison.variants) >= 2
+
+
+def test_quick_settings_and_repeats_and_overrides_layer_over_the_entry(tmp_path):
+    _entry(tmp_path, GOOD.format(base=REGIME) + "set: {training.epochs: 40}\nquick: {set: {training.epochs: 7}}\n")
+    full, quick = plans.study(None, [], tmp_path).claims[0], plans.study(None, [], tmp_path, quick=True).claims[0]
+    assert (full.config.training.epochs, quick.config.training.epochs) == (40, 7)
+    assert full.config.split.shots == 10  # the base regime's
+    forced = plans.study(None, ["training.epochs=3"], tmp_path, repeats=4, quick=True).claims[0]
+    assert forced.config.training.epochs == 3 and forced.repeats == 4
+
+
+def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_path):
+    entry = load_entry(_entry(tmp_path, GOOD.format(base=REGIME).replace("model.dropout: [0.0, 0.5]",
+                                                                           "model.dropout: [0.0, 0.3, 0.5]")))
+
+    def est(mean):
+        return {"mean": mean, "std": 0.01, "ci_low": mean - 0.01, "ci_high": mean + 0.01}
+
+    summary = [{"label": "d=0", "n": 3, "train_val_gap": est(0.10), "test_accuracy": est(0.9)},
+               {"label": "d=0.3", "n": 3, "train_val_gap": est(0.05), "test_accuracy": est(0.9)},
+               {"label": "d=0.5", "n": 3, "train_val_gap": est(0.09), "test_accuracy": est(0.9)}]
+    versus = [{"label": "d=0.3", "metric": "train_val_gap", "n": 3, "diff": -0.05, "ci_low": -0.07, "ci_high": -0.03},
+              {"label": "d=0.3", "metric": "test_accuracy", "n": 3, "diff": 0.2, "ci_low": 0.1, "ci_high": 0.3},
+              {"label": "d=0.5", "metric": "train_val_gap", "n": 3, "diff": -0.01, "ci_low": -0.03, "ci_high": 0.01}]
+    row = judge(entry, summary, versus, "d=0")
+    assert [t["verdict"] for t in row["treatments"]] == [SUPPORTED, INCONCLUSIVE]  # the gap, lower as predicted
+    assert row["verdict"] == INCONCLUSIVE and row["treatment"]["label"] == "d=0.5"  # the worst of the two
+    assert row["baseline"]["mean"] == 0.10
+    assert row["baseline"]["label"] == "d=0" and row["baseline"]["ci_high"] == pytest.approx(0.11)
+    assert row["diff"] == {"mean": -0.01, "ci_low": -0.03, "ci_high": 0.01} and row["n"] == 3
+    versus[2] |= {"diff": 0.03, "ci_low": 0.01, "ci_high": 0.05}  # dropout 0.5 widened the gap
+    assert judge(entry, summary, versus, "d=0")["verdict"] == CONTRADICTED

@@ -1,0 +1,125 @@
+"""The technique study's entries: one claim each, as data (configs/study/*.yaml), and the verdict on it.
+
+An entry names the claim in one sentence, the config it is tested on (a regime), the key(s) varied (the first
+value of each is the baseline, the others treatments), the measure the claim is about, the direction it predicts,
+and how the comparison is fair. The study (flows/technique_study.py) runs each entry as a `trainflow compare`
+with repeats and judges every treatment on the paired 95% interval of its difference to the baseline:
+`supported` when the interval lies wholly on the predicted side of zero, `contradicted` when wholly on the other,
+`inconclusive` when it holds zero (or there are too few repeats for an interval).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainlib.config import validate
+from trainlib.errors import ConfigError
+from trainlib.measures import RUN_MEASURES
+from trainlib.overrides import read_yaml
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, FAILED = "supported", "contradicted", "inconclusive", "failed"
+
+
+class Quick(BaseModel):
+    """What `--quick` changes: fewer repeats, and config keys set over the entry's (fewer epochs, say)."""
+
+    model_config = ConfigDict(extra="forbid")
+    repeats: int = Field(2, ge=2, description="repeats of each variant with --quick (2: the fewest with an interval)")
+    set: dict[str, Any] = Field(default_factory=dict, description="config keys set with --quick, over `set`")
+
+
+class Entry(BaseModel):
+    """One claim of the technique study (a YAML file in configs/study/, named by its file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""  # the file's stem, filled in by load_entry
+    technique: str = Field(description="the technique, as the report names it")
+    claim: str = Field(min_length=10, description="what the technique is said to do, in one sentence")
+    base: str | None = Field(None, description="the config (a regime) the claim is tested on, relative to the "
+                                               "entry's folder; default: the study's --config, else the defaults")
+    set: dict[str, Any] = Field(default_factory=dict, description="config keys set over the base (dotted keys)")
+    vary: dict[str, list[Any]] = Field(default_factory=dict, description="key -> values, the grid of them the "
+                                                                         "variants; the first combination the baseline")
+    variants: list[dict[str, Any]] | None = Field(None, description="instead of vary: the variants as dicts of "
+                                                                    "config keys, the first the baseline")
+    measure: str = Field(description="what the claim is about: " + ", ".join(RUN_MEASURES))
+    direction: Literal["higher", "lower"] = Field(description="the treatment's measure, as the claim predicts it")
+    fair: str = Field(min_length=10, description="why the comparison is fair (a shared or per-variant LR, ...)")
+    lr_grid: list[float] | None = Field(None, description="each variant gets its own optimizer.lr from these, "
+                                                          "the best on validation (one repeat each)")
+    repeats: int = Field(5, ge=2, description="repeats of each variant (paired seeds)")
+    resplit: bool = Field(True, description="repeat i also on split seed + i: the claim is tested across splits "
+                                            "(and, in the label-noise regime, across the flipped rows)")
+    quick: Quick = Field(default_factory=Quick)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.measure not in RUN_MEASURES:
+            raise ConfigError(f"measure: {self.measure!r} is not a measure; valid: {', '.join(RUN_MEASURES)}")
+        if bool(self.vary) == bool(self.variants):
+            raise ConfigError("vary, variants: give one of them (a grid of values, or the variants one by one)")
+        if self.vary and any(len(v) < 2 for v in self.vary.values()):
+            raise ConfigError("vary: give each key a baseline value and at least one treatment value")
+        if self.variants is not None and len(self.variants) < 2:
+            raise ConfigError("variants: give a baseline and at least one treatment")
+        if self.lr_grid is not None and "optimizer.lr" in {*self.vary, *(k for v in self.variants or [] for k in v)}:
+            raise ConfigError("lr_grid: chooses optimizer.lr per variant; it cannot also be varied")
+        if self.lr_grid is not None and (len(self.lr_grid) < 2 or min(self.lr_grid) <= 0):
+            raise ConfigError("lr_grid: give two or more learning rates above 0")
+        return self
+
+    def base_path(self, folder: Path) -> Path | None:
+        return (folder / self.base).resolve() if self.base else None
+
+
+def load_entry(path: str | Path) -> Entry:
+    """An entry from its YAML file: unknown keys and wrong values are one readable error naming the file."""
+    path = Path(path)
+    raw = read_yaml(path, "study entry")
+    if isinstance(raw, dict) and "name" in raw:
+        raise ConfigError(f"study entry {path.name}: name: unknown key (an entry is named by its file)")
+    entry = validate(raw, Entry, f"study entry {path.name}")
+    entry = entry.model_copy(update={"name": path.stem})
+    if entry.base and not entry.base_path(path.parent).is_file():
+        raise ConfigError(f"study entry {path.name}: base: no such file: {entry.base} (relative to {path.parent})")
+    return entry
+
+
+def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:
+    """The claim's verdict from the interval of (treatment - baseline) on its measure."""
+    if ci_low is None or ci_high is None:
+        return INCONCLUSIVE
+    if ci_low > 0:
+        return SUPPORTED if direction == "higher" else CONTRADICTED
+    if ci_high < 0:
+        return SUPPORTED if direction == "lower" else CONTRADICTED
+    return INCONCLUSIVE
+
+
+def judge(entry: Entry, summary: list[dict], versus: list[dict], baseline: str) -> dict:
+    """The claim judged on a comparison's `summary` and `versus` rows (trainlib.evidence): the baseline's and the
+    treatment's estimate of the entry's measure, their paired difference and the verdict. With several
+    treatments the claim must hold for each, so the row shows the one it holds worst for; `treatments` lists all."""
+    by_label = {s["label"]: s for s in summary}
+    treatments = []
+    for v in versus:
+        if v["metric"] != entry.measure:
+            continue
+        found = verdict(entry.direction, v["ci_low"], v["ci_high"])
+        treatments.append({"label": v["label"], **_estimate(by_label[v["label"]][entry.measure]),
+                           "diff": {"mean": v["diff"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]},
+                           "n": v["n"], "verdict": found})
+    if not treatments:
+        raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")
+    order = {CONTRADICTED: 0, INCONCLUSIVE: 1, SUPPORTED: 2}
+    worst = min(treatments, key=lambda t: order[t["verdict"]])
+    return {"baseline": {"label": baseline, **_estimate(by_label[baseline][entry.measure])},
+            "treatment": {k: worst[k] for k in ("label", "mean", "ci_low", "ci_high")},
+            "diff": worst["diff"], "verdict": worst["verdict"], "n": worst["n"], "treatments": treatments}
+
+
+def _estimate(e: dict | None) -> dict:
+    return {k: (e or {}).get(k) for k in ("mean", "ci_low", "ci_high")}
