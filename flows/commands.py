@@ -168,7 +168,7 @@ def _study(args: argparse.Namespace) -> int:
         return study_flow(args.config, args.set or [], only, args.repeats, args.quick, args.max_parallel,
                           plan.runner, args.entries)
 
-    runs = sum(len(c.comparison.variants) * (c.repeats + (len(c.lr_grid) if c.lr_grid else 0)) for c in plan.claims)
+    runs = sum(plans.trainings(c) for c in plan.claims)
     return _execute(args, f"technique study{' (quick)' if plan.quick else ''}: {len(plan.claims)} claims, {runs} "
                     "trainings", start, summaries.technique_study, StudyProgress(len(plan.claims)))
 
@@ -194,16 +194,19 @@ def _ensemble(args: argparse.Namespace) -> int:
     from flows.progress import RunProgress
     from trainlib.config import load_config
 
-    plan = plans.ensemble(load_config(args.config, _overrides(args)), _ensemble_settings(args), args.runner)
+    plan = plans.ensemble(load_config(args.config, _overrides(args)), _ensemble_settings(args), args.runner,
+                          args.repeats, args.resplit)
     ensemble = plan.ensemble
 
     def start():
         from flows.ensemble import ensemble_pipeline
 
-        return ensemble_pipeline(plan.config, ensemble, refresh=args.refresh, runner=plan.runner)
+        return ensemble_pipeline(plan.config, ensemble, refresh=args.refresh, runner=plan.runner,
+                                 repeats=plan.repeats, resplit=plan.resplit)
 
-    return _execute(args, f"{plan.config.name}: {ensemble.method} ensemble of {ensemble.size}", start,
-                    summaries.ensemble, RunProgress(ensemble.size, f"{ensemble.method} members"))
+    repeats = f" x {plan.repeats} repeats" if plan.repeats > 1 else ""
+    return _execute(args, f"{plan.config.name}: {ensemble.method} ensemble of {ensemble.size}{repeats}", start,
+                    summaries.ensemble, RunProgress(ensemble.size * plan.repeats, f"{ensemble.method} members"))
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -303,6 +306,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ens.add_argument("--folds", type=_positive, help="stacking with --meta oof: k (default 5)")
     ens.add_argument("--max-parallel", type=_positive, help="members trained at once (default 2)")
     ens.add_argument("--ensemble", metavar="F", help="ensemble file YAML (any of these settings; flags win)")
+    ens.add_argument("--repeats", type=_positive, default=1, metavar="N",
+                     help="train the whole ensemble N times (new seeds each): the ensemble against its best and its "
+                          "mean member with 95%% intervals and verdicts; repeat 0 is registered (default 1)")
+    ens.add_argument("--resplit", action="store_true", help="repeat i also on split.seed + i")
     for sp in (tune, compare, ens):
         sp.add_argument("--runner", metavar="R", help=f"where trials, variants or members run: {runners.CHOICES} "
                         "(default thread: this process's threads; dask: a local Dask cluster)")

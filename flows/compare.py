@@ -10,13 +10,15 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
+from flows.transfer import with_source_architecture
 from tasks import tracking
 from tasks.comparison import BETTER, MEASURES, compare_report, measures
 from tasks.fanout import variant
 from tasks.record import start_run
-from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
 from tasks.register import register
 from tasks.settings import workspace
+from tasks.transfer import fetch_source
 from trainlib import evidence
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError
@@ -53,10 +55,11 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     run_id = start_run(config, params, kind="comparison", parent_run_id=parent_run_id)
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
+        source = fetch_source(config.transfer.source, ws) if config.transfer.source else None
         data = {seed: prepare_data(override(config, {"split.seed": seed}), run_id if i == 0 else None, refresh)
                 for i, seed in enumerate(plan.split_seeds)}  # the repeats' splits, recorded: the first
         with fan_out(plan.runner, plan.parallel) as submit:
-            results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit)
+            results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit, source)
         groups = {v.label: [measures(r) for r in results if r["label"] == v.label] for v in plan.variants}
         summary = evidence.summarize(groups, MEASURES)
         winner = max((s for s in summary if s["n"]),
@@ -73,9 +76,9 @@ Prepared = tuple[DatasetRef, ManifestRef, StatsRef]
 
 
 def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, Prepared], run_id: str, ws: str,
-                  submit: Submit) -> list[dict]:
-    """Train every repeat of every variant, `max_parallel` at a time, each on its split's data; failed ones are
-    kept as such."""
+                  submit: Submit, source: SourceRef | None = None) -> list[dict]:
+    """Train every repeat of every variant, `max_parallel` at a time, each on its split's data (and from the
+    transfer `source`, if any, in its architecture); failed ones are kept as such."""
     queue, results = list(jobs), {}
 
     def submit_next():
@@ -83,8 +86,9 @@ def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, P
             return None
         r = queue.pop(0)
         dataset, manifest, stats = data[r.config.split.seed]
-        return r, submit(variant, r.config, r.label, r.repeat, r.name, r.overrides, dataset, manifest, stats,
-                         run_id, ws)
+        config = with_source_architecture(r.config, source) if source else r.config
+        return r, submit(variant, config, r.label, r.repeat, r.name, r.overrides, dataset, manifest, stats,
+                         run_id, ws, source)
 
     def on_done(r: plans.Repeat, result) -> dict:
         base = {"label": r.label, "repeat": r.repeat, "name": r.name, "split_seed": r.config.split.seed}

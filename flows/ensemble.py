@@ -12,7 +12,7 @@ from flows.common import as_model, finished, parameter, prepare_data, run_bounde
 from flows.runners import Submit, fan_out
 from tasks import tracking
 from tasks.ensemble import combine, register_ensemble
-from tasks.ensemble_report import ensemble_report
+from tasks.ensemble_report import ensemble_repeats_report, ensemble_report
 from tasks.members import boost_weights, check_registered, member, registered_member
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
@@ -28,17 +28,24 @@ def run_name() -> str:
 
 @flow(name="ensemble", flow_run_name=run_name)
 def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | str, refresh: bool = False,
-                      runner: str | None = None) -> dict:
+                      runner: str | None = None, repeats: int = 1, resplit: bool = False,
+                      parent_run_id: str | None = None) -> dict:
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
     into one model, test it and register it through the gate. Returns the ensemble's summary.
-    Config and ensemble may be given as YAML paths; `runner` says where members train (flows/runners.py)."""
-    plan = plans.ensemble(as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig), runner)
+    Config and ensemble may be given as YAML paths; `runner` says where members train (flows/runners.py).
+    With `repeats` > 1 the whole ensemble is trained that many times (plans.Ensemble.repeat: new seeds, and a new
+    split with `resplit`), each a child run, and the summary adds `repeats`: the ensemble against its best member
+    (on validation) and its mean member, repeat by repeat, with 95% intervals and verdicts."""
+    plan = plans.ensemble(as_model(config, PipelineConfig), as_model(ensemble, EnsembleConfig), runner, repeats,
+                          resplit)
+    if plan.repeats > 1:
+        return repeated(plan, refresh, parent_run_id)
     config, ensemble, members = plan.config, plan.ensemble, plan.members
     if uris := [m.uri for m in members if m.uri]:
         check_registered(uris)
     run_id = start_run(config, flatten(ensemble, "ensemble."),
                        {"ensemble.yaml": yaml.safe_dump(ensemble.model_dump(mode="json"), sort_keys=False)},
-                       kind="ensemble")
+                       parent_run_id=parent_run_id, kind="ensemble")
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
@@ -49,6 +56,22 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
         combined = combine(config, ensemble, done, weights, dataset, manifest, run_id, ws)
         registered = register_ensemble(registered_name(config.name), config.register, combined, dataset, run_id)
         return ensemble_report(config.name, run_id, ensemble, trained, combined, registered, ws)
+
+
+def repeated(plan: plans.Ensemble, refresh: bool, parent_run_id: str | None = None) -> dict:
+    """The ensemble trained plan.repeats times under one parent run; repeat 0 is registered, the others are
+    evidence. -> repeat 0's summary with `repeats` (ensemble_repeats_report)."""
+    run_id = start_run(plan.config, flatten(plan.ensemble, "ensemble.") | {"repeats": plan.repeats,
+                                                                         "resplit": plan.resplit},
+                       parent_run_id=parent_run_id, kind="ensemble-repeats",
+                       run_name=f"{run_name()} x {plan.repeats} repeats")
+    ws = str(workspace(str(flow_run.id)))
+    with tracking.finishing(run_id):
+        summaries = []
+        for i in range(plan.repeats):
+            config, settings = plan.repeat(i)
+            summaries.append(ensemble_pipeline(config, settings, refresh, plan.runner, parent_run_id=run_id))
+        return ensemble_repeats_report(config.name, run_id, plan.ensemble.method, summaries, ws)
 
 
 def _failed(result: BaseException, name: str) -> dict:

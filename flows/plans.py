@@ -14,7 +14,7 @@ from typing import Any
 
 from flows import runners
 from trainlib.claims import Entry, load_entry
-from trainlib.config import NOT_FILES, PipelineConfig, load_config, override
+from trainlib.config import NOT_FILES, PipelineConfig, load_config, override, validate
 from trainlib.data.sources import SOURCES
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
@@ -137,12 +137,16 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
             repeats: int = 1, resplit: bool = False, baseline: str | None = None,
             combos: list[dict[str, Any]] | None = None) -> Comparison:
     """`trainflow compare`: every combination of the `vary` values (or the `combos` given: each a dict of
-    overrides), each a full config, validated now, trained `repeats` times with paired seeds."""
-    fresh_weights(config, "compare")
+    overrides), each a full config, validated now, trained `repeats` times with paired seeds. With transfer.source
+    set, every variant starts from that model as its transfer.strategy says."""
     needs_validation(config, "compare")
+    inputs_exist(config)
     if combos is not None:
         vary = {k: [c[k] for c in combos if k in c] for k in dict.fromkeys(k for c in combos for k in c)}
     check_keys(config, vary, "--vary")
+    if "transfer.source" in vary:
+        raise ConfigError("--vary transfer.source: every variant starts from the same source; vary "
+                          "transfer.strategy (scratch, feature_extraction, finetune) against it")
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: give at least 1")
     if resplit and repeats < 2:
@@ -186,21 +190,43 @@ class Ensemble:
     members: list[Member]  # every member's config, validated
     parallel: int  # members trained at once (boosting: 1, in sequence)
     runner: str | None
+    repeats: int = 1  # the whole ensemble trained this many times, each against its own members
+    resplit: bool = False  # repeat i also on split.seed + i
+
+    def repeat(self, i: int) -> tuple[PipelineConfig, EnsembleConfig]:
+        """Repeat i's config and settings: members' seeds after the previous repeats' (training.seed + i x size),
+        ensemble.seed + i, and split.seed + i with resplit. Only repeat 0 (the ensemble a run without repeats
+        trains) is registered."""
+        if i == 0:
+            return self.config, self.ensemble
+        changes = {"training.seed": self.config.training.seed + i * self.ensemble.size, "register.enabled": False}
+        if self.resplit:
+            changes["split.seed"] = self.config.split.seed + i
+        return override(self.config, changes), self.ensemble.model_copy(update={"seed": self.ensemble.seed + i})
 
 
-def ensemble(config: PipelineConfig, settings: EnsembleConfig, runner: str | None = None) -> Ensemble:
+def ensemble(config: PipelineConfig, settings: EnsembleConfig, runner: str | None = None, repeats: int = 1,
+             resplit: bool = False) -> Ensemble:
     """`trainflow ensemble`: every member's config (or registered model), sharing the CPUs of one process."""
     fresh_weights(config, "ensemble")
+    if resplit and repeats < 2:
+        raise ConfigError("--resplit: scores each repeat on another split; it needs --repeats 2 or more")
+    if repeats > 1 and any(isinstance(m, str) and m.startswith("models:/") for m in settings.configs or []):
+        raise ConfigError("--repeats: voting over registered models has nothing to train again; repeat members "
+                          "given as configs")
     members = plan(config, settings)
     for m in members:
         inputs_exist(m.config or config)
     parallel = 1 if METHODS[settings.method].sequential else min(settings.max_parallel, len(members))
     members = [dataclasses.replace(m, config=share_cpus(m.config, parallel)) if m.config else m for m in members]
-    return Ensemble(config, settings, members, parallel, runners.check(runner))
+    return Ensemble(config, settings, members, parallel, runners.check(runner), repeats, resplit)
 
 
 STUDY_ENTRIES = Path(__file__).resolve().parents[1] / "configs" / "study"  # the study's entries, as shipped
 STUDY_NAME = "technique-study"  # the experiment of the study and all its comparisons
+
+
+SOURCE_TO_BE_TRAINED = "runs:/" + "0" * 32  # what a claim's comparison is planned with until its source is trained
 
 
 @dataclass(frozen=True)
@@ -210,7 +236,10 @@ class Claim:
     entry: Entry
     config: PipelineConfig  # base, then the entry's set, --quick's set and --set; registers nothing
     repeats: int
-    comparison: Comparison  # checked now; with lr_grid, the LRs are chosen when the study runs
+    comparison: Comparison | None  # vary or variants: checked now; with lr_grid, the LRs chosen when it runs
+    source: PipelineConfig | None  # the transfer source's config, trained first
+    ensemble: Ensemble | None = None  # an ensemble entry's plan, with its repeats
+    searches: dict[str, Study] | None = None  # a search entry's plans (repeat 0's), by label
 
     @property
     def lr_grid(self) -> list[float] | None:
@@ -223,6 +252,16 @@ class TechniqueStudy:
     quick: bool
     parallel: int
     runner: str | None
+
+
+def trainings(claim: Claim) -> int:
+    """How many networks a claim trains (for the command's header): its share of the study's cost."""
+    if claim.ensemble is not None:
+        return claim.ensemble.ensemble.size * claim.repeats
+    if claim.searches is not None:
+        return sum((s.search.budget() or 0) + 1 for s in claim.searches.values()) * claim.repeats
+    grid = len(claim.lr_grid) if claim.lr_grid else 0
+    return len(claim.comparison.variants) * (claim.repeats + grid) + (claim.source is not None)
 
 
 def study(config_path: str | None, overrides: list[str], entries: str | Path | None = None,
@@ -248,14 +287,25 @@ def study(config_path: str | None, overrides: list[str], entries: str | Path | N
                        "register.enabled": False}
             cfg = override(base, changes)
             cfg = override(cfg, dict(parse_set(o) for o in overrides)) if overrides else cfg
+            source = None
+            if entry.source is not None:  # trained from the same config with the source's keys
+                source = override(cfg, {**entry.source, "transfer.source": None, "name": STUDY_NAME})
+                cfg = override(cfg, {"transfer.source": SOURCE_TO_BE_TRAINED})
             n = repeats or (entry.quick.repeats if quick else entry.repeats)
             if n < 2:
                 raise ConfigError(f"--repeats {n}: a verdict needs an interval; give 2 or more")
-            grid = entry.lr_grid or [None]
-            for lr in grid:  # every LR the entry may choose must make a valid config
-                at = override(cfg, {"optimizer.lr": lr}) if lr else cfg
-                comparison = compare(at, entry.vary, max_parallel, runner, n, combos=entry.variants)
+            comparison = planned_ensemble = searches = None
+            if entry.ensemble is not None:
+                settings = validate(entry.ensemble, EnsembleConfig, "ensemble")
+                planned_ensemble = ensemble(cfg, settings, runner, n, entry.resplit)
+            elif entry.searches is not None:
+                searches = {name: tune(cfg, validate(raw, SearchConfig, f"search {name}"), runner)
+                            for name, raw in entry.searches.items()}
+            else:
+                for lr in entry.lr_grid or [None]:  # every LR the entry may choose must make a valid config
+                    at = override(cfg, {"optimizer.lr": lr}) if lr else cfg
+                    comparison = compare(at, entry.vary, max_parallel, runner, n, combos=entry.variants)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        claims.append(Claim(entry, cfg, n, comparison))
+        claims.append(Claim(entry, cfg, n, comparison, source, planned_ensemble, searches))
     return TechniqueStudy(claims, quick, max_parallel, runners.check(runner))

@@ -77,6 +77,14 @@ def ensemble(s: dict) -> None:
                   "", "", "")
     console.print(table)
     console.print(f"best member on test: {s['best_member']} ({shown(m['best_member_test_accuracy'])})")
+    if "repeats" in s:
+        r = s["repeats"]
+        versus = Table("comparison", "metric", "difference [95% CI]", "verdict",
+                       title=f"the ensemble against its members over {r['n']} repeats (the table above: repeat 0, "
+                             "registered; best member chosen on validation)")
+        for v in r["versus"]:
+            versus.add_row(v["label"], v["metric"], difference(v), f"[{VERDICTS[v['verdict']]}]{v['verdict']}[/]")
+        console.print(versus)
     run(s)
 
 
@@ -99,9 +107,8 @@ def demo(s: dict) -> None:
 def short(label: str) -> str:
     """A variant's label without key prefixes and the LR a study chose: `name=adam` for
     `optimizer.name=adam, optimizer.lr=0.001`."""
-    parts = re.split(r", (?=[\w.]+=)", label)
-    return ", ".join(p.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + p.split("=", 1)[1] for p in parts
-                     if not p.startswith("optimizer.lr=")) or label
+    parts = [p.partition("=") for p in re.split(r", (?=[\w.]+=)", label) if not p.startswith("optimizer.lr=")]
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" if sep else key for key, sep, value in parts) or label
 
 
 CLAIM_STYLES = {"supported": "green", "contradicted": "red", "inconclusive": "default", "failed": "yellow"}

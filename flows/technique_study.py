@@ -15,10 +15,15 @@ from prefect.runtime import flow_run
 
 from flows import plans
 from flows.compare import compare_flow
+from flows.ensemble import ensemble_pipeline
+from flows.training import training_pipeline
+from flows.transfer import trained_uri
+from flows.tuning import tuning_flow
 from tasks import events, tracking
 from tasks.claims_report import study_report
 from tasks.record import start_run
 from tasks.settings import workspace
+from trainlib import evidence
 from trainlib.claims import FAILED, judge
 from trainlib.config import override
 from trainlib.variants import label
@@ -48,7 +53,12 @@ def study_flow(config: str | None = None, overrides: list[str] | None = None, on
         for claim in plan.claims:
             t0 = time.perf_counter()
             try:
-                row = judged(claim, *run_claim(claim, plan, run_id))
+                if claim.ensemble is not None:
+                    row = judged(claim, *run_ensemble(claim, run_id))
+                elif claim.searches is not None:
+                    row = judged(claim, *run_searches(claim, run_id))
+                else:
+                    row = judged(claim, *run_claim(claim, plan, run_id))
             except Exception as exc:  # noqa: BLE001 - a failed entry is reported; the others still run
                 row = entry_row(claim) | {"verdict": FAILED, "error": f"{type(exc).__name__}: {exc}"}
             rows.append(row | {"seconds": time.perf_counter() - t0})
@@ -60,6 +70,9 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str
     """The entry's comparison (after choosing each variant's LR, with lr_grid) -> (its summary, chosen LRs)."""
     entry, cfg, chosen = claim.entry, claim.config, None
     run = {"max_parallel": plan.parallel, "runner": plan.runner, "parent_run_id": parent_run_id}
+    if claim.source is not None:  # transfer: the source model first, then every variant starts from it
+        trained = training_pipeline(claim.source)
+        cfg = override(cfg, {"transfer.source": trained_uri(trained)})
     if entry.lr_grid:
         chosen = {}
         for v in claim.comparison.variants:
@@ -71,6 +84,40 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str
                             **run), chosen
     return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=entry.variants,
                         **run), chosen
+
+
+def run_ensemble(claim: plans.Claim, parent_run_id: str) -> tuple[dict, None]:
+    """An ensemble entry: the ensemble with repeats, against its best (on validation) or mean member, paired by
+    repeat. -> a comparison-like result (summary, versus_baseline, baseline, run_id) for `judged`."""
+    p = claim.ensemble
+    out = ensemble_pipeline(p.config, p.ensemble, runner=p.runner, repeats=p.repeats, resplit=p.resplit,
+                            parent_run_id=parent_run_id)
+    against = claim.entry.against
+    prefixes = {against: against.replace(" ", "_"), "ensemble": "ensemble"}  # the baseline, the treatment
+    groups = {who: [{"test_accuracy": r[f"{prefix}_test_accuracy"]} for r in out["repeats"]["runs"]]
+              for who, prefix in prefixes.items()}
+    return as_comparison(groups, against, out["run_id"]), None
+
+
+def run_searches(claim: plans.Claim, parent_run_id: str) -> tuple[dict, None]:
+    """A search entry: every search, repeat i with every seed moved by i (search, training, and split with
+    resplit); measured by the best trial's validation accuracy and the retrained model's test accuracy."""
+    groups: dict[str, list[dict]] = {name: [] for name in claim.searches}
+    for i in range(claim.repeats):
+        cfg = plans.seeded(claim.config, i, claim.entry.resplit)
+        for name, study in claim.searches.items():
+            search = study.search.model_copy(update={"seed": study.search.seed + i})
+            out = tuning_flow(cfg, search, runner=study.runner, parent_run_id=parent_run_id)
+            groups[name].append({"test_accuracy": out["metrics"]["test_accuracy"],
+                                 "best_val_accuracy": out["best_trial"]["value"]})
+    return as_comparison(groups, next(iter(claim.searches)), parent_run_id), None
+
+
+def as_comparison(groups: dict[str, list[dict]], baseline: str, run_id: str) -> dict:
+    """Paired repeats of named groups as a comparison's summary and versus rows (trainlib.evidence)."""
+    measures = list(next(iter(groups.values()))[0])
+    return {"summary": evidence.summarize(groups, measures), "baseline": baseline, "run_id": run_id,
+            "versus_baseline": evidence.versus(groups, baseline, measures)}
 
 
 def entry_row(claim: plans.Claim) -> dict:

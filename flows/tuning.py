@@ -30,14 +30,14 @@ def run_name() -> str:
 
 @flow(name="tuning", flow_run_name=run_name)
 def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refresh: bool = False,
-                runner: str | None = None) -> dict:
+                runner: str | None = None, parent_run_id: str | None = None) -> dict:
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary.
     Config and search may be given as YAML paths; `runner` says where trials run (flows/runners.py)."""
     plan = plans.tune(as_model(config, PipelineConfig), as_model(search, SearchConfig), runner)
     config, search, study_name = plan.config, plan.search, plan.name
     run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
-                       kind="study")
+                       parent_run_id=parent_run_id, kind="study")
     if search.storage is None and in_other_processes(plan.runner):  # trials in other processes report to a file
         search = search.model_copy(update={"storage": studies.journal_url(workspace(str(flow_run.id)) / "study.log")})
     with tracking.finishing(run_id):

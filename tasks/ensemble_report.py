@@ -8,10 +8,10 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import tracking
-from tasks.report import artifact_key, link, summary
+from tasks import tracking, wording
+from tasks.report import artifact_key, link, run_url, summary
 from tasks.wording import markdown_row, registration, rounded_row, shown
-from trainlib import plots
+from trainlib import evidence, plots
 from trainlib.ensemble import EnsembleConfig
 
 COLUMNS = ["val_accuracy", "test_accuracy", "test_f1", "test_loss"]
@@ -65,3 +65,55 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
 def _mean_off_diagonal(matrix: list[list[float]]) -> float:
     m = np.array(matrix)
     return float(m[~np.eye(len(m), dtype=bool)].mean()) if len(m) > 1 else 0.0
+
+
+REPEAT_MEASURES = ("test_accuracy", "test_loss")
+
+
+def repeat_row(i: int, s: dict) -> dict:
+    """One repeat: the ensemble's test scores, its best member's (chosen on validation: what a user without the
+    test split would pick) and its members' mean."""
+    done = [m for m in s["members"] if m["state"] == "complete"]
+    best = max(done, key=lambda m: m["val_accuracy"] if m["val_accuracy"] is not None else -1)
+    return {"repeat": i, "run_id": s["run_id"], "members": len(done), "best_member": best["member"],
+            **{f"ensemble_{k}": s["metrics"][k] for k in REPEAT_MEASURES},
+            **{f"best_member_{k}": best[k] for k in REPEAT_MEASURES},
+            **{f"mean_member_{k}": float(np.mean([m[k] for m in done])) for k in REPEAT_MEASURES}}
+
+
+@task(name="ensemble-repeats-report")
+def ensemble_repeats_report(name: str, run_id: str, method: str, summaries: list[dict], workspace: str) -> dict:
+    """-> repeat 0's summary (the registered ensemble) with `repeats`: every repeat's scores, the means with
+    their 95% intervals, and the ensemble against its best and its mean member, paired by repeat."""
+    rows = [repeat_row(i, s) for i, s in enumerate(summaries)]
+    groups = {who: [{k: r[f"{prefix}_{k}"] for k in REPEAT_MEASURES} for r in rows]
+              for who, prefix in (("ensemble", "ensemble"), ("best member", "best_member"),
+                                  ("mean member", "mean_member"))}
+    estimates = evidence.summarize(groups, REPEAT_MEASURES)
+    versus = []
+    for base in ("best member", "mean member"):
+        for k in REPEAT_MEASURES:
+            v = evidence.paired(k, [g[k] for g in groups["ensemble"]], [g[k] for g in groups[base]])
+            versus.append(wording.rounded_versus({"label": f"ensemble vs {base}", "metric": k, "n": v.diff.n,
+                                                  "diff": v.diff.mean, "ci_low": v.diff.ci_low,
+                                                  "ci_high": v.diff.ci_high, "verdict": v.verdict}))
+    log = tracking.RunLogger(run_id)
+    for file, table in (("repeats.csv", [rounded_row(r) for r in rows]), ("versus_members.csv", versus)):
+        pd.DataFrame(table).to_csv(f"{workspace}/{file}", index=False)
+        log.log_artifact(f"{workspace}/{file}")
+    log.log_figure(plots.compare_means(estimates, REPEAT_MEASURES), "ensemble_vs_members.png")
+    verdicts = {v["label"]: v["verdict"] for v in versus if v["metric"] == "test_accuracy"}
+    log.set_tags({f"verdict.{k.replace(' ', '_')}": v for k, v in verdicts.items()})
+    lines = [f"# {name}: {method} ensemble x {len(rows)} repeats", "",
+             "| | " + " | ".join(REPEAT_MEASURES) + " |", "|---|" + "---|" * len(REPEAT_MEASURES),
+             *[f"| {e['label']} | " + " | ".join(wording.with_interval(e[k], k) for k in REPEAT_MEASURES) + " |"
+               for e in estimates], "", "| comparison | metric | difference [95% CI] | verdict |", "|---|---|---|---|",
+             *[f"| {v['label']} | {v['metric']} | {wording.difference(v)} | {v['verdict']} |" for v in versus], "",
+             "The best member is chosen on validation accuracy, repeat by repeat; differences are paired by repeat.",
+             "", link("run", run_id)]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-repeats"),
+                             description="the ensemble against its members over repeats")
+    first = summaries[0]
+    return first | {"run_id": run_id, "mlflow_url": run_url(run_id), "repeat_runs": [s["run_id"] for s in summaries],
+                    "repeats": {"n": len(rows), "runs": [rounded_row(r) for r in rows],
+                                "summary": [wording.rounded_estimates(e) for e in estimates], "versus": versus}}

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 from tasks.record import open_run
-from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
 from tasks.studies import open_study
 from trainlib import recipe
 from trainlib.config import PipelineConfig
@@ -70,19 +70,21 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
 
 @task(name="variant", cache_policy=NO_CACHE)
 def variant(config: PipelineConfig, label: str, repeat: int, name: str, overrides: dict, dataset: DatasetRef,
-            manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
+            manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str,
+            source: SourceRef | None = None) -> dict:
     """Train and test repeat `repeat` of one comparison variant, recorded as a training run is (per-epoch metrics,
     best and stopped epoch, the model file as checkpoints/model.pt; the MLflow model only once registered).
     -> {label, repeat, name, run_id, overrides, metrics, epochs, best_epoch, seconds, model (file), curves (file
     of its history and LR per update)}."""
     run_id = child_run(config, name, parent_run_id, "variant", overrides, dataset.digest,
-                       {"trainflow.variant": label, "trainflow.repeat": repeat})
+                       {"trainflow.variant": label, "trainflow.repeat": repeat}
+                       | ({"transfer.source": source.uri} if source else {}))
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     ws = Path(workspace) / run_id
     ws.mkdir(parents=True, exist_ok=True)
     with tracking.finishing(run_id):
         ds, m, norm = load_data(config, dataset, manifest, stats)
-        model, fit = recipe.train(config, ds, m, norm, logger=log)
+        model, fit = recipe.train(config, ds, m, norm, logger=log, source=source.path if source else None)
         seconds = time.perf_counter() - started
         metrics = recipe.test(config, model, ds, m).summary("test_")
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]

@@ -40,6 +40,9 @@ def test_verdicts_follow_the_interval_and_the_predicted_direction():
      "vary: give each key a baseline value and at least one treatment value"),
     (lambda t: t.replace("base: ", "base: ../nowhere/"), "base: no such file: ../nowhere/"),
     (lambda t: t.replace("fair: The same LR and epochs for both variants.\n", ""), "fair: Field required"),
+    (lambda t: t + "ensemble: {method: bagging}\n", "vary, variants, ensemble, searches: give one of them"),
+    (lambda t: t.replace("vary: {model.dropout: [0.0, 0.5]}", "ensemble: {method: bagging}"),
+     "measure: 'train_val_gap': ensemble and search entries are measured by test_accuracy or best_val_accuracy"),
 ])
 def test_a_bad_entry_is_one_message_naming_its_file(tmp_path, change, message):
     path = _entry(tmp_path, change(GOOD.format(base=REGIME)))
@@ -66,12 +69,23 @@ def test_only_names_entries_that_exist(tmp_path):
 def test_every_shipped_entry_plans_in_both_modes():
     for quick in (False, True):
         study = plans.study(None, [], quick=quick)
-        assert len(study.claims) >= 9
+        names = {c.entry.name for c in study.claims}
+        assert names >= {"augmentation", "normalization", "gradient-descent", "early-stopping", "dropout", "l1", "l2",
+                         "schedules", "optimizers", "transfer", "bagging", "boosting", "stacking", "search"}
         for claim in study.claims:
             cfg = claim.config
             assert cfg.name == plans.STUDY_NAME and not cfg.register.enabled  # the study registers nothing
             assert claim.repeats == (claim.entry.quick.repeats if quick else claim.entry.repeats) >= 2
-            assert len(claim.comparison.variants) >= 2
+            assert plans.trainings(claim) >= 2 * claim.repeats
+            if claim.ensemble:
+                assert claim.ensemble.repeats == claim.repeats and not claim.ensemble.config.register.enabled
+            elif claim.searches:
+                assert len(claim.searches) >= 2
+            else:
+                assert len(claim.comparison.variants) >= 2
+        transfer = next(c for c in study.claims if c.entry.name == "transfer")
+        assert transfer.source.data.classes == ["0", "1", "2", "3", "4"] and transfer.source.split.shots is None
+        assert transfer.config.data.classes == ["5", "6", "7", "8", "9"]  # the source never saw these
 
 
 def test_quick_settings_and_repeats_and_overrides_layer_over_the_entry(tmp_path):

@@ -249,3 +249,33 @@ def test_the_gate_scores_the_exported_program_not_the_model_in_memory(single, mi
     assert misexported["gate"]["test_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
     assert not misexported["gate"]["passed"] and misexported["alias"] == "challenger"
     assert misexported["gate"]["outcome"] == "below_minimum" and "below the gate" in misexported["gate"]["reason"]
+
+
+def test_repeated_ensembles_are_judged_against_their_members_and_only_repeat_0_is_registered(prefect_api):
+    from flows.ensemble import ensemble_pipeline
+
+    out = ensemble_pipeline(load_config(None, ["name=ens-repeats", *BASE]),
+                            validate({"method": "bagging", "members": 2}, EnsembleConfig), repeats=3, resplit=True)
+    client, r = MlflowClient(), out["repeats"]
+    repeats = _children(out["run_id"])
+    assert [x.info.run_id for x in repeats] == out["repeat_runs"] and len(repeats) == 3
+    seeds = [(x.data.params["training.seed"], x.data.params["split.seed"], x.data.params["ensemble.seed"])
+             for x in repeats]
+    assert seeds == [("0", "0", "0"), ("2", "1", "1"), ("4", "2", "2")]  # members' seeds never shared
+    assert all(len(_children(x.info.run_id)) == 2 for x in repeats)  # each repeat's own members
+    versions = client.search_model_versions("name='ens-repeats-ensemble'")
+    assert [v.run_id for v in versions] == [out["repeat_runs"][0]]  # repeats 1, 2 are evidence only
+    for row in r["runs"]:  # the best member is chosen on validation, the mean is over the members
+        members = _children(row["run_id"])
+        tests = {m.info.run_name: m.data.metrics["test_accuracy"] for m in members}
+        vals = {m.info.run_name: m.data.metrics["val_accuracy"] for m in members}
+        assert row["best_member_test_accuracy"] == pytest.approx(tests[max(vals, key=vals.get)], abs=1e-4)
+        assert row["mean_member_test_accuracy"] == pytest.approx(sum(tests.values()) / 2, abs=1e-4)
+    versus = {(v["label"], v["metric"]): v for v in r["versus"]}
+    diffs = [x["ensemble_test_accuracy"] - x["best_member_test_accuracy"] for x in r["runs"]]
+    best = versus[("ensemble vs best member", "test_accuracy")]
+    assert best["n"] == 3 and best["diff"] == pytest.approx(sum(diffs) / 3, abs=1e-3)
+    assert best["ci_low"] <= best["diff"] <= best["ci_high"] and best["verdict"] in (
+        "better", "worse", "no detectable difference")
+    assert {"repeats.csv", "versus_members.csv", "ensemble_vs_members.png"} <= {
+        a.path for a in client.list_artifacts(out["run_id"])}

@@ -21,6 +21,7 @@ from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, FAILED = "supported", "contradicted", "inconclusive", "failed"
+KIND_MEASURES = ("test_accuracy", "best_val_accuracy")  # what ensemble and search entries can be measured by
 
 
 class Quick(BaseModel):
@@ -48,6 +49,17 @@ class Entry(BaseModel):
     measure: str = Field(description="what the claim is about: " + ", ".join(RUN_MEASURES))
     direction: Literal["higher", "lower"] = Field(description="the treatment's measure, as the claim predicts it")
     fair: str = Field(min_length=10, description="why the comparison is fair (a shared or per-variant LR, ...)")
+    ensemble: dict[str, Any] | None = Field(None, description="instead of vary: an ensemble (its settings, as an "
+                                                             "--ensemble file) against its members")
+    against: Literal["best member", "mean member"] = Field(
+        "best member", description="ensemble entries: the baseline, the member with the best validation accuracy "
+                                   "or the members' mean")
+    searches: dict[str, dict[str, Any]] | None = Field(None, description="instead of vary: label -> a search (as a "
+                                                                         "--search file), the first the baseline; "
+                                                                         "each repeat moves every seed by one")
+    source: dict[str, Any] | None = Field(None, description="transfer learning: config keys set over the base to "
+                                                           "train a source model first (registered nowhere); every "
+                                                           "variant starts from it as its transfer.strategy says")
     lr_grid: list[float] | None = Field(None, description="each variant gets its own optimizer.lr from these, "
                                                           "the best on validation (one repeat each)")
     repeats: int = Field(5, ge=2, description="repeats of each variant (paired seeds)")
@@ -59,8 +71,17 @@ class Entry(BaseModel):
     def _check(self):
         if self.measure not in RUN_MEASURES:
             raise ConfigError(f"measure: {self.measure!r} is not a measure; valid: {', '.join(RUN_MEASURES)}")
-        if bool(self.vary) == bool(self.variants):
-            raise ConfigError("vary, variants: give one of them (a grid of values, or the variants one by one)")
+        given = [k for k in ("vary", "variants", "ensemble", "searches") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError("vary, variants, ensemble, searches: give one of them (what is compared)")
+        if (self.ensemble or self.searches) and self.measure not in KIND_MEASURES:
+            raise ConfigError(f"measure: {self.measure!r}: ensemble and search entries are measured by "
+                              f"{' or '.join(KIND_MEASURES)}")
+        if self.ensemble and self.measure != "test_accuracy":
+            raise ConfigError("measure: an ensemble entry is measured by test_accuracy (the ensemble has no "
+                              "validation epochs of its own)")
+        if self.searches is not None and len(self.searches) < 2:
+            raise ConfigError("searches: give a baseline search and at least one other")
         if self.vary and any(len(v) < 2 for v in self.vary.values()):
             raise ConfigError("vary: give each key a baseline value and at least one treatment value")
         if self.variants is not None and len(self.variants) < 2:
