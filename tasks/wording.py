@@ -25,7 +25,7 @@ def outcome(registered: dict) -> str:
 
 # One rounding rule for every table (CLI, Prefect artifacts, CSV): hyperparameters such as learning rates
 # to 3 significant digits, times to 2 decimals (shown with 1: a run of 0.04 s is not recorded as 0), epochs as
-# whole numbers, every other float (a metric: accuracy, loss, F1) to 4 decimals.
+# whole numbers (a mean of them to 1 decimal), every other float (a metric: accuracy, loss, F1) to 4 decimals.
 def _is_hyperparameter(key: str) -> bool:
     return "." in key or key.endswith("lr")  # config keys (optimizer.lr, model.dropout) and lr, backbone_lr
 
@@ -37,8 +37,8 @@ def rounded(value, key: str = ""):
     value = float(value)  # numpy's too
     if key.endswith(("seconds", "per_second")):
         return round(value, 2)
-    if "epoch" in key and value.is_integer():  # MLflow keeps best_epoch as a float metric
-        return int(value)
+    if "epoch" in key:  # MLflow keeps best_epoch as a float metric; a mean of epochs keeps one decimal
+        return int(value) if value.is_integer() else round(value, 1)
     if _is_hyperparameter(key):
         return float(f"{value:.3g}")
     return round(value, 4)
@@ -50,7 +50,7 @@ def shown(value, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and not _is_hyperparameter(key):
-        return f"{value:.1f}" if key.endswith(("seconds", "per_second")) else f"{value:.4f}"
+        return f"{value:.1f}" if key.endswith(("seconds", "per_second")) or "epoch" in key else f"{value:.4f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

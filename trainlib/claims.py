@@ -28,7 +28,8 @@ class Quick(BaseModel):
     """What `--quick` changes: fewer repeats, and config keys set over the entry's (fewer epochs, say)."""
 
     model_config = ConfigDict(extra="forbid")
-    repeats: int = Field(2, ge=2, description="repeats of each variant with --quick (2: the fewest with an interval)")
+    repeats: int = Field(3, ge=2, description="repeats of each variant with --quick (3: the fewest whose interval can "
+                                              "decide a clear difference)")
     set: dict[str, Any] = Field(default_factory=dict, description="config keys set with --quick, over `set`")
 
 
