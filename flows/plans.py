@@ -248,6 +248,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class TechniqueStudy:
+    config: PipelineConfig  # what entries without a base start from (the study's run records it)
     claims: list[Claim]
     quick: bool
     parallel: int
@@ -308,4 +309,5 @@ def study(config_path: str | None, overrides: list[str], entries: str | Path | N
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         claims.append(Claim(entry, cfg, n, comparison, source, planned_ensemble, searches))
-    return TechniqueStudy(claims, quick, max_parallel, runners.check(runner))
+    base = override(load_config(config_path, []), {"name": STUDY_NAME, "register.enabled": False})
+    return TechniqueStudy(base, claims, quick, max_parallel, runners.check(runner))

@@ -44,7 +44,7 @@ def study_flow(config: str | None = None, overrides: list[str] | None = None, on
     each entry's. -> the study's summary (as `trainflow study --json` prints it)."""
     plan = plans.study(config, overrides or [], entries, only, repeats, quick, max_parallel, runner)
     started = time.perf_counter()
-    run_id = start_run(plan.claims[0].config, {"study.entries": [c.entry.name for c in plan.claims],
+    run_id = start_run(plan.config, {"study.entries": [c.entry.name for c in plan.claims],
                                                "study.quick": quick, "study.repeats": repeats},
                        run_name=run_name(), kind="technique-study")
     ws = str(workspace(str(flow_run.id)))
