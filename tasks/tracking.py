@@ -7,6 +7,7 @@ in other threads or processes).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import time
@@ -58,7 +59,10 @@ def experiment_id(name: str) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """The commit of the code this process runs (asked once: every child run of a fan-out records the same, without
+    a `git` process each)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
