@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
                      statistics.median(efficiency(x["train"], x["wall"]) for x in runs), len(runs)])
     print(table(["commit", "command", "cold wall", "wall", "child training", "efficiency", "rounds"], rows))
     print()
+    if len(checkouts) == 2:  # the same work, back to back: the ratio drift touches least
+        ratios = [a["wall"] / b["wall"] for a, b in zip(*warm.values(), strict=True)]
+        print(f"wall {checkouts[0].commit} / {checkouts[1].commit}, median of the per-round ratios: "
+              f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})\n")
     names = list(next(iter(timelines.values())))
     print(table(["one instrumented warm run, seconds", *timelines], [[n, *(t[n] for t in timelines.values())]
                                                                      for n in names]))
