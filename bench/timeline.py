@@ -1,8 +1,12 @@
-"""The instrumented child of bench.overhead: runs `trainflow run --json` in this process and records where
-the time goes. MLflow calls are timed by wrapping MlflowClient's methods and Model.log (model logging);
+"""The instrumented child of bench.overhead and bench.fanout: runs `trainflow run --json` (or the trainflow
+arguments given after the file) in this process and records where the time goes. MLflow calls are timed by
+wrapping MlflowClient's methods and Model.log (model logging);
 task durations come from the Prefect API afterwards. Writes one JSON object to the file given.
 
-    python -m bench.timeline OUT.json   (with BENCH_T0 = the parent's time.time() before it started us)
+    python -m bench.timeline OUT.json [ARGS...]   (with BENCH_T0 = the parent's time.time() before it started us)
+
+It imports nothing from bench/, so it also runs as a file in another checkout (bench.fanout's "before" figure:
+`python /path/to/bench/timeline.py OUT.json ARGS...` with that checkout first on the path).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def task_times(flow_run_id: str) -> tuple[dict, list[dict]]:
                    "end": t.end_time.timestamp()} for t in tasks if t.start_time and t.end_time]
 
 
-def main(out: str) -> None:
+def main(out: str, args: list[str]) -> None:
     import deployments.cli as console_script
     from flows import local_api
 
@@ -73,7 +77,7 @@ def main(out: str) -> None:
     t_imported = time.time()
     from deployments.cli import main as cli
 
-    code = cli(["run", "--json"])  # the summary goes to stdout, for the parent
+    code = cli(args or ["run", "--json"])  # the summary goes to stdout, for the parent
     t_done = time.time()
     from prefect import get_client
     from prefect.client.schemas.sorting import FlowRunSort
@@ -89,4 +93,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

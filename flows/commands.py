@@ -86,6 +86,7 @@ def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -
     local_api.ready()
     console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
     with contextlib.ExitStack() as watching:
+        watching.enter_context(local_api.flow_settings())
         if progress is not None:
             watching.enter_context(progress)
             watching.enter_context(events.listening(progress))

@@ -24,6 +24,10 @@ from trainlib.measures import Trained, derived
 from trainlib.models import save_model
 from trainlib.tuning import PruningCallback, SearchConfig
 
+# How often a trial's or variant's per-epoch metrics are sent while it trains (tracking.RunLogger): parallel child
+# runs beside each other's training threads make every MLflow call slow (the GIL), so they are sent in batches.
+LIVE_SECONDS = 10.0
+
 
 def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef):
     """-> (dataset, manifest, normalization statistics) for `config`: refitted when it varies the method."""
@@ -48,9 +52,9 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
     """Train one trial's config on the train split, scored on validation; pruned trials stop early.
     -> {number, run_id, params, state (complete | pruned), value, epochs, best_epoch, seconds}."""
     run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset.digest)
-    log, started = tracking.RunLogger(run_id), time.perf_counter()
+    started = time.perf_counter()
     out = {"number": number, "run_id": run_id, "params": params}
-    with tracking.finishing(run_id) as outcome:
+    with tracking.finishing(run_id) as outcome, tracking.RunLogger(run_id, every=LIVE_SECONDS) as log:
         handle = optuna.trial.Trial(open_study(search, study_name, config.training.epochs), trial_id)
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
         pruning = PruningCallback(handle, search.metric)
@@ -79,10 +83,10 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
     run_id = child_run(config, name, parent_run_id, "variant", overrides, dataset.digest,
                        {"trainflow.variant": label, "trainflow.repeat": repeat}
                        | ({"transfer.source": source.uri} if source else {}))
-    log, started = tracking.RunLogger(run_id), time.perf_counter()
+    started = time.perf_counter()
     ws = Path(workspace) / run_id
     ws.mkdir(parents=True, exist_ok=True)
-    with tracking.finishing(run_id):
+    with tracking.finishing(run_id), tracking.RunLogger(run_id, every=LIVE_SECONDS) as log:
         ds, m, norm = load_data(config, dataset, manifest, stats)
         model, fit = recipe.train(config, ds, m, norm, logger=log, source=source.path if source else None)
         seconds = time.perf_counter() - started

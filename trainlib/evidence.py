@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import t as student_t
+from scipy.special import stdtrit  # the t quantile; scipy.stats takes 0.5 s longer to import
 
 LEVEL = 0.95
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable difference", "too few repeats"
@@ -46,7 +46,7 @@ def estimate(values: Sequence[float]) -> Estimate:
     if n < 2:
         return Estimate(n, mean, None, None, None)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = student_t.ppf((1 + LEVEL) / 2, n - 1) * std / math.sqrt(n)
+    half = stdtrit(n - 1, (1 + LEVEL) / 2) * std / math.sqrt(n)
     return Estimate(n, mean, std, mean - half, mean + half)
 
 
