@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from trainlib.config import load_config, validate
+from trainlib.measures import RUN_MEASURES
 from trainlib.tuning import SearchConfig
 
 BASE = ["model.name=mlp", "model.hidden=[64]", "training.epochs=3", "training.early_stopping.enabled=false"]
@@ -159,8 +160,8 @@ def test_compare_trains_the_full_grid_repeated_as_children_and_reports(compariso
         assert s["test_accuracy"]["ci_low"] <= s["test_accuracy"]["mean"] <= s["test_accuracy"]["ci_high"]
     assert comparison["baseline"] == "optimizer.name=sgd, augment.rotation=0"
     assert {(v["label"], v["metric"]) for v in comparison["versus_baseline"]} == {
-        (label, m) for label in labels - {comparison["baseline"]} for m in
-        ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_loss", "epochs", "train_seconds")}
+        (label, m) for label in labels - {comparison["baseline"]} for m in RUN_MEASURES}
+    assert "near_zero_weights" in RUN_MEASURES and all(s["weight_norm"]["mean"] > 0 for s in comparison["summary"])
     # registered: the winner's repeat with the best validation score
     best = max((r for r in comparison["runs"] if r["variant"] == winner["label"]),
                key=lambda r: (r["best_val_accuracy"], -r["best_val_loss"]))
