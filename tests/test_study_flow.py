@@ -37,7 +37,7 @@ def test_a_quick_study_judges_every_entry_and_reports_a_failed_one_as_failed(pre
     assert rows["broken"]["verdict"] == "failed" and "no variant trained" in rows["broken"]["error"]
     for name in ("l1", "l2"):
         r = rows[name]
-        assert r["verdict"] in ("supported", "contradicted", "inconclusive") and r["n"] == 2
+        assert r["verdict"] in ("supported", "contradicted", "inconclusive") and r["n"] == 3  # --quick: 3 repeats
         assert abs(r["diff"]["mean"] - (r["treatment"]["mean"] - r["baseline"]["mean"])) < 1e-3  # paired, no failures
     assert rows["l1"]["measure"] == "near_zero_weights" and rows["l2"]["measure"] == "weight_norm"
     assert out["counts"]["failed"] == 1 and sum(out["counts"].values()) == 3
