@@ -8,6 +8,7 @@ start the flow without the CLI. Nothing here touches Prefect or MLflow: a plan i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class Comparison:
     parallel: int  # trainings at once
     runner: str | None
 
-    @property
+    @functools.cached_property  # each is a validated config: built once per plan
     def runs(self) -> list[Repeat]:
         """Every training, repeat by repeat (repeat 0 of every variant first: early results compare)."""
         return [Repeat(v.label, i, self.repeats, v.overrides, seeded(v.config, i, self.resplit))
@@ -122,15 +123,17 @@ def seeded(config: PipelineConfig, repeat: int, resplit: bool) -> PipelineConfig
     return override(config, changes | ({"split.seed": config.split.seed + repeat} if resplit else {}))
 
 
-def baseline_label(labels: list[str], baseline: str | None) -> str:
+def baseline_label(planned: list[Variant], baseline: str | None) -> str:
     """The variant every other is compared with: `baseline` (a label, or its values: `sgd` for
     `optimizer.name=sgd`), by default the first."""
     if baseline is None:
-        return labels[0]
-    for name in labels:
-        if baseline.replace(" ", "") in (name.replace(" ", ""), ",".join(p.split("=", 1)[1] for p in name.split(", "))):
-            return name
-    raise ConfigError(f"--baseline {baseline!r}: not a variant; the variants are {', '.join(labels)}")
+        return planned[0].label
+    wanted = baseline.replace(" ", "")
+    for v in planned:
+        if wanted in (v.label.replace(" ", ""), ",".join(str(x) for x in v.overrides.values()).replace(" ", "")):
+            return v.label
+    raise ConfigError(f"--baseline {baseline!r}: not a variant; the variants are "
+                      f"{', '.join(v.label for v in planned)}")
 
 
 def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2, runner: str | None = None,
@@ -159,7 +162,7 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     planned = [Variant(label(o), o, override(base, o)) for o in combos]
     for v in planned:
         inputs_exist(v.config)
-    chosen = baseline_label([v.label for v in planned], baseline)
+    chosen = baseline_label(planned, baseline)
     return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner))
 
 

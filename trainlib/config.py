@@ -80,9 +80,8 @@ class SplitConfig(Section):
     stratify: bool = Field(True, description="keep class proportions equal in every split")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
     shots: Count | None = Field(None, description="few-shot: train samples kept per class (val, test unchanged)")
-    imbalance: Annotated[float, Field(ge=1)] | None = Field(
-        None, description="regime, long-tailed classes: class i of K keeps a fraction imbalance^(-i/(K-1)) of its "
-                          "train samples (the first all, the last 1/imbalance); val and test stay balanced")
+    imbalance: Annotated[float, Field(ge=1)] | None = Field(None, description=(
+        "regime, long tail: class i of K keeps imbalance^(-i/(K-1)) of its train samples; val, test balanced"))
 
     @model_validator(mode="after")
     def _ratios(self):
