@@ -264,8 +264,13 @@ def trainings(claim: Claim) -> int:
         return claim.ensemble.ensemble.size * claim.repeats
     if claim.searches is not None:
         return sum((s.search.budget() or 0) + 1 for s in claim.searches.values()) * claim.repeats
-    grid = len(claim.lr_grid) if claim.lr_grid else 0
+    grid = len(claim.lr_grid) * lr_repeats(claim) if claim.lr_grid else 0
     return len(claim.comparison.variants) * (claim.repeats + grid) + (claim.source is not None)
+
+
+def lr_repeats(claim: Claim) -> int:
+    """Repeats of each LR of an entry's lr_grid: its lr_repeats, at most the claim's repeats (--repeats 2, say)."""
+    return min(claim.entry.lr_repeats, claim.repeats)
 
 
 def study(config_path: str | None, overrides: list[str], entries: str | Path | None = None,

@@ -2,8 +2,8 @@
 repeats, one after another, each judged on the paired interval of its measure; one report for all of them.
 
 A failed entry is reported as failed and the study goes on. With an entry's lr_grid, each variant first gets
-its own learning rate: one comparison over the grid per variant (one repeat each, chosen on validation accuracy),
-recorded in the report; then the comparison the claim is judged on, with those learning rates.
+its own learning rate: one comparison over the grid per variant (lr_repeats repeats each, the best mean validation
+accuracy chosen), recorded in the report; then the comparison the claim is judged on, with those learning rates.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
+from flows.plans import lr_repeats
 from flows.compare import compare_flow
 from flows.ensemble import ensemble_pipeline
 from flows.training import training_pipeline
@@ -71,13 +72,14 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str
     entry, cfg, chosen = claim.entry, claim.config, None
     run = {"max_parallel": plan.parallel, "runner": plan.runner, "parent_run_id": parent_run_id}
     if claim.source is not None:  # transfer: the source model first, then every variant starts from it
-        trained = training_pipeline(claim.source)
+        trained = training_pipeline(claim.source, parent_run_id=parent_run_id)
         cfg = override(cfg, {"transfer.source": trained_uri(trained)})
     if entry.lr_grid:
         chosen = {}
         for v in claim.comparison.variants:
             grid = {"optimizer.lr": entry.lr_grid}
-            out = compare_flow(override(cfg, v.overrides), grid, **run)
+            out = compare_flow(override(cfg, v.overrides), grid, repeats=lr_repeats(claim), resplit=entry.resplit,
+                               **run)
             chosen[v.label] = next(lr for lr in entry.lr_grid if label({"optimizer.lr": lr}) == out["best_variant"])
         variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
         return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants,

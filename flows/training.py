@@ -23,12 +23,14 @@ DEFAULT = PipelineConfig()  # cnn on the embedded digits
 
 
 @flow(name="training-pipeline", flow_run_name=run_name)
-def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = False) -> dict:
+def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = False,
+                      parent_run_id: str | None = None) -> dict:
     """Train one config (or a config file) end to end; returns the run summary (metrics, registered version,
-    gate). `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs."""
+    gate). `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs; `parent_run_id`
+    nests the run under another (a technique study's transfer source)."""
     config = plans.run(as_model(config, PipelineConfig))
     ws = str(workspace(str(flow_run.id)))
-    run_id = start_run(config)  # the experiment and run exist before anything else logs
+    run_id = start_run(config, parent_run_id=parent_run_id)  # the experiment and run exist before anything else logs
     with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id)

@@ -61,8 +61,10 @@ class Entry(BaseModel):
     source: dict[str, Any] | None = Field(None, description="transfer learning: config keys set over the base to "
                                                            "train a source model first (registered nowhere); every "
                                                            "variant starts from it as its transfer.strategy says")
-    lr_grid: list[float] | None = Field(None, description="each variant gets its own optimizer.lr from these, "
-                                                          "the best on validation (one repeat each)")
+    lr_grid: list[float] | None = Field(None, description="each variant gets its own optimizer.lr from these: "
+                                                          "the best mean validation accuracy over lr_repeats")
+    lr_repeats: int = Field(2, ge=1, description="repeats of each LR of lr_grid (paired seeds, resplit as the "
+                                                 "entry's); at most the entry's repeats")
     repeats: int = Field(5, ge=2, description="repeats of each variant (paired seeds)")
     resplit: bool = Field(True, description="repeat i also on split seed + i: the claim is tested across splits "
                                             "(and, in the label-noise regime, across the flipped rows)")
