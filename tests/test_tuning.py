@@ -113,6 +113,13 @@ def test_seeded_samplers_are_reproducible(strategy):
     assert a == b and a != c
 
 
+def test_a_small_bayesian_search_follows_its_model_after_half_its_trials():
+    assert [_search(n_trials=n).startup() for n in (2, 8, 20, 50)] == [1, 4, 10, 10]  # Optuna's 10 at most
+    assert _search(n_trials=8, startup_trials=6).startup() == 6 and _search(timeout=60).startup() == 10
+    random, bayesian = (_draw(_search(strategy=s, n_trials=8, seed=5), 8, f"{s}-8") for s in ("random", "bayesian"))
+    assert bayesian[:4] == random[:4] and bayesian[4:] != random[4:]  # at Optuna's default 10, all 8 were random
+
+
 def test_median_pruner_stops_a_hopeless_trial(digits):
     cfg = load_config(None, ["model.name=mlp", "model.hidden=[64]", "training.epochs=6",
                              "training.early_stopping.enabled=false"])
@@ -151,6 +158,8 @@ def test_median_pruner_stops_a_hopeless_trial(digits):
     ({"sapce": {}}, "sapce: unknown key (did you mean 'space'?)"),
     ({"n_trials": 3, "min_complete": 4}, "search.min_complete: 4 is more than the 3 trials planned"),
     ({"min_complete": 0}, "min_complete: Input should be greater than or equal to 1"),
+    ({"strategy": "random", "startup_trials": 3}, "startup_trials: only bayesian and gp search start with random"),
+    ({"n_trials": 8, "startup_trials": 8}, "startup_trials: 8 random trials of 8 leave none to the model"),
 ])
 def test_bad_search_files(fields, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -53,9 +53,11 @@ def _grid(s) -> optuna.samplers.BaseSampler:
 SAMPLERS = Registry("search strategy", {
     "grid": _grid,
     "random": lambda s: optuna.samplers.RandomSampler(seed=s.seed),
-    "bayesian": lambda s: optuna.samplers.TPESampler(seed=s.seed),
-    "gp": lambda s: optuna.samplers.GPSampler(seed=s.seed),
+    "bayesian": lambda s: optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup()),
+    "gp": lambda s: optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup()),
 })
+MODELLED = ("bayesian", "gp")  # the strategies that sample at random for their first trials, then from a model
+STARTUP_TRIALS = 10  # Optuna's default for both
 
 # name -> (search, epochs) -> pruner. Steps are epochs (1, 2, ...): the first `prune_after` always run,
 # so pruning may start at step prune_after + 1.
@@ -86,6 +88,9 @@ class SearchConfig(Section):
                                                   "and resumes the study (default: in memory)")
     study_name: str | None = Field(None, description="default: <config name>-study")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="sampler seed")
+    startup_trials: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="bayesian, gp: trials sampled at random before the model guides the search (default: "
+                          "half the trials, at most 10)")
     retrain: Literal["train", "train+val"] = Field("train", description="data the best config is retrained on")
     space: dict[str, Param] = Field(min_length=1, description="dotted config key -> distribution")
 
@@ -114,7 +119,21 @@ class SearchConfig(Section):
             raise ConfigError("search: give n_trials or timeout (or both)")
         if (budget := self.budget()) is not None and self.min_complete > budget:
             raise ConfigError(f"search.min_complete: {self.min_complete} is more than the {budget} trials planned")
+        if self.startup_trials is not None and self.strategy not in MODELLED:
+            raise ConfigError(f"search.startup_trials: only {' and '.join(MODELLED)} search start with random "
+                              f"trials, not {self.strategy}")
+        if self.startup_trials is not None and budget is not None and self.startup_trials >= budget:
+            raise ConfigError(f"search.startup_trials: {self.startup_trials} random trials of {budget} leave none to "
+                              f"the model, which would make this a random search; give fewer")
         return self
+
+    def startup(self) -> int:
+        """Random trials before a modelled search (bayesian, gp) follows its model: as given, else half the budget,
+        at most Optuna's 10 (at its default, 10 of 8 trials, a Bayesian search would be a random one)."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        budget = self.budget()
+        return STARTUP_TRIALS if budget is None else max(1, min(STARTUP_TRIALS, budget // 2))
 
     @property
     def goal(self) -> str:
