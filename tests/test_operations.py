@@ -134,7 +134,7 @@ def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
     with _prefect(deployed) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
     assert set(deployments) == {"training-pipeline/nightly", "tuning/bayesian", "compare/schedules",
-                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo"}
+                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo", "study/weekly"}
     nightly = deployments["training-pipeline/nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.work_pool_name == "trainflow" and nightly.parameters == {"config": "configs/default.yaml"}
@@ -197,6 +197,7 @@ SMALL_RUNS = {
     "ensemble/stacking": ({"config": SMALL, "ensemble": _file("configs/ensemble/stacking.yaml") | {"meta": "val"}},
                           "ops-small-ensemble"),
     "transfer-demo/demo": ({"config": SMALL, "shots": 5}, "digits-5-9"),
+    "study/weekly": ({"config": SMALL, "only": ["l2"], "repeats": 2, "overrides": ["training.epochs=2"]}, None),
 }
 
 
@@ -219,13 +220,17 @@ def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(de
     finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
     states = {name: run.state_type.value for name, run in finished.items()}
     assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
-    assert nightly_run.state_type.value == "COMPLETED"  # the sixth, with its own parameters
+    assert nightly_run.state_type.value == "COMPLETED"  # the seventh, with its own parameters
     client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
     for name, run in finished.items():
         assert run.deployment_id == started[name].deployment_id and run.parameters["config"] == SMALL
         own, family = _mlflow_runs(client, run.id)
         assert own and {r.info.status for r in own} == {"FINISHED"}, name
         registering = [r for r in family.values() if "registered_version" in r.data.tags]
+        if SMALL_RUNS[name][1] is None:  # the study registers nothing; its report is its result
+            assert not registering and {"report.md", "report.html"} <= {
+                a.path for r in own for a in client.list_artifacts(r.info.run_id)}, name
+            continue
         assert registering, f"{name}: no model registered from its runs"
         for r in registering:  # the version exists and comes from the run that says it registered it
             version = client.get_model_version(r.data.tags["registered_model"], r.data.tags["registered_version"])
