@@ -14,7 +14,6 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import plans
-from flows.plans import lr_repeats
 from flows.compare import compare_flow
 from flows.ensemble import ensemble_pipeline
 from flows.training import training_pipeline
@@ -78,7 +77,7 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str
         chosen = {}
         for v in claim.comparison.variants:
             grid = {"optimizer.lr": entry.lr_grid}
-            out = compare_flow(override(cfg, v.overrides), grid, repeats=lr_repeats(claim), resplit=entry.resplit,
+            out = compare_flow(override(cfg, v.overrides), grid, repeats=plans.lr_repeats(claim), resplit=entry.resplit,
                                **run)
             chosen[v.label] = next(lr for lr in entry.lr_grid if label({"optimizer.lr": lr}) == out["best_variant"])
         variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
