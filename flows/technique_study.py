@@ -2,8 +2,9 @@
 repeats, one after another, each judged on the paired interval of its measure; one report for all of them.
 
 A failed entry is reported as failed and the study goes on. With an entry's lr_grid, each variant first gets
-its own learning rate: one comparison over the grid per variant (lr_repeats repeats each, the best mean validation
-accuracy chosen), recorded in the report; then the comparison the claim is judged on, with those learning rates.
+its own learning rate: one comparison over the grid per variant (lr_repeats repeats each; chosen: the best mean
+validation accuracy of the model as it is tested, which is the last epoch's when early stopping does not restore
+the best), recorded in the report; then the comparison the claim is judged on, with those learning rates.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from tasks.claims_report import study_report
 from tasks.record import start_run
 from tasks.settings import workspace
 from trainlib import evidence
-from trainlib.claims import FAILED, judge
+from trainlib.claims import FAILED, choose_lr, judge
 from trainlib.config import override
-from trainlib.variants import label
 
 
 def run_name() -> str:
@@ -79,7 +79,7 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str
             grid = {"optimizer.lr": entry.lr_grid}
             out = compare_flow(override(cfg, v.overrides), grid, repeats=plans.lr_repeats(claim), resplit=entry.resplit,
                                **run)
-            chosen[v.label] = next(lr for lr in entry.lr_grid if label({"optimizer.lr": lr}) == out["best_variant"])
+            chosen[v.label] = choose_lr(out["summary"], entry.lr_grid)
         variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
         return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants,
                             **run), chosen

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from flows import plans
-from trainlib.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, judge, load_entry, verdict
+from trainlib.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, choose_lr, judge, load_entry, verdict
 from trainlib.errors import ConfigError
 
 GOOD = """technique: dropout
@@ -118,3 +118,13 @@ def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_
     assert row["diff"] == {"mean": -0.01, "ci_low": -0.03, "ci_high": 0.01} and row["n"] == 3
     versus[2] |= {"diff": 0.03, "ci_low": 0.01, "ci_high": 0.05}  # dropout 0.5 widened the gap
     assert judge(entry, summary, versus, "d=0")["verdict"] == CONTRADICTED
+
+
+def test_a_learning_rate_is_chosen_by_the_model_as_tested_not_its_best_epoch():
+    def row(lr, best, tested):
+        return {"label": f"optimizer.lr={lr}", "n": 2, "best_val_accuracy": {"mean": best},
+                "model_val_accuracy": {"mean": tested}}
+
+    # without early stopping, 0.1 peaks higher mid-run but ends lower: the model tested is the last epoch's
+    summary = [row(0.01, 0.90, 0.88), row(0.1, 0.95, 0.70), {"label": "optimizer.lr=1.0", "n": 0}]
+    assert choose_lr(summary, [0.01, 0.1, 1.0]) == 0.01

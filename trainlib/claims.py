@@ -19,6 +19,7 @@ from trainlib.config import validate
 from trainlib.errors import ConfigError
 from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
+from trainlib.variants import label
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, FAILED = "supported", "contradicted", "inconclusive", "failed"
 KIND_MEASURES = ("test_accuracy", "best_val_accuracy")  # what ensemble and search entries can be measured by
@@ -62,7 +63,7 @@ class Entry(BaseModel):
                                                            "train a source model first (registered nowhere); every "
                                                            "variant starts from it as its transfer.strategy says")
     lr_grid: list[float] | None = Field(None, description="each variant gets its own optimizer.lr from these: "
-                                                          "the best mean validation accuracy over lr_repeats")
+                                                          "the best mean model_val_accuracy over lr_repeats")
     lr_repeats: int = Field(2, ge=1, description="repeats of each LR of lr_grid (paired seeds, resplit as the "
                                                  "entry's); at most the entry's repeats")
     repeats: int = Field(5, ge=2, description="repeats of each variant (paired seeds)")
@@ -110,6 +111,13 @@ def load_entry(path: str | Path) -> Entry:
     if entry.base and not entry.base_path(path.parent).is_file():
         raise ConfigError(f"study entry {path.name}: base: no such file: {entry.base} (relative to {path.parent})")
     return entry
+
+
+def choose_lr(summary: list[dict], grid: list[float]) -> float:
+    """The LR of `grid` whose variant (labelled optimizer.lr=LR) has the best mean model_val_accuracy: the validation
+    accuracy of the model as it is tested (without early stopping, the last epoch's, not the best epoch's)."""
+    best = max((s for s in summary if s["n"]), key=lambda s: s["model_val_accuracy"]["mean"])
+    return next(lr for lr in grid if label({"optimizer.lr": lr}) == best["label"])
 
 
 def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:

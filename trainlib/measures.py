@@ -71,6 +71,9 @@ def _seconds_to(t: Trained) -> float | None:
 
 
 MEASURES: Registry[Measure] = Registry("measure", {
+    "model_val_accuracy": Measure(lambda t: t.val_accuracy, "higher",
+                                  "validation accuracy of the model as it is tested (the restored best epoch's "
+                                  "weights, or the last epoch's), in eval mode"),
     "train_val_gap": Measure(_gap, "lower", "accuracy on train minus on validation of the trained model, in eval "
                                             "mode (overfitting)"),
     "weight_norm": Measure(lambda t: float(_weights(t.model).norm()), None,
