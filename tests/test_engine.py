@@ -11,10 +11,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from trainlib import engine, models, optim
 from trainlib.checkpoint import load_checkpoint
 from trainlib.data.batches import TensorData, batch_bounds
+from trainlib.data.mix import Mixer
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import GD_MODES, StopTraining, fit
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.schedules import LRSchedule
+from trainlib.tally import Tally
 
 
 def _data(small_digits, lo=0, hi=300):
@@ -120,17 +122,20 @@ def test_no_early_stop_when_disabled_but_best_epoch_is_reported(small_digits):
     assert not result.restored_best  # early stopping off: training ends with the last epoch's weights
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9}, {"swa_start": 2}], ids=["plain", "ema", "swa"])
+def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path, averaging):
     train, val = _data(small_digits), _data(small_digits, 300, 400)
 
     def run(ckpt, callbacks=(), resume=False):
         model = _model("cnn", channels=[8], dropout=0.3)
         opt = optim.build("sgd", model.parameters(), lr=0.05, momentum=0.9)
-        sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32))
+        sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32),
+                           swa_start=averaging.get("swa_start", 0), swa_lr=0.01, swa_anneal=1)
         aug = lambda x, g: x + torch.rand(x.shape, generator=g)  # noqa: E731 - uses the engine's RNG
         result = fit(model, train, val, optimizer=opt, schedule=sched, epochs=6, batch_size=32, augment=aug,
-                     early_stopping=EarlyStopping(patience=10), checkpoint=ckpt, resume=resume, callbacks=callbacks,
-                     meta={"config": {"name": "t"}})
+                     mix=Mixer(10, mixup=0.2, cutmix=1.0), checkpoint=ckpt,
+                     early_stopping=EarlyStopping(patience=10, enabled="swa_start" not in averaging),
+                     resume=resume, callbacks=callbacks, meta={"config": {"name": "t"}}, **averaging)
         return model, result
 
     class Crash:
@@ -144,6 +149,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):
     assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 2  # the crash came before epoch 3 was saved
     resumed_model, resumed = run(tmp_path / "part.pt", resume=True)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert resumed.averaged == full.averaged and resumed.lrs == full.lrs
     for k, v in full_model.state_dict().items():
         assert torch.equal(v, resumed_model.state_dict()[k]), k
     saved = load_checkpoint(tmp_path / "full.pt")
@@ -209,7 +215,7 @@ def test_nan_loss_stops_with_epoch_and_batch(small_digits):
 
 
 def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, monkeypatch):
-    monkeypatch.setattr(engine._Tally, "BATCHES", 2)  # reduce every 2 batches: the 5th is in the third chunk
+    monkeypatch.setattr(Tally, "BATCHES", 2)  # reduce every 2 batches: the 5th is in the third chunk
     x = small_digits.inputs[:80].float().clone()
     x[64:, :, 0, 0] = float("inf")  # only the 5th batch of 16 (batches in order: no shuffle generator)
     data, model = TensorData(x, small_digits.labels[:80]), _model()
@@ -223,7 +229,7 @@ def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, 
 def test_train_metrics_are_the_same_whatever_the_reduction_interval(small_digits, monkeypatch):
     train = _data(small_digits)
     whole = _fit(_model(), train, epochs=2, batch_size=16)[0].history
-    monkeypatch.setattr(engine._Tally, "BATCHES", 3)
+    monkeypatch.setattr(Tally, "BATCHES", 3)
     chunked = _fit(_model(), train, epochs=2, batch_size=16)[0].history
     for a, b in zip(whole, chunked, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from trainlib import averaging
 from trainlib.data.sources import SOURCES
 from trainlib.errors import ConfigError
 from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
@@ -20,6 +21,7 @@ from trainlib.sections import (
     AugmentConfig,
     DataConfig,
     EarlyStoppingConfig,
+    EmaConfig,
     ModelConfig,
     NormalizeConfig,
     OptimizerConfig,
@@ -28,14 +30,15 @@ from trainlib.sections import (
     ScheduleConfig,
     Section,
     SplitConfig,
+    SwaConfig,
     TrainingConfig,
     TransferConfig,
 )
 
-__all__ = ["AugmentConfig", "DataConfig", "EarlyStoppingConfig", "ModelConfig", "NormalizeConfig", "OptimizerConfig",
-           "PipelineConfig", "RegisterConfig", "RegularizationConfig", "ScheduleConfig", "Section", "SplitConfig",
-           "TrainingConfig", "TransferConfig", "flatten", "load_config", "override", "reference", "to_yaml",
-           "validate"]
+__all__ = ["AugmentConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig", "NormalizeConfig",
+           "OptimizerConfig", "PipelineConfig", "RegisterConfig", "RegularizationConfig", "ScheduleConfig", "Section",
+           "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten", "load_config", "override",
+           "reference", "to_yaml", "validate"]
 
 
 # `register` is public (the config contract) but shadows ABCMeta.register, which nothing here uses.
@@ -66,6 +69,10 @@ with warnings.catch_warnings():
             if tabular and self.augment.active:
                 raise ConfigError(f"augment: image augmentation needs images; data.source {self.data.source} "
                                   "is tabular")
+            if tabular and self.augment.cutmix:
+                raise ConfigError(f"augment.cutmix: pastes image boxes; data.source {self.data.source} is tabular "
+                                  "(augment.mixup mixes any inputs)")
+            _averaging(self.training)
             if self.split.val == 0:
                 if self.training.early_stopping.enabled:
                     raise ConfigError("training.early_stopping: needs a validation split (split.val > 0) "
@@ -80,6 +87,13 @@ with warnings.catch_warnings():
             if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
                 raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")
             return self
+
+
+def _averaging(t: TrainingConfig) -> None:
+    """What weight averaging (training.ema, training.swa) cannot do."""
+    averaging.check(t.ema.decay, t.swa.start, t.early_stopping.enabled)
+    if t.swa.start > t.epochs:
+        raise ConfigError(f"training.swa.start: epoch {t.swa.start} is after the last (training.epochs {t.epochs})")
 
 
 def _data_parallel(cfg: PipelineConfig) -> None:

@@ -22,6 +22,7 @@ from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, Pipeline
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import Data, TensorData, input_chunks, subset
+from trainlib.data.mix import Mixer
 from trainlib.data.split import flip_labels, indices, split_manifest
 from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
@@ -70,6 +71,12 @@ def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeCo
 def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | None:
     """The configured augmentation, or None when every transform is off."""
     return Augmenter(**cfg.transforms(), value_max=ds.value_max) if cfg.active and ds.is_image else None
+
+
+def mixer(cfg: AugmentConfig, classes: int) -> Mixer | None:
+    """The configured batch mixing (mixup, cutmix), or None when both are off."""
+    return Mixer(classes, mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob, switch=cfg.mix_switch) \
+        if cfg.mixes else None
 
 
 def expand(train: Data, aug: Augmenter, copies: int, seed: int) -> TensorData:
@@ -142,10 +149,13 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     optimizer = optim.build(cfg.optimizer.name, params, **cfg.optimizer.model_dump(exclude={"name"}))
     upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
+                          swa_start=t.swa.start, swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
                           **cfg.schedule.model_dump(exclude={"name"}))
     result = engine.fit(
         model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
         mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
+        mix=mixer(cfg.augment, len(ds.classes)), ema_decay=t.ema.decay, ema_warmup=t.ema.warmup,
+        swa_start=t.swa.start,
         early_stopping=EarlyStopping(**t.early_stopping.model_dump()), label_smoothing=t.label_smoothing,
         grad_clip=t.grad_clip, device=device, precision=t.precision, seed=t.seed, callbacks=callbacks,
         logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")},

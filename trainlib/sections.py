@@ -110,6 +110,12 @@ class AugmentConfig(Section):
     erasing: Probability = Field(0, description="probability of erasing a random rectangle")
     expand: Annotated[int, Field(ge=0)] = Field(0, description="offline: add N augmented copies of the train split "
                                                                 "(then no online augmentation)")
+    mixup: NonNegative = Field(0, description="mixup: alpha of the Beta(alpha, alpha) mixing ratio, per sample with "
+                                              "a partner in the batch, soft targets (0: off; recipes: 0.2-0.8)")
+    cutmix: NonNegative = Field(0, description="cutmix: alpha of the Beta ratio of the pasted box (0: off; recipes: "
+                                               "1.0; images only)")
+    mix_prob: Probability = Field(1, description="mixup, cutmix: probability that a sample is mixed")
+    mix_switch: Probability = Field(0.5, description="mixup and cutmix both on: probability of cutmix for a sample")
 
     @model_validator(mode="after")
     def _scale(self):
@@ -124,7 +130,15 @@ class AugmentConfig(Section):
         return any(v for k, v in self.transforms().items() if k != "scale") or tuple(self.scale) != (1, 1)
 
     def transforms(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"expand"})
+        """The image transforms (trainlib.data.augment.Augmenter's keywords)."""
+        return self.model_dump(exclude={"expand", *MIXING})
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+
+MIXING = ("mixup", "cutmix", "mix_prob", "mix_switch")  # batch mixing (trainlib.data.mix), not a transform
 
 
 class ModelConfig(Section):
@@ -191,6 +205,22 @@ def _device(name: str) -> str:
     return name
 
 
+class EmaConfig(Section):
+    decay: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0, description="an exponential moving average of the weights, updated after every step with this decay "
+                       "(0: off; recipes: 0.999-0.9999 for long runs); validation, early stopping, test and the "
+                       "registered model use it")
+    warmup: bool = Field(True, description="the decay ramps up as min(decay, (1 + n) / (10 + n)) at update n (timm)")
+
+
+class SwaConfig(Section):
+    start: Annotated[int, Field(ge=0)] = Field(0, description="stochastic weight averaging: the first epoch "
+                                                              "averaged (1-based; 0: off); every epoch's end from "
+                                                              "it on counts equally")
+    lr: Positive | None = Field(None, description="the LR from the start epoch on (default: the schedule's there)")
+    anneal_epochs: NonNegative = Field(2, description="epochs of cosine annealing from the schedule's LR to swa.lr")
+
+
 class TrainingConfig(Section):
     mode: Annotated[str, _one_of(GD_MODES)] = Field(
         "minibatch", description="batch (full-batch GD: 1 update/epoch) | minibatch | stochastic (batch of 1)")
@@ -206,6 +236,8 @@ class TrainingConfig(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="cross-entropy label smoothing")
     grad_clip: Positive | None = Field(None, description="clip the gradient norm to this value")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    ema: EmaConfig = EmaConfig()
+    swa: SwaConfig = SwaConfig()
 
 
 class TransferConfig(Section):
