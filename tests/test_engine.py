@@ -79,6 +79,20 @@ def test_full_batch_accumulation_equals_one_big_batch(small_digits):
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
+def test_accumulated_minibatches_equal_one_batch_of_their_size(small_digits):
+    train = _data(small_digits, 0, 100)  # 100 = 3 x 32 + 4: the last update is the 4 left, in both
+    a, b = _model(), _model()
+    _fit(a, train, batch_size=32, epochs=2, optimizer="sgd", lr=0.1, seed=3)
+    opt = optim.build("sgd", b.parameters(), lr=0.1)
+    steps = Steps(opt)
+    fit(b, train, optimizer=opt, epochs=2, batch_size=8, accumulate=4, seed=3)  # 13 batches, 4 updates an epoch
+    assert steps.count == 8 == 2 * engine.updates_per_epoch("minibatch", 100, 8, accumulate=4)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    with pytest.raises(ConfigError, match="training.accumulate: 2 batches per update needs training.mode minibatch"):
+        _fit(_model(), train, mode="batch", accumulate=2)
+
+
 def test_same_seed_same_metrics(small_digits):
     train, val = _data(small_digits), _data(small_digits, 300, 400)
     runs = [_fit(_model("cnn", channels=[8], dropout=0.3), train, val, epochs=3, seed=4)[0].history for _ in range(2)]

@@ -70,11 +70,21 @@ GD_MODES: Registry[Callable[[int, int], tuple[int, int]]] = Registry("gradient-d
 })
 
 
-def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1) -> int:
-    """Optimizer updates in one epoch over n samples: 1 (batch), about n / batch_size, or n (`world`:
-    processes sharing every batch)."""
-    chunk, accumulate = GD_MODES[mode](n, batch_size)
-    return math.ceil(len(batch_bounds(n, chunk, world)) / accumulate)
+def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1, accumulate: int = 1) -> int:
+    """Optimizer updates in one epoch over n samples: 1 (batch), about n / (batch_size x accumulate), or n
+    (`world`: processes sharing every batch)."""
+    chunk, per_update = _steps(mode, n, batch_size, accumulate)
+    return math.ceil(len(batch_bounds(n, chunk, world)) / per_update)
+
+
+def _steps(mode: str, n: int, batch_size: int, accumulate: int) -> tuple[int, int]:
+    """(samples per forward pass, forward passes per update): the mode's, with minibatch gradients accumulated
+    over `accumulate` batches (training.accumulate)."""
+    chunk, per_update = GD_MODES[mode](n, batch_size)
+    if accumulate > 1 and mode != "minibatch":
+        raise ConfigError(f"training.accumulate: {accumulate} batches per update needs training.mode minibatch "
+                          f"(mode {mode} has its own)")
+    return chunk, per_update * accumulate
 
 
 @dataclass
@@ -93,6 +103,7 @@ class FitResult:
 
 def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: torch.optim.Optimizer,
         epochs: int, schedule: LRSchedule | None = None, batch_size: int = 64, mode: str = "minibatch",
+        accumulate: int = 1,
         l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None, mix: Callable | None = None,
         ema_decay: float = 0.0, ema_warmup: bool = True, swa_start: int = 0,
         early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
@@ -107,7 +118,8 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     How each update is made:
       optimizer: built over `model`'s parameters; schedule: its LR per update and per epoch
         (default: constant); mode: batch (one update per epoch, every sample, accumulated over chunks of
-        `batch_size`), minibatch (updates of `batch_size` samples) or stochastic (updates of 1 sample).
+        `batch_size`), minibatch (updates of `batch_size` samples, or of `accumulate` batches of them) or
+        stochastic (updates of 1 sample).
       l1, l2: penalty weights on the weight tensors (not biases or norms), added to the data loss.
       augment: callable (x, generator) -> x, applied to every training batch on the device.
       mix: callable (x, y, cpu generator) -> (x, soft targets), after `augment` (trainlib.data.mix: mixup, cutmix);
@@ -134,14 +146,14 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
       part of every batch; the default is one process.
     """
     device = torch.device(device)
-    chunk, accumulate = GD_MODES[mode](len(train), batch_size)
+    chunk, accumulate = _steps(mode, len(train), batch_size, accumulate)
     if mode == "minibatch" and batch_size > len(train):
         raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({len(train)} "
                           "samples) in minibatch mode; lower it or use training.mode: batch")
     if shard.parallel and (chunk < shard.world or len(train) < shard.world):
         raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
-    upe = updates_per_epoch(mode, len(train), batch_size, shard.world)
+    upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
     loop = _Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
                  penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard)
     train, val = train.to(device), val.to(device) if val is not None else None
@@ -287,6 +299,8 @@ class _Loop:
         self.model.train()
         tally, penalties = Tally(self.device, self.label_smoothing), []
         bounds, n_updates, world = batch_bounds(n, chunk, self.shard.world), 0, self.shard.world
+        sizes = [b - a for a, b in bounds]  # samples of each update: the batches it accumulates
+        update_size = [sum(sizes[j - j % accumulate:j - j % accumulate + accumulate]) for j in range(len(bounds))]
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(batches):
             last_chunk = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
@@ -298,11 +312,10 @@ class _Loop:
             with contextlib.nullcontext() if last_chunk or world == 1 else self.net.no_sync():  # reduce once
                 logits = self.forward(x, self.net)
                 loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-                # weight the mean loss of these samples by their share of the update's (full-batch GD: of all
-                # n; data-parallel: of the batch the ranks share, as DDP averages the ranks' gradients), so
-                # that the update sees the mean over all its samples
-                a, b = bounds[i]
-                share = len(y) * world / (n if accumulate > 1 else b - a)
+                # weight the mean loss of these samples by their share of the update's (accumulated: of all the
+                # batches of the update, n in full-batch GD; data-parallel: of the batch the ranks share, as DDP
+                # averages the ranks' gradients), so that the update sees the mean over all its samples
+                share = len(y) * world / update_size[i]
                 objective = loss * share if share != 1 else loss
                 if last_chunk and self.weights:
                     pen = penalty(self.weights, self.l1, self.l2)

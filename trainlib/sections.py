@@ -155,6 +155,10 @@ class OptimizerConfig(Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
     weight_decay: NonNegative = Field(0, description="optimizer weight decay (decoupled for adamw)")
+    norm_weight_decay: NonNegative | None = Field(None, description="weight decay of norm layers' scales and shifts "
+                                                                    "(default: weight_decay; recipes: 0)")
+    bias_weight_decay: NonNegative | None = Field(None, description="weight decay of the other biases (default: "
+                                                                    "weight_decay; recipes: 0)")
     betas: tuple[Probability, Probability] = Field((0.9, 0.999), description="adam, adamw: moment decay rates")
     alpha: Fraction = Field(0.99, description="rmsprop: smoothing of the squared-gradient average")
     eps: Positive = Field(1e-8, description="adam, adamw, rmsprop, adagrad: denominator epsilon")
@@ -225,6 +229,8 @@ class TrainingConfig(Section):
     mode: Annotated[str, _one_of(GD_MODES)] = Field(
         "minibatch", description="batch (full-batch GD: 1 update/epoch) | minibatch | stochastic (batch of 1)")
     batch_size: Count = Field(64, description="samples per update (minibatch); memory chunk size (batch)")
+    accumulate: Count = Field(1, description="minibatch: batches whose gradients make one update (gradient "
+                                             "accumulation: an effective batch of batch_size x accumulate)")
     epochs: Count = Field(30, description="maximum epochs")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of weights, shuffling, dropout, augmentation")
     device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto (CUDA when present) | cpu | "
@@ -238,6 +244,13 @@ class TrainingConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     ema: EmaConfig = EmaConfig()
     swa: SwaConfig = SwaConfig()
+
+    @model_validator(mode="after")
+    def _accumulate(self):
+        if self.accumulate > 1 and self.mode != "minibatch":
+            raise ConfigError(f"training.accumulate: {self.accumulate} batches per update needs training.mode "
+                              f"minibatch (mode {self.mode} has its own)")
+        return self
 
 
 class TransferConfig(Section):
