@@ -15,6 +15,7 @@ from trainlib.data.mix import Mixer
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import GD_MODES, StopTraining, fit
 from trainlib.errors import ConfigError, TrainingError
+from trainlib.loop import Loop
 from trainlib.schedules import LRSchedule
 from trainlib.tally import Tally
 
@@ -136,7 +137,8 @@ def test_no_early_stop_when_disabled_but_best_epoch_is_reported(small_digits):
     assert not result.restored_best  # early stopping off: training ends with the last epoch's weights
 
 
-@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9}, {"swa_start": 2}], ids=["plain", "ema", "swa"])
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9}, {"swa_start": 2}, {"precision": "fp16"}],
+                         ids=["plain", "ema", "swa", "fp16"])
 def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path, averaging):
     train, val = _data(small_digits), _data(small_digits, 300, 400)
 
@@ -168,6 +170,8 @@ def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path, ave
         assert torch.equal(v, resumed_model.state_dict()[k]), k
     saved = load_checkpoint(tmp_path / "full.pt")
     assert saved["meta"]["config"] == {"name": "t"} and saved["epoch"] == 6
+    scaler = load_checkpoint(tmp_path / "part.pt")["scaler"]  # fp16: the scaler went on where it was
+    assert scaler == saved["scaler"] and (scaler is None) == ("precision" not in averaging)
 
 
 def test_callback_can_stop_training(small_digits):
@@ -233,7 +237,7 @@ def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, 
     x = small_digits.inputs[:80].float().clone()
     x[64:, :, 0, 0] = float("inf")  # only the 5th batch of 16 (batches in order: no shuffle generator)
     data, model = TensorData(x, small_digits.labels[:80]), _model()
-    loop = engine._Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
+    loop = Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
                         None, [], 0.0, 0.0, None)
     with pytest.raises(TrainingError, match="NaN or infinite in epoch 2 at batch 5"):
         loop.train_epoch(data.batches(16), 80, 16, 1, LRSchedule(loop.optimizer, epochs=1, updates_per_epoch=5),
@@ -324,7 +328,7 @@ def test_label_smoothing_trains_on_torchs_smoothed_cross_entropy(small_digits):
     assert by_hand < 1e-5 and by_smoothing > 1e-3, (by_hand, by_smoothing)
 
 
-def test_precision_bf16_autocasts_on_cpu_and_fp32_and_auto_do_not(small_digits):
+def test_precision_bf16_and_fp16_autocast_on_cpu_and_fp32_and_auto_do_not(small_digits):
     def run(precision):
         dtypes = set()  # (training?, output dtype) of every linear layer's forward pass, training and validating
         hook = register_module_forward_hook(
@@ -336,10 +340,13 @@ def test_precision_bf16_autocasts_on_cpu_and_fp32_and_auto_do_not(small_digits):
             hook.remove()
         return dtypes, history
 
-    (fp32, fp32_history), (auto, auto_history), (bf16, bf16_history) = map(run, ["fp32", "auto", "bf16"])
+    runs = {p: run(p) for p in ("fp32", "auto", "bf16", "fp16")}
+    (fp32, fp32_history), (auto, auto_history) = runs["fp32"], runs["auto"]
     assert fp32 == auto == {(True, torch.float32), (False, torch.float32)}  # auto is fp32 on CPU
-    assert bf16 == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    for low, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):  # fp16: with a gradient scaler
+        assert runs[low][0] == {(True, dtype), (False, dtype)}
     assert [h["train_loss"] for h in auto_history] == [h["train_loss"] for h in fp32_history]  # the same maths
-    for a, b in zip(fp32_history, bf16_history, strict=True):
-        for key in ("train_loss", "val_loss"):  # bf16 rounds: different numbers, within 1%
-            assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=1e-2), (key, a[key], b[key])
+    for low, tolerance in (("bf16", 1e-2), ("fp16", 1e-3)):  # they round: different numbers, fp16 finer
+        for a, b in zip(fp32_history, runs[low][1], strict=True):
+            for key in ("train_loss", "val_loss"):
+                assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=tolerance), (low, key, a[key], b[key])

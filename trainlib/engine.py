@@ -1,14 +1,10 @@
-"""The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping,
-checkpoints, callbacks) and `predict_logits`.
-
-Hot-loop rules: data already on the device, batches by index slicing, no host syncs per batch
-(losses and accuracies accumulate as device tensors and are read once per epoch), metrics reported
-once per epoch.
+"""The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping, weight averaging,
+checkpoints, callbacks) around the inner loop of trainlib.loop, and `predict_logits`. Metrics are reported once
+per epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +13,6 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainlib.averaging import EMA, SWA, Averaged, check, recompute_batch_norm
@@ -26,15 +21,13 @@ from trainlib.data.batches import Data, batch_bounds
 from trainlib.device import resolve_precision
 from trainlib.distributed import SINGLE, Shard
 from trainlib.earlystop import EarlyStopping
-from trainlib.errors import ConfigError, TrainingError
+from trainlib.errors import ConfigError
+from trainlib.loop import EVAL_BATCH, Loop, autocast
 from trainlib.models import Dropout
-from trainlib.optim import penalized_weights, penalty
+from trainlib.optim import penalized_weights
 from trainlib.registry import Registry
 from trainlib.schedules import LRSchedule
 from trainlib.streams import Streams
-from trainlib.tally import Tally
-
-EVAL_BATCH = 2048  # samples per forward pass when evaluating (no gradients held)
 
 
 class StopTraining(Exception):  # noqa: N818 - a request, not an error
@@ -154,7 +147,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
     upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
-    loop = _Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
+    loop = Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
                  penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard)
     train, val = train.to(device), val.to(device) if val is not None else None
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
@@ -166,7 +159,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     _own_dropout(model, rngs.dropout)
     history, lrs, start, reason = [], [], 1, "completed"
     if resume and checkpoint and Path(checkpoint).exists():
-        history, lrs, reason, start = _resume(checkpoint, model, optimizer, schedule, es, rngs, shard, epochs, avg)
+        history, lrs, reason, start = _resume(checkpoint, loop, schedule, es, rngs, epochs, avg)
     for epoch in range(start, epochs + 1):
         metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, rngs, epoch, upe)
         if isinstance(avg, SWA) and epoch >= swa_start:
@@ -188,7 +181,8 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
                 save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 schedule=schedule.state_dict(), early_stopping=es.state_dict(),
                                 rng=rng if shard.parallel else rng[0], history=history, lrs=lrs,
-                                stop_reason=reason, meta=meta or {}, averaged=avg.state_dict() if avg else None)
+                                stop_reason=reason, meta=meta or {}, averaged=avg.state_dict() if avg else None,
+                                scaler=loop.scaler.state_dict() if loop.scaler else None)
         if reason != "completed":
             break
     restored = es.restore(model)
@@ -203,7 +197,7 @@ def _averaging(model: nn.Module, ema_decay: float, ema_warmup: bool, swa_start: 
     return EMA(model, ema_decay, ema_warmup) if ema_decay else SWA(model) if swa_start else None
 
 
-def _averaged_weights(loop: _Loop, avg: Averaged | None, restored: bool, train: Data, val: Data | None,
+def _averaged_weights(loop: Loop, avg: Averaged | None, restored: bool, train: Data, val: Data | None,
                       chunk: int) -> dict[str, float]:
     """The model ends with the averaged weights (EMA: unless early stopping restored its best, which were EMA's
     too). SWA: the average's batch norms see the train data first -> its val metrics (swa_val_*)."""
@@ -217,11 +211,13 @@ def _averaged_weights(loop: _Loop, avg: Averaged | None, restored: bool, train: 
     return {}
 
 
-def _resume(checkpoint, model, optimizer, schedule, es, rngs, shard: Shard, epochs: int,
+def _resume(checkpoint, loop: Loop, schedule, es, rngs, epochs: int,
             avg: Averaged | None) -> tuple[list, list, str, int]:
     """Put a checkpoint's state into the training -> (history, LRs, stop reason, first epoch to run)."""
-    ck = load_checkpoint(checkpoint)
+    ck, model, optimizer, shard = load_checkpoint(checkpoint), loop.model, loop.optimizer, loop.shard
     model.load_state_dict(ck["model"])
+    if loop.scaler and ck.get("scaler"):  # fp16: the loss scale it had reached
+        loop.scaler.load_state_dict(ck["scaler"])
     if avg is not None:
         if not ck.get("averaged"):
             raise ConfigError(f"checkpoint {checkpoint}: written without weight averaging (training.ema, "
@@ -235,7 +231,7 @@ def _resume(checkpoint, model, optimizer, schedule, es, rngs, shard: Shard, epoc
     return ck["history"], ck["lrs"], ck["stop_reason"], start
 
 
-def _epoch(loop: _Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
+def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
            lrs: list[float], rngs: Streams, epoch: int, upe: int) -> dict[str, float]:
     """Train one epoch and validate -> its metrics, the same on every rank (rank 0 validates, and its numbers
     decide early stopping and the schedule everywhere)."""
@@ -257,107 +253,6 @@ def _epoch(loop: _Loop, train: Data, val: Data | None, chunk: int, accumulate: i
     metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
                    samples_per_second=len(train) / max(seconds, 1e-9))
     return shard.agree(metrics)
-
-
-@dataclass
-class _Loop:
-    """One epoch of training and one pass of validation."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    amp: torch.dtype | None
-    label_smoothing: float
-    grad_clip: float | None
-    weights: list[nn.Parameter]
-    l1: float
-    l2: float
-    augment: Callable | None
-    shard: Shard = SINGLE
-    mix: Callable | None = None  # (x, y, generator) -> (x, soft targets)
-    ema: EMA | None = None  # updated after every optimizer step
-
-    def __post_init__(self):
-        self.model.to(self.device)
-        self.channels_last = self.device.type == "cuda"
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.net = self.shard.wrap(self.model)  # what trains: the model, or its DDP wrapper
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
-
-    def forward(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
-        with _autocast(self.device, self.amp):
-            return (net or self.model)(self.layout(x)).float()
-
-    def train_epoch(self, batches, n: int, chunk: int, accumulate: int, schedule: LRSchedule,
-                    lrs: list[float], rng: torch.Generator, epoch: int,
-                    mix_rng: torch.Generator | None = None) -> dict[str, float]:
-        """One pass over n samples in batches of `chunk`, one update per `accumulate` batches (of which this
-        rank trains on its shard)."""
-        self.model.train()
-        tally, penalties = Tally(self.device, self.label_smoothing), []
-        bounds, n_updates, world = batch_bounds(n, chunk, self.shard.world), 0, self.shard.world
-        sizes = [b - a for a, b in bounds]  # samples of each update: the batches it accumulates
-        update_size = [sum(sizes[j - j % accumulate:j - j % accumulate + accumulate]) for j in range(len(bounds))]
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(batches):
-            last_chunk = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
-            if self.augment is not None:
-                x = self.augment(x, rng)
-            target = y
-            if self.mix is not None:
-                x, target = self.mix(x, y, mix_rng)
-            with contextlib.nullcontext() if last_chunk or world == 1 else self.net.no_sync():  # reduce once
-                logits = self.forward(x, self.net)
-                loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-                # weight the mean loss of these samples by their share of the update's (accumulated: of all the
-                # batches of the update, n in full-batch GD; data-parallel: of the batch the ranks share, as DDP
-                # averages the ranks' gradients), so that the update sees the mean over all its samples
-                share = len(y) * world / update_size[i]
-                objective = loss * share if share != 1 else loss
-                if last_chunk and self.weights:
-                    pen = penalty(self.weights, self.l1, self.l2)
-                    objective = objective + pen
-                    penalties.append(pen.detach())
-                objective.backward()
-            tally.add(loss, logits, target)
-            if last_chunk:
-                lrs.append(self.optimizer.param_groups[0]["lr"])
-                if self.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                schedule.step_batch()
-                n_updates += 1
-        pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
-        self.shard.sync_buffers(self.model)  # every rank goes on with rank 0's batch-norm statistics
-        totals = self.shard.all_sum(torch.stack(tally.sums())) / n  # loss and accuracy over every rank's shards
-        loss_v, acc_v, pen_v = torch.cat([totals, pen_mean.reshape(1)]).tolist()  # the one sync per epoch
-        if not math.isfinite(loss_v):
-            raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch "
-                                f"{tally.first_bad()}; lower optimizer.lr or check the data for extreme values")
-        return {"train_loss": loss_v, "train_accuracy": acc_v, "penalty": pen_v, "lr": lrs[-n_updates]}
-
-    @torch.no_grad()
-    def validate(self, data: Data, model: nn.Module | None = None) -> dict[str, float]:
-        """Loss and accuracy over `data` of `model` (default: the one trained) in eval mode."""
-        model = model or self.model
-        model.eval()
-        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for x, y in data.batches(EVAL_BATCH):
-            logits = self.forward(x, model)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        loss_v, acc_v = (torch.stack([loss_sum, correct]) / len(data)).tolist()
-        return {"val_loss": loss_v, "val_accuracy": acc_v}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def _own_dropout(model: nn.Module, generator: torch.Generator) -> torch.Generator:
@@ -386,7 +281,7 @@ def predict_logits(model: nn.Module, data: Data, device: torch.device | str = "c
     model.to(device).eval()
     outs, labels = [], []
     for x, y in data.to(device).batches(EVAL_BATCH):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outs.append(model(x).float().cpu())
         labels.append(y.cpu())
     return torch.cat(outs), torch.cat(labels)

@@ -235,7 +235,9 @@ class TrainingConfig(Section):
     seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of weights, shuffling, dropout, augmentation")
     device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto (CUDA when present) | cpu | "
                                                                               "cuda | cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp16: autocast with a gradient scaler (GPUs "
+                            "without bf16; on a CPU it runs, emulated, slower than fp32)")
     threads: Count | None = Field(None, description="CPU threads for torch (default: the CPU quota)")
     devices: Count = Field(1, description="data-parallel processes (DDP), one per device: GPUs on CUDA, CPU "
                                           "processes sharing the threads on CPU")
