@@ -168,3 +168,17 @@ def test_swa_ends_with_the_average_and_its_val_metrics(digits):
     assert set(fit.averaged) == {"swa_val_loss", "swa_val_accuracy"}
     assert recipe.test(cfg, model, digits, manifest, "val").accuracy == pytest.approx(fit.averaged["swa_val_accuracy"])
     assert fit.lrs[-1] == pytest.approx(0.0005)  # annealed to swa.lr
+
+
+def test_compiled_training_learns_as_the_plain_one(digits):
+    runs = {}
+    for compiled in (False, True):
+        cfg = load_config(None, [*SMALL, "model.dropout=0", f"training.compile={str(compiled).lower()}"])
+        manifest = recipe.split(digits, cfg.split)
+        model, fit = recipe.train(cfg, digits, manifest, recipe.fit_normalizer(digits, manifest, cfg.normalize))
+        runs[compiled] = fit.history, type(model).__name__
+    (plain, plain_type), (compiled, compiled_type) = runs[False], runs[True]
+    assert plain_type == compiled_type == "Classifier"  # the trained model is the plain module, not the compiled
+    for a, b in zip(plain, compiled, strict=True):  # the same maths, fused differently
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.01)

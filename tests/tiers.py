@@ -33,6 +33,7 @@ MODULES = {
 TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_recipe.py::test_default_config_learns_digits": "slow",  # the default config for all its epochs
     "test_configs.py::test_each_regime_leaves_the_default_cnn_room_below_perfect": "slow",  # likewise
+    "test_recipes.py::test_compiled_training_learns_as_the_plain_one": "slow",  # inductor compiles C++ (10-25 s)
     "test_distributed.py::test_what_data_parallel_training_refuses": "unit",  # refused before any rank starts
     "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
     "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",

@@ -100,7 +100,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None, mix: Callable | None = None,
         ema_decay: float = 0.0, ema_warmup: bool = True, swa_start: int = 0,
         early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
-        device: torch.device | str = "cpu", precision: str = "auto", seed: int = 0,
+        device: torch.device | str = "cpu", precision: str = "auto", compile: bool = False, seed: int = 0,
         callbacks: Sequence[Callback] = (), logger: Logger | None = None, checkpoint: str | Path | None = None,
         resume: bool = False, meta: dict | None = None, shard: Shard = SINGLE) -> FitResult:
     """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
@@ -124,7 +124,8 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         epoch's end are averaged equally (the schedule gives SWA's LR); at the end the average's batch-norm
         statistics are recomputed on the train data, the model gets its weights, and `averaged` its val metrics.
       label_smoothing: as torch's cross_entropy; grad_clip: largest gradient norm (None: no clipping).
-      device: where to train; precision: auto | fp32 | bf16 (trainlib.device.resolve_precision).
+      device: where to train; precision: auto | fp32 | bf16 | fp16 (trainlib.device.resolve_precision);
+        compile: train through torch.compile (the first batches pay the compilation).
       seed: data order, augmentation and dropout draw from generators seeded from it, never the global RNG.
     When to stop, and what to report:
       early_stopping: the monitored metric, patience, and whether to restore the best weights at the end
@@ -148,7 +149,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
     upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
     loop = Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
-                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard)
+                penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard, compile=compile)
     train, val = train.to(device), val.to(device) if val is not None else None
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
     loop.mix, avg = mix, _averaging(loop.model, ema_decay, ema_warmup, swa_start, es)
@@ -239,6 +240,9 @@ def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: in
     try:
         metrics = loop.train_epoch(train.batches(chunk, rngs.shuffle, shard), len(train), chunk, accumulate,
                                    schedule, lrs, rngs.augment, epoch, rngs.mix)
+    except torch._dynamo.exc.BackendCompilerFailed as exc:
+        raise ConfigError(f"training.compile: torch.compile could not compile the model ({str(exc)[:300]}); set "
+                          "training.compile: false") from None
     except ValueError as exc:
         if "Expected more than 1 value per channel" not in str(exc):
             raise

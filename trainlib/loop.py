@@ -43,6 +43,7 @@ class Loop:
     shard: Shard = SINGLE
     mix: Callable | None = None  # (x, y, generator) -> (x, soft targets)
     ema: EMA | None = None  # updated after every optimizer step
+    compile: bool = False  # train through torch.compile (validation runs the plain model)
 
     def __post_init__(self):
         self.model.to(self.device)
@@ -50,6 +51,8 @@ class Loop:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net = self.shard.wrap(self.model)  # what trains: the model, or its DDP wrapper
+        if self.compile:
+            self.net = torch.compile(self.net)
         # fp16 autocast: a scaled loss keeps small gradients from flushing to zero; steps with inf/NaN skipped
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp is torch.float16 else None
 
@@ -58,7 +61,7 @@ class Loop:
 
     def forward(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.amp):
-            return (net or self.model)(self.layout(x)).float()
+            return (self.model if net is None else net)(self.layout(x)).float()
 
     def train_epoch(self, batches, n: int, chunk: int, accumulate: int, schedule: LRSchedule,
                     lrs: list[float], rng: torch.Generator, epoch: int,
@@ -120,7 +123,7 @@ class Loop:
     @torch.no_grad()
     def validate(self, data: Data, model: nn.Module | None = None) -> dict[str, float]:
         """Loss and accuracy over `data` of `model` (default: the one trained) in eval mode."""
-        model = model or self.model
+        model = self.model if model is None else model
         model.eval()
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for x, y in data.batches(EVAL_BATCH):

@@ -157,11 +157,10 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
         accumulate=t.accumulate, mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
         mix=mixer(cfg.augment, len(ds.classes)), ema_decay=t.ema.decay, ema_warmup=t.ema.warmup,
-        swa_start=t.swa.start,
-        early_stopping=EarlyStopping(**t.early_stopping.model_dump()), label_smoothing=t.label_smoothing,
-        grad_clip=t.grad_clip, device=device, precision=t.precision, seed=t.seed, callbacks=callbacks,
-        logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")},
-        shard=shard)
+        swa_start=t.swa.start, early_stopping=EarlyStopping(**t.early_stopping.model_dump()),
+        label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, device=device, precision=t.precision,
+        compile=t.compile, seed=t.seed, callbacks=callbacks, logger=logger, checkpoint=checkpoint, resume=resume,
+        meta={"config": cfg.model_dump(mode="json")}, shard=shard)
     return model, result
 
 
