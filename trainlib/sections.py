@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from trainlib.data.normalize import NORMALIZERS
+from trainlib.data.policies import POLICIES
 from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
 from trainlib.engine import GD_MODES
 from trainlib.errors import ConfigError
@@ -108,6 +109,11 @@ class AugmentConfig(Section):
     hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0, description="hue shift, fraction of a turn (+-, RGB only)")
     noise: NonNegative = Field(0, description="std of Gaussian noise, in units of the pixel range")
     erasing: Probability = Field(0, description="probability of erasing a random rectangle")
+    policy: Annotated[str, _one_of(POLICIES)] = Field(
+        "none", description="none | autoaugment (ImageNet policy) | randaugment | trivialaugment (wide) | augmix: "
+                            "drawn per sample, after the transforms above, before erasing")
+    policy_ops: Count = Field(2, description="randaugment: operations in a row per sample")
+    policy_magnitude: Annotated[int, Field(ge=0, le=30)] = Field(9, description="randaugment: magnitude bin (of 31)")
     expand: Annotated[int, Field(ge=0)] = Field(0, description="offline: add N augmented copies of the train split "
                                                                 "(then no online augmentation)")
     mixup: NonNegative = Field(0, description="mixup: alpha of the Beta(alpha, alpha) mixing ratio, per sample with "
@@ -127,7 +133,9 @@ class AugmentConfig(Section):
 
     @property
     def active(self) -> bool:
-        return any(v for k, v in self.transforms().items() if k != "scale") or tuple(self.scale) != (1, 1)
+        knobs = {"scale", "policy", "policy_ops", "policy_magnitude"}
+        return (any(v for k, v in self.transforms().items() if k not in knobs) or tuple(self.scale) != (1, 1)
+                or self.policy != "none")
 
     def transforms(self) -> dict[str, Any]:
         """The image transforms (trainlib.data.augment.Augmenter's keywords)."""
