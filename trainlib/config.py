@@ -92,8 +92,8 @@ with warnings.catch_warnings():
 def _averaging(t: TrainingConfig) -> None:
     """What weight averaging (training.ema, training.swa) cannot do."""
     averaging.check(t.ema.decay, t.swa.start, t.early_stopping.enabled)
-    if t.swa.start > t.epochs:
-        raise ConfigError(f"training.swa.start: epoch {t.swa.start} is after the last (training.epochs {t.epochs})")
+    if t.swa.first_epoch(t.epochs) > t.epochs:
+        raise ConfigError(f"training.swa.start: epoch {t.swa.start:g} is after the last (training.epochs {t.epochs})")
 
 
 def _data_parallel(cfg: PipelineConfig) -> None:

@@ -151,13 +151,13 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     optimizer = optim.build(o.name, params, **o.model_dump(exclude={"name"}))
     upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world, t.accumulate)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
-                          swa_start=t.swa.start, swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
+                          swa_start=t.swa.first_epoch(t.epochs), swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
                           **cfg.schedule.model_dump(exclude={"name"}))
     result = engine.fit(
         model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
         accumulate=t.accumulate, mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
         mix=mixer(cfg.augment, len(ds.classes)), ema_decay=t.ema.decay, ema_warmup=t.ema.warmup,
-        swa_start=t.swa.start, early_stopping=EarlyStopping(**t.early_stopping.model_dump()),
+        swa_start=t.swa.first_epoch(t.epochs), early_stopping=EarlyStopping(**t.early_stopping.model_dump()),
         label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, device=device, precision=t.precision,
         compile=t.compile, seed=t.seed, callbacks=callbacks, logger=logger, checkpoint=checkpoint, resume=resume,
         meta={"config": cfg.model_dump(mode="json")}, shard=shard)

@@ -5,6 +5,7 @@ description giving its meaning or unit. Checks that span sections are PipelineCo
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -226,11 +227,22 @@ class EmaConfig(Section):
 
 
 class SwaConfig(Section):
-    start: Annotated[int, Field(ge=0)] = Field(0, description="stochastic weight averaging: the first epoch "
-                                                              "averaged (1-based; 0: off); every epoch's end from "
-                                                              "it on counts equally")
+    start: NonNegative = Field(0, description="stochastic weight averaging from this epoch on (1, 2, ...; or a "
+                                              "fraction of training.epochs below 1, 0.75: the last quarter; 0: off); "
+                                              "every epoch's end from it counts equally")
     lr: Positive | None = Field(None, description="the LR from the start epoch on (default: the schedule's there)")
     anneal_epochs: NonNegative = Field(2, description="epochs of cosine annealing from the schedule's LR to swa.lr")
+
+    @model_validator(mode="after")
+    def _start(self):
+        if self.start > 1 and self.start != int(self.start):
+            raise ConfigError(f"training.swa.start: {self.start} is neither an epoch (1, 2, ...) nor a fraction "
+                              "below 1")
+        return self
+
+    def first_epoch(self, epochs: int) -> int:
+        """The first epoch averaged (1-based), 0 when off."""
+        return int(self.start) if self.start >= 1 else math.ceil(self.start * epochs)
 
 
 class TrainingConfig(Section):
