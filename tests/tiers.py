@@ -21,12 +21,14 @@ ORDER = ["unit", "slow", "flow", "servers"]
 
 MODULES = {
     "unit": ["test_augment", "test_claims", "test_commands", "test_config", "test_config_properties", "test_configs",
-             "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_measures",
+             "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_lr_finder",
+             "test_measures",
              "test_models_optim", "test_policies", "test_purity", "test_recipe", "test_recipes", "test_report",
              "test_run_logger",
              "test_schedules", "test_sources", "test_split_normalize", "test_studies", "test_transfer", "test_tuning"],
     "slow": ["test_distributed"],
-    "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_registration",
+    "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_lr_find_flow",
+             "test_registration",
              "test_resume", "test_seams", "test_security", "test_study_flow", "test_transfer_flow", "test_tuning_flow"],
     "servers": ["test_operations", "test_processes", "test_scaleout", "test_store"],
 }

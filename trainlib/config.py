@@ -84,7 +84,8 @@ with warnings.catch_warnings():
             if self.augment.expand and self.data.stream:
                 raise ConfigError("augment.expand: needs in-memory data; data.stream keeps images on disk")
             max_lr = self.schedule.max_lr
-            if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
+            found = self.optimizer.lr == "find"  # known once the range test has run
+            if self.schedule.name == "cyclical" and max_lr is not None and not found and max_lr <= self.optimizer.lr:
                 raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")
             return self
 

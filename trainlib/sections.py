@@ -160,7 +160,8 @@ class ModelConfig(Section):
 
 class OptimizerConfig(Section):
     name: Annotated[str, _one_of(OPTIMIZERS)] = Field("adam", description="sgd | adam | adamw | rmsprop | adagrad")
-    lr: Positive = Field(0.001, description="base learning rate")
+    lr: Positive | Literal["find"] = Field(0.001, description="base learning rate; find: the LR range test's "
+                                                              "suggestion (trainflow lr-find) before training")
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
     weight_decay: NonNegative = Field(0, description="optimizer weight decay (decoupled for adamw)")
