@@ -155,6 +155,23 @@ def _compare(args: argparse.Namespace) -> int:
                     RunProgress(len(plan.runs), "variant runs" if plan.repeats > 1 else "variants"))
 
 
+def _lr_find(args: argparse.Namespace) -> int:
+    from flows import plans, summaries
+    from trainlib import lr_finder
+    from trainlib.config import load_config
+
+    updates, first, last = args.updates or lr_finder.UPDATES, args.start or lr_finder.START, args.end or lr_finder.END
+    cfg = plans.lr_find(load_config(args.config, _overrides(args)), updates, first, last)
+
+    def start():
+        from flows.lr_find import lr_find_flow
+
+        return lr_find_flow(cfg, updates, first, last, refresh=args.refresh)
+
+    return _execute(args, f"{cfg.name}: LR range test of {cfg.model.name} with {cfg.optimizer.name}, {first:g} to "
+                    f"{last:g} over {updates} updates", start, summaries.lr_find)
+
+
 def _study(args: argparse.Namespace) -> int:
     from flows import plans, summaries
     from flows.progress import StudyProgress
@@ -329,6 +346,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
         sp.set_defaults(handler=handler)
+    lf = sub.add_parser("lr-find", help="the LR range test: sweep the learning rate on a fresh model, suggest one")
+    lf.add_argument("--config", help="pipeline config YAML (its model, optimizer, batch size, augmentation)")
+    lf.add_argument("--set", action="append", type=key_value, metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    lf.add_argument("--updates", type=_positive, help="minibatches of the sweep (default 200)")
+    lf.add_argument("--start", type=float, help="the sweep's first LR (default 1e-7)")
+    lf.add_argument("--end", type=float, help="the sweep's last LR (default 10)")
+    lf.add_argument("--refresh", action="store_true", help="recompute ingest/split/normalize (skip their cache)")
+    lf.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
+    lf.add_argument("--name", help="the experiment its run goes to (the config's `name`)")
+    lf.set_defaults(handler=_lr_find, no_register=False)
     st = sub.add_parser("study", help="the technique study: every claim of configs/study tested with repeats, "
                         "one report")
     st.add_argument("--config", help="pipeline config YAML for entries that name no base")

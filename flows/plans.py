@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import runners
+from trainlib import lr_finder
 from trainlib.claims import Entry, load_entry
 from trainlib.config import NOT_FILES, PipelineConfig, load_config, override, validate
 from trainlib.data.sources import SOURCES
@@ -31,11 +32,15 @@ def fresh_weights(config: PipelineConfig, command: str) -> None:
                           "`trainflow transfer` to start from a source model")
 
 
+def _lr(lr: float | str) -> str:
+    return f"{lr:.3g}" if isinstance(lr, float) else f"{lr} (the range test's suggestion)"
+
+
 def title(config: PipelineConfig) -> str:
     """What is trained, in words: the CLI's header and the flow run's name, e.g.
     `digits-cnn: cnn, adam at lr 0.001, schedule none, on digits`."""
     c = config
-    return (f"{c.name}: {c.model.name}, {c.optimizer.name} at lr {c.optimizer.lr:.3g}, schedule {c.schedule.name}, "
+    return (f"{c.name}: {c.model.name}, {c.optimizer.name} at lr {_lr(c.optimizer.lr)}, schedule {c.schedule.name}, "
             f"on {c.data.source}")
 
 
@@ -58,6 +63,17 @@ def run(config: PipelineConfig) -> PipelineConfig:
     """`trainflow run`: one config, trained from fresh weights."""
     fresh_weights(config, "run")
     inputs_exist(config)
+    return config
+
+
+def lr_find(config: PipelineConfig, updates: int, start: float, end: float) -> PipelineConfig:
+    """`trainflow lr-find`: a sweep of at least 20 updates over 0 < start < end, on data that exists."""
+    inputs_exist(config)
+    if updates < 20:
+        raise ConfigError(f"--updates {updates}: the suggestion needs at least 20 updates (default "
+                          f"{lr_finder.UPDATES})")
+    if not 0 < start < end:
+        raise ConfigError(f"--start {start:g}, --end {end:g}: the sweep needs 0 < start < end")
     return config
 
 

@@ -133,3 +133,12 @@ def technique_study(s: dict) -> None:
                   "minutes")
     console.print(f"report: {s['report']} (one page: {s['html']})", markup=False, highlight=False)
     console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)
+
+
+def lr_find(s: dict) -> None:
+    """The suggestion (or why there is none), how the sweep ended, the run's URL."""
+    what = (f"suggested LR [bold]{shown(s['suggested_lr'], 'lr')}[/] (steepest descent of the smoothed loss)"
+            if s["suggested_lr"] is not None else "[yellow]no suggestion[/]: the loss diverged too soon; lower --start")
+    console.print(f"[bold green]done[/]: {what}; {s['updates']} updates from {s['start']:g} to {s['end']:g}, "
+                  f"{s['stopped']}")
+    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']} (lr_find.png)", markup=False, highlight=False)

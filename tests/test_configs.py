@@ -19,7 +19,8 @@ def test_there_is_a_config_per_technique_family():
                    "gd-batch", "gd-stochastic", "early-stopping", "dropout", "regularization-l1",
                    "regularization-l2", "schedule-step", "schedule-exponential", "schedule-cyclical",
                    "schedule-onecycle", "schedule-cosine", "schedule-plateau", "optimizer-sgd", "optimizer-adamw",
-                   "optimizer-rmsprop", "optimizer-adagrad", "tabular-csv", "imagefolder"]:
+                   "optimizer-rmsprop", "optimizer-adagrad", "tabular-csv", "imagefolder", "mixup-cutmix", "ema", "swa",
+                   "augmentation-policy", "recipe-knobs"]:
         assert family in names
 
 

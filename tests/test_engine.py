@@ -11,10 +11,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from trainlib import engine, models, optim
 from trainlib.checkpoint import load_checkpoint
 from trainlib.data.batches import TensorData, batch_bounds
+from trainlib.data.mix import Mixer
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import GD_MODES, StopTraining, fit
 from trainlib.errors import ConfigError, TrainingError
+from trainlib.loop import Loop
 from trainlib.schedules import LRSchedule
+from trainlib.tally import Tally
 
 
 def _data(small_digits, lo=0, hi=300):
@@ -77,6 +80,20 @@ def test_full_batch_accumulation_equals_one_big_batch(small_digits):
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
+def test_accumulated_minibatches_equal_one_batch_of_their_size(small_digits):
+    train = _data(small_digits, 0, 100)  # 100 = 3 x 32 + 4: the last update is the 4 left, in both
+    a, b = _model(), _model()
+    _fit(a, train, batch_size=32, epochs=2, optimizer="sgd", lr=0.1, seed=3)
+    opt = optim.build("sgd", b.parameters(), lr=0.1)
+    steps = Steps(opt)
+    fit(b, train, optimizer=opt, epochs=2, batch_size=8, accumulate=4, seed=3)  # 13 batches, 4 updates an epoch
+    assert steps.count == 8 == 2 * engine.updates_per_epoch("minibatch", 100, 8, accumulate=4)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    with pytest.raises(ConfigError, match="training.accumulate: 2 batches per update needs training.mode minibatch"):
+        _fit(_model(), train, mode="batch", accumulate=2)
+
+
 def test_same_seed_same_metrics(small_digits):
     train, val = _data(small_digits), _data(small_digits, 300, 400)
     runs = [_fit(_model("cnn", channels=[8], dropout=0.3), train, val, epochs=3, seed=4)[0].history for _ in range(2)]
@@ -120,17 +137,21 @@ def test_no_early_stop_when_disabled_but_best_epoch_is_reported(small_digits):
     assert not result.restored_best  # early stopping off: training ends with the last epoch's weights
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9}, {"swa_start": 2}, {"precision": "fp16"}],
+                         ids=["plain", "ema", "swa", "fp16"])
+def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path, averaging):
     train, val = _data(small_digits), _data(small_digits, 300, 400)
 
     def run(ckpt, callbacks=(), resume=False):
         model = _model("cnn", channels=[8], dropout=0.3)
         opt = optim.build("sgd", model.parameters(), lr=0.05, momentum=0.9)
-        sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32))
+        sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32),
+                           swa_start=averaging.get("swa_start", 0), swa_lr=0.01, swa_anneal=1)
         aug = lambda x, g: x + torch.rand(x.shape, generator=g)  # noqa: E731 - uses the engine's RNG
         result = fit(model, train, val, optimizer=opt, schedule=sched, epochs=6, batch_size=32, augment=aug,
-                     early_stopping=EarlyStopping(patience=10), checkpoint=ckpt, resume=resume, callbacks=callbacks,
-                     meta={"config": {"name": "t"}})
+                     mix=Mixer(10, mixup=0.2, cutmix=1.0), checkpoint=ckpt,
+                     early_stopping=EarlyStopping(patience=10, enabled="swa_start" not in averaging),
+                     resume=resume, callbacks=callbacks, meta={"config": {"name": "t"}}, **averaging)
         return model, result
 
     class Crash:
@@ -144,10 +165,13 @@ def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path):
     assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 2  # the crash came before epoch 3 was saved
     resumed_model, resumed = run(tmp_path / "part.pt", resume=True)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert resumed.averaged == full.averaged and resumed.lrs == full.lrs
     for k, v in full_model.state_dict().items():
         assert torch.equal(v, resumed_model.state_dict()[k]), k
     saved = load_checkpoint(tmp_path / "full.pt")
     assert saved["meta"]["config"] == {"name": "t"} and saved["epoch"] == 6
+    scaler = load_checkpoint(tmp_path / "part.pt")["scaler"]  # fp16: the scaler went on where it was
+    assert scaler == saved["scaler"] and (scaler is None) == ("precision" not in averaging)
 
 
 def test_callback_can_stop_training(small_digits):
@@ -209,11 +233,11 @@ def test_nan_loss_stops_with_epoch_and_batch(small_digits):
 
 
 def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, monkeypatch):
-    monkeypatch.setattr(engine._Tally, "BATCHES", 2)  # reduce every 2 batches: the 5th is in the third chunk
+    monkeypatch.setattr(Tally, "BATCHES", 2)  # reduce every 2 batches: the 5th is in the third chunk
     x = small_digits.inputs[:80].float().clone()
     x[64:, :, 0, 0] = float("inf")  # only the 5th batch of 16 (batches in order: no shuffle generator)
     data, model = TensorData(x, small_digits.labels[:80]), _model()
-    loop = engine._Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
+    loop = Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
                         None, [], 0.0, 0.0, None)
     with pytest.raises(TrainingError, match="NaN or infinite in epoch 2 at batch 5"):
         loop.train_epoch(data.batches(16), 80, 16, 1, LRSchedule(loop.optimizer, epochs=1, updates_per_epoch=5),
@@ -223,7 +247,7 @@ def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, 
 def test_train_metrics_are_the_same_whatever_the_reduction_interval(small_digits, monkeypatch):
     train = _data(small_digits)
     whole = _fit(_model(), train, epochs=2, batch_size=16)[0].history
-    monkeypatch.setattr(engine._Tally, "BATCHES", 3)
+    monkeypatch.setattr(Tally, "BATCHES", 3)
     chunked = _fit(_model(), train, epochs=2, batch_size=16)[0].history
     for a, b in zip(whole, chunked, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
@@ -304,7 +328,7 @@ def test_label_smoothing_trains_on_torchs_smoothed_cross_entropy(small_digits):
     assert by_hand < 1e-5 and by_smoothing > 1e-3, (by_hand, by_smoothing)
 
 
-def test_precision_bf16_autocasts_on_cpu_and_fp32_and_auto_do_not(small_digits):
+def test_precision_bf16_and_fp16_autocast_on_cpu_and_fp32_and_auto_do_not(small_digits):
     def run(precision):
         dtypes = set()  # (training?, output dtype) of every linear layer's forward pass, training and validating
         hook = register_module_forward_hook(
@@ -316,10 +340,13 @@ def test_precision_bf16_autocasts_on_cpu_and_fp32_and_auto_do_not(small_digits):
             hook.remove()
         return dtypes, history
 
-    (fp32, fp32_history), (auto, auto_history), (bf16, bf16_history) = map(run, ["fp32", "auto", "bf16"])
+    runs = {p: run(p) for p in ("fp32", "auto", "bf16", "fp16")}
+    (fp32, fp32_history), (auto, auto_history) = runs["fp32"], runs["auto"]
     assert fp32 == auto == {(True, torch.float32), (False, torch.float32)}  # auto is fp32 on CPU
-    assert bf16 == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    for low, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):  # fp16: with a gradient scaler
+        assert runs[low][0] == {(True, dtype), (False, dtype)}
     assert [h["train_loss"] for h in auto_history] == [h["train_loss"] for h in fp32_history]  # the same maths
-    for a, b in zip(fp32_history, bf16_history, strict=True):
-        for key in ("train_loss", "val_loss"):  # bf16 rounds: different numbers, within 1%
-            assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=1e-2), (key, a[key], b[key])
+    for low, tolerance in (("bf16", 1e-2), ("fp16", 1e-3)):  # they round: different numbers, fp16 finer
+        for a, b in zip(fp32_history, runs[low][1], strict=True):
+            for key in ("train_loss", "val_loss"):
+                assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=tolerance), (low, key, a[key], b[key])

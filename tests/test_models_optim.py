@@ -80,3 +80,19 @@ def test_penalty_acts_on_weights_not_biases_or_norms():
     assert optim.penalty(weights, l1=0.1).item() == pytest.approx(0.1 * 0.5 * n)
     assert optim.penalty(weights, l2=0.1).item() == pytest.approx(0.1 * 0.25 * n)
     assert optim.penalty(weights).item() == 0.0
+
+
+def test_norms_and_biases_get_their_own_weight_decay_in_every_group():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    conv, norm, head = model[0], model[1], model[3]
+    plain = list(model.parameters())
+    assert optim.decay_groups(model, plain, 0.05) is plain  # unchanged without either: today's one group
+    groups = [{"params": list(head.parameters())}, {"params": [*conv.parameters(), *norm.parameters()], "lr": 0.01}]
+    out = optim.decay_groups(model, groups, 0.05, norm=0.0, bias=0.001)
+    by_param = {id(p): (g["weight_decay"], g.get("lr")) for g in out for p in g["params"]}
+    assert by_param[id(head.weight)] == (0.05, None) and by_param[id(head.bias)] == (0.001, None)
+    assert by_param[id(conv.weight)] == (0.05, 0.01) and by_param[id(conv.bias)] == (0.001, 0.01)
+    assert by_param[id(norm.weight)] == by_param[id(norm.bias)] == (0.0, 0.01)  # a norm's shift is no bias here
+    assert out[0]["params"] == [head.weight] and len(by_param) == 6  # the head's group stays first; each once
+    sgd = optim.build("sgd", out, lr=0.1, weight_decay=0.05)
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.05, 0.001, 0.05, 0.0, 0.001]

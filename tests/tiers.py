@@ -21,11 +21,14 @@ ORDER = ["unit", "slow", "flow", "servers"]
 
 MODULES = {
     "unit": ["test_augment", "test_claims", "test_commands", "test_config", "test_config_properties", "test_configs",
-             "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_measures",
-             "test_models_optim", "test_purity", "test_recipe", "test_report", "test_run_logger", "test_schedules",
-             "test_sources", "test_split_normalize", "test_studies", "test_transfer", "test_tuning"],
+             "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_lr_finder",
+             "test_measures",
+             "test_models_optim", "test_policies", "test_purity", "test_recipe", "test_recipes", "test_report",
+             "test_run_logger",
+             "test_schedules", "test_sources", "test_split_normalize", "test_studies", "test_transfer", "test_tuning"],
     "slow": ["test_distributed"],
-    "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_registration",
+    "flow": ["test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api", "test_lr_find_flow",
+             "test_registration",
              "test_resume", "test_seams", "test_security", "test_study_flow", "test_transfer_flow", "test_tuning_flow"],
     "servers": ["test_operations", "test_processes", "test_scaleout", "test_store"],
 }
@@ -33,6 +36,7 @@ MODULES = {
 TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_recipe.py::test_default_config_learns_digits": "slow",  # the default config for all its epochs
     "test_configs.py::test_each_regime_leaves_the_default_cnn_room_below_perfect": "slow",  # likewise
+    "test_recipes.py::test_compiled_training_learns_as_the_plain_one": "slow",  # inductor compiles C++ (10-25 s)
     "test_distributed.py::test_what_data_parallel_training_refuses": "unit",  # refused before any rank starts
     "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
     "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",

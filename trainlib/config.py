@@ -1,243 +1,44 @@
-"""The pipeline config: pydantic models (frozen; unknown keys, infinities and NaN refused), validated from YAML
-files and --set overrides (parsed in trainlib.overrides) into one readable ConfigError.
-
-Field names are public (CLI --set, YAML files, MLflow params, docs); every field has a default and a
-description giving its meaning or unit.
+"""The pipeline config: its sections (trainlib.sections) as one model with the checks that span them, validated
+from YAML files and --set overrides (parsed in trainlib.overrides) into one readable ConfigError.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from trainlib.data.normalize import NORMALIZERS
-from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
-from trainlib.engine import GD_MODES
+from trainlib import averaging
+from trainlib.data.sources import SOURCES
 from trainlib.errors import ConfigError
-from trainlib.models import MODELS
-from trainlib.monitor import MONITORS
-from trainlib.optim import OPTIMIZERS
 from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
-from trainlib.schedules import CYCLE_MODES, SCHEDULES
-from trainlib.transfer import STRATEGIES
+from trainlib.sections import (
+    AugmentConfig,
+    DataConfig,
+    EarlyStoppingConfig,
+    EmaConfig,
+    ModelConfig,
+    NormalizeConfig,
+    OptimizerConfig,
+    RegisterConfig,
+    RegularizationConfig,
+    ScheduleConfig,
+    Section,
+    SplitConfig,
+    SwaConfig,
+    TrainingConfig,
+    TransferConfig,
+)
 
-
-def _one_of(registry):
-    return AfterValidator(registry.check)
-
-
-Probability = Annotated[float, Field(ge=0, le=1)]
-NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(gt=0, le=1)]
-Count = Annotated[int, Field(ge=1)]
-ClassName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]  # YAML reads 5 as int
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # .inf, 1e400, .nan: refused
-
-
-class DataConfig(Section):
-    source: Annotated[str, _one_of(SOURCES)] = Field(
-        "digits", description="digits (embedded 8x8 digits) | imagefolder | csv | parquet | torchvision")
-    path: str | None = Field(None, description="imagefolder: class-per-folder root; csv/parquet: the file; "
-                                               "torchvision: the dataset root (relative: to the config file's "
-                                               "folder, or with --set to the current one)")
-    dataset: str | None = Field(None, description="torchvision: " + " | ".join(TORCHVISION_DATASETS))
-    target: str = Field("label", description="csv/parquet: name of the target (class) column")
-    features: list[str] | None = Field(None, description="csv/parquet: feature columns (default: all but target)")
-    download: bool = Field(False, description="torchvision: download into path when missing (needs internet)")
-    image_size: tuple[Count, Count] = Field((32, 32), description="imagefolder: resize to (height, width) pixels")
-    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
-    stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
-    workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
-    classes: list[ClassName] | None = Field(None, description="keep only these classes, in order (e.g. [5, 6, 7])")
-    label_noise: Annotated[float, Field(ge=0, lt=1)] = Field(
-        0.0, description="regime: this fraction of the train labels flipped to another class, drawn by split.seed "
-                         "(val and test labels never)")
-
-    @model_validator(mode="after")
-    def _needs(self):
-        if SOURCES[self.source].needs_path and not self.path:
-            raise ConfigError(f"data.path: data.source {self.source} needs a path")
-        if self.source == "torchvision" and self.dataset not in TORCHVISION_DATASETS:
-            raise ConfigError(f"data.dataset: {self.dataset!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
-        return self
-
-
-class SplitConfig(Section):
-    train: Probability = Field(0.7, description="fraction of samples for training")
-    val: Probability = Field(0.15, description="fraction for validation (early stopping, plateau, tuning)")
-    test: Probability = Field(0.15, description="fraction held out for the final test metrics")
-    stratify: bool = Field(True, description="keep class proportions equal in every split")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the random assignment")
-    shots: Count | None = Field(None, description="few-shot: train samples kept per class (val, test unchanged)")
-    imbalance: Annotated[float, Field(ge=1)] | None = Field(None, description=(
-        "regime, long tail: class i of K keeps imbalance^(-i/(K-1)) of its train samples; val, test balanced"))
-
-    @model_validator(mode="after")
-    def _ratios(self):
-        total = self.train + self.val + self.test
-        if abs(total - 1) > 1e-6:
-            raise ConfigError(f"split: train + val + test must sum to 1 (got {self.train} + {self.val} + "
-                              f"{self.test} = {total:g})")
-        if self.train == 0:
-            raise ConfigError("split.train: must be above 0")
-        if self.test == 0:
-            raise ConfigError("split.test: must be above 0 (test metrics and the registration gate need it)")
-        if self.shots and self.imbalance:
-            raise ConfigError("split.shots and split.imbalance: give one (shots keeps the same number per class)")
-        return self
-
-
-class NormalizeConfig(Section):
-    method: Annotated[str, _one_of(NORMALIZERS)] = Field(
-        "standardize", description="none | minmax ([0,1]) | symmetric ([-1,1]) | standardize (mean 0, std 1); "
-                                   "per channel (images) or feature (tabular), fitted on train only")
-
-
-class AugmentConfig(Section):
-    rotation: Annotated[float, Field(ge=0, le=180)] = Field(0, description="max rotation, degrees (+-)")
-    scale: tuple[Positive, Positive] = Field((1, 1), description="zoom factor range (low, high)")
-    translate: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="max shift, fraction of size (+-)")
-    hflip: Probability = Field(0, description="probability of a horizontal flip")
-    vflip: Probability = Field(0, description="probability of a vertical flip")
-    brightness: NonNegative = Field(0, description="brightness factor drawn from [1-b, 1+b]")
-    contrast: NonNegative = Field(0, description="contrast factor drawn from [1-c, 1+c]")
-    saturation: NonNegative = Field(0, description="saturation factor from [1-s, 1+s] (RGB only)")
-    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0, description="hue shift, fraction of a turn (+-, RGB only)")
-    noise: NonNegative = Field(0, description="std of Gaussian noise, in units of the pixel range")
-    erasing: Probability = Field(0, description="probability of erasing a random rectangle")
-    expand: Annotated[int, Field(ge=0)] = Field(0, description="offline: add N augmented copies of the train split "
-                                                                "(then no online augmentation)")
-
-    @model_validator(mode="after")
-    def _scale(self):
-        if self.scale[0] > self.scale[1]:
-            raise ConfigError(f"augment.scale: low {self.scale[0]} is above high {self.scale[1]}")
-        if self.expand and not self.active:
-            raise ConfigError("augment.expand: needs at least one augmentation switched on")
-        return self
-
-    @property
-    def active(self) -> bool:
-        return any(v for k, v in self.transforms().items() if k != "scale") or tuple(self.scale) != (1, 1)
-
-    def transforms(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"expand"})
-
-
-class ModelConfig(Section):
-    name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18")
-    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="dropout probability before the head "
-                                                                            "(and after each mlp layer)")
-    hidden: list[Count] = Field([256, 128], description="mlp: hidden layer sizes")
-    channels: list[Count] = Field([32, 64], description="cnn: widths of the conv blocks (each halves the size)")
-
-
-class OptimizerConfig(Section):
-    name: Annotated[str, _one_of(OPTIMIZERS)] = Field("adam", description="sgd | adam | adamw | rmsprop | adagrad")
-    lr: Positive = Field(0.001, description="base learning rate")
-    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum")
-    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    weight_decay: NonNegative = Field(0, description="optimizer weight decay (decoupled for adamw)")
-    betas: tuple[Probability, Probability] = Field((0.9, 0.999), description="adam, adamw: moment decay rates")
-    alpha: Fraction = Field(0.99, description="rmsprop: smoothing of the squared-gradient average")
-    eps: Positive = Field(1e-8, description="adam, adamw, rmsprop, adagrad: denominator epsilon")
-
-    @model_validator(mode="after")
-    def _nesterov(self):
-        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ConfigError("optimizer.nesterov: needs optimizer.name sgd and optimizer.momentum above 0")
-        return self
-
-
-class RegularizationConfig(Section):
-    l1: NonNegative = Field(0, description="L1 penalty weight: l1 * sum|w| over weights (not biases/norms)")
-    l2: NonNegative = Field(0, description="L2 penalty weight: l2 * sum w^2 over weights (not biases/norms)")
-
-
-class ScheduleConfig(Section):
-    name: Annotated[str, _one_of(SCHEDULES)] = Field(
-        "none", description="none | step | exponential | cyclical | onecycle | cosine | plateau")
-    warmup_epochs: NonNegative = Field(0, description="linear warmup over this many epochs (per update)")
-    step_size: Count = Field(10, description="step: epochs between decays")
-    gamma: Fraction = Field(0.1, description="step: LR factor at each decay")
-    decay: Fraction = Field(0.95, description="exponential: LR factor per epoch")
-    min_lr: NonNegative = Field(0, description="cosine: final LR; plateau: lowest LR")
-    max_lr: Positive | None = Field(None, description="cyclical: upper LR; onecycle: peak LR (default 10 x lr)")
-    cycle_epochs: Positive = Field(4, description="cyclical: epochs per full cycle (up and down)")
-    cycle_mode: Annotated[str, _one_of(CYCLE_MODES)] = Field("triangular", description=" | ".join(CYCLE_MODES))
-    cycle_gamma: Fraction = Field(0.9, description="cyclical exp_range: amplitude factor per epoch")
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.3, description="onecycle: fraction of updates rising")
-    div_factor: Positive = Field(25, description="onecycle: start LR = max_lr / div_factor")
-    final_div_factor: Positive = Field(1e4, description="onecycle: final LR = start LR / final_div_factor")
-    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="plateau: LR factor on a plateau")
-    plateau_patience: Annotated[int, Field(ge=0)] = Field(5, description="plateau: epochs without improvement")
-    plateau_monitor: Annotated[str, _one_of(MONITORS)] = Field("val_loss", description="plateau: watched metric")
-
-
-class EarlyStoppingConfig(Section):
-    enabled: bool = Field(True, description="stop when the monitored metric stops improving")
-    monitor: Annotated[str, _one_of(MONITORS)] = Field("val_loss", description="val_loss | val_accuracy")
-    patience: Count = Field(5, description="epochs without improvement before stopping")
-    min_delta: NonNegative = Field(0, description="smallest change that counts as improvement")
-    restore_best: bool = Field(True, description="end with the best epoch's weights (when enabled)")
-
-
-def _device(name: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise ConfigError(f"{name!r} is not a device; use auto, cpu, cuda or cuda:N")
-    return name
-
-
-class TrainingConfig(Section):
-    mode: Annotated[str, _one_of(GD_MODES)] = Field(
-        "minibatch", description="batch (full-batch GD: 1 update/epoch) | minibatch | stochastic (batch of 1)")
-    batch_size: Count = Field(64, description="samples per update (minibatch); memory chunk size (batch)")
-    epochs: Count = Field(30, description="maximum epochs")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of weights, shuffling, dropout, augmentation")
-    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto (CUDA when present) | cpu | "
-                                                                              "cuda | cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
-    threads: Count | None = Field(None, description="CPU threads for torch (default: the CPU quota)")
-    devices: Count = Field(1, description="data-parallel processes (DDP), one per device: GPUs on CUDA, CPU "
-                                          "processes sharing the threads on CPU")
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="cross-entropy label smoothing")
-    grad_clip: Positive | None = Field(None, description="clip the gradient norm to this value")
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-
-
-class TransferConfig(Section):
-    source: str | None = Field(None, description="models:/name@alias (or /version), runs:/RUN_ID, a trainflow "
-                                                 "model file, or torchvision:resnet18 (local cache); gives the "
-                                                 "architecture")
-    strategy: Annotated[str, _one_of(STRATEGIES)] = Field(
-        "finetune", description="feature_extraction (frozen backbone, new head) | finetune (head first, then all) "
-                                "| scratch (the source's architecture, fresh weights)")
-    head_epochs: Annotated[int, Field(ge=0)] = Field(3, description="finetune: epochs training only the new head")
-    backbone_lr: Fraction = Field(0.1, description="finetune: backbone LR as a fraction of optimizer.lr")
-    gradual: Annotated[int, Field(ge=0)] = Field(0, description="finetune: unfreeze a block every N epochs (0: all)")
-    freeze_norm: bool = Field(True, description="batch norms keep the source's statistics (few-shot batches err)")
-
-
-class RegisterConfig(Section):
-    enabled: bool = Field(True, description="register a new version of `name` and apply the gate (false, as "
-                          "--no-register: the run and its logged model only, no version, no alias moved)")
-    min_test_accuracy: Probability = Field(0.9, description="gate: lowest test accuracy that may be promoted")
-    # 0.001: above float noise, below one test sample on digits (1/270 = 0.0037), so a tie never moves the alias
-    # but one more correct test sample there does; on 10,000 test samples it takes 11 more.
-    min_delta: float = Field(0.001, ge=0, lt=1, description="gate: the alias moves only when test accuracy beats "
-                             "its holder's by more than this (a tie stays challenger)")
-    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
+__all__ = ["AugmentConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig", "NormalizeConfig",
+           "OptimizerConfig", "PipelineConfig", "RegisterConfig", "RegularizationConfig", "ScheduleConfig", "Section",
+           "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten", "load_config", "override",
+           "reference", "to_yaml", "validate"]
 
 
 # `register` is public (the config contract) but shadows ABCMeta.register, which nothing here uses.
@@ -268,6 +69,10 @@ with warnings.catch_warnings():
             if tabular and self.augment.active:
                 raise ConfigError(f"augment: image augmentation needs images; data.source {self.data.source} "
                                   "is tabular")
+            if tabular and self.augment.cutmix:
+                raise ConfigError(f"augment.cutmix: pastes image boxes; data.source {self.data.source} is tabular "
+                                  "(augment.mixup mixes any inputs)")
+            _averaging(self.training)
             if self.split.val == 0:
                 if self.training.early_stopping.enabled:
                     raise ConfigError("training.early_stopping: needs a validation split (split.val > 0) "
@@ -279,9 +84,17 @@ with warnings.catch_warnings():
             if self.augment.expand and self.data.stream:
                 raise ConfigError("augment.expand: needs in-memory data; data.stream keeps images on disk")
             max_lr = self.schedule.max_lr
-            if self.schedule.name == "cyclical" and max_lr is not None and max_lr <= self.optimizer.lr:
+            found = self.optimizer.lr == "find"  # known once the range test has run
+            if self.schedule.name == "cyclical" and max_lr is not None and not found and max_lr <= self.optimizer.lr:
                 raise ConfigError(f"schedule.max_lr ({max_lr}) must be above optimizer.lr ({self.optimizer.lr})")
             return self
+
+
+def _averaging(t: TrainingConfig) -> None:
+    """What weight averaging (training.ema, training.swa) cannot do."""
+    averaging.check(t.ema.decay, t.swa.start, t.early_stopping.enabled)
+    if t.swa.first_epoch(t.epochs) > t.epochs:
+        raise ConfigError(f"training.swa.start: epoch {t.swa.start:g} is after the last (training.epochs {t.epochs})")
 
 
 def _data_parallel(cfg: PipelineConfig) -> None:

@@ -46,7 +46,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. `auto` is bf16 on CUDA and fp32 on CPU
-    (bf16 is slower than fp32 on the CPUs measured here)."""
+    (bf16 is slower than fp32 on the CPUs measured here); fp16 trains with a gradient scaler (trainlib.loop)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16
+    return torch.float16 if precision == "fp16" else torch.bfloat16

@@ -1,14 +1,10 @@
-"""The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping,
-checkpoints, callbacks) and `predict_logits`.
-
-Hot-loop rules: data already on the device, batches by index slicing, no host syncs per batch
-(losses and accuracies accumulate as device tensors and are read once per epoch), metrics reported
-once per epoch.
+"""The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping, weight averaging,
+checkpoints, callbacks) around the inner loop of trainlib.loop, and `predict_logits`. Metrics are reported once
+per epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,21 +13,21 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from trainlib.averaging import EMA, SWA, Averaged, check, recompute_batch_norm
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds
 from trainlib.device import resolve_precision
 from trainlib.distributed import SINGLE, Shard
 from trainlib.earlystop import EarlyStopping
-from trainlib.errors import ConfigError, TrainingError
+from trainlib.errors import ConfigError
+from trainlib.loop import EVAL_BATCH, Loop, autocast
 from trainlib.models import Dropout
-from trainlib.optim import penalized_weights, penalty
+from trainlib.optim import penalized_weights
 from trainlib.registry import Registry
 from trainlib.schedules import LRSchedule
-
-EVAL_BATCH = 2048  # samples per forward pass when evaluating (no gradients held)
+from trainlib.streams import Streams
 
 
 class StopTraining(Exception):  # noqa: N818 - a request, not an error
@@ -67,11 +63,21 @@ GD_MODES: Registry[Callable[[int, int], tuple[int, int]]] = Registry("gradient-d
 })
 
 
-def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1) -> int:
-    """Optimizer updates in one epoch over n samples: 1 (batch), about n / batch_size, or n (`world`:
-    processes sharing every batch)."""
-    chunk, accumulate = GD_MODES[mode](n, batch_size)
-    return math.ceil(len(batch_bounds(n, chunk, world)) / accumulate)
+def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1, accumulate: int = 1) -> int:
+    """Optimizer updates in one epoch over n samples: 1 (batch), about n / (batch_size x accumulate), or n
+    (`world`: processes sharing every batch)."""
+    chunk, per_update = _steps(mode, n, batch_size, accumulate)
+    return math.ceil(len(batch_bounds(n, chunk, world)) / per_update)
+
+
+def _steps(mode: str, n: int, batch_size: int, accumulate: int) -> tuple[int, int]:
+    """(samples per forward pass, forward passes per update): the mode's, with minibatch gradients accumulated
+    over `accumulate` batches (training.accumulate)."""
+    chunk, per_update = GD_MODES[mode](n, batch_size)
+    if accumulate > 1 and mode != "minibatch":
+        raise ConfigError(f"training.accumulate: {accumulate} batches per update needs training.mode minibatch "
+                          f"(mode {mode} has its own)")
+    return chunk, per_update * accumulate
 
 
 @dataclass
@@ -85,13 +91,16 @@ class FitResult:
     restored_best: bool  # whether the model now holds the best epoch's weights
     lrs: list[float] = field(default_factory=list)  # LR of every update (first param group)
     updates_per_epoch: int = 0
+    averaged: dict[str, float] = field(default_factory=dict)  # SWA: the final average's val metrics (swa_val_*)
 
 
 def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: torch.optim.Optimizer,
         epochs: int, schedule: LRSchedule | None = None, batch_size: int = 64, mode: str = "minibatch",
-        l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None,
+        accumulate: int = 1,
+        l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None, mix: Callable | None = None,
+        ema_decay: float = 0.0, ema_warmup: bool = True, swa_start: int = 0,
         early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
-        device: torch.device | str = "cpu", precision: str = "auto", seed: int = 0,
+        device: torch.device | str = "cpu", precision: str = "auto", compile: bool = False, seed: int = 0,
         callbacks: Sequence[Callback] = (), logger: Logger | None = None, checkpoint: str | Path | None = None,
         resume: bool = False, meta: dict | None = None, shard: Shard = SINGLE) -> FitResult:
     """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
@@ -102,11 +111,21 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     How each update is made:
       optimizer: built over `model`'s parameters; schedule: its LR per update and per epoch
         (default: constant); mode: batch (one update per epoch, every sample, accumulated over chunks of
-        `batch_size`), minibatch (updates of `batch_size` samples) or stochastic (updates of 1 sample).
+        `batch_size`), minibatch (updates of `batch_size` samples, or of `accumulate` batches of them) or
+        stochastic (updates of 1 sample).
       l1, l2: penalty weights on the weight tensors (not biases or norms), added to the data loss.
       augment: callable (x, generator) -> x, applied to every training batch on the device.
+      mix: callable (x, y, cpu generator) -> (x, soft targets), after `augment` (trainlib.data.mix: mixup, cutmix);
+        train accuracy then counts the soft targets' argmax.
+    Weight averaging (trainlib.averaging), one at a time:
+      ema_decay: above 0, an exponential moving average of the weights after every update (with `ema_warmup`,
+        timm's ramp); validation, early stopping and the returned model use it, and `raw_val_*` metrics
+        record the trained weights. swa_start: from this epoch on (1-based; 0 off) the weights at each
+        epoch's end are averaged equally (the schedule gives SWA's LR); at the end the average's batch-norm
+        statistics are recomputed on the train data, the model gets its weights, and `averaged` its val metrics.
       label_smoothing: as torch's cross_entropy; grad_clip: largest gradient norm (None: no clipping).
-      device: where to train; precision: auto | fp32 | bf16 (trainlib.device.resolve_precision).
+      device: where to train; precision: auto | fp32 | bf16 | fp16 (trainlib.device.resolve_precision);
+        compile: train through torch.compile (the first batches pay the compilation).
       seed: data order, augmentation and dropout draw from generators seeded from it, never the global RNG.
     When to stop, and what to report:
       early_stopping: the monitored metric, patience, and whether to restore the best weights at the end
@@ -121,29 +140,31 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
       part of every batch; the default is one process.
     """
     device = torch.device(device)
-    chunk, accumulate = GD_MODES[mode](len(train), batch_size)
+    chunk, accumulate = _steps(mode, len(train), batch_size, accumulate)
     if mode == "minibatch" and batch_size > len(train):
         raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({len(train)} "
                           "samples) in minibatch mode; lower it or use training.mode: batch")
     if shard.parallel and (chunk < shard.world or len(train) < shard.world):
         raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
-    upe = updates_per_epoch(mode, len(train), batch_size, shard.world)
-    loop = _Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
-                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard)
+    upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
+    loop = Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
+                penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard, compile=compile)
     train, val = train.to(device), val.to(device) if val is not None else None
-    schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
+    loop.mix, avg = mix, _averaging(loop.model, ema_decay, ema_warmup, swa_start, es)
+    loop.ema = avg if isinstance(avg, EMA) else None
+    schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
     logger = logger or NullLogger()
-    shuffle = torch.Generator().manual_seed(seed)  # the same batch order on every rank
-    aug_rng = torch.Generator(device=device).manual_seed(shard.seed(seed + 1))  # each rank its own draws
-    drop_rng = _own_dropout(model, torch.Generator(device=device).manual_seed(shard.seed(seed + 2)))
-    rngs = (shuffle, aug_rng, drop_rng)
+    rngs = Streams.seeded(seed, device, shard)
+    _own_dropout(model, rngs.dropout)
     history, lrs, start, reason = [], [], 1, "completed"
     if resume and checkpoint and Path(checkpoint).exists():
-        history, lrs, reason, start = _resume(checkpoint, model, optimizer, schedule, es, rngs, shard, epochs)
+        history, lrs, reason, start = _resume(checkpoint, loop, schedule, es, rngs, epochs, avg)
     for epoch in range(start, epochs + 1):
         metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, rngs, epoch, upe)
+        if isinstance(avg, SWA) and epoch >= swa_start:
+            avg.update(model)
         history.append(metrics)
         logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         try:
@@ -152,43 +173,76 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         except StopTraining:
             reason = "callback"
         reason = shard.agree(reason)  # every rank stops together
-        if es.update(epoch, metrics, model) and reason == "completed":
+        if es.update(epoch, metrics, loop.ema.model if loop.ema else model) and reason == "completed":
             reason = "early_stopping"
         schedule.step_epoch(metrics)
         if checkpoint:
-            rng = shard.gather(_get_rng(*rngs))  # one state per rank
+            rng = shard.gather(rngs.state())  # one state per rank
             if shard.rank == 0:
                 save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 schedule=schedule.state_dict(), early_stopping=es.state_dict(),
                                 rng=rng if shard.parallel else rng[0], history=history, lrs=lrs,
-                                stop_reason=reason, meta=meta or {})
+                                stop_reason=reason, meta=meta or {}, averaged=avg.state_dict() if avg else None,
+                                scaler=loop.scaler.state_dict() if loop.scaler else None)
         if reason != "completed":
             break
     restored = es.restore(model)
+    final = _averaged_weights(loop, avg, restored, train, val, chunk)
     return FitResult(history, es.best_epoch, es.best, es.monitor, history[-1]["epoch"] if history else 0, reason,
-                     restored, lrs, upe)
+                     restored, lrs, upe, final)
 
 
-def _resume(checkpoint, model, optimizer, schedule, es, rngs, shard: Shard, epochs: int) -> tuple[list, list, str, int]:
+def _averaging(model: nn.Module, ema_decay: float, ema_warmup: bool, swa_start: int,
+               es: EarlyStopping) -> Averaged | None:
+    check(ema_decay, swa_start, es.enabled)
+    return EMA(model, ema_decay, ema_warmup) if ema_decay else SWA(model) if swa_start else None
+
+
+def _averaged_weights(loop: Loop, avg: Averaged | None, restored: bool, train: Data, val: Data | None,
+                      chunk: int) -> dict[str, float]:
+    """The model ends with the averaged weights (EMA: unless early stopping restored its best, which were EMA's
+    too). SWA: the average's batch norms see the train data first -> its val metrics (swa_val_*)."""
+    if avg is None or restored or avg.updates == 0:
+        return {}
+    if isinstance(avg, SWA):
+        recompute_batch_norm(avg.model, (loop.layout(x) for x, _ in train.batches(chunk)))
+    loop.model.load_state_dict(avg.model.state_dict())
+    if isinstance(avg, SWA) and val is not None and loop.shard.rank == 0:
+        return {f"swa_{k}": v for k, v in loop.validate(val).items()}
+    return {}
+
+
+def _resume(checkpoint, loop: Loop, schedule, es, rngs, epochs: int,
+            avg: Averaged | None) -> tuple[list, list, str, int]:
     """Put a checkpoint's state into the training -> (history, LRs, stop reason, first epoch to run)."""
-    ck = load_checkpoint(checkpoint)
+    ck, model, optimizer, shard = load_checkpoint(checkpoint), loop.model, loop.optimizer, loop.shard
     model.load_state_dict(ck["model"])
+    if loop.scaler and ck.get("scaler"):  # fp16: the loss scale it had reached
+        loop.scaler.load_state_dict(ck["scaler"])
+    if avg is not None:
+        if not ck.get("averaged"):
+            raise ConfigError(f"checkpoint {checkpoint}: written without weight averaging (training.ema, "
+                              "training.swa); resume it with the settings it was written with")
+        avg.load_state_dict(ck["averaged"])
     optimizer.load_state_dict(ck["optimizer"])
     schedule.load_state_dict(ck["schedule"])
     es.load_state_dict(ck["early_stopping"])
-    _set_rng(_rank_rng(ck["rng"], shard, checkpoint), *rngs)
+    rngs.load(_rank_rng(ck["rng"], shard, checkpoint))
     start = ck["epoch"] + 1 if ck["stop_reason"] == "completed" else epochs + 1  # a stopped run stays stopped
     return ck["history"], ck["lrs"], ck["stop_reason"], start
 
 
-def _epoch(loop: _Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
-           lrs: list[float], rngs: tuple, epoch: int, upe: int) -> dict[str, float]:
+def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
+           lrs: list[float], rngs: Streams, epoch: int, upe: int) -> dict[str, float]:
     """Train one epoch and validate -> its metrics, the same on every rank (rank 0 validates, and its numbers
     decide early stopping and the schedule everywhere)."""
     started, shard = time.perf_counter(), loop.shard
     try:
-        metrics = loop.train_epoch(train.batches(chunk, rngs[0], shard), len(train), chunk, accumulate, schedule,
-                                   lrs, rngs[1], epoch)
+        metrics = loop.train_epoch(train.batches(chunk, rngs.shuffle, shard), len(train), chunk, accumulate,
+                                   schedule, lrs, rngs.augment, epoch, rngs.mix)
+    except torch._dynamo.exc.BackendCompilerFailed as exc:
+        raise ConfigError(f"training.compile: torch.compile could not compile the model ({str(exc)[:300]}); set "
+                          "training.compile: false") from None
     except ValueError as exc:
         if "Expected more than 1 value per channel" not in str(exc):
             raise
@@ -197,140 +251,12 @@ def _epoch(loop: _Loop, train: Data, val: Data | None, chunk: int, accumulate: i
                           "training.batch_size >= 2, or larger images") from None
     seconds = time.perf_counter() - started
     if val is not None and shard.rank == 0:
-        metrics.update(loop.validate(val))
+        metrics.update(loop.validate(val, loop.ema.model if loop.ema else None))
+        if loop.ema:  # the trained weights beside their average
+            metrics.update({f"raw_{k}": v for k, v in loop.validate(val).items()})
     metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
                    samples_per_second=len(train) / max(seconds, 1e-9))
     return shard.agree(metrics)
-
-
-@dataclass
-class _Loop:
-    """One epoch of training and one pass of validation."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    amp: torch.dtype | None
-    label_smoothing: float
-    grad_clip: float | None
-    weights: list[nn.Parameter]
-    l1: float
-    l2: float
-    augment: Callable | None
-    shard: Shard = SINGLE
-
-    def __post_init__(self):
-        self.model.to(self.device)
-        self.channels_last = self.device.type == "cuda"
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.net = self.shard.wrap(self.model)  # what trains: the model, or its DDP wrapper
-
-    def forward(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.amp):
-            return (net or self.model)(x).float()
-
-    def train_epoch(self, batches, n: int, chunk: int, accumulate: int, schedule: LRSchedule,
-                    lrs: list[float], rng: torch.Generator, epoch: int) -> dict[str, float]:
-        """One pass over n samples in batches of `chunk`, one update per `accumulate` batches (of which this
-        rank trains on its shard)."""
-        self.model.train()
-        tally, penalties = _Tally(self.device, self.label_smoothing), []
-        bounds, n_updates, world = batch_bounds(n, chunk, self.shard.world), 0, self.shard.world
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(batches):
-            last_chunk = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
-            if self.augment is not None:
-                x = self.augment(x, rng)
-            with contextlib.nullcontext() if last_chunk or world == 1 else self.net.no_sync():  # reduce once
-                logits = self.forward(x, self.net)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-                # weight the mean loss of these samples by their share of the update's (full-batch GD: of all
-                # n; data-parallel: of the batch the ranks share, as DDP averages the ranks' gradients), so
-                # that the update sees the mean over all its samples
-                a, b = bounds[i]
-                share = len(y) * world / (n if accumulate > 1 else b - a)
-                objective = loss * share if share != 1 else loss
-                if last_chunk and self.weights:
-                    pen = penalty(self.weights, self.l1, self.l2)
-                    objective = objective + pen
-                    penalties.append(pen.detach())
-                objective.backward()
-            tally.add(loss, logits, y)
-            if last_chunk:
-                lrs.append(self.optimizer.param_groups[0]["lr"])
-                if self.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                schedule.step_batch()
-                n_updates += 1
-        pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
-        self.shard.sync_buffers(self.model)  # every rank goes on with rank 0's batch-norm statistics
-        totals = self.shard.all_sum(torch.stack(tally.sums())) / n  # loss and accuracy over every rank's shards
-        loss_v, acc_v, pen_v = torch.cat([totals, pen_mean.reshape(1)]).tolist()  # the one sync per epoch
-        if not math.isfinite(loss_v):
-            raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch} at batch "
-                                f"{tally.first_bad()}; lower optimizer.lr or check the data for extreme values")
-        return {"train_loss": loss_v, "train_accuracy": acc_v, "penalty": pen_v, "lr": lrs[-n_updates]}
-
-    @torch.no_grad()
-    def validate(self, data: Data) -> dict[str, float]:
-        self.model.eval()
-        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for x, y in data.batches(EVAL_BATCH):
-            logits = self.forward(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        loss_v, acc_v = (torch.stack([loss_sum, correct]) / len(data)).tolist()
-        return {"val_loss": loss_v, "val_accuracy": acc_v}
-
-
-class _Tally:
-    """The train metrics of an epoch without a host sync per batch: batch losses and logits stay device
-    tensors (detached: no kernel per batch); the loss and accuracy are computed from the logits in a few
-    large steps, every so many batches. The batch losses are only read to name a non-finite one."""
-
-    HELD = 1 << 22  # logits elements kept before reducing (16 MB of fp32)
-    BATCHES = 1024  # batches kept before reducing
-
-    def __init__(self, device: torch.device, label_smoothing: float):
-        self.label_smoothing, self.batch_losses, self.chunks = label_smoothing, [], []
-        self.logits, self.targets, self.held = [], [], 0
-        self.loss_sum, self.correct = torch.zeros((), device=device), torch.zeros((), device=device)
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.batch_losses.append(loss.detach())
-        self.logits.append(logits.detach())
-        self.targets.append(y)
-        self.held += logits.numel()
-        if self.held >= self.HELD or len(self.batch_losses) >= self.BATCHES:
-            self._reduce()
-
-    def _reduce(self) -> None:
-        if not self.logits:
-            return
-        logits, targets = torch.cat(self.logits), torch.cat(self.targets)
-        self.loss_sum += F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="sum")
-        self.correct += (logits.argmax(1) == targets).sum()
-        self.chunks.append(torch.stack(self.batch_losses))
-        self.batch_losses, self.logits, self.targets, self.held = [], [], [], 0
-
-    def sums(self) -> list[torch.Tensor]:
-        """[summed loss, correct predictions] as device scalars."""
-        self._reduce()
-        return [self.loss_sum, self.correct]
-
-    def first_bad(self) -> int:
-        """1-based number of the first batch whose loss is not finite (reads the device)."""
-        bad = torch.nonzero(~torch.isfinite(torch.cat(self.chunks)))
-        return int(bad[0, 0]) + 1 if len(bad) else 0
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def _own_dropout(model: nn.Module, generator: torch.Generator) -> torch.Generator:
@@ -350,23 +276,6 @@ def _rank_rng(saved: dict | list, shard: Shard, checkpoint) -> dict:
     return states[shard.rank]
 
 
-def _get_rng(shuffle: torch.Generator, aug: torch.Generator, drop: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "augment": aug.get_state(),
-             "dropout": drop.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict, shuffle: torch.Generator, aug: torch.Generator, drop: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    aug.set_state(state["augment"])
-    drop.set_state(state["dropout"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Data, device: torch.device | str = "cpu",
                    precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,7 +285,7 @@ def predict_logits(model: nn.Module, data: Data, device: torch.device | str = "c
     model.to(device).eval()
     outs, labels = [], []
     for x, y in data.to(device).batches(EVAL_BATCH):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outs.append(model(x).float().cpu())
         labels.append(y.cpu())
     return torch.cat(outs), torch.cat(labels)

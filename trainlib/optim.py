@@ -40,6 +40,32 @@ def build(name: str, params: Iterable[nn.Parameter] | Sequence[dict], **options)
     return OPTIMIZERS[name](params, **options)
 
 
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def decay_groups(model: nn.Module, params: Iterable[nn.Parameter] | Sequence[dict], weight_decay: float,
+                 norm: float | None = None, bias: float | None = None) -> Iterable[nn.Parameter] | list[dict]:
+    """Param groups with a weight decay per kind of parameter (torchvision's --norm-weight-decay and
+    --bias-weight-decay): the scales and shifts of norm layers get `norm`, other biases `bias`, every other
+    parameter `weight_decay`; None: weight_decay. Each group of `params` (parameters, or dicts with options of their
+    own such as transfer's backbone LR) is split by kind in that order, so the first group stays first. `params`
+    unchanged when neither is given."""
+    if norm is None and bias is None:
+        return params
+    in_norms = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
+    biases = {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"} - in_norms
+    groups = list(params)
+    groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
+    out = []
+    for group in groups:
+        members = list(group["params"])
+        kinds = [([p for p in members if id(p) not in in_norms | biases], weight_decay),
+                 ([p for p in members if id(p) in in_norms], weight_decay if norm is None else norm),
+                 ([p for p in members if id(p) in biases], weight_decay if bias is None else bias)]
+        out += [group | {"params": ps, "weight_decay": wd} for ps, wd in kinds if ps]
+    return out
+
+
 def penalized_weights(model: nn.Module) -> list[nn.Parameter]:
     """Weights that L1/L2 act on: matrices and conv kernels, not biases or norm scales/shifts. Frozen ones
     count too (a constant while frozen): transfer learning may unfreeze them mid-training."""

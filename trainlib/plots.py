@@ -175,3 +175,20 @@ def transfer_comparison(rows: list[dict]) -> Figure:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+def lr_sweep(lrs: list[float], losses: list[float], raw: list[float], suggestion: float | None) -> Figure:
+    """The LR range test: the loss of every update against its LR (log scale), smoothed and as measured, with the
+    suggested LR marked."""
+    fig = Figure(figsize=(6, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, raw, color="lightgrey", linewidth=1, label="loss")
+    ax.plot(lrs, losses, label="smoothed")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", linestyle="--", linewidth=1, label=f"suggested {suggestion:.3g}")
+    top = max(losses[: max(1, len(losses) // 2)]) * 1.5  # the divergence would flatten the interesting part
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test",
+           ylim=(min(losses) * 0.9, top))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

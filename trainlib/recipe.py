@@ -16,17 +16,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainlib import distributed, engine, models, optim, transfer
+from trainlib import distributed, engine, lr_finder, models, optim, transfer
 from trainlib.checkpoint import load_checkpoint
-from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig
+from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig, override
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import Data, TensorData, input_chunks, subset
+from trainlib.data.mix import Mixer
 from trainlib.data.split import flip_labels, indices, split_manifest
 from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
 from trainlib.engine import predict_logits
-from trainlib.errors import ConfigError
+from trainlib.errors import ConfigError, TrainingError
 from trainlib.metrics import Evaluation, evaluate
 from trainlib.schedules import LRSchedule
 
@@ -70,6 +71,12 @@ def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeCo
 def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | None:
     """The configured augmentation, or None when every transform is off."""
     return Augmenter(**cfg.transforms(), value_max=ds.value_max) if cfg.active and ds.is_image else None
+
+
+def mixer(cfg: AugmentConfig, classes: int) -> Mixer | None:
+    """The configured batch mixing (mixup, cutmix), or None when both are off."""
+    return Mixer(classes, mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob, switch=cfg.mix_switch) \
+        if cfg.mixes else None
 
 
 def expand(train: Data, aug: Augmenter, copies: int, seed: int) -> TensorData:
@@ -118,6 +125,14 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
     on the val split. With a transfer `source` (model file or torchvision:name), start from its weights as
     `cfg.transfer.strategy` says. With training.devices > 1, in that many new processes (data-parallel)."""
+    if cfg.optimizer.lr == "find":  # the range test's suggestion, recorded as found_lr
+        found = lr_find(cfg, ds, manifest, norm, rows=rows, train_data=train_data).suggestion
+        if found is None:
+            raise TrainingError("optimizer.lr=find: the LR range test stopped before it could suggest an LR (its "
+                                "loss diverged at once); give optimizer.lr, or run trainflow lr-find to see the curve")
+        cfg = override(cfg, {"optimizer.lr": found})
+        if logger is not None:
+            logger.log_metrics({"found_lr": found}, step=0)
     t = cfg.training
     if t.devices > 1 and shard is None:
         return _data_parallel(cfg, ds, manifest, norm, rows, train_data, callbacks, logger, checkpoint, resume)
@@ -139,18 +154,41 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         callbacks = [*callbacks, freezer]
         if resume and checkpoint and Path(checkpoint).exists():
             freezer.apply(load_checkpoint(checkpoint)["epoch"])
-    optimizer = optim.build(cfg.optimizer.name, params, **cfg.optimizer.model_dump(exclude={"name"}))
-    upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world)
+    o = cfg.optimizer
+    params = optim.decay_groups(model, params, o.weight_decay, o.norm_weight_decay, o.bias_weight_decay)
+    optimizer = optim.build(o.name, params, **o.model_dump(exclude={"name"}))
+    upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world, t.accumulate)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
+                          swa_start=t.swa.first_epoch(t.epochs), swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
                           **cfg.schedule.model_dump(exclude={"name"}))
     result = engine.fit(
         model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
-        mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
-        early_stopping=EarlyStopping(**t.early_stopping.model_dump()), label_smoothing=t.label_smoothing,
-        grad_clip=t.grad_clip, device=device, precision=t.precision, seed=t.seed, callbacks=callbacks,
-        logger=logger, checkpoint=checkpoint, resume=resume, meta={"config": cfg.model_dump(mode="json")},
-        shard=shard)
+        accumulate=t.accumulate, mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
+        mix=mixer(cfg.augment, len(ds.classes)), ema_decay=t.ema.decay, ema_warmup=t.ema.warmup,
+        swa_start=t.swa.first_epoch(t.epochs), early_stopping=EarlyStopping(**t.early_stopping.model_dump()),
+        label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, device=device, precision=t.precision,
+        compile=t.compile, seed=t.seed, callbacks=callbacks, logger=logger, checkpoint=checkpoint, resume=resume,
+        meta={"config": cfg.model_dump(mode="json")}, shard=shard)
     return model, result
+
+
+def lr_find(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None, *,
+            rows: np.ndarray | None = None, train_data: Data | None = None, updates: int = lr_finder.UPDATES,
+            start: float = lr_finder.START, end: float = lr_finder.END) -> lr_finder.Sweep:
+    """The LR range test (trainlib.lr_finder) of a fresh model of `cfg` on its train split (or `rows`, or
+    `train_data`), with the configured optimizer, batch size, augmentation and mixing; one device, no transfer."""
+    ds = labelled(ds, manifest)
+    configure_threads(cfg.training.threads or cpu_quota())
+    model = build_model(cfg, ds, norm)
+    if train_data is None:
+        train_data = subset(ds, indices(manifest, "train") if rows is None else rows, cfg.data.workers)
+    o = cfg.optimizer
+    params = optim.decay_groups(model, model.parameters(), o.weight_decay, o.norm_weight_decay, o.bias_weight_decay)
+    optimizer = optim.build(o.name, params, **o.model_dump(exclude={"name"}) | {"lr": start})
+    return lr_finder.sweep(model, train_data, optimizer, batch_size=cfg.training.batch_size, start=start, end=end,
+                           updates=updates, device=resolve_device(cfg.training.device),
+                           augment=augmenter(cfg.augment, ds), mix=mixer(cfg.augment, len(ds.classes)),
+                           seed=cfg.training.seed, label_smoothing=cfg.training.label_smoothing)
 
 
 def _data_parallel(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm, rows, train_data,

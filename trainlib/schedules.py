@@ -112,10 +112,15 @@ SCHEDULES: Registry[tuple[Callable, bool]] = Registry("LR schedule", {
 
 class LRSchedule:
     """Sets the optimizer's LRs from the schedule; call `step_batch()` after every update and
-    `step_epoch(metrics)` after every epoch. Its state (counters, plateau) goes into checkpoints."""
+    `step_epoch(metrics)` after every epoch. Its state (counters, plateau) goes into checkpoints.
+
+    With `swa_start` (1-based epoch; 0 off), stochastic weight averaging's phase replaces the schedule from that
+    epoch on: the LR anneals (cosine, per update) from where the schedule had it to `swa_lr` over `swa_anneal`
+    epochs and stays there (torch.optim.swa_utils.SWALR); without `swa_lr` it stays where the schedule had it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, name: str = "none", *, epochs: int,
-                 updates_per_epoch: int, warmup_epochs: float = 0.0, **knobs):
+                 updates_per_epoch: int, warmup_epochs: float = 0.0, swa_start: int = 0,
+                 swa_lr: float | None = None, swa_anneal: float = 0.0, **knobs):
         build, self.per_batch = SCHEDULES[name]
         self.optimizer, self.name = optimizer, name
         self.base = [g["lr"] for g in optimizer.param_groups]
@@ -128,9 +133,22 @@ class LRSchedule:
         self.floor = knobs.get("min_lr", 0.0) / shape.lr
         self.update, self.epoch = 0, 0
         self.scale, self.best, self.bad = 1.0, None, 0  # plateau state
+        self.swa_start, self.swa_anneal = swa_start, round(swa_anneal * shape.updates_per_epoch)
+        self.swa_factor = swa_lr / shape.lr if swa_lr else None
+        self.swa_from: tuple[float, int] | None = None  # (factor, update) where SWA's phase began
+        self._enter_swa()
         self.apply()
 
+    def _enter_swa(self) -> None:
+        if self.swa_start and self.swa_from is None and self.epoch + 1 >= self.swa_start:
+            self.swa_from = (self.factor(), self.update)
+
     def factor(self) -> float:
+        if self.swa_from is not None:
+            start, since = self.swa_from
+            end = start if self.swa_factor is None else self.swa_factor
+            done = (self.update - since) / self.swa_anneal if self.swa_anneal else 1.0
+            return _anneal(start, end, done)
         f = self.scale if self._factor is None else self._factor(self.update, self.epoch)
         if self.update < self.warmup:
             f *= (self.update + 1) / self.warmup
@@ -146,13 +164,14 @@ class LRSchedule:
 
     def step_batch(self) -> None:
         self.update += 1
-        if self.per_batch or self.update <= self.warmup:
+        if self.per_batch or self.update <= self.warmup or self.swa_from is not None:
             self.apply()
 
     def step_epoch(self, metrics: dict[str, float] | None = None) -> None:
         self.epoch += 1
         if self._factor is None:
             self._plateau_step((metrics or {}).get(self.monitor))
+        self._enter_swa()
         self.apply()
 
     def _plateau_step(self, value: float | None) -> None:
@@ -167,9 +186,10 @@ class LRSchedule:
             self.scale, self.bad = max(self.scale * self.plateau_factor, self.floor), 0
 
     def state_dict(self) -> dict:
-        return {"update": self.update, "epoch": self.epoch, "scale": self.scale, "best": self.best, "bad": self.bad}
+        return {"update": self.update, "epoch": self.epoch, "scale": self.scale, "best": self.best, "bad": self.bad,
+                "swa_from": self.swa_from}
 
     def load_state_dict(self, state: dict) -> None:
         self.update, self.epoch, self.scale = state["update"], state["epoch"], state["scale"]
-        self.best, self.bad = state["best"], state["bad"]
+        self.best, self.bad, self.swa_from = state["best"], state["bad"], state.get("swa_from")
         self.apply()

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from trainlib.data.policies import POLICIES
+
 LUMA = (0.299, 0.587, 0.114)
 # RGB -> YIQ; hue rotates the chroma (I, Q) plane.
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -24,16 +26,19 @@ class Augmenter:
     """Random per-sample transforms. Strengths follow torchvision: `rotation` in degrees (+-),
     `scale` a (low, high) zoom range, `translate` a fraction of the image size (+-), flips and
     `erasing` are probabilities, color jitter factors are drawn from [1 - s, 1 + s], `hue` is a
-    fraction of a full turn (+-, at most 0.5), `noise` is the std of Gaussian noise in [0, 1] units."""
+    fraction of a full turn (+-, at most 0.5), `noise` is the std of Gaussian noise in [0, 1] units. `policy` is one
+    of trainlib.data.policies (RandAugment: `policy_ops` operations at bin `policy_magnitude` of 31)."""
 
     def __init__(self, *, rotation: float = 0.0, scale: tuple[float, float] = (1.0, 1.0), translate: float = 0.0,
                  hflip: float = 0.0, vflip: float = 0.0, brightness: float = 0.0, contrast: float = 0.0,
                  saturation: float = 0.0, hue: float = 0.0, erasing: float = 0.0, noise: float = 0.0,
-                 value_max: float = 1.0, **_unused):
+                 policy: str = "none", policy_ops: int = 2, policy_magnitude: int = 9, value_max: float = 1.0,
+                 **_unused):
         self.rotation, self.scale, self.translate = rotation, tuple(scale), translate
         self.hflip, self.vflip, self.erasing, self.noise = hflip, vflip, erasing, noise
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.value_max = value_max
+        self.policy, self.policy_ops, self.policy_magnitude = POLICIES[policy], policy_ops, policy_magnitude
 
     @property
     def geometric(self) -> bool:
@@ -45,7 +50,7 @@ class Augmenter:
 
     @property
     def active(self) -> bool:
-        return self.geometric or self.color or bool(self.erasing)
+        return self.geometric or self.color or bool(self.erasing) or self.policy is not None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a batch (N, C, H, W) of raw-unit images; returns float32 of the same shape."""
@@ -54,6 +59,9 @@ class Augmenter:
             x = self._affine(x, generator)
         if self.color:
             x = self._color(x, generator)
+        if self.policy is not None:  # as in torchvision's recipe: after the crops and flips, before erasing
+            x = self.policy(x / self.value_max, generator, self.policy_ops, self.policy_magnitude)
+            x = x.clamp(0.0, 1.0) * self.value_max
         if self.erasing:
             x = self._erase(x, generator)
         return x
