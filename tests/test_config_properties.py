@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from trainlib.config import PipelineConfig, flatten, load_config, reference, to_yaml
 from trainlib.data.normalize import NORMALIZERS
+from trainlib.data.policies import POLICIES
 from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
 from trainlib.engine import GD_MODES
 from trainlib.errors import ConfigError
@@ -31,7 +32,7 @@ def _finite(low, high, **kw):
 
 VALID = {  # dotted key -> values the field accepts on its own
     "optimizer.name": st.sampled_from(sorted(OPTIMIZERS)),
-    "optimizer.lr": _finite(1e-6, 10),
+    "optimizer.lr": st.one_of(_finite(1e-6, 10), st.just("find")),
     "optimizer.momentum": _finite(0, 0.99),
     "optimizer.weight_decay": _finite(0, 1),
     "model.name": st.sampled_from(sorted(MODELS)),
@@ -61,7 +62,15 @@ VALID = {  # dotted key -> values the field accepts on its own
     "training.early_stopping.enabled": st.booleans(),
     "training.devices": st.integers(1, 4),
     "transfer.source": st.one_of(st.none(), st.just("model.pt")),
+    "augment.policy": st.sampled_from(sorted(POLICIES)),
+    "augment.mixup": st.sampled_from([0.0, 0.2]),
+    "augment.cutmix": st.sampled_from([0.0, 1.0]),
+    "training.accumulate": st.integers(1, 4),
+    "training.ema.decay": st.sampled_from([0.0, 0.99]),
+    "training.swa.start": st.sampled_from([0, 0.75, 3, 20_000]),
 }
+IMAGE_TRANSFORMS = ("rotation", "translate", "hflip", "vflip", "brightness", "contrast", "saturation", "hue", "noise",
+                    "erasing")  # what needs images; mixup mixes any inputs
 TABULAR = {name for name in SOURCES if not SOURCES[name].image}
 
 
@@ -69,14 +78,19 @@ def _conflicts(values: dict) -> set[str]:
     """The keys of the documented cross-field rules that `values` (over the defaults) break; empty when valid.
     Written from the rules as the README and the field descriptions state them, not from the validators."""
     c = DEFAULTS | values
-    augmenting = any(c[k] for k in DEFAULTS if k.startswith("augment.") and k not in ("augment.scale",
-                                                                                    "augment.expand"))
+    augmenting = any(c[f"augment.{k}"] for k in IMAGE_TRANSFORMS) or c["augment.policy"] != "none"
+    swa = c["training.swa.start"]
+    swa_epoch = int(swa) if swa >= 1 else math.ceil(swa * c["training.epochs"])
     tabular = c["data.source"] in TABULAR
     rules = {
         "data.path": c["data.source"] != "digits" and not c["data.path"],  # every other source reads a path
         "data.dataset": c["data.source"] == "torchvision" and c["data.dataset"] not in TORCHVISION_DATASETS,
         "model.name": tabular and c["model.name"] != "mlp",  # cnn and resnet18 need images
         "augment": tabular and augmenting,
+        "augment.cutmix": tabular and c["augment.cutmix"] > 0,  # it pastes image boxes
+        "training.accumulate": c["training.accumulate"] > 1 and c["training.mode"] != "minibatch",
+        "training.swa": swa > 0 and (c["training.ema.decay"] > 0 or c["training.early_stopping.enabled"]
+                                     or swa_epoch > c["training.epochs"]),  # one average; every epoch to the end
         "training.early_stopping": c["split.val"] == 0 and c["training.early_stopping.enabled"],
         "schedule.name": c["split.val"] == 0 and c["schedule.name"] == "plateau",
         "training.devices": c["training.devices"] > 1 and (c["training.mode"] == "stochastic" or bool(
@@ -84,7 +98,7 @@ def _conflicts(values: dict) -> set[str]:
         "optimizer.nesterov": c["optimizer.nesterov"] and (c["optimizer.name"] != "sgd"
                                                            or c["optimizer.momentum"] == 0),
         "schedule.max_lr": c["schedule.name"] == "cyclical" and c["schedule.max_lr"] is not None
-        and c["schedule.max_lr"] <= c["optimizer.lr"],
+        and c["optimizer.lr"] != "find" and c["schedule.max_lr"] <= c["optimizer.lr"],
     }
     return {key for key, broken in rules.items() if broken}
 
@@ -146,6 +160,17 @@ RULES_FROM_BOTH_SIDES = [  # every cross-field rule just kept and just broken, w
     {"data.source": "csv", "model.name": "mlp"},  # no path
     {"data.source": "torchvision", "data.path": "data/file", "data.dataset": "MNIST"},
     {"data.source": "torchvision", "data.path": "data/file"},  # no dataset
+    CSV | {"model.name": "mlp", "augment.mixup": 0.2},  # mixup mixes any inputs
+    CSV | {"model.name": "mlp", "augment.cutmix": 1.0},
+    CSV | {"model.name": "mlp", "augment.policy": "trivialaugment"},
+    {"training.accumulate": 4},
+    {"training.accumulate": 2, "training.mode": "batch"},
+    {"training.swa.start": 0.75, "training.early_stopping.enabled": False},
+    {"training.swa.start": 0.75},  # early stopping on
+    {"training.swa.start": 3, "training.early_stopping.enabled": False, "training.ema.decay": 0.99},
+    {"training.swa.start": 20_000, "training.early_stopping.enabled": False},  # after the last epoch
+    {"training.ema.decay": 0.99},
+    {"schedule.name": "cyclical", "schedule.max_lr": 0.001, "optimizer.lr": "find"},  # known once found
 ]
 
 

@@ -150,6 +150,21 @@ class AugmentConfig(Section):
 MIXING = ("mixup", "cutmix", "mix_prob", "mix_switch")  # batch mixing (trainlib.data.mix), not a transform
 
 
+def _learning_rate(value: Any) -> float | str:
+    """A learning rate above 0, or "find": one readable message either way (not one per member of the union)."""
+    if value == "find":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"Input should be a valid number or find (got {value!r})")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"Input should be a valid number or find (got {value!r})") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"Input should be greater than 0 (got {value!r})")
+    return number
+
+
 class ModelConfig(Section):
     name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="dropout probability before the head "
@@ -160,8 +175,9 @@ class ModelConfig(Section):
 
 class OptimizerConfig(Section):
     name: Annotated[str, _one_of(OPTIMIZERS)] = Field("adam", description="sgd | adam | adamw | rmsprop | adagrad")
-    lr: Positive | Literal["find"] = Field(0.001, description="base learning rate; find: the LR range test's "
-                                                              "suggestion (trainflow lr-find) before training")
+    lr: Annotated[float | Literal["find"], BeforeValidator(_learning_rate)] = Field(
+        0.001, description="base learning rate; find: the LR range test's suggestion (trainflow lr-find) before "
+                           "training")
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
     weight_decay: NonNegative = Field(0, description="optimizer weight decay (decoupled for adamw)")
