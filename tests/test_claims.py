@@ -71,7 +71,8 @@ def test_every_shipped_entry_plans_in_both_modes():
         study = plans.study(None, [], quick=quick)
         names = {c.entry.name for c in study.claims}
         assert names >= {"augmentation", "normalization", "gradient-descent", "early-stopping", "dropout", "l1", "l2",
-                         "schedules", "optimizers", "transfer", "bagging", "boosting", "stacking", "search"}
+                         "schedules", "optimizers", "transfer", "bagging", "boosting", "stacking", "search",
+                         "mixing", "weight-averaging", "policies", "lr-finder"}
         for claim in study.claims:
             cfg = claim.config
             assert cfg.name == plans.STUDY_NAME and not cfg.register.enabled  # the study registers nothing
