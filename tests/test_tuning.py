@@ -9,7 +9,7 @@ import pytest
 
 from tasks.studies import create_study, tell
 from trainlib import recipe
-from trainlib.config import PipelineConfig, load_config, validate
+from trainlib.config import PipelineConfig, load_config, override, validate
 from trainlib.device import cpu_quota
 from trainlib.errors import ConfigError
 from trainlib.monitor import MONITORS
@@ -211,3 +211,20 @@ def test_parallel_runs_share_the_cpus():
     assert share_cpus(PipelineConfig(), 1).training.threads is None
     assert share_cpus(load_config(None, ["training.threads=2"]), 2).training.threads == 2
     assert _search().budget() == 20
+
+
+def test_the_recipe_techniques_are_search_space_keys():
+    space = {"augment.mixup": {"type": "float", "low": 0.0, "high": 0.4},
+             "augment.policy": {"type": "categorical", "choices": ["none", "trivialaugment", "randaugment"]},
+             "training.ema.decay": {"type": "categorical", "choices": [0.0, 0.99, 0.999]},
+             "training.accumulate": {"type": "int", "low": 1, "high": 4}}
+    search = validate({"space": space, "strategy": "random", "seed": 1}, SearchConfig)
+    check_space(PipelineConfig(), search)
+    for params in _draw(search, 12, "recipe-keys"):
+        config = override(PipelineConfig(), params)  # every draw makes a valid config with those values
+        assert config.augment.mixup == params["augment.mixup"] <= 0.4 and config.augment.policy == params[
+            "augment.policy"] and config.training.ema.decay == params["training.ema.decay"]
+        assert config.training.accumulate == params["training.accumulate"] in (1, 2, 3, 4)
+    with pytest.raises(ConfigError, match="unknown augmentation policy 'trivial'"):
+        check_space(PipelineConfig(), validate({"space": {"augment.policy": {"type": "categorical",
+                                                                             "choices": ["trivial"]}}}, SearchConfig))

@@ -178,6 +178,10 @@ FAMILIES = {
     "normalization": {"normalize.method": ["minmax", "none"]},
     "gd modes": {"training.mode": ["batch", "stochastic"]},
     "early stopping": {"training.early_stopping.enabled": [True, False]},
+    "batch mixing": {"augment.mixup": [0.0, 0.2], "augment.cutmix": [0.0, 1.0]},
+    "policies": {"augment.policy": ["trivialaugment", "augmix"]},
+    "weight averaging": {"training.ema.decay": [0.0, 0.99]},
+    "recipe knobs": {"training.accumulate": [1, 2], "optimizer.norm_weight_decay": [0.0]},
 }
 
 
