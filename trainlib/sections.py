@@ -274,7 +274,7 @@ class TrainingConfig(Section):
                                                                               "cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp16: autocast with a gradient scaler (GPUs "
-                            "without bf16; on a CPU it runs, emulated, slower than fp32)")
+                            "without bf16; on a CPU it runs emulated, about 20x slower than fp32)")
     compile: bool = Field(False, description="train through torch.compile (inductor: a C++ compiler on CPU; the "
                                              "first epoch pays the compilation)")
     threads: Count | None = Field(None, description="CPU threads for torch (default: the CPU quota)")
