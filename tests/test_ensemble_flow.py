@@ -108,7 +108,8 @@ def test_boosting_records_member_weights(boosting):
 def stacking(prefect_api) -> dict[str, dict]:
     """Stacking with its meta-learner fitted out of fold and on validation: meta -> the flow's summary."""
     return {meta: _run(f"ens-stacking-{meta}", method="stacking", meta=meta, folds=2,
-                       configs=[{"model.hidden": [32]}, {"optimizer.name": "sgd", "optimizer.lr": 0.05}])
+                       configs=[{"model.hidden": [32], "augment.mixup": 0.2, "training.ema.decay": 0.9},
+                                {"optimizer.name": "sgd", "optimizer.lr": 0.05}])
             for meta in ("oof", "val")}
 
 
@@ -121,6 +122,12 @@ def test_stacking_meta_learner_never_sees_test_rows(stacking, meta, split):
     assert not set(seen["rows"]) & _split_rows(run_id, "test")
     if meta == "oof":  # each member also reports how its out-of-fold predictions scored
         assert all("oof_accuracy" in r.data.metrics for r in _children(run_id))
+
+
+def test_a_member_trains_with_the_recipe_techniques_it_is_given(stacking):
+    mixed = [r for r in _children(stacking["val"]["run_id"]) if r.data.params.get("augment.mixup") == "0.2"]
+    assert len(mixed) == 1 and mixed[0].data.params["training.ema.decay"] == "0.9"
+    assert {"raw_val_loss", "raw_val_accuracy"} <= set(mixed[0].data.metrics)  # validated on its EMA, raw beside
 
 
 @pytest.fixture(scope="module")
