@@ -27,13 +27,28 @@ def check(ema_decay: float, swa_start: int, early_stopping: bool) -> None:
 
 class Averaged:
     """A copy of `model` whose float tensors (weights and float buffers) hold a running average; integer buffers
-    (batch norm's counts) follow the model."""
+    (batch norm's counts) follow the model. What the engine asks of each kind of average: when it takes the
+    weights (after_update, after_epoch), whether validation watches it during training (`validated`), what it
+    needs before the model takes its weights (finish), and the prefix of its own final val metrics (None: the
+    val_* metrics were its own already)."""
+
+    validated = False
+    prefix: str | None = None
 
     def __init__(self, model: nn.Module):
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.updates = 0
+
+    def after_update(self, model: nn.Module) -> None:
+        """After every optimizer step."""
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """After every epoch (1-based)."""
+
+    def finish(self, batches) -> None:
+        """Before the trained model takes the average's weights; `batches`: the train inputs, once over."""
 
     @torch.no_grad()
     def _mix(self, model: nn.Module, weight: float) -> None:
@@ -57,7 +72,10 @@ class Averaged:
 
 class EMA(Averaged):
     """After every optimizer update: average = d x average + (1 - d) x weights, with d = `decay`, or with `warmup`
-    min(decay, (1 + n) / (10 + n)) at the n-th update, so early weights are soon forgotten."""
+    min(decay, (1 + n) / (10 + n)) at the n-th update, so early weights are soon forgotten. Validation and early
+    stopping watch the average."""
+
+    validated = True
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         super().__init__(model)
@@ -70,13 +88,30 @@ class EMA(Averaged):
     def update(self, model: nn.Module) -> None:
         self._mix(model, 1.0 - self.current_decay())
 
+    def after_update(self, model: nn.Module) -> None:
+        self.update(model)
+
 
 class SWA(Averaged):
-    """The equal-weight average of the weights at the end of every epoch from the start epoch on: the n-th
-    update moves the average 1/n of the way to the weights."""
+    """The equal-weight average of the weights at the end of every epoch from `start` (1-based) on: the n-th
+    update moves the average 1/n of the way to the weights. Its batch norms are recomputed at the end, and its
+    final val metrics are swa_val_*."""
+
+    prefix = "swa_"
+
+    def __init__(self, model: nn.Module, start: int = 1):
+        super().__init__(model)
+        self.start = start
 
     def update(self, model: nn.Module) -> None:
         self._mix(model, 1.0 / (self.updates + 1))
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        if epoch >= self.start:
+            self.update(model)
+
+    def finish(self, batches) -> None:
+        recompute_batch_norm(self.model, batches)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from trainlib.averaging import EMA, SWA, Averaged, check, recompute_batch_norm
+from trainlib.averaging import EMA, SWA, Averaged, check
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds
 from trainlib.device import resolve_precision
@@ -152,8 +152,8 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
                 penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard, compile=compile)
     train, val = train.to(device), val.to(device) if val is not None else None
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
-    loop.mix, avg = mix, _averaging(loop.model, ema_decay, ema_warmup, swa_start, es)
-    loop.ema = avg if isinstance(avg, EMA) else None
+    loop.mix = mix
+    loop.average = avg = _averaging(loop.model, ema_decay, ema_warmup, swa_start, es)
     schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
     logger = logger or NullLogger()
     rngs = Streams.seeded(seed, device, shard)
@@ -163,8 +163,8 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         history, lrs, reason, start = _resume(checkpoint, loop, schedule, es, rngs, epochs, avg)
     for epoch in range(start, epochs + 1):
         metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, rngs, epoch, upe)
-        if isinstance(avg, SWA) and epoch >= swa_start:
-            avg.update(model)
+        if avg is not None:
+            avg.after_epoch(model, epoch)
         history.append(metrics)
         logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         try:
@@ -173,7 +173,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
         except StopTraining:
             reason = "callback"
         reason = shard.agree(reason)  # every rank stops together
-        if es.update(epoch, metrics, loop.ema.model if loop.ema else model) and reason == "completed":
+        if es.update(epoch, metrics, _watched(loop) or model) and reason == "completed":
             reason = "early_stopping"
         schedule.step_epoch(metrics)
         if checkpoint:
@@ -195,20 +195,24 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
 def _averaging(model: nn.Module, ema_decay: float, ema_warmup: bool, swa_start: int,
                es: EarlyStopping) -> Averaged | None:
     check(ema_decay, swa_start, es.enabled)
-    return EMA(model, ema_decay, ema_warmup) if ema_decay else SWA(model) if swa_start else None
+    return EMA(model, ema_decay, ema_warmup) if ema_decay else SWA(model, swa_start) if swa_start else None
+
+
+def _watched(loop: Loop) -> nn.Module | None:
+    """The average validation and early stopping watch during training, if any (EMA's), else None."""
+    return loop.average.model if loop.average is not None and loop.average.validated else None
 
 
 def _averaged_weights(loop: Loop, avg: Averaged | None, restored: bool, train: Data, val: Data | None,
                       chunk: int) -> dict[str, float]:
-    """The model ends with the averaged weights (EMA: unless early stopping restored its best, which were EMA's
-    too). SWA: the average's batch norms see the train data first -> its val metrics (swa_val_*)."""
+    """The model ends with the averaged weights (unless early stopping restored its best, which were the watched
+    average's) -> the average's own val metrics, when it has a prefix for them (SWA: swa_val_*)."""
     if avg is None or restored or avg.updates == 0:
         return {}
-    if isinstance(avg, SWA):
-        recompute_batch_norm(avg.model, (loop.layout(x) for x, _ in train.batches(chunk)))
+    avg.finish(loop.layout(x) for x, _ in train.batches(chunk))
     loop.model.load_state_dict(avg.model.state_dict())
-    if isinstance(avg, SWA) and val is not None and loop.shard.rank == 0:
-        return {f"swa_{k}": v for k, v in loop.validate(val).items()}
+    if avg.prefix and val is not None and loop.shard.rank == 0:
+        return {f"{avg.prefix}{k}": v for k, v in loop.validate(val).items()}
     return {}
 
 
@@ -251,8 +255,8 @@ def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: in
                           "training.batch_size >= 2, or larger images") from None
     seconds = time.perf_counter() - started
     if val is not None and shard.rank == 0:
-        metrics.update(loop.validate(val, loop.ema.model if loop.ema else None))
-        if loop.ema:  # the trained weights beside their average
+        metrics.update(loop.validate(val, _watched(loop)))
+        if _watched(loop) is not None:  # the trained weights beside their average
             metrics.update({f"raw_{k}": v for k, v in loop.validate(val).items()})
     metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
                    samples_per_second=len(train) / max(seconds, 1e-9))

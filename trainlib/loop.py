@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlib.averaging import EMA
+from trainlib.averaging import Averaged
 from trainlib.data.batches import Data, batch_bounds
 from trainlib.distributed import SINGLE, Shard
 from trainlib.errors import TrainingError
@@ -42,7 +42,7 @@ class Loop:
     augment: Callable | None
     shard: Shard = SINGLE
     mix: Callable | None = None  # (x, y, generator) -> (x, soft targets)
-    ema: EMA | None = None  # updated after every optimizer step
+    average: Averaged | None = None  # weight averaging (trainlib.averaging): told of every optimizer step
     compile: bool = False  # train through torch.compile (validation runs the plain model)
 
     def __post_init__(self):
@@ -107,8 +107,8 @@ class Loop:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update(self.model)
+                if self.average is not None:
+                    self.average.after_update(self.model)
                 schedule.step_batch()
                 n_updates += 1
         pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
