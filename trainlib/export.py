@@ -10,9 +10,10 @@ import torch
 import torch._dynamo  # noqa: F401 - imported once up front: export's first import of it, racing another
 from torch import nn  # thread's (optimizers import it too), fails with a circular-import error
 
-# torch.export keeps the program it traces or reads in module globals, and fails when a second thread
-# starts meanwhile ("_CURRENT_DESERIALIZER is already set", "Trying to pop empty mode stack"): threads
-# (members in parallel) export and load one at a time
+# torch.export keeps the program it traces, writes or reads in module globals, and fails when a second thread
+# starts meanwhile ("_CURRENT_DESERIALIZER is already set", "Trying to pop empty mode stack", and saving:
+# "Refusing to stomp on existing FakeTensor reducer", a copyreg entry it sets and removes): threads (members in
+# parallel) export, save and load one at a time
 EXPORTING = threading.Lock()
 
 
@@ -20,7 +21,7 @@ def export(module: nn.Module, example: torch.Tensor, path) -> None:
     """Save `module` as a torch.export program (.pt2) with a dynamic batch size: loadable with torch alone."""
     with EXPORTING:
         program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
+        torch.export.save(program, str(path))
 
 
 class Program(nn.Module):
