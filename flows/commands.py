@@ -160,7 +160,9 @@ def _lr_find(args: argparse.Namespace) -> int:
     from trainlib import lr_finder
     from trainlib.config import load_config
 
-    updates, first, last = args.updates or lr_finder.UPDATES, args.start or lr_finder.START, args.end or lr_finder.END
+    updates, first, last = (lr_finder.UPDATES if args.updates is None else args.updates,
+                            lr_finder.START if args.start is None else args.start,
+                            lr_finder.END if args.end is None else args.end)
     cfg = plans.lr_find(load_config(args.config, _overrides(args)), updates, first, last)
 
     def start():

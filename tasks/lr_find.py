@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ def lr_range_test(config: PipelineConfig, dataset: DatasetRef, manifest: Manifes
     path = Path(workspace) / run_id / "lr_find.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index_label="update")
-    with RunLogger(run_id) as log:
+    with RunLogger(run_id, every=math.inf) as log:  # the curve's rows in a few calls, not one per update
         for i, row in enumerate(table.itertuples()):
             log.log_metrics({"sweep_lr": row.lr, "sweep_loss": row.loss, "sweep_raw_loss": row.raw_loss}, step=i)
         if sweep.suggestion is not None:

@@ -73,11 +73,16 @@ def updates_per_epoch(mode: str, n: int, batch_size: int, world: int = 1, accumu
 def _steps(mode: str, n: int, batch_size: int, accumulate: int) -> tuple[int, int]:
     """(samples per forward pass, forward passes per update): the mode's, with minibatch gradients accumulated
     over `accumulate` batches (training.accumulate)."""
+    check_accumulate(mode, accumulate)
     chunk, per_update = GD_MODES[mode](n, batch_size)
+    return chunk, per_update * accumulate
+
+
+def check_accumulate(mode: str, accumulate: int) -> None:
+    """Gradient accumulation is minibatch's: the other modes fix their own samples per update."""
     if accumulate > 1 and mode != "minibatch":
         raise ConfigError(f"training.accumulate: {accumulate} batches per update needs training.mode minibatch "
                           f"(mode {mode} has its own)")
-    return chunk, per_update * accumulate
 
 
 @dataclass

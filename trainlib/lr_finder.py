@@ -26,6 +26,7 @@ from torch import nn
 
 from trainlib.data.batches import Data
 from trainlib.errors import TrainingError
+from trainlib.streams import Streams
 
 START, END, UPDATES = 1e-7, 10.0, 200  # the sweep's defaults: fastai's range, twice its 100 updates
 SMOOTHING = 0.9  # weight of the past in the loss's exponential moving average (fastai's beta is 0.98)
@@ -88,24 +89,23 @@ def sweep(model: nn.Module, train: Data, optimizer: torch.optim.Optimizer, *, ba
     data = train.to(device)
     ratios = [g["lr"] / optimizer.param_groups[0]["lr"] if optimizer.param_groups[0]["lr"] else 1.0
               for g in optimizer.param_groups]
-    shuffle = torch.Generator().manual_seed(seed)
-    aug_rng, mix_rng = torch.Generator(device=device).manual_seed(seed + 1), torch.Generator().manual_seed(seed + 3)
+    rngs = Streams.seeded(seed, device)  # the same streams a training of this seed draws from
     lrs, raw, best, stopped, avg = [], [], math.inf, "completed", 0.0
     batches = iter(())
     while len(lrs) < updates:
         try:
             x, y = next(batches)
         except StopIteration:
-            batches = iter(data.batches(min(batch_size, len(data)), shuffle))
+            batches = iter(data.batches(min(batch_size, len(data)), rngs.shuffle))
             continue
         lr = lr_at(len(lrs), updates, start, end)
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         if augment is not None:
-            x = augment(x, aug_rng)
+            x = augment(x, rngs.augment)
         target = y
         if mix is not None:
-            x, target = mix(x, y, mix_rng)
+            x, target = mix(x, y, rngs.mix)
         loss = F.cross_entropy(model(x.float()).float(), target, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

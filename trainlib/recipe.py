@@ -154,9 +154,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         callbacks = [*callbacks, freezer]
         if resume and checkpoint and Path(checkpoint).exists():
             freezer.apply(load_checkpoint(checkpoint)["epoch"])
-    o = cfg.optimizer
-    params = optim.decay_groups(model, params, o.weight_decay, o.norm_weight_decay, o.bias_weight_decay)
-    optimizer = optim.build(o.name, params, **o.model_dump(exclude={"name"}))
+    optimizer = build_optimizer(cfg, model, params)
     upe = engine.updates_per_epoch(t.mode, len(train_data), t.batch_size, shard.world, t.accumulate)
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
                           swa_start=t.swa.first_epoch(t.epochs), swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
@@ -172,6 +170,14 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     return model, result
 
 
+def build_optimizer(cfg: PipelineConfig, model: torch.nn.Module, params, lr: float | None = None):
+    """The configured optimizer over `params` (parameters or groups), with weight decay per kind of parameter;
+    `lr` instead of optimizer.lr when given (the range test's first LR)."""
+    o = cfg.optimizer
+    params = optim.decay_groups(model, params, o.weight_decay, o.norm_weight_decay, o.bias_weight_decay)
+    return optim.build(o.name, params, **o.model_dump(exclude={"name"}) | ({"lr": lr} if lr is not None else {}))
+
+
 def lr_find(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None, *,
             rows: np.ndarray | None = None, train_data: Data | None = None, updates: int = lr_finder.UPDATES,
             start: float = lr_finder.START, end: float = lr_finder.END) -> lr_finder.Sweep:
@@ -182,9 +188,7 @@ def lr_find(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, no
     model = build_model(cfg, ds, norm)
     if train_data is None:
         train_data = subset(ds, indices(manifest, "train") if rows is None else rows, cfg.data.workers)
-    o = cfg.optimizer
-    params = optim.decay_groups(model, model.parameters(), o.weight_decay, o.norm_weight_decay, o.bias_weight_decay)
-    optimizer = optim.build(o.name, params, **o.model_dump(exclude={"name"}) | {"lr": start})
+    optimizer = build_optimizer(cfg, model, model.parameters(), lr=start)
     return lr_finder.sweep(model, train_data, optimizer, batch_size=cfg.training.batch_size, start=start, end=end,
                            updates=updates, device=resolve_device(cfg.training.device),
                            augment=augmenter(cfg.augment, ds), mix=mixer(cfg.augment, len(ds.classes)),

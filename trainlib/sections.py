@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from trainlib.data.normalize import NORMALIZERS
 from trainlib.data.policies import POLICIES
 from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
-from trainlib.engine import GD_MODES
+from trainlib.engine import GD_MODES, check_accumulate
 from trainlib.errors import ConfigError
 from trainlib.models import MODELS
 from trainlib.monitor import MONITORS
@@ -288,9 +288,7 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _accumulate(self):
-        if self.accumulate > 1 and self.mode != "minibatch":
-            raise ConfigError(f"training.accumulate: {self.accumulate} batches per update needs training.mode "
-                              f"minibatch (mode {self.mode} has its own)")
+        check_accumulate(self.mode, self.accumulate)
         return self
 
 

@@ -11,6 +11,7 @@ on their 8-bit levels, as on uint8 images. Geometric operations turn about the i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -42,6 +43,7 @@ IMAGENET = (
 )
 
 
+@functools.cache  # per batch otherwise; the tables are only read
 def space(kind: str, bins: int, h: int, w: int) -> dict[str, tuple[torch.Tensor, bool]]:
     """torchvision's magnitude tables: op -> (magnitude per bin, signed). kind: standard (AutoAugment, RandAugment),
     wide (TrivialAugmentWide) or augmix. Solarize's thresholds are in [0, 1] (torchvision's 255..0 / 255)."""
