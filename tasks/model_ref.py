@@ -1,0 +1,70 @@
+"""A registered model version as the commands after registration name it: `models:/NAME@ALIAS` or
+`models:/NAME/VERSION`, resolved once to the version it is now, so scoring, serving and the alias history all
+speak of one fixed version even when the alias moves meanwhile."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+
+from tasks import tracking
+from trainlib.errors import ConfigError
+
+FORMS = "models:/NAME@ALIAS or models:/NAME/VERSION"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version, as resolved when a command started."""
+
+    uri: str  # as the user gave it
+    name: str
+    version: int
+    alias: str | None  # the alias it was named by (None when named by its version)
+    aliases: tuple[str, ...]  # every alias the version held when resolved
+    run_id: str | None  # the run that logged it
+
+    @property
+    def pinned(self) -> str:
+        """The URI of this very version (what an alias pointed at when resolved)."""
+        return f"models:/{self.name}/{self.version}"
+
+    def describe(self) -> str:
+        """e.g. `digits-cnn version 3 (@champion)`."""
+        held = f" (@{', @'.join(self.aliases)})" if self.aliases else ""
+        return f"{self.name} version {self.version}{held}"
+
+
+def _registered(name: str) -> None:
+    """A readable error when no model is registered under `name`, naming those that are."""
+    client = tracking.client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names) or 'none yet'}") from None
+
+
+def resolve(uri: str) -> ModelRef:
+    """The version `uri` names now; one readable error for a malformed URI, an unknown model, alias or version."""
+    match = _URI.match(uri.strip())
+    if not match:
+        raise ConfigError(f"model {uri!r}: give {FORMS}")
+    name, alias, number = match["name"], match["alias"], match["version"]
+    _registered(name)
+    client = tracking.client()
+    try:
+        version = (client.get_model_version_by_alias(name, alias) if alias
+                   else client.get_model_version(name, number))
+    except MlflowException:
+        model = client.get_registered_model(name)
+        if alias:
+            held = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items())) or "none"
+            raise ConfigError(f"{name} has no alias @{alias}; its aliases: {held}") from None
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        raise ConfigError(f"{name} has no version {number}; its versions: "
+                          f"{', '.join(map(str, versions)) or 'none'}") from None
+    return ModelRef(uri, name, int(version.version), alias, tuple(sorted(version.aliases or ())), version.run_id)
