@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from flows import commands, processes
+from flows import commands, model_commands, processes
 from trainlib.errors import TrainflowError
 
 ENV_HINT = ("trainflow commands in this project use the stack while it runs; for other tools (prefect, mlflow, "
@@ -137,6 +137,8 @@ EXAMPLES = {  # two per command, shown by --help
                  "trainflow ensemble --method stacking --member model.name=mlp --member model.name=cnn"],
     "transfer": ["trainflow transfer --demo",
                  "trainflow transfer --source models:/digits-cnn@champion --strategy finetune --shots 10"],
+    "predict": ["trainflow predict --model models:/digits-imagefolder@champion --data new-images/",
+                "trainflow predict --model models:/iris-mlp/2 --data flowers.csv --out scored.csv --json"],
     "config": ["trainflow config --config configs/augmentation.yaml --set augment.erasing=0.25",
                "trainflow config --keys"],
     "ui": ["trainflow ui", "trainflow ui --port 5050"],
@@ -171,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's info logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_commands(sub)
+    model_commands.add_commands(sub)
     config = sub.add_parser("config", help="print the effective config as YAML (or every key with --keys)")
     config.add_argument("--config", help="pipeline config YAML")
     config.add_argument("--set", action="append", type=commands.key_value, metavar="KEY=VALUE",

@@ -69,7 +69,8 @@ def train_and_register(config: PipelineConfig, dataset: DatasetRef, manifest: Ma
     augmented = augment(config.augment, dataset, manifest, config.training.seed, workspace, run_id)
     trained = train(config, dataset, manifest, stats, augmented, workspace, run_id, source)
     metrics = evaluate(config, dataset, manifest, trained, run_id)
-    return trained, metrics, register(config.name, config.register, trained.model, metrics, dataset, run_id)
+    return trained, metrics, register(config.name, config.register, trained.model, metrics, dataset, stats,
+                                             run_id)
 
 
 def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] | None],

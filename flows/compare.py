@@ -66,8 +66,9 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
                      key=lambda s: (s["best_val_accuracy"]["mean"], -s["best_val_loss"]["mean"]))
         best = max((r for r in results if r["label"] == winner["label"] and r["state"] == "complete"),
                    key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
-        dataset = data[best["split_seed"]][0]
-        registered = register(config.name, config.register, best["model"], best["metrics"], dataset, best["run_id"])
+        dataset, _, stats = data[best["split_seed"]]
+        registered = register(config.name, config.register, best["model"], best["metrics"], dataset, stats,
+                              best["run_id"])
         versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER)
         return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered, ws)
 

@@ -54,7 +54,8 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
             trained, weights = train(config, ensemble, members, dataset, manifest, stats, run_id, ws, submit)
         done = [t for t in trained if t["state"] == "complete"]
         combined = combine(config, ensemble, done, weights, dataset, manifest, run_id, ws)
-        registered = register_ensemble(registered_name(config.name), config.register, combined, dataset, run_id)
+        registered = register_ensemble(registered_name(config.name), config.register, combined, dataset, stats,
+                                       run_id)
         return ensemble_report(config.name, run_id, ensemble, trained, combined, registered, ws)
 
 

@@ -100,3 +100,22 @@ class StudyProgress(_Bar):
             text = f"  {r.get('name') or r.get('label')}: " + (f"{value:.4f}" if isinstance(value, float)
                                                                 else r.get("state", "done"))
             self.show(self.done, text, last=text.strip())
+
+
+class RowProgress(_Bar):
+    """Over the rows of a batch scoring (`rows` events), with its notes (`note`); in a log, a line per tenth."""
+
+    def __init__(self, total: int):
+        super().__init__("scoring", total, "last")
+        self.tenth = 0
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "note":
+            console.print(f"note: {event.data['text']}", markup=False, highlight=False)
+        if event.kind != "rows":
+            return
+        done, total = event.data["done"], event.data["total"]
+        tenth = done * 10 // max(total, 1)
+        if self.live or tenth > self.tenth:
+            self.tenth = tenth
+            self.show(done, "rows read", last="")

@@ -11,8 +11,8 @@ import torch
 from prefect import task
 
 from tasks import tracking
-from tasks.refs import DatasetRef, ManifestRef
-from tasks.register import example_inputs, promote
+from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.register import described, example_inputs, promote
 from trainlib import plots, recipe
 from trainlib.combine import Ensemble, disagreement, fit_meta, meta_features
 from trainlib.config import PipelineConfig, RegisterConfig, override
@@ -72,11 +72,13 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
 
 
 @task(name="register-ensemble")
-def register_ensemble(name: str, register: RegisterConfig, combined: dict, dataset: DatasetRef, run_id: str) -> dict:
+def register_ensemble(name: str, register: RegisterConfig, combined: dict, dataset: DatasetRef, stats: StatsRef,
+                      run_id: str) -> dict:
     """Log the ensemble as an MLflow pyfunc model (from code) and register it through the gate.
     -> {model_uri, registered_model, version, alias, gate}."""
-    example = example_inputs(dataset)
+    example, metadata = described(dataset, stats.load().moments)
     with torch.no_grad():
         output = load_exported(combined["program"])(torch.from_numpy(example)).numpy()
-    model_uri = tracking.log_ensemble(run_id, combined["program"], combined["about"], example, output)
+    model_uri = tracking.log_ensemble(run_id, combined["program"], combined["about"], example, output,
+                                      metadata)
     return promote(name, register, model_uri, combined["metrics"]["test_accuracy"], run_id)

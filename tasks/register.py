@@ -17,11 +17,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
-from tasks.refs import DatasetRef
+from tasks.refs import DatasetRef, StatsRef
 from tasks.wording import NOT_REGISTERED
 from trainlib.config import RegisterConfig
 from trainlib.data.batches import subset
+from trainlib.data.normalize import Moments
+from trainlib.data.sources import Dataset
 from trainlib.models import load_model
+from trainlib.scoring import input_spec
 
 CHALLENGER = "challenger"
 EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
@@ -115,16 +118,26 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
             "gate": asdict(gate)}
 
 
-def example_inputs(dataset: DatasetRef) -> np.ndarray:
+def example_inputs(dataset: DatasetRef | Dataset) -> np.ndarray:
     """A few raw training inputs: the logged model's input example (it normalizes them itself)."""
-    raw, _ = next(subset(dataset.load(), np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
+    ds = dataset.load() if isinstance(dataset, DatasetRef) else dataset
+    raw, _ = next(subset(ds, np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
     return raw.float().numpy()
 
 
+def described(dataset: DatasetRef, moments: Moments) -> tuple[np.ndarray, dict]:
+    """The logged model's input example, and its metadata: what it takes and its train split's statistics
+    (trainlib.scoring.InputSpec), which scoring reads to prepare new data and measure its drift."""
+    ds = dataset.load()
+    return example_inputs(ds), {"trainflow": input_spec(ds, moments).to_dict()}
+
+
 @task(name="register")
-def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef,
+def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef, stats: StatsRef,
              run_id: str) -> dict:
     """Log the trained `model` (a trainlib model file) to the run, then register it through the gate (unless
     register.enabled is false: the logged model stays usable by its model_uri). -> as `promote`."""
-    model_uri = tracking.log_model(run_id, load_model(model)[0], example_inputs(dataset))
+    classifier = load_model(model)[0]
+    example, metadata = described(dataset, stats.load().moments)
+    model_uri = tracking.log_model(run_id, classifier, example, metadata)
     return promote(name, register, model_uri, metrics["test_accuracy"], run_id)

@@ -203,14 +203,16 @@ def _in_run_experiment(run_id: str) -> None:
     mlflow.set_experiment(experiment_id=client().get_run(run_id).info.experiment_id)
 
 
-def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray) -> str:
-    """Log `model` (raw inputs in, logits out) to the run with a signature; returns its model URI."""
+def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray, metadata: dict | None = None) -> str:
+    """Log `model` (raw inputs in, logits out) to the run with a signature and `metadata` (kept in its MLmodel
+    file); returns its model URI."""
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     _in_run_experiment(run_id)
     info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                    input_example=example, pip_requirements=pip_requirements(), run_id=run_id)
+                                    input_example=example, pip_requirements=pip_requirements(), run_id=run_id,
+                                    metadata=metadata)
     return info.model_uri
 
 
@@ -218,7 +220,8 @@ def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray) -> str:
 ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")
 
 
-def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, output: np.ndarray) -> str:
+def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, output: np.ndarray,
+                 metadata: dict | None = None) -> str:
     """Log an ensemble as a pyfunc model from code: `program` (exported torch program, raw inputs ->
     log-probabilities) and `about` (JSON description) as its artifacts; returns its model URI."""
     _in_run_experiment(run_id)
@@ -226,5 +229,5 @@ def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, out
     info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc,
                                    python_model=str(ENSEMBLE_CODE), artifacts={"program": program, "about": about},
                                    signature=infer_signature(example, output), input_example=example,
-                                   pip_requirements=pip_requirements(), run_id=run_id)
+                                   pip_requirements=pip_requirements(), run_id=run_id, metadata=metadata)
     return info.model_uri

@@ -25,6 +25,7 @@ from trainlib.sections import (
     ModelConfig,
     NormalizeConfig,
     OptimizerConfig,
+    PredictConfig,
     RegisterConfig,
     RegularizationConfig,
     ScheduleConfig,
@@ -36,9 +37,9 @@ from trainlib.sections import (
 )
 
 __all__ = ["AugmentConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig", "NormalizeConfig",
-           "OptimizerConfig", "PipelineConfig", "RegisterConfig", "RegularizationConfig", "ScheduleConfig", "Section",
-           "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten", "load_config", "override",
-           "reference", "to_yaml", "validate"]
+           "OptimizerConfig", "PipelineConfig", "PredictConfig", "RegisterConfig", "RegularizationConfig",
+           "ScheduleConfig", "Section", "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten",
+           "load_config", "override", "reference", "to_yaml", "validate"]
 
 
 # `register` is public (the config contract) but shadows ABCMeta.register, which nothing here uses.
@@ -59,6 +60,7 @@ with warnings.catch_warnings():
         training: TrainingConfig = TrainingConfig()
         transfer: TransferConfig = TransferConfig()
         register: RegisterConfig = RegisterConfig()
+        predict: PredictConfig = PredictConfig()
 
         @model_validator(mode="after")
         def _consistent(self):

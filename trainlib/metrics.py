@@ -33,7 +33,12 @@ class Evaluation:
 def per_class(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """(confusion (K, K), precision, recall, f1, support) per class; a ratio with nothing to divide is 0
     (sklearn's zero_division=0). numpy only: importing sklearn.metrics costs most of a second."""
-    confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    return of_confusion(np.bincount(y * k + pred, minlength=k * k).reshape(k, k))
+
+
+def of_confusion(confusion: np.ndarray) -> tuple[np.ndarray, ...]:
+    """per_class's figures from a (K, K) confusion matrix (rows true class, columns predicted)."""
+    k = len(confusion)
     tp, support, predicted = np.diag(confusion).astype(float), confusion.sum(1), confusion.sum(0)
 
     def ratio(num, den):

@@ -1,4 +1,5 @@
-"""Matplotlib figures: learning curves, LR schedule, confusion matrix, augmentation grid, comparisons, ensembles.
+"""Matplotlib figures: learning curves, LR schedule, confusion matrix, augmentation grid, comparisons, ensembles,
+drift.
 
 Figures are built with matplotlib.figure.Figure (no pyplot state), so they are safe in threads and
 need no display. Save them with `fig.savefig(path)`.
@@ -190,5 +191,21 @@ def lr_sweep(lrs: list[float], losses: list[float], raw: list[float], suggestion
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test",
            ylim=(min(losses) * 0.9, top))
     ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def drift(names: list[str], train_mean: list[float], train_std: list[float], mean: list[float],
+          std: list[float]) -> Figure:
+    """Per channel or feature: the training split's mean ± std beside the scored data's (at most 40 shown)."""
+    names, n = names[:40], min(len(names), 40)
+    fig = Figure(figsize=(max(5.0, 0.5 * n + 2), 4.0), layout="constrained")
+    ax = fig.subplots()
+    x, width = np.arange(n), 0.38
+    for offset, label, m, s in ((-width / 2, "training", train_mean, train_std), (width / 2, "scored", mean, std)):
+        ax.bar(x + offset, m[:n], width, yerr=s[:n], capsize=3, label=f"{label} (mean ± std)")
+    ax.set(xticks=x, ylabel="raw value", title="inputs: training data against the scored data")
+    ax.set_xticklabels(names, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return fig

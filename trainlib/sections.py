@@ -314,3 +314,12 @@ class RegisterConfig(Section):
     min_delta: float = Field(0.001, ge=0, lt=1, description="gate: the alias moves only when test accuracy beats "
                              "its holder's by more than this (a tie stays challenger)")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
+
+
+class PredictConfig(Section):
+    batch_size: Count = Field(512, description="rows scored at a time by `trainflow predict` (memory grows with it)")
+    # 0.5: half a training standard deviation of a channel's mean, or its spread x1.65 (or /1.65); the digits'
+    # own test split scores about 0.1 against their train split, the same digits at a PNG's 0..255 scale over 3
+    drift_threshold: Positive = Field(0.5, description="predict: the run is tagged drift when a channel's (images) "
+                                      "or feature's mean moves more than this many training standard deviations, "
+                                      "or its spread changes by more than |ln(std new / std training)|")

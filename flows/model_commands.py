@@ -1,0 +1,77 @@
+"""The commands after registration: `predict` (batch scoring with a registered version), `models` (versions and
+who holds each alias, with --history every alias move), `promote` and `rollback` (move an alias by hand)."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows import commands
+
+
+def prediction_summary(s: dict) -> None:
+    """What was scored, how it went against the labels (if any), the drift verdict, where the predictions are."""
+    from flows.progress import summary_console as out
+
+    m, drift = s["model"], s["drift"]
+    scored = (f"[bold green]done[/]: {s['rows']} rows scored with {m['name']} version {m['version']}"
+              + (f" (@{', @'.join(m['aliases'])})" if m["aliases"] else ""))
+    if "accuracy" in s["metrics"]:
+        scored += f"; against their labels: accuracy {s['metrics']['accuracy']:.4f}, macro F1 {s['metrics']['f1']:.4f}"
+    out.print(scored)
+    if s["errors"]:
+        out.print(f"[yellow]{s['errors']} unreadable rows skipped[/]: listed with the reason in {s['errors_file']}")
+    if drift and drift["drifted"]:
+        out.print(f"[bold red]drift[/]: the inputs differ from the training data's (score {drift['score']:.2f} > "
+                  f"predict.drift_threshold {drift['threshold']:g}); most: {_worst(drift)}. The run is tagged drift.")
+    elif drift:
+        out.print(f"no drift: score {drift['score']:.2f} <= predict.drift_threshold {drift['threshold']:g}")
+    out.print(f"predictions: {s['out']}", markup=False, highlight=False)
+    out.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)
+
+
+def _worst(drift: dict) -> str:
+    from trainlib.scoring import DriftReport
+
+    return DriftReport(**{k: v for k, v in drift.items() if k != "drifted"}).worst()
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flows.progress import RowProgress
+    from tasks.scoring import plan
+    from trainlib.config import PipelineConfig, load_config
+
+    cfg = load_config(args.config, args.set or []) if args.config or args.set else PipelineConfig()
+    checked = plan(args.model, args.data, cfg, args.config is not None, args.out)  # bad input fails here
+
+    def start():
+        from flows.predict import batch_predict
+
+        return batch_predict(args.model, args.data, cfg if args.config else None, args.out,
+                             overrides=_set(args.set))
+
+    what = checked.what
+    title = (f"{what.model.describe()} scores {args.data or f'data.source {cfg.data.source}'} "
+             f"({checked.rows} rows; {what.spec.describe()})")
+    return commands._execute(args, title, start, prediction_summary, RowProgress(checked.rows))
+
+
+def _set(items: list[str] | None) -> dict:
+    from trainlib.overrides import parse_set
+
+    return dict(parse_set(item) for item in items or [])
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add predict, models, promote and rollback to the `trainflow` parser's subcommands."""
+    p = sub.add_parser("predict", help="score new data with a registered model: predictions file, drift check, "
+                       "an MLflow run")
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--data", metavar="PATH", help="a folder of images (flat, or one folder per class: labelled), "
+                   "a CSV or Parquet table (with the target column: labelled)")
+    p.add_argument("--config", help="score the data section of this config instead of --data (any training source)")
+    p.add_argument("--set", action="append", type=commands.key_value, metavar="KEY=VALUE",
+                   help="override a config key, e.g. predict.drift_threshold=1 (repeatable)")
+    p.add_argument("--out", metavar="FILE", help="predictions file, .parquet or .csv (default: "
+                   ".trainflow/predictions/NAME-vVERSION-TIME.parquet)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
+    p.set_defaults(handler=_predict)

@@ -1,0 +1,32 @@
+"""Batch scoring: plan (the version resolved once, the data checked against it) -> score -> record."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import as_model
+from tasks import tracking
+from tasks.predict import record, score_data
+from tasks.scoring import digest, plan, start
+from trainlib.config import PipelineConfig, override
+
+DEFAULT_MODEL = "models:/digits-cnn@champion"
+
+
+@flow(name="batch-predict", flow_run_name="predict {model}")
+def batch_predict(model: str = DEFAULT_MODEL, data: str | None = None, config: PipelineConfig | str | None = None,
+                  out: str | None = None, overrides: dict | None = None) -> dict:
+    """Score `data` (a folder of images, a CSV or Parquet file) or the data section of `config` with the
+    registered `model` (models:/NAME@ALIAS or /VERSION) into `out` (default: the project's predictions folder);
+    `overrides` ({key: value}) change the config, e.g. predict.drift_threshold. Returns the scoring's summary."""
+    cfg = override(as_model(config, PipelineConfig) if config is not None else PipelineConfig(), overrides or {})
+    checked = plan(model, data, cfg, config is not None, out)
+    what = checked.what
+    run_id = start(what, data, cfg, digest(data, cfg), {"rows": checked.rows, "out": checked.out,
+                                                        "predict.batch_size": cfg.predict.batch_size,
+                                                        "predict.drift_threshold": cfg.predict.drift_threshold},
+                   {"dataset.rows": checked.rows, "prefect.flow_run_id": str(flow_run.id),
+                    "prefect.flow_run_name": str(flow_run.name), "prefect.flow_name": "batch-predict"})
+    with tracking.finishing(run_id):
+        return record(what, score_data(checked), run_id)

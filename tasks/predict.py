@@ -1,0 +1,117 @@
+"""Batch scoring: a registered version scores new data into a predictions file, and the scoring is recorded as a
+`prediction` run in the model's experiment (tagged with the model, its version and aliases at scoring time, the
+data's digest and row count; the predictions, the unreadable rows and a summary as artifacts)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks import events, tracking
+from tasks.report import artifact_key, link, run_url
+from tasks.scoring import Scoring, ScoringPlan, reader
+from trainlib import plots
+from trainlib.device import resolve_device
+from trainlib.scoring import PredictionWriter, score
+
+
+def _load(what: Scoring, device: str):
+    """The version as pyfunc, on `device` where its format allows: an exported (pt2) network keeps the device
+    it was exported on, so a model exported on the CPU scores on the CPU."""
+    if what.flavor == "pytorch" and device != "cpu":
+        try:
+            return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": device}), device
+        except Exception as exc:  # noqa: BLE001  MLflow says so with a plain MlflowException
+            events.emit("note", text=f"scoring on the CPU: {exc}")
+    return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": "cpu"}
+                                    if what.flavor == "pytorch" else None), "cpu"
+
+
+@dataclass(frozen=True)
+class PredictionsRef:
+    """The predictions file, the unreadable rows' file (if any) and what the scoring measured."""
+
+    path: str
+    errors_path: str | None
+    rows: int
+    errors: int
+    metrics: dict = field(hash=False)
+    drift: dict | None = field(hash=False)  # trainlib.scoring.DriftReport as a dict, with `drifted`
+    confusion: list | None = field(hash=False)
+    device: str = "cpu"
+
+
+@task(name="score")
+def score_data(plan: ScoringPlan) -> PredictionsRef:
+    """Score every readable row into plan.out (Parquet or CSV); unreadable rows go to `<out>.errors.csv`."""
+    what, cfg = plan.what, plan.config
+    source = reader(what, plan.data, None if plan.data else cfg)
+    total = len(source)
+    model, used = _load(what, str(resolve_device(cfg.training.device)))
+    out = plan.out
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    writer = PredictionWriter(out, what.spec.classes, source.labelled)
+    done = [0]
+
+    def progress(rows: int) -> None:
+        done[0] += rows
+        events.emit("rows", done=done[0] + len(source.errors), total=total)  # read: scored or skipped
+
+    result = score(model.predict, source.batches(cfg.predict.batch_size), what.spec, writer, source.errors,
+                   cfg.predict.drift_threshold, progress)
+    errors_path = None
+    if result.errors:
+        errors_path = f"{out}.errors.csv"
+        import pandas as pd
+
+        pd.DataFrame(result.errors, columns=["id", "reason"]).to_csv(errors_path, index=False)
+    drift = asdict(result.drift) | {"drifted": result.drift.drifted} if result.drift else None
+    return PredictionsRef(out, errors_path, result.rows, len(result.errors), result.metrics, drift,
+                          result.confusion.tolist() if result.confusion is not None else None, used)
+
+
+@task(name="record-prediction")
+def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> dict:
+    """Metrics, tags, the files and a drift plot on the prediction run; a Prefect summary. -> the summary."""
+    log, ref, drift = tracking.RunLogger(run_id), what.model, predictions.drift
+    log.log_metrics(predictions.metrics, step=0)
+    log.set_tags({"drift": str(bool(drift and drift["drifted"])).lower(), "scored_rows": predictions.rows,
+                  "unreadable_rows": predictions.errors, "scoring_device": predictions.device})
+    log.log_artifact(predictions.path)
+    if predictions.errors_path:
+        log.log_artifact(predictions.errors_path)
+    if drift:
+        log.log_figure(plots.drift(drift["names"], what.spec.mean, what.spec.std, drift["mean"], drift["std"]),
+                       "drift.png")
+    if predictions.confusion is not None:
+        log.log_figure(plots.confusion(np.array(predictions.confusion), what.spec.classes), "confusion_matrix.png")
+    out = {"run_id": run_id, "experiment": what.experiment,
+           "model": {"name": ref.name, "version": ref.version, "alias": ref.alias, "aliases": list(ref.aliases),
+                     "uri": ref.uri},
+           "rows": predictions.rows, "errors": predictions.errors, "out": predictions.path,
+           "errors_file": predictions.errors_path, "metrics": predictions.metrics, "drift": drift,
+           "mlflow_url": run_url(run_id)}
+    log.log_dict(out | {"confusion": predictions.confusion}, "summary.json")
+    create_markdown_artifact(_markdown(out), key=artifact_key(ref.name, "predictions"),
+                             description="batch scoring summary")
+    return out
+
+
+def _markdown(out: dict) -> str:
+    m, drift = out["model"], out["drift"]
+    lines = [f"# {m['name']} version {m['version']}: {out['rows']} rows scored", "",
+             "| | |", "|---|---|", f"| model | {m['uri']} (version {m['version']}) |",
+             f"| rows scored | {out['rows']} |", f"| unreadable rows | {out['errors']} |",
+             f"| predictions | {out['out']} |"]
+    for key in ("accuracy", "f1"):
+        if key in out["metrics"]:
+            lines.append(f"| {key} | {out['metrics'][key]:.4f} |")
+    if drift:
+        lines.append(f"| drift | {'DRIFT' if drift['drifted'] else 'none'} (score {drift['score']:.2f}, threshold "
+                     f"{drift['threshold']:g}) |")
+    return "\n".join([*lines, "", link("run", out["run_id"])])

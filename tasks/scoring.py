@@ -1,0 +1,118 @@
+"""What a batch scoring will do, checked before it starts: the registered version (resolved once), what it takes
+(its MLflow model's metadata `trainflow`, trainlib.scoring.InputSpec) and the data it was trained on (its run's
+config), and the reader of the data to score, checked against it. MLflow only (no Prefect): `trainflow predict`
+builds this before it starts a Prefect API, and the batch-predict flow builds the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from tasks import settings, tracking
+from tasks.model_ref import ModelRef, resolve
+from trainlib.config import PipelineConfig
+from trainlib.data import inputs, sources
+from trainlib.errors import ConfigError
+from trainlib.scoring import InputSpec, output_format
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What a version scores and how: the model's InputSpec and the data it was trained on (its run's config)."""
+
+    model: ModelRef
+    spec: InputSpec
+    flavor: str  # pytorch (one network) | python_function (an ensemble)
+    training_data: dict = field(hash=False)  # the `data` section of the version's training config
+    experiment: str  # where the version's run is, and so its prediction runs
+
+
+def scoring(ref: ModelRef) -> Scoring:
+    """Read what `ref` takes from its MLflow model (metadata `trainflow`) and its run's config; one readable error
+    for a version trainflow did not register."""
+    info = mlflow.models.get_model_info(ref.pinned)
+    described = (info.metadata or {}).get("trainflow")
+    if described is None:
+        raise ConfigError(f"{ref.describe()} does not say what it takes (it was registered before trainflow kept "
+                          "its inputs' description, or by another tool): retrain it to score with it")
+    run = tracking.client().get_run(ref.run_id)
+    try:
+        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{ref.run_id}/config.yaml")) or {}
+    except Exception:  # a run without its config (MLflow raises several types): the defaults say the units
+        config = {}
+    flavor = "pytorch" if "pytorch" in info.flavors else "python_function"
+    experiment = tracking.client().get_experiment(run.info.experiment_id).name
+    return Scoring(ref, InputSpec.from_dict(described), flavor, config.get("data") or {}, experiment)
+
+
+def reader(what: Scoring, data: str | None, config: PipelineConfig | None):
+    """The reader of the data to score, checked against the model: a path (a folder of images, a CSV or Parquet
+    table), or a config's data section (any training source)."""
+    target = what.training_data.get("target", "label")
+    if data is not None:
+        path = Path(data)
+        opened = (inputs.FolderReader(path, what.spec) if path.is_dir()
+                  else inputs.TableReader(path, what.spec, target))
+    elif config.data.source == "imagefolder":
+        opened = inputs.FolderReader(config.data.path, what.spec)
+    elif config.data.source in ("csv", "parquet"):
+        opened = inputs.TableReader(config.data.path, what.spec, config.data.target)
+    else:
+        ds = sources.load(**config.data.model_dump())
+        opened = inputs.DatasetReader(ds, what.spec, f"data.source {config.data.source}")
+    opened.check()
+    return opened
+
+
+def digest(data: str | None, config: PipelineConfig | None) -> str:
+    """The scored data's content digest (every file's names, sizes and bytes)."""
+    if data is not None:
+        return sources.fingerprint("imagefolder" if Path(data).is_dir() else "csv", data)
+    return sources.fingerprint(config.data.source, config.data.path)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """A checked batch scoring: the version, the data (a path, or a config's data section) and the output file."""
+
+    what: Scoring
+    data: str | None
+    config: PipelineConfig  # its predict section (batch size, drift threshold), training.device, data if no path
+    out: str
+    rows: int  # rows (files) to score, unreadable ones included
+
+
+def default_out(ref: ModelRef) -> Path:
+    """Where predictions go when --out is not given: the project's predictions folder, one file per scoring."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return settings.HOME / "predictions" / f"{ref.name}-v{ref.version}-{stamp}.parquet"
+
+
+def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool, out: str | None) -> ScoringPlan:
+    """Check everything a scoring needs before it starts: the model URI, the data (a path, or the config's data
+    section when `from_config`), the output file's format."""
+    if (data is None) == (not from_config):
+        raise ConfigError("predict: give the data to score, --data PATH (a folder of images, a CSV or Parquet "
+                          "file) or --config FILE (its data section), not both")
+    if out is not None:
+        output_format(out)
+    what = scoring(resolve(model))
+    source = reader(what, data, None if data else config)
+    return ScoringPlan(what, data, config, str(Path(out).resolve()) if out else str(default_out(what.model)),
+                       len(source))
+
+
+def start(what: Scoring, data: str | None, config: PipelineConfig | None, data_digest: str, params: dict,
+          tags: dict) -> str:
+    """The prediction run, in the version's experiment. -> its id."""
+    ref = what.model
+    source = str(Path(data).resolve()) if data else f"config data.source {config.data.source}"
+    return tracking.start_run(
+        what.experiment, f"predict {ref.name} v{ref.version}", {"model": ref.uri, "data": source, **params},
+        {"trainflow.kind": "prediction", "model.name": ref.name, "model.version": ref.version,
+         "model.alias": ref.alias or "", "model.aliases": ",".join(ref.aliases), "model.run_id": ref.run_id,
+         "dataset.digest": data_digest, **tags})

@@ -1,0 +1,185 @@
+"""New data to score, read a batch at a time and prepared as the model's training data was (trainlib.scoring's
+InputSpec): image folders (flat, or class-per-folder with labels), CSV and Parquet tables (with or without the
+target column), and the training sources themselves.
+
+Each reader checks the data against the model when it opens (`check()`: kind, channels, feature columns by
+name), so a mismatch is one error before anything is scored; a row that cannot be read (a corrupt image, a
+missing feature value) is listed in `errors` with the reason and skipped. Row identity is kept: a file's path
+within the folder, or a table's row number (from 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainlib.data.sources import Dataset, decode_image
+from trainlib.errors import DataError
+from trainlib.scoring import Batch, InputSpec
+
+TABLES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _labels(values, classes: list[str]) -> np.ndarray:
+    """Class indices of label values; -1 for a value that is not one of the model's classes."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(str(v), -1) for v in values], dtype=np.int64)
+
+
+class FolderReader:
+    """Images under a folder, in sorted path order. Labelled when every image lies in a first-level folder named
+    after one of the model's classes (the training layout); otherwise (a flat folder, say) unlabelled."""
+
+    def __init__(self, root: str | Path, spec: InputSpec, workers: int = 4):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.root, self.spec, self.workers = Path(root), spec, workers
+        if not self.root.is_dir():
+            raise DataError(f"--data: no such folder: {self.root}")
+        self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not self.paths:
+            raise DataError(f"--data {self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in it")
+        parents = {p.relative_to(self.root).parts[:-1] for p in self.paths}
+        self.labelled = all(len(parts) == 1 and parts[0] in spec.classes for parts in parents)
+        self.errors: list[tuple[str, str]] = []
+
+    def check(self) -> None:
+        if not self.spec.image:
+            raise DataError(f"--data {self.root}: a folder of images, but the model takes {self.spec.describe()}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, path: Path) -> np.ndarray | str:
+        c, h, w = self.spec.shape
+        try:
+            return decode_image(str(path), (h, w), c)
+        except DataError as exc:
+            return str(exc)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        with ThreadPoolExecutor(self.workers) as pool:  # PIL decodes without the GIL
+            for start in range(0, len(self.paths), size):
+                chunk = self.paths[start:start + size]
+                ids, arrays, labels = [], [], []
+                for path, decoded in zip(chunk, pool.map(self._decode, chunk), strict=True):
+                    name = str(path.relative_to(self.root))
+                    if isinstance(decoded, str):
+                        self.errors.append((name, decoded))
+                        continue
+                    ids.append(name)
+                    arrays.append(decoded)
+                    labels.append(path.parent.name)
+                inputs = (np.stack(arrays).astype(np.float32) if arrays
+                          else np.zeros((0, *self.spec.shape), dtype=np.float32))
+                yield Batch(ids, inputs, _labels(labels, self.spec.classes) if self.labelled else None)
+
+
+class TableReader:
+    """A CSV or Parquet file read in chunks. A table model's features are taken by name (in the model's order,
+    whatever the file's); an image model reads every column but the target as one flattened image, in column
+    order. Labelled when the target column is present."""
+
+    def __init__(self, path: str | Path, spec: InputSpec, target: str = "label"):
+        self.path, self.spec, self.target = Path(path), spec, target
+        if not self.path.is_file():
+            raise DataError(f"--data: no such file: {self.path}")
+        self.kind = TABLES.get(self.path.suffix.lower())
+        if self.kind is None:
+            raise DataError(f"--data {self.path}: a folder of images, or a table ending in "
+                            f"{', '.join(TABLES)}")
+        try:
+            columns = (list(pd.read_csv(self.path, nrows=0).columns) if self.kind == "csv"
+                       else list(_parquet(self.path).schema_arrow.names))
+        except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
+            raise DataError(f"--data {self.path}: cannot read it as {self.kind}: {exc}") from exc
+        self.columns = [str(c) for c in columns]
+        self.labelled = target in self.columns
+        self.features = self._features()
+        self.errors: list[tuple[str, str]] = []
+
+    def _features(self) -> list[str]:
+        if not self.spec.image:
+            return list(self.spec.feature_names)
+        return [c for c in self.columns if c != self.target]
+
+    def check(self) -> None:
+        if not self.spec.image:
+            missing = [c for c in self.spec.feature_names if c not in self.columns]
+            if missing:
+                raise DataError(f"--data {self.path}: missing feature column{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(missing)}; the model takes {', '.join(self.spec.feature_names)}")
+            return
+        need = math.prod(self.spec.shape)
+        if len(self.features) != need:
+            raise DataError(f"--data {self.path}: {len(self.features)} feature columns, but the model takes "
+                            f"{self.spec.describe()}: {need} values per row (every column but {self.target!r}, "
+                            "in order)")
+
+    def _chunks(self, size: int) -> Iterator[pd.DataFrame]:
+        wanted = [*self.features, *([self.target] if self.labelled else [])]
+        if self.kind == "csv":
+            yield from pd.read_csv(self.path, usecols=wanted, chunksize=size)
+        else:
+            for part in _parquet(self.path).iter_batches(batch_size=size, columns=wanted):
+                yield part.to_pandas()
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        first = 0
+        for frame in self._chunks(size):
+            text = [c for c in self.features if not pd.api.types.is_numeric_dtype(frame[c])]
+            if text:  # a column of words is the file's problem, not a few rows'
+                raise DataError(f"--data {self.path}: feature columns must be numeric; not numeric: "
+                                f"{', '.join(text)}")
+            x = frame[self.features].to_numpy(dtype=np.float32)
+            ok = np.isfinite(x).all(1)
+            ids = [str(i) for i in range(first, first + len(frame))]
+            for i in np.flatnonzero(~ok):
+                bad = [c for c, v in zip(self.features, np.isfinite(x[i]), strict=True) if not v]
+                self.errors.append((ids[i], f"missing or infinite value in {', '.join(bad[:5])}"
+                                            f"{' ...' if len(bad) > 5 else ''}"))
+            labels = _labels(frame[self.target][ok], self.spec.classes) if self.labelled else None
+            yield Batch([ids[i] for i in np.flatnonzero(ok)], x[ok].reshape(-1, *self.spec.shape), labels)
+            first += len(frame)
+
+    def __len__(self) -> int:
+        if self.kind == "parquet":
+            return _parquet(self.path).metadata.num_rows
+        with open(self.path, "rb") as f:  # lines, less the header (a count, not a parse)
+            return max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path)
+
+
+class DatasetReader:
+    """A dataset ingested by a training source (the embedded digits, a torchvision set), with its labels."""
+
+    def __init__(self, dataset: Dataset, spec: InputSpec, name: str):
+        self.dataset, self.spec, self.name, self.labelled = dataset, spec, name, True
+        self.errors: list[tuple[str, str]] = []
+
+    def check(self) -> None:
+        shape = list(self.dataset.sample_shape)
+        if shape != list(self.spec.shape):
+            raise DataError(f"{self.name}: samples of shape {tuple(shape)}, but the model takes "
+                            f"{self.spec.describe()} {tuple(self.spec.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        inputs, names = self.dataset.inputs, self.dataset.classes
+        for start in range(0, len(self.dataset), size):
+            stop = min(start + size, len(self.dataset))
+            labels = [names[i] for i in self.dataset.labels[start:stop].tolist()]
+            yield Batch([str(i) for i in range(start, stop)], inputs[start:stop].numpy().astype(np.float32),
+                        _labels(labels, self.spec.classes))
