@@ -62,7 +62,8 @@ class Batch:
 @dataclass(frozen=True)
 class DriftReport:
     """New inputs against the training split, per channel or feature: the mean's shift in training standard
-    deviations, and the spread's change as |ln(std new / std training)|. `score` is the largest of either."""
+    deviations, and the spread's change as ln(std new / std training). `score` is the largest of the shifts and
+    the spreads' absolute values."""
 
     names: list[str]
     mean: list[float]
@@ -78,9 +79,9 @@ class DriftReport:
 
     def worst(self) -> str:
         """The channel or feature that moved most, in words."""
-        i = int(np.argmax(np.maximum(self.shift, self.spread)))
+        i = int(np.argmax(np.maximum(self.shift, np.abs(self.spread))))
         return (f"{self.names[i]}: mean moved {self.shift[i]:.2f} training standard deviations, spread x"
-                f"{math.exp(self.spread[i]) if self.std[i] else 0:.2f}")
+                f"{math.exp(self.spread[i]):.2f}")
 
 
 class Drift:
@@ -105,10 +106,10 @@ class Drift:
         std = np.sqrt(np.clip(self.squares / self.count - mean * mean, 0, None))
         train_mean, train_std = np.array(self.spec.mean), np.maximum(np.array(self.spec.std), 1e-8)
         shift = np.abs(mean - train_mean) / train_std
-        # a constant feature stays constant: no spread change; one that became constant changes by ln(1e8)
-        spread = np.abs(np.log(np.maximum(std, 1e-8) / train_std))
+        # a constant feature that stays constant has not changed; one that became constant changes by ln(1e-8)
+        spread = np.log(np.maximum(std, 1e-8) / train_std)
         spread[(std < 1e-8) & (train_std <= 1e-8)] = 0.0
-        score = float(max(shift.max(), spread.max()))
+        score = float(max(shift.max(), np.abs(spread).max()))
         return DriftReport(self.spec.channel_names(), mean.tolist(), std.tolist(), shift.tolist(), spread.tolist(),
                            score, threshold)
 
