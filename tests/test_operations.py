@@ -134,7 +134,10 @@ def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
     with _prefect(deployed) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
     assert set(deployments) == {"training-pipeline/nightly", "tuning/bayesian", "compare/schedules",
-                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo", "study/weekly"}
+                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo", "study/weekly",
+                                "batch-predict/nightly"}
+    scoring = deployments["batch-predict/nightly"]  # an hour after the training it scores with
+    assert [s.schedule.cron for s in scoring.schedules] == ["0 3 * * *"] and scoring.work_pool_name == "trainflow"
     nightly = deployments["training-pipeline/nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.work_pool_name == "trainflow" and nightly.parameters == {"config": "configs/default.yaml"}
@@ -186,8 +189,9 @@ def _file(path: str) -> dict:
     return yaml.safe_load((ROOT / path).read_text())
 
 
-# Every deployment but nightly (run above as it is), with the small config and its own search or ensemble file
-# cut down to a few trainings -> (its parameters, the registered model its run must create a version of).
+# Every deployment but training-pipeline/nightly (run above as it is), with the small config and its own search or
+# ensemble file cut down to a few trainings -> (its parameters, the registered model its run must create a version
+# of).
 SMALL_RUNS = {
     "tuning/bayesian": ({"config": SMALL, "search": _file("configs/search/bayesian.yaml") | {"n_trials": 2}},
                         "ops-small"),
@@ -198,7 +202,11 @@ SMALL_RUNS = {
                           "ops-small-ensemble"),
     "transfer-demo/demo": ({"config": SMALL, "shots": 5}, "digits-5-9"),
     "study/weekly": ({"config": SMALL, "only": ["l2"], "repeats": 2, "overrides": ["training.epochs=2"]}, None),
+    # the nightly training's champion (nightly_run) scores the small config's data: the embedded digits
+    "batch-predict/nightly": ({"model": "models:/digits-cnn@champion", "config": SMALL}, None),
 }
+RESULTS = {"study/weekly": {"report.md", "report.html"},  # what a run that registers nothing leaves instead
+           "batch-predict/nightly": {"summary.json", "drift.png", "confusion_matrix.png"}}
 
 
 def _mlflow_runs(client: MlflowClient, flow_run_id) -> tuple[list, dict]:
@@ -220,15 +228,15 @@ def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(de
     finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
     states = {name: run.state_type.value for name, run in finished.items()}
     assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
-    assert nightly_run.state_type.value == "COMPLETED"  # the seventh, with its own parameters
+    assert nightly_run.state_type.value == "COMPLETED"  # the eighth, with its own parameters
     client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
     for name, run in finished.items():
         assert run.deployment_id == started[name].deployment_id and run.parameters["config"] == SMALL
         own, family = _mlflow_runs(client, run.id)
         assert own and {r.info.status for r in own} == {"FINISHED"}, name
         registering = [r for r in family.values() if "registered_version" in r.data.tags]
-        if SMALL_RUNS[name][1] is None:  # the study registers nothing; its report is its result
-            assert not registering and {"report.md", "report.html"} <= {
+        if SMALL_RUNS[name][1] is None:  # the study and scoring register nothing; their reports are their results
+            assert not registering and RESULTS[name] <= {
                 a.path for r in own for a in client.list_artifacts(r.info.run_id)}, name
             continue
         assert registering, f"{name}: no model registered from its runs"
