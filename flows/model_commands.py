@@ -61,6 +61,62 @@ def _set(items: list[str] | None) -> dict:
     return dict(parse_set(item) for item in items or [])
 
 
+def _moved(entry, name: str, alias: str, version: int | None = None) -> str:
+    """One line about a move (or none made)."""
+    if entry is None:
+        return f"@{alias} of {name} already on version {version}: nothing moved"
+    before = f"version {entry.from_version}" if entry.from_version is not None else "no version"
+    return (f"@{alias} of {name}: {before} -> version {entry.to_version} (recorded in the alias history; a running "
+            "serve-model keeps the version it loaded until restarted)")
+
+
+def _print_move(args: argparse.Namespace, entry, version: int | None = None) -> int:
+    import json
+    from dataclasses import asdict
+
+    if args.json:
+        print(json.dumps(asdict(entry) if entry else {"moved": False, "alias": args.alias, "version": version}))
+    else:
+        print(_moved(entry, args.name, args.alias, version))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    import tasks  # noqa: F401  the project's stores, before MLflow is imported
+    from tasks import aliases
+
+    return _print_move(args, aliases.promote(args.name, args.version, args.alias, args.reason), args.version)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    import tasks  # noqa: F401
+    from tasks import aliases
+
+    return _print_move(args, aliases.rollback(args.name, args.alias, args.reason))
+
+
+def _models(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    import tasks  # noqa: F401
+    from tasks import aliases
+
+    models = aliases.overview(args.name)
+    if args.history:
+        moves = {m.name: aliases.history(m.name, args.alias) for m in models}
+        if args.json:
+            print(json.dumps({name: [asdict(m) for m in found] for name, found in moves.items()}))
+        else:
+            print("\n\n".join(f"{name}\n{aliases.history_table(found)}" for name, found in moves.items())
+                  or "no registered models")
+    elif args.json:
+        print(json.dumps([asdict(m) for m in models]))
+    else:
+        print(aliases.models_table(models))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add predict, models, promote and rollback to the `trainflow` parser's subcommands."""
     p = sub.add_parser("predict", help="score new data with a registered model: predictions file, drift check, "
@@ -75,3 +131,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    ".trainflow/predictions/NAME-vVERSION-TIME.parquet)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout, nothing else")
     p.set_defaults(handler=_predict)
+    m = sub.add_parser("models", help="registered models: versions, test accuracy, gate, aliases (--history: every "
+                       "alias move)")
+    m.add_argument("name", nargs="?", metavar="NAME", help="one registered model (default: all)")
+    m.add_argument("--history", action="store_true", help="the alias history: when, which alias, from which "
+                   "version to which, by what, why")
+    m.add_argument("--alias", help="--history of this alias only")
+    m.add_argument("--json", action="store_true", help="print JSON on stdout, nothing else")
+    m.set_defaults(handler=_models)
+    pr = sub.add_parser("promote", help="move an alias to a version by hand (recorded in the alias history)")
+    pr.add_argument("name", metavar="NAME", help="registered model")
+    pr.add_argument("version", type=commands._positive, metavar="VERSION")
+    rb = sub.add_parser("rollback", help="move an alias back to the version that held it before its last move")
+    rb.add_argument("name", metavar="NAME", help="registered model")
+    for sp, handler in ((pr, _promote), (rb, _rollback)):
+        sp.add_argument("--alias", default="champion", help="the alias to move")
+        sp.add_argument("--reason", help="why, in words: kept in the alias history")
+        sp.add_argument("--json", action="store_true", help="print the move as JSON on stdout")
+        sp.set_defaults(handler=handler)

@@ -88,7 +88,7 @@ class TableReader:
     def __init__(self, path: str | Path, spec: InputSpec, target: str = "label"):
         self.path, self.spec, self.target = Path(path), spec, target
         if not self.path.is_file():
-            raise DataError(f"--data: no such file: {self.path}")
+            raise DataError(f"--data: no such file or folder: {self.path}")
         self.kind = TABLES.get(self.path.suffix.lower())
         if self.kind is None:
             raise DataError(f"--data {self.path}: a folder of images, or a table ending in "
