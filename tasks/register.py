@@ -16,7 +16,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from tasks import tracking
+from tasks import aliases, tracking
 from tasks.refs import DatasetRef, StatsRef
 from tasks.wording import NOT_REGISTERED
 from trainlib.config import RegisterConfig
@@ -111,7 +111,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
             client.set_model_version_tag(name, str(version), key, value)
         alias = register.alias if gate.passed else CHALLENGER
-        client.set_registered_model_alias(name, alias, str(version))
+        aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
                                          "registered_version": version, "registered_alias": alias})
     return {"model_uri": model_uri, "registered_model": name, "version": version, "alias": alias,
