@@ -145,6 +145,7 @@ def rollback(name: str, alias: str = CHAMPION, reason: str | None = None) -> Mov
     standing = [m for m in moves if not m.undoes and m.key not in undone]
     if not standing or standing[-1].from_version is None:
         detail = (f"version {standing[-1].to_version} was the first to hold it" if standing
+                  else "every move of it trainflow recorded is rolled back already" if moves
                   else "trainflow has recorded no move of it")
         raise ConfigError(f"no earlier holder of @{alias} for {name}: {detail}")
     last, now = standing[-1], _holder(name, alias)

@@ -160,6 +160,13 @@ def test_rollback_refuses_without_a_recorded_move_or_after_an_outside_one(store)
     assert holder(name) == 3 and len(aliases.history(name)) == 2
     with pytest.raises(ConfigError, match=r"^no registered model 'nowhere'; registered: .*" + name):
         aliases.rollback("nowhere")
+    older = registered(2)  # an alias set before trainflow recorded moves: its first recorded move has a `from`
+    MlflowClient().set_registered_model_alias(older, "champion", "1")
+    aliases.promote(older, 2)
+    assert aliases.rollback(older).to_version == 1
+    with pytest.raises(ConfigError, match=f"^no earlier holder of @champion for {older}: every move of it trainflow "
+                                          "recorded is rolled back already"):
+        aliases.rollback(older)
 
 
 def test_promoting_a_missing_version_names_those_that_exist(store):
