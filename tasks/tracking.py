@@ -13,12 +13,11 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.models import infer_signature
@@ -27,6 +26,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 from tasks import settings
 from trainlib.errors import ConfigError
 from trainlib.redact import redact
+
+if TYPE_CHECKING:
+    import torch
 
 PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
 
@@ -194,6 +196,8 @@ def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str)
 
 def pip_requirements() -> list[str]:
     """Explicit requirements for a logged model (inference would take >10 s and may try the network)."""
+    import torch  # here: the commands that only read the registry (models, promote, rollback) never need it
+
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
             f"numpy=={np.__version__}"]
 
@@ -206,6 +210,8 @@ def _in_run_experiment(run_id: str) -> None:
 def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray, metadata: dict | None = None) -> str:
     """Log `model` (raw inputs in, logits out) to the run with a signature and `metadata` (kept in its MLmodel
     file); returns its model URI."""
+    import torch
+
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
