@@ -52,18 +52,16 @@ def scoring(ref: ModelRef) -> Scoring:
 def reader(what: Scoring, data: str | None, config: PipelineConfig | None):
     """The reader of the data to score, checked against the model: a path (a folder of images, a CSV or Parquet
     table), or a config's data section (any training source)."""
-    target = what.training_data.get("target", "label")
     if data is not None:
-        path = Path(data)
-        opened = (inputs.FolderReader(path, what.spec) if path.is_dir()
-                  else inputs.TableReader(path, what.spec, target))
-    elif config.data.source == "imagefolder":
-        opened = inputs.FolderReader(config.data.path, what.spec)
-    elif config.data.source in ("csv", "parquet"):
-        opened = inputs.TableReader(config.data.path, what.spec, config.data.target)
+        kind = "folder" if Path(data).is_dir() else "table"
+        path, target = data, what.training_data.get("target", "label")
     else:
-        ds = sources.load(**config.data.model_dump())
-        opened = inputs.DatasetReader(ds, what.spec, f"data.source {config.data.source}")
+        kind, path, target = sources.SOURCES[config.data.source].files, config.data.path, config.data.target
+    if kind is None:  # a source without files of its own (the embedded digits, a torchvision set): loaded whole
+        opened = inputs.DatasetReader(sources.load(**config.data.model_dump()), what.spec,
+                                      f"data.source {config.data.source}")
+    else:
+        opened = inputs.READERS[kind](path, what.spec, target)
     opened.check()
     return opened
 

@@ -33,9 +33,10 @@ def _labels(values, classes: list[str]) -> np.ndarray:
 
 class FolderReader:
     """Images under a folder, in sorted path order. Labelled when every image lies in a first-level folder named
-    after one of the model's classes (the training layout); otherwise (a flat folder, say) unlabelled."""
+    after one of the model's classes (the training layout); otherwise (a flat folder, say) unlabelled. (`target`,
+    a table's label column, has no meaning here.)"""
 
-    def __init__(self, root: str | Path, spec: InputSpec, workers: int = 4):
+    def __init__(self, root: str | Path, spec: InputSpec, target: str | None = None, workers: int = 4):
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         self.root, self.spec, self.workers = Path(root), spec, workers
@@ -183,3 +184,6 @@ class DatasetReader:
             labels = [names[i] for i in self.dataset.labels[start:stop].tolist()]
             yield Batch([str(i) for i in range(start, stop)], inputs[start:stop].numpy().astype(np.float32),
                         _labels(labels, self.spec.classes))
+
+
+READERS = {"folder": FolderReader, "table": TableReader}  # by trainlib.data.sources.Source.files

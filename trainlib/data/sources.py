@@ -222,13 +222,15 @@ class Source:
     load: Callable[..., Dataset]
     image: bool  # images (C, H, W) rather than tabular features
     needs_path: bool
+    files: str | None = None  # how new data of this kind is read for scoring a batch at a time (trainlib.data.inputs):
+    # "folder" (image files), "table" (CSV, Parquet); None: loaded whole, as for training
 
 
 SOURCES: Registry[Source] = Registry("data source", {
     "digits": Source(load_digits, image=True, needs_path=False),
-    "imagefolder": Source(load_imagefolder, image=True, needs_path=True),
-    "csv": Source(load_csv, image=False, needs_path=True),
-    "parquet": Source(load_parquet, image=False, needs_path=True),
+    "imagefolder": Source(load_imagefolder, image=True, needs_path=True, files="folder"),
+    "csv": Source(load_csv, image=False, needs_path=True, files="table"),
+    "parquet": Source(load_parquet, image=False, needs_path=True, files="table"),
     "torchvision": Source(load_torchvision, image=True, needs_path=True),
 })
 
