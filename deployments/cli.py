@@ -1,5 +1,5 @@
 """The `trainflow` command line: its parser and `main`. The flow commands (run, tune, compare, ensemble,
-transfer, ui) are in flows/commands.py; the operations commands (up, down, status, serve) are here.
+transfer, ui) are in flows/commands.py; the operations commands (up, down, status, serve, serve-model) are here.
 
 Exit codes: 0 done, 1 failed while running, 2 bad input (one readable message; --debug shows the
 traceback). With --json, stdout carries exactly one JSON object; everything else goes to stderr.
@@ -89,6 +89,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """argparse type of a port to listen on: 1 to 65535 (0 would be any port, and the printed URL wrong)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _serve_model(args: argparse.Namespace) -> int:
+    import tasks  # noqa: F401  the project's settings (its MLflow store), before mlflow is imported
+    from deployments import serve_model
+
+    serve_model.run(args.uri, args.host, args.port)
+    return 0
+
+
 def operations(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="Prefect and MLflow servers on 127.0.0.1 serving the project's stores")
     up.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -109,6 +124,12 @@ def operations(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
     serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")
     serve.set_defaults(handler=_serve)
+    model = sub.add_parser("serve-model", help="serve a registered model version over HTTP (MLflow's scoring API)")
+    model.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION; an alias is "
+                       "resolved once, at start")
+    model.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    model.add_argument("--port", type=_port, default=5002, help="port to listen on")
+    model.set_defaults(handler=_serve_model)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -149,6 +170,8 @@ EXAMPLES = {  # two per command, shown by --help
     "down": ["trainflow down", "trainflow down && trainflow status"],
     "status": ["trainflow status", "trainflow status || trainflow up"],
     "serve": ["trainflow serve", "trainflow serve --only training/nightly"],
+    "serve-model": ["trainflow serve-model models:/digits-cnn@champion",
+                    "trainflow serve-model models:/digits-cnn/2 --port 5050"],
 }
 CONFIG_HINT = "Config keys, their defaults and meanings: trainflow config --keys"
 

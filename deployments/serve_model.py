@@ -1,0 +1,128 @@
+"""`trainflow serve-model`: one registered model version behind MLflow's scoring API, served by this process.
+
+The URI is resolved once, at start: an alias names the version it points at then, and the server keeps serving
+that version when the alias moves (its /health says which; restart it to follow the alias). The model loads in
+this process, in the project's environment: `mlflow models serve` would build a virtualenv from the model's
+requirements (offline here, it cannot) and start a tree of processes. MLflow's own scoring app answers
+/invocations, /ping and /version; /health is replaced by one that names the version served.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import sys
+import threading
+import urllib.request
+
+import mlflow.pyfunc
+import uvicorn
+from mlflow.pyfunc import scoring_server
+
+from tasks.model_ref import ModelRef, resolve
+from trainlib.errors import ConfigError
+
+QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL = 0.1  # seconds between the readiness checks of the server's own /health
+GRACE = 10  # seconds a stop waits for requests in flight before closing their connections
+
+
+def run(uri: str, host: str, port: int) -> None:
+    """Serve the version `uri` names now on host:port until SIGINT, SIGTERM or SIGHUP; then return."""
+    sock = _bind(host, port)  # first: a taken port is bad input, told before a model is resolved or loaded
+    try:
+        ref = resolve(uri)
+        model = mlflow.pyfunc.load_model(ref.pinned)  # the pinned version: the alias may move meanwhile
+        run_by = f", logged by run {ref.run_id}" if ref.run_id else ""
+        print(f"loaded {ref.describe()} from {ref.pinned}{run_by}", file=sys.stderr)
+        server = uvicorn.Server(uvicorn.Config(_app(model, ref), host=host, port=port, log_level=QUIET,
+                                               access_log=False, timeout_graceful_shutdown=GRACE))
+        url = f"http://{_in_url(host)}:{port}"
+        ready = f"serving {ref.describe()} on {url}  (POST /invocations; GET /health; Ctrl+C stops)"
+        stopped_by = _serve(server, sock, _in_url(_reachable(host)), port, ready)
+    finally:
+        sock.close()
+    print(f"stopped ({', '.join(signal.Signals(s).name for s in stopped_by) or 'server ended'})", file=sys.stderr)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (uvicorn listens on it later): nothing else can take the port meanwhile."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses its port at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use: stop what serves it or choose another with "
+                              "--port") from None
+        raise ConfigError(f"cannot serve on {host} port {port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _app(model, ref: ModelRef):
+    """MLflow's scoring app for `model`, its /health naming the version it serves."""
+    app = scoring_server.init(model)
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
+    about = {"status": "ok", "model": ref.name, "version": ref.version, "alias": ref.alias, "run_id": ref.run_id,
+             "uri": ref.pinned}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return about
+
+    return app
+
+
+def _serve(server: uvicorn.Server, sock: socket.socket, local: str, port: int, ready: str) -> list[int]:
+    """Run `server` on `sock` in this thread until a stop signal; print `ready` once it answers. -> the signals
+    that stopped it.
+
+    While it runs, uvicorn handles SIGINT and SIGTERM itself (a graceful shutdown); afterwards it puts back the
+    handlers it found and raises the signal again for them. The ones it finds are these, which only note the
+    signal: for a server, being stopped is how its work ends (exit 0), where the handlers of `trainflow` would
+    report an interrupted command (130, or 128 + N). SIGHUP, which uvicorn leaves alone, stops it the same way."""
+    stopped_by: list[int] = []
+    done = threading.Event()
+
+    def stop(signum, _frame):
+        stopped_by.append(signum)
+        server.should_exit = True  # also before uvicorn has started: it then shuts down at once
+
+    previous = {s: signal.signal(s, stop) for s in STOPS}
+    watcher = threading.Thread(target=_announce, args=(f"http://{local}:{port}/health", ready, done), daemon=True)
+    watcher.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        done.set()
+        watcher.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return list(dict.fromkeys(stopped_by))  # uvicorn's re-raise notes each signal a second time
+
+
+def _announce(health: str, ready: str, done: threading.Event) -> None:
+    """Print `ready` on stdout once a real request to the server's /health answers 200 (not when uvicorn says it
+    started): whoever waits for the line can send requests at once."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # this machine: never through a proxy
+    while not done.is_set():
+        try:
+            with direct.open(health, timeout=2) as answer:
+                if answer.status == 200:
+                    print(ready, flush=True)
+                    return
+        except OSError:
+            pass
+        done.wait(POLL)
+
+
+def _reachable(host: str) -> str:
+    """Where this machine reaches a server bound to `host` (the wildcard addresses are not destinations)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

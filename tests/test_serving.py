@@ -1,0 +1,195 @@
+"""`trainflow serve-model` as a real process on a real port: it answers as the registered model predicts, names the
+version it serves (also after its alias moves), stops on SIGINT and SIGTERM with exit code 0 leaving no process,
+and refuses a taken port or an unknown alias with one line, starting nothing."""
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import cli_env
+from mlflow import MlflowClient
+from ports import free_port
+from sklearn.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "deployments.cli"]  # this checkout's code (the console script may be another's)
+NAME = "served-digits"
+# small and quick, yet well above chance: 5 epochs at lr 0.01 reach about 0.85 test accuracy
+TRAIN = ["--set", "training.epochs=5", "--set", "optimizer.lr=0.01", "--set", "model.channels=[8]",
+         "--set", "model.hidden=[32]", "--set", "register.min_test_accuracy=0"]
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never through a proxy
+
+
+def _env(folder) -> dict[str, str]:
+    return cli_env(folder) | {"PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A project folder whose store holds NAME version 1 at @champion, trained and registered by `trainflow run`."""
+    folder = tmp_path_factory.mktemp("served")
+    out = subprocess.run([*CLI, "run", "--name", NAME, *TRAIN], capture_output=True, text=True, timeout=600,
+                         cwd=folder, env=_env(folder))
+    assert out.returncode == 0, out.stderr
+    assert f"registered {NAME} version 1: promoted to @champion" in out.stdout, out.stdout
+    return folder
+
+
+def _start(folder, uri: str, port: int) -> tuple[subprocess.Popen, queue.Queue]:
+    """`serve-model` in a session of its own (its process group is everything it started); its stdout lines go to
+    the queue, its stderr to folder/serve-PORT.err."""
+    err = open(Path(folder) / f"serve-{port}.err", "w")  # noqa: SIM115  closed with the process
+    proc = subprocess.Popen([*CLI, "serve-model", uri, "--port", str(port)], cwd=folder, env=_env(folder),
+                            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    err.close()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def _stderr(folder, port: int) -> str:
+    return (Path(folder) / f"serve-{port}.err").read_text()
+
+
+def _ready(proc, lines: queue.Queue, folder, port: int, timeout: float = 120) -> str:
+    try:
+        return lines.get(timeout=timeout).rstrip("\n")
+    except queue.Empty:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"no ready line after {timeout} s: {_stderr(folder, port)}") from None
+
+
+def _post(port: int, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with DIRECT.open(request, timeout=30) as answer:
+        return json.load(answer)
+
+
+def _get(port: int, path: str):
+    with DIRECT.open(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return answer.status, answer.read().decode()
+
+
+def _stop(proc, signum: int) -> int:
+    """Send `signum` to the server's process group (as Ctrl+C does to a terminal's foreground group); -> exit code,
+    once no process of the group remains."""
+    os.killpg(proc.pid, signum)
+    code = proc.wait(timeout=60)
+    with pytest.raises(ProcessLookupError):  # nothing it started outlives it
+        os.killpg(proc.pid, 0)
+    return code
+
+
+def _nothing_listens(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@contextlib.contextmanager
+def _in_store(store):
+    """This process on the store of `store` (the session's is elsewhere): a registry call that looks up the logged
+    model, and loading by a models:/ URI, go through the tracking URI."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{store}/.trainflow/mlflow.db")
+    try:
+        yield MlflowClient()
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(store):
+    digits = load_digits()
+    rows, labels = digits.images[:100].reshape(-1, 1, 8, 8).astype(np.float32), digits.target[:100]
+    port = free_port()
+    proc, lines = _start(store, f"models:/{NAME}@champion", port)
+    try:
+        ready = _ready(proc, lines, store, port)
+        assert ready == (f"serving {NAME} version 1 (@champion) on http://127.0.0.1:{port}  "
+                         "(POST /invocations; GET /health; Ctrl+C stops)"), ready
+        # raw digits as nested lists, as curl would send them: one row of 10 class scores per input
+        answer = _post(port, {"inputs": rows.tolist()})
+        served = np.asarray(answer["predictions"])
+        assert served.shape == (100, 10)
+        with _in_store(store):  # what the registered model predicts loaded here, as a Python user would load it
+            expected = np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(rows))
+        assert (served.argmax(1) == expected.argmax(1)).all()
+        assert np.allclose(served, expected, atol=1e-4)
+        accuracy = (served.argmax(1) == labels).mean()
+        assert accuracy > 0.5, accuracy  # chance is 0.1
+        health = {"status": "ok", "model": NAME, "version": 1, "alias": "champion", "uri": f"models:/{NAME}/1"}
+        status, body = _get(port, "/health")
+        assert status == 200 and json.loads(body).items() >= health.items() and json.loads(body)["run_id"]
+        assert _get(port, "/ping")[0] == 200  # MLflow's own
+        # the alias moves to a new version: the running server keeps the version it loaded, and says so
+        with _in_store(store) as client:
+            first = client.get_model_version(NAME, "1")
+            second = client.create_model_version(NAME, first.source, first.run_id)
+            client.set_registered_model_alias(NAME, "champion", second.version)
+        assert json.loads(_get(port, "/health")[1]).items() >= health.items()
+        body = {"inputs": rows.tolist()}
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            _post(port, body)
+            times.append(time.perf_counter() - start)
+        print(f"\none POST of 100 rows: median {statistics.median(times) * 1000:.1f} ms over 20")
+    finally:
+        code = _stop(proc, signal.SIGINT)
+        with _in_store(store) as client:  # @champion back on version 1, as the fixture left it
+            client.set_registered_model_alias(NAME, "champion", "1")
+    err = _stderr(store, port)
+    assert code == 0, err
+    assert err.splitlines()[-1] == "stopped (SIGINT)" and "Traceback" not in err, err
+    assert f"loaded {NAME} version 1 (@champion) from models:/{NAME}/1" in err
+    assert _nothing_listens(port)
+
+
+def test_sigterm_stops_a_server_named_by_version_with_exit_code_0(store):
+    port = free_port()
+    proc, lines = _start(store, f"models:/{NAME}/1", port)
+    try:
+        assert _ready(proc, lines, store, port).startswith(f"serving {NAME} version 1 ")
+        assert json.loads(_get(port, "/health")[1])["alias"] is None  # named by its version
+    finally:
+        code = _stop(proc, signal.SIGTERM)
+    err = _stderr(store, port)
+    assert code == 0 and err.splitlines()[-1] == "stopped (SIGTERM)" and "Traceback" not in err, err
+    assert _nothing_listens(port)
+
+
+def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([*CLI, "serve-model", f"models:/{NAME}@champion", "--port", str(port)],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env(tmp_path))
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr == f"error: port {port} on 127.0.0.1 is in use: stop what serves it or choose another with " \
+                         "--port\n"
+    assert not (tmp_path / ".trainflow").exists()  # refused before any store was opened
+
+
+def test_an_unknown_alias_is_one_line_and_serves_nothing(store):
+    port = free_port()
+    out = subprocess.run([*CLI, "serve-model", f"models:/{NAME}@nosuch", "--port", str(port)],
+                         capture_output=True, text=True, timeout=120, cwd=store, env=_env(store))
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.startswith(f"error: {NAME} has no alias @nosuch; its aliases: @champion (version ")
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert _nothing_listens(port)
