@@ -193,3 +193,35 @@ def test_an_unknown_alias_is_one_line_and_serves_nothing(store):
     assert out.stderr.startswith(f"error: {NAME} has no alias @nosuch; its aliases: @champion (version ")
     assert len(out.stderr.splitlines()) == 1, out.stderr
     assert _nothing_listens(port)
+
+
+def test_after_a_rollback_a_server_started_again_serves_the_earlier_champion(store):
+    with _in_store(store) as client:
+        first = client.get_model_version(NAME, "1")
+        a, b = (int(client.create_model_version(NAME, first.source, first.run_id).version) for _ in range(2))
+    env = _env(store)
+
+    def trainflow(*args):
+        out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=store, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    try:
+        trainflow("promote", NAME, str(a), "--reason", "canary")
+        trainflow("promote", NAME, str(b))
+        assert trainflow("rollback", NAME).startswith(f"@champion of {NAME}: version {b} -> version {a}")
+        history = [line.split() for line in trainflow("models", NAME, "--history", "--alias", "champion")
+                   .splitlines()[2:]]
+        assert [row[3:6] for row in history][-3:] == [["1", str(a), "promote"], [str(a), str(b), "promote"],
+                                                      [str(b), str(a), "rollback"]]
+        assert history[0][3:6] == ["-", "1", "gate"]  # the first training's promotion, recorded by the gate
+        port = free_port()
+        proc, lines = _start(store, f"models:/{NAME}@champion", port)
+        try:
+            assert _ready(proc, lines, store, port).startswith(f"serving {NAME} version {a} (@champion)")
+            assert json.loads(_get(port, "/health")[1])["version"] == a
+        finally:
+            assert _stop(proc, signal.SIGINT) == 0
+    finally:
+        with _in_store(store) as client:
+            client.set_registered_model_alias(NAME, "champion", "1")
