@@ -1,7 +1,8 @@
 """Benchmark 8: batch scoring and serving (issue 21). `trainflow predict` as a process on generated flat folders of
 28x28 grayscale PNG digits (the embedded digits, upscaled, with noise), its resident memory sampled every 20 ms
 from /proc (the trainflow process alone: bench/memory.py's sampler), its rows/s as the scoring task measured them
-and over the whole command; then `trainflow serve-model`: the latency of one POST of 100 rows.
+and over the whole command; then `trainflow serve-model`: the latency of one POST of 100 rows, for the default cnn
+on the 8x8 digits and for the 28x28 one.
 
     .venv/bin/python -m bench.predict [--sizes 10000,100000] [--requests 20]
 
@@ -81,14 +82,15 @@ def measured(cmd: list[str], env: dict) -> tuple[dict, float, float]:
     return json.loads(text), peak[0] / 2**20, time.time() - start
 
 
-def serving_latency(env: dict, requests: int) -> list[float]:
-    """Seconds per POST of 100 raw rows to `trainflow serve-model`, after one unmeasured request."""
+def serving_latency(env: dict, requests: int, model: str, side: int) -> list[float]:
+    """Seconds per POST of 100 raw rows of side x side pixels to `trainflow serve-model`, after one unmeasured
+    request."""
     port = free_port()
-    server = subprocess.Popen([TRAINFLOW, "serve-model", "models:/bench-predict@champion", "--port", str(port)],
+    server = subprocess.Popen([TRAINFLOW, "serve-model", model, "--port", str(port)],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         server.stdout.readline()  # the ready line: printed once its own /health answered
-        rows = np.random.default_rng(0).integers(0, 255, (100, 1, SIDE, SIDE)).astype(np.float32)
+        rows = np.random.default_rng(0).integers(0, 17, (100, 1, side, side)).astype(np.float32)
         body = json.dumps({"inputs": rows.tolist()}).encode()
         times = []
         for i in range(requests + 1):
@@ -129,12 +131,19 @@ def main(argv: list[str] | None = None) -> None:
             assert out["rows"] == n, out
             rows.append([f"{n:,}", f"{peak:,.0f}", f"{out['metrics']['rows_per_second']:,.0f}",
                          f"{n / wall:,.0f}", f"{wall:.1f}"])
-        latency = serving_latency(env, args.requests)
+        subprocess.run([TRAINFLOW, "run", "--set", "training.epochs=5", "--json"], env=env, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the default cnn on the 8x8 digits
+        latency = {"the default cnn on 8x8 digits (digits-cnn)": serving_latency(env, args.requests,
+                                                                                "models:/digits-cnn@champion", 8),
+                   f"the cnn above, {SIDE}x{SIDE}": serving_latency(env, args.requests,
+                                                                    "models:/bench-predict@champion", SIDE)}
     print(header("Batch scoring of a flat folder of 28x28 PNGs (trainflow predict, cnn)"))
     print(machine())
     print(table(["images", "peak RSS MiB", "rows/s (scoring task)", "rows/s (whole command)", "wall s"], rows))
-    print(f"\nserve-model, one POST of 100 rows of 28x28: median {statistics.median(latency) * 1000:.1f} ms, "
-          f"min {min(latency) * 1000:.1f} ms, max {max(latency) * 1000:.1f} ms over {len(latency)} requests")
+    print("\nserve-model: one POST of 100 raw rows (JSON), milliseconds over "
+          f"{args.requests} requests after a first unmeasured one")
+    rows = [[name, *(f"{f(t) * 1000:.1f}" for f in (statistics.median, min, max))] for name, t in latency.items()]
+    print(table(["model", "median", "min", "max"], rows))
 
 
 if __name__ == "__main__":

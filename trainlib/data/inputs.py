@@ -64,21 +64,27 @@ class FolderReader:
             return str(exc)
 
     def batches(self, size: int) -> Iterator[Batch]:
+        """Batches of decoded images; the next batch decodes in the pool while the caller scores this one."""
+        chunks = [self.paths[start:start + size] for start in range(0, len(self.paths), size)]
         with ThreadPoolExecutor(self.workers) as pool:  # PIL decodes without the GIL
-            for start in range(0, len(self.paths), size):
-                chunk = self.paths[start:start + size]
-                ids, arrays, labels = [], [], []
-                for path, decoded in zip(chunk, pool.map(self._decode, chunk), strict=True):
-                    name = str(path.relative_to(self.root))
-                    if isinstance(decoded, str):
-                        self.errors.append((name, decoded))
-                        continue
-                    ids.append(name)
-                    arrays.append(decoded)
-                    labels.append(path.parent.name)
-                inputs = (np.stack(arrays).astype(np.float32) if arrays
-                          else np.zeros((0, *self.spec.shape), dtype=np.float32))
-                yield Batch(ids, inputs, _labels(labels, self.spec.classes) if self.labelled else None)
+            pending = [pool.submit(self._decode, p) for p in chunks[0]]
+            for k, chunk in enumerate(chunks):
+                decoded = [f.result() for f in pending]
+                pending = [pool.submit(self._decode, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+                yield self._batch(chunk, decoded)
+
+    def _batch(self, chunk: list[Path], decoded: list[np.ndarray | str]) -> Batch:
+        ids, arrays, labels = [], [], []
+        for path, image in zip(chunk, decoded, strict=True):
+            name = str(path.relative_to(self.root))
+            if isinstance(image, str):
+                self.errors.append((name, image))
+                continue
+            ids.append(name)
+            arrays.append(image)
+            labels.append(path.parent.name)
+        inputs = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, *self.spec.shape), np.float32)
+        return Batch(ids, inputs, _labels(labels, self.spec.classes) if self.labelled else None)
 
 
 class TableReader:
