@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import yaml
 
 from tasks import settings, tracking
@@ -44,9 +45,22 @@ def scoring(ref: ModelRef) -> Scoring:
         config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{ref.run_id}/config.yaml")) or {}
     except Exception:  # a run without its config (MLflow raises several types): the defaults say the units
         config = {}
+    spec = InputSpec.from_dict(described)
+    _agrees(ref, spec, info.signature)
     flavor = "pytorch" if "pytorch" in info.flavors else "python_function"
     experiment = tracking.client().get_experiment(run.info.experiment_id).name
-    return Scoring(ref, InputSpec.from_dict(described), flavor, config.get("data") or {}, experiment)
+    return Scoring(ref, spec, flavor, config.get("data") or {}, experiment)
+
+
+def _agrees(ref: ModelRef, spec: InputSpec, signature) -> None:
+    """The readers prepare float32 batches of spec.shape: the model's signature must take exactly that."""
+    if signature is None or not signature.inputs.is_tensor_spec():
+        return
+    tensor = signature.inputs.inputs[0]
+    if tuple(tensor.shape[1:]) != tuple(spec.shape) or tensor.type != np.dtype(np.float32):
+        raise ConfigError(f"{ref.describe()}: its signature takes {tensor.type} of shape {tensor.shape}, but its "
+                          f"description says float32 of shape (-1, {', '.join(map(str, spec.shape))}): it was not "
+                          "logged by trainflow as it is")
 
 
 def reader(what: Scoring, data: str | None, config: PipelineConfig | None):

@@ -168,3 +168,24 @@ def test_a_registered_ensemble_scores_the_same_way(prefect_api, digits, tmp_path
     assert out["rows"] == len(digits) and table["predicted"].astype(int).tolist() == expected.tolist()
     assert MlflowClient().get_run(out["run_id"]).info.experiment_id == MlflowClient().get_run(
         registered["run_id"]).info.experiment_id  # the ensemble's experiment, pred-bag
+
+
+def test_a_signature_that_disagrees_with_the_description_is_refused():
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from tasks.model_ref import ModelRef
+    from tasks.scoring import _agrees
+    from trainlib.scoring import InputSpec
+
+    spec = InputSpec(["0", "1"], [1, 8, 8], True, [], 16.0, [4.0], [6.0])
+    ref = ModelRef("models:/x/1", "x", 1, None, (), None)
+
+    def signature(dtype, shape):
+        return ModelSignature(Schema([TensorSpec(np.dtype(dtype), shape)]))
+
+    _agrees(ref, spec, signature(np.float32, (-1, 1, 8, 8)))  # as trainflow logs it
+    for dtype, shape in ((np.float64, (-1, 1, 8, 8)), (np.float32, (-1, 3, 8, 8))):
+        with pytest.raises(ConfigError, match=r"x version 1: its signature takes .* but its description says "
+                                              r"float32 of shape \(-1, 1, 8, 8\)"):
+            _agrees(ref, spec, signature(dtype, shape))
