@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import header, machine, table
+from bench.common import header, table
 from bench.memory import rss
 from tests.ports import free_port
 
@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> None:
                    f"the cnn above, {SIDE}x{SIDE}": serving_latency(env, args.requests,
                                                                     "models:/bench-predict@champion", SIDE)}
     print(header("Batch scoring of a flat folder of 28x28 PNGs (trainflow predict, cnn)"))
-    print(machine())
     print(table(["images", "peak RSS MiB", "rows/s (scoring task)", "rows/s (whole command)", "wall s"], rows))
     print("\nserve-model: one POST of 100 raw rows (JSON), milliseconds over "
           f"{args.requests} requests after a first unmeasured one")
