@@ -4,6 +4,7 @@ data's digest and row count; the predictions, the unreadable rows and a summary 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
 def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> dict:
     """Metrics, tags, the files and a drift plot on the prediction run; a Prefect summary. -> the summary."""
     log, ref, drift = tracking.RunLogger(run_id), what.model, predictions.drift
-    log.log_metrics(predictions.metrics, step=0)
+    log.log_metrics(predictions.metrics | (_per_channel(drift) if drift else {}), step=0)
     log.set_tags({"drift": str(bool(drift and drift["drifted"])).lower(), "scored_rows": predictions.rows,
                   "unreadable_rows": predictions.errors, "scoring_device": predictions.device})
     log.log_artifact(predictions.path)
@@ -99,6 +100,17 @@ def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> dict:
     log.log_dict(out | {"confusion": predictions.confusion}, "summary.json")
     create_markdown_artifact(_markdown(out), key=artifact_key(ref.name, "predictions"),
                              description="batch scoring summary")
+    return out
+
+
+def _per_channel(drift: dict) -> dict[str, float]:
+    """The scored inputs' mean and spread per channel or feature, and their drift, as metrics (`input_mean.NAME`,
+    `input_std.NAME`, `drift_shift.NAME`, `drift_spread.NAME`; characters MLflow refuses in a name become _)."""
+    out = {}
+    for i, name in enumerate(drift["names"]):
+        key = re.sub(r"[^A-Za-z0-9_.\- /]", "_", name).replace(" ", "_")
+        out |= {f"input_mean.{key}": drift["mean"][i], f"input_std.{key}": drift["std"][i],
+                f"drift_shift.{key}": drift["shift"][i], f"drift_spread.{key}": drift["spread"][i]}
     return out
 
 

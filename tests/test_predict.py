@@ -80,6 +80,8 @@ def test_a_flat_folder_is_scored_file_by_file_and_a_corrupt_file_is_listed(folde
     assert tags["model.version"] == str(folder_model["version"]) and tags["model.aliases"] == "champion"
     assert tags["unreadable_rows"] == "1" and len(tags["dataset.digest"]) == 64 and tags["drift"] == "false"
     assert run.data.metrics["rows"] == 15 and run.data.metrics["errors"] == 1
+    assert run.data.metrics["drift_shift.channel_0"] == pytest.approx(out["drift"]["shift"][0])
+    assert run.data.metrics["input_mean.channel_0"] == pytest.approx(out["drift"]["mean"][0])
     assert run.info.experiment_id == MlflowClient().get_run(folder_model["run_id"]).info.experiment_id
     artifacts = {a.path for a in MlflowClient().list_artifacts(out["run_id"])}
     assert {"scored.parquet", "scored.parquet.errors.csv", "summary.json", "drift.png"} <= artifacts
