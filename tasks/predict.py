@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -17,8 +17,9 @@ from tasks import events, tracking
 from tasks.report import artifact_key, link, run_url
 from tasks.scoring import Scoring, ScoringPlan, reader
 from trainlib import plots
+from trainlib.checkpoint import atomic_path
 from trainlib.device import resolve_device
-from trainlib.scoring import PredictionWriter, score
+from trainlib.scoring import PredictionWriter, output_format, score
 
 
 def _load(what: Scoring, device: str):
@@ -54,23 +55,21 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
     source = reader(what, plan.data, None if plan.data else cfg)
     total = len(source)
     model, used = _load(what, str(resolve_device(cfg.training.device)))
-    out = plan.out
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    writer = PredictionWriter(out, what.spec.classes, source.labelled)
-    done = [0]
+    out, done = plan.out, [0]
 
     def progress(rows: int) -> None:
         done[0] += rows
         events.emit("rows", done=done[0] + len(source.errors), total=total)  # read: scored or skipped
 
-    result = score(model.predict, source.batches(cfg.predict.batch_size), what.spec, writer, source.errors,
-                   cfg.predict.drift_threshold, progress)
+    with atomic_path(out) as tmp:  # a scoring that fails leaves no half-written predictions behind
+        writer = PredictionWriter(tmp, what.spec.classes, source.labelled, output_format(out))
+        result = score(model.predict, source.batches(cfg.predict.batch_size), what.spec, writer, source.errors,
+                       cfg.predict.drift_threshold, progress)
     errors_path = None
     if result.errors:
         errors_path = f"{out}.errors.csv"
-        import pandas as pd
-
-        pd.DataFrame(result.errors, columns=["id", "reason"]).to_csv(errors_path, index=False)
+        with atomic_path(errors_path) as tmp:
+            pd.DataFrame(result.errors, columns=["id", "reason"]).to_csv(tmp, index=False)
     drift = asdict(result.drift) | {"drifted": result.drift.drifted} if result.drift else None
     return PredictionsRef(out, errors_path, result.rows, len(result.errors), result.metrics, drift,
                           result.confusion.tolist() if result.confusion is not None else None, used)

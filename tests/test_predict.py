@@ -129,10 +129,37 @@ def test_what_scoring_refuses_before_it_starts(digits_model, tmp_path):
             plan(model, data, cfg, from_config, out)
 
 
-def test_the_command_names_a_missing_column_and_exits_2(prefect_api, csv_file, tmp_path):
+@pytest.fixture(scope="module")
+def table_model(prefect_api, tmp_path_factory):
+    """An mlp trained on a CSV table (features x1, x2, x3; target label: a, b, c)."""
     from conftest import tabular_frame
 
-    _train("name=pred-table", "data.source=csv", f"data.path={csv_file}", "training.epochs=40", "optimizer.lr=0.01")
+    path = tmp_path_factory.mktemp("table") / "table.csv"
+    tabular_frame().to_csv(path, index=False)
+    return _train("name=pred-table", "data.source=csv", f"data.path={path}", "training.epochs=40", "optimizer.lr=0.01")
+
+
+def test_a_scoring_that_fails_midway_leaves_no_predictions_and_a_failed_run(table_model, tmp_path):
+    from conftest import tabular_frame
+
+    from trainlib.errors import DataError
+
+    frame = tabular_frame(1200, seed=2)
+    frame["x2"] = frame["x2"].astype(object)
+    frame.loc[1100, "x2"] = "tall"  # words in the third chunk of 512 rows: found only when that chunk is read
+    frame.to_csv(tmp_path / "late.csv", index=False)
+    with pytest.raises(DataError, match="not numeric: x2"):
+        _predict("models:/pred-table@champion", data=str(tmp_path / "late.csv"), out=str(tmp_path / "late.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.csv"]  # no output, no temporary file
+    experiment = MlflowClient().get_run(table_model["run_id"]).info.experiment_id
+    last = MlflowClient().search_runs([experiment], "tags.`trainflow.kind` = 'prediction'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert last.info.status == "FAILED" and "not numeric: x2" in last.data.tags["failure_reason"]
+
+
+def test_the_command_names_a_missing_column_and_exits_2(table_model, tmp_path):
+    from conftest import tabular_frame
+
     tabular_frame(30, seed=1).drop(columns=["x2"]).to_csv(tmp_path / "new.csv", index=False)
     env = cli_env(tmp_path) | {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     bad = subprocess.run([TRAINFLOW, "predict", "--model", "models:/pred-table@champion", "--data",

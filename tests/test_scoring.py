@@ -154,3 +154,17 @@ def test_the_output_format_is_chosen_by_extension():
     assert output_format("a.PARQUET") == ".parquet" and output_format("b.csv") == ".csv"
     with pytest.raises(ConfigError, match="give a .parquet or .csv file"):
         output_format("c.json")
+
+
+def test_batches_whose_labels_are_all_unknown_keep_the_parquet_schema(tmp_path):
+    writer = PredictionWriter(tmp_path / "p.parquet", ["a", "b"], labelled=True)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
+    writer.write(["0", "1"], probs, np.array([-1, -1]))  # labels none of the model's classes
+    writer.write(["2", "3"], probs, np.array([0, 1]))
+    writer.close()
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    assert table["label"].isna().tolist() == [True, True, False, False] and table["label"].tolist()[2:] == ["a", "b"]
+    assert table["predicted"].tolist() == ["a", "b", "a", "b"]
+    empty = PredictionWriter(tmp_path / "e.parquet", ["a", "b"], labelled=False)
+    empty.close()  # nothing scored: the file still has the columns
+    assert list(pd.read_parquet(tmp_path / "e.parquet").columns) == ["id", "predicted", "probability", "p_a", "p_b"]

@@ -126,9 +126,9 @@ class PredictionWriter:
     """Appends each batch's predictions to a Parquet or CSV file: id, predicted class, its probability, the
     probability of every class (p_<class>), and the label when the data has one."""
 
-    def __init__(self, path: str | Path, classes: list[str], labelled: bool):
+    def __init__(self, path: str | Path, classes: list[str], labelled: bool, format: str | None = None):
         self.path, self.classes, self.labelled = Path(path), classes, labelled
-        self.format = output_format(path)
+        self.format = format or output_format(path)  # given: `path` is a temporary name for the output file
         self._parquet = None
         self.rows = 0
 
@@ -146,18 +146,23 @@ class PredictionWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            # one schema for every batch: a batch whose labels are all unknown (None) must not make `label` a null
+            # column that the next batch's strings would not fit
+            schema = pa.schema([("id", pa.string()), ("predicted", pa.string()), ("probability", pa.float32()),
+                                *([("label", pa.string())] if self.labelled else []),
+                                *[(f"p_{c}", pa.float32()) for c in self.classes]])
+            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
+                self._parquet = pq.ParquetWriter(self.path, schema)
             self._parquet.write_table(table)
         self.rows += len(frame)
 
     def close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-        elif not self.rows:  # nothing scored: still a file with the columns, so readers need no special case
+        if not self.rows:  # nothing scored: still a file with the columns, so readers need no special case
             self.write([], np.zeros((0, len(self.classes)), dtype=np.float32),
                        np.zeros(0, dtype=np.int64) if self.labelled else None)
+        if self._parquet is not None:
+            self._parquet.close()
 
 
 @dataclass
