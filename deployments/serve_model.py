@@ -34,7 +34,9 @@ def run(uri: str, host: str, port: int) -> None:
     sock = _bind(host, port)  # first: a taken port is bad input, told before a model is resolved or loaded
     try:
         ref = resolve(uri)
-        model = mlflow.pyfunc.load_model(ref.pinned)  # the pinned version: the alias may move meanwhile
+        # the pinned version (the alias may move meanwhile), on the CPU: a torch.export (pt2) program stays on the
+        # device it was exported on, and MLflow would otherwise pick CUDA where there is one and refuse to load it
+        model = mlflow.pyfunc.load_model(ref.pinned, model_config={"device": "cpu"})
         run_by = f", logged by run {ref.run_id}" if ref.run_id else ""
         print(f"loaded {ref.describe()} from {ref.pinned}{run_by}", file=sys.stderr)
         server = uvicorn.Server(uvicorn.Config(_app(model, ref), host=host, port=port, log_level=QUIET,

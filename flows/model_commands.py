@@ -18,21 +18,18 @@ def prediction_summary(s: dict) -> None:
     if "accuracy" in s["metrics"]:
         scored += f"; against their labels: accuracy {s['metrics']['accuracy']:.4f}, macro F1 {s['metrics']['f1']:.4f}"
     out.print(scored)
+    if s["metrics"].get("unknown_labels"):
+        out.print(f"[yellow]{int(s['metrics']['unknown_labels'])} labels are none of the model's classes[/]: those "
+                  "rows are scored, and left out of accuracy and F1")
     if s["errors"]:
         out.print(f"[yellow]{s['errors']} unreadable rows skipped[/]: listed with the reason in {s['errors_file']}")
     if drift and drift["drifted"]:
         out.print(f"[bold red]drift[/]: the inputs differ from the training data's (score {drift['score']:.2f} > "
-                  f"predict.drift_threshold {drift['threshold']:g}); most: {_worst(drift)}. The run is tagged drift.")
+                  f"predict.drift_threshold {drift['threshold']:g}); most: {drift['worst']}. The run is tagged drift.")
     elif drift:
         out.print(f"no drift: score {drift['score']:.2f} <= predict.drift_threshold {drift['threshold']:g}")
     out.print(f"predictions: {s['out']}", markup=False, highlight=False)
     out.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)
-
-
-def _worst(drift: dict) -> str:
-    from trainlib.scoring import DriftReport
-
-    return DriftReport(**{k: v for k, v in drift.items() if k != "drifted"}).worst()
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -46,8 +43,9 @@ def _predict(args: argparse.Namespace) -> int:
     def start():
         from flows.predict import batch_predict
 
-        return batch_predict(args.model, args.data, cfg if args.config else None, args.out,
-                             overrides=_set(args.set))
+        # the version resolved above, pinned: an alias that moves meanwhile does not change what is scored
+        return batch_predict(checked.what.model.pinned, args.data, cfg if args.config else None, args.out,
+                             overrides=_set(args.set), named=args.model)
 
     what = checked.what
     title = (f"{what.model.describe()} scores {args.data or f'data.source {cfg.data.source}'} "

@@ -103,15 +103,13 @@ class StudyProgress(_Bar):
 
 
 class RowProgress(_Bar):
-    """Over the rows of a batch scoring (`rows` events), with its notes (`note`); in a log, a line per tenth."""
+    """Over the rows of a batch scoring (`rows` events); in a log, a line per tenth."""
 
     def __init__(self, total: int):
         super().__init__("scoring", total, "last")
         self.tenth = 0
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "note":
-            console.print(f"note: {event.data['text']}", markup=False, highlight=False)
         if event.kind != "rows":
             return
         done, total = event.data["done"], event.data["total"]

@@ -8,7 +8,6 @@ every event while it is inside `listening(listener)`. The kinds:
   result as the flow keeps it: `label` or `number`, `state`, `metrics` or `value`, `run_id`).
 - `claim`: an entry of the technique study finished or failed. Data: `row` (its row of the study's report).
 - `rows`: batch scoring scored a batch. Data: `done` (rows so far), `total` (rows to read, unreadable included).
-- `note`: something the user should hear about while it runs. Data: `text`.
 
 Listeners are per process: a task running in another process (a Dask worker, a deployment's worker) has
 none, so its events go nowhere. That is why the flows emit `finished` themselves, for every result they
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["epoch", "finished", "claim", "rows", "note"]
+Kind = Literal["epoch", "finished", "claim", "rows"]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ speak of one fixed version even when the alias moves meanwhile."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlflow.exceptions import MlflowException
 
@@ -68,3 +68,10 @@ def resolve(uri: str) -> ModelRef:
         raise ConfigError(f"{name} has no version {number}; its versions: "
                           f"{', '.join(map(str, versions)) or 'none'}") from None
     return ModelRef(uri, name, int(version.version), alias, tuple(sorted(version.aliases or ())), version.run_id)
+
+
+def as_named(ref: ModelRef, uri: str) -> ModelRef:
+    """`ref` (resolved from its pinned URI) as the user named it at first, by `uri`: a command that resolved an
+    alias once hands the version on pinned and keeps saying which alias it was named by."""
+    match = _URI.match(uri.strip())
+    return replace(ref, uri=uri, alias=match["alias"] if match else None)

@@ -18,20 +18,14 @@ from tasks.report import artifact_key, link, run_url
 from tasks.scoring import Scoring, ScoringPlan, reader
 from trainlib import plots
 from trainlib.checkpoint import atomic_path
-from trainlib.device import resolve_device
-from trainlib.scoring import PredictionWriter, output_format, score
+from trainlib.scoring import DriftReport, PredictionWriter, output_format, score
 
 
-def _load(what: Scoring, device: str):
-    """The version as pyfunc, on `device` where its format allows: an exported (pt2) network keeps the device
-    it was exported on, so a model exported on the CPU scores on the CPU."""
-    if what.flavor == "pytorch" and device != "cpu":
-        try:
-            return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": device}), device
-        except Exception as exc:  # noqa: BLE001  MLflow says so with a plain MlflowException
-            events.emit("note", text=f"scoring on the CPU: {exc}")
-    return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": "cpu"}
-                                    if what.flavor == "pytorch" else None), "cpu"
+def _load(what: Scoring):
+    """The version as pyfunc, on the CPU. trainflow logs networks as torch.export programs (pt2), which load
+    without unpickling code but stay on the device they were exported on (MLflow refuses to move one), and
+    they are exported on the CPU; an ensemble's program likewise."""
+    return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": "cpu"})
 
 
 @dataclass(frozen=True)
@@ -42,10 +36,9 @@ class PredictionsRef:
     errors_path: str | None
     rows: int
     errors: int
-    metrics: dict = field(hash=False)
-    drift: dict | None = field(hash=False)  # trainlib.scoring.DriftReport as a dict, with `drifted`
-    confusion: list | None = field(hash=False)
-    device: str = "cpu"
+    metrics: dict[str, float] = field(hash=False)
+    drift: DriftReport | None = field(hash=False)  # None when no row was scored
+    confusion: list[list[int]] | None = field(hash=False)  # (K, K) over the labelled rows, if any
 
 
 @task(name="score")
@@ -54,7 +47,7 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
     what, cfg = plan.what, plan.config
     source = reader(what, plan.data, None if plan.data else cfg)
     total = len(source)
-    model, used = _load(what, str(resolve_device(cfg.training.device)))
+    model = _load(what)
     out, done = plan.out, [0]
 
     def progress(rows: int) -> None:
@@ -70,18 +63,18 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
         errors_path = f"{out}.errors.csv"
         with atomic_path(errors_path) as tmp:
             pd.DataFrame(result.errors, columns=["id", "reason"]).to_csv(tmp, index=False)
-    drift = asdict(result.drift) | {"drifted": result.drift.drifted} if result.drift else None
-    return PredictionsRef(out, errors_path, result.rows, len(result.errors), result.metrics, drift,
-                          result.confusion.tolist() if result.confusion is not None else None, used)
+    return PredictionsRef(out, errors_path, result.rows, len(result.errors), result.metrics, result.drift,
+                          result.confusion.tolist() if result.confusion is not None else None)
 
 
 @task(name="record-prediction")
 def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> dict:
     """Metrics, tags, the files and a drift plot on the prediction run; a Prefect summary. -> the summary."""
-    log, ref, drift = tracking.RunLogger(run_id), what.model, predictions.drift
+    log, ref, report = tracking.RunLogger(run_id), what.model, predictions.drift
+    drift = asdict(report) | {"drifted": report.drifted, "worst": report.worst()} if report else None
     log.log_metrics(predictions.metrics | (_per_channel(drift) if drift else {}), step=0)
     log.set_tags({"drift": str(bool(drift and drift["drifted"])).lower(), "scored_rows": predictions.rows,
-                  "unreadable_rows": predictions.errors, "scoring_device": predictions.device})
+                  "unreadable_rows": predictions.errors})
     log.log_artifact(predictions.path)
     if predictions.errors_path:
         log.log_artifact(predictions.errors_path)

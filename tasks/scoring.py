@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from tasks import settings, tracking
-from tasks.model_ref import ModelRef, resolve
+from tasks.model_ref import ModelRef, as_named, resolve
 from trainlib.config import PipelineConfig
 from trainlib.data import inputs, sources
 from trainlib.errors import ConfigError
@@ -82,8 +82,8 @@ def reader(what: Scoring, data: str | None, config: PipelineConfig | None):
 
 def digest(data: str | None, config: PipelineConfig | None) -> str:
     """The scored data's content digest (every file's names, sizes and bytes)."""
-    if data is not None:
-        return sources.fingerprint("imagefolder" if Path(data).is_dir() else "csv", data)
+    if data is not None:  # a path: its files (any source but the embedded digits is fingerprinted by its files)
+        return sources.fingerprint("files", data)
     return sources.fingerprint(config.data.source, config.data.path)
 
 
@@ -100,19 +100,22 @@ class ScoringPlan:
 
 def default_out(ref: ModelRef) -> Path:
     """Where predictions go when --out is not given: the project's predictions folder, one file per scoring."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")  # to the microsecond: two scorings, two files
     return settings.HOME / "predictions" / f"{ref.name}-v{ref.version}-{stamp}.parquet"
 
 
-def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool, out: str | None) -> ScoringPlan:
+def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool, out: str | None,
+         named: str | None = None) -> ScoringPlan:
     """Check everything a scoring needs before it starts: the model URI, the data (a path, or the config's data
-    section when `from_config`), the output file's format."""
+    section when `from_config`), the output file's format. `named`: the URI the user gave when `model` is the
+    version it was resolved to already (the CLI resolves once, the flow scores that version)."""
     if (data is None) == (not from_config):
         raise ConfigError("predict: give the data to score, --data PATH (a folder of images, a CSV or Parquet "
                           "file) or --config FILE (its data section), not both")
     if out is not None:
         output_format(out)
-    what = scoring(resolve(model))
+    ref = resolve(model)
+    what = scoring(as_named(ref, named) if named else ref)
     source = reader(what, data, None if data else config)
     return ScoringPlan(what, data, config, str(Path(out).resolve()) if out else str(default_out(what.model)),
                        len(source))

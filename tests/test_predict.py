@@ -146,7 +146,7 @@ def test_a_scoring_that_fails_midway_leaves_no_predictions_and_a_failed_run(tabl
 
     frame = tabular_frame(1200, seed=2)
     frame["x2"] = frame["x2"].astype(object)
-    frame.loc[1100, "x2"] = "tall"  # words in the third chunk of 512 rows: found only when that chunk is read
+    frame.loc[1024:, "x2"] = "tall"  # a column of words in the third chunk of 512 rows: found when it is read
     frame.to_csv(tmp_path / "late.csv", index=False)
     with pytest.raises(DataError, match="not numeric: x2"):
         _predict("models:/pred-table@champion", data=str(tmp_path / "late.csv"), out=str(tmp_path / "late.parquet"))

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from trainlib.data.inputs import DatasetReader, FolderReader, TableReader
+from trainlib.data.inputs import DatasetReader, FolderReader, TableReader, _labels
 from trainlib.errors import ConfigError, DataError
-from trainlib.scoring import Drift, InputSpec, PredictionWriter, input_spec, output_format, score
+from trainlib.scoring import Batch, Drift, InputSpec, PredictionWriter, input_spec, output_format, score
 
 IMAGES = InputSpec(["0", "1", "2"], [1, 8, 8], True, [], 255.0, [100.0], [50.0])
 TABLE = InputSpec(["a", "b"], [3], False, ["x1", "x2", "x3"], None, [0.0, 10.0, -5.0], [1.0, 2.0, 3.0])
@@ -82,7 +82,20 @@ def test_a_missing_column_names_it_and_a_bad_row_is_listed(tmp_path):
     reader = TableReader(tmp_path / "n.csv", TABLE)
     (batch,) = list(reader.batches(10))
     assert batch.ids == ["0"] and not reader.labelled and batch.labels is None
-    assert reader.errors == [("1", "missing or infinite value in x1"), ("2", "missing or infinite value in x3")]
+    assert reader.errors == [("1", "missing, infinite or not a number in x1"),
+                             ("2", "missing, infinite or not a number in x3")]
+    (tmp_path / "q.csv").write_text('x1,x2,x3,label\n1,2,3,1\n1,?,3,1\n4,5,6,\n"7",8,9,"x\ny"')
+    spec = InputSpec(["1", "2"], [3], False, ["x1", "x2", "x3"], None, [0.0] * 3, [1.0] * 3)
+    reader = TableReader(tmp_path / "q.csv", spec)
+    (batch,) = list(reader.batches(10))  # one `?` is that row's problem, not the file's
+    assert batch.ids == ["0", "2", "3"] and reader.errors == [("1", "missing, infinite or not a number in x2")]
+    assert batch.labels.tolist() == [0, -1, -1]  # 1 is a class; a missing label and "x\ny" are not
+    assert len(reader) == 4  # a quoted line break and no newline at the end: still 4 rows
+    # pandas reads a column of whole numbers with a gap as floats: 3.0 is the class "3"
+    assert _labels([3.0, 2, "1", None, float("nan"), "x"], ["1", "2", "3"]).tolist() == [2, 1, 0, -1, -1, -1]
+    (tmp_path / "h.csv").write_text("x1,x2,x3\n")
+    assert list(TableReader(tmp_path / "h.csv", TABLE).batches(10)) == [] and len(TableReader(tmp_path / "h.csv",
+                                                                                            TABLE)) == 0
     pd.DataFrame({"x1": ["a"], "x2": [1.0], "x3": [1.0]}).to_csv(tmp_path / "w.csv", index=False)
     with pytest.raises(DataError, match="not numeric: x1"):
         list(TableReader(tmp_path / "w.csv", TABLE).batches(10))
@@ -168,3 +181,14 @@ def test_batches_whose_labels_are_all_unknown_keep_the_parquet_schema(tmp_path):
     empty = PredictionWriter(tmp_path / "e.parquet", ["a", "b"], labelled=False)
     empty.close()  # nothing scored: the file still has the columns
     assert list(pd.read_parquet(tmp_path / "e.parquet").columns) == ["id", "predicted", "probability", "p_a", "p_b"]
+
+
+def test_macro_f1_counts_only_the_classes_the_data_has():
+    spec = InputSpec(["a", "b", "c"], [1], False, ["x"], None, [0.0], [1.0])
+    reader_rows = [Batch(["0", "1", "2"], np.array([[0.0], [0.0], [0.0]], np.float32), np.array([0, 0, -1]))]
+    writer = PredictionWriter("unused.csv", spec.classes, labelled=True)
+    writer.write = lambda *a: setattr(writer, "rows", writer.rows + len(a[0]))  # the metrics are under test
+    writer.close = lambda: None
+    result = score(lambda x: np.tile([5.0, 0.0, 0.0], (len(x), 1)), iter(reader_rows), spec, writer, [], 0.5)
+    assert result.metrics["accuracy"] == 1.0 and result.metrics["f1"] == 1.0  # b and c absent: not F1 0
+    assert result.metrics["unknown_labels"] == 1  # the row labelled with no class of the model

@@ -214,8 +214,12 @@ def score(predict: Callable[[np.ndarray], np.ndarray], batches: Iterator[Batch],
     out.metrics = {"rows": float(writer.rows), "errors": float(len(errors)),
                    "rows_per_second": writer.rows / max(out.seconds, 1e-9)}
     if labelled:
-        _, _, _, f1, _ = of_confusion(confusion)
-        out.metrics |= {"accuracy": float(np.trace(confusion) / confusion.sum()), "f1": float(f1.mean())}
+        _, _, _, f1, support = of_confusion(confusion)
+        # macro F1 over the classes present in the labels or the predictions (sklearn's rule): new data without
+        # some class does not count that class as an F1 of 0
+        present = (support + confusion.sum(0)) > 0
+        out.metrics |= {"accuracy": float(np.trace(confusion) / confusion.sum()), "f1": float(f1[present].mean()),
+                        "unknown_labels": float(unknown)}
     if out.drift is not None:
         out.metrics["drift_score"] = out.drift.score
     return out

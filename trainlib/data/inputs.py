@@ -22,13 +22,20 @@ from trainlib.data.sources import Dataset, decode_image
 from trainlib.errors import DataError
 from trainlib.scoring import Batch, InputSpec
 
-TABLES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+def _label(value) -> str | None:
+    """A label as a class name: 3 and 3.0 (pandas reads a column of ints with a gap as floats) are both "3"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _labels(values, classes: list[str]) -> np.ndarray:
-    """Class indices of label values; -1 for a value that is not one of the model's classes."""
+    """Class indices of label values; -1 for a missing value or one that is not one of the model's classes."""
     index = {c: i for i, c in enumerate(classes)}
-    return np.array([index.get(str(v), -1) for v in values], dtype=np.int64)
+    return np.array([index.get(_label(v), -1) for v in values], dtype=np.int64)
 
 
 class FolderReader:
@@ -87,35 +94,70 @@ class FolderReader:
         return Batch(ids, inputs, _labels(labels, self.spec.classes) if self.labelled else None)
 
 
+class _Csv:
+    """A CSV file: its header, its rows in chunks, its row count (a parse of one column: quoted line breaks and a
+    missing last newline count right)."""
+
+    name = "CSV"
+
+    def columns(self, path: Path) -> list[str]:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+    def chunks(self, path: Path, columns: list[str], size: int) -> Iterator[pd.DataFrame]:
+        yield from pd.read_csv(path, usecols=columns, chunksize=size)
+
+    def rows(self, path: Path, first: str) -> int:
+        return sum(len(c) for c in pd.read_csv(path, usecols=[first], chunksize=1 << 16))
+
+
+class _Parquet:
+    """A Parquet file, read a record batch at a time."""
+
+    name = "Parquet"
+
+    def columns(self, path: Path) -> list[str]:
+        return [str(c) for c in _parquet(path).schema_arrow.names]
+
+    def chunks(self, path: Path, columns: list[str], size: int) -> Iterator[pd.DataFrame]:
+        for part in _parquet(path).iter_batches(batch_size=size, columns=columns):
+            yield part.to_pandas()
+
+    def rows(self, path: Path, first: str) -> int:
+        return _parquet(path).metadata.num_rows
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path)
+
+
+TABLES = {".csv": _Csv(), ".parquet": _Parquet(), ".pq": _Parquet()}
+
+
 class TableReader:
     """A CSV or Parquet file read in chunks. A table model's features are taken by name (in the model's order,
     whatever the file's); an image model reads every column but the target as one flattened image, in column
-    order. Labelled when the target column is present."""
+    order. Labelled when the target column is present. A cell that is not a finite number (empty, a word, inf)
+    makes its row unreadable; a feature column with no number at all in a chunk is the file's problem."""
 
     def __init__(self, path: str | Path, spec: InputSpec, target: str = "label"):
         self.path, self.spec, self.target = Path(path), spec, target
         if not self.path.is_file():
             raise DataError(f"--data: no such file or folder: {self.path}")
-        self.kind = TABLES.get(self.path.suffix.lower())
-        if self.kind is None:
-            raise DataError(f"--data {self.path}: a folder of images, or a table ending in "
-                            f"{', '.join(TABLES)}")
+        self.format = TABLES.get(self.path.suffix.lower())
+        if self.format is None:
+            raise DataError(f"--data {self.path}: a folder of images, or a table ending in {', '.join(TABLES)}")
         try:
-            columns = (list(pd.read_csv(self.path, nrows=0).columns) if self.kind == "csv"
-                       else list(_parquet(self.path).schema_arrow.names))
+            self.columns = self.format.columns(self.path)
         except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
-            raise DataError(f"--data {self.path}: cannot read it as {self.kind}: {exc}") from exc
-        self.columns = [str(c) for c in columns]
+            raise DataError(f"--data {self.path}: cannot read it as {self.format.name}: {exc}") from exc
         self.labelled = target in self.columns
-        self.features = self._features()
+        self.features = list(spec.feature_names) if not spec.image else [c for c in self.columns if c != target]
         self.errors: list[tuple[str, str]] = []
 
-    def _features(self) -> list[str]:
-        if not self.spec.image:
-            return list(self.spec.feature_names)
-        return [c for c in self.columns if c != self.target]
-
     def check(self) -> None:
+        """The model's feature columns are there (by name), or an image model's pixel count is."""
         if not self.spec.image:
             missing = [c for c in self.spec.feature_names if c not in self.columns]
             if missing:
@@ -128,43 +170,32 @@ class TableReader:
                             f"{self.spec.describe()}: {need} values per row (every column but {self.target!r}, "
                             "in order)")
 
-    def _chunks(self, size: int) -> Iterator[pd.DataFrame]:
-        wanted = [*self.features, *([self.target] if self.labelled else [])]
-        if self.kind == "csv":
-            yield from pd.read_csv(self.path, usecols=wanted, chunksize=size)
-        else:
-            for part in _parquet(self.path).iter_batches(batch_size=size, columns=wanted):
-                yield part.to_pandas()
-
     def batches(self, size: int) -> Iterator[Batch]:
+        """The rows `size` at a time, the unreadable ones listed in `errors` instead."""
         first = 0
-        for frame in self._chunks(size):
-            text = [c for c in self.features if not pd.api.types.is_numeric_dtype(frame[c])]
-            if text:  # a column of words is the file's problem, not a few rows'
+        wanted = [*self.features, *([self.target] if self.labelled else [])]
+        for frame in self.format.chunks(self.path, wanted, size):
+            if frame.empty:
+                continue
+            numbers = frame[self.features].apply(pd.to_numeric, errors="coerce")
+            words = [c for c in self.features if numbers[c].isna().all() and not frame[c].isna().all()]
+            if words:  # a column of words is the file's problem, not a few rows'
                 raise DataError(f"--data {self.path}: feature columns must be numeric; not numeric: "
-                                f"{', '.join(text)}")
-            x = frame[self.features].to_numpy(dtype=np.float32)
-            ok = np.isfinite(x).all(1)
+                                f"{', '.join(words)}")
+            x = numbers.to_numpy(dtype=np.float32)
+            finite = np.isfinite(x)
+            ok = finite.all(1)
             ids = [str(i) for i in range(first, first + len(frame))]
             for i in np.flatnonzero(~ok):
-                bad = [c for c, v in zip(self.features, np.isfinite(x[i]), strict=True) if not v]
-                self.errors.append((ids[i], f"missing or infinite value in {', '.join(bad[:5])}"
+                bad = [c for c, v in zip(self.features, finite[i], strict=True) if not v]
+                self.errors.append((ids[i], f"missing, infinite or not a number in {', '.join(bad[:5])}"
                                             f"{' ...' if len(bad) > 5 else ''}"))
             labels = _labels(frame[self.target][ok], self.spec.classes) if self.labelled else None
             yield Batch([ids[i] for i in np.flatnonzero(ok)], x[ok].reshape(-1, *self.spec.shape), labels)
             first += len(frame)
 
     def __len__(self) -> int:
-        if self.kind == "parquet":
-            return _parquet(self.path).metadata.num_rows
-        with open(self.path, "rb") as f:  # lines, less the header (a count, not a parse)
-            return max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
-
-
-def _parquet(path: Path):
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path)
+        return self.format.rows(self.path, self.columns[0]) if self.columns else 0
 
 
 class DatasetReader:
