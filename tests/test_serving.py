@@ -39,13 +39,22 @@ def _env(folder) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """A project folder whose store holds NAME version 1 at @champion, trained and registered by `trainflow run`."""
+    """A project folder whose store holds NAME versions 1 and 2, trained and registered by `trainflow run` with
+    other seeds (other weights: a server that answered with the wrong one would be seen), @champion on 1."""
     folder = tmp_path_factory.mktemp("served")
-    out = subprocess.run([*CLI, "run", "--name", NAME, *TRAIN], capture_output=True, text=True, timeout=600,
-                         cwd=folder, env=_env(folder))
-    assert out.returncode == 0, out.stderr
-    assert f"registered {NAME} version 1: promoted to @champion" in out.stdout, out.stdout
+    for seed in (0, 1):
+        out = subprocess.run([*CLI, "run", "--name", NAME, *TRAIN, "--set", f"training.seed={seed}"],
+                             capture_output=True, text=True, timeout=600, cwd=folder, env=_env(folder))
+        assert out.returncode == 0, out.stderr
+    with _in_store(folder) as client:
+        client.set_registered_model_alias(NAME, "champion", "1")
     return folder
+
+
+def _predicted(store, version: int, rows: np.ndarray) -> np.ndarray:
+    """What `version` predicts for `rows`, loaded in this process as a Python user would load it."""
+    with _in_store(store):
+        return np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(rows))
 
 
 def _start(folder, uri: str, port: int) -> tuple[subprocess.Popen, queue.Queue]:
@@ -125,8 +134,8 @@ def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(s
         answer = _post(port, {"inputs": rows.tolist()})
         served = np.asarray(answer["predictions"])
         assert served.shape == (100, 10)
-        with _in_store(store):  # what the registered model predicts loaded here, as a Python user would load it
-            expected = np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(rows))
+        expected, other = _predicted(store, 1, rows), _predicted(store, 2, rows)
+        assert not np.allclose(expected, other, atol=1e-3)  # the two versions answer differently
         assert (served.argmax(1) == expected.argmax(1)).all()
         assert np.allclose(served, expected, atol=1e-4)
         accuracy = (served.argmax(1) == labels).mean()
@@ -135,12 +144,11 @@ def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(s
         status, body = _get(port, "/health")
         assert status == 200 and json.loads(body).items() >= health.items() and json.loads(body)["run_id"]
         assert _get(port, "/ping")[0] == 200  # MLflow's own
-        # the alias moves to a new version: the running server keeps the version it loaded, and says so
+        # the alias moves to version 2: the running server keeps answering as version 1, and says so
         with _in_store(store) as client:
-            first = client.get_model_version(NAME, "1")
-            second = client.create_model_version(NAME, first.source, first.run_id)
-            client.set_registered_model_alias(NAME, "champion", second.version)
+            client.set_registered_model_alias(NAME, "champion", "2")
         assert json.loads(_get(port, "/health")[1]).items() >= health.items()
+        assert np.allclose(np.asarray(_post(port, {"inputs": rows.tolist()})["predictions"]), expected, atol=1e-4)
         body = {"inputs": rows.tolist()}
         times = []
         for _ in range(20):
@@ -190,16 +198,18 @@ def test_an_unknown_alias_is_one_line_and_serves_nothing(store):
     out = subprocess.run([*CLI, "serve-model", f"models:/{NAME}@nosuch", "--port", str(port)],
                          capture_output=True, text=True, timeout=120, cwd=store, env=_env(store))
     assert out.returncode == 2 and out.stdout == "", out
-    assert out.stderr.startswith(f"error: {NAME} has no alias @nosuch; its aliases: @champion (version ")
+    assert out.stderr.startswith(f"error: {NAME} has no alias @nosuch; its aliases: ") and "@champion (version " in \
+        out.stderr
     assert len(out.stderr.splitlines()) == 1, out.stderr
     assert _nothing_listens(port)
 
 
 def test_after_a_rollback_a_server_started_again_serves_the_earlier_champion(store):
-    with _in_store(store) as client:
+    with _in_store(store) as client:  # a third version: version 1's weights again, so a and b differ
         first = client.get_model_version(NAME, "1")
-        a, b = (int(client.create_model_version(NAME, first.source, first.run_id).version) for _ in range(2))
+        a, b = 2, int(client.create_model_version(NAME, first.source, first.run_id).version)
     env = _env(store)
+    rows = load_digits().images[:50].reshape(-1, 1, 8, 8).astype(np.float32)
 
     def trainflow(*args):
         out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=store, env=env)
@@ -218,8 +228,11 @@ def test_after_a_rollback_a_server_started_again_serves_the_earlier_champion(sto
         port = free_port()
         proc, lines = _start(store, f"models:/{NAME}@champion", port)
         try:
-            assert _ready(proc, lines, store, port).startswith(f"serving {NAME} version {a} (@champion)")
+            assert _ready(proc, lines, store, port).startswith(f"serving {NAME} version {a} (")
             assert json.loads(_get(port, "/health")[1])["version"] == a
+            served = np.asarray(_post(port, {"inputs": rows.tolist()})["predictions"])
+            assert np.allclose(served, _predicted(store, a, rows), atol=1e-4)  # version a's weights, not b's
+            assert not np.allclose(served, _predicted(store, b, rows), atol=1e-3)
         finally:
             assert _stop(proc, signal.SIGINT) == 0
     finally:
