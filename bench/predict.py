@@ -1,7 +1,8 @@
 """Benchmark 8: batch scoring and serving (issue 21). `trainflow predict` as a process on generated flat folders of
 28x28 grayscale PNG digits (the embedded digits, upscaled, with noise), its resident memory sampled every 20 ms
 from /proc (the trainflow process alone: bench/memory.py's sampler), its rows/s as the scoring task measured them
-and over the whole command; then `trainflow serve-model`: the latency of one POST of 100 rows, for the default cnn
+and over the whole command, and the two halves of scoring apart (decoding, the forward pass); then
+`trainflow serve-model`: the latency of one POST of 100 rows, for the default cnn
 on the 8x8 digits and for the 28x28 one.
 
     .venv/bin/python -m bench.predict [--sizes 10000,100000] [--requests 20]
@@ -107,6 +108,32 @@ def serving_latency(env: dict, requests: int, model: str, side: int) -> list[flo
         server.wait(30)
 
 
+def components(folder: Path) -> list[list]:
+    """Rows/s of the two halves of scoring, apart, in this process: decoding and resizing the folder's PNGs (the
+    folder reader, 4 threads, batches of 512) and the cnn's forward pass on batches of 512 (torch's threads)."""
+    import torch
+
+    from trainlib import models
+    from trainlib.data.inputs import FolderReader
+    from trainlib.device import configure_threads
+    from trainlib.scoring import InputSpec
+
+    configure_threads()
+    spec = InputSpec([str(i) for i in range(10)], [1, SIDE, SIDE], True, [], 255.0, [100.0], [50.0])
+    start, rows = time.perf_counter(), 0
+    for batch in FolderReader(folder, spec).batches(512):
+        rows += len(batch.ids)
+    decode = rows / (time.perf_counter() - start)
+    net, x = models.build("cnn", [1, SIDE, SIDE], 10).eval(), torch.rand(512, 1, SIDE, SIDE) * 255
+    with torch.no_grad():
+        net(x)
+        start = time.perf_counter()
+        for _ in range(10):
+            net(x)
+    forward = 10 * 512 / (time.perf_counter() - start)
+    return [["decode and resize (4 threads)", f"{decode:,.0f}"], ["cnn forward pass", f"{forward:,.0f}"]]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,100000", help="folder sizes, comma-separated")
@@ -137,10 +164,13 @@ def main(argv: list[str] | None = None) -> None:
                                                                                 "models:/digits-cnn@champion", 8),
                    f"the cnn above, {SIDE}x{SIDE}": serving_latency(env, args.requests,
                                                                     "models:/bench-predict@champion", SIDE)}
+    parts = components(Path(args.folders) / f"flat-{sizes[0]}")
     print(header("Batch scoring of a flat folder of 28x28 PNGs (trainflow predict, cnn)"))
     print(table(["images", "peak RSS MiB", "rows/s (scoring task)", "rows/s (whole command)", "wall s"], rows))
     print("\nserve-model: one POST of 100 raw rows (JSON), milliseconds over "
           f"{args.requests} requests after a first unmeasured one")
+    print(f"\nthe two halves apart, in one process ({sizes[0]:,} images):")
+    print(table(["part", "rows/s"], parts))
     rows = [[name, *(f"{f(t) * 1000:.1f}" for f in (statistics.median, min, max))] for name, t in latency.items()]
     print(table(["model", "median", "min", "max"], rows))
 

@@ -4,8 +4,12 @@ who holds each alias, with --history every alias move), `promote` and `rollback`
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from flows import commands
+
+if TYPE_CHECKING:  # the commands import tasks (MLflow) when they run, not when the parser is built
+    from tasks.aliases import ModelSummary, Move
 
 
 def prediction_summary(s: dict) -> None:
@@ -59,6 +63,46 @@ def _set(items: list[str] | None) -> dict:
     return dict(parse_set(item) for item in items or [])
 
 
+NONE = "-"  # how the tables show a missing value
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
+    """Columns left-aligned two spaces apart; the last column runs free (a reason can be long)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))).rstrip()
+            for row in [header, *rows]]
+
+
+def models_table(models: list[ModelSummary]) -> str:
+    """`trainflow models`: per model a line with its aliases, then a table of its versions, newest first."""
+    from tasks.aliases import shown_time
+
+    if not models:
+        return "no registered models"
+    lines = []
+    for model in models:
+        held = ", ".join(f"@{alias} -> version {version}" for alias, version in model.aliases) or "no aliases"
+        lines.append(f"{model.name}: {held}")
+        rows = [[str(v.version), shown_time(v.created),
+                 f"{v.test_accuracy:.4f}" if v.test_accuracy is not None else NONE, v.gate or NONE,
+                 " ".join(f"@{a}" for a in v.aliases) or NONE, v.run_id or NONE] for v in model.versions]
+        lines += (_table(["version", "created (UTC)", "test_accuracy", "gate", "aliases", "run"], rows, "  ")
+                  if rows else ["  no versions"])
+    return "\n".join(lines)
+
+
+def history_table(moves: list[Move]) -> str:
+    """An alias history (as tasks.aliases.history gives it): one line per move, in the order given."""
+    from tasks.aliases import shown_time
+
+    if not moves:
+        return "no recorded alias moves"
+    rows = [[shown_time(m.when), f"@{m.alias}", str(m.from_version) if m.from_version is not None else NONE,
+             str(m.to_version), m.by, m.flow_run or NONE, " ".join(m.reason.split())]  # one line each
+            for m in moves]
+    return "\n".join(_table(["when (UTC)", "alias", "from", "to", "by", "flow run", "reason"], rows))
+
+
 def _moved(entry, name: str, alias: str, version: int | None = None) -> str:
     """One line about a move (or none made)."""
     if entry is None:
@@ -106,12 +150,12 @@ def _models(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({name: [asdict(m) for m in found] for name, found in moves.items()}))
         else:
-            print("\n\n".join(f"{name}\n{aliases.history_table(found)}" for name, found in moves.items())
+            print("\n\n".join(f"{name}\n{history_table(found)}" for name, found in moves.items())
                   or "no registered models")
     elif args.json:
         print(json.dumps([asdict(m) for m in models]))
     else:
-        print(aliases.models_table(models))
+        print(models_table(models))
     return 0
 
 

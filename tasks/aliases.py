@@ -25,12 +25,12 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from tasks import tracking
+from tasks.model_ref import registered
 from trainlib.errors import ConfigError
 
 PREFIX = "trainflow.alias_history."  # + 13-digit epoch ms + "." + 8 hex: 45 characters, MLflow allows 250
 VALUE_LIMIT = 5000  # characters in a registered-model tag value (MLflow's database column)
 CHAMPION = "champion"
-NONE = "-"  # how the tables show a missing value
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,6 @@ class Move:
     @classmethod
     def from_json(cls, key: str, value: str) -> Move:
         return cls(**json.loads(value), key=key)
-
-
-def _model(name: str) -> RegisteredModel:
-    """The registered model `name`, or a readable error naming those that are registered."""
-    client = tracking.client()
-    try:
-        return client.get_registered_model(name)
-    except MlflowException:
-        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
-        raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names) or 'none yet'}") from None
 
 
 def _holder(name: str, alias: str) -> int | None:
@@ -126,7 +116,7 @@ def _order(entry: Move) -> tuple[datetime, str]:
 def history(name: str, alias: str | None = None) -> list[Move]:
     """The recorded moves of `alias` (of every alias when None) of `name`, oldest first."""
     moves = []
-    for key, value in _model(name).tags.items():
+    for key, value in registered(name).tags.items():
         if not key.startswith(PREFIX):
             continue
         try:
@@ -155,7 +145,7 @@ def rollback(name: str, alias: str = CHAMPION, reason: str | None = None) -> Mov
                           f"{last.to_version}: it was moved outside trainflow, so there is no recorded move to undo; "
                           "promote the version you want instead")
     why = (f"trainflow rollback: undoes the move from version {last.from_version} to {last.to_version} ({last.by}, "
-           f"{_time(last.when)} UTC)" + (f": {reason}" if reason else ""))
+           f"{shown_time(last.when)} UTC)" + (f": {reason}" if reason else ""))
     return _record(name, alias, now, last.from_version, why, "rollback", undoes=last.key)
 
 
@@ -172,7 +162,7 @@ def _versions(name: str) -> list:
 def promote(name: str, version: int, alias: str = CHAMPION, reason: str | None = None) -> Move | None:
     """A manual promotion: `alias` of `name` moves to `version`, recorded with the user's reason; None when that
     version already holds it."""
-    _model(name)
+    registered(name)
     try:
         tracking.client().get_model_version(name, str(int(version)))
     except MlflowException:
@@ -220,7 +210,7 @@ def _summary(model: RegisteredModel) -> ModelSummary:
 def overview(name: str | None = None) -> list[ModelSummary]:
     """Every registered model (or the one named), its versions and its aliases, by name."""
     if name is not None:
-        return [_summary(_model(name))]
+        return [_summary(registered(name))]
     client, models, token = tracking.client(), [], None
     while True:
         page = client.search_registered_models(max_results=1000, page_token=token)
@@ -229,38 +219,6 @@ def overview(name: str | None = None) -> list[ModelSummary]:
             return [_summary(m) for m in sorted(models, key=lambda m: m.name)]
 
 
-def _table(header: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
-    """Columns left-aligned two spaces apart; the last column runs free (a reason can be long)."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return [(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))).rstrip()
-            for row in [header, *rows]]
-
-
-def _time(iso: str) -> str:
+def shown_time(iso: str) -> str:
+    """A move's time as the tables and reasons show it: `2026-12-02 17:06:45` (UTC)."""
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def models_table(models: list[ModelSummary]) -> str:
-    """`trainflow models`: per model a line with its aliases, then a table of its versions, newest first."""
-    if not models:
-        return "no registered models"
-    lines = []
-    for model in models:
-        held = ", ".join(f"@{alias} -> version {version}" for alias, version in model.aliases) or "no aliases"
-        lines.append(f"{model.name}: {held}")
-        rows = [[str(v.version), _time(v.created),
-                 f"{v.test_accuracy:.4f}" if v.test_accuracy is not None else NONE, v.gate or NONE,
-                 " ".join(f"@{a}" for a in v.aliases) or NONE, v.run_id or NONE] for v in model.versions]
-        lines += (_table(["version", "created (UTC)", "test_accuracy", "gate", "aliases", "run"], rows, "  ")
-                  if rows else ["  no versions"])
-    return "\n".join(lines)
-
-
-def history_table(moves: list[Move]) -> str:
-    """An alias history (as `history` gives it): one line per move, in the order given."""
-    if not moves:
-        return "no recorded alias moves"
-    rows = [[_time(m.when), f"@{m.alias}", str(m.from_version) if m.from_version is not None else NONE,
-             str(m.to_version), m.by, m.flow_run or NONE, " ".join(m.reason.split())]  # one line each
-            for m in moves]
-    return "\n".join(_table(["when (UTC)", "alias", "from", "to", "by", "flow run", "reason"], rows))

@@ -38,11 +38,11 @@ class ModelRef:
         return f"{self.name} version {self.version}{held}"
 
 
-def _registered(name: str) -> None:
-    """A readable error when no model is registered under `name`, naming those that are."""
+def registered(name: str):
+    """The registered model `name` (an MLflow RegisteredModel), or one readable error naming those that are."""
     client = tracking.client()
     try:
-        client.get_registered_model(name)
+        return client.get_registered_model(name)
     except MlflowException:
         names = sorted(m.name for m in client.search_registered_models(max_results=1000))
         raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names) or 'none yet'}") from None
@@ -54,7 +54,7 @@ def resolve(uri: str) -> ModelRef:
     if not match:
         raise ConfigError(f"model {uri!r}: give {FORMS}")
     name, alias, number = match["name"], match["alias"], match["version"]
-    _registered(name)
+    registered(name)
     client = tracking.client()
     try:
         version = (client.get_model_version_by_alias(name, alias) if alias

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from flows import model_commands
 from tasks import aliases
 from trainlib.errors import ConfigError
 
@@ -195,21 +196,21 @@ def test_the_tables_show_versions_aliases_and_moves(store):
     with pytest.raises(ConfigError, match=f"^no registered model 'nowhere'; registered: .*{name}"):
         aliases.overview("nowhere")
 
-    table = aliases.models_table([model]).splitlines()
+    table = model_commands.models_table([model]).splitlines()
     assert table[0] == f"{name}: @challenger -> version 3, @champion -> version 1"
     assert table[1].split() == ["version", "created", "(UTC)", "test_accuracy", "gate", "aliases", "run"]
     created = model.versions[2].created[:19].replace("T", " ")
     assert table[4].split() == ["1", *created.split(), "0.9123", "promoted", "@champion", "-"]
     assert table[2].split()[3:] == ["-", "-", "@challenger", "-"]
     assert table[1].index("aliases") == table[2].index("@challenger") == table[4].index("@champion")  # aligned
-    assert aliases.models_table([]) == "no registered models"
+    assert model_commands.models_table([]) == "no registered models"
 
-    lines = aliases.history_table(aliases.history(name)).splitlines()
+    lines = model_commands.history_table(aliases.history(name)).splitlines()
     assert lines[0].split() == ["when", "(UTC)", "alias", "from", "to", "by", "flow", "run", "reason"]
     assert lines[1].split()[2:] == ["@champion", "-", "1", "promote", "-", "trainflow", "promote:", "first"]
     assert lines[2].split()[2:] == ["@challenger", "-", "3", "promote", "-", "trainflow", "promote"]
     assert lines[1].index("promote") == lines[2].index("promote")  # columns aligned
-    assert aliases.history_table([]) == "no recorded alias moves"
+    assert model_commands.history_table([]) == "no recorded alias moves"
 
 
 def test_the_gate_records_its_moves_with_its_reason_and_flow_run(store, prefect_api):
