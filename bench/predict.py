@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     parts = components(Path(args.folders) / f"flat-{sizes[0]}")
     print(header("Batch scoring of a flat folder of 28x28 PNGs (trainflow predict, cnn)"))
     print(table(["images", "peak RSS MiB", "rows/s (scoring task)", "rows/s (whole command)", "wall s"], rows))
-    print("\nserve-model: one POST of 100 raw rows (JSON), milliseconds over "
-          f"{args.requests} requests after a first unmeasured one")
     print(f"\nthe two halves apart, in one process ({sizes[0]:,} images):")
     print(table(["part", "rows/s"], parts))
+    print("\nserve-model: one POST of 100 raw rows (JSON), milliseconds over "
+          f"{args.requests} requests after a first unmeasured one")
     rows = [[name, *(f"{f(t) * 1000:.1f}" for f in (statistics.median, min, max))] for name, t in latency.items()]
     print(table(["model", "median", "min", "max"], rows))
 
