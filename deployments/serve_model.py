@@ -93,7 +93,8 @@ def _serve(server: uvicorn.Server, sock: socket.socket, local: str, port: int, r
         stopped_by.append(signum)
         server.should_exit = True  # also before uvicorn has started: it then shuts down at once
 
-    previous = {s: signal.signal(s, stop) for s in STOPS}
+    # a signal the process was started with ignored stays ignored (`nohup trainflow serve-model ...`: SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in STOPS if signal.getsignal(s) is not signal.SIG_IGN}
     watcher = threading.Thread(target=_announce, args=(f"http://{local}:{port}/health", ready, done), daemon=True)
     watcher.start()
     try:

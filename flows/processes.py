@@ -62,9 +62,11 @@ def _stop(signum: int, _frame) -> None:
 
 def stop_cleanly_on_signals() -> None:
     """In the main thread, before anything starts (and before other exit handlers are registered): SIGTERM and
-    SIGHUP raise `Stopped`."""
+    SIGHUP raise `Stopped`, unless the process was started with the signal ignored: `nohup trainflow ...` (SIGHUP
+    ignored) must outlive its terminal."""
     for signum in SIGNALS:
-        signal.signal(signum, _stop)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _stop)
     atexit.register(_end_after_stop)
 
 

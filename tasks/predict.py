@@ -40,6 +40,10 @@ class PredictionsRef:
     drift: DriftReport | None = field(hash=False)  # None when no row was scored
     confusion: list[list[int]] | None = field(hash=False)  # (K, K) over the labelled rows, if any
 
+    def load(self) -> pd.DataFrame:
+        """The predictions, one row per scored row."""
+        return pd.read_csv(self.path) if self.path.lower().endswith(".csv") else pd.read_parquet(self.path)
+
 
 @task(name="score")
 def score_data(plan: ScoringPlan) -> PredictionsRef:

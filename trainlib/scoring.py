@@ -36,19 +36,23 @@ class InputSpec:
     std: list[float]
 
     def to_dict(self) -> dict:
+        """As the model's metadata keeps it (plain JSON values)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
+        """Read back from the model's metadata (keys other tools may add are left out)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
+        """What the model takes, in words: `grayscale images of 8x8 pixels`, `a table of 4 feature columns (...)`."""
         if self.image:
             c, h, w = self.shape
             return f"{'grayscale' if c == 1 else 'RGB'} images of {h}x{w} pixels"
         return f"a table of {len(self.feature_names)} feature columns ({', '.join(self.feature_names)})"
 
     def channel_names(self) -> list[str]:
+        """The names drift is reported under: the feature columns, or `channel 0`, `channel 1`, ..."""
         return self.feature_names if not self.image else [f"channel {i}" for i in range(self.shape[0])]
 
 
@@ -94,12 +98,14 @@ class Drift:
         self.squares = np.zeros(len(spec.mean))
 
     def update(self, x: np.ndarray) -> None:
+        """Add a batch of inputs (n, C, H, W) or (n, F) to the sums."""
         flat = x.astype(np.float64).swapaxes(0, 1).reshape(x.shape[1], -1)  # (C, n*H*W) or (F, n)
         self.total += flat.sum(1)
         self.squares += (flat * flat).sum(1)
         self.count += flat.shape[1]
 
     def report(self, threshold: float) -> DriftReport | None:
+        """The drift of everything added so far against the training split; None when nothing was added."""
         if not self.count:
             return None
         mean = self.total / self.count
@@ -133,6 +139,7 @@ class PredictionWriter:
         self.rows = 0
 
     def write(self, ids: list[str], probs: np.ndarray, labels: np.ndarray | None) -> None:
+        """Append a batch: its row ids, class probabilities (n, K) and labels (class indices, -1 unknown)."""
         pred = probs.argmax(1)
         frame = pd.DataFrame({"id": ids, "predicted": np.asarray(self.classes, dtype=object)[pred],
                               "probability": probs[np.arange(len(pred)), pred]})
@@ -158,6 +165,7 @@ class PredictionWriter:
         self.rows += len(frame)
 
     def close(self) -> None:
+        """Finish the file (a Parquet file is unreadable until closed)."""
         if not self.rows:  # nothing scored: still a file with the columns, so readers need no special case
             self.write([], np.zeros((0, len(self.classes)), dtype=np.float32),
                        np.zeros(0, dtype=np.int64) if self.labelled else None)

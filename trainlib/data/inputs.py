@@ -57,6 +57,7 @@ class FolderReader:
         self.errors: list[tuple[str, str]] = []
 
     def check(self) -> None:
+        """The model takes images (any folder is converted to its channels and size)."""
         if not self.spec.image:
             raise DataError(f"--data {self.root}: a folder of images, but the model takes {self.spec.describe()}")
 
@@ -206,6 +207,7 @@ class DatasetReader:
         self.errors: list[tuple[str, str]] = []
 
     def check(self) -> None:
+        """The dataset's samples have the model's shape."""
         shape = list(self.dataset.sample_shape)
         if shape != list(self.spec.shape):
             raise DataError(f"{self.name}: samples of shape {tuple(shape)}, but the model takes "
@@ -215,6 +217,7 @@ class DatasetReader:
         return len(self.dataset)
 
     def batches(self, size: int) -> Iterator[Batch]:
+        """The samples `size` at a time, in order, with their labels."""
         inputs, names = self.dataset.inputs, self.dataset.classes
         for start in range(0, len(self.dataset), size):
             stop = min(start + size, len(self.dataset))
