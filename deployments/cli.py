@@ -122,7 +122,8 @@ def operations(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("status", help="the project, its tracking URI, the stack's servers").set_defaults(handler=_status)
     serve = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml with their schedules")
     serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
-    serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")
+    serve.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments: FLOW/NAME (e.g. "
+                       "training-pipeline/nightly), or a NAME for every deployment of that name")
     serve.set_defaults(handler=_serve)
     model = sub.add_parser("serve-model", help="serve a registered model version over HTTP (MLflow's scoring API)")
     model.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION; an alias is "
@@ -169,7 +170,7 @@ EXAMPLES = {  # two per command, shown by --help
     "up": ["trainflow up", "trainflow up --postgres postgresql://trainer:secret@127.0.0.1:5432/trainflow"],
     "down": ["trainflow down", "trainflow down && trainflow status"],
     "status": ["trainflow status", "trainflow status || trainflow up"],
-    "serve": ["trainflow serve", "trainflow serve --only training/nightly"],
+    "serve": ["trainflow serve", "trainflow serve --only training-pipeline/nightly batch-predict/nightly"],
     "serve-model": ["trainflow serve-model models:/digits-cnn@champion",
                     "trainflow serve-model models:/digits-cnn/2 --port 5050"],
 }

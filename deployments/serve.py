@@ -26,16 +26,20 @@ def _schedule(spec: dict):
 
 
 def deployments(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> list:
-    """The runner deployments of `prefect_file` (all, or those `names`), entrypoints read from the project."""
-    found = read_yaml(prefect_file, "prefect file").get("deployments") or []
-    unknown = set(names or ()) - {d["name"] for d in found}
+    """The runner deployments of `prefect_file` (all, or those `names`: FLOW/NAME as Prefect names them, or a
+    bare NAME for every deployment of that name), entrypoints read from the project."""
+    found = [(load_flow_from_entrypoint(d["entrypoint"]), d)
+             for d in read_yaml(prefect_file, "prefect file").get("deployments") or []]
+    full = {f"{flow.name}/{d['name']}": (flow, d) for flow, d in found}
+    wanted = set(names or ())
+    unknown = wanted - set(full) - {d["name"] for _, d in found}
     if unknown:
         raise ConfigError(f"no deployment {', '.join(sorted(unknown))} in {prefect_file}; there are: "
-                          f"{', '.join(d['name'] for d in found)}")
-    return [load_flow_from_entrypoint(d["entrypoint"]).to_deployment(
-                name=d["name"], description=d.get("description"), parameters=d.get("parameters") or {},
-                schedules=[_schedule(s) for s in d.get("schedules") or []])
-            for d in found if not names or d["name"] in names]
+                          f"{', '.join(full)}")
+    return [flow.to_deployment(name=d["name"], description=d.get("description"),
+                               parameters=d.get("parameters") or {},
+                               schedules=[_schedule(s) for s in d.get("schedules") or []])
+            for key, (flow, d) in full.items() if not names or key in wanted or d["name"] in wanted]
 
 
 def _check_no_worker_deployments(served: list) -> None:

@@ -6,6 +6,7 @@ import yaml
 
 from deployments.cli import EXAMPLES, main, parser
 from trainlib.config import load_config, reference
+from trainlib.errors import TrainflowError
 
 
 def test_trainflow_alone_lists_every_command_with_one_line(capsys):
@@ -81,3 +82,14 @@ def test_a_command_reaches_its_temporary_api_before_prefect_or_mlflow_is_importe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_serve_picks_deployments_by_flow_and_name():
+    from deployments import serve
+
+    both = serve.deployments(names=["nightly"])  # a bare name: every deployment of that name
+    assert sorted(f"{d.flow_name}/{d.name}" for d in both) == ["batch-predict/nightly", "training-pipeline/nightly"]
+    one = serve.deployments(names=["training-pipeline/nightly"])
+    assert [(d.flow_name, d.name) for d in one] == [("training-pipeline", "nightly")]
+    with pytest.raises(TrainflowError, match="no deployment compare/nightly in .*; there are: training-pipeline/"):
+        serve.deployments(names=["compare/nightly"])

@@ -322,12 +322,13 @@ def test_four_flows_at_once_all_complete_and_the_champion_is_the_best(deployed):
 
 def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run):
     deployed.stop_worker()  # from here on only `trainflow serve` executes runs
-    clash = deployed.run(BIN / "trainflow", "serve", "--only", "nightly", check=False)
+    clash = deployed.run(BIN / "trainflow", "serve", "--only", "training-pipeline/nightly", check=False)
     assert clash.returncode == 2 and "is deployed to work pool 'trainflow'" in clash.stderr
     deployed.run(BIN / "prefect", "deployment", "delete", "training-pipeline/nightly")
     log_file = deployed.home / "serve.log"
     log = open(log_file, "w")  # noqa: SIM115 - closed with the process
-    serving = subprocess.Popen([BIN / "trainflow", "serve", "--only", "nightly"], cwd=ROOT, env=deployed.env,
+    serving = subprocess.Popen([BIN / "trainflow", "serve", "--only", "training-pipeline/nightly"], cwd=ROOT,
+                               env=deployed.env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
