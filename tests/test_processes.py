@@ -104,29 +104,6 @@ def test_ui_stops_with_everything_it_started(tmp_path, signum):
     assert "Traceback" not in err and "INFO" not in err and "Deprecat" not in err and "middleware" not in err, err
 
 
-def test_nohup_keeps_a_server_running_through_a_hang_up(tmp_path):
-    """`nohup trainflow ui &`: the process starts with SIGHUP ignored, and a hang-up must not stop it."""
-    def started_by_nohup():
-        _as_in_a_terminal()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    port = free_port()
-    proc = subprocess.Popen([TRAINFLOW, "ui", "--port", str(port)], env=cli_env(tmp_path), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=started_by_nohup)
-    tree = []
-    try:
-        _wait_until("MLflow UI answering", lambda: _answers(port), proc)
-        tree = _tree(proc.pid)
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(3)
-        assert proc.poll() is None and _answers(port)  # still serving
-        proc.send_signal(signal.SIGTERM)  # other stops still stop it
-        proc.communicate(timeout=60)
-        assert proc.returncode == 143 and _left(tree, within=30) == []
-    finally:
-        _end(tree, proc)
-
-
 def _read(db, query: str):
     """The first row of `query` on the MLflow store `db`, read without writing (the command owns the store)."""
     if not db.exists():
