@@ -62,8 +62,8 @@ def _stop(signum: int, _frame) -> None:
 
 def stop_cleanly_on_signals() -> None:
     """In the main thread, before anything starts (and before other exit handlers are registered): SIGTERM and
-    SIGHUP raise `Stopped`, unless the process was started with the signal ignored: `nohup trainflow ...` (SIGHUP
-    ignored) must outlive its terminal."""
+    SIGHUP raise `Stopped`, unless the process was started with the signal ignored (`nohup`: SIGHUP), which then
+    stays ignored. (`trainflow ui` still stops on a hang-up under nohup: its server handles SIGHUP itself.)"""
     for signum in SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _stop)
