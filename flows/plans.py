@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import runners
-from trainlib import lr_finder
+from trainlib import lr_finder, recipe
 from trainlib.claims import Entry, load_entry
 from trainlib.config import NOT_FILES, PipelineConfig, load_config, override, validate
 from trainlib.data.sources import SOURCES
@@ -48,11 +48,13 @@ WHERE = "relative paths in a config file are read against its folder, with --set
 
 
 def inputs_exist(config: PipelineConfig) -> None:
-    """The files a config names exist, checked before a flow starts: a typo fails here, not as a FAILED run
-    after the servers started. (Registered models are looked up when the flow starts: that needs MLflow.)"""
+    """The files a config names exist, and its data fits the memory budget, checked before a flow starts: a typo
+    or a folder too big for memory fails here, not as a FAILED run after the servers started. (Registered models
+    are looked up when the flow starts: that needs MLflow.)"""
     data = config.data
     if SOURCES[data.source].needs_path and not data.download and not Path(data.path).exists():
         raise ConfigError(f"data.path: no such file or folder: {data.path} ({WHERE})")
+    recipe.check_memory(data)
     source = config.transfer.source
     if source and not source.startswith(NOT_FILES) and not Path(source).is_file():
         raise ConfigError(f"transfer.source: no such file: {source} (give models:/name@alias, a trainflow model "

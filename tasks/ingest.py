@@ -12,8 +12,9 @@ from trainlib.data.sources import fingerprint, save_dataset
 
 
 def ingest_key(data: DataConfig) -> str:
-    """What the data read depends on (label noise is the split's: the same data is read with or without it)."""
-    read = data.model_dump(mode="json", exclude={"label_noise"})
+    """What the data read depends on (label noise is the split's: the same data is read with or without it; the
+    decoding processes and the memory budget change how, not what)."""
+    read = data.model_dump(mode="json", exclude={"label_noise", "workers", "memory_budget"})
     return stage_key("ingest", read, fingerprint(data.source, data.path))
 
 

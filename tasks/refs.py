@@ -17,8 +17,9 @@ import torch
 
 from trainlib.checkpoint import atomic_path
 from trainlib.data.batches import TensorData
+from trainlib.data.folders import file_digest
 from trainlib.data.normalize import NormStats
-from trainlib.data.sources import Dataset, file_digest, load_dataset
+from trainlib.data.sources import Dataset, load_dataset
 from trainlib.data.split import load_manifest
 from trainlib.models import Classifier, load_model
 

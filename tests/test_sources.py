@@ -202,3 +202,72 @@ def test_a_copied_folder_keeps_its_fingerprint(image_root, tmp_path):
     assert sources.fingerprint("imagefolder", copy) == sources.fingerprint("imagefolder", image_root)
     (copy / "cat" / "0.png").rename(copy / "cat" / "renamed.png")
     assert sources.fingerprint("imagefolder", copy) != sources.fingerprint("imagefolder", image_root)
+
+
+_PER_FILE = """
+import sys, tracemalloc, torch
+from trainlib import recipe
+from trainlib.config import SplitConfig
+from trainlib.data import sources
+from trainlib.data.batches import subset
+from trainlib.data.split import indices
+tracemalloc.start()
+root, file = sys.argv[1], sys.argv[2]
+sources.fingerprint("imagefolder", root)
+ds = sources.load("imagefolder", path=root, image_size=(4, 4), channels=1, stream=True)
+sources.save_dataset(ds, file)
+del ds
+ds = sources.load_dataset(file)
+train = subset(ds, indices(recipe.split(ds, SplitConfig()), "train"), workers=0)
+next(train.batches(64, torch.Generator().manual_seed(0)))  # the epoch's order, one batch decoded
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def _tiny_tree(root, n: int):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(buf, "PNG")
+    for c in range(4):
+        (root / f"class{c}").mkdir(parents=True)
+    for i in range(n):
+        (root / f"class{i % 4}" / f"image-{i:06d}.png").write_bytes(buf.getvalue())
+    return root
+
+
+def test_a_streamed_folder_holds_a_few_dozen_bytes_per_file(tmp_path):
+    """Streaming exists to keep memory flat: from 2,000 to 20,000 files, the streamed path (fingerprint, ingest, the
+    dataset file written and read back, split, an epoch's order) may grow the Python heap's peak by at most 200
+    bytes per file (it measured 61 here; lists of paths, tuples and Path objects took 806)."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for n in (2000, 20000):
+        root = _tiny_tree(tmp_path / str(n), n)
+        out = subprocess.run([sys.executable, "-c", _PER_FILE, str(root), str(tmp_path / f"{n}.pt")],
+                             capture_output=True, text=True, check=True)
+        peaks[n] = int(out.stdout.split()[-1])
+    per_file = (peaks[20000] - peaks[2000]) / 18000
+    assert per_file < 200, f"{per_file:.0f} bytes per file"
+
+
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(image_root, monkeypatch):
+    from trainlib.data import folders
+
+    decoded = []
+    monkeypatch.setattr(folders, "decode_image", lambda *a: decoded.append(a))
+    with pytest.raises(DataError) as caught:
+        sources.load("imagefolder", path=image_root, image_size=(200, 300), channels=3, memory_budget=0.001)
+    # 18 images of 3x200x300 are 3.1 MiB decoded; twice that is over a budget of 0.001 GiB (1 MiB)
+    assert str(caught.value) == (
+        "data: 18 images of 3x200x300 decoded in memory need about 6.2 MiB (twice their 3.1 MiB: the dataset and "
+        "its train split), over the memory budget of 1.0 MiB (data.memory_budget); set data.stream: true to decode "
+        "them per batch instead")
+    assert decoded == []
+    monkeypatch.undo()
+    streamed = sources.load("imagefolder", path=image_root, image_size=(200, 300), channels=3, memory_budget=0.001,
+                            stream=True)
+    assert len(streamed) == 18
+    assert len(sources.load("imagefolder", path=image_root, image_size=(200, 300), memory_budget=0.01)) == 18

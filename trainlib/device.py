@@ -23,6 +23,18 @@ def cpu_quota() -> int:
     return max(1, cpus)
 
 
+def memory_quota() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Cap torch's intra-op threads (default: the CPU quota; more threads than cores only thrash)."""
     n = threads or cpu_quota()

@@ -17,12 +17,12 @@ from torch import nn
 
 from trainlib.averaging import EMA, SWA, Averaged, check
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
-from trainlib.data.batches import Data, batch_bounds
+from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.device import resolve_precision
 from trainlib.distributed import SINGLE, Shard
 from trainlib.earlystop import EarlyStopping
 from trainlib.errors import ConfigError
-from trainlib.loop import EVAL_BATCH, Loop, autocast
+from trainlib.loop import Loop, autocast
 from trainlib.models import Dropout
 from trainlib.optim import penalized_weights
 from trainlib.registry import Registry
@@ -292,9 +292,14 @@ def predict_logits(model: nn.Module, data: Data, device: torch.device | str = "c
     device = torch.device(device)
     amp = resolve_precision(precision, device)
     model.to(device).eval()
-    outs, labels = [], []
-    for x, y in data.to(device).batches(EVAL_BATCH):
+    # written into tensors made once: small outputs kept per batch among the passes' large, freed activations
+    # fragmented the C heap (RSS grew with the number of batches: 300 MiB over 7,500 streamed 28x28 images)
+    logits, labels, at = None, torch.empty(len(data), dtype=torch.int64), 0
+    for x, y in data.to(device).batches(rows_per_pass(data.sample_shape)):
         with autocast(device, amp):
-            outs.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(outs), torch.cat(labels)
+            out = model(x)
+        if logits is None:
+            logits = torch.empty((len(data), out.shape[1]), dtype=torch.float32)
+        logits[at:at + len(out)], labels[at:at + len(out)] = out, y
+        at += len(out)
+    return (torch.empty((0, 0)) if logits is None else logits), labels

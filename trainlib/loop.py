@@ -16,14 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlib.averaging import Averaged
-from trainlib.data.batches import Data, batch_bounds
+from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.distributed import SINGLE, Shard
 from trainlib.errors import TrainingError
 from trainlib.optim import penalty
 from trainlib.schedules import LRSchedule
 from trainlib.tally import Tally
-
-EVAL_BATCH = 2048  # samples per forward pass when evaluating (no gradients held)
 
 
 @dataclass
@@ -126,7 +124,7 @@ class Loop:
         model = self.model if model is None else model
         model.eval()
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for x, y in data.batches(EVAL_BATCH):
+        for x, y in data.batches(rows_per_pass(data.sample_shape)):
             logits = self.forward(x, model)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()

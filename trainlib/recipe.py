@@ -32,8 +32,19 @@ from trainlib.metrics import Evaluation, evaluate
 from trainlib.schedules import LRSchedule
 
 
+def _read_options(data: DataConfig) -> dict:
+    return data.model_dump(exclude={"source", "classes", "label_noise"})
+
+
+def check_memory(data: DataConfig) -> None:
+    """DataError when the configured data would not fit the memory budget (data.memory_budget), before reading it."""
+    fits = sources.SOURCES[data.source].fits
+    if fits is not None:
+        fits(**_read_options(data))
+
+
 def ingest(data: DataConfig) -> sources.Dataset:
-    ds = sources.load(data.source, **data.model_dump(exclude={"source", "classes", "label_noise"}))
+    ds = sources.load(data.source, **_read_options(data))
     return sources.keep_classes(ds, data.classes) if data.classes else ds
 
 
@@ -53,7 +64,7 @@ def labelled(ds: sources.Dataset, manifest: pd.DataFrame) -> sources.Dataset:
         raise ConfigError(f"the split manifest has {len(labels)} rows for a dataset of {len(ds)}")
     inputs = ds.inputs
     if ds.streamed:
-        inputs = sources.ImageFiles(inputs.paths, labels.tolist(), inputs.size, inputs.channels)
+        inputs = inputs.relabelled(labels.numpy())
     return dataclasses.replace(ds, inputs=inputs, labels=labels)
 
 

@@ -52,7 +52,11 @@ class DataConfig(Section):
     image_size: tuple[Count, Count] = Field((32, 32), description="imagefolder: resize to (height, width) pixels")
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
-    workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder stream: DataLoader worker processes")
+    workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder: processes that decode the images "
+                                                                  "(at ingest; streamed: for every batch)")
+    memory_budget: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="imagefolder in memory: most GiB the decoded images may need (twice their size: the dataset "
+                          "and its train split), checked before decoding; default: half of this machine's memory")
     classes: list[ClassName] | None = Field(None, description="keep only these classes, in order (e.g. [5, 6, 7])")
     label_noise: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="regime: this fraction of the train labels flipped to another class, drawn by split.seed "

@@ -8,10 +8,21 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from trainlib.data.sources import Dataset, ImageFiles
+from trainlib.data.folders import ImageFiles
+from trainlib.data.sources import Dataset
 from trainlib.distributed import SINGLE, Shard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+EVAL_BATCH = 2048  # most samples per forward pass when evaluating (no gradients held)
+EVAL_ELEMENTS = 1 << 18  # most input elements per such pass: a network's activations grow with them, so a
+# batch of 2048 28x28 images held 600 MiB of them at the first layers; 1 << 18 keeps that near 80 MiB
+
+
+def rows_per_pass(shape: tuple[int, ...], elements: int = EVAL_ELEMENTS, most: int = EVAL_BATCH) -> int:
+    """Samples of `shape` in one pass that holds at most `elements` input elements (at most `most`, at least 1)."""
+    per = max(1, int(np.prod(shape)))
+    return max(1, min(most, elements // per))
 
 
 def batch_bounds(n: int, batch_size: int, world: int = 1) -> list[tuple[int, int]]:
@@ -36,6 +47,10 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
     def to(self, device: torch.device) -> TensorData:
         if device.type != "cuda" or self.inputs.device == device:
             return TensorData(self.inputs.to(device), self.labels.to(device))
@@ -59,7 +74,7 @@ class TensorData:
 
 
 class _IndexBatches:
-    """The batch sampler of a persistent DataLoader: the index lists of the current epoch."""
+    """The batch sampler of a persistent DataLoader: the index arrays of the current epoch."""
 
     def __init__(self):
         self.lists: list[list[int]] = []
@@ -76,21 +91,27 @@ class StreamData:
     start once (from a forkserver: this process runs threads) and serve every epoch."""
 
     def __init__(self, files: ImageFiles, indices, workers: int = 2, device: torch.device | None = None):
-        self.files, self.indices, self.workers = files, [int(i) for i in indices], workers
+        self.files, self.indices, self.workers = files, np.asarray(indices, dtype=np.int64), workers
         self.device = device or torch.device("cpu")
         self._sampler, self._loader = _IndexBatches(), None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.files.channels, *self.files.size)
+
     def to(self, device: torch.device) -> StreamData:
         return StreamData(self.files, self.indices, self.workers, device)
 
     def batches(self, batch_size: int, shuffle: torch.Generator | None = None,
                 shard: Shard = SINGLE) -> Iterator[Batch]:
-        order = torch.randperm(len(self), generator=shuffle).tolist() if shuffle is not None else range(len(self))
+        order = self.indices
+        if shuffle is not None:
+            order = order[torch.randperm(len(self), generator=shuffle).numpy()]
         bounds = [shard.bounds(a, b) for a, b in batch_bounds(len(self), batch_size, shard.world)]
-        self._sampler.lists = [[self.indices[i] for i in order[a:b]] for a, b in bounds]
+        self._sampler.lists = [order[a:b] for a, b in bounds]  # arrays: 8 bytes an index, not a Python int
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
                 self.files, batch_sampler=self._sampler, num_workers=self.workers,
@@ -112,7 +133,7 @@ def subset(ds: Dataset, indices: np.ndarray, workers: int = 2) -> Data:
     return TensorData(ds.inputs[idx], ds.labels[idx])
 
 
-def input_chunks(data: Data, batch_size: int = 4096) -> Iterator[torch.Tensor]:
-    """Inputs only, in order (for fitting statistics)."""
-    for x, _ in data.batches(batch_size):
+def input_chunks(data: Data) -> Iterator[torch.Tensor]:
+    """Inputs only, in order, a few MiB at a time (for fitting statistics)."""
+    for x, _ in data.batches(rows_per_pass(data.sample_shape, elements=1 << 22, most=4096)):
         yield x

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainlib.data.sources import Dataset, decode_image
+from trainlib.data.folders import decode_image
+from trainlib.data.sources import Dataset
 from trainlib.errors import DataError
 from trainlib.scoring import Batch, InputSpec
 

@@ -10,7 +10,6 @@ import hashlib
 import importlib.metadata
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,23 +18,12 @@ import pandas as pd
 import torch
 
 from trainlib.checkpoint import atomic_path
+from trainlib.data import folders
+from trainlib.data.folders import ImageFiles
 from trainlib.errors import ConfigError, DataError
 from trainlib.registry import Registry
 
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Images decoded on demand (for ImageFolder data too large for memory): item -> (uint8 CxHxW, label)."""
-
-    def __init__(self, paths: list[str], labels: list[int], size: tuple[int, int], channels: int):
-        self.paths, self.labels, self.size, self.channels = paths, labels, tuple(size), channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(decode_image(self.paths[i], self.size, self.channels)), self.labels[i]
 
 
 @dataclass(frozen=True)
@@ -104,47 +92,20 @@ def load_digits(**_) -> Dataset:
     return _finish(inputs, y, [str(d) for d in range(10)], value_max=16.0)
 
 
-def decode_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file -> uint8 (C, H, W), converted to `channels` (1 gray, 3 RGB) and resized."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
-
-
-def _image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    if not root.is_dir():
-        raise DataError(f"data.path: no such directory: {root}")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as exc:
-        raise DataError(f"imagefolder {root}: {exc}") from exc
-    paths, labels = zip(*samples, strict=True)
-    return list(paths), list(labels), classes
-
-
-def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, **_) -> Dataset:
+def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, workers=2, memory_budget=None,
+                     **_) -> Dataset:
     """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size`.
-    With `stream`, images are decoded per batch instead of held in memory."""
+    With `stream`, images are decoded per batch instead of held in memory; without, decoded by `workers`
+    processes once the estimate of the memory they need is within `memory_budget` (GiB)."""
     root = Path(path)
-    paths, labels, classes = _image_files(root)
-    size = tuple(image_size)
+    classes, names, labels = folders.list_images(root)
+    files = ImageFiles(str(root), names, labels, tuple(image_size), channels)
     if stream:
-        digest = content_digest(_files_identity(root, paths), labels, classes, list(size), channels)
-        return _finish(ImageFiles(paths, labels, size, channels), labels, classes, 255.0, digest=digest)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
-        arrays = list(pool.map(lambda p: decode_image(p, size, channels), paths))
-    return _finish(torch.from_numpy(np.stack(arrays)), labels, classes, value_max=255.0)
+        identity = folders.files_identity(root, (files.path(i) for i in range(len(files))))
+        digest = content_digest(identity, labels, classes, list(files.size), channels)
+        return _finish(files, labels, classes, 255.0, digest=digest)
+    folders.check_fits(files, memory_budget)
+    return _finish(folders.decode_all(files, workers), labels, classes, value_max=255.0)
 
 
 def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | None) -> Dataset:
@@ -217,6 +178,14 @@ def load_torchvision(path, dataset=None, download=False, **_) -> Dataset:
     return _finish(torch.cat(images).contiguous(), torch.cat(labels), list(parts[0].classes), value_max=255.0)
 
 
+def imagefolder_fits(path, image_size=(32, 32), channels=3, stream=False, memory_budget=None, **_) -> None:
+    """Raise DataError when the folder's images, decoded in memory, would not fit the memory budget (streamed
+    images always fit). Lists the folder, decodes nothing."""
+    if not stream and Path(path).is_dir():
+        classes, names, labels = folders.list_images(Path(path))
+        folders.check_fits(ImageFiles(str(path), names, labels, tuple(image_size), channels), memory_budget)
+
+
 @dataclass(frozen=True)
 class Source:
     load: Callable[..., Dataset]
@@ -224,11 +193,12 @@ class Source:
     needs_path: bool
     files: str | None = None  # how new data of this kind is read for scoring a batch at a time (trainlib.data.inputs):
     # "folder" (image files), "table" (CSV, Parquet); None: loaded whole, as for training
+    fits: Callable[..., None] | None = None  # checks, before loading, that the data fits the memory budget
 
 
 SOURCES: Registry[Source] = Registry("data source", {
     "digits": Source(load_digits, image=True, needs_path=False),
-    "imagefolder": Source(load_imagefolder, image=True, needs_path=True, files="folder"),
+    "imagefolder": Source(load_imagefolder, image=True, needs_path=True, files="folder", fits=imagefolder_fits),
     "csv": Source(load_csv, image=False, needs_path=True, files="table"),
     "parquet": Source(load_parquet, image=False, needs_path=True, files="table"),
     "torchvision": Source(load_torchvision, image=True, needs_path=True),
@@ -252,8 +222,7 @@ def keep_classes(ds: Dataset, names: list[str]) -> Dataset:
     relabel[old] = torch.arange(len(names))
     labels = relabel[ds.labels[rows]]
     if ds.streamed:
-        files = ds.inputs
-        inputs = ImageFiles([files.paths[i] for i in rows.tolist()], labels.tolist(), files.size, files.channels)
+        inputs = ds.inputs.take(rows.numpy(), labels.numpy())
     else:
         inputs = ds.inputs[rows]
     return replace(ds, inputs=inputs, labels=labels, classes=list(names), digest=content_digest(ds.digest, names))
@@ -265,7 +234,7 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
     payload = {"labels": ds.labels, "classes": ds.classes, "digest": ds.digest,
                "value_max": ds.value_max, "feature_names": ds.feature_names}
     if isinstance(inputs, ImageFiles):
-        payload["files"] = {"paths": inputs.paths, "size": list(inputs.size), "channels": inputs.channels}
+        payload["files"] = inputs.state()
     else:
         payload["inputs"] = inputs
     with atomic_path(path) as tmp:
@@ -276,28 +245,10 @@ def load_dataset(path: str | Path) -> Dataset:
     """Read a dataset written by `save_dataset`."""
     p = torch.load(path, weights_only=True)
     if "files" in p:
-        f = p["files"]
-        inputs = ImageFiles(f["paths"], p["labels"].tolist(), tuple(f["size"]), f["channels"])
+        inputs = ImageFiles.from_state(p["files"], p["labels"].numpy())
     else:
         inputs = p["inputs"]
     return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])
-
-
-def file_digest(path: str | Path) -> tuple[int, str]:
-    """(size in bytes, sha256 of the bytes) of a file, read in 1 MiB chunks (sha256: twice blake2b's speed on
-    CPUs with SHA instructions, measured here)."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
-def _files_identity(root: Path, files: list) -> list[tuple[str, int, str]]:
-    """(name relative to root, size, content digest) of each file: what the files hold, not when they were
-    written, so new content of the same size and time counts as a change and a copied folder does not."""
-    return [(str(Path(p).relative_to(root)) if Path(p) != root else Path(p).name, *file_digest(p)) for p in files]
 
 
 def fingerprint(source: str, path=None, **_) -> str:
@@ -310,5 +261,4 @@ def fingerprint(source: str, path=None, **_) -> str:
     root = Path(path)
     if not root.exists():
         return content_digest("missing", str(root))  # ingest itself reports the missing path
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return content_digest(_files_identity(root, files))
+    return folders.files_identity(root, folders.folder_files(root))
