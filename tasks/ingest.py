@@ -21,8 +21,8 @@ def ingest_key(data: DataConfig) -> str:
 @task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"]), persist_result=True)
 def ingest(data: DataConfig) -> DatasetRef:
     """-> the dataset file and what it holds."""
-    ds = recipe.ingest(data)
-    path = stage_dir(stage_key("dataset", ds.digest)) / "dataset.pt"
+    ds = recipe.ingest(data, cache_dir=stage_dir("decoded"))
+    path = stage_dir(stage_key("dataset", ds.digest, type(ds.inputs).__name__)) / "dataset.pt"
     save_dataset(ds, path)
     return DatasetRef(str(path), ds.digest, len(ds), tuple(ds.classes), tuple(ds.sample_shape),
                       str(data.path or data.source))

@@ -119,7 +119,8 @@ def _cache_generation() -> str:
     return marker.read_text()
 
 
-CACHE_FORMAT = 2  # raised when what a cached stage returns changes shape (2: typed references, tasks/refs.py)
+CACHE_FORMAT = 3  # raised when what a cached stage returns changes shape (2: typed references, tasks/refs.py; 3:
+# dataset files name streamed images as an array and may point into a pack of decoded images)
 
 
 def stage_key(stage: str, *parts) -> str:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,52 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(image_root, monk
                             stream=True)
     assert len(streamed) == 18
     assert len(sources.load("imagefolder", path=image_root, image_size=(200, 300), memory_budget=0.01)) == 18
+
+
+def test_decoded_images_are_cached_by_content_and_decoded_again_only_for_a_changed_file(tmp_path):
+    from trainlib.data import decoded, folders
+
+    options, edit = _same_size_edit("imagefolder", tmp_path)
+    root, cache = options["path"], tmp_path / "cache"
+
+    def pack():
+        files = folders.ImageFiles(root, *folders.list_images(Path(root))[1:], (12, 10), 3)
+        return files, decoded.build(files, decoded.file_digests(files)[1], cache, workers=0)
+
+    files, first = pack()
+    assert (first.reused, first.decoded) == (0, 19)
+    direct = folders.decode_all(files, workers=0)
+    assert torch.equal(decoded.load(first.path, (12, 10), 3, 19), direct)
+    assert pack()[1] == decoded.Built(first.path, 19, 0)  # the same files again: the same pack, nothing decoded
+    edit()  # one file's pixels change, its size and modification time do not
+    files, second = pack()
+    assert (second.reused, second.decoded) == (18, 1) and second.path != first.path
+    edited = [i for i in range(len(files)) if files.path(i).endswith("edited.bmp")][0]
+    now = decoded.load(second.path, (12, 10), 3, 19)
+    assert torch.equal(now[edited], torch.from_numpy(folders.decode_image(files.path(edited), (12, 10), 3)))
+    assert not torch.equal(now[edited], direct[edited])
+    keep = [i for i in range(19) if i != edited]
+    assert torch.equal(now[keep], direct[keep])
+    (Path(root) / "cat" / "0.png").rename(Path(root) / "cat" / "renamed.png")  # new name, same content: reused
+    assert pack()[1].decoded == 0
+
+
+def test_streamed_batches_from_the_cache_are_the_in_memory_batches(image_root, tmp_path):
+    from trainlib.data.batches import StreamData, TensorData
+    from trainlib.data.decoded import PackedImages
+
+    memory = sources.load("imagefolder", path=image_root, image_size=(9, 7), channels=3)
+    streamed = sources.load("imagefolder", path=image_root, image_size=(9, 7), channels=3, stream=True,
+                            cache_dir=tmp_path / "cache")
+    assert isinstance(streamed.inputs, PackedImages)
+    cached = sources.load("imagefolder", path=image_root, image_size=(9, 7), channels=3, cache_dir=tmp_path / "cache")
+    assert torch.equal(cached.inputs, memory.inputs) and cached.digest == memory.digest
+    rows = np.array([3, 17, 0, 5, 11, 8, 2])
+    a = TensorData(memory.inputs[torch.from_numpy(rows)], memory.labels[torch.from_numpy(rows)])
+    b = StreamData(streamed.inputs, rows)
+    for (xa, ya), (xb, yb) in zip(a.batches(3, torch.Generator().manual_seed(4)),
+                                  b.batches(3, torch.Generator().manual_seed(4)), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    save_dataset(streamed, tmp_path / "s.pt")
+    back = load_dataset(tmp_path / "s.pt")
+    assert isinstance(back.inputs, PackedImages) and torch.equal(back.inputs.batch(rows)[0], a.inputs)

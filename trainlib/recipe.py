@@ -43,8 +43,9 @@ def check_memory(data: DataConfig) -> None:
         fits(**_read_options(data))
 
 
-def ingest(data: DataConfig) -> sources.Dataset:
-    ds = sources.load(data.source, **_read_options(data))
+def ingest(data: DataConfig, cache_dir: str | Path | None = None) -> sources.Dataset:
+    """The configured data; image folders keep their decoded images under `cache_dir` when given (data.cache)."""
+    ds = sources.load(data.source, **_read_options(data), cache_dir=cache_dir)
     return sources.keep_classes(ds, data.classes) if data.classes else ds
 
 

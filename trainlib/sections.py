@@ -54,6 +54,8 @@ class DataConfig(Section):
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder: processes that decode the images "
                                                                   "(at ingest; streamed: for every batch)")
+    cache: bool = Field(True, description="imagefolder: keep the decoded images in the stage cache by content (a file "
+                                          "is decoded once; streamed batches read decoded rows)")
     memory_budget: Annotated[float, Field(gt=0)] | None = Field(
         None, description="imagefolder in memory: most GiB the decoded images may need (twice their size: the dataset "
                           "and its train split), checked before decoding; default: half of this machine's memory")

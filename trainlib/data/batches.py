@@ -3,11 +3,14 @@ ImageFolder files through a DataLoader."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from trainlib.data.decoded import PackedImages
 from trainlib.data.folders import ImageFiles
 from trainlib.data.sources import Dataset
 from trainlib.distributed import SINGLE, Shard
@@ -87,10 +90,12 @@ class _IndexBatches:
 
 
 class StreamData:
-    """Image files decoded per batch by DataLoader workers (data too large for memory). The workers
-    start once (from a forkserver: this process runs threads) and serve every epoch."""
+    """Images read per batch (data too large for memory). Decoded rows of a pack (trainlib.data.decoded) are read
+    here, a batch ahead, by one thread (pread releases the GIL; reading 64 rows takes well under a millisecond, so
+    worker processes would only compete with training for the CPUs). Image files are decoded by DataLoader workers,
+    which start once (from a forkserver: this process runs threads) and serve every epoch."""
 
-    def __init__(self, files: ImageFiles, indices, workers: int = 2, device: torch.device | None = None):
+    def __init__(self, files: ImageFiles | PackedImages, indices, workers: int = 2, device: torch.device | None = None):
         self.files, self.indices, self.workers = files, np.asarray(indices, dtype=np.int64), workers
         self.device = device or torch.device("cpu")
         self._sampler, self._loader = _IndexBatches(), None
@@ -111,15 +116,32 @@ class StreamData:
         if shuffle is not None:
             order = order[torch.randperm(len(self), generator=shuffle).numpy()]
         bounds = [shard.bounds(a, b) for a, b in batch_bounds(len(self), batch_size, shard.world)]
-        self._sampler.lists = [order[a:b] for a, b in bounds]  # arrays: 8 bytes an index, not a Python int
+        lists = [order[a:b] for a, b in bounds]  # arrays: 8 bytes an index, not a Python int
+        cuda = self.device.type == "cuda"
+        if isinstance(self.files, PackedImages):
+            yield from self._read_ahead(lists, cuda)
+            return
+        self._sampler.lists = lists
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
                 self.files, batch_sampler=self._sampler, num_workers=self.workers,
                 persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda",
                 multiprocessing_context="forkserver" if self.workers > 0 else None)
-        cuda = self.device.type == "cuda"
         for x, y in self._loader:
             yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+
+    def _read_ahead(self, lists: list[np.ndarray], cuda: bool) -> Iterator[Batch]:
+        with ThreadPoolExecutor(1) as pool:
+            ahead = deque(pool.submit(self.files.batch, items) for items in lists[:2])
+            for items in lists[2:] + [None, None]:
+                x, y = ahead.popleft().result()
+                if items is not None:
+                    ahead.append(pool.submit(self.files.batch, items))
+                if cuda:  # from pinned pages the copy runs asynchronously
+                    x, y = x.pin_memory(), y.pin_memory()
+                yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+                if not ahead:
+                    return
 
 
 Data = TensorData | StreamData
@@ -127,7 +149,7 @@ Data = TensorData | StreamData
 
 def subset(ds: Dataset, indices: np.ndarray, workers: int = 2) -> Data:
     """The samples of `ds` at `indices` (a split), in memory or streamed like the dataset."""
-    if isinstance(ds.inputs, ImageFiles):
+    if ds.streamed:
         return StreamData(ds.inputs, indices, workers)
     idx = torch.tensor(np.asarray(indices), dtype=torch.int64)  # a copy: pandas arrays may be read-only
     return TensorData(ds.inputs[idx], ds.labels[idx])

@@ -10,8 +10,11 @@ the files are read.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -170,21 +173,30 @@ def _decode_chunk(files: ImageFiles) -> np.ndarray:
     return np.stack([decode_image(files.path(i), files.size, files.channels) for i in range(len(files))])
 
 
-def decode_all(files: ImageFiles, workers: int, chunk: int = 512) -> torch.Tensor:
-    """Every image decoded into one uint8 (N, C, H, W) tensor made once, in order, by `workers` processes (PIL
-    holds the GIL for part of a decode: 4 threads decoded a third as fast as 2 processes here). An unreadable
-    file raises its DataError here as it was raised in the worker."""
-    out = np.empty((len(files), files.channels, *files.size), dtype=np.uint8)
+def decode_blocks(files: ImageFiles, workers: int, chunk: int = 512) -> Iterator[np.ndarray]:
+    """The images decoded, in order, `chunk` at a time (uint8 (n, C, H, W) blocks), by `workers` processes (PIL
+    holds the GIL for part of a decode, so threads scale worse), at most two blocks per worker ahead of the reader.
+    An unreadable file raises its DataError here as it was raised in the worker."""
     parts = (files.take(np.arange(a, min(a + chunk, len(files)))) for a in range(0, len(files), chunk))
     if workers == 0 or len(files) <= chunk:
-        decoded = map(_decode_chunk, parts)
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-        decoded = pool.map(_decode_chunk, parts)
-    try:
-        for a, block in zip(range(0, len(files), chunk), decoded, strict=True):
-            out[a:a + len(block)] = block
-    finally:
-        if workers and len(files) > chunk:
-            pool.shutdown(cancel_futures=True)
+        yield from map(_decode_chunk, parts)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        ahead = deque(pool.submit(_decode_chunk, p) for p in itertools.islice(parts, 2 * workers))
+        try:
+            while ahead:
+                block = ahead.popleft().result()
+                ahead.extend(pool.submit(_decode_chunk, p) for p in itertools.islice(parts, 1))
+                yield block
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
+def decode_all(files: ImageFiles, workers: int, chunk: int = 512) -> torch.Tensor:
+    """Every image decoded into one uint8 (N, C, H, W) tensor made once, in order (see decode_blocks)."""
+    out, at = np.empty((len(files), files.channels, *files.size), dtype=np.uint8), 0
+    for block in decode_blocks(files, workers, chunk):
+        out[at:at + len(block)] = block
+        at += len(block)
     return torch.from_numpy(out)

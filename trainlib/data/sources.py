@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,12 +19,15 @@ import pandas as pd
 import torch
 
 from trainlib.checkpoint import atomic_path
-from trainlib.data import folders
+from trainlib.data import decoded, folders
+from trainlib.data.decoded import PackedImages
 from trainlib.data.folders import ImageFiles
 from trainlib.errors import ConfigError, DataError
 from trainlib.registry import Registry
 
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
+STREAMED = (ImageFiles, PackedImages)  # images read per batch; both take(rows), relabelled(labels), state()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Dataset:
     """What every source yields. `inputs` is (N, C, H, W) for images, (N, F) for tabular data, or an
     `ImageFiles` for streamed ImageFolder data."""
 
-    inputs: torch.Tensor | ImageFiles
+    inputs: torch.Tensor | ImageFiles | PackedImages
     labels: torch.Tensor  # (N,) int64 class indices
     classes: list[str]
     digest: str  # sha256 of the content (streamed data: of the files' names, sizes and contents)
@@ -44,7 +48,7 @@ class Dataset:
 
     @property
     def streamed(self) -> bool:
-        return isinstance(self.inputs, ImageFiles)
+        return isinstance(self.inputs, STREAMED)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -92,20 +96,36 @@ def load_digits(**_) -> Dataset:
     return _finish(inputs, y, [str(d) for d in range(10)], value_max=16.0)
 
 
-def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, workers=2, memory_budget=None,
-                     **_) -> Dataset:
-    """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size`.
-    With `stream`, images are decoded per batch instead of held in memory; without, decoded by `workers`
-    processes once the estimate of the memory they need is within `memory_budget` (GiB)."""
+def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, workers=2, memory_budget=None, cache=True,
+                     cache_dir=None, **_) -> Dataset:
+    """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size` by
+    `workers` processes. With `stream`, the images are read per batch instead of held in memory; without, only
+    when the estimate of the memory they need is within `memory_budget` (GiB). With `cache` and a `cache_dir`,
+    the decoded images are kept there by content (trainlib.data.decoded): a file is decoded once, and streamed
+    batches read decoded rows; without, streamed batches decode their files."""
     root = Path(path)
     classes, names, labels = folders.list_images(root)
     files = ImageFiles(str(root), names, labels, tuple(image_size), channels)
+    if not stream:
+        folders.check_fits(files, memory_budget)
+    if cache and cache_dir is not None:
+        identity, digests = decoded.file_digests(files)
+        try:
+            pack = decoded.build(files, digests, Path(cache_dir), workers).path
+        except OSError as exc:
+            log.warning("data.cache: decoding without the cache (%s)", exc)
+            pack = None
+    else:
+        identity, pack = None, None
     if stream:
-        identity = folders.files_identity(root, (files.path(i) for i in range(len(files))))
+        if identity is None:
+            identity = folders.files_identity(root, (files.path(i) for i in range(len(files))))
         digest = content_digest(identity, labels, classes, list(files.size), channels)
-        return _finish(files, labels, classes, 255.0, digest=digest)
-    folders.check_fits(files, memory_budget)
-    return _finish(folders.decode_all(files, workers), labels, classes, value_max=255.0)
+        inputs = files if pack is None else PackedImages(str(pack), labels, files.size, channels)
+        return _finish(inputs, labels, classes, 255.0, digest=digest)
+    inputs = folders.decode_all(files, workers) if pack is None else decoded.load(pack, files.size, channels,
+                                                                                  len(files))
+    return _finish(inputs, labels, classes, value_max=255.0)
 
 
 def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | None) -> Dataset:
@@ -233,8 +253,8 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
     inputs = ds.inputs
     payload = {"labels": ds.labels, "classes": ds.classes, "digest": ds.digest,
                "value_max": ds.value_max, "feature_names": ds.feature_names}
-    if isinstance(inputs, ImageFiles):
-        payload["files"] = inputs.state()
+    if isinstance(inputs, STREAMED):
+        payload["files"] = inputs.state() | {"kind": type(inputs).__name__}
     else:
         payload["inputs"] = inputs
     with atomic_path(path) as tmp:
@@ -245,7 +265,8 @@ def load_dataset(path: str | Path) -> Dataset:
     """Read a dataset written by `save_dataset`."""
     p = torch.load(path, weights_only=True)
     if "files" in p:
-        inputs = ImageFiles.from_state(p["files"], p["labels"].numpy())
+        kind = {c.__name__: c for c in STREAMED}[p["files"]["kind"]]
+        inputs = kind.from_state(p["files"], p["labels"].numpy())
     else:
         inputs = p["inputs"]
     return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])
