@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import commit, header, machine, table
+from bench.common import commit, header, table
 from bench.predict import measured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +64,12 @@ def class_folder(root: Path, images: int) -> Path:
 INGEST = """
 import sys, tempfile, time
 from trainlib.data.sources import load_imagefolder
-with tempfile.TemporaryDirectory() as cache:
-    for _ in range(2):
-        t = time.perf_counter()
-        load_imagefolder(sys.argv[1], ({side}, {side}), 1, stream=sys.argv[2] == "true", cache_dir=cache)
-        print(time.perf_counter() - t)
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(2):
+            t = time.perf_counter()
+            load_imagefolder(sys.argv[1], ({side}, {side}), 1, stream=sys.argv[2] == "true", cache_dir=cache)
+            print(time.perf_counter() - t)
 """
 
 
@@ -142,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
                          f"{r['epoch']:.1f}",
                          f"{n * 0.7 / r['epoch']:,.0f}", f"{r['wall']:.0f}", f"{r['accuracy']:.3f}"])
     print(header(f"trainflow run on class folders of {SIDE}x{SIDE} PNGs, {args.epochs} epochs"))
-    print(f"{machine()}; commit {commit()}\n")
     print(table(["images", "mode", "peak RSS MiB", "ingest s", "ingest again s", "s per epoch", "train images/s",
                  "wall s", "test accuracy"], rows))
     for n_mem, n_str in zip(results["in memory"], results["streamed"], strict=True):

@@ -68,7 +68,7 @@ def content_digest(*parts: object) -> str:
             part = part.contiguous().numpy()
         if isinstance(part, np.ndarray):
             h.update(f"{part.dtype}{part.shape}".encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+            h.update(np.ascontiguousarray(part).reshape(-1).view(np.uint8))  # the bytes, not a copy of them
         else:
             h.update(json.dumps(part, sort_keys=True).encode())
     return h.hexdigest()
