@@ -25,9 +25,9 @@ check: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q -m unit
 
-# The benchmarks (not tests; about 50 minutes): the figures in docs/benchmarks.md.
+# The benchmarks (not tests; about 80 minutes): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed
-	for b in engine overhead data memory scaleout fanout recipes predict; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in engine overhead data memory scaleout fanout recipes predict scale; do $(BIN)/python -m bench.$$b || exit 1; done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

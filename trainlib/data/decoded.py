@@ -155,7 +155,8 @@ class Built:
 
 
 def _earlier(folder: Path, exclude: Path) -> list[Path]:
-    packs = [p for p in folder.iterdir() if p.is_dir() and p != exclude and (p / "complete").exists()]
+    packs = [p for p in folder.iterdir()  # not the temporary folders of packs being written (".name.pid.tmp")
+             if p.is_dir() and p != exclude and not p.name.startswith(".") and (p / "complete").exists()]
     return sorted(packs, key=lambda p: (p / "complete").stat().st_mtime, reverse=True)[:REUSE_PACKS]
 
 
