@@ -109,11 +109,13 @@ def plot(results: dict, path: Path) -> None:
         n = [r["images"] for r in rows]
         mem.plot(n, [r["peak"] for r in rows], "o-", label=mode)
         sec.plot(n, [r["epoch"] for r in rows], "o-", label=mode)
+    floor, n = min(r["peak"] for r in results["streamed"]), [r["images"] for r in results["in memory"]]
+    mem.plot(n, [floor + 2 * i * SIDE * SIDE / 2**20 for i in n], "k--", lw=1, label="smallest streamed + 2x decoded")
     mem.set(xscale="log", xlabel="images", ylabel="peak RSS, trainflow process (MiB)", ylim=(0, None))
     sec.set(xscale="log", yscale="log", xlabel="images", ylabel="seconds per epoch")
     for ax in (mem, sec):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="lower right", fontsize="small")
     fig.suptitle(f"trainflow run on 28x28 image folders ({commit()})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
