@@ -82,8 +82,9 @@ CASES = {
     "truncated image": (["run", *_imagefolder("truncated")], "/truncated/b/3.png: image file is truncated"),
     "images too big for memory": (["run", *_imagefolder("corrupt"), "--set", "data.memory_budget=0.000005"],
                                   "data: 20 images of 3x8x8 decoded in memory need about 7.5 KiB (twice their 3.8 "
-                                  "KiB: the dataset and its train split), over the memory budget of 5.2 KiB "
-                                  "(data.memory_budget); set data.stream: true to decode them per batch instead"),
+                                  "KiB, a margin for the copies made while reading them), over the memory budget of "
+                                  "5.2 KiB (data.memory_budget); set data.stream: true to decode them per batch "
+                                  "instead"),
     "CSV without target": (["run", *_table("no-target.csv")], "csv: target column 'label' not found; columns are: "
                                                               "x, y"),
     "non-numeric features": (["run", *_table("text.csv")], "csv: feature columns must be numeric; not numeric: y"),

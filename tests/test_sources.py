@@ -263,9 +263,9 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(image_root, monk
         sources.load("imagefolder", path=image_root, image_size=(200, 300), channels=3, memory_budget=0.001)
     # 18 images of 3x200x300 are 3.1 MiB decoded; twice that is over a budget of 0.001 GiB (1 MiB)
     assert str(caught.value) == (
-        "data: 18 images of 3x200x300 decoded in memory need about 6.2 MiB (twice their 3.1 MiB: the dataset and "
-        "its train split), over the memory budget of 1.0 MiB (data.memory_budget); set data.stream: true to decode "
-        "them per batch instead")
+        "data: 18 images of 3x200x300 decoded in memory need about 6.2 MiB (twice their 3.1 MiB, a margin for the "
+        "copies made while reading them), over the memory budget of 1.0 MiB (data.memory_budget); set data.stream: "
+        "true to decode them per batch instead")
     assert decoded == []
     monkeypatch.undo()
     streamed = sources.load("imagefolder", path=image_root, image_size=(200, 300), channels=3, memory_budget=0.001,
@@ -321,3 +321,19 @@ def test_streamed_batches_from_the_cache_are_the_in_memory_batches(image_root, t
     save_dataset(streamed, tmp_path / "s.pt")
     back = load_dataset(tmp_path / "s.pt")
     assert isinstance(back.inputs, PackedImages) and torch.equal(back.inputs.batch(rows)[0], a.inputs)
+
+
+def test_an_in_memory_split_gathers_the_dataset_rows_without_copying_the_dataset():
+    from trainlib.data.batches import TensorData, subset
+
+    ds = sources.load("digits")
+    rows = np.array([5, 1700, 3, 42, 42, 999, 0])  # any rows, repeated ones too (a bootstrap resample)
+    split = subset(ds, rows)
+    assert split.base.data_ptr() == ds.inputs.data_ptr()  # the dataset itself, not a copy of its rows
+    copied = TensorData(ds.inputs[torch.from_numpy(rows)], ds.labels[torch.from_numpy(rows)])
+    assert torch.equal(split.inputs, copied.inputs) and split.sample_shape == (1, 8, 8)
+    for shuffle in (None, 7):
+        a = split.batches(3, None if shuffle is None else torch.Generator().manual_seed(shuffle))
+        b = copied.batches(3, None if shuffle is None else torch.Generator().manual_seed(shuffle))
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -57,8 +57,8 @@ class DataConfig(Section):
     cache: bool = Field(True, description="imagefolder: keep the decoded images in the stage cache by content (a file "
                                           "is decoded once; streamed batches read decoded rows)")
     memory_budget: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="imagefolder in memory: most GiB the decoded images may need (twice their size: the dataset "
-                          "and its train split), checked before decoding; default: half of this machine's memory")
+        None, description="imagefolder in memory: most GiB the decoded images may need (counted twice, a margin for "
+                          "copies while reading them), checked before decoding; default: half of this machine's memory")
     classes: list[ClassName] | None = Field(None, description="keep only these classes, in order (e.g. [5, 6, 7])")
     label_noise: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="regime: this fraction of the train labels flipped to another class, drawn by split.seed "

@@ -160,16 +160,17 @@ def _size(n: float) -> str:
 
 def check_fits(files: ImageFiles, budget_gib: float | None) -> None:
     """Refuse, before decoding, a folder whose decoded images would not fit the memory budget (`data.memory_budget`
-    GiB; default half this machine's memory). Training holds about twice the decoded bytes (the dataset and its
-    train split), so that is the estimate."""
+    GiB; default half this machine's memory). A run holds the decoded images once (measured: 0.8x their bytes
+    above a streamed run's peak at 200,000 images); the estimate counts them twice, a margin for the copies made
+    while they are read, hashed and saved."""
     need, budget = 2 * files.decoded_bytes, (budget_gib * 2**30 if budget_gib else memory_quota() / 2)
     if need > budget:
         c, (h, w) = files.channels, files.size
         whose = "data.memory_budget" if budget_gib else "data.memory_budget's default: half of this machine's memory"
         raise DataError(
             f"data: {len(files):,} images of {c}x{h}x{w} decoded in memory need about {_size(need)} (twice their "
-            f"{_size(files.decoded_bytes)}: the dataset and its train split), over the memory budget of "
-            f"{_size(budget)} ({whose}); set data.stream: true to decode them per batch instead")
+            f"{_size(files.decoded_bytes)}, a margin for the copies made while reading them), over the memory "
+            f"budget of {_size(budget)} ({whose}); set data.stream: true to decode them per batch instead")
 
 
 def _decode_chunk(files: ImageFiles) -> np.ndarray:
