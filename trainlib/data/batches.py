@@ -105,9 +105,9 @@ class _IndexBatches:
 
 class StreamData:
     """Images read per batch (data too large for memory). Decoded rows of a pack (trainlib.data.decoded) are read
-    here, a batch ahead, by one thread (pread releases the GIL; reading 64 rows takes well under a millisecond, so
-    worker processes would only compete with training for the CPUs). Image files are decoded by DataLoader workers,
-    which start once (from a forkserver: this process runs threads) and serve every epoch."""
+    here, a batch ahead, by one thread (pread releases the GIL, and reading rows costs little beside a training
+    step: worker processes would only compete with training for the CPUs). Image files are decoded by DataLoader
+    workers, which start once (from a forkserver: this process runs threads) and serve every epoch."""
 
     def __init__(self, files: ImageFiles | PackedImages, indices, workers: int = 2, device: torch.device | None = None):
         self.files, self.indices, self.workers = files, np.asarray(indices, dtype=np.int64), workers
@@ -145,6 +145,8 @@ class StreamData:
             yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
 
     def _read_ahead(self, lists: list[np.ndarray], cuda: bool) -> Iterator[Batch]:
+        if not lists:
+            return
         with ThreadPoolExecutor(1) as pool:
             ahead = deque(pool.submit(self.files.batch, items) for items in lists[:2])
             for items in lists[2:] + [None, None]:

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
-    """What every source yields. `inputs` is (N, C, H, W) for images, (N, F) for tabular data, or an
-    `ImageFiles` for streamed ImageFolder data."""
+    """What every source yields. `inputs` is (N, C, H, W) for images, (N, F) for tabular data, or, for streamed
+    ImageFolder data, `PackedImages` (rows of the decoded-image cache) or `ImageFiles` (files, with data.cache off)."""
 
     inputs: torch.Tensor | ImageFiles | PackedImages
     labels: torch.Tensor  # (N,) int64 class indices
