@@ -25,7 +25,7 @@ check: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q -m unit
 
-# The benchmarks (not tests; about 80 minutes): the figures in docs/benchmarks.md.
+# The benchmarks (not tests; about two hours): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed
 	for b in engine overhead data memory scaleout fanout recipes predict scale; do $(BIN)/python -m bench.$$b || exit 1; done
 

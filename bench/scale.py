@@ -6,13 +6,14 @@ TRAINFLOW_HOME (nothing cached): its peak RSS (the trainflow process alone, samp
 DataLoader workers are processes of their own), wall seconds, and seconds per epoch as the run recorded them; then
 ingest alone timed in a process of its own, into an empty decoded-image cache and again.
 
-    .venv/bin/python -m bench.scale [--sizes 5000,20000,50000,200000] [--epochs 2] [--plot docs/scale.png]
+    .venv/bin/python -m bench.scale [--sizes 5000,20000,50000,200000] [--epochs 2] [--repeats 3] [--plot FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="5000,20000,50000,200000", help="images per folder, comma-separated")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="runs per size and mode (peak RSS varies by 5-10%% "
+                   "between identical runs); the table gives medians")
     p.add_argument("--folders", default=str(Path(tempfile.gettempdir()) / "trainflow-bench-scale"),
                    help="where the generated folders are kept")
     p.add_argument("--plot", default=None, help="write the plot of memory and time against images here")
@@ -135,20 +138,27 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         folder = class_folder(Path(args.folders) / f"classes-{n}", n)
         print(f"{n:,} images ready ({time.time() - started:.0f} s)", file=sys.stderr)
-        for mode, stream in MODES.items():
-            with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-                r = run(folder, stream, args.epochs, Path(tmp) / "home")
-            r |= dict(zip(("ingest", "again"), ingest_seconds(folder, stream), strict=True), images=n)
+        rounds: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for i in range(args.repeats):  # the modes alternate within a round: the machine's drift touches both alike
+            for mode, stream in (list(MODES.items()) if i % 2 == 0 else list(MODES.items())[::-1]):
+                with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+                    r = run(folder, stream, args.epochs, Path(tmp) / "home")
+                r |= dict(zip(("ingest", "again"), ingest_seconds(folder, stream), strict=True), images=n)
+                rounds[mode].append(r)
+                print(f"  {mode}: {r}", file=sys.stderr)
+        for mode in MODES:
+            r = {k: statistics.median(x[k] for x in rounds[mode]) for k in rounds[mode][0]}
+            r["peaks"] = [x["peak"] for x in rounds[mode]]
             results[mode].append(r)
-            print(f"  {mode}: {r}", file=sys.stderr)
-            rows.append([f"{n:,}", mode, f"{r['peak']:,.0f}", f"{r['ingest']:.1f}", f"{r['again']:.1f}",
-                         f"{r['epoch']:.1f}",
+            rows.append([f"{n:,}", mode, f"{r['peak']:,.0f}", " / ".join(f"{p:,.0f}" for p in r["peaks"]),
+                         f"{r['ingest']:.1f}", f"{r['again']:.1f}", f"{r['epoch']:.1f}",
                          f"{n * 0.7 / r['epoch']:,.0f}", f"{r['wall']:.0f}", f"{r['accuracy']:.3f}"])
-    print(header(f"trainflow run on class folders of {SIDE}x{SIDE} PNGs, {args.epochs} epochs"))
-    print(table(["images", "mode", "peak RSS MiB", "ingest s", "ingest again s", "s per epoch", "train images/s",
-                 "wall s", "test accuracy"], rows))
+    print(header(f"trainflow run on class folders of {SIDE}x{SIDE} PNGs, {args.epochs} epochs, "
+                 f"medians of {args.repeats} runs"))
+    print(table(["images", "mode", "peak RSS MiB", "each run's", "ingest s", "ingest again s", "s per epoch",
+                 "train images/s", "wall s", "test accuracy"], rows))
     for n_mem, n_str in zip(results["in memory"], results["streamed"], strict=True):
-        print(f"{n_mem['images']:,}: streamed/in-memory training speed "
+        print(f"{int(n_mem['images']):,}: streamed/in-memory training speed "
               f"{n_mem['epoch'] / n_str['epoch']:.2f}x")
     if args.plot:
         plot(results, Path(args.plot))
