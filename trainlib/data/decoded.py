@@ -132,17 +132,8 @@ class PackedImages(torch.utils.data.Dataset):
 def file_digests(files: ImageFiles) -> tuple[str, np.ndarray]:
     """(the folder's identity as folders.files_identity gives it, the sha256 of each file as (N, 32) bytes), from
     one read of every file."""
-    identity, out = hashlib.sha256(), np.empty((len(files), 32), dtype=np.uint8)
-    for i in range(len(files)):
-        path = files.path(i)
-        h, size = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
-        identity.update(f"{os.path.relpath(path, files.root)}\0{size}\0{h.hexdigest()}\n".encode())
-    return identity.hexdigest(), out
+    out = np.empty((len(files), 32), dtype=np.uint8)
+    return folders.files_identity(files.root, (files.path(i) for i in range(len(files))), out), out
 
 
 @dataclass(frozen=True)

@@ -134,15 +134,18 @@ def file_digest(path: str | Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def files_identity(root: str | Path, files) -> str:
+def files_identity(root: str | Path, files, digests: np.ndarray | None = None) -> str:
     """One sha256 over (name relative to root, size, content digest) of each file in order: what the files hold,
     not when they were written, so new content of the same size and time counts as a change and a copied folder
-    does not. Folded in as each file is read: nothing per file is kept."""
+    does not. Folded in as each file is read: nothing per file is kept, except each file's sha256 into row i of
+    `digests` ((N, 32) uint8) when given."""
     h, root = hashlib.sha256(), Path(root)
-    for path in files:
+    for i, path in enumerate(files):
         name = os.path.relpath(path, root) if Path(path) != root else Path(path).name
         size, digest = file_digest(path)
         h.update(f"{name}\0{size}\0{digest}\n".encode())
+        if digests is not None:
+            digests[i] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
     return h.hexdigest()
 
 
