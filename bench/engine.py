@@ -99,7 +99,7 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("resnet18 / synthetic 3x32x32", seeded(lambda: models.build("resnet18", (3, 32, 32), 10)),
                  lambda: synthetic(n_resnet, (3, 32, 32)), 512, 1, gpu=True),
         Workload("fast convnet / synthetic 3x32x32", seeded(lambda: models.Classifier(
-            models.Normalize([0.0], [1.0], image=True), fast_convnet((3, 32, 32), 10))),
+            models.Normalize([0.0], [1.0], dims=3), fast_convnet((3, 32, 32), 10))),
                  lambda: synthetic(n_fast, (3, 32, 32)), 1024, 1, gpu=True),
     ]
 

@@ -54,7 +54,7 @@ def prepare_data(config: PipelineConfig, run_id: str | None,
     """ingest -> split -> normalize (cached unless `refresh`), recorded on the run (if any)
     -> (dataset, manifest, stats)."""
     cached = {"refresh_cache": refresh}
-    dataset = ingest.with_options(**cached)(config.data)
+    dataset = ingest.with_options(**cached)(config.data, config.data_dims == 2)
     manifest = split.with_options(**cached)(dataset, config.split, config.data.label_noise)
     stats = normalize.with_options(**cached)(dataset, manifest, config.normalize, config.data.workers)
     if run_id:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from prefect import task
 
 from tasks.refs import AugmentedRef, DatasetRef, ManifestRef
 from tasks.settings import stage_key
 from tasks.tracking import RunLogger
-from trainlib import plots, recipe
+from trainlib import recipe
 from trainlib.config import AugmentConfig
-from trainlib.data.augment import Augmenter
+from trainlib.data.kinds import kind
 
 PREVIEW_POOL = 256  # train samples the preview picks from (one per class first)
 
@@ -25,12 +24,11 @@ def augment(augment: AugmentConfig, dataset: DatasetRef, manifest: ManifestRef, 
     aug = recipe.augmenter(augment, ds)
     train = recipe.part(ds, m, "train", workers=0)
     preview = expanded = digest = None
-    if ds.is_image:
-        x, y = next(train.batches(PREVIEW_POOL))
-        shown = aug or Augmenter(value_max=ds.value_max)  # with augmentation off: the originals alone
-        grid = shown.preview(x, y, rows=4 if aug else 0, generator=torch.Generator().manual_seed(seed))
+    x, y = next(train.batches(PREVIEW_POOL))
+    figure = kind(ds.dims).preview(aug, x, y, ds.value_max, seed)  # with augmentation off: the originals alone
+    if figure is not None:
         preview = str(Path(workspace) / "augmentation_preview.png")
-        plots.augmentation_grid(grid, ds.value_max).savefig(preview)
+        figure.savefig(preview)
         RunLogger(run_id).log_artifact(preview)
     if aug and augment.expand:
         expanded = str(Path(workspace) / "train_expanded.pt")

@@ -11,17 +11,18 @@ from trainlib.config import DataConfig
 from trainlib.data.sources import fingerprint, save_dataset
 
 
-def ingest_key(data: DataConfig) -> str:
+def ingest_key(data: DataConfig, signal: bool = False) -> str:
     """What the data read depends on (label noise is the split's: the same data is read with or without it; the
     decoding processes and the memory budget change how, not what)."""
     read = data.model_dump(mode="json", exclude={"label_noise", "workers", "memory_budget"})
-    return stage_key("ingest", read, fingerprint(data.source, data.path))
+    return stage_key("ingest", read, signal, fingerprint(data.source, data.path, data.labels))
 
 
-@task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"]), persist_result=True)
-def ingest(data: DataConfig) -> DatasetRef:
-    """-> the dataset file and what it holds."""
-    ds = recipe.ingest(data, cache_dir=stage_dir("decoded"))
+@task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"], p.get("signal", False)),
+      persist_result=True)
+def ingest(data: DataConfig, signal: bool = False) -> DatasetRef:
+    """-> the dataset file and what it holds; with `signal`, a table's feature columns read as signals (C, L)."""
+    ds = recipe.ingest(data, cache_dir=stage_dir("decoded"), signal=signal)
     path = stage_dir(stage_key("dataset", ds.digest, type(ds.inputs).__name__)) / "dataset.pt"
     save_dataset(ds, path)
     return DatasetRef(str(path), ds.digest, len(ds), tuple(ds.classes), tuple(ds.sample_shape),

@@ -86,6 +86,18 @@ def csv_file(tmp_path):
     return path
 
 
+def digits_csv(path):
+    """The bundled digits as a table: columns p0..p63 (the image's rows one after another) and label. Read as
+    signals of data.channels=8, each channel is one row of the image over 8 steps."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame(x, columns=[f"p{i}" for i in range(64)])
+    frame["label"] = y
+    frame.to_csv(path, index=False)
+    return path
+
+
 def write_idx(path, array: np.ndarray):
     """An IDX (MNIST-format) ubyte file."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

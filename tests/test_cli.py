@@ -35,7 +35,7 @@ def test_run_json_prints_exactly_one_json_object(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--set", "optimizer.lrr=0.1"], "optimizer.lrr: unknown key (did you mean 'optimizer.lr'?)"),
     (["--set", "optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0 (got -1)"),
-    (["--set", "model.name=vgg"], "unknown model 'vgg'; valid: cnn, mlp, resnet18"),
+    (["--set", "model.name=vgg"], "unknown model 'vgg'; valid: cnn, cnn1d, gru, lstm, mlp, resnet18"),
     (["--set", "epochs"], "argument --set: expected KEY=VALUE as one word, e.g. --set optimizer.lr=0.01"),
     (["--config", "nope.yaml"], "config file not found: nope.yaml"),
     (["--set", "transfer.source=model.pt"], "transfer.source is set, but `trainflow run` trains from fresh weights"),

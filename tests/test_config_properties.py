@@ -69,25 +69,28 @@ VALID = {  # dotted key -> values the field accepts on its own
     "training.ema.decay": st.sampled_from([0.0, 0.99]),
     "training.swa.start": st.sampled_from([0, 0.75, 3, 20_000]),
 }
-IMAGE_TRANSFORMS = ("rotation", "translate", "hflip", "vflip", "brightness", "contrast", "saturation", "hue", "noise",
-                    "erasing")  # what needs images; mixup mixes any inputs
-TABULAR = {name for name in SOURCES if not SOURCES[name].image}
+IMAGES_ONLY = ("rotation", "vflip", "brightness", "contrast", "saturation", "hue", "cutmix")  # and augment.policy
+SIGNALS_TOO = ("translate", "hflip", "noise", "erasing")  # what images and signals take; mixup mixes any inputs
+IMAGES, SIGNALS = {"digits", "imagefolder", "torchvision"}, {"numpy", "waveforms"}  # the rest: tables
+IMAGE_MODELS, SIGNAL_MODELS = {"cnn", "resnet18"}, {"cnn1d", "gru", "lstm"}  # mlp takes any
 
 
 def _conflicts(values: dict) -> set[str]:
     """The keys of the documented cross-field rules that `values` (over the defaults) break; empty when valid.
     Written from the rules as the README and the field descriptions state them, not from the validators."""
     c = DEFAULTS | values
-    augmenting = any(c[f"augment.{k}"] for k in IMAGE_TRANSFORMS) or c["augment.policy"] != "none"
+    images_only = any(c[f"augment.{k}"] for k in IMAGES_ONLY) or c["augment.policy"] != "none"
+    signal_transforms = any(c[f"augment.{k}"] for k in SIGNALS_TOO)
     swa = c["training.swa.start"]
     swa_epoch = int(swa) if swa >= 1 else math.ceil(swa * c["training.epochs"])
-    tabular = c["data.source"] in TABULAR
+    source, model = c["data.source"], c["model.name"]
+    # a table is read as signals by a signal model; image models need images, signal models signals (or a table)
+    kind = "images" if source in IMAGES else "signals" if source in SIGNALS or model in SIGNAL_MODELS else "table"
     rules = {
         "data.path": c["data.source"] != "digits" and not c["data.path"],  # every other source reads a path
         "data.dataset": c["data.source"] == "torchvision" and c["data.dataset"] not in TORCHVISION_DATASETS,
-        "model.name": tabular and c["model.name"] != "mlp",  # cnn and resnet18 need images
-        "augment": tabular and augmenting,
-        "augment.cutmix": tabular and c["augment.cutmix"] > 0,  # it pastes image boxes
+        "model.name": (model in IMAGE_MODELS and kind != "images") or (model in SIGNAL_MODELS and kind != "signals"),
+        "augment": (kind != "images" and images_only) or (kind == "table" and signal_transforms),
         "training.accumulate": c["training.accumulate"] > 1 and c["training.mode"] != "minibatch",
         "training.swa": swa > 0 and (c["training.ema.decay"] > 0 or c["training.early_stopping.enabled"]
                                      or swa_epoch > c["training.epochs"]),  # one average; every epoch to the end

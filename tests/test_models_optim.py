@@ -1,5 +1,7 @@
 """Model builders, optimizers and the L1/L2 penalties."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -10,12 +12,15 @@ from trainlib.errors import ConfigError
 from trainlib.models import MODELS
 from trainlib.optim import OPTIMIZERS
 
-OPTIONS = {"dropout": 0.3, "hidden": [32], "channels": [8, 16]}
+OPTIONS = {"dropout": 0.3, "hidden": [32], "channels": [8, 16], "hidden_size": 12, "kernel_size": 3}
+SHAPES = {3: [(1, 8, 8), (3, 32, 32)], 2: [(1, 64), (3, 50)], 1: [(5,)]}  # images, signals, a table: by dimensions
+TAKES = [(name, shape) for name in sorted(MODELS) for d in MODELS[name].dims for shape in SHAPES[d]]
+REFUSES = [(name, shape) for name in sorted(MODELS) for d in SHAPES if d not in MODELS[name].dims
+           for shape in SHAPES[d][:1]]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
-def test_every_model_maps_images_to_logits(name, shape):
+@pytest.mark.parametrize(("name", "shape"), TAKES)
+def test_every_model_maps_what_it_takes_to_logits(name, shape):
     model = models.build(name, shape, 7, None, **OPTIONS)
     out = model(torch.randint(0, 255, (4, *shape), dtype=torch.uint8))
     assert out.shape == (4, 7) and out.dtype == torch.float32
@@ -23,11 +28,31 @@ def test_every_model_maps_images_to_logits(name, shape):
     assert drops and all(p == 0.3 for p in drops)
 
 
-def test_mlp_takes_tabular_and_image_models_refuse_it():
-    assert models.build("mlp", (5,), 3, None, **OPTIONS)(torch.randn(2, 5)).shape == (2, 3)
-    for name in ("cnn", "resnet18"):
-        with pytest.raises(ConfigError, match=f"{name} needs image inputs"):
-            models.build(name, (5,), 3, None, **OPTIONS)
+@pytest.mark.parametrize(("name", "shape"), REFUSES)
+def test_a_model_given_data_of_another_kind_names_both_shapes(name, shape):
+    needs = {3: r"images \(C, H, W\)", 2: r"signals \(C, L\)"}[max(MODELS[name].dims)]
+    with pytest.raises(ConfigError, match=rf"model.name: {name} needs {needs}; this data is .* of shape "
+                                          rf"{re.escape(str(shape))} \(use "):
+        models.build(name, shape, 3, None, **OPTIONS)
+
+
+def test_a_signal_model_reads_a_tables_columns_as_one_signal_in_their_order():
+    net = models.build("cnn1d", (6,), 2, None, **OPTIONS).eval().net
+    x = torch.randn(3, 6)
+    assert isinstance(net[0], nn.Unflatten) and isinstance(net[1], nn.Conv1d) and net[1].in_channels == 1
+    assert torch.equal(net(x), net[1:](x.view(3, 1, 6)))  # the columns, in order, as the steps of one channel
+
+
+def test_recurrent_models_read_the_time_steps_in_order():
+    torch.manual_seed(0)
+    for name in ("gru", "lstm"):
+        net = models.build(name, (2, 9), 3, None, **OPTIONS).eval()
+        x = torch.randn(4, 2, 9)
+        assert not torch.allclose(net(x), net(x.flip(2)))  # order matters (an mlp on shuffled steps would too)
+        rnn = net.net.rnn
+        assert (rnn.input_size, rnn.hidden_size) == (2, 12)
+        both = models.build(name, (2, 9), 3, None, **OPTIONS | {"bidirectional": True, "layers": 2}).net
+        assert both.rnn.bidirectional and both.rnn.num_layers == 2 and both.head.in_features == 24
 
 
 def test_resnet18_stem_is_adapted_to_small_images_and_channels():
@@ -37,7 +62,7 @@ def test_resnet18_stem_is_adapted_to_small_images_and_channels():
 
 def test_normalization_is_inside_the_model_and_saved_with_it(tmp_path):
     raw = torch.randint(0, 16, (10, 1, 8, 8)).to(torch.uint8)
-    stats = normalize.fit("standardize", raw, image=True)
+    stats = normalize.fit("standardize", raw, dims=3)
     model = models.build("cnn", (1, 8, 8), 10, stats, **OPTIONS).eval()
     models.save_model(tmp_path / "m.pt", model, classes=list("0123456789"))
     back, saved = models.load_model(tmp_path / "m.pt")

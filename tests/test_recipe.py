@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_images
+from conftest import digits_csv, write_images
 
 from trainlib import plots, recipe
 from trainlib.config import load_config
@@ -70,8 +70,10 @@ LEARNS_WITH = {
 
 
 @pytest.mark.parametrize("key, name", CHOICES, ids=[f"{k}={n}" for k, n in CHOICES])
-def test_every_registry_choice_trains_from_config(key, name):
+def test_every_registry_choice_trains_from_config(key, name, tmp_path):
     overrides = [*LEARNS, f"{key}={name}", *LEARNS_WITH.get((key, name), [])]
+    if key == "model.name" and 3 not in MODELS[name].dims:  # a signal model: the digits as 8 channels of 8 steps
+        overrides += ["data.source=csv", f"data.path={digits_csv(tmp_path / 'digits.csv')}", "data.channels=8"]
     out = _run(*overrides)
     epochs = load_config(None, QUICK + overrides).training.epochs
     assert out.evaluation.accuracy >= 0.6 and len(out.fit.history) == epochs

@@ -56,7 +56,8 @@ def test_mixing_is_reproducible_and_mix_prob_zero_mixes_nothing():
 
 
 def test_cutmix_on_tabular_data_is_a_config_error():
-    with pytest.raises(ConfigError, match="augment.cutmix: pastes image boxes; data.source csv is tabular"):
+    with pytest.raises(ConfigError, match=r"augment.cutmix: applies to images; data.source csv is a table \(F,\), "
+                                          "which takes only mixup"):
         load_config(None, ["data.source=csv", "data.path=x.csv", "model.name=mlp", "augment.cutmix=1"])
     load_config(None, ["data.source=csv", "data.path=x.csv", "model.name=mlp", "augment.mixup=0.2"])  # any inputs
 

@@ -29,6 +29,11 @@ def _options(source, tmp_path):
         return {"path": tmp_path / "t.parquet", "target": "label"}
     if source == "torchvision":
         return {"path": write_fake_mnist(tmp_path / "tv"), "dataset": "MNIST"}
+    if source == "numpy":
+        np.savez(tmp_path / "s.npz", x=np.random.default_rng(0).normal(size=(30, 2, 16)), y=np.arange(30) % 3)
+        return {"path": tmp_path / "s.npz"}
+    if source == "waveforms":
+        return {}
     raise AssertionError(f"no fixture for source {source}")
 
 
@@ -39,7 +44,7 @@ def test_every_source_yields_the_same_kind_of_dataset(source, tmp_path):
     assert ds.labels.dtype == torch.int64
     assert set(ds.labels.tolist()) <= set(range(len(ds.classes))) and len(ds.classes) >= 2
     assert len(ds.digest) == 64 and ds.digest == sources.load(source, **_options(source, tmp_path / "again")).digest
-    assert ds.is_image == SOURCES[source].image
+    assert ds.dims == SOURCES[source].dims and ds.is_image == (ds.dims == 3)
 
 
 def test_digits_is_the_embedded_default(digits):

@@ -61,16 +61,16 @@ def _images(seed=0, n=50):
 def test_statistics_come_from_train_only():
     train = _images()
     val = _images(1) * 1000  # wildly different: must not matter
-    stats = normalize.fit("standardize", train, image=True)
+    stats = normalize.fit("standardize", train, dims=3)
     assert stats.moments.max[1] < 100 + 1e-4
-    assert stats == normalize.fit("standardize", iter([train[:20], train[20:]]), image=True)
-    assert stats != normalize.fit("standardize", torch.cat([train, val]), image=True)
+    assert stats == normalize.fit("standardize", iter([train[:20], train[20:]]), dims=3)
+    assert stats != normalize.fit("standardize", torch.cat([train, val]), dims=3)
 
 
 @pytest.mark.parametrize("method", sorted(NORMALIZERS))
 def test_each_method_maps_train_to_its_promise(method):
     train = _images()
-    y = normalize.fit(method, train, image=True).module()(train)
+    y = normalize.fit(method, train, dims=3).module()(train)
     per_channel = y.transpose(0, 1).reshape(2, -1)
     if method == "none":
         assert torch.equal(y, train)
@@ -87,13 +87,13 @@ def test_each_method_maps_train_to_its_promise(method):
 
 def test_tabular_is_per_feature_and_constant_features_stay_finite():
     x = torch.tensor([[1.0, 5.0, 10.0], [3.0, 5.0, 30.0], [5.0, 5.0, 20.0]])
-    stats = normalize.fit("minmax", x, image=False)
+    stats = normalize.fit("minmax", x, dims=1)
     y = stats.module()(x)
     assert torch.allclose(y[:, 0], torch.tensor([0.0, 0.5, 1.0])) and torch.equal(y[:, 1], torch.zeros(3))
 
 
 def test_stats_json_round_trip_and_raw_uint8_inputs(tmp_path):
-    stats = normalize.fit("standardize", torch.randint(0, 255, (10, 3, 4, 4)).to(torch.uint8), image=True)
+    stats = normalize.fit("standardize", torch.randint(0, 255, (10, 3, 4, 4)).to(torch.uint8), dims=3)
     stats.save(tmp_path / "n.json")
     back = normalize.NormStats.load(tmp_path / "n.json")
     assert back == stats and json.loads(stats.to_json())["method"] == "standardize"

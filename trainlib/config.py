@@ -14,8 +14,10 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trainlib import averaging
+from trainlib.data.kinds import kind
 from trainlib.data.sources import SOURCES
 from trainlib.errors import ConfigError
+from trainlib.models import MODELS
 from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
 from trainlib.sections import (
     AugmentConfig,
@@ -62,18 +64,24 @@ with warnings.catch_warnings():
         register: RegisterConfig = RegisterConfig()
         predict: PredictConfig = PredictConfig()
 
+        @property
+        def data_dims(self) -> int:
+            """A sample's dimensions as the model reads the data: a table's columns are signals (C, L) for a model
+            that reads them so (cnn1d, gru, lstm) or when data.channels folds them; else the source's own."""
+            dims = SOURCES[self.data.source].dims
+            if dims == 1 and (MODELS[self.model.name].signal or self.data.channels is not None):
+                return 2
+            return dims
+
         @model_validator(mode="after")
         def _consistent(self):
-            tabular = not SOURCES[self.data.source].image
-            if tabular and self.model.name != "mlp":
-                raise ConfigError(f"model.name: {self.model.name} needs images; data.source {self.data.source} is "
-                                  "tabular (use mlp)")
-            if tabular and self.augment.active:
-                raise ConfigError(f"augment: image augmentation needs images; data.source {self.data.source} "
-                                  "is tabular")
-            if tabular and self.augment.cutmix:
-                raise ConfigError(f"augment.cutmix: pastes image boxes; data.source {self.data.source} is tabular "
-                                  "(augment.mixup mixes any inputs)")
+            dims, architecture = self.data_dims, MODELS[self.model.name]
+            if dims not in architecture.dims:
+                takes = " or ".join(kind(d).describe() for d in architecture.dims)
+                users = sorted(n for n, a in MODELS.items() if dims in a.dims)
+                raise ConfigError(f"model.name: {self.model.name} takes {takes}; data.source {self.data.source} is "
+                                  f"{kind(dims).describe()} (use {', '.join(users)})")
+            kind(dims).check_augment(self.augment.changed(), f"data.source {self.data.source}")
             _averaging(self.training)
             if self.split.val == 0:
                 if self.training.early_stopping.enabled:

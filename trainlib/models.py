@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
+from trainlib.data.kinds import kind
 from trainlib.data.normalize import Normalize, NormStats
 from trainlib.errors import ConfigError
 from trainlib.registry import Registry
@@ -48,9 +50,24 @@ def mlp(in_shape: Sequence[int], n_classes: int, *, hidden: Sequence[int] = (256
 
 def _need_image(name: str, in_shape: Sequence[int]) -> int:
     if len(in_shape) != 3:
-        raise ConfigError(f"model.name: {name} needs image inputs (C, H, W); this data has shape "
-                          f"{tuple(in_shape)} (use mlp for tabular data)")
+        raise ConfigError(f"model.name: {name} needs images (C, H, W); this data is "
+                          f"{kind(len(in_shape)).describe(in_shape)} (use {_for(len(in_shape))})")
     return in_shape[0]
+
+
+def _need_signal(name: str, in_shape: Sequence[int]) -> tuple[int, list[nn.Module]]:
+    """(channels, the layers in front): a table's F feature columns are read as one signal of length F."""
+    if len(in_shape) == 1:
+        return 1, [nn.Unflatten(1, (1, in_shape[0]))]
+    if len(in_shape) != 2:
+        raise ConfigError(f"model.name: {name} needs signals (C, L); this data is "
+                          f"{kind(len(in_shape)).describe(in_shape)} (use {_for(len(in_shape))})")
+    return in_shape[0], []
+
+
+def _for(dims: int) -> str:
+    names = sorted(n for n, a in MODELS.items() if dims in a.dims)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def cnn(in_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (32, 64),
@@ -71,6 +88,55 @@ def cnn(in_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (3
                          nn.Linear(c_in, n_classes))
 
 
+def cnn1d(in_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (32, 64), kernel_size: int = 5,
+          dropout: float = 0.0, **_unused) -> nn.Module:
+    """Conv net for 1-D signals: per width, a conv1d-BN-ReLU block of `kernel_size` (same length) and a max-pool
+    halving the length (while it is at least 2), then global average pooling, dropout and a linear head."""
+    c_in, layers = _need_signal("cnn1d", in_shape)
+    length = in_shape[-1]
+    for width in channels:
+        layers += [nn.Conv1d(c_in, width, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm1d(width),
+                   nn.ReLU(inplace=True)]
+        if length >= 2:
+            layers.append(nn.MaxPool1d(2))
+            length //= 2
+        c_in = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), Dropout(dropout), nn.Linear(c_in, n_classes))
+
+
+class Recurrent(nn.Module):
+    """A GRU or LSTM over the time steps of (N, C, L) signals (C features per step); the last step's output of
+    the top layer (both directions' when bidirectional) goes through dropout to a linear head."""
+
+    def __init__(self, cell: type[nn.RNNBase], in_shape: Sequence[int], n_classes: int, hidden_size: int, layers: int,
+                 bidirectional: bool, dropout: float):
+        super().__init__()
+        channels, front = _need_signal(cell.__name__.lower(), in_shape)
+        self.front = nn.Sequential(*front)
+        self.rnn = cell(channels, hidden_size, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.dropout = Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), n_classes)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.front(x).transpose(1, 2))  # (N, L, C) -> (N, L, directions x hidden)
+        if self.rnn.bidirectional:  # forward direction at the last step, backward at the first (each has seen all)
+            half = self.rnn.hidden_size
+            last = torch.cat([out[:, -1, :half], out[:, 0, half:]], 1)
+        else:
+            last = out[:, -1]
+        return self.head(self.dropout(last))
+
+
+def _recurrent(cell: type[nn.RNNBase]):
+    def build(in_shape: Sequence[int], n_classes: int, *, hidden_size: int = 64, layers: int = 1,
+              bidirectional: bool = False, dropout: float = 0.0, **_unused) -> nn.Module:
+        return Recurrent(cell, in_shape, n_classes, hidden_size, layers, bidirectional, dropout)
+
+    build.__doc__ = f"{cell.__name__} over the signal's time steps: `hidden_size` units, `layers` stacked, " \
+                    "optionally bidirectional; a linear head on the last step."
+    return build
+
+
 def resnet18(in_shape: Sequence[int], n_classes: int, *, dropout: float = 0.0, **_unused) -> nn.Module:
     """torchvision's ResNet-18 with its stem adapted to small images and any channel count:
     a 3x3 stride-1 first conv and no max-pool; dropout before the classifier."""
@@ -84,7 +150,25 @@ def resnet18(in_shape: Sequence[int], n_classes: int, *, dropout: float = 0.0, *
     return net
 
 
-MODELS = Registry("model", {"mlp": mlp, "cnn": cnn, "resnet18": resnet18})
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[..., nn.Module]  # (in_shape, n_classes, **model options) -> the network
+    dims: tuple[int, ...]  # the sample dimensions it takes: 1 a table (F,), 2 signals (C, L), 3 images (C, H, W)
+
+    @property
+    def signal(self) -> bool:
+        """Reads a table's feature columns as a signal (so a table source is ingested as (C, L) signals for it)."""
+        return 2 in self.dims and 3 not in self.dims
+
+
+MODELS: Registry[Architecture] = Registry("model", {
+    "mlp": Architecture(mlp, (1, 2, 3)),
+    "cnn": Architecture(cnn, (3,)),
+    "resnet18": Architecture(resnet18, (3,)),
+    "cnn1d": Architecture(cnn1d, (1, 2)),
+    "gru": Architecture(_recurrent(nn.GRU), (1, 2)),
+    "lstm": Architecture(_recurrent(nn.LSTM), (1, 2)),
+})
 
 
 class Classifier(nn.Module):
@@ -110,8 +194,8 @@ def build(name: str, in_shape: Sequence[int], n_classes: int, norm: NormStats | 
           **options) -> Classifier:
     """The named network behind the fitted normalization (a plain float cast when `norm` is None).
     The model keeps the arguments that built it in `.spec`, so it can be saved without pickling code."""
-    net = MODELS[name](tuple(in_shape), n_classes, **options)
-    model = Classifier(norm.module() if norm else Normalize([0.0], [1.0], image=len(in_shape) == 3), net)
+    net = MODELS[name].build(tuple(in_shape), n_classes, **options)
+    model = Classifier(norm.module() if norm else Normalize([0.0], [1.0], dims=len(in_shape)), net)
     model.spec = {"name": name, "in_shape": list(in_shape), "n_classes": n_classes,
                   "norm": norm.to_json() if norm else None, "options": options}
     return model

@@ -7,6 +7,8 @@ need no display. Save them with `fig.savefig(path)`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -68,6 +70,30 @@ def augmentation_grid(grid: torch.Tensor, value_max: float) -> Figure:
             axes[r, c].imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
             axes[r, c].set_axis_off()
         axes[r, 0].set_title("original" if r == 0 else f"augmented {r}", fontsize=8, loc="left")
+    return fig
+
+
+def signal_traces(grid: torch.Tensor) -> Figure:
+    """Traces of (rows, samples, C, L) signals, one panel per sample: the original (first row) in black, each
+    augmented version over it in colour; several channels one above another."""
+    rows, samples, channels, length = grid.shape
+    grid = grid.detach().float().cpu().numpy()
+    cols = min(samples, 3)
+    fig = Figure(figsize=(4 * cols, 2.2 * math.ceil(samples / cols)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(math.ceil(samples / cols), cols, squeeze=False)).reshape(-1)
+    step = 3 * float(grid[0].std()) or 1.0  # vertical offset between channels
+    for s, ax in enumerate(axes):
+        if s >= samples:
+            ax.set_axis_off()
+            continue
+        for r in range(rows):
+            for c in range(channels):
+                ax.plot(grid[r, s, c] - c * step, color="black" if r == 0 else f"C{r - 1}",
+                        lw=1.4 if r == 0 else 0.9, alpha=1 if r == 0 else 0.75,
+                        label=("original" if r == 0 else f"augmented {r}") if c == 0 else None)
+        ax.set(xlim=(0, length - 1), yticks=[])
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.supxlabel("time step", fontsize=9)
     return fig
 
 

@@ -22,7 +22,9 @@ from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, Pipeline
 from trainlib.data import normalize, sources
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import Data, TensorData, input_chunks, subset
+from trainlib.data.kinds import kind
 from trainlib.data.mix import Mixer
+from trainlib.data.signal_augment import SignalAugmenter
 from trainlib.data.split import flip_labels, indices, split_manifest
 from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
@@ -43,9 +45,10 @@ def check_memory(data: DataConfig) -> None:
         fits(**_read_options(data))
 
 
-def ingest(data: DataConfig, cache_dir: str | Path | None = None) -> sources.Dataset:
-    """The configured data; image folders keep their decoded images under `cache_dir` when given (data.cache)."""
-    ds = sources.load(data.source, **_read_options(data), cache_dir=cache_dir)
+def ingest(data: DataConfig, cache_dir: str | Path | None = None, signal: bool = False) -> sources.Dataset:
+    """The configured data; image folders keep their decoded images under `cache_dir` when given (data.cache); with
+    `signal` (PipelineConfig.data_dims 2), a table's feature columns are read as signals (C, L)."""
+    ds = sources.load(data.source, **_read_options(data), cache_dir=cache_dir, signal=signal)
     return sources.keep_classes(ds, data.classes) if data.classes else ds
 
 
@@ -77,12 +80,13 @@ def part(ds: sources.Dataset, manifest: pd.DataFrame, name: str, workers: int = 
 def fit_normalizer(ds: sources.Dataset, manifest: pd.DataFrame, cfg: NormalizeConfig,
                    workers: int = 2) -> normalize.NormStats:
     """Normalization statistics from the train split only (`workers` decode streamed images)."""
-    return normalize.fit(cfg.method, input_chunks(part(ds, manifest, "train", workers)), ds.is_image)
+    return normalize.fit(cfg.method, input_chunks(part(ds, manifest, "train", workers)), ds.dims)
 
 
-def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | None:
-    """The configured augmentation, or None when every transform is off."""
-    return Augmenter(**cfg.transforms(), value_max=ds.value_max) if cfg.active and ds.is_image else None
+def augmenter(cfg: AugmentConfig, ds: sources.Dataset) -> Augmenter | SignalAugmenter | None:
+    """The configured augmentation for this kind of data, or None when every transform is off."""
+    build = kind(ds.dims).augmenter
+    return build(**cfg.transforms(), value_max=ds.value_max) if cfg.active and build is not None else None
 
 
 def mixer(cfg: AugmentConfig, classes: int) -> Mixer | None:
@@ -91,7 +95,7 @@ def mixer(cfg: AugmentConfig, classes: int) -> Mixer | None:
         if cfg.mixes else None
 
 
-def expand(train: Data, aug: Augmenter, copies: int, seed: int) -> TensorData:
+def expand(train: Data, aug: Augmenter | SignalAugmenter, copies: int, seed: int) -> TensorData:
     """Offline augmentation: the train split plus `copies` augmented copies of it."""
     if not isinstance(train, TensorData):
         raise ConfigError("augment.expand: needs in-memory data (data.stream: false)")
@@ -252,7 +256,7 @@ class Outcome:
 
 def run(cfg: PipelineConfig, callbacks=(), logger=None) -> Outcome:
     """Every stage in memory: ingest, split, normalize, (augment), train, evaluate on test."""
-    ds = ingest(cfg.data)
+    ds = ingest(cfg.data, signal=cfg.data_dims == 2)
     manifest = split(ds, cfg.split, cfg.data.label_noise)
     norm = fit_normalizer(ds, manifest, cfg.normalize, cfg.data.workers)
     model, result = train(cfg, ds, manifest, norm, callbacks=callbacks, logger=logger)

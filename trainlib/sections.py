@@ -41,16 +41,24 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     source: Annotated[str, _one_of(SOURCES)] = Field(
-        "digits", description="digits (embedded 8x8 digits) | imagefolder | csv | parquet | torchvision")
+        "digits", description="digits (embedded 8x8 digits) | imagefolder | csv | parquet | torchvision | numpy "
+                              "(signals in .npz/.npy) | waveforms (generated 1-D signals)")
     path: str | None = Field(None, description="imagefolder: class-per-folder root; csv/parquet: the file; "
-                                               "torchvision: the dataset root (relative: to the config file's "
-                                               "folder, or with --set to the current one)")
+                                               "torchvision: the dataset root; numpy: the .npz or .npy (relative: "
+                                               "to the config file's folder, or with --set to the current one)")
+    labels: str | None = Field(None, description="numpy .npy of signals: the .npy of their labels (an .npz holds "
+                                                 "both)")
     dataset: str | None = Field(None, description="torchvision: " + " | ".join(TORCHVISION_DATASETS))
-    target: str = Field("label", description="csv/parquet: name of the target (class) column")
-    features: list[str] | None = Field(None, description="csv/parquet: feature columns (default: all but target)")
+    target: str = Field("label", description="csv/parquet: name of the target (class) column; numpy .npz: of the "
+                                             "labels array (else y, labels)")
+    features: list[str] | str | None = Field(None, description="csv/parquet: feature columns, in input order: a "
+                                                               "list, or a pattern such as t* (in the table's order; "
+                                                               "default: all but target)")
     download: bool = Field(False, description="torchvision: download into path when missing (needs internet)")
     image_size: tuple[Count, Count] = Field((32, 32), description="imagefolder: resize to (height, width) pixels")
-    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grayscale, 3 = RGB")
+    channels: Count | None = Field(None, description="imagefolder: 1 = grayscale, 3 = RGB (default); csv/parquet "
+                                                     "read as signals: channels the feature columns fold into, "
+                                                     "each a run of equal length (default 1)")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder: processes that decode the images "
                                                                   "(at ingest; streamed: for every batch)")
@@ -70,6 +78,9 @@ class DataConfig(Section):
             raise ConfigError(f"data.path: data.source {self.source} needs a path")
         if self.source == "torchvision" and self.dataset not in TORCHVISION_DATASETS:
             raise ConfigError(f"data.dataset: {self.dataset!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
+        if self.source == "imagefolder" and self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels: imagefolder reads 1 (grayscale) or 3 (RGB) channels, not "
+                              f"{self.channels}")
         return self
 
 
@@ -106,16 +117,24 @@ class NormalizeConfig(Section):
 
 class AugmentConfig(Section):
     rotation: Annotated[float, Field(ge=0, le=180)] = Field(0, description="max rotation, degrees (+-)")
-    scale: tuple[Positive, Positive] = Field((1, 1), description="zoom factor range (low, high)")
-    translate: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="max shift, fraction of size (+-)")
-    hflip: Probability = Field(0, description="probability of a horizontal flip")
+    scale: tuple[Positive, Positive] = Field((1, 1), description="zoom factor range (low, high); signals: time "
+                                                                 "stretch")
+    translate: Annotated[float, Field(ge=0, lt=1)] = Field(0, description="max shift, fraction of size (+-); "
+                                                                          "signals: of the length")
+    wrap: bool = Field(False, description="signals: shift circularly (what leaves one end comes back at the other) "
+                                          "instead of padding with zeros")
+    hflip: Probability = Field(0, description="probability of a horizontal flip; signals: of reversing time")
     vflip: Probability = Field(0, description="probability of a vertical flip")
     brightness: NonNegative = Field(0, description="brightness factor drawn from [1-b, 1+b]")
     contrast: NonNegative = Field(0, description="contrast factor drawn from [1-c, 1+c]")
     saturation: NonNegative = Field(0, description="saturation factor from [1-s, 1+s] (RGB only)")
     hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0, description="hue shift, fraction of a turn (+-, RGB only)")
-    noise: NonNegative = Field(0, description="std of Gaussian noise, in units of the pixel range")
-    erasing: Probability = Field(0, description="probability of erasing a random rectangle")
+    amplitude: Annotated[float, Field(ge=0, le=1)] = Field(0, description="signals: amplitude factor drawn from "
+                                                                          "[1-a, 1+a]")
+    noise: NonNegative = Field(0, description="std of Gaussian noise, in units of the pixel range; signals: of the "
+                                              "sample's own std")
+    erasing: Probability = Field(0, description="probability of erasing a random rectangle; signals: a span of "
+                                                "2-33% of the length")
     policy: Annotated[str, _one_of(POLICIES)] = Field(
         "none", description="none | autoaugment (ImageNet policy) | randaugment | trivialaugment (wide) | augmix: "
                             "drawn per sample, after the transforms above, before erasing")
@@ -140,13 +159,17 @@ class AugmentConfig(Section):
 
     @property
     def active(self) -> bool:
-        knobs = {"scale", "policy", "policy_ops", "policy_magnitude"}
+        knobs = {"scale", "policy", "policy_ops", "policy_magnitude", "wrap"}
         return (any(v for k, v in self.transforms().items() if k not in knobs) or tuple(self.scale) != (1, 1)
                 or self.policy != "none")
 
     def transforms(self) -> dict[str, Any]:
-        """The image transforms (trainlib.data.augment.Augmenter's keywords)."""
+        """The transforms (the keywords of trainlib.data.augment.Augmenter and signal_augment.SignalAugmenter)."""
         return self.model_dump(exclude={"expand", *MIXING})
+
+    def changed(self) -> list[str]:
+        """The keys set to other than their defaults."""
+        return sorted(self.model_dump(exclude_defaults=True))
 
     @property
     def mixes(self) -> bool:
@@ -172,11 +195,17 @@ def _learning_rate(value: Any) -> float | str:
 
 
 class ModelConfig(Section):
-    name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18")
+    name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18 (images) | cnn1d | gru | "
+                                                                     "lstm (signals, or a table's columns read as one)")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="dropout probability before the head "
                                                                             "(and after each mlp layer)")
     hidden: list[Count] = Field([256, 128], description="mlp: hidden layer sizes")
-    channels: list[Count] = Field([32, 64], description="cnn: widths of the conv blocks (each halves the size)")
+    channels: list[Count] = Field([32, 64], description="cnn, cnn1d: widths of the conv blocks (each halves the size)")
+    kernel_size: Annotated[int, Field(ge=1)] = Field(5, description="cnn1d: time steps each convolution spans (odd: "
+                                                                    "the length is kept)")
+    hidden_size: Count = Field(64, description="gru, lstm: units of the recurrent state")
+    layers: Count = Field(1, description="gru, lstm: recurrent layers stacked")
+    bidirectional: bool = Field(False, description="gru, lstm: read the signal in both directions")
 
 
 class OptimizerConfig(Section):

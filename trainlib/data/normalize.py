@@ -1,4 +1,4 @@
-"""Normalization fitted on the train split: per channel (images) or per feature (tabular).
+"""Normalization fitted on the train split: per channel (images, signals) or per feature (tabular).
 
 Every method is an affine map y = (x - shift) * scale, so one small module applies any of them and
 ships inside the model: an exported model takes raw inputs.
@@ -59,10 +59,10 @@ class NormStats:
     shift: list[float]
     scale: list[float]
     moments: Moments
-    image: bool  # per channel of (N, C, H, W) inputs, else per feature of (N, F)
+    dims: int  # of a sample: 3 per channel of (N, C, H, W) images, 2 of (N, C, L) signals, 1 per feature of (N, F)
 
     def module(self) -> Normalize:
-        return Normalize(self.shift, self.scale, self.image)
+        return Normalize(self.shift, self.scale, self.dims)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -70,7 +70,8 @@ class NormStats:
     @classmethod
     def from_json(cls, text: str) -> NormStats:
         d = json.loads(text)
-        return cls(d["method"], d["shift"], d["scale"], Moments(**d["moments"]), d["image"])
+        dims = d["dims"] if "dims" in d else 3 if d["image"] else 1  # "image": models saved before signals
+        return cls(d["method"], d["shift"], d["scale"], Moments(**d["moments"]), dims)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -84,9 +85,9 @@ class NormStats:
 class Normalize(nn.Module):
     """(x - shift) * scale per channel/feature; casts raw (e.g. uint8) inputs to float first."""
 
-    def __init__(self, shift: list[float], scale: list[float], image: bool):
+    def __init__(self, shift: list[float], scale: list[float], dims: int):
         super().__init__()
-        shape = (1, -1, 1, 1) if image else (1, -1)
+        shape = (1, -1) + (1,) * (dims - 1)
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(shape))
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(shape))
 
@@ -95,7 +96,7 @@ class Normalize(nn.Module):
 
 
 def moments(chunks: Iterable[torch.Tensor]) -> Moments:
-    """Per-channel moments over batches of (N, C, ...) or (N, F), accumulated in float64."""
+    """Per-channel moments over batches of (N, C, ...) or per feature over (N, F), accumulated in float64."""
     count, total, squares, lo, hi = 0, None, None, None, None
     for chunk in chunks:
         x = chunk.to(torch.float64).transpose(0, 1).reshape(chunk.shape[1], -1)  # (C, N*H*W)
@@ -113,9 +114,10 @@ def moments(chunks: Iterable[torch.Tensor]) -> Moments:
     return Moments(mean.tolist(), std.tolist(), lo.tolist(), hi.tolist())
 
 
-def fit(method: str, chunks: Iterable[torch.Tensor], image: bool) -> NormStats:
-    """Fit `method` on the train split's data (given as one tensor or as batches)."""
+def fit(method: str, chunks: Iterable[torch.Tensor], dims: int) -> NormStats:
+    """Fit `method` on the train split's data (given as one tensor or as batches) of samples with `dims`
+    dimensions."""
     to_params = NORMALIZERS[method]
     m = moments([chunks] if isinstance(chunks, torch.Tensor) else chunks)
     shift, scale = to_params(m)
-    return NormStats(method, [float(v) for v in shift], [float(v) for v in scale], m, image)
+    return NormStats(method, [float(v) for v in shift], [float(v) for v in scale], m, dims)

@@ -1,13 +1,16 @@
 """Ingest: every source yields a `Dataset` (inputs, integer labels, class names, content digest).
 
-Inputs stay in the source's own units (digits 0..16, image pixels 0..255 as uint8, tabular floats);
-normalization lives inside the model, so an exported model takes raw inputs.
+Inputs stay in the source's own units (digits 0..16, image pixels 0..255 as uint8, tabular and signal floats);
+normalization lives inside the model, so an exported model takes raw inputs. A sample is (C, H, W) for images,
+(C, L) for signals, (F,) for a table.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -19,7 +22,7 @@ import pandas as pd
 import torch
 
 from trainlib.checkpoint import atomic_path
-from trainlib.data import decoded, folders
+from trainlib.data import decoded, folders, signals
 from trainlib.data.decoded import PackedImages
 from trainlib.data.folders import ImageFiles
 from trainlib.errors import ConfigError, DataError
@@ -32,15 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
-    """What every source yields. `inputs` is (N, C, H, W) for images, (N, F) for tabular data, or, for streamed
-    ImageFolder data, `PackedImages` (rows of the decoded-image cache) or `ImageFiles` (files, with data.cache off)."""
+    """What every source yields. `inputs` is (N, C, H, W) for images, (N, C, L) for signals, (N, F) for tabular
+    data, or, for streamed ImageFolder data, `PackedImages` (rows of the decoded-image cache) or `ImageFiles`
+    (files, with data.cache off)."""
 
     inputs: torch.Tensor | ImageFiles | PackedImages
     labels: torch.Tensor  # (N,) int64 class indices
     classes: list[str]
     digest: str  # sha256 of the content (streamed data: of the files' names, sizes and contents)
     value_max: float | None = None  # largest raw value of an image pixel; None for tabular data
-    feature_names: list[str] = field(default_factory=list)  # tabular columns, in input order
+    feature_names: list[str] = field(default_factory=list)  # table columns, in input order (of signals read from one:
+    # channel 0's time steps, then channel 1's, ...)
 
     @property
     def is_image(self) -> bool:
@@ -49,6 +54,11 @@ class Dataset:
     @property
     def streamed(self) -> bool:
         return isinstance(self.inputs, STREAMED)
+
+    @property
+    def dims(self) -> int:
+        """A sample's dimensions: 3 images, 2 signals, 1 a table."""
+        return len(self.sample_shape)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -96,14 +106,14 @@ def load_digits(**_) -> Dataset:
     return _finish(inputs, y, [str(d) for d in range(10)], value_max=16.0)
 
 
-def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, workers=2, memory_budget=None, cache=True,
+def load_imagefolder(path, image_size=(32, 32), channels=None, stream=False, workers=2, memory_budget=None, cache=True,
                      cache_dir=None, **_) -> Dataset:
     """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size` by
     `workers` processes. With `stream`, the images are read per batch instead of held in memory; without, only
     when the estimate of the memory they need is within `memory_budget` (GiB). With `cache` and a `cache_dir`,
     the decoded images are kept there by content (trainlib.data.decoded): a file is decoded once, and streamed
     batches read decoded rows; without, streamed batches decode their files."""
-    root = Path(path)
+    root, channels = Path(path), channels or 3
     classes, names, labels = folders.list_images(root)
     files = ImageFiles(str(root), names, labels, tuple(image_size), channels)
     if not stream:
@@ -128,16 +138,30 @@ def load_imagefolder(path, image_size=(32, 32), channels=3, stream=False, worker
     return _finish(inputs, labels, classes, value_max=255.0)
 
 
-def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | None) -> Dataset:
+def _feature_columns(frame: pd.DataFrame, source: str, target: str, features: list[str] | str | None) -> list:
+    """The feature columns in input order: `features` as listed, the columns matching a pattern (`features` a
+    string such as `t*`, shell-style) in the table's order, or all but the target."""
+    if isinstance(features, str):
+        names = [c for c in frame.columns if c != target and fnmatch.fnmatchcase(str(c), features)]
+        if not names:
+            raise DataError(f"{source}: no column matches data.features {features!r}; columns are: "
+                            f"{', '.join(map(str, frame.columns))}")
+        return names
+    names = list(features) if features else [c for c in frame.columns if c != target]
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: feature columns not found: {', '.join(missing)}")
+    return names
+
+
+def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | str | None,
+             signal: bool = False, channels: int | None = None) -> Dataset:
     if frame.empty:
         raise DataError(f"{source}: the table is empty (no rows)")
     if target not in frame.columns:
         columns = ", ".join(map(str, frame.columns))
         raise DataError(f"{source}: target column {target!r} not found; columns are: {columns}")
-    names = list(features) if features else [c for c in frame.columns if c != target]
-    missing = [c for c in names if c not in frame.columns]
-    if missing:
-        raise DataError(f"{source}: feature columns not found: {', '.join(missing)}")
+    names = _feature_columns(frame, source, target, features)
     if not names:
         raise DataError(f"{source}: no feature columns besides the target {target!r}")
     numeric = pd.api.types.is_numeric_dtype
@@ -152,7 +176,10 @@ def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] 
     if y.isna().any():
         raise DataError(f"{source}: target column {target!r} has {int(y.isna().sum())} missing values")
     codes, uniques = pd.factorize(y, sort=True)
-    return _finish(torch.from_numpy(x), codes, [str(u) for u in uniques], feature_names=[str(n) for n in names])
+    names = [str(n) for n in names]
+    if signal:  # the columns, in order, as the time steps of `channels` channels
+        x = signals.fold(x, channels, source, names)
+    return _finish(torch.from_numpy(x), codes, [str(u) for u in uniques], feature_names=names)
 
 
 def _read_table(path, reader: Callable[[Path], pd.DataFrame], source: str) -> pd.DataFrame:
@@ -165,14 +192,30 @@ def _read_table(path, reader: Callable[[Path], pd.DataFrame], source: str) -> pd
         raise DataError(f"{source}: cannot read {file}: {exc}") from exc
 
 
-def load_csv(path, target="label", features=None, **_) -> Dataset:
-    """Tabular data from a CSV file: numeric feature columns plus a target column."""
-    return _tabular(_read_table(path, pd.read_csv, "csv"), "csv", target, features)
+def load_csv(path, target="label", features=None, signal=False, channels=None, **_) -> Dataset:
+    """Tabular data from a CSV file: numeric feature columns plus a target column; with `signal`, the feature
+    columns are the time steps of `channels` (default 1) channels."""
+    return _tabular(_read_table(path, pd.read_csv, "csv"), "csv", target, features, signal, channels)
 
 
-def load_parquet(path, target="label", features=None, **_) -> Dataset:
-    """Tabular data from a Parquet file: numeric feature columns plus a target column."""
-    return _tabular(_read_table(path, pd.read_parquet, "parquet"), "parquet", target, features)
+def load_parquet(path, target="label", features=None, signal=False, channels=None, **_) -> Dataset:
+    """As load_csv, from a Parquet file."""
+    return _tabular(_read_table(path, pd.read_parquet, "parquet"), "parquet", target, features, signal, channels)
+
+
+def _signals(x: np.ndarray, y: np.ndarray) -> Dataset:
+    codes, uniques = pd.factorize(pd.Series(y), sort=True)
+    return _finish(signals.as_tensor(x), codes, [str(u) for u in uniques])
+
+
+def load_numpy(path, labels=None, target="label", **_) -> Dataset:
+    """Signals from NumPy files (trainlib.data.signals.read_numpy): (N, L) or (N, C, L) arrays with their labels."""
+    return _signals(*signals.read_numpy(path, labels, target))
+
+
+def load_waveforms(**_) -> Dataset:
+    """The generated waveform set (trainlib.data.signals.waveforms): 3,000 signals of 128 steps, 5 classes."""
+    return _finish(signals.as_tensor(signals.waveforms()), signals.waveform_labels(), list(signals.WAVE_CLASSES))
 
 
 def load_torchvision(path, dataset=None, download=False, **_) -> Dataset:
@@ -198,18 +241,18 @@ def load_torchvision(path, dataset=None, download=False, **_) -> Dataset:
     return _finish(torch.cat(images).contiguous(), torch.cat(labels), list(parts[0].classes), value_max=255.0)
 
 
-def imagefolder_fits(path, image_size=(32, 32), channels=3, stream=False, memory_budget=None, **_) -> None:
+def imagefolder_fits(path, image_size=(32, 32), channels=None, stream=False, memory_budget=None, **_) -> None:
     """Raise DataError when the folder's images, decoded in memory, would not fit the memory budget (streamed
     images always fit). Lists the folder, decodes nothing."""
     if not stream and Path(path).is_dir():
         classes, names, labels = folders.list_images(Path(path))
-        folders.check_fits(ImageFiles(str(path), names, labels, tuple(image_size), channels), memory_budget)
+        folders.check_fits(ImageFiles(str(path), names, labels, tuple(image_size), channels or 3), memory_budget)
 
 
 @dataclass(frozen=True)
 class Source:
     load: Callable[..., Dataset]
-    image: bool  # images (C, H, W) rather than tabular features
+    dims: int  # of a sample: 3 images (C, H, W), 2 signals (C, L), 1 a table's feature columns (F,)
     needs_path: bool
     files: str | None = None  # how new data of this kind is read for scoring a batch at a time (trainlib.data.inputs):
     # "folder" (image files), "table" (CSV, Parquet); None: loaded whole, as for training
@@ -217,11 +260,13 @@ class Source:
 
 
 SOURCES: Registry[Source] = Registry("data source", {
-    "digits": Source(load_digits, image=True, needs_path=False),
-    "imagefolder": Source(load_imagefolder, image=True, needs_path=True, files="folder", fits=imagefolder_fits),
-    "csv": Source(load_csv, image=False, needs_path=True, files="table"),
-    "parquet": Source(load_parquet, image=False, needs_path=True, files="table"),
-    "torchvision": Source(load_torchvision, image=True, needs_path=True),
+    "digits": Source(load_digits, dims=3, needs_path=False),
+    "imagefolder": Source(load_imagefolder, dims=3, needs_path=True, files="folder", fits=imagefolder_fits),
+    "csv": Source(load_csv, dims=1, needs_path=True, files="table"),
+    "parquet": Source(load_parquet, dims=1, needs_path=True, files="table"),
+    "torchvision": Source(load_torchvision, dims=3, needs_path=True),
+    "numpy": Source(load_numpy, dims=2, needs_path=True),
+    "waveforms": Source(load_waveforms, dims=2, needs_path=False),
 })
 
 
@@ -272,14 +317,19 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])
 
 
-def fingerprint(source: str, path=None, **_) -> str:
+def fingerprint(source: str, path=None, labels=None, **_) -> str:
     """The identity of the source before ingesting it (its files' names, sizes and contents; the library
     version for the embedded digits), so an unchanged source, or a copy of it, can skip ingest. It reads every
     file once: names, sizes and modification times missed an edit that kept them, and hashing 20,000 small PNGs
     costs about 1 s more than their stat (sha256: about 1 GB/s per core here)."""
     if source == "digits":  # the version from the package metadata: importing sklearn takes half a second
         return content_digest("digits", importlib.metadata.version("scikit-learn"))
+    if source == "waveforms":  # generated by trainlib.data.signals: its code is what identifies it
+        return content_digest("waveforms", inspect.getsource(signals))
     root = Path(path)
     if not root.exists():
         return content_digest("missing", str(root))  # ingest itself reports the missing path
-    return folders.files_identity(root, folders.folder_files(root))
+    identity = folders.files_identity(root, folders.folder_files(root))
+    if labels is not None:  # an .npy of signals with its labels in a second file
+        return content_digest(identity, fingerprint(source, labels))
+    return identity
