@@ -25,13 +25,16 @@ from torch import nn
 from bench.common import header, paired, stopwatch, table
 from bench.handloop import hand_loop
 from trainlib import engine, models, recipe
-from trainlib.config import PipelineConfig
+from trainlib.config import PipelineConfig, load_config
 from trainlib.data.augment import Augmenter
 from trainlib.data.batches import TensorData
+from trainlib.data.signal_augment import SignalAugmenter
 from trainlib.device import configure_threads, resolve_device, resolve_precision
 
 # configs/augmentation.yaml
 AUGMENT = {"rotation": 12, "scale": (0.9, 1.1), "translate": 0.1, "erasing": 0.2, "noise": 0.02}
+# configs/signals.yaml
+SIGNAL_AUGMENT = {"translate": 0.2, "scale": (0.9, 1.1), "amplitude": 0.2, "noise": 0.1, "erasing": 0.2}
 
 
 @dataclass
@@ -41,13 +44,13 @@ class Workload:
     data: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # (inputs, labels) on the CPU
     batch_size: int
     epochs: int  # per measured call
-    augment: Augmenter | None = None
+    augment: Augmenter | SignalAugmenter | None = None
     gpu: bool = False
 
 
-def digits() -> tuple[torch.Tensor, torch.Tensor, models.NormStats, list[str]]:
-    """The default config's train split of digits and its normalization statistics."""
-    cfg = PipelineConfig()
+def digits(cfg: PipelineConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, models.NormStats, list[str]]:
+    """The default config's (or `cfg`'s) train split and its normalization statistics."""
+    cfg = cfg or PipelineConfig()
     ds = recipe.ingest(cfg.data)
     manifest = recipe.split(ds, cfg.split)
     train = recipe.part(ds, manifest, "train")
@@ -88,12 +91,20 @@ def workloads(quick: bool) -> list[Workload]:
     cnn = seeded(lambda: models.build("cnn", (1, 8, 8), 10, norm))
     mlp = seeded(lambda: models.build("mlp", (1, 8, 8), 10, norm))
     cnn28 = seeded(lambda: models.build("cnn", (1, 28, 28), 10))
+    wx, wy, wnorm, _ = digits(load_config(None, ["data.source=waveforms", "model.name=cnn1d"]))
+    waves, length = (lambda: (wx[:256], wy[:256])) if quick else (lambda: (wx, wy)), wx.shape[-1]
+    signal = {name: seeded(lambda name=name: models.build(name, (1, length), 5, wnorm))
+              for name in ("cnn1d", "gru", "lstm")}
     e = 1 if quick else 5
     return [
         Workload("cnn / digits", cnn, digit, 64, e),
         Workload("cnn / digits + augment", cnn, digit, 64, e, aug),
         Workload("mlp / digits", mlp, digit, 64, e),
         Workload("mlp / digits + augment", mlp, digit, 64, e, aug),
+        Workload("cnn1d / waveforms", signal["cnn1d"], waves, 64, e),
+        Workload("cnn1d / waveforms + augment", signal["cnn1d"], waves, 64, e, SignalAugmenter(**SIGNAL_AUGMENT)),
+        Workload("gru / waveforms", signal["gru"], waves, 64, 1),
+        Workload("lstm / waveforms", signal["lstm"], waves, 64, 1),
         Workload("cnn / synthetic 1x28x28", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1),
         Workload("cnn / synthetic 1x28x28 + augment", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1, aug255),
         Workload("resnet18 / synthetic 3x32x32", seeded(lambda: models.build("resnet18", (3, 32, 32), 10)),

@@ -72,7 +72,7 @@ def test_every_shipped_entry_plans_in_both_modes():
         names = {c.entry.name for c in study.claims}
         assert names >= {"augmentation", "normalization", "gradient-descent", "early-stopping", "dropout", "l1", "l2",
                          "schedules", "optimizers", "transfer", "bagging", "boosting", "stacking", "search",
-                         "mixing", "weight-averaging", "policies", "lr-finder"}
+                         "mixing", "weight-averaging", "policies", "lr-finder", "signal-models", "signal-augmentation"}
         for claim in study.claims:
             cfg = claim.config
             assert cfg.name == plans.STUDY_NAME and not cfg.register.enabled  # the study registers nothing

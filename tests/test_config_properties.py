@@ -87,7 +87,7 @@ def _conflicts(values: dict) -> set[str]:
     # a table is read as signals by a signal model; image models need images, signal models signals (or a table)
     kind = "images" if source in IMAGES else "signals" if source in SIGNALS or model in SIGNAL_MODELS else "table"
     rules = {
-        "data.path": c["data.source"] != "digits" and not c["data.path"],  # every other source reads a path
+        "data.path": c["data.source"] not in ("digits", "waveforms") and not c["data.path"],  # the rest read one
         "data.dataset": c["data.source"] == "torchvision" and c["data.dataset"] not in TORCHVISION_DATASETS,
         "model.name": (model in IMAGE_MODELS and kind != "images") or (model in SIGNAL_MODELS and kind != "signals"),
         "augment": (kind != "images" and images_only) or (kind == "table" and signal_transforms),

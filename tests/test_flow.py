@@ -192,6 +192,33 @@ print(json.dumps({{"accuracy": float((logits.argmax(1) == y[test["index"].to_num
     assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)
 
 
+def test_signals_through_the_pipeline_and_the_registered_cnn1d_in_a_fresh_process(prefect_api, home):
+    from flows.training import training_pipeline
+
+    out = training_pipeline(load_config(None, [
+        "name=flow-signals", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8,16]",
+        "training.epochs=3", "augment.translate=0.2", "augment.amplitude=0.2", "register.min_test_accuracy=0"]))
+    assert out["alias"] == "champion" and out["metrics"]["test_accuracy"] > 0.3  # chance: 0.2
+    assert "augmentation_preview.png" in _artifacts(MlflowClient(), out["run_id"])
+    code = """
+import json, mlflow, numpy as np, pandas as pd
+from mlflow import MlflowClient
+from trainlib.data.signals import waveform_labels, waveforms
+model = mlflow.pyfunc.load_model("models:/flow-signals@champion")
+version = MlflowClient().get_model_version_by_alias("flow-signals", "champion")
+manifest = pd.read_csv(MlflowClient().download_artifacts(version.run_id, "split_manifest.csv"))
+rows = manifest[manifest["split"] == "test"]["index"].to_numpy()
+logits = model.predict(waveforms()[rows])   # raw signals (N, 1, 128): normalization is inside the model
+labels = waveform_labels()[rows]   # the source's classes in WAVE_CLASSES order
+print(json.dumps({"accuracy": float((logits.argmax(1) == labels).mean()),
+                  "run_accuracy": MlflowClient().get_run(version.run_id).data.metrics["test_accuracy"]}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(result["run_accuracy"], abs=1e-9)
+
+
 def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
     from flows.training import training_pipeline
 

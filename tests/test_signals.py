@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trainlib import recipe
-from trainlib.config import load_config
+from trainlib.config import AugmentConfig, load_config
 from trainlib.data import normalize, signals, sources
-from trainlib.data.kinds import kind
+from trainlib.data.kinds import SIGNAL_KEYS, kind
 from trainlib.data.signal_augment import SignalAugmenter
 from trainlib.errors import DataError
 
@@ -142,6 +142,11 @@ TRANSFORMS = [{"translate": 0.2}, {"translate": 0.2, "wrap": True}, {"scale": (0
               {"amplitude": 0.3}, {"noise": 0.2}, {"erasing": 1.0}]
 
 
+def test_every_signal_transform_of_the_config_is_covered():
+    covered = {key for options in TRANSFORMS for key in options}
+    assert covered == set(AugmentConfig().transforms()) & SIGNAL_KEYS == SIGNAL_KEYS
+
+
 @pytest.mark.parametrize("options", TRANSFORMS, ids=lambda o: "+".join(o))
 def test_each_signal_augmentation_keeps_shape_and_dtype_and_repeats_for_a_seed(options):
     x = torch.randn(16, 3, 40) * 5 + 2
@@ -201,3 +206,25 @@ def test_the_signal_preview_is_a_plot_of_traces(tmp_path):
     lines = [line for ax in fig.axes for line in ax.get_lines()]
     assert (tmp_path / "p.png").stat().st_size > 5000 and len(fig.axes) == 6 and len(lines) == 6 * 4 * 2
     assert kind(1).preview(None, torch.randn(4, 3), torch.arange(4), None, seed=0) is None
+
+
+# ---------------------------------------------------------------- transfer
+
+
+def test_a_cnn1d_trained_on_some_waveforms_transfers_to_the_others(tmp_path):
+    from trainlib import transfer
+    from trainlib.models import save_model
+
+    common = ["data.source=waveforms", "model.name=cnn1d", "model.channels=[8,16]", "training.epochs=2"]
+    source = recipe.run(load_config(None, [*common, "data.classes=[sine,square,triangle]"]))
+    save_model(tmp_path / "source.pt", source.model, classes=source.dataset.classes)
+    cfg = load_config(None, [*common, "data.classes=[sawtooth,chirp]", "split.shots=20", "training.batch_size=16",
+                             "transfer.strategy=feature_extraction", "training.early_stopping.enabled=false"])
+    ds = recipe.ingest(cfg.data)
+    manifest = recipe.split(ds, cfg.split)
+    model, fit = recipe.train(cfg, ds, manifest, recipe.fit_normalizer(ds, manifest, cfg.normalize),
+                              source=tmp_path / "source.pt")
+    top = {id(p) for p in transfer.head(model).parameters()}
+    kept = {n: p for n, p in model.net.named_parameters() if id(p) not in top}
+    assert kept and all(torch.equal(p, source.model.net.get_parameter(n)) for n, p in kept.items())
+    assert transfer.head(model).out_features == 2 and len(fit.history) == 2

@@ -28,11 +28,12 @@ class InputSpec:
     (key `trainflow`), so new data is prepared as its training data was and compared with it."""
 
     classes: list[str]
-    shape: list[int]  # one sample's: (C, H, W) for images, (F,) for a table
+    shape: list[int]  # one sample's: (C, H, W) for images, (C, L) for signals, (F,) for a table
     image: bool
-    feature_names: list[str]  # a table's columns, in input order ([] for images)
+    feature_names: list[str]  # a table's columns, in input order (of signals read from a table: its columns in
+    # the order they fill the channels; [] for images and other signals)
     value_max: float | None  # the training source's largest pixel value (digits 16, image files 255)
-    mean: list[float]  # per channel (images) or feature (table), of the train split, in raw units
+    mean: list[float]  # per channel (images, signals) or feature (table), of the train split, in raw units
     std: list[float]
 
     def to_dict(self) -> dict:
@@ -45,15 +46,19 @@ class InputSpec:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        """What the model takes, in words: `grayscale images of 8x8 pixels`, `a table of 4 feature columns (...)`."""
-        if self.image:
+        """What the model takes, in words: `grayscale images of 8x8 pixels`, `signals of 1 channel x 128 steps`,
+        `a table of 4 feature columns (...)`."""
+        if len(self.shape) == 3:
             c, h, w = self.shape
             return f"{'grayscale' if c == 1 else 'RGB'} images of {h}x{w} pixels"
+        if len(self.shape) == 2:
+            c, length = self.shape
+            return f"signals of {c} channel{'s' if c > 1 else ''} x {length} steps"
         return f"a table of {len(self.feature_names)} feature columns ({', '.join(self.feature_names)})"
 
     def channel_names(self) -> list[str]:
-        """The names drift is reported under: the feature columns, or `channel 0`, `channel 1`, ..."""
-        return self.feature_names if not self.image else [f"channel {i}" for i in range(self.shape[0])]
+        """The names drift is reported under: a table's feature columns, or `channel 0`, `channel 1`, ..."""
+        return self.feature_names if len(self.shape) == 1 else [f"channel {i}" for i in range(self.shape[0])]
 
 
 @dataclass

@@ -112,7 +112,7 @@ class SplitConfig(Section):
 class NormalizeConfig(Section):
     method: Annotated[str, _one_of(NORMALIZERS)] = Field(
         "standardize", description="none | minmax ([0,1]) | symmetric ([-1,1]) | standardize (mean 0, std 1); "
-                                   "per channel (images) or feature (tabular), fitted on train only")
+                                   "per channel (images, signals) or feature (tabular), fitted on train only")
 
 
 class AugmentConfig(Section):

@@ -146,8 +146,8 @@ def _first_weight(state: dict[str, torch.Tensor]) -> str | None:
 
 def transplant(model: nn.Module, source: Source) -> dict[str, list[str]]:
     """Copy the source's weights into `model` wherever they fit: the head stays new (sized for the new
-    classes); a first conv with another channel count is adapted (its kernels summed over the source's channels and
-    spread over the new ones); a torchvision
+    classes); a first conv (2-D or 1-D) with another channel count is adapted (its kernels summed over the source's
+    channels and spread over the new ones); a torchvision
     stem made for 224-pixel images is replaced by the small-image stem. Anything else that differs is an
     error naming it. -> {copied, adapted, new} tensor names."""
     name = getattr(model, "spec", {}).get("name")
@@ -168,10 +168,10 @@ def transplant(model: nn.Module, source: Source) -> dict[str, list[str]]:
         if weight.shape == value.shape:
             target[key] = weight
             report["copied"].append(key)
-        elif key == first and weight.ndim == 4 and weight.shape[0] == value.shape[0] and \
-                weight.shape[2:] == value.shape[2:]:
-            # an image repeated over the new channels gives the source's response to it
-            target[key] = weight.sum(1, keepdim=True).expand(-1, value.shape[1], -1, -1) / value.shape[1]
+        elif key == first and weight.ndim >= 3 and weight.shape[0] == value.shape[0] and \
+                weight.shape[2:] == value.shape[2:]:  # a conv2d's (images) or conv1d's (signals) kernels
+            # an input repeated over the new channels gives the source's response to it
+            target[key] = weight.sum(1, keepdim=True).expand(-1, value.shape[1], *weight.shape[2:]) / value.shape[1]
             report["adapted"].append(f"{key}: {weight.shape[1]} -> {value.shape[1]} input channels")
         elif key == first and weight.ndim == 4 and source.origin.startswith(TORCHVISION_PREFIX):
             report["new"].append(f"{key} (the {tuple(weight.shape[2:])} stem for 224-pixel images is replaced)")

@@ -138,9 +138,10 @@ TABLES = {".csv": _Csv(), ".parquet": _Parquet(), ".pq": _Parquet()}
 
 
 class TableReader:
-    """A CSV or Parquet file read in chunks. A table model's features are taken by name (in the model's order,
-    whatever the file's); an image model reads every column but the target as one flattened image, in column
-    order. Labelled when the target column is present. A cell that is not a finite number (empty, a word, inf)
+    """A CSV or Parquet file read in chunks. A model trained on a table's columns (a table model, or signals read
+    from a table) takes them by name (in the model's order, whatever the file's); any other model reads every
+    column but the target as one flattened sample (image or signal), in column order. Labelled when the target
+    column is present. A cell that is not a finite number (empty, a word, inf)
     makes its row unreadable; a feature column with no number at all in a chunk is the file's problem."""
 
     def __init__(self, path: str | Path, spec: InputSpec, target: str = "label"):
@@ -155,12 +156,12 @@ class TableReader:
         except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
             raise DataError(f"--data {self.path}: cannot read it as {self.format.name}: {exc}") from exc
         self.labelled = target in self.columns
-        self.features = list(spec.feature_names) if not spec.image else [c for c in self.columns if c != target]
+        self.features = list(spec.feature_names) or [c for c in self.columns if c != target]
         self.errors: list[tuple[str, str]] = []
 
     def check(self) -> None:
-        """The model's feature columns are there (by name), or an image model's pixel count is."""
-        if not self.spec.image:
+        """The model's feature columns are there (by name), or a flattened sample's count of values is."""
+        if self.spec.feature_names:
             missing = [c for c in self.spec.feature_names if c not in self.columns]
             if missing:
                 raise DataError(f"--data {self.path}: missing feature column{'s' if len(missing) > 1 else ''} "
