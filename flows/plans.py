@@ -54,6 +54,8 @@ def inputs_exist(config: PipelineConfig) -> None:
     data = config.data
     if SOURCES[data.source].needs_path and not data.download and not Path(data.path).exists():
         raise ConfigError(f"data.path: no such file or folder: {data.path} ({WHERE})")
+    if data.labels and not Path(data.labels).is_file():
+        raise ConfigError(f"data.labels: no such file: {data.labels} ({WHERE})")
     recipe.check_memory(data)
     source = config.transfer.source
     if source and not source.startswith(NOT_FILES) and not Path(source).is_file():

@@ -37,6 +37,9 @@ def place(tmp_path_factory) -> Path:
     _csv(root / "nan.csv", [f"{i},{'' if i == 5 else i},{i % 2}" for i in range(30)])
     _csv(root / "one-class.csv", [f"{i},{i},0" for i in range(30)])
     _csv(root / "few.csv", [f"{i},{i},{int(i >= 28)}" for i in range(30)])
+    _csv(root / "odd.csv", [f"{i},{i},{i},{i % 2}" for i in range(30)], header="x,y,z,label")
+    np.savez(root / "unlabelled.npz", x=np.zeros((30, 16)))
+    np.save(root / "signals.npy", np.zeros((30, 16)))
     from trainlib.models import build, save_model
 
     save_model(root / "digits-mlp.pt", build("mlp", (1, 8, 8), 10, None, hidden=[32]), classes=list("0123456789"))
@@ -92,6 +95,17 @@ CASES = {
     "single class": (["run", *_table("one-class.csv")], "the dataset has a single class ('0'): classification needs "
                                                         "at least two"),
     "too few per class": (["run", *_table("few.csv")], "class '1' has 2 samples: too few for a stratified split"),
+    "image model on signals": (["run", "--set", "data.source=waveforms"],
+                               "model.name: cnn takes images (C, H, W); data.source waveforms is signals (C, L) (use "
+                               "cnn1d, gru, lstm, mlp)"),
+    "columns that do not fold into channels": (["run", *_table("odd.csv"), "--set", "model.name=cnn1d", "--set",
+                                                "data.channels=2"],
+                                               "csv: 3 feature columns (x .. z) do not fold into data.channels=2 "
+                                               "channels of equal length"),
+    "signals without labels": (["run", "--set", "data.source=numpy", "--set", "data.path=unlabelled.npz", *MLP],
+                               "has no labels array named 'label' (data.target) or y, labels, label; its arrays: x"),
+    "signal labels file missing": (["run", "--set", "data.source=numpy", "--set", "data.path=signals.npy", "--set",
+                                    "data.labels=no-labels.npy", *MLP], "data.labels: no such file: "),
     "transfer source not found": (["transfer", "--source", "nothing.pt"], "transfer.source: no such file: nothing.pt"),
     "incompatible checkpoint": (["transfer", "--source", "digits-mlp.pt", "--set", "data.source=csv", "--set",
                                  f"data.path={IRIS}", "--set", "data.target=species", *MLP],

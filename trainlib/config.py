@@ -161,7 +161,7 @@ def validate(raw: dict, model: type[BaseModel] = PipelineConfig, what: str = "co
 # Keys that name files: relative in a config file, they mean relative to that file's folder (so a config works
 # from any directory, as its neighbours' paths do); given with --set, relative to the current directory. Either
 # way the loaded config holds them absolute, so the config.yaml a run records names the same files from anywhere.
-PATH_KEYS = ("data.path", "transfer.source")
+PATH_KEYS = ("data.path", "data.labels", "transfer.source")
 NOT_FILES = (*URI_PREFIXES, "torchvision:")
 
 
