@@ -21,6 +21,7 @@ class Kind:
     shape: str  # "(C, H, W)"
     augment_keys: frozenset[str]  # the augment keys that apply (besides MIXES and expand)
     augmenter: Callable[..., Augmenter | SignalAugmenter] | None  # (**transforms, value_max=...) -> an augmenter
+    picture: Callable | None  # (augmenter or None, x, y, value_max, generator) -> the preview figure
 
     def describe(self, shape=None) -> str:
         """`signals (C, L)`, or with a shape `signals (C, L) of shape (1, 128)`."""
@@ -40,16 +41,23 @@ class Kind:
     def preview(self, aug, x: torch.Tensor, y: torch.Tensor, value_max: float | None, seed: int):
         """A figure of some train samples and augmented versions of them (originals only when `aug` is None),
         or None for a kind with no picture (tables)."""
-        from trainlib import plots
-
-        g = torch.Generator().manual_seed(seed)
-        if self.augmenter is None:
+        if self.picture is None:
             return None
-        if self.augmenter is Augmenter:
-            shown = aug or Augmenter(value_max=value_max)
-            return plots.augmentation_grid(shown.preview(x, y, rows=4 if aug else 0, generator=g), value_max)
-        shown = aug or SignalAugmenter()
-        return plots.signal_traces(shown.preview(x, y, rows=3 if aug else 0, generator=g))
+        return self.picture(aug, x, y, value_max, torch.Generator().manual_seed(seed))
+
+
+def _image_grid(aug, x, y, value_max, generator):
+    from trainlib import plots
+
+    shown = aug or Augmenter(value_max=value_max)
+    return plots.augmentation_grid(shown.preview(x, y, rows=4 if aug else 0, generator=generator), value_max)
+
+
+def _signal_traces(aug, x, y, value_max, generator):
+    from trainlib import plots
+
+    shown = aug or SignalAugmenter()
+    return plots.signal_traces(shown.preview(x, y, rows=3 if aug else 0, generator=generator))
 
 
 IMAGE_KEYS = frozenset({"rotation", "scale", "translate", "hflip", "vflip", "brightness", "contrast", "saturation",
@@ -57,9 +65,9 @@ IMAGE_KEYS = frozenset({"rotation", "scale", "translate", "hflip", "vflip", "bri
 SIGNAL_KEYS = frozenset({"translate", "scale", "hflip", "wrap", "amplitude", "noise", "erasing"})
 
 KINDS: dict[int, Kind] = {
-    3: Kind("images", "(C, H, W)", IMAGE_KEYS, Augmenter),
-    2: Kind("signals", "(C, L)", SIGNAL_KEYS, SignalAugmenter),
-    1: Kind("a table", "(F,)", frozenset(), None),
+    3: Kind("images", "(C, H, W)", IMAGE_KEYS, Augmenter, _image_grid),
+    2: Kind("signals", "(C, L)", SIGNAL_KEYS, SignalAugmenter, _signal_traces),
+    1: Kind("a table", "(F,)", frozenset(), None, None),
 }
 
 
