@@ -17,7 +17,7 @@ from trainlib import averaging
 from trainlib.data.kinds import kind
 from trainlib.data.sources import SOURCES
 from trainlib.errors import ConfigError
-from trainlib.models import MODELS
+from trainlib.models import MODELS, takers
 from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
 from trainlib.sections import (
     AugmentConfig,
@@ -78,9 +78,8 @@ with warnings.catch_warnings():
             dims, architecture = self.data_dims, MODELS[self.model.name]
             if dims not in architecture.dims:
                 takes = " or ".join(kind(d).describe() for d in architecture.dims)
-                users = sorted(n for n, a in MODELS.items() if dims in a.dims)
                 raise ConfigError(f"model.name: {self.model.name} takes {takes}; data.source {self.data.source} is "
-                                  f"{kind(dims).describe()} (use {', '.join(users)})")
+                                  f"{kind(dims).describe()} (use {', '.join(takers(dims))})")
             kind(dims).check_augment(self.augment.changed(), f"data.source {self.data.source}")
             _averaging(self.training)
             if self.split.val == 0:

@@ -65,8 +65,13 @@ def _need_signal(name: str, in_shape: Sequence[int]) -> tuple[int, list[nn.Modul
     return in_shape[0], []
 
 
+def takers(dims: int) -> list[str]:
+    """The models that take samples of `dims` dimensions, sorted."""
+    return sorted(n for n, a in MODELS.items() if dims in a.dims)
+
+
 def _for(dims: int) -> str:
-    names = sorted(n for n, a in MODELS.items() if dims in a.dims)
+    names = takers(dims)
     return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 

@@ -122,20 +122,33 @@ class Augmenter:
     def expand(self, x: torch.Tensor, y: torch.Tensor, copies: int, generator: torch.Generator | None = None,
                chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
         """Offline augmentation: the originals plus `copies` augmented copies of every sample."""
-        parts = [x.float()]
-        for _ in range(copies):
-            parts += [self(x[i:i + chunk], generator) for i in range(0, len(x), chunk)]
-        return torch.cat(parts), y.repeat(copies + 1)
+        return expand(self, x, y, copies, generator, chunk)
 
     def preview(self, x: torch.Tensor, y: torch.Tensor, samples: int = 8, rows: int = 4,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """(rows + 1, samples, C, H, W): originals (one per class first) then augmented versions."""
-        firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y)][:samples]
-        taken = set(firsts)
-        rest = [i for i in range(min(len(y), 2 * samples)) if i not in taken]
-        pick = torch.tensor((firsts + rest)[:samples])
-        originals = x[pick].float()
-        return torch.stack([originals] + [self(originals, generator) for _ in range(rows)])
+        return preview(self, x, y, samples, rows, generator)
+
+
+def expand(augment, x: torch.Tensor, y: torch.Tensor, copies: int, generator: torch.Generator | None = None,
+           chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """The originals plus `copies` copies of every sample through `augment` (any augmenter: x, generator -> x),
+    `chunk` samples at a time; labels repeated to match."""
+    parts = [x.float()]
+    for _ in range(copies):
+        parts += [augment(x[i:i + chunk], generator) for i in range(0, len(x), chunk)]
+    return torch.cat(parts), y.repeat(copies + 1)
+
+
+def preview(augment, x: torch.Tensor, y: torch.Tensor, samples: int, rows: int,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """(rows + 1, samples, *sample shape): `samples` originals (one per class first), then `rows` times each of
+    them through `augment`."""
+    firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y)][:samples]
+    taken = set(firsts)
+    rest = [i for i in range(min(len(y), 2 * samples)) if i not in taken]
+    originals = x[torch.tensor((firsts + rest)[:samples])].float()
+    return torch.stack([originals] + [augment(originals, generator) for _ in range(rows)])
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

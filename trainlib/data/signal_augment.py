@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from trainlib.data import augment
 from trainlib.data.augment import ERASE_AREA
 
 
@@ -84,15 +85,9 @@ class SignalAugmenter:
     def expand(self, x: torch.Tensor, y: torch.Tensor, copies: int, generator: torch.Generator | None = None,
                chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
         """Offline augmentation: the originals plus `copies` augmented copies of every sample."""
-        parts = [x.float()]
-        for _ in range(copies):
-            parts += [self(x[i:i + chunk], generator) for i in range(0, len(x), chunk)]
-        return torch.cat(parts), y.repeat(copies + 1)
+        return augment.expand(self, x, y, copies, generator, chunk)
 
     def preview(self, x: torch.Tensor, y: torch.Tensor, samples: int = 6, rows: int = 3,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """(rows + 1, samples, C, L): originals (one per class first) then augmented versions."""
-        firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y)][:samples]
-        rest = [i for i in range(min(len(y), 2 * samples)) if i not in set(firsts)]
-        originals = x[torch.tensor((firsts + rest)[:samples])].float()
-        return torch.stack([originals] + [self(originals, generator) for _ in range(rows)])
+        return augment.preview(self, x, y, samples, rows, generator)
