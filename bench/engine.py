@@ -96,13 +96,15 @@ def workloads(quick: bool) -> list[Workload]:
     signal = {name: seeded(lambda name=name: models.build(name, (1, length), 5, wnorm))
               for name in ("cnn1d", "gru", "lstm")}
     e = 1 if quick else 5
+    long = 1 if quick else 15  # cnn1d's calls are short (~0.2 s an epoch): 15 epochs make a call ~3 s, so a round's
+    # drift and the call's fixed costs weigh less in its ratio
     return [
         Workload("cnn / digits", cnn, digit, 64, e),
         Workload("cnn / digits + augment", cnn, digit, 64, e, aug),
         Workload("mlp / digits", mlp, digit, 64, e),
         Workload("mlp / digits + augment", mlp, digit, 64, e, aug),
-        Workload("cnn1d / waveforms", signal["cnn1d"], waves, 64, e),
-        Workload("cnn1d / waveforms + augment", signal["cnn1d"], waves, 64, e, SignalAugmenter(**SIGNAL_AUGMENT)),
+        Workload("cnn1d / waveforms", signal["cnn1d"], waves, 64, long),
+        Workload("cnn1d / waveforms + augment", signal["cnn1d"], waves, 64, long, SignalAugmenter(**SIGNAL_AUGMENT)),
         Workload("gru / waveforms", signal["gru"], waves, 64, 1),
         Workload("lstm / waveforms", signal["lstm"], waves, 64, 1),
         Workload("cnn / synthetic 1x28x28", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1),
