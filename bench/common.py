@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -43,12 +44,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def paired(ours: Callable[[], float], theirs: Callable[[], float], repeats: int,
-           warmup: int = 1) -> tuple[float, float, float]:
-    """(median of ours, median of theirs, median of the per-round ratios ours/theirs) over `repeats`
-    rounds after `warmup` unmeasured ones. Each round runs both back to back, in alternating order, so
-    drift in the machine's speed (a shared VM) affects both sides of a ratio alike. Each run returns its
-    own measure (a rate)."""
+def rounds(ours: Callable[[], float], theirs: Callable[[], float], repeats: int,
+           warmup: int = 1) -> tuple[list[float], list[float]]:
+    """Each side's measures over `repeats` rounds after `warmup` unmeasured ones. Each round runs both back to
+    back, in alternating order, so drift in the machine's speed (a shared VM) affects both sides of a ratio
+    alike. Each run returns its own measure (a rate)."""
     for _ in range(warmup):
         ours(), theirs()
     a, b = [], []
@@ -59,7 +59,26 @@ def paired(ours: Callable[[], float], theirs: Callable[[], float], repeats: int,
         else:
             a.append(ours())
             b.append(theirs())
+    return a, b
+
+
+def paired(ours: Callable[[], float], theirs: Callable[[], float], repeats: int,
+           warmup: int = 1) -> tuple[float, float, float]:
+    """(median of ours, median of theirs, median of the per-round ratios ours/theirs) over `rounds`."""
+    a, b = rounds(ours, theirs, repeats, warmup)
     return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of `values`' population: the k-th smallest and k-th largest
+    value, k the largest for which the two hold the median with probability >= `level` (order statistics of a
+    Binomial(n, 1/2)). Fewer than 6 values cannot give a 95% interval: (min, max) then."""
+    xs, n = sorted(values), len(values)
+    below = lambda k: sum(math.comb(n, i) for i in range(k)) / 2**n  # noqa: E731  P(fewer than k below the median)
+    k = 1
+    while k + 1 <= n // 2 and 1 - 2 * below(k + 1) >= level:
+        k += 1
+    return xs[k - 1], xs[n - k]
 
 
 def stopwatch(fn: Callable[[], object], device: torch.device | None = None) -> float:

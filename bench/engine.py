@@ -4,7 +4,8 @@ Same model (same initial weights), data, batch size, optimizer, precision and th
 no tracking, no validation. Each measure is the samples/s of whole training calls (a few epochs). The
 two sides run back to back in rounds, alternating which goes first; after a warm-up round the table
 shows the medians of the rounds and the median of the per-round ratios (robust to the drift of a shared
-machine's speed).
+machine's speed), with a distribution-free 95% interval of that median (bench.common.median_interval): on
+these 2-CPU machines a round's ratio varies by +-20%, so a gap of a few percent needs dozens of rounds.
 
     .venv/bin/python -m bench.engine [--repeats 9] [--only NAME] [--quick]
 
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bench.common import header, paired, stopwatch, table
+from bench.common import header, median_interval, rounds, stopwatch, table
 from bench.handloop import hand_loop
 from trainlib import engine, models, recipe
 from trainlib.config import PipelineConfig, load_config
@@ -96,15 +98,13 @@ def workloads(quick: bool) -> list[Workload]:
     signal = {name: seeded(lambda name=name: models.build(name, (1, length), 5, wnorm))
               for name in ("cnn1d", "gru", "lstm")}
     e = 1 if quick else 5
-    long = 1 if quick else 15  # cnn1d's calls are short (~0.2 s an epoch): 15 epochs make a call ~3 s, so a round's
-    # drift and the call's fixed costs weigh less in its ratio
     return [
         Workload("cnn / digits", cnn, digit, 64, e),
         Workload("cnn / digits + augment", cnn, digit, 64, e, aug),
         Workload("mlp / digits", mlp, digit, 64, e),
         Workload("mlp / digits + augment", mlp, digit, 64, e, aug),
-        Workload("cnn1d / waveforms", signal["cnn1d"], waves, 64, long),
-        Workload("cnn1d / waveforms + augment", signal["cnn1d"], waves, 64, long, SignalAugmenter(**SIGNAL_AUGMENT)),
+        Workload("cnn1d / waveforms", signal["cnn1d"], waves, 64, e),
+        Workload("cnn1d / waveforms + augment", signal["cnn1d"], waves, 64, e, SignalAugmenter(**SIGNAL_AUGMENT)),
         Workload("gru / waveforms", signal["gru"], waves, 64, 1),
         Workload("lstm / waveforms", signal["lstm"], waves, 64, 1),
         Workload("cnn / synthetic 1x28x28", cnn28, lambda: synthetic(n28, (1, 28, 28)), 128, 1),
@@ -117,9 +117,9 @@ def workloads(quick: bool) -> list[Workload]:
     ]
 
 
-def measure(w: Workload, device: torch.device, repeats: int) -> tuple[float, float, float]:
+def measure(w: Workload, device: torch.device, repeats: int) -> tuple[float, float, float, tuple[float, float]]:
     """Samples/s of the engine and of the hand-written loop on one workload, and their ratio (medians of
-    `repeats` rounds)."""
+    `repeats` rounds), with a 95% interval of the ratio's median."""
     x, y = w.data()
     n = len(y)
     data = TensorData(x, y).to(device)
@@ -132,7 +132,7 @@ def measure(w: Workload, device: torch.device, repeats: int) -> tuple[float, flo
         theirs.to(memory_format=torch.channels_last)
     opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-3)
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-3)
-    return paired(
+    a, b = rounds(
         lambda: n * w.epochs / stopwatch(lambda: engine.fit(
             ours, data, None, optimizer=opt_ours, epochs=w.epochs, batch_size=w.batch_size, augment=w.augment,
             device=device), device),
@@ -140,6 +140,8 @@ def measure(w: Workload, device: torch.device, repeats: int) -> tuple[float, flo
             theirs, data.inputs, data.labels, opt_theirs, epochs=w.epochs, batch_size=w.batch_size,
             augment=w.augment, amp=amp, channels_last=channels_last), device),
         repeats)
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return statistics.median(a), statistics.median(b), statistics.median(ratios), median_interval(ratios)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,13 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     for w in workloads(args.quick):
         if (args.only and args.only not in w.name) or (w.gpu and device.type != "cuda" and not args.gpu_workloads):
             continue
-        ours, theirs, ratio = measure(w, device, args.repeats)
-        rows.append([w.name, device.type, w.batch_size, ours, theirs, f"{ratio:.3f}"])
-        print(f"{w.name}: engine {ours:,.0f}/s, hand {theirs:,.0f}/s, ratio {ratio:.3f}", flush=True)
+        ours, theirs, ratio, (low, high) = measure(w, device, args.repeats)
+        rows.append([w.name, device.type, w.batch_size, ours, theirs, f"{ratio:.3f}", f"[{low:.3f}, {high:.3f}]"])
+        print(f"{w.name}: engine {ours:,.0f}/s, hand {theirs:,.0f}/s, ratio {ratio:.3f} [{low:.3f}, {high:.3f}]",
+              flush=True)
     print()
     print(header(f"Engine vs hand-written loop (samples/s, median of {args.repeats}; {threads} threads; "
                  f"precision {'bf16 autocast' if device.type == 'cuda' else 'fp32'})"))
-    print(table(["workload", "device", "batch", "engine", "hand loop", "ratio"], rows))
+    print(table(["workload", "device", "batch", "engine", "hand loop", "ratio", "95% interval"], rows))
 
 
 if __name__ == "__main__":
