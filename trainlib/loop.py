@@ -71,6 +71,7 @@ class Loop:
         bounds, n_updates, world = batch_bounds(n, chunk, self.shard.world), 0, self.shard.world
         sizes = [b - a for a, b in bounds]  # samples of each update: the batches it accumulates
         update_size = [sum(sizes[j - j % accumulate:j - j % accumulate + accumulate]) for j in range(len(bounds))]
+        self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(batches):
             last_chunk = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
             if self.augment is not None:
@@ -90,10 +91,6 @@ class Loop:
                     pen = penalty(self.weights, self.l1, self.l2)
                     objective = objective + pen
                     penalties.append(pen.detach())
-                if i % accumulate == 0:  # an update's first batch: the last update's gradients go just before the
-                    # backward, which then reuses their freed buffers (cleared right after the step, the forward's
-                    # activations took them, and on the CPU the backward faulted in fresh pages: 20-30% slower)
-                    self.optimizer.zero_grad(set_to_none=True)
                 (self.scaler.scale(objective) if self.scaler else objective).backward()
             tally.add(loss, logits, target)
             if last_chunk:
@@ -107,11 +104,11 @@ class Loop:
                     self.scaler.update()
                 else:
                     self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 if self.average is not None:
                     self.average.after_update(self.model)
                 schedule.step_batch()
                 n_updates += 1
-        self.optimizer.zero_grad(set_to_none=True)  # no gradients held through validation, or after training
         pen_mean = torch.stack(penalties).mean() if penalties else torch.zeros((), device=self.device)
         self.shard.sync_buffers(self.model)  # every rank goes on with rank 0's batch-norm statistics
         totals = self.shard.all_sum(torch.stack(tally.sums())) / n  # loss and accuracy over every rank's shards
