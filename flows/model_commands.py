@@ -165,7 +165,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "an MLflow run")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--data", metavar="PATH", help="a folder of images (flat, or one folder per class: labelled), "
-                   "a CSV or Parquet table (with the target column: labelled)")
+                   "a CSV or Parquet table (with the target column: labelled), an .npz (with a labels array: labelled) "
+                   "or .npy of signals")
     p.add_argument("--config", help="score the data section of this config instead of --data (any training source)")
     p.add_argument("--set", action="append", type=commands.key_value, metavar="KEY=VALUE",
                    help="override a config key, e.g. predict.drift_threshold=1 (repeatable)")

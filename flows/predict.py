@@ -17,10 +17,11 @@ DEFAULT_MODEL = "models:/digits-cnn@champion"
 @flow(name="batch-predict", flow_run_name="predict {model}")
 def batch_predict(model: str = DEFAULT_MODEL, data: str | None = None, config: PipelineConfig | str | None = None,
                   out: str | None = None, overrides: dict | None = None, named: str | None = None) -> dict:
-    """Score `data` (a folder of images, a CSV or Parquet file) or the data section of `config` with the
-    registered `model` (models:/NAME@ALIAS or /VERSION) into `out` (default: the project's predictions folder);
-    `overrides` ({key: value}) change the config, e.g. predict.drift_threshold; `named`: the URI as the user gave
-    it when `model` is the version it was resolved to already. Returns the scoring's summary."""
+    """Score `data` (a folder of images, a CSV or Parquet file, an .npz or .npy of signals) or the data section of
+    `config` with the registered `model` (models:/NAME@ALIAS or /VERSION) into `out` (default: the project's
+    predictions folder); `overrides` ({key: value}) change the config, e.g. predict.drift_threshold; `named`: the
+    URI as the user gave it when `model` is the version it was resolved to already. Returns the scoring's
+    summary."""
     cfg = override(as_model(config, PipelineConfig) if config is not None else PipelineConfig(), overrides or {})
     checked = plan(model, data, cfg, config is not None, out, named)
     what = checked.what

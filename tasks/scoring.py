@@ -65,9 +65,9 @@ def _agrees(ref: ModelRef, spec: InputSpec, signature) -> None:
 
 def reader(what: Scoring, data: str | None, config: PipelineConfig | None):
     """The reader of the data to score, checked against the model: a path (a folder of images, a CSV or Parquet
-    table), or a config's data section (any training source)."""
+    table, an .npz or .npy of signals), or a config's data section (any training source)."""
     if data is not None:
-        kind = "folder" if Path(data).is_dir() else "table"
+        kind = inputs.kind_of(data)
         path, target = data, what.training_data.get("target", "label")
     else:
         kind, path, target = sources.SOURCES[config.data.source].files, config.data.path, config.data.target
@@ -111,7 +111,7 @@ def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool
     version it was resolved to already (the CLI resolves once, the flow scores that version)."""
     if (data is None) == (not from_config):
         raise ConfigError("predict: give the data to score, --data PATH (a folder of images, a CSV or Parquet "
-                          "file) or --config FILE (its data section), not both")
+                          "file, an .npz or .npy of signals) or --config FILE (its data section), not both")
     if out is not None:
         output_format(out)
     ref = resolve(model)

@@ -218,3 +218,27 @@ def test_a_signature_that_disagrees_with_the_description_is_refused():
         with pytest.raises(ConfigError, match=r"x version 1: its signature takes .* but its description says "
                                               r"float32 of shape \(-1, 1, 8, 8\)"):
             _agrees(ref, spec, signature(dtype, shape))
+
+
+def test_a_signal_ensemble_scores_an_npz_of_new_signals(prefect_api, tmp_path):
+    """Ensembles and batch scoring take signals as they take images: a bagging of two cnn1d on the generated
+    waveforms scores new waveforms (another seed) from an .npz, labelled by its y array."""
+    from flows.ensemble import ensemble_pipeline
+    from trainlib.config import validate
+    from trainlib.data.signals import WAVE_CLASSES, write_waveforms
+    from trainlib.ensemble import EnsembleConfig
+
+    registered = ensemble_pipeline(load_config(None, [
+        "name=pred-waves", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8,16]", "training.epochs=3",
+        "register.min_test_accuracy=0"]), validate({"method": "bagging", "members": 2}, EnsembleConfig))
+    new = write_waveforms(tmp_path / "new.npz", per_class=20, seed=7)
+    out = _predict("models:/pred-waves-ensemble@champion", data=str(new), out=str(tmp_path / "waves.csv"))
+    table = pd.read_csv(out["out"])
+    with np.load(new) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    loaded = mlflow.pyfunc.load_model(f"models:/pred-waves-ensemble/{registered['version']}")
+    classes = list(WAVE_CLASSES)  # the waveforms source's classes, in its order
+    assert out["rows"] == len(table) == 100 and table["label"].tolist() == y.tolist()
+    assert table["predicted"].tolist() == [classes[i] for i in loaded.predict(x).argmax(1)]
+    accuracy = float((table["label"] == table["predicted"]).mean())
+    assert out["metrics"]["accuracy"] == pytest.approx(accuracy) and accuracy > 0.4  # chance is 0.2

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from trainlib.data.inputs import DatasetReader, FolderReader, TableReader, _labels
+from trainlib.data.inputs import DatasetReader, FolderReader, NumpyReader, TableReader, _labels, kind_of
 from trainlib.errors import ConfigError, DataError
 from trainlib.scoring import Batch, Drift, InputSpec, PredictionWriter, input_spec, output_format, score
 
@@ -118,6 +118,41 @@ def test_an_image_model_reads_a_table_of_pixels_in_column_order(tmp_path, digits
     wrong = InputSpec(spec.classes, [3, 8, 8], True, [], 255.0, [0.0] * 3, [1.0] * 3)
     with pytest.raises(DataError, match=r"samples of shape \(1, 8, 8\), but the model takes RGB images"):
         DatasetReader(digits, wrong, "digits").check()
+
+
+SIGNALS = InputSpec(["sine", "square"], [1, 6], False, [], None, [0.0], [1.0])
+
+
+def test_numpy_files_of_signals_are_read_in_order_with_their_labels_and_bad_rows_listed(tmp_path):
+    x = np.arange(5 * 6, dtype=np.float64).reshape(5, 6)  # (N, L): one channel
+    x[3, 2] = np.nan
+    np.savez(tmp_path / "s.npz", x=x, y=np.array(["square", "sine", "noise", "sine", "square"]))
+    reader = NumpyReader(tmp_path / "s.npz", SIGNALS)
+    reader.check()
+    batches = list(reader.batches(2))
+    assert [b.ids for b in batches] == [["0", "1"], ["2"], ["4"]] and reader.errors == [("3", "NaN or infinite values")]
+    assert np.array_equal(np.concatenate([b.inputs for b in batches]), x[[0, 1, 2, 4], None, :].astype(np.float32))
+    assert batches[0].inputs.dtype == np.float32 and batches[0].labels.tolist() == [1, 0]
+    assert batches[1].labels.tolist() == [-1]  # "noise" is not one of the model's classes
+    np.save(tmp_path / "s.npy", x[:, None, :][[0, 1]])  # (N, C, L), no labels: read through a memory map
+    npy = NumpyReader(tmp_path / "s.npy", SIGNALS)
+    npy.check()
+    assert not npy.labelled and isinstance(npy.x, np.memmap) and len(npy) == 2
+    assert [kind_of(tmp_path / n) for n in ("s.npz", "s.npy", "t.csv", ".")] == ["numpy", "numpy", "table", "folder"]
+
+
+def test_numpy_files_that_do_not_fit_the_model_are_one_error(tmp_path):
+    np.savez(tmp_path / "long.npz", x=np.zeros((3, 7)))
+    with pytest.raises(DataError, match=r"samples of shape \(1, 7\), but the model takes signals of 1 channel x 6 "):
+        NumpyReader(tmp_path / "long.npz", SIGNALS).check()
+    np.savez(tmp_path / "sig.npz", x=np.zeros((3, 1, 6)))
+    with pytest.raises(DataError, match=r"samples of shape \(1, 6\), but the model takes grayscale images of 8x8"):
+        NumpyReader(tmp_path / "sig.npz", IMAGES).check()
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 6)), b=np.zeros((3, 6)))
+    with pytest.raises(DataError, match="which array holds the signals"):
+        NumpyReader(tmp_path / "two.npz", SIGNALS)
+    with pytest.raises(DataError, match="no such file or folder"):
+        NumpyReader(tmp_path / "missing.npz", SIGNALS)
 
 
 def test_scoring_writes_every_row_with_its_probabilities_and_counts_the_labelled(tmp_path, digits):

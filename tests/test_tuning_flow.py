@@ -80,6 +80,23 @@ def test_study_reports_and_registers_the_retrained_best(study):
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3] and all(r["state"] == "complete" for r in rows)
 
 
+def test_a_study_on_signals_searches_the_signal_models_keys_and_registers_the_best(prefect_api):
+    from flows.tuning import tuning_flow
+
+    grid = _search(strategy="grid", n_trials=None, space={
+        "model.name": {"type": "categorical", "choices": ["cnn1d", "lstm"]},
+        "model.kernel_size": {"type": "categorical", "choices": [3, 9]}})
+    out = tuning_flow(load_config(None, [
+        "name=tune-signals", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8]", "model.hidden_size=8",
+        "training.epochs=1", "training.early_stopping.enabled=false", "register.min_test_accuracy=0"]), grid)
+    trials = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
+    combos = [tuple(json.loads(r.data.tags["trainflow.overrides"]).values()) for r in trials]
+    assert sorted(combos) == [("cnn1d", 3), ("cnn1d", 9), ("lstm", 3), ("lstm", 9)]
+    retrain = MlflowClient().get_run(out["children"][-1])
+    assert retrain.data.params["model.name"] == out["best_trial"]["params"]["model.name"]
+    assert out["alias"] == "champion"
+
+
 def test_grid_study_runs_every_combination_once_in_parallel(prefect_api):
     from flows.tuning import tuning_flow
 

@@ -1,6 +1,6 @@
 """New data to score, read a batch at a time and prepared as the model's training data was (trainlib.scoring's
 InputSpec): image folders (flat, or class-per-folder with labels), CSV and Parquet tables (with or without the
-target column), and the training sources themselves.
+target column), NumPy files of signals (with or without labels), and the training sources themselves.
 
 Each reader checks the data against the model when it opens (`check()`: kind, channels, feature columns by
 name), so a mismatch is one error before anything is scored; a row that cannot be read (a corrupt image, a
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainlib.data import signals
 from trainlib.data.folders import decode_image
 from trainlib.data.sources import Dataset
 from trainlib.errors import DataError
@@ -228,4 +229,47 @@ class DatasetReader:
                         _labels(labels, self.spec.classes))
 
 
-READERS = {"folder": FolderReader, "table": TableReader}  # by trainlib.data.sources.Source.files
+class NumpyReader:
+    """Signals (or any samples of the model's shape) in an .npz, labelled when it has a labels array (named by the
+    training's target, or y, labels, label), or in an .npy, unlabelled and read through a memory map (an .npz's
+    arrays are read whole: NumPy cannot map them). An (N, L) array is N signals of one channel. A sample holding
+    NaN or an infinity is listed in `errors` and skipped. Rows are numbered from 0."""
+
+    def __init__(self, path: str | Path, spec: InputSpec, target: str = "label"):
+        self.path, self.spec = Path(path), spec
+        if not self.path.is_file():
+            raise DataError(f"--data: no such file or folder: {self.path}")
+        x, self.y = signals.numpy_arrays(self.path, target=target, need_labels=False)
+        self.x = x[:, None, :] if x.ndim == 2 and len(spec.shape) == 2 else x
+        self.labelled = self.y is not None
+        self.errors: list[tuple[str, str]] = []
+
+    def check(self) -> None:
+        """The samples have the model's shape and are numbers."""
+        if self.x.ndim < 1 or list(self.x.shape[1:]) != list(self.spec.shape):
+            raise DataError(f"--data {self.path}: samples of shape {tuple(self.x.shape[1:])}, but the model takes "
+                            f"{self.spec.describe()} {tuple(self.spec.shape)}")
+        if not np.issubdtype(self.x.dtype, np.number) or np.issubdtype(self.x.dtype, np.complexfloating):
+            raise DataError(f"--data {self.path}: samples must be real numbers; this array holds {self.x.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The samples `size` at a time, in order; those with NaN or infinite values listed in `errors`."""
+        for start in range(0, len(self.x), size):
+            x = np.asarray(self.x[start:start + size], dtype=np.float32)
+            ok = np.isfinite(x).reshape(len(x), -1).all(1)
+            ids = [str(i) for i in range(start, start + len(x))]
+            self.errors += [(ids[i], "NaN or infinite values") for i in np.flatnonzero(~ok)]
+            labels = _labels(self.y[start:start + size][ok], self.spec.classes) if self.labelled else None
+            yield Batch([ids[i] for i in np.flatnonzero(ok)], x[ok], labels)
+
+
+READERS = {"folder": FolderReader, "table": TableReader, "numpy": NumpyReader}
+
+
+def kind_of(path: str | Path) -> str:
+    """Which reader opens new data at `path`: a folder of images, an .npz or .npy of signals, else a table."""
+    path = Path(path)
+    return "folder" if path.is_dir() else "numpy" if path.suffix.lower() in (".npz", ".npy") else "table"

@@ -43,48 +43,52 @@ def _as_signals(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def _labels_of(path: Path, arrays, target: str) -> tuple[str, np.ndarray]:
-    keys = list(arrays)
-    key = target if target in keys else next((k for k in LABEL_KEYS if k in keys), None)
-    if key is None:
-        raise DataError(f"numpy: {path} has no labels array named {target!r} (data.target) or "
-                        f"{', '.join(LABEL_KEYS)}; its arrays: {', '.join(keys)}")
-    return key, arrays[key]
-
-
-def read_numpy(path, labels=None, target="label") -> tuple[np.ndarray, np.ndarray]:
-    """(signals (N, C, L) float32, labels (N,)) from an .npz holding the signals ("x", "inputs", "signals" or its
-    one other array) and the labels (named by `target`, or "y", "labels", "label"), or from an .npy of signals
-    with the labels in the .npy file `labels`."""
+def numpy_arrays(path, labels=None, target="label", *, need_labels=True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The signals array as stored and its labels from an .npz (the signals: "x", "inputs", "signals" or its one
+    array besides the labels; the labels: named by `target`, or "y", "labels", "label") or an .npy of signals (read
+    through a memory map) with its labels in the .npy file `labels`. Without labels: an error when
+    `need_labels`, else None."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data.path: no such file: {file}")
+    y = None
     try:
         if file.suffix == ".npz":
             with np.load(file, allow_pickle=False) as arrays:
-                key, y = _labels_of(file, arrays, target)
-                rest = [k for k in arrays if k != key]
+                keys = list(arrays)
+                key = target if target in keys else next((k for k in LABEL_KEYS if k in keys), None)
+                if key is None and need_labels:
+                    raise DataError(f"numpy: {file} has no labels array named {target!r} (data.target) or "
+                                    f"{', '.join(LABEL_KEYS)}; its arrays: {', '.join(keys)}")
+                rest = [k for k in keys if k != key]
                 name = next((k for k in INPUT_KEYS if k in rest), rest[0] if len(rest) == 1 else None)
                 if name is None:
                     raise DataError(f"numpy: {file}: which array holds the signals? name it one of "
-                                    f"{', '.join(INPUT_KEYS)} (its arrays: {', '.join(arrays)})")
-                x = arrays[name]
+                                    f"{', '.join(INPUT_KEYS)} (its arrays: {', '.join(keys)})")
+                x, y = arrays[name], None if key is None else arrays[key]
         elif file.suffix == ".npy":
-            if labels is None:
+            if labels is None and need_labels:
                 raise DataError(f"numpy: {file} is an .npy of signals: give its labels as data.labels (an .npy of "
                                 "N class labels), or put both in one .npz")
-            if not Path(labels).is_file():
+            if labels is not None and not Path(labels).is_file():
                 raise DataError(f"data.labels: no such file: {labels}")
-            x, y = np.load(file, allow_pickle=False), np.load(labels, allow_pickle=False)
+            x = np.load(file, mmap_mode="r", allow_pickle=False)
+            y = None if labels is None else np.load(labels, allow_pickle=False)
         else:
             raise DataError(f"numpy: {file} is neither an .npz nor an .npy file")
     except (ValueError, OSError, EOFError) as exc:  # NumPy's messages for corrupt, truncated or pickled files
         raise DataError(f"numpy: cannot read {file}: {exc}") from exc
-    x = _as_signals(x, f"numpy: {file}")
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"numpy: {file}: {len(x)} signals but labels of shape {y.shape} (one label per signal)")
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"numpy: {file}: {len(x)} signals but labels of shape {y.shape} (one label per signal)")
     return x, y
+
+
+def read_numpy(path, labels=None, target="label") -> tuple[np.ndarray, np.ndarray]:
+    """(signals (N, C, L) float32, labels (N,)) from NumPy files (`numpy_arrays`)."""
+    x, y = numpy_arrays(path, labels, target)
+    return _as_signals(x, f"numpy: {Path(path)}"), y
 
 
 def waveforms(per_class: int = WAVE_PER_CLASS, length: int = WAVE_LENGTH, seed: int = WAVE_SEED) -> np.ndarray:
