@@ -24,8 +24,10 @@ from trainlib.scoring import DriftReport, PredictionWriter, output_format, score
 def _load(what: Scoring):
     """The version as pyfunc, on the CPU. trainflow logs networks as torch.export programs (pt2), which load
     without unpickling code but stay on the device they were exported on (MLflow refuses to move one), and
-    they are exported on the CPU; an ensemble's program likewise."""
-    return mlflow.pyfunc.load_model(what.model.pinned, model_config={"device": "cpu"})
+    they are exported on the CPU; an ensemble's program likewise (a python_function model: it takes no device,
+    and MLflow warns when it is given one)."""
+    device = {"model_config": {"device": "cpu"}} if what.flavor == "pytorch" else {}
+    return mlflow.pyfunc.load_model(what.model.pinned, **device)
 
 
 @dataclass(frozen=True)
