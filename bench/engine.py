@@ -2,10 +2,11 @@
 
 Same model (same initial weights), data, batch size, optimizer, precision and threads; data in memory;
 no tracking, no validation. Each measure is the samples/s of whole training calls (a few epochs). Each side
-trains in a process of its own; the two run back to back in rounds, alternating which goes first; after a warm-up round the table
-shows the medians of the rounds and the median of the per-round ratios (robust to the drift of a shared
-machine's speed), with a distribution-free 95% interval of that median (bench.common.median_interval): on
-these 2-CPU machines a round's ratio varies by +-20%, so a gap of a few percent needs dozens of rounds.
+trains in a process of its own; the two run back to back in rounds, alternating which goes first; after a
+warm-up round the table shows the medians of the rounds and the median of the per-round ratios (robust to the
+drift of a shared machine's speed), with a distribution-free 95% interval of that median
+(bench.common.median_interval): on these 2-CPU machines a round's ratio varies by +-20%, so a gap of a few
+percent needs dozens of rounds.
 
     .venv/bin/python -m bench.engine [--repeats 21] [--only NAME] [--quick]
 
