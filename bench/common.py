@@ -45,14 +45,14 @@ def sync(device: torch.device) -> None:
 
 
 def rounds(ours: Callable[[], float], theirs: Callable[[], float], repeats: int,
-           warmup: int = 1) -> tuple[list[float], list[float]]:
+           warmup: int = 1, first: int = 0) -> tuple[list[float], list[float]]:
     """Each side's measures over `repeats` rounds after `warmup` unmeasured ones. Each round runs both back to
-    back, in alternating order, so drift in the machine's speed (a shared VM) affects both sides of a ratio
-    alike. Each run returns its own measure (a rate)."""
+    back, in alternating order (ours first in even rounds, counted from `first`), so drift in the machine's speed
+    (a shared VM) affects both sides of a ratio alike. Each run returns its own measure (a rate)."""
     for _ in range(warmup):
         ours(), theirs()
     a, b = [], []
-    for i in range(repeats):
+    for i in range(first, first + repeats):
         if i % 2:
             b.append(theirs())
             a.append(ours())

@@ -2,11 +2,11 @@
 
 Same model (same initial weights), data, batch size, optimizer, precision and threads; data in memory;
 no tracking, no validation. Each measure is the samples/s of whole training calls (a few epochs). Each side
-trains in a process of its own; the two run back to back in rounds, alternating which goes first; after a
-warm-up round the table shows the medians of the rounds and the median of the per-round ratios (robust to the
-drift of a shared machine's speed), with a distribution-free 95% interval of that median
-(bench.common.median_interval): on these 2-CPU machines a round's ratio varies by +-20%, so a gap of a few
-percent needs dozens of rounds.
+trains in a process of its own (a fresh pair of processes for each third of the rounds); the two run back to
+back in rounds, alternating which goes first; after a warm-up round the table shows the medians of the rounds
+and the median of the per-round ratios (robust to the drift of a shared machine's speed), with a
+distribution-free 95% interval of that median (bench.common.median_interval): on these 2-CPU machines a
+round's ratio varies by +-20%, so a gap of a few percent needs dozens of rounds.
 
     .venv/bin/python -m bench.engine [--repeats 21] [--only NAME] [--quick]
 
@@ -170,18 +170,27 @@ class Process:
         self.proc.wait()
 
 
-def measure(w: Workload, device: torch.device, repeats: int,
-            quick: bool = False) -> tuple[float, float, float, tuple[float, float]]:
+def measure(w: Workload, device: torch.device, repeats: int, quick: bool = False,
+            pairs: int = 3) -> tuple[float, float, float, tuple[float, float]]:
     """Samples/s of the engine and of the hand-written loop on one workload, and their ratio (medians of
     `repeats` rounds), with a 95% interval of the ratio's median. Each side trains in a process of its own, as
     it would for a user: two training loops in one process share its heap, and each one's allocations change
-    where the other's land (cnn1d measured 0.868 [0.789, 0.940] in one process, 1.013 [0.948, 1.044] in two)."""
-    sides = [Process("engine", w, device, quick), Process("hand", w, device, quick)]
-    try:
-        a, b = rounds(*sides, repeats)
-    finally:
-        for s in sides:
-            s.close()
+    where the other's land (cnn1d measured 0.868 [0.789, 0.940] in one process, 1.013 [0.948, 1.044] in two).
+    The rounds are shared among `pairs` fresh pairs of processes: where one process's memory and threads land
+    moves its speed by several percent for its whole life (cnn1d once measured 1.093 [1.058, 1.137] on one
+    pair)."""
+    a, b = [], []
+    for k in range(pairs):
+        share = repeats // pairs + (k < repeats % pairs)
+        if not share:
+            continue
+        sides = [Process("engine", w, device, quick), Process("hand", w, device, quick)]
+        try:
+            ours, theirs = rounds(*sides, share, first=len(a))  # the order keeps alternating across pairs
+        finally:
+            for s in sides:
+                s.close()
+        a, b = a + ours, b + theirs
     ratios = [x / y for x, y in zip(a, b, strict=True)]
     return statistics.median(a), statistics.median(b), statistics.median(ratios), median_interval(ratios)
 
@@ -189,6 +198,7 @@ def measure(w: Workload, device: torch.device, repeats: int,
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=21, help="measured rounds (medians reported)")
+    p.add_argument("--pairs", type=int, default=3, help="fresh pairs of processes the rounds are shared among")
     p.add_argument("--only", help="run the workloads whose name contains this text")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the benchmark runs")
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     for w in workloads(args.quick):
         if (args.only and args.only not in w.name) or (w.gpu and device.type != "cuda" and not args.gpu_workloads):
             continue
-        ours, theirs, ratio, (low, high) = measure(w, device, args.repeats, args.quick)
+        ours, theirs, ratio, (low, high) = measure(w, device, args.repeats, args.quick, args.pairs)
         rows.append([w.name, device.type, w.batch_size, ours, theirs, f"{ratio:.3f}", f"[{low:.3f}, {high:.3f}]"])
         print(f"{w.name}: engine {ours:,.0f}/s, hand {theirs:,.0f}/s, ratio {ratio:.3f} [{low:.3f}, {high:.3f}]",
               flush=True)
