@@ -154,6 +154,7 @@ class Process:
     """A side served by its own process (`serve`), called like `side`'s function."""
 
     def __init__(self, which: str, w: Workload, device: torch.device, quick: bool):
+        self.which, self.name = which, w.name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.engine", "--serve", which, "--workload", w.name, "--device", device.type,
              *(["--quick"] if quick else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -163,7 +164,10 @@ class Process:
     def __call__(self) -> float:
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.which} side of {self.name!r} stopped (its error is above)")
+        return float(line)
 
     def close(self) -> None:
         self.proc.stdin.close()

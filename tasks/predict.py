@@ -26,8 +26,8 @@ def _load(what: Scoring):
     without unpickling code but stay on the device they were exported on (MLflow refuses to move one), and
     they are exported on the CPU; an ensemble's program likewise (a python_function model: it takes no device,
     and MLflow warns when it is given one)."""
-    device = {"model_config": {"device": "cpu"}} if what.flavor == "pytorch" else {}
-    return mlflow.pyfunc.load_model(what.model.pinned, **device)
+    options = {"model_config": {"device": "cpu"}} if what.flavor == "pytorch" else {}
+    return mlflow.pyfunc.load_model(what.model.pinned, **options)
 
 
 @dataclass(frozen=True)

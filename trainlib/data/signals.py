@@ -51,7 +51,6 @@ def numpy_arrays(path, labels=None, target="label", *, need_labels=True) -> tupl
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data.path: no such file: {file}")
-    y = None
     try:
         if file.suffix == ".npz":
             with np.load(file, allow_pickle=False) as arrays:
