@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
+LOG_INPUTS_ATTEMPTS = 3  # see log_manifests
 
 
 def client() -> MlflowClient:
@@ -191,7 +192,17 @@ def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str)
             ds = mlflow.data.from_pandas(part, source=source, targets="label", name=f"{split}-{digest[:12]}")
             entity = ds._to_mlflow_entity()
         inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    client().log_inputs(run_id, datasets=inputs)
+    # MLflow looks a dataset up, then inserts it when missing, without a retry: two runs logging the same split
+    # at once can both miss it, and the later insert fails on the unique (experiment, name, digest). The failed
+    # call wrote nothing; once the other's commit is in, the lookup finds the dataset and the call goes through.
+    for attempt in range(LOG_INPUTS_ATTEMPTS):
+        try:
+            client().log_inputs(run_id, datasets=inputs)
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt == LOG_INPUTS_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def pip_requirements() -> list[str]:

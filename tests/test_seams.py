@@ -162,3 +162,36 @@ def test_repeats_are_paired_across_variants(resplit):
         assert r.config.split.seed == (3 + r.repeat if resplit else 3)
         assert r.name == f"{r.label} #{r.repeat}"
     assert plan.split_seeds == ([3, 4, 5] if resplit else [3])
+
+
+def test_a_split_logged_by_two_runs_at_once_is_one_dataset_both_runs_name(prepared):
+    """MLflow looks a run's datasets up, then inserts the missing ones: another run's insert committed in
+    between made the later insert fail on the unique (experiment, name, digest) (CI: four flows at once, one
+    failed). Here the other run's write comes exactly there, on its own connection to the same store."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from tasks import tracking
+
+    _, dataset, manifest, _ = prepared
+    rows, client, source = manifest.load(), tracking.client(), manifest.path
+    experiment = tracking.experiment_id("seams-concurrent-datasets")
+    mine, other = (client.create_run(experiment).info.run_id for _ in range(2))
+    raced = []
+
+    def the_other_run_logs_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("INSERT INTO datasets") and not raced:
+            raced.append(statement)  # before the call: its own inserts pass through
+            tracking.log_manifests(other, rows, source, dataset.digest)
+
+    event.listen(Engine, "before_cursor_execute", the_other_run_logs_first)
+    try:
+        tracking.log_manifests(mine, rows, source, dataset.digest)
+    finally:
+        event.remove(Engine, "before_cursor_execute", the_other_run_logs_first)
+    assert raced, "the store never inserted a dataset: the race was not staged"
+    named = {run: sorted((i.dataset.name, i.tags[0].value) for i in client.get_run(run).inputs.dataset_inputs)
+             for run in (mine, other)}
+    digest = dataset.digest[:12]
+    assert named[mine] == named[other] == [(f"test-{digest}", "testing"), (f"train-{digest}", "training"),
+                                           (f"val-{digest}", "validation")]
