@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from trainlib import recipe
-from trainlib.config import PipelineConfig, load_config, validate
+from trainlib.config import PipelineConfig, flatten, load_config, validate
 from trainlib.overrides import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,10 @@ def test_there_is_a_config_per_technique_family():
         assert family in names
 
 
-def test_default_yaml_is_the_default_config():
-    assert validate(read_yaml(ROOT / "configs" / "default.yaml")) == PipelineConfig()
+def test_default_yaml_is_the_default_config_every_key_written_out():
+    raw = read_yaml(ROOT / "configs" / "default.yaml")
+    assert validate(raw) == PipelineConfig()
+    assert sorted(flatten(raw)) == sorted(flatten(PipelineConfig()))  # as its first line says
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
