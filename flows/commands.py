@@ -33,26 +33,6 @@ def _stdout_reserved():
         os.close(saved)
 
 
-REGISTRY_NOTICES = ("Successfully registered model", "Created version")  # MLflow's, printed as they happen
-
-
-def _quiet_registry_notices() -> None:
-    """MLflow prints its registry notices on stderr (not as log records a level could hide), in the middle of
-    the progress lines; the summary says the same in its place. Drop those two lines, keep the rest."""
-    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM as stream
-
-    write, dropped = stream.write, [False]
-
-    def filtered(text: str) -> None:
-        if text.startswith(REGISTRY_NOTICES) or (dropped[0] and text == "\n"):
-            dropped[0] = not dropped[0]  # print() writes the message, then its end of line
-            return
-        dropped[0] = False
-        write(text)
-
-    stream.write = filtered
-
-
 def _backends() -> str:
     """The project folder and where this command records: the project's running stack, the local stores with a
     temporary Prefect API, or the servers the environment names."""
@@ -81,8 +61,6 @@ def _execute(args: argparse.Namespace, title: str, start, show, progress=None) -
     from tasks.settings import one_message_for_input_errors
 
     one_message_for_input_errors()
-    if not os.environ.get("TRAINFLOW_DEBUG"):
-        _quiet_registry_notices()
     local_api.ready()
     console.print(f"[bold]{title}[/] [dim]({_backends()})[/]")
     with contextlib.ExitStack() as watching:

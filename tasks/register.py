@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import task
@@ -96,6 +95,20 @@ def one_at_a_time():
         yield
 
 
+def _new_version(name: str, model_uri: str) -> int:
+    """A new version of `name` (created on first use) from the logged model `model_uri` (`models:/<model id>`):
+    mlflow.register_model's two steps without the lines it prints on stderr ("Successfully registered model",
+    "Registered model ... already exists. Creating a new version", "Created version"), which break into the
+    progress lines and a worker's log; the summary says what was registered."""
+    client = tracking.client()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):  # another flow's, or an earlier run's
+            raise
+    return int(client.create_model_version(name, model_uri, model_id=model_uri.removeprefix("models:/")).version)
+
+
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
     """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
     `challenger`. -> {model_uri, registered_model, version (int), alias, gate}; with register.enabled false,
@@ -104,7 +117,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
         return {"model_uri": model_uri, "registered_model": None, "version": None, "alias": None, "gate": None}
     client = tracking.client()
-    version = int(mlflow.register_model(model_uri, name).version)  # creates the registered model on first use
+    version = _new_version(name, model_uri)
     with one_at_a_time():  # flows finishing together each compare with the holder the one before left
         gate = decide(float(test_accuracy), register, *_holder(name, register.alias))
         tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason}
