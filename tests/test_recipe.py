@@ -147,3 +147,23 @@ def test_plots_render(tmp_path):
     for name, fig in figures.items():
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
+
+
+def test_means_with_long_variant_labels_keep_their_axes(tmp_path):
+    """A study's labels ("augment.policy=randaugment, augment.mixup=0.2, ...") collapsed the axes of the means
+    chart to nothing: matplotlib warned and drew no layout."""
+    import warnings
+
+    labels = ["baseline", "augment.policy=randaugment, augment.mixup=0.2, model.dropout=0.3, training.ema.decay=0.999",
+              "a-label-with-no-space-to-break-at-" * 2]
+    rows = [{"label": label, "test_accuracy": {"mean": 0.8 + i / 100, "ci_low": 0.78, "ci_high": 0.85}}
+            for i, label in enumerate(labels)]
+    for measures in (("test_accuracy",), ("test_accuracy", "test_accuracy")):
+        fig = plots.compare_means(rows, measures)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+            fig.savefig(tmp_path / "means.png")
+        first = fig.axes[0].get_position()
+        assert first.width > 0.3 and first.height > 0.5, first
+        shown = [t.get_text() for t in fig.axes[0].get_yticklabels()]  # wrapped, every character kept
+        assert ["".join(t.split()) for t in shown] == ["".join(label.split()) for label in labels]

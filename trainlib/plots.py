@@ -8,10 +8,13 @@ need no display. Save them with `fig.savefig(path)`.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+LABEL_WRAP = 40  # characters on a line of a variant's label beside a chart
 
 
 def learning_curves(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
@@ -128,8 +131,12 @@ def compare_curves(histories: dict[str, list[list[dict[str, float]]]]) -> Figure
 def compare_means(summary: list[dict], measures: tuple[str, ...]) -> Figure:
     """Each variant's mean of every measure with its 95% interval as an error bar (rows of
     trainlib.evidence.summarize); a variant with one repeat has a dot and no bar."""
-    fig = Figure(figsize=(5 * len(measures), max(3.0, 0.45 * len(summary) + 1.5)), layout="constrained")
-    labels = [s["label"] for s in summary]
+    labels = [textwrap.fill(s["label"], LABEL_WRAP, break_on_hyphens=False) for s in summary]
+    longest = max((len(line) for label in labels for line in label.splitlines()), default=0)
+    row = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
+    # room for the labels beside the first axes: long ones collapsed the axes to nothing before
+    fig = Figure(figsize=(5 * len(measures) + 0.065 * longest, max(3.0, row * len(summary) + 1.5)),
+                 layout="constrained")
     for ax, m in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures, strict=True):
         for y, row in enumerate(summary):
             e = row.get(m)
