@@ -96,7 +96,7 @@ def one_at_a_time():
 
 
 def _new_version(name: str, model_uri: str) -> int:
-    """A new version of `name` (created on first use) from the logged model `model_uri` (`models:/<model id>`):
+    """A new version of `name` (created on first use) from `model_uri` (a logged model's `models:/<model id>`):
     mlflow.register_model's two steps without the lines it prints on stderr ("Successfully registered model",
     "Registered model ... already exists. Creating a new version", "Created version"), which break into the
     progress lines and a worker's log; the summary says what was registered."""
@@ -106,7 +106,8 @@ def _new_version(name: str, model_uri: str) -> int:
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):  # another flow's, or an earlier run's
             raise
-    return int(client.create_model_version(name, model_uri, model_id=model_uri.removeprefix("models:/")).version)
+    logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None  # its model id
+    return int(client.create_model_version(name, model_uri, model_id=logged).version)
 
 
 def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
