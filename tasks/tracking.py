@@ -193,14 +193,16 @@ def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str)
             entity = ds._to_mlflow_entity()
         inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     # MLflow looks a dataset up, then inserts it when missing, without a retry: two runs logging the same split
-    # at once can both miss it, and the later insert fails on the unique (experiment, name, digest). The failed
-    # call wrote nothing; once the other's commit is in, the lookup finds the dataset and the call goes through.
+    # at once can both miss it, and the later insert fails on the unique (experiment, name, digest), a database
+    # error MLflow reports as BAD_REQUEST. The failed call wrote nothing; once the other's commit is in, the
+    # lookup finds the dataset and the call goes through. (A server that does not answer is not retried here:
+    # the HTTP client has retried it already.)
     for attempt in range(LOG_INPUTS_ATTEMPTS):
         try:
             client().log_inputs(run_id, datasets=inputs)
             return
-        except mlflow.exceptions.MlflowException:
-            if attempt == LOG_INPUTS_ATTEMPTS - 1:
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "BAD_REQUEST" or attempt == LOG_INPUTS_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 

@@ -133,9 +133,9 @@ def compare_means(summary: list[dict], measures: tuple[str, ...]) -> Figure:
     trainlib.evidence.summarize); a variant with one repeat has a dot and no bar."""
     labels = [textwrap.fill(s["label"], LABEL_WRAP, break_on_hyphens=False) for s in summary]
     longest = max((len(line) for label in labels for line in label.splitlines()), default=0)
-    row = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
+    row_height = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
     # room for the labels beside the first axes: long ones collapsed the axes to nothing before
-    fig = Figure(figsize=(5 * len(measures) + 0.065 * longest, max(3.0, row * len(summary) + 1.5)),
+    fig = Figure(figsize=(5 * len(measures) + 0.065 * longest, max(3.0, row_height * len(summary) + 1.5)),
                  layout="constrained")
     for ax, m in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures, strict=True):
         for y, row in enumerate(summary):
