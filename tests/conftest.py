@@ -23,6 +23,8 @@ import tasks  # noqa: E402,F401  - applies trainflow's local defaults before any
 from trainlib.data import sources  # noqa: E402
 
 TRAINFLOW = str(Path(sys.executable).parent / "trainflow")  # the console script, run as a real process
+# what mlflow.register_model prints on stderr, first version or later: trainflow's commands print none of it
+REGISTRY_NOTICES = ("Successfully registered model", "already exists. Creating a new version", "Created version")
 
 
 def cli_env(folder) -> dict[str, str]:
