@@ -2,13 +2,13 @@
 
 Same model (same initial weights), data, batch size, optimizer, precision and threads; data in memory;
 no tracking, no validation. Each measure is the samples/s of whole training calls (a few epochs). Each side
-trains in a process of its own (a fresh pair of processes for each third of the rounds); the two run back to
+trains in a process of its own (the rounds shared among --pairs fresh pairs of processes); the two run back to
 back in rounds, alternating which goes first; after a warm-up round the table shows the medians of the rounds
 and the median of the per-round ratios (robust to the drift of a shared machine's speed), with a
 distribution-free 95% interval of that median (bench.common.median_interval): on these 2-CPU machines a
 round's ratio varies by +-20%, so a gap of a few percent needs dozens of rounds.
 
-    .venv/bin/python -m bench.engine [--repeats 21] [--only NAME] [--quick]
+    .venv/bin/python -m bench.engine [--repeats 21] [--pairs 3] [--only NAME] [--quick]
 
 CPU workloads always run; the GPU workloads (resnet18 on 3x32x32 at batch 512, a small fast convnet at
 batch 1024, bf16 autocast, channels_last) run when CUDA is available.
