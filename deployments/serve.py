@@ -3,14 +3,16 @@ process (Prefect's `serve`): no work pool, no worker."""
 
 from __future__ import annotations
 
-import os
+import asyncio
 import signal
+import sys
 from pathlib import Path
 
-from prefect import serve
 from prefect.flows import load_flow_from_entrypoint
+from prefect.runner import Runner
 from prefect.schedules import Cron, Interval
 
+from flows import processes
 from trainlib.errors import ConfigError
 from trainlib.overrides import read_yaml
 
@@ -60,10 +62,18 @@ def _check_no_worker_deployments(served: list) -> None:
 
 
 def run(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> None:
-    """Serve until interrupted (SIGINT), terminated (SIGTERM) or hung up (SIGHUP)."""
+    """Serve until stopped: SIGINT, SIGTERM or SIGHUP (flows/processes.py `served_until_stopped`) take Prefect's
+    graceful way out, which cancels the flow runs it started; then say which signal stopped it."""
     served = deployments(prefect_file, names)
     _check_no_worker_deployments(served)
-    # Prefect's runner shuts down cleanly on SIGTERM (it cancels the flow runs it started, then returns):
-    # a hang-up takes the same way out
-    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    serve(*served)
+    runner = Runner()
+    for deployment in served:
+        runner.add_deployment(deployment)
+    with processes.served_until_stopped(runner.handle_sigterm) as received:
+        # the runner puts its SIGTERM handler in place when it starts: this one, which notes the signal first
+        runner.handle_sigterm = signal.getsignal(signal.SIGTERM)
+        print(f"serving {len(served)} deployment{'s' if len(served) != 1 else ''}, polling for their runs: "
+              f"{', '.join(f'{d.flow_name}/{d.name}' for d in served)}  (a run now: prefect deployment run "
+              "FLOW/NAME; Ctrl+C stops)", file=sys.stderr, flush=True)
+        asyncio.run(runner.start())
+    print(processes.stopped_line(received), file=sys.stderr)

@@ -10,7 +10,6 @@ requirements (offline here, it cannot) and start a tree of processes. MLflow's o
 from __future__ import annotations
 
 import errno
-import signal
 import socket
 import sys
 import threading
@@ -20,11 +19,11 @@ import mlflow.pyfunc
 import uvicorn
 from mlflow.pyfunc import scoring_server
 
+from flows import processes
 from tasks.model_ref import ModelRef, resolve
 from trainlib.errors import ConfigError
 
 QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL = 0.1  # seconds between the readiness checks of the server's own /health
 GRACE = 10  # seconds a stop waits for requests in flight before closing their connections
 
@@ -46,7 +45,7 @@ def run(uri: str, host: str, port: int) -> None:
         stopped_by = _serve(server, sock, _in_url(_reachable(host)), port, ready)
     finally:
         sock.close()
-    print(f"stopped ({', '.join(signal.Signals(s).name for s in stopped_by) or 'server ended'})", file=sys.stderr)
+    print(processes.stopped_line(stopped_by), file=sys.stderr)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -79,32 +78,22 @@ def _app(model, ref: ModelRef):
 
 
 def _serve(server: uvicorn.Server, sock: socket.socket, local: str, port: int, ready: str) -> list[int]:
-    """Run `server` on `sock` in this thread until a stop signal; print `ready` once it answers. -> the signals
-    that stopped it.
-
-    While it runs, uvicorn handles SIGINT and SIGTERM itself (a graceful shutdown); afterwards it puts back the
-    handlers it found and raises the signal again for them. The ones it finds are these, which only note the
-    signal: for a server, being stopped is how its work ends (exit 0), where the handlers of `trainflow` would
-    report an interrupted command (130, or 128 + N). SIGHUP, which uvicorn leaves alone, stops it the same way."""
-    stopped_by: list[int] = []
+    """Run `server` on `sock` in this thread until a stop signal (flows/processes.py `served_until_stopped`); print
+    `ready` once it answers. -> the signals that stopped it."""
     done = threading.Event()
+    watcher = threading.Thread(target=_announce, args=(f"http://{local}:{port}/health", ready, done), daemon=True)
 
-    def stop(signum, _frame):
-        stopped_by.append(signum)
+    def stop() -> None:
         server.should_exit = True  # also before uvicorn has started: it then shuts down at once
 
-    # a signal the process was started with ignored stays ignored (`nohup trainflow serve-model ...`: SIGHUP)
-    previous = {s: signal.signal(s, stop) for s in STOPS if signal.getsignal(s) is not signal.SIG_IGN}
-    watcher = threading.Thread(target=_announce, args=(f"http://{local}:{port}/health", ready, done), daemon=True)
-    watcher.start()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        done.set()
-        watcher.join()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return list(dict.fromkeys(stopped_by))  # uvicorn's re-raise notes each signal a second time
+    with processes.served_until_stopped(stop) as received:
+        watcher.start()
+        try:
+            server.run(sockets=[sock])
+        finally:
+            done.set()
+            watcher.join()
+    return received
 
 
 def _announce(health: str, ready: str, done: threading.Event) -> None:

@@ -12,20 +12,30 @@ Two guards keep a stop from hanging: a second signal ends the process at once, a
 the clean-up has not finished within GRACE seconds (a training step in another thread cannot be interrupted).
 A process's children are the other half: `die_with_parent` (PR_SET_PDEATHSIG) ends a child whose parent dies,
 also by SIGKILL, where no handler runs.
+
+Servers (`trainflow ui`, `serve-model`, `serve`) follow one rule of their own, `served_until_stopped`: once serving,
+SIGINT, SIGTERM and SIGHUP each shut the server down cleanly, and being stopped is how its work ends: stderr says
+`stopped (SIGINT)` and the exit code is 0. That holds whatever the process inherited, with one exception: a script's
+background job starts with SIGINT ignored (the shell's doing, so that Ctrl+C on the script spares it), and
+`kill -INT` must still stop the server; a SIGHUP inherited ignored is `nohup`'s, the user's own request to survive
+a hang-up, and stays ignored.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 
 GRACE = 20.0  # seconds the clean-up after a signal may take before the process ends without it
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+SERVER_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # prctl option: the signal the kernel sends a process when its parent dies
 
 try:
@@ -87,3 +97,31 @@ def die_with_parent() -> None:
     nothing)."""
     if _LIBC is not None and hasattr(_LIBC, "prctl"):
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def served_until_stopped(stop: Callable[[], None]) -> Iterator[list[int]]:
+    """While a server runs in the block: SIGINT, SIGTERM and SIGHUP call `stop()` (its clean shutdown) and are
+    noted, in order, in the yielded list; an inherited SIGINT-ignore is overridden, an inherited SIGHUP-ignore
+    (nohup) kept (the module docstring). The handlers found are put back after the block. A server library that
+    puts its own handlers in place while it runs (uvicorn does for SIGINT and SIGTERM) and raises the signal again
+    once it has shut down reaches these then, so the signal is still noted."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame) -> None:
+        if signum not in received:  # uvicorn's raising it again after its own shutdown is the same stop
+            received.append(signum)
+            stop()
+
+    wanted = [s for s in SERVER_STOPS if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)]
+    previous = {s: signal.signal(s, handler) for s in wanted}
+    try:
+        yield received
+    finally:
+        for s, found in previous.items():
+            signal.signal(s, found)
+
+
+def stopped_line(received: list[int]) -> str:
+    """What a server prints on stderr when it has stopped: `stopped (SIGINT)`, or `stopped (server ended)`."""
+    return f"stopped ({', '.join(signal.Signals(s).name for s in received) or 'server ended'})"

@@ -10,9 +10,10 @@ evaluation jobs, not to browse runs) stays off.
 from __future__ import annotations
 
 import os
-import signal
+import sys
 import warnings
 
+from flows import processes
 from tasks import settings
 
 QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay
@@ -36,17 +37,10 @@ def serve(store: str, host: str, port: int) -> None:
         from mlflow.server.fastapi_app import app
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=QUIET, access_log=False))
-    _shut_down_on_hangup(server)
-    server.run()  # on SIGINT or SIGTERM it shuts down, then raises the signal again for this process's handler
 
+    def stop() -> None:
+        server.should_exit = True
 
-def _shut_down_on_hangup(server) -> None:
-    """uvicorn shuts down cleanly on SIGINT and SIGTERM only: give SIGHUP the same way out (a hang-up raised
-    inside its event loop would end it with a traceback)."""
-    previous = signal.getsignal(signal.SIGHUP)
-
-    def hangup(signum, frame):
-        signal.signal(signal.SIGHUP, previous)  # for the signal uvicorn raises again once it has shut down
-        server.handle_exit(signum, frame)
-
-    signal.signal(signal.SIGHUP, hangup)
+    with processes.served_until_stopped(stop) as received:  # Ctrl+C, SIGTERM, SIGHUP: a clean stop, exit 0
+        server.run()
+    print(processes.stopped_line(received), file=sys.stderr)

@@ -328,20 +328,22 @@ def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run)
     log_file = deployed.home / "serve.log"
     log = open(log_file, "w")  # noqa: SIM115 - closed with the process
     serving = subprocess.Popen([BIN / "trainflow", "serve", "--only", "training-pipeline/nightly"], cwd=ROOT,
-                               env=deployed.env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               env=deployed.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # a background job
     try:
         deadline = time.monotonic() + 120
-        while "being served" not in log_file.read_text() and time.monotonic() < deadline:
+        while "polling for their runs" not in log_file.read_text() and time.monotonic() < deadline:
             time.sleep(1)
         with _prefect(deployed) as client:
             nightly = client.read_deployment_by_name("training-pipeline/nightly")
             assert nightly.work_pool_name is None and [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
             flow_run = client.create_flow_run_from_deployment(nightly.id)
         assert _wait_for(deployed, flow_run.id).state_type.value == "COMPLETED", log_file.read_text()[-3000:]
-    finally:  # SIGTERM, as a process manager stops it (CI's background shells ignore SIGINT)
-        os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=60)
+    finally:  # started ignoring SIGINT, as a script's background job does: `kill -INT` stops it all the same
+        os.kill(serving.pid, signal.SIGINT)
+        code = serving.wait(timeout=60)
+    said = log_file.read_text()
+    assert code == 0 and said.splitlines()[-1] == "stopped (SIGINT)", said[-3000:]
 
 
 def test_a_server_that_cannot_start_stops_the_whole_stack(tmp_path):

@@ -58,12 +58,24 @@ def _predicted(store, version: int, rows: np.ndarray) -> np.ndarray:
         return np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(rows))
 
 
-def _start(folder, uri: str, port: int) -> tuple[subprocess.Popen, queue.Queue]:
-    """`serve-model` in a session of its own (its process group is everything it started); its stdout lines go to
-    the queue, its stderr to folder/serve-PORT.err."""
+def _ignoring_sigint() -> None:
+    """As a script's background job starts (`trainflow serve-model ... &`): SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_a_terminal() -> None:
+    """As a terminal's foreground command starts: SIGINT at its default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(folder, uri: str, port: int, started=_in_a_terminal) -> tuple[subprocess.Popen, queue.Queue]:
+    """`serve-model` in a session of its own (its process group is everything it started), its signal dispositions
+    set by `started` (not inherited from however the suite was started); its stdout lines go to the queue, its
+    stderr to folder/serve-PORT.err."""
     err = open(Path(folder) / f"serve-{port}.err", "w")  # noqa: SIM115  closed with the process
     proc = subprocess.Popen([*CLI, "serve-model", uri, "--port", str(port)], cwd=folder, env=_env(folder),
-                            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                            preexec_fn=started)
     err.close()
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -123,10 +135,11 @@ def _in_store(store):
 
 
 def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(store):
+    """Started as a script's background job, with SIGINT ignored: `kill -INT` still stops it (flows/processes.py)."""
     digits = load_digits()
     rows, labels = digits.images[:100].reshape(-1, 1, 8, 8).astype(np.float32), digits.target[:100]
     port = free_port()
-    proc, lines = _start(store, f"models:/{NAME}@champion", port)
+    proc, lines = _start(store, f"models:/{NAME}@champion", port, started=_ignoring_sigint)
     try:
         ready = _ready(proc, lines, store, port)
         assert ready == (f"serving {NAME} version 1 (@champion) on http://127.0.0.1:{port}  "
