@@ -12,8 +12,9 @@ import atexit
 import logging
 import os
 import sys
+from pathlib import Path
 
-from flows import commands, model_commands, processes
+from flows import commands, model_commands, processes, warm
 from trainlib.errors import TrainflowError
 
 ENV_HINT = ("trainflow commands in this project use the stack while it runs; for other tools (prefect, mlflow, "
@@ -51,7 +52,8 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from deployments import stack
 
-    stopped = stack.down()
+    warmed = warm.stop()
+    stopped = stack.down() + ([f"{warmed} warm process{'es' if warmed > 1 else ''}"] if warmed else [])
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 
@@ -65,15 +67,37 @@ def _status(args: argparse.Namespace) -> int:
     for r in rows:
         state = ("healthy" if r["healthy"] else "not answering") if r["pid"] else "stopped"
         print(f"{r['name']:8s} {state:14s} {r['url'] or '-':32s} pid {r['pid'] or '-'}  log {r['log']}")
+    for line in _warm_lines(warm.status(), warm.minutes()):
+        print(line)
     # what a command run here uses (tasks/settings.py), so what a script or a notebook should point at
     api = os.environ.get("PREFECT_API_URL")
     print(f"project  {settings.HOME.parent}  (its store: {settings.HOME})")
     print(f"tracking MLFLOW_TRACKING_URI={redact(os.environ['MLFLOW_TRACKING_URI'])}")
-    print(f"prefect  {f'PREFECT_API_URL={redact(api)}' if api else 'a temporary API per command (no server running)'}")
+    local = ("the warm process's API (started by the next flow command if it is not running)" if warm.minutes() else
+             "a temporary API per command")
+    print(f"prefect  {f'PREFECT_API_URL={redact(api)}' if api else local}")
     env = stack.env_file()
     if env.exists():
         print(ENV_HINT.format(env=env))
     return 0 if all(r["healthy"] for r in rows) else 1
+
+
+def _warm_lines(states: list[dict], minutes: float) -> list[str]:
+    """`trainflow status`'s lines on the project's warm processes (flows/warm.py)."""
+    if not minutes:
+        return ["warm     off            (TRAINFLOW_WARM_MINUTES=0: each command starts a temporary Prefect API)"]
+    if not states:
+        return ["warm     stopped        (the next flow command starts it)"]
+    lines = []
+    for state in states:
+        what = "ready" if state["ready"] else "loading"  # None: not answering now, which loading is
+        left = max(0.0, state["minutes"] * 60 - state["idle_seconds"])
+        busy = (f"{state['forks']} command{'s' if state['forks'] != 1 else ''} running" if state["forks"] else
+                f"ends after {left / 60:.0f} more idle minutes" if left >= 60 else
+                f"ends after {left:.0f} more idle seconds")
+        lines.append(f"warm     {what:14s} {state['api'] or '-':32s} pid {state['pid']}  {busy}  log "
+                     f"{Path(state['folder']) / 'log'}")
+    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -224,19 +248,25 @@ def overview(p: argparse.ArgumentParser) -> str:
                       "`trainflow COMMAND --help` shows a command's options and examples."])
 
 
+def environment(argv: list[str]) -> dict[str, str]:
+    """The variables a command sets before anything loads: with --debug (only ever first), tracebacks and the
+    libraries' info logs; else Prefect's and MLflow's info logs off (the progress bar and the summary say what
+    happens); what the user set stays. A warm process's fork applies them before its libraries read their settings
+    again (flows/warm_process.py)."""
+    wanted = ({"TRAINFLOW_DEBUG": "1"} if argv[:1] == ["--debug"] else
+              {"PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING"})
+    # MLflow prints "View run ... at: URL" on stdout when a run ends on a server; the summary gives the URL
+    wanted["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return {k: v if k == "TRAINFLOW_DEBUG" else os.environ.get(k, v) for k, v in wanted.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.command is None:
         print(overview(p))
         return 0
-    if args.debug:
-        os.environ["TRAINFLOW_DEBUG"] = "1"
-    else:  # the progress bar and the summary say what happens; Prefect's and MLflow's info logs are noise
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # MLflow prints "View run ... at: URL" on stdout when a run ends on a server; the summary gives the URL
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.update(environment(["--debug"] if args.debug else []))
     try:
         return args.handler(args)
     except TrainflowError as exc:
@@ -270,13 +300,21 @@ def _leave() -> None:
     os._exit(_exit_code)
 
 
-def entry() -> None:
-    """The `trainflow` console script."""
+def run(argv: list[str] | None = None) -> int:
+    """Run one command in this process -> its exit code; the process ends with it when its exit handlers run. Both
+    the console script and a warm process's fork (flows/warm_process.py) run commands through here."""
     global _exit_code
     processes.stop_cleanly_on_signals()  # SIGTERM, SIGHUP: finally blocks and exit handlers run, children stop
     atexit.register(_leave)
-    _exit_code = main()
-    sys.exit(_exit_code)
+    _exit_code = main(argv)
+    return _exit_code
+
+
+def entry() -> None:
+    """The `trainflow` console script: the command runs as a fork of the project's warm process when there is
+    one (flows/warm.py), else here."""
+    forwarded = warm.forward(sys.argv[1:])
+    sys.exit(forwarded if forwarded is not None else run())
 
 
 if __name__ == "__main__":

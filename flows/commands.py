@@ -41,8 +41,8 @@ def _backends() -> str:
     from trainlib.redact import redact
 
     mlflow, api = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("PREFECT_API_URL")
-    temporary = local_api.current()
-    prefect = f"temporary Prefect API {temporary.url}" if temporary else f"Prefect {api or '(ephemeral API)'}"
+    ours = local_api.current()
+    prefect = ours.describe() if ours else f"Prefect {api or '(ephemeral API)'}"
     where = ("stack" if settings.using_stack else
              "local" if mlflow == settings.local_tracking_uri() else "from the environment")
     return redact(f"project {settings.HOME.parent}; {where}: {prefect}, MLflow {mlflow}")

@@ -33,6 +33,7 @@ def find_home(start: Path | None = None) -> Path:
     return here / ".trainflow"
 
 
+STARTED_WITH = dict(os.environ)  # this process's environment before apply_defaults (what a warm process's fork gets)
 HOME = find_home()
 STACK = HOME / "stack"  # `trainflow up`: the servers' pid files, logs and the env file naming their URLs
 

@@ -4,8 +4,10 @@ harness) and a temporary MLflow SQLite store."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Before anything imports tasks/prefect/mlflow: a private .trainflow home and MLflow store for this session.
@@ -13,6 +15,15 @@ _HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
 os.environ["TRAINFLOW_HOME"] = _HOME
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_HOME}/mlflow.db"
 os.environ.pop("PREFECT_API_URL", None)
+# The `trainflow` processes of this session share its warm processes (flows/warm.py): the first flow command starts
+# one, the others run as its forks, each in its own project folder. One fingerprint for them all: every process
+# finds this checkout's code first, started as a console script or with `python -m`. sessionfinish stops them; the
+# idle limit is for a session that was killed.
+ROOT = Path(__file__).resolve().parents[1]
+_WARM = tempfile.mkdtemp(prefix="trainflow-warm-")
+os.environ["TRAINFLOW_WARM_DIR"] = _WARM
+os.environ["TRAINFLOW_WARM_MINUTES"] = os.environ.get("TRAINFLOW_WARM_MINUTES", "10")
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -29,9 +40,43 @@ REGISTRY_NOTICES = ("Successfully registered model", "already exists. Creating a
 
 def cli_env(folder) -> dict[str, str]:
     """Environment for a `trainflow` process working in `folder`: its own .trainflow home and torch cache,
-    none of this session's Prefect or MLflow settings."""
+    none of this session's Prefect or MLflow settings. The first call starts the session's warm process (it loads
+    while the test goes on; the first command waits for it): every command with this environment is its fork."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    _warm_session(env)
     return env | {"TRAINFLOW_HOME": str(Path(folder) / ".trainflow"), "TORCH_HOME": str(Path(folder) / "torch")}
+
+
+_warm_started = []
+
+
+def _warm_session(env: dict[str, str]) -> None:
+    from flows import warm
+
+    if not _warm_started:  # in the folder of a command's fingerprint (this process's module path is pytest's)
+        where = subprocess.run([sys.executable, "-c", "from flows import warm; print(warm.folder())"], env=env,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        _warm_started.append(warm.start(Path(where), env, starter=False))
+        deadline = time.monotonic() + 60  # its socket, so that the next command finds it (it loads meanwhile)
+        while not (Path(where) / "socket").exists() and _warm_started[0][1].poll() is None:
+            assert time.monotonic() < deadline, f"the session's warm process did not start: {Path(where) / 'log'}"
+            time.sleep(0.05)
+
+
+def forks_in(folder) -> list[int]:
+    """The warm processes' forks (flows/warm.py) working in `folder`: the processes doing the work of the `trainflow`
+    commands started there that were forwarded."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["ppid", "cwd"]):
+        try:
+            if proc.info["cwd"] == str(folder) and "flows.warm_process" in " ".join(
+                    psutil.Process(proc.info["ppid"]).cmdline()):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +179,11 @@ def pytest_collection_modifyitems(items):
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
+    from flows import warm
+
+    warm.stop()
     shutil.rmtree(_HOME, ignore_errors=True)
+    shutil.rmtree(_WARM, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

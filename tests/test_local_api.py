@@ -1,5 +1,6 @@
-"""The temporary Prefect API a flow command starts for itself: it serves the run, and it never outlives
-the command, also when the command is killed."""
+"""The temporary Prefect API a flow command starts for itself when the warm process is off
+(TRAINFLOW_WARM_MINUTES=0): it serves the run, and it never outlives the command, also when the command is killed.
+(With the warm process on, the API is the warm process's: tests/test_warm.py.)"""
 
 import json
 import signal
@@ -55,8 +56,8 @@ def _gone(pid: int, within: float) -> bool:
 
 
 def _start(tmp_path, *args):
-    return subprocess.Popen([TRAINFLOW, "run", *args], env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([TRAINFLOW, "run", *args], env=cli_env(tmp_path) | {"TRAINFLOW_WARM_MINUTES": "0"},
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_server(proc) -> int:

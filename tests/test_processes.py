@@ -29,8 +29,10 @@ def _starting_with(ignored: tuple[int, ...] = ()):
     return dispositions
 
 
-def _start(tmp_path, *args, ignored: tuple[int, ...] = ()) -> subprocess.Popen:
-    return subprocess.Popen([TRAINFLOW, *args], env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+def _start(tmp_path, *args, ignored: tuple[int, ...] = (), warm: bool = True) -> subprocess.Popen:
+    """`trainflow ARGS`; with `warm` false, with the warm process off: a command that runs in its own process."""
+    env = cli_env(tmp_path) | ({} if warm else {"TRAINFLOW_WARM_MINUTES": "0"})
+    return subprocess.Popen([TRAINFLOW, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_starting_with(ignored))
 
 
@@ -136,7 +138,7 @@ def _read(db, query: str):
 
 def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
     db = tmp_path / ".trainflow" / "mlflow.db"
-    proc, tree = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY), []
+    proc, tree = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY, warm=False), []
     try:
         _wait_until("an epoch's metrics", lambda: _read(db, "SELECT 1 FROM metrics WHERE key = 'train_loss'"), proc)
         tree = _tree(proc.pid)

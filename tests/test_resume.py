@@ -1,5 +1,7 @@
 """A training process killed with SIGKILL mid-run: running the same flow again continues from the last
-completed epoch and ends with the same metrics as a run that was never interrupted."""
+completed epoch and ends with the same metrics as a run that was never interrupted. The commands run in their own
+processes (the warm process off): the process killed is the one that trains, its temporary Prefect API writes the
+project's prefect.db. (A warm process's fork killed so: tests/test_warm.py.)"""
 
 import json
 import os
@@ -22,8 +24,12 @@ ARGS = ["run", "--json", "--set", "name=killed", "--set", f"training.epochs={EPO
         "--set", "training.early_stopping.enabled=false", "--set", "model.channels=[64,128]"]
 
 
-def _run(folder) -> subprocess.CompletedProcess:
-    return subprocess.run([TRAINFLOW, *ARGS], capture_output=True, text=True, timeout=600, env=cli_env(folder),
+def _env(folder) -> dict[str, str]:
+    return cli_env(folder) | {"TRAINFLOW_WARM_MINUTES": "0"}
+
+
+def _run(folder, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([TRAINFLOW, *ARGS], capture_output=True, text=True, timeout=600, env=env or _env(folder),
                           cwd=folder)
 
 
@@ -40,7 +46,7 @@ def _checkpointed_epoch(home) -> int:
 def _kill_after_epoch(folder, epoch: int) -> int:
     """Start the run, SIGKILL it once `epoch` is checkpointed (so during a later epoch); -> the last epoch the
     checkpoint holds at the kill."""
-    proc = subprocess.Popen([TRAINFLOW, *ARGS], env=cli_env(folder), cwd=folder, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([TRAINFLOW, *ARGS], env=_env(folder), cwd=folder, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while (done := _checkpointed_epoch(folder / ".trainflow")) < epoch and proc.poll() is None:
@@ -54,7 +60,7 @@ def _kill_after_epoch(folder, epoch: int) -> int:
 def test_a_killed_run_continues_from_its_last_epoch_with_the_same_result(tmp_path):
     (tmp_path / "straight").mkdir()
     (tmp_path / "killed").mkdir()
-    straight = _run(tmp_path / "straight")
+    straight = _run(tmp_path / "straight", cli_env(tmp_path / "straight"))  # forwarded: the same numbers as here
     assert straight.returncode == 0, straight.stderr
     expected = json.loads(straight.stdout)["metrics"]
 

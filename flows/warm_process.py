@@ -1,0 +1,446 @@
+"""The warm process itself (flows/warm.py says what it is for): `python -m flows.warm_process FOLDER ...`.
+
+It owns FOLDER (a lock held for its life): `socket`, where commands reach it, `log`, its Prefect API's log, and
+`preload`, the modules its forks loaded that it did not have (read at the next start). One thread, one loop:
+
+- at start it serves the Prefect API on the port its starter bound (a child that dies with it), so the starter's
+  flow runs at once; when the starter has ended (the pipe it was given closes), or a command asks, it loads:
+  every trainflow module (and with them torch, Prefect, MLflow and the rest), the modules in `preload` and
+  MLflow's map of installed packages; then it drops trainflow's own modules, so that each fork imports the code
+  as it is on disk then, and freezes what is left out of the garbage collector's way;
+- `run`: checks the caller's fingerprint, forks, and answers with the fork's pid, then its exit code (128 + N
+  when a signal N ended it); a caller that goes away before its fork has ended is its SIGTERM;
+- `api` (a command running in its own process uses the API; open connections count as work), `status`,
+  `retire` (stop taking commands; end once the forks have), `stop` (`trainflow down`: forks get SIGTERM).
+
+It ends after TRAINFLOW_WARM_MINUTES without a command, connection or fork, when FOLDER is removed or replaced,
+on `stop`, and on SIGTERM, SIGINT or SIGHUP. Forks must start with no other thread in this process: none is
+ever started here, and loading stops if one appears (numpy's and pyarrow's native pools handle fork themselves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import fcntl
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows import local_api, processes, warm
+from tasks import settings
+
+OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
+START_DELAY = 30.0  # seconds after which it loads even if its starter has not ended (a long first command)
+FORK_API = local_api.FORK_API
+
+
+@dataclass
+class Fork:
+    pid: int
+    conn: socket.socket  # to the command that asked for it (the process the user started)
+    told: bool = False  # SIGTERM sent because that command went away
+
+
+@dataclass
+class Warm:
+    where: Path
+    command: str
+    api: local_api.API | None
+    starter: int | None  # read end of the pipe the starter holds; None once it has ended
+    minutes: float
+    started: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)  # the last time anything happened
+    loaded: bool = False
+    retired: bool = False
+    stopping: bool = False
+    forks: dict[int, Fork] = field(default_factory=dict)
+    held: list[socket.socket] = field(default_factory=list)  # `api` connections of commands in their own process
+    before: frozenset[str] = frozenset()  # modules loaded when the forks start (what theirs are compared with)
+    fingerprint: str = ""
+    listener: socket.socket | None = None
+    lock: int = -1  # the folder's lock, held for life
+    wake: int = -1  # SIGCHLD's wake-up pipe
+    identity: tuple[int, int] | None = None  # the socket file this process bound
+
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        listener, wake, identity = self.listener, self.wake, self.identity
+        while not self._done():
+            watched = [wake, *([listener] if not self.retired else []), *([self.starter] if self.starter else []),
+                       *(f.conn for f in self.forks.values()), *self.held]
+            ready, _, _ = select.select(watched, [], [], 1.0)
+            if wake in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake, 4096)
+            self._reap()
+            if self.starter is not None and self.starter in ready:
+                if not os.read(self.starter, 1):
+                    os.close(self.starter)
+                    self.starter = None
+                    self.last = time.monotonic()
+            for fork in [f for f in self.forks.values() if f.conn in ready]:
+                self._client_went(fork)
+            for conn in [c for c in self.held if c in ready]:
+                if not _peek(conn):
+                    self.held.remove(conn)
+                    conn.close()
+                    self.last = time.monotonic()
+            if listener in ready and not self.retired:
+                self._accept(listener)
+            if not self.loaded and (self.starter is None or time.monotonic() - self.started > START_DELAY):
+                self.load()
+            if self.api is not None and self.api.process.poll() is not None and not self.stopping:
+                print(f"its Prefect API ended (exit code {self.api.process.returncode}; its log: {self.api.log}): "
+                      "stopping", file=sys.stderr, flush=True)
+                self.stop()
+            if not self.retired and _identity(self.where) != identity:
+                print("its folder was removed or replaced: retiring", file=sys.stderr, flush=True)
+                self.retire()
+
+    def _done(self) -> bool:
+        if self.stopping:  # the forks were told to stop; a command holding the API or the starter is not waited for
+            return not self.forks
+        busy = bool(self.forks or self.held or self.starter is not None)
+        if self.retired:
+            return not busy
+        return not busy and time.monotonic() - self.last > self.minutes * 60
+
+    def _reap(self) -> None:
+        for pid in list(self.forks):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if not done:
+                continue
+            fork = self.forks.pop(pid)
+            code = os.waitstatus_to_exitcode(status)  # -N: signal N ended it
+            with contextlib.suppress(OSError):
+                warm.send(fork.conn, {"exit": code if code >= 0 else 128 - code, "signal": max(0, -code)})
+            fork.conn.close()
+            self.last = time.monotonic()
+            self._learn(pid)
+
+    def _client_went(self, fork: Fork) -> None:
+        """A command's process closed its connection: killed, most likely. Its fork stops as if by SIGTERM."""
+        if _peek(fork.conn) or fork.told:
+            return
+        fork.told = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(fork.pid, signal.SIGTERM)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        self.last = time.monotonic()
+        try:
+            conn.settimeout(10)
+            if _peer_uid(conn) != os.getuid():
+                raise OSError("another user")
+            data, fds, _, _ = socket.recv_fds(conn, 1, 3)
+            lines = warm.Lines(conn)
+            lines.buffer = data
+            request = lines.next()
+            conn.settimeout(None)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        if request is None:
+            conn.close()
+            return
+        op = request.get("op")
+        try:
+            if op == "run":
+                self._run(conn, request, fds)
+                return  # the connection is the fork's now (or closed)
+            if op == "api" and self.api is not None and not self.retired:
+                warm.send(conn, {"api": self.api.url})
+                self.held.append(conn)
+                return
+            warm.send(conn, self._answer(op))
+        except OSError:
+            pass
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        conn.close()
+
+    def _answer(self, op: str | None) -> dict:
+        if op == "retire":
+            self.retire()
+        elif op == "stop":
+            self.stop()
+        return {"pid": os.getpid(), "api": self.api.url if self.api else None, "ready": self.loaded,
+                "retired": self.retired, "forks": len(self.forks), "minutes": self.minutes,
+                "idle_seconds": round(time.monotonic() - self.last, 1), "fingerprint": self.fingerprint,
+                "folder": str(self.where)}
+
+    def _run(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+        if self.retired or self.stopping or request.get("fingerprint") != self.fingerprint or len(fds) != 3:
+            warm.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else "fingerprint"})
+            conn.close()  # the command runs in its own process
+            return
+        if not self.loaded:
+            self.load()
+        pid = os.fork()
+        if pid == 0:  # never returns
+            _become(self, request, fds, conn)
+        self.forks[pid] = Fork(pid, conn)
+        warm.send(conn, {"pid": pid})
+
+    def retire(self) -> None:
+        """Take no more commands; give the folder up now (the next warm process may start), end once the forks and
+        the commands holding the API have."""
+        if self.retired:
+            return
+        self.retired = True
+        if _identity(self.where) == self.identity:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.where / "socket")
+        self.listener.close()
+        os.close(self.lock)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for fork in self.forks.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(fork.pid, signal.SIGTERM)
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Import what every command imports, then forget trainflow's own modules (see the module docstring)."""
+        started = time.monotonic()
+        for name in [*_our_modules(), *_listed(self.where / "preload")]:
+            self._import(name)
+        for name in [m for m in sys.modules if m.split(".")[0] in OURS]:
+            del sys.modules[name]
+        os.environ.clear()
+        os.environ.update(settings.STARTED_WITH)
+        with contextlib.suppress(Exception):  # a cache MLflow fills at every process's first logged model
+            from mlflow.utils import requirements_utils
+
+            requirements_utils._init_packages_to_modules_map()
+        gc.collect()
+        gc.freeze()  # the forks' collections then skip everything loaded here
+        self.before = frozenset(sys.modules)
+        self.loaded = True
+        print(f"loaded {len(sys.modules)} modules in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+    def _import(self, name: str) -> None:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001 - one module that does not load is one module fewer
+            print(f"not loaded: {name} ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+        if threading.active_count() > 1:
+            raise SystemExit(f"loading {name} started a thread: a fork would not be safe; ending")
+
+    def _learn(self, pid: int) -> None:
+        """Add the modules fork `pid` loaded beyond these to `preload`, and load them (when idle)."""
+        path = self.where / "learned" / str(pid)
+        new = _listed(path)
+        path.unlink(missing_ok=True)
+        if not new or not self.loaded:
+            return
+        known = _listed(self.where / "preload")
+        (self.where / "preload").write_text("".join(f"{m}\n" for m in sorted({*known, *new})))
+        for name in new:
+            if name not in sys.modules:
+                self._import(name)
+        gc.freeze()
+        self.before = frozenset(sys.modules)
+
+
+def _become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> None:
+    """In a fork: become the command's process (its streams, folder, environment, module path and signal
+    dispositions), run the command, exit with its code. Never returns."""
+    code = 70
+    try:
+        signal.set_wakeup_fd(-1)
+        starter = [server.starter] if server.starter is not None else []
+        for fd in [server.listener.fileno(), server.wake, server.lock, conn.fileno(), *starter,
+                   *(f.conn.fileno() for f in server.forks.values()), *(c.fileno() for c in server.held)]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        processes.die_with_parent()  # the warm process gone (and its API with it): stop as if by SIGTERM
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        _streams()
+        os.umask(request["umask"])
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if server.api is not None:
+            os.environ[FORK_API] = server.api.url
+        sys.path[:] = request["path"]
+        sys.argv = ["trainflow", *request["argv"]]
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            ignored = s in request["ignored"]
+            signal.signal(s, signal.SIG_IGN if ignored else signal.default_int_handler if s == signal.SIGINT
+                          else signal.SIG_DFL)
+        import tempfile
+
+        tempfile.tempdir = None  # found again from this command's TMPDIR
+        module = importlib.import_module(server.command)
+        os.environ.update(module.environment(request["argv"]))
+        _mlflow_reads_this_environment()
+        try:
+            code = module.run(request["argv"])
+        except SystemExit as exc:  # argparse's refusals, a --help
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        _note_new_modules(server)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        # what the interpreter does at exit: threading's exit callbacks (Prefect's workers drain there), then the
+        # exit handlers (the command's last one ends the process with its code)
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - whatever happens, this fork must not return into the warm process's loop
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+            code = 1
+    os._exit(code)
+
+
+def _streams() -> None:
+    """stdin, stdout and stderr on the command's descriptors (now 0, 1, 2), buffered as Python buffers them."""
+    encoding, errors = sys.stdout.encoding, sys.stdout.errors
+    sys.stdin = sys.__stdin__ = open(0, encoding=encoding, closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1 if os.isatty(1) else -1, encoding=encoding,  # noqa: SIM115
+                                       errors=errors, closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, encoding=encoding, errors="backslashreplace",  # noqa: SIM115
+                                       closefd=False)
+
+
+def _mlflow_reads_this_environment() -> None:
+    """MLflow set its log level when the warm process imported it: again, from this command's environment. (Prefect
+    reads its settings again when the command first needs it: flows/local_api.py `start`.)"""
+    from mlflow.utils.logging_utils import _configure_mlflow_loggers
+
+    _configure_mlflow_loggers(root_module_name="mlflow")
+
+
+def _note_new_modules(server: Warm) -> None:
+    new = [m for m in sys.modules if m not in server.before and m.split(".")[0] not in OURS and m != "__main__"]
+    if new:
+        with contextlib.suppress(OSError):
+            (server.where / "learned").mkdir(exist_ok=True)
+            (server.where / "learned" / str(os.getpid())).write_text("".join(f"{m}\n" for m in new))
+
+
+def _our_modules() -> list[str]:
+    names = []
+    for package in OURS:
+        spec = importlib.util.find_spec(package)
+        for root in spec.submodule_search_locations or []:
+            for path in sorted(Path(root).rglob("*.py")):
+                parts = path.relative_to(root).with_suffix("").parts
+                names.append(".".join([package, *parts[:-1]] if parts[-1] == "__init__" else [package, *parts]))
+    return [n for n in names if n != "flows.warm_process" and not n.endswith("__main__")]
+
+
+def _listed(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def _peek(conn: socket.socket) -> bool:
+    """Whether `conn` is still open (it may be readable because the other side closed it)."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _identity(where: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(where / "socket")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m flows.warm_process")
+    p.add_argument("folder")
+    p.add_argument("--command", default=warm.COMMAND)
+    p.add_argument("--api-fd", type=int)
+    p.add_argument("--starter-fd", type=int)
+    args = p.parse_args(argv)
+    where = Path(args.folder)
+    os.chdir(where)
+    api = None
+    if args.api_fd is not None:  # first: its starter is waiting for it
+        api = local_api.serve_api(args.api_fd, where / "prefect-api.log")
+    lock = os.open("lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another warm process owns the folder: serve the starter's API until it has ended
+        print(f"{where} has a warm process already: serving this one's starter's Prefect API until it ends",
+              file=sys.stderr, flush=True)
+        while args.starter_fd is not None and os.read(args.starter_fd, 1):
+            pass
+        if api:
+            api.stop()
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink("socket")  # left by a warm process that was killed
+    mask = os.umask(0o077)  # the socket: this user's only (and each connection's peer is checked)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("socket")
+    os.umask(mask)
+    listener.listen(64)
+    wake_read, wake_write = os.pipe()
+    for fd in (wake_read, wake_write):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_write)  # a SIGCHLD wakes the loop
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    server = Warm(where, args.command, api, args.starter_fd, warm.minutes(settings.STARTED_WITH),
+                  fingerprint=warm.fingerprint(settings.STARTED_WITH, warm.search_path()), listener=listener,
+                  lock=lock, wake=wake_read, identity=_identity(where))
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, lambda *_: server.stop())
+    (where / "state").write_text(json.dumps({"pid": os.getpid(), "api": api.url if api else None}))
+    print(f"warm process {os.getpid()} for {settings.HOME.parent}: Prefect API {api.url if api else '-'}, ends "
+          f"after {server.minutes:g} idle minutes", file=sys.stderr, flush=True)
+    try:
+        server.serve()
+    finally:
+        if not server.retired:
+            server.retire()
+        if api:
+            api.stop()
+        print("ended", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
