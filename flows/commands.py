@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from flows import runners
+from flows import preflight, runners
 from trainlib.errors import TrainflowError
 
 
@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from trainlib.config import load_config
 
     cfg = plans.run(load_config(args.config, _overrides(args)))  # bad input fails here, before anything starts
+    preflight.check([cfg])
 
     def start():
         from flows.training import training_pipeline
@@ -100,6 +101,7 @@ def _tune(args: argparse.Namespace) -> int:
     from trainlib.tuning import load_search
 
     plan = plans.tune(load_config(args.config, _overrides(args)), load_search(args.search), args.runner)
+    preflight.check([plan.config, plan.trial_base], plan.runner)
     search = plan.search
 
     def start():
@@ -120,6 +122,7 @@ def _compare(args: argparse.Namespace) -> int:
     vary = dict(parse_vary(item) for item in args.vary)
     plan = plans.compare(load_config(args.config, _overrides(args)), vary, args.max_parallel, args.runner,
                          args.repeats, args.resplit, args.baseline)
+    preflight.check([r.config for r in plan.runs], plan.runner)
 
     def start():
         from flows.compare import compare_flow
@@ -142,6 +145,7 @@ def _lr_find(args: argparse.Namespace) -> int:
                             lr_finder.START if args.start is None else args.start,
                             lr_finder.END if args.end is None else args.end)
     cfg = plans.lr_find(load_config(args.config, _overrides(args)), updates, first, last)
+    preflight.check([cfg])
 
     def start():
         from flows.lr_find import lr_find_flow
@@ -159,6 +163,7 @@ def _study(args: argparse.Namespace) -> int:
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     plan = plans.study(args.config, args.set or [], args.entries, only, args.repeats, args.quick, args.max_parallel,
                        args.runner)
+    preflight.study(plan)
 
     def start():
         from flows.technique_study import study_flow
@@ -194,6 +199,8 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     plan = plans.ensemble(load_config(args.config, _overrides(args)), _ensemble_settings(args), args.runner,
                           args.repeats, args.resplit)
+    preflight.check([m.config for m in plan.members if m.config] or [plan.config], plan.runner,
+                    [m.uri for m in plan.members if m.uri])
     ensemble = plan.ensemble
 
     def start():
@@ -218,6 +225,7 @@ def _transfer(args: argparse.Namespace) -> int:
             raise TrainflowError("transfer --demo: it trains its own source and runs every strategy; leave out "
                                  "--source and --strategy")
         shots = args.shots or 10
+        preflight.check([cfg])
 
         def demo():
             from flows.transfer import transfer_demo
@@ -229,6 +237,7 @@ def _transfer(args: argparse.Namespace) -> int:
         raise TrainflowError("transfer: give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)")
     changes = {"transfer.source": args.source} | ({"transfer.strategy": args.strategy} if args.strategy else {})
     cfg = plans.transfer(override(cfg, changes | ({"split.shots": args.shots} if args.shots else {})))
+    preflight.check([cfg])
 
     def start():
         from flows.transfer import transfer_pipeline

@@ -92,14 +92,14 @@ def _dask(runner: str, workers: int) -> Iterator[Any]:
             try:
                 task_runner.client  # noqa: B018 - connects (or starts the cluster) now, not at the first task run
             except OSError as exc:
-                raise ConfigError(f"--runner {runner}: {_unreachable(runner, exc)}") from None
+                raise ConfigError(f"--runner {runner}: {unreachable(runner, exc)}") from None
             _restore(environ)
             yield task_runner
     finally:
         _restore(environ)
 
 
-def _unreachable(runner: str, exc: Exception) -> str:
+def unreachable(runner: str, exc: Exception) -> str:
     if runner == "dask":
         return f"could not start a local Dask cluster ({exc})"
     return (f"the Dask scheduler does not answer ({exc}); start it (`dask scheduler` and `dask worker`) or use "

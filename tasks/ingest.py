@@ -6,16 +6,10 @@ from prefect import task
 
 from tasks.refs import DatasetRef
 from tasks.settings import stage_dir, stage_key
+from tasks.stages import ingest_key
 from trainlib import recipe
 from trainlib.config import DataConfig
-from trainlib.data.sources import fingerprint, save_dataset
-
-
-def ingest_key(data: DataConfig, signal: bool = False) -> str:
-    """What the data read depends on (label noise is the split's: the same data is read with or without it; the
-    decoding processes and the memory budget change how, not what)."""
-    read = data.model_dump(mode="json", exclude={"label_noise", "workers", "memory_budget"})
-    return stage_key("ingest", read, signal, fingerprint(data.source, data.path, data.labels))
+from trainlib.data.sources import save_dataset
 
 
 @task(name="ingest", cache_key_fn=lambda ctx, p: ingest_key(p["data"], p.get("signal", False)),

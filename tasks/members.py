@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 from tasks.fanout import child_run, load_data
+from tasks.model_ref import check_member
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib import recipe
 from trainlib.boosting import samme
@@ -90,13 +91,7 @@ def member(config: PipelineConfig, name: str, overrides: dict, resample: Resampl
 def check_registered(uris: list[str]) -> None:
     """Every registered-model member exists and is a single trained model (before anything trains)."""
     for uri in uris:
-        try:
-            flavors = mlflow.models.get_model_info(uri).flavors
-        except (MlflowException, OSError) as exc:
-            raise ConfigError(f"ensemble member {uri}: not found ({str(exc).splitlines()[0]})") from None
-        if "pytorch" not in flavors:
-            raise ConfigError(f"ensemble member {uri}: not a single trained model (it has no pytorch flavor, only "
-                              f"{', '.join(flavors)}); give one registered by `trainflow run`")
+        check_member(uri)
 
 
 def load_registered(uri: str) -> torch.nn.Module:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
@@ -75,3 +76,45 @@ def as_named(ref: ModelRef, uri: str) -> ModelRef:
     alias once hands the version on pinned and keeps saying which alias it was named by."""
     match = _URI.match(uri.strip())
     return replace(ref, uri=uri, alias=match["alias"] if match else None)
+
+
+WEIGHTS = "checkpoints/model.pt"  # the trained model file every training run logs (architecture + weights)
+SOURCE_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")  # a run's model, registered or not (--no-register)
+
+
+def download_source(uri: str, folder: Path) -> tuple[str, dict]:
+    """A transfer source's weights file (a registered model's, or a run's), downloaded into `folder`. -> (local path,
+    lineage)."""
+    match, run = SOURCE_URI.match(uri), RUN_URI.match(uri)
+    if not match and not run:
+        raise ConfigError(f"transfer.source: {uri!r} is not models:/name@alias, models:/name/version or runs:/RUN_ID")
+    client = tracking.client()
+    try:
+        if run:
+            run_id, version = client.get_run(run["run_id"]).info.run_id, None
+        else:
+            found = client.get_model_version_by_alias(match["name"], match["alias"]) if match["alias"] else \
+                client.get_model_version(match["name"], match["version"])
+            run_id, version = found.run_id, str(found.version)
+    except MlflowException as exc:
+        raise ConfigError(f"transfer.source {uri}: not found ({str(exc).splitlines()[0]})") from None
+    try:
+        path = client.download_artifacts(run_id, WEIGHTS, str(folder))
+    except (MlflowException, OSError):
+        raise ConfigError(f"transfer.source {uri}: run {run_id} has no {WEIGHTS} (ensembles and models trained "
+                          "elsewhere cannot be a source; give a model file)") from None
+    return path, {"source_run_id": run_id, "source_version": version}
+
+
+def check_member(uri: str) -> None:
+    """A registered model an ensemble votes with exists and is a single trained model."""
+    import mlflow
+
+    try:
+        flavors = mlflow.models.get_model_info(uri).flavors
+    except (MlflowException, OSError) as exc:
+        raise ConfigError(f"ensemble member {uri}: not found ({str(exc).splitlines()[0]})") from None
+    if "pytorch" not in flavors:
+        raise ConfigError(f"ensemble member {uri}: not a single trained model (it has no pytorch flavor, only "
+                          f"{', '.join(flavors)}); give one registered by `trainflow run`")

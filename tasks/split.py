@@ -7,6 +7,7 @@ from prefect import task
 
 from tasks.refs import DatasetRef, ManifestRef
 from tasks.settings import stage_dir, stage_key
+from tasks.stages import split_key
 from trainlib import recipe
 from trainlib.config import SplitConfig
 from trainlib.data.sources import content_digest
@@ -22,8 +23,8 @@ def _store(manifest: pd.DataFrame) -> ManifestRef:
     return ManifestRef(str(path), digest, {str(k): int(v) for k, v in manifest["split"].value_counts().items()})
 
 
-@task(name="split", cache_key_fn=lambda ctx, p: stage_key("split", p["dataset"].digest, p["split"].model_dump(),
-                                                          p.get("label_noise", 0.0)), persist_result=True)
+@task(name="split", cache_key_fn=lambda ctx, p: split_key(p["dataset"].digest, p["split"], p.get("label_noise", 0.0)),
+      persist_result=True)
 def split(dataset: DatasetRef, split: SplitConfig, label_noise: float = 0.0) -> ManifestRef:
     """The split manifest; with `label_noise` (data.label_noise) that fraction of train labels flipped."""
     return _store(recipe.split(dataset.load(), split, label_noise))

@@ -4,7 +4,6 @@ data and record where it came from; and the report of the built-in demonstration
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,40 +12,13 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from tasks import tracking
+from tasks.model_ref import download_source
 from tasks.refs import DatasetRef, SourceRef, StatsRef
 from tasks.report import artifact_key
 from tasks.wording import rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
-from trainlib.errors import ConfigError
 from trainlib.transfer import STRATEGIES, load_source, transplant
-
-WEIGHTS = "checkpoints/model.pt"  # the trained model file every training run logs (architecture + weights)
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")  # a run's model, registered or not (--no-register)
-
-
-def _registered(uri: str, folder: Path) -> tuple[str, dict]:
-    """Download a registered model's (or a run's) weights file. -> (local path, lineage)."""
-    match, run = MODEL_URI.match(uri), RUN_URI.match(uri)
-    if not match and not run:
-        raise ConfigError(f"transfer.source: {uri!r} is not models:/name@alias, models:/name/version or runs:/RUN_ID")
-    client = tracking.client()
-    try:
-        if run:
-            run_id, version = client.get_run(run["run_id"]).info.run_id, None
-        else:
-            found = client.get_model_version_by_alias(match["name"], match["alias"]) if match["alias"] else \
-                client.get_model_version(match["name"], match["version"])
-            run_id, version = found.run_id, str(found.version)
-    except MlflowException as exc:
-        raise ConfigError(f"transfer.source {uri}: not found ({str(exc).splitlines()[0]})") from None
-    try:
-        path = client.download_artifacts(run_id, WEIGHTS, str(folder))
-    except (MlflowException, OSError):
-        raise ConfigError(f"transfer.source {uri}: run {run_id} has no {WEIGHTS} (ensembles and models trained "
-                          "elsewhere cannot be a source; give a model file)") from None
-    return path, {"source_run_id": run_id, "source_version": version}
 
 
 @task(name="fetch-source")
@@ -54,7 +26,7 @@ def fetch_source(source: str, workspace: str) -> SourceRef:
     """The source model as a local file, with its architecture and lineage."""
     lineage: dict = {"source_run_id": None, "source_version": None}
     if source.startswith(("models:/", "runs:/")):
-        path, lineage = _registered(source, Path(workspace) / "source")
+        path, lineage = download_source(source, Path(workspace) / "source")
     else:
         path = source  # a file, or torchvision:<name> (read from the local torch cache)
     loaded = load_source(path)

@@ -125,11 +125,10 @@ def test_bad_input_is_one_message_exit_2_and_nothing_registered(case, place):
     assert last.startswith("error: ") and message in last, out.stderr
     assert out.stderr.count(message) == 1, out.stderr  # said once: Prefect's own error lines are not echoed
     store = place / ".trainflow" / "mlflow.db"
-    if store.exists():  # config errors stop before the store is touched
+    if store.exists():  # a transfer source read from the registry: nothing was written to it
         client = MlflowClient(f"sqlite:///{store}")
         assert client.search_registered_models() == []
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert all(r.info.status == "FAILED" and r.data.tags.get("failure_reason") for r in runs)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_debug_shows_the_traceback(place):

@@ -99,6 +99,13 @@ class FitResult:
     averaged: dict[str, float] = field(default_factory=dict)  # SWA: the final average's val metrics (swa_val_*)
 
 
+def check_batch(mode: str, batch_size: int, samples: int) -> None:
+    """ConfigError when a minibatch would be larger than the train split (`samples`)."""
+    if mode == "minibatch" and batch_size > samples:
+        raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({samples} "
+                          "samples) in minibatch mode; lower it or use training.mode: batch")
+
+
 def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: torch.optim.Optimizer,
         epochs: int, schedule: LRSchedule | None = None, batch_size: int = 64, mode: str = "minibatch",
         accumulate: int = 1,
@@ -146,9 +153,7 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     """
     device = torch.device(device)
     chunk, accumulate = _steps(mode, len(train), batch_size, accumulate)
-    if mode == "minibatch" and batch_size > len(train):
-        raise ConfigError(f"training.batch_size ({batch_size}) is larger than the train split ({len(train)} "
-                          "samples) in minibatch mode; lower it or use training.mode: batch")
+    check_batch(mode, batch_size, len(train))
     if shard.parallel and (chunk < shard.world or len(train) < shard.world):
         raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")

@@ -1,0 +1,180 @@
+"""Before a command starts anything: the inputs its plan names, read or asked for.
+
+A plan (flows/plans.py) checks a command's config, and that the files it names exist, without reading them. Here
+the CLI reads and asks what the flow would otherwise find wrong only after a Prefect API had started and an MLflow
+run had opened:
+
+- the data, read and split as the flow's ingest and split stages will (a missing column, a text cell, a corrupt
+  image, a single class, a class too small to split, a batch larger than the train split). Data ingested before,
+  unchanged (its ingest stage's cache record exists), is not read again: its classes, shape and split come from
+  the stage cache. Image folders are decoded into the decoded-image cache the flow's ingest then reads;
+- each transfer source: found in the registry, in a file or in the local torch cache, and fitted into the model it
+  starts (its architecture and shapes);
+- each registered model an ensemble votes with: it exists and is one trained model;
+- a Dask scheduler's address: something answers there.
+
+Nothing here starts a Prefect API or opens an MLflow run, and a project's MLflow store is only read when it exists.
+The flows do not call this: run as deployments, their own stages find the same problems.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import pickle
+import socket
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainlib.errors import ConfigError
+
+if TYPE_CHECKING:  # imported by the command line's module: what it needs is imported when a check runs
+    from trainlib.config import PipelineConfig
+
+PROBE_SECONDS = 2.0  # how long a Dask scheduler's address may take to accept a connection
+
+
+@dataclass(frozen=True)
+class Read:
+    """What the flow will train on: one sample's shape, the classes, the samples per split."""
+
+    shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    counts: dict[str, int]
+
+
+def check(configs: Iterable[PipelineConfig], runner: str | None = None, registered: Iterable[str] = ()) -> None:
+    """Every distinct data read of `configs`, their transfer sources, the `registered` models and the runner, in the
+    order a user would fix them (the runner's address first: it is one word on the command line)."""
+    from flows.plans import SOURCE_TO_BE_TRAINED
+
+    probe(runner)
+    reads: dict[str, Read] = {}
+    for config in configs:
+        key = json.dumps([config.data.model_dump(mode="json"), config.split.model_dump(mode="json"),
+                          config.data_dims], sort_keys=True)
+        if key not in reads:
+            reads[key] = data(config)
+        batches(config, reads[key])
+        if config.transfer.source and config.transfer.source != SOURCE_TO_BE_TRAINED:
+            source(config, reads[key])
+    for uri in dict.fromkeys(registered):
+        from tasks.model_ref import check_member
+
+        _with_store(lambda uri=uri: check_member(uri), uri, "ensemble member")
+
+
+def study(plan) -> None:
+    """Every configuration a technique study (flows/plans.py `TechniqueStudy`) trains, and its runner."""
+    configs = []
+    for claim in plan.claims:
+        configs += [claim.config, *([claim.source] if claim.source else [])]
+        if claim.comparison is not None:
+            configs += [r.config for r in claim.comparison.runs]
+        if claim.ensemble is not None:
+            configs += [m.config for m in claim.ensemble.members if m.config]
+        configs += [s.trial_base for s in (claim.searches or {}).values()]
+    check(configs, plan.runner)
+
+
+def data(config: PipelineConfig) -> Read:
+    """The data, read and split as the flow will (or as it was, when its ingest is cached) -> what it holds."""
+    from tasks.settings import HOME, stage_dir
+    from tasks.stages import ingest_key, split_key
+    from trainlib import recipe
+
+    signal = config.data_dims == 2
+    known = None
+    if (HOME / "cache" / "generation").exists():  # else nothing was cached (and no key is made: it would write)
+        known = _record(ingest_key(config.data, signal))
+    if known is not None:
+        split = _record(split_key(known.digest, config.split, config.data.label_noise))
+        if split is not None:
+            return Read(tuple(known.shape), tuple(known.classes), dict(split.counts))
+        ds = known.load()
+    else:  # streamed: decoded into the cache without being held here; the flow reads it in its own mode
+        ds = recipe.ingest(config.data.model_copy(update={"stream": True}) if config.data.source == "imagefolder"
+                           else config.data, cache_dir=stage_dir("decoded"), signal=signal)
+    manifest = recipe.split(ds, config.split, config.data.label_noise)
+    return Read(tuple(ds.sample_shape), tuple(ds.classes), {str(k): int(v) for k, v in
+                                                            manifest["split"].value_counts().items()})
+
+
+def batches(config: PipelineConfig, read: Read) -> None:
+    """A batch no larger than the train split (minibatch mode), as the engine requires."""
+    from trainlib.engine import check_batch
+
+    check_batch(config.training.mode, config.training.batch_size, read.counts.get("train", 0))
+
+
+def source(config: PipelineConfig, read: Read) -> None:
+    """The transfer source exists and its weights fit the model it starts on this data."""
+    from trainlib import models
+    from trainlib.transfer import STRATEGIES, load_source, transplant
+
+    uri = config.transfer.source
+    with tempfile.TemporaryDirectory(prefix="trainflow-source-") as folder:
+        if uri.startswith(("models:/", "runs:/")):
+            from tasks.model_ref import download_source
+
+            path = _with_store(lambda: download_source(uri, Path(folder))[0], uri, "transfer.source")
+        else:
+            path = uri
+        loaded = load_source(path)
+        if not STRATEGIES[config.transfer.strategy].copies_weights:
+            return
+        options = {k: v for k, v in loaded.spec["options"].items() if k != "dropout"}
+        model = models.build(loaded.spec["name"], read.shape, len(read.classes), None,
+                             **(config.model.model_dump(exclude={"name"}) | options))
+        transplant(model, loaded)
+
+
+def probe(runner: str | None) -> None:
+    """A Dask scheduler named by address (dask://host:port) accepts a connection, or the command stops now."""
+    from flows import runners
+
+    runner = runners.check(runner)
+    if not runner.startswith("dask://"):
+        return
+    host, _, port = runner.removeprefix("dask://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise ConfigError(f"--runner {runner}: {runners.unreachable(runner, exc)}") from None
+
+
+def _with_store(lookup, uri: str, what: str):
+    """`lookup()` against the registry, unless the project's local store does not exist yet (then nothing is
+    registered, and asking would create it)."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"{what} {uri}: not found (nothing is registered in this project yet: "
+                          f"{tracking_uri.removeprefix('sqlite:///')} does not exist)")
+    return lookup()
+
+
+def _record(key: str):
+    """What a cached stage returned (a typed reference, tasks/refs.py), or None when it is not cached or its record
+    cannot be read (the stage then runs as it would have)."""
+    folder = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
+    if not folder:
+        return None
+    try:  # Prefect's result record: JSON metadata, the result pickled (cloudpickle) and base64-encoded
+        record = json.loads((Path(folder) / key).read_text())
+        return _Refs(io.BytesIO(base64.b64decode(record["result"]))).load()
+    except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, AttributeError, ImportError):
+        return None
+
+
+class _Refs(pickle.Unpickler):
+    """Unpickles the stages' typed references (tasks/refs.py) and the plain values in them, nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if module == "tasks.refs" or (module == "builtins" and name in ("tuple", "dict", "list", "str", "int")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a stage reference")
