@@ -26,6 +26,7 @@ import os
 import pickle
 import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,17 +136,23 @@ def source(config: PipelineConfig, read: Read) -> None:
 
 
 def probe(runner: str | None) -> None:
-    """A Dask scheduler named by address (dask://host:port) accepts a connection, or the command stops now."""
+    """A Dask scheduler named by address (dask://host:port) accepts a connection within PROBE_SECONDS (one that is
+    still starting has that long), or the command stops now."""
     from flows import runners
 
     runner = runners.check(runner)
     if not runner.startswith("dask://"):
         return
     host, _, port = runner.removeprefix("dask://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
-    except OSError as exc:
-        raise ConfigError(f"--runner {runner}: {runners.unreachable(runner, exc)}") from None
+    deadline = time.monotonic() + PROBE_SECONDS
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=max(0.1, deadline - time.monotonic())).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"--runner {runner}: {runners.unreachable(runner, exc)}") from None
+            time.sleep(0.1)
 
 
 def _with_store(lookup, uri: str, what: str):

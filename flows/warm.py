@@ -317,8 +317,9 @@ def _from_files(where: Path) -> dict | None:
     """A warm process that does not answer, as its folder describes it, if its process is alive."""
     try:
         state = json.loads((where / "state").read_text())
-        os.kill(state["pid"], 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
+        return None
+    if not _alive(state.get("pid", 0)):
         return None
     return state | {"ready": None, "forks": 0, "minutes": minutes(), "idle_seconds": 0.0, "folder": str(where)}
 
@@ -328,15 +329,19 @@ def stop(timeout: float = 30.0) -> int:
     how many were running."""
     states = status()
     for state in states:
-        if ask({"op": "stop"}, Path(state["folder"]), timeout=timeout) is None:
+        if ask({"op": "stop"}, Path(state["folder"]), timeout=2.0) is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(state["pid"], signal.SIGTERM)  # loading: it stops when it can
+                os.kill(state["pid"], signal.SIGTERM)  # loading, so not answering: a signal stops it at once
     deadline = time.monotonic() + timeout
     for state in states:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(state["pid"], 0)
-            except ProcessLookupError:
-                break
+        while _alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
     return len(states)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (one that exited but was not reaped yet, a zombie, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -46,6 +46,7 @@ from tasks import settings
 OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
 START_DELAY = 30.0  # seconds after which it loads even if its starter has not ended (a long first command)
 FORK_API = local_api.FORK_API
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -227,10 +228,16 @@ class Warm:
     # -- loading -------------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Import what every command imports, then forget trainflow's own modules (see the module docstring)."""
+        """Import what every command imports, then forget trainflow's own modules (see the module docstring). A stop
+        signal meanwhile ends the process at once: there is no fork yet, and loading takes seconds."""
         started = time.monotonic()
-        for name in [*_our_modules(), *_listed(self.where / "preload")]:
-            self._import(name)
+        handlers = {s: signal.signal(s, _end_now) for s in STOPS}
+        try:
+            for name in [*_our_modules(), *_listed(self.where / "preload")]:
+                self._import(name)
+        finally:
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
         for name in [m for m in sys.modules if m.split(".")[0] in OURS]:
             del sys.modules[name]
         os.environ.clear()
@@ -248,7 +255,7 @@ class Warm:
     def _import(self, name: str) -> None:
         try:
             importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001 - one module that does not load is one module fewer
+        except Exception as exc:  # noqa: BLE001 - one module that does not load is one module fewer
             print(f"not loaded: {name} ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
         if threading.active_count() > 1:
             raise SystemExit(f"loading {name} started a thread: a fork would not be safe; ending")
@@ -267,6 +274,10 @@ class Warm:
                 self._import(name)
         gc.freeze()
         self.before = frozenset(sys.modules)
+
+
+def _end_now(signum: int, _frame) -> None:
+    raise SystemExit(f"stopped by {signal.Signals(signum).name} while loading")
 
 
 def _become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> None:
@@ -427,19 +438,25 @@ def main(argv: list[str] | None = None) -> None:
     server = Warm(where, args.command, api, args.starter_fd, warm.minutes(settings.STARTED_WITH),
                   fingerprint=warm.fingerprint(settings.STARTED_WITH, warm.search_path()), listener=listener,
                   lock=lock, wake=wake_read, identity=_identity(where))
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, lambda *_: server.stop())
+    for s in STOPS:
+        signal.signal(s, lambda *_: server.stop())  # ends the loop once the forks have ended
     (where / "state").write_text(json.dumps({"pid": os.getpid(), "api": api.url if api else None}))
     print(f"warm process {os.getpid()} for {settings.HOME.parent}: Prefect API {api.url if api else '-'}, ends "
           f"after {server.minutes:g} idle minutes", file=sys.stderr, flush=True)
     try:
         server.serve()
-    finally:
-        if not server.retired:
-            server.retire()
-        if api:
-            api.stop()
-        print("ended", file=sys.stderr, flush=True)
+        why = "ended"
+    except SystemExit as exc:
+        why = f"ended: {exc}"
+    except BaseException:  # noqa: BLE001 - said in its log, and the API still stopped
+        traceback.print_exc()
+        why = "ended by the error above"
+    if not server.retired:
+        server.retire()
+    if api:
+        api.stop()
+    print(why, file=sys.stderr, flush=True)
+    os._exit(0)  # not the interpreter's collection over everything loaded: seconds for nothing
 
 
 if __name__ == "__main__":

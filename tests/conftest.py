@@ -47,20 +47,36 @@ def cli_env(folder) -> dict[str, str]:
     return env | {"TRAINFLOW_HOME": str(Path(folder) / ".trainflow"), "TORCH_HOME": str(Path(folder) / "torch")}
 
 
-_warm_started = []
+_warm: dict = {}  # the session's warm process: its folder and process
 
 
-def _warm_session(env: dict[str, str]) -> None:
+def _warm_session(env: dict[str, str]) -> Path:
+    """Start the session's warm process unless it runs (a test's `trainflow down` stops it) -> its folder."""
     from flows import warm
 
-    if not _warm_started:  # in the folder of a command's fingerprint (this process's module path is pytest's)
-        where = subprocess.run([sys.executable, "-c", "from flows import warm; print(warm.folder())"], env=env,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        _warm_started.append(warm.start(Path(where), env, starter=False))
+    if "folder" not in _warm:  # a command's fingerprint's (this process's module path is pytest's)
+        _warm["folder"] = Path(subprocess.run([sys.executable, "-c", "from flows import warm; print(warm.folder())"],
+                                              env=env, capture_output=True, text=True, check=True).stdout.strip())
+    where = _warm["folder"]
+    if "process" not in _warm or _warm["process"].poll() is not None:
+        _warm["process"] = warm.start(where, env, starter=False)[1]
         deadline = time.monotonic() + 60  # its socket, so that the next command finds it (it loads meanwhile)
-        while not (Path(where) / "socket").exists() and _warm_started[0][1].poll() is None:
-            assert time.monotonic() < deadline, f"the session's warm process did not start: {Path(where) / 'log'}"
+        while not (where / "socket").exists() and _warm["process"].poll() is None:
+            assert time.monotonic() < deadline, f"the session's warm process did not start: {where / 'log'}"
             time.sleep(0.05)
+    return where
+
+
+def warm_ready(folder) -> dict[str, str]:
+    """cli_env(folder), once the session's warm process has loaded: every command with it is a fork."""
+    from flows import warm
+
+    env = cli_env(folder)
+    where, deadline = _warm_session(env), time.monotonic() + 180
+    while not (state := warm.ask({"op": "status"}, where, timeout=60)) or not state["ready"]:
+        assert time.monotonic() < deadline, f"the session's warm process did not load: {where / 'log'}"
+        time.sleep(0.2)
+    return env
 
 
 def forks_in(folder) -> list[int]:

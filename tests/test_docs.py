@@ -84,7 +84,9 @@ def test_the_quickstart_runs_as_written(tmp_path):
     out = subprocess.run(["bash", "-c", "\n".join(script)], cwd=project, env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "promoted to @champion" in out.stdout and "ui exited 143" in out.stdout, out.stdout + out.stderr
+    # a server stopped is a server done (flows/processes.py): exit code 0, `stopped (SIGTERM)` on stderr
+    assert "promoted to @champion" in out.stdout and "ui exited 0" in out.stdout, out.stdout + out.stderr
+    assert "stopped (SIGTERM)" in out.stderr, out.stderr
     assert out.stdout.rstrip().endswith("[0 1 2 3 4]"), out.stdout  # the champion read five digits right
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", 5000)) != 0  # the UI is gone

@@ -171,6 +171,21 @@ def test_rerun_hits_the_cache_for_data_stages(first, prefect_api, home):
     assert wiped["metrics"]["test_accuracy"] == again["metrics"]["test_accuracy"]
 
 
+def test_preflight_reads_what_the_flow_cached_instead_of_the_data(first, monkeypatch):
+    """After a run, a command's pre-flight check (flows/preflight.py) finds the ingest and split the flow cached (in
+    Prefect's records) and reads no data: what it knows is the cached stages'."""
+    from flows import preflight
+    from trainlib import recipe
+
+    config = _config()
+    split = recipe.split(recipe.ingest(config.data), config.split)["split"].value_counts()
+    monkeypatch.setattr(recipe, "ingest", lambda *a, **k: pytest.fail("the data was read again"))
+    monkeypatch.setattr(recipe, "split", lambda *a, **k: pytest.fail("the data was split again"))
+    cached = preflight.data(config)
+    assert cached.classes == tuple(str(d) for d in range(10)) and cached.shape == (1, 8, 8)
+    assert cached.counts == {str(k): int(v) for k, v in split.items()}
+
+
 def test_champion_predicts_raw_digits_in_a_fresh_process(first, home):
     code = f"""
 import json, mlflow, numpy as np

@@ -86,6 +86,11 @@ def test_bagging_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
     assert out["registered_model"] == "dask-bag-ensemble" and out["metrics"]["test_accuracy"] > 0.8
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_compare_on_an_existing_dask_scheduler_and_its_worker_processes(tmp_path):
     port, env = free_port(), cli_env(tmp_path)
     log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
@@ -93,6 +98,10 @@ def test_compare_on_an_existing_dask_scheduler_and_its_worker_processes(tmp_path
                                  "--no-dashboard"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)]
     try:  # workers as the README starts them, seeing the same folder (TRAINFLOW_HOME), so the same MLflow store
+        deadline = time.monotonic() + 60  # the scheduler listening, as a user starts one before using it
+        while not _listening(port):
+            assert time.monotonic() < deadline and started[0].poll() is None, (tmp_path / "dask.log").read_text()
+            time.sleep(0.1)
         started += [subprocess.Popen([BIN / "dask", "worker", f"tcp://127.0.0.1:{port}", "--no-nanny", "--nthreads",
                                       "1", "--no-dashboard", "--host", "127.0.0.1"], env=env, cwd=tmp_path, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True) for _ in range(2)]

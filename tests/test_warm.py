@@ -11,11 +11,13 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TRAINFLOW, cli_env, forks_in
+from conftest import TRAINFLOW, cli_env, forks_in, warm_ready
 from mlflow import MlflowClient
 
 TINY = ["--set", "model.channels=[8]", "--set", "model.hidden=[32]", "--set", "training.early_stopping.enabled=false"]
@@ -95,7 +97,7 @@ def test_the_first_flow_command_leaves_it_and_the_next_one_is_its_fork_with_the_
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
                          ids=lambda s: signal.Signals(s).name)
 def test_a_signal_to_the_command_stops_its_fork_and_its_run(tmp_path, signum):
-    env = cli_env(tmp_path)  # the session's warm process
+    env = warm_ready(tmp_path)  # the session's warm process
     db = tmp_path / ".trainflow" / "mlflow.db"
     proc = subprocess.Popen([TRAINFLOW, "run", "--no-register", "--set", "training.epochs=500", *TINY], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -127,7 +129,7 @@ def _metrics(db) -> bool:
 
 
 def test_a_killed_fork_is_reported_as_a_shell_would_and_a_terminal_stays_one(tmp_path):
-    env = cli_env(tmp_path)
+    env = warm_ready(tmp_path)
     db = tmp_path / ".trainflow" / "mlflow.db"
     proc = subprocess.Popen([TRAINFLOW, "run", "--no-register", "--set", "training.epochs=500", *TINY], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -155,17 +157,23 @@ def test_a_killed_fork_is_reported_as_a_shell_would_and_a_terminal_stays_one(tmp
     assert seen != plain and b"done: test accuracy" in plain  # rich's escapes: it wrote to a terminal
 
 
-def test_it_ends_when_idle_or_when_its_folder_is_removed_and_takes_its_api_along(tmp_path):
-    env = _own(tmp_path, minutes=0.05)  # 3 s
-    assert _trainflow(tmp_path, env, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
-    tree = [p for w in _warm(tmp_path) for p in (w, *w.children())]
-    assert len(tree) == 2  # the warm process and its Prefect API
-    assert _gone(tree, within=120), "an idle warm process did not end"
+def _started(tmp_path, env) -> list[psutil.Process]:
+    """The project's warm process started as a first command starts it (flows/warm.py), only without the command:
+    it loads at once -> it and its Prefect API."""
+    from flows import warm
 
-    env = _own(tmp_path, minutes=30)
-    assert _trainflow(tmp_path, env, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
-    tree = [p for w in _warm(tmp_path) for p in (w, *w.children())]
-    assert len(tree) == 2
+    code = "from flows import warm; print(warm.folder())"
+    where = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    process = warm.start(Path(where), env, starter=False)[1]
+    _until("its Prefect API", lambda: len(psutil.Process(process.pid).children()) == 1 or process.poll() is not None)
+    return [psutil.Process(process.pid), *psutil.Process(process.pid).children()]
+
+
+def test_it_ends_when_idle_or_when_its_folder_is_removed_and_takes_its_api_along(tmp_path):
+    tree = _started(tmp_path, _own(tmp_path, minutes=0.05))  # 3 s
+    assert _gone(tree, within=120), "an idle warm process did not end"
+    tree = _started(tmp_path, _own(tmp_path, minutes=30))
     shutil.rmtree(tmp_path / ".trainflow")
     assert _gone(tree), "a warm process outlived its folder"
 
@@ -174,11 +182,11 @@ def test_another_environment_gets_a_warm_process_of_its_own(tmp_path):
     env = _own(tmp_path)
     other = env | {"OMP_NUM_THREADS": "1"}  # read when torch loads: a fork of the first could not honour it
     try:
-        for e in (env, other):
-            assert _trainflow(tmp_path, e, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
+        _started(tmp_path, env)
+        assert _trainflow(tmp_path, other, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
         assert len(_warm(tmp_path)) == 2
         assert len(list((tmp_path / ".trainflow" / "warm").iterdir())) == 2
-        _until("both ready", lambda: _trainflow(tmp_path, env, "status").stdout.count("warm     ready") == 2)
+        assert _trainflow(tmp_path, env, "status").stdout.count("\nwarm ") == 2
     finally:
         down = _trainflow(tmp_path, env, "down")
     assert down.stdout.strip() == "stopped: 2 warm processes"

@@ -1,0 +1,74 @@
+"""flows/preflight.py without Prefect: what a command reads and asks before anything starts loads neither Prefect
+nor MLflow (so its Prefect API can start before they load), reads only stage references from cache records, and
+refuses a Dask address where nothing listens. (Through the command line: tests/test_bad_inputs.py, test_cli.py.)"""
+
+import base64
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import preflight
+from tasks.refs import DatasetRef
+from trainlib.config import load_config
+from trainlib.errors import ConfigError, DataError
+
+
+def test_checking_the_default_run_loads_neither_prefect_nor_mlflow(tmp_path):
+    code = ("import sys\nfrom flows import preflight\nfrom trainlib.config import PipelineConfig\n"
+            "preflight.check([PipelineConfig()])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"TRAINFLOW_HOME": str(tmp_path / ".trainflow")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def _record(path: Path, value) -> None:
+    """A result record as Prefect writes one for a cached task (JSON; the result cloudpickled, base64)."""
+    path.write_text(json.dumps({"metadata": {"storage_key": str(path)},
+                                "result": base64.b64encode(pickle.dumps(value)).decode()}))
+
+
+class Reduced:
+    """An object whose unpickling would call a function of the pickler's choosing."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_it_reads_a_stage_reference_from_a_cache_record_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path))
+    ref = DatasetRef("/x/dataset.pt", "d" * 64, 10, ("a", "b"), (1, 8, 8), "digits")
+    _record(tmp_path / "ingest-1", ref)
+    assert preflight._record("ingest-1") == ref
+    _record(tmp_path / "ingest-2", Reduced())
+    assert preflight._record("ingest-2") is None  # not a stage reference: not unpickled (the stage just runs)
+    (tmp_path / "ingest-3").write_text("not json")
+    assert preflight._record("ingest-3") is None
+    assert preflight._record("ingest-4") is None
+
+
+def test_bad_data_fails_before_anything_runs(tmp_path, csv_file):
+    text = tmp_path / "text.csv"
+    text.write_text("x,y,label\n" + "".join(f"{i},v{i},{i % 2}\n" for i in range(30)))
+    config = load_config(None, ["data.source=csv", f"data.path={text}", "model.name=mlp"])
+    with pytest.raises(DataError, match="not numeric: y"):
+        preflight.check([config])
+    config = load_config(None, ["data.source=csv", f"data.path={csv_file}", "model.name=mlp",
+                                "training.batch_size=500"])
+    with pytest.raises(ConfigError, match=r"training.batch_size \(500\) is larger than the train split \(84 "):
+        preflight.check([config])
+
+
+def test_a_dask_address_where_nothing_listens_is_refused_at_once():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ConfigError, match=f"--runner dask://127.0.0.1:{port}: the Dask scheduler does not answer"):
+        preflight.probe(f"dask://127.0.0.1:{port}")
