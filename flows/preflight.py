@@ -135,8 +135,8 @@ def source(config: PipelineConfig, read: Read) -> None:
         transplant(model, loaded)
 
 
-def probe(runner: str | None) -> None:
-    """A Dask scheduler named by address (dask://host:port) accepts a connection within PROBE_SECONDS (one that is
+def probe(runner: str | None, seconds: float = PROBE_SECONDS) -> None:
+    """A Dask scheduler named by address (dask://host:port) accepts a connection within `seconds` (one that is
     still starting has that long), or the command stops now."""
     from flows import runners
 
@@ -144,7 +144,7 @@ def probe(runner: str | None) -> None:
     if not runner.startswith("dask://"):
         return
     host, _, port = runner.removeprefix("dask://").rpartition(":")
-    deadline = time.monotonic() + PROBE_SECONDS
+    deadline = time.monotonic() + seconds
     while True:
         try:
             socket.create_connection((host, int(port)), timeout=max(0.1, deadline - time.monotonic())).close()

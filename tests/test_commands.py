@@ -66,8 +66,9 @@ def test_bad_config_in_config_command_is_one_error(capsys):
 
 
 def test_a_command_reaches_its_temporary_api_before_prefect_or_mlflow_is_imported():
-    """The temporary Prefect API must start before Prefect is imported (its settings are fixed at import) and
-    boots while the heavy imports run: everything a command does up to _execute stays clear of both."""
+    """A command's Prefect API (the warm process's or a temporary one) must start before Prefect is imported (its
+    settings are fixed at import) and boots while the heavy imports run: everything a command does up to _execute,
+    its plan and its pre-flight check (flows/preflight.py: the data read and split) included, stays clear of both."""
     import subprocess
     import sys
 
@@ -77,7 +78,8 @@ def test_a_command_reaches_its_temporary_api_before_prefect_or_mlflow_is_importe
             "from trainlib.config import load_config\n"
             "from trainlib.ensemble import EnsembleConfig\n"
             "from trainlib.tuning import load_search\n"
-            "plans.run(load_config(None, []))\n"
+            "from flows import preflight\n"
+            "preflight.check([plans.run(load_config(None, []))])\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -1,9 +1,10 @@
 """Test tiers: conftest.py gives every test exactly one of these markers (pyproject.toml registers them).
 
     unit     one process, no Prefect API, no MLflow store, no `trainflow` process: trainlib and pure helpers.
-             `make check` runs them after ruff: the inner loop, under 3 minutes.
-    slow     trainlib only as well, but minutes: the default config trained in full, data-parallel ranks in
-             processes (gloo).
+             `make check` runs them after ruff: the inner loop, in about a minute.
+    slow     no Prefect API, MLflow store or trainflow process either, but seconds to minutes a test: the default
+             config trained in full, processes (data-parallel ranks with gloo, a memory measure over 22,000 files, a
+             study's worker that dies).
     flow     Prefect flows on the test API, the `trainflow` command as a process, MLflow on SQLite.
     servers  starts servers of its own: MLflow and Prefect servers, a worker, Chromium, Dask, PostgreSQL.
 
@@ -40,6 +41,8 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_recipe.py::test_default_config_learns_digits": "slow",  # the default config for all its epochs
     "test_configs.py::test_each_regime_leaves_the_default_cnn_room_below_perfect": "slow",  # likewise
     "test_recipes.py::test_compiled_training_learns_as_the_plain_one": "slow",  # inductor compiles C++ (10-25 s)
+    "test_sources.py::test_a_streamed_folder_holds_a_few_dozen_bytes_per_file": "slow",  # 22,000 files, 2 processes
+    "test_studies.py::test_a_trial_whose_process_died_fails_and_frees_its_place": "slow",  # processes that die
     "test_distributed.py::test_what_data_parallel_training_refuses": "unit",  # refused before any rank starts
     "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
     "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",
