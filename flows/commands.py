@@ -95,13 +95,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    preflight.probe(args.runner)  # first: an address where nothing answers is told before torch loads
     from flows import plans, summaries
     from flows.progress import RunProgress
     from trainlib.config import load_config
     from trainlib.tuning import load_search
 
     plan = plans.tune(load_config(args.config, _overrides(args)), load_search(args.search), args.runner)
-    preflight.check([plan.config, plan.trial_base], plan.runner)
+    preflight.check([plan.config, plan.trial_base])
     search = plan.search
 
     def start():
@@ -114,6 +115,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    preflight.probe(args.runner)  # first: an address where nothing answers is told before torch loads
     from flows import plans, summaries
     from flows.progress import RunProgress
     from trainlib.config import load_config
@@ -122,7 +124,7 @@ def _compare(args: argparse.Namespace) -> int:
     vary = dict(parse_vary(item) for item in args.vary)
     plan = plans.compare(load_config(args.config, _overrides(args)), vary, args.max_parallel, args.runner,
                          args.repeats, args.resplit, args.baseline)
-    preflight.check([r.config for r in plan.runs], plan.runner)
+    preflight.check([r.config for r in plan.runs])
 
     def start():
         from flows.compare import compare_flow
@@ -157,6 +159,7 @@ def _lr_find(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    preflight.probe(args.runner)  # first: an address where nothing answers is told before torch loads
     from flows import plans, summaries
     from flows.progress import StudyProgress
 
@@ -193,14 +196,15 @@ def _ensemble_settings(args: argparse.Namespace):
 
 
 def _ensemble(args: argparse.Namespace) -> int:
+    preflight.probe(args.runner)  # first: an address where nothing answers is told before torch loads
     from flows import plans, summaries
     from flows.progress import RunProgress
     from trainlib.config import load_config
 
     plan = plans.ensemble(load_config(args.config, _overrides(args)), _ensemble_settings(args), args.runner,
                           args.repeats, args.resplit)
-    preflight.check([m.config for m in plan.members if m.config] or [plan.config], plan.runner,
-                    [m.uri for m in plan.members if m.uri])
+    preflight.check([m.config for m in plan.members if m.config] or [plan.config],
+                    registered=[m.uri for m in plan.members if m.uri])
     ensemble = plan.ensemble
 
     def start():

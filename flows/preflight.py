@@ -37,7 +37,7 @@ from trainlib.errors import ConfigError
 if TYPE_CHECKING:  # imported by the command line's module: what it needs is imported when a check runs
     from trainlib.config import PipelineConfig
 
-PROBE_SECONDS = 2.0  # how long a Dask scheduler's address may take to accept a connection
+PROBE_SECONDS = 1.0  # how long a Dask scheduler's address may take to accept a connection
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,11 @@ class Read:
     counts: dict[str, int]
 
 
-def check(configs: Iterable[PipelineConfig], runner: str | None = None, registered: Iterable[str] = ()) -> None:
-    """Every distinct data read of `configs`, their transfer sources, the `registered` models and the runner, in the
-    order a user would fix them (the runner's address first: it is one word on the command line)."""
+def check(configs: Iterable[PipelineConfig], registered: Iterable[str] = ()) -> None:
+    """Every distinct data read of `configs`, their transfer sources and the `registered` models. (A runner's
+    address is probed by `probe`, before the plan: it needs nothing loaded.)"""
     from flows.plans import SOURCE_TO_BE_TRAINED
 
-    probe(runner)
     reads: dict[str, Read] = {}
     for config in configs:
         key = json.dumps([config.data.model_dump(mode="json"), config.split.model_dump(mode="json"),
@@ -65,9 +64,7 @@ def check(configs: Iterable[PipelineConfig], runner: str | None = None, register
         if config.transfer.source and config.transfer.source != SOURCE_TO_BE_TRAINED:
             source(config, reads[key])
     for uri in dict.fromkeys(registered):
-        from tasks.model_ref import check_member
-
-        _with_store(lambda uri=uri: check_member(uri), uri, "ensemble member")
+        _with_store(lambda uri=uri: _member(uri), uri, "ensemble member")
 
 
 def study(plan) -> None:
@@ -80,12 +77,12 @@ def study(plan) -> None:
         if claim.ensemble is not None:
             configs += [m.config for m in claim.ensemble.members if m.config]
         configs += [s.trial_base for s in (claim.searches or {}).values()]
-    check(configs, plan.runner)
+    check(configs)
 
 
 def data(config: PipelineConfig) -> Read:
     """The data, read and split as the flow will (or as it was, when its ingest is cached) -> what it holds."""
-    from tasks.settings import HOME, stage_dir
+    from tasks.settings import HOME
     from tasks.stages import ingest_key, split_key
     from trainlib import recipe
 
@@ -100,7 +97,7 @@ def data(config: PipelineConfig) -> Read:
         ds = known.load()
     else:  # streamed: decoded into the cache without being held here; the flow reads it in its own mode
         ds = recipe.ingest(config.data.model_copy(update={"stream": True}) if config.data.source == "imagefolder"
-                           else config.data, cache_dir=stage_dir("decoded"), signal=signal)
+                           else config.data, cache_dir=HOME / "cache" / "decoded", signal=signal)  # made if used
     manifest = recipe.split(ds, config.split, config.data.label_noise)
     return Read(tuple(ds.sample_shape), tuple(ds.classes), {str(k): int(v) for k, v in
                                                             manifest["split"].value_counts().items()})
@@ -121,9 +118,7 @@ def source(config: PipelineConfig, read: Read) -> None:
     uri = config.transfer.source
     with tempfile.TemporaryDirectory(prefix="trainflow-source-") as folder:
         if uri.startswith(("models:/", "runs:/")):
-            from tasks.model_ref import download_source
-
-            path = _with_store(lambda: download_source(uri, Path(folder))[0], uri, "transfer.source")
+            path = _with_store(lambda: _download(uri, Path(folder)), uri, "transfer.source")
         else:
             path = uri
         loaded = load_source(path)
@@ -155,14 +150,56 @@ def probe(runner: str | None, seconds: float = PROBE_SECONDS) -> None:
             time.sleep(0.1)
 
 
+def _download(uri: str, folder: Path) -> str:
+    from tasks.model_ref import download_source  # MLflow: loaded only for a model the project's store has
+
+    return download_source(uri, folder)[0]
+
+
+def _member(uri: str) -> None:
+    from tasks.model_ref import check_member
+
+    check_member(uri)
+
+
 def _with_store(lookup, uri: str, what: str):
-    """`lookup()` against the registry, unless the project's local store does not exist yet (then nothing is
-    registered, and asking would create it)."""
+    """`lookup()` against the registry (through MLflow), unless the project's local store says at once that `uri` is
+    not there: it does not exist yet (asking MLflow would create it), or it has no such model, alias or version (a
+    typo is then told without loading MLflow, a second here)."""
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        raise ConfigError(f"{what} {uri}: not found (nothing is registered in this project yet: "
-                          f"{tracking_uri.removeprefix('sqlite:///')} does not exist)")
+    if tracking_uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_REGISTRY_URI"):
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not store.exists():
+            raise ConfigError(f"{what} {uri}: not found (nothing is registered in this project yet: {store} does "
+                              "not exist)")
+        if missing := _not_in_local_registry(store, uri):
+            raise ConfigError(f"{what} {uri}: not found ({missing})")
     return lookup()
+
+
+def _not_in_local_registry(store: Path, uri: str) -> str | None:
+    """Why the SQLite store `store` (MLflow's tables, read only) has no model `uri` names, or None when it may have
+    it (or the question is not one to answer here): MLflow then looks it up."""
+    import re
+    import sqlite3
+
+    named = re.match(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$", uri)
+    if not named:
+        return None
+    name, alias, version = named["name"], named["alias"], named["version"]
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+            if not db.execute("SELECT 1 FROM registered_models WHERE name = ?", (name,)).fetchone():
+                return f"no registered model {name!r} in this project"
+            if alias and not db.execute("SELECT 1 FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                                        (name, alias)).fetchone():
+                return f"{name} has no alias @{alias}"
+            if version and not db.execute("SELECT 1 FROM model_versions WHERE name = ? AND version = ?",
+                                          (name, int(version))).fetchone():
+                return f"{name} has no version {version}"
+    except sqlite3.Error:
+        return None
+    return None
 
 
 def _record(key: str):
