@@ -246,11 +246,13 @@ class Warm:
             from mlflow.utils import requirements_utils
 
             requirements_utils._init_packages_to_modules_map()
+        _first_export()
         gc.collect()
         gc.freeze()  # the forks' collections then skip everything loaded here
         self.before = frozenset(sys.modules)
         self.loaded = True
-        print(f"loaded {len(sys.modules)} modules in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        print(f"loaded {len(sys.modules)} modules in {time.monotonic() - started:.1f} s ("
+              f"{len(os.listdir('/proc/self/task'))} threads, the libraries' own)", file=sys.stderr, flush=True)
 
     def _import(self, name: str) -> None:
         try:
@@ -274,6 +276,30 @@ class Warm:
                 self._import(name)
         gc.freeze()
         self.before = frozenset(sys.modules)
+
+
+def _first_export() -> None:
+    """What every process pays at its first model export (torch.export's tracing machinery, made ready on first use:
+    1.4 s of a forked one-epoch run's 2.8 s here), paid once here: a small cnn exported, saved and loaded back.
+    Tracing runs no kernel, so no thread pool starts; nor may this call torch.set_num_threads, which makes torch's
+    pool, and a fork's own call would then fail ("Invalid thread pool")."""
+    import io
+
+    import torch
+
+    from trainlib.models import build
+
+    try:  # as MLflow exports a logged model: the batch dimension dynamic
+        program = torch.export.export(build("cnn", (1, 8, 8), 2).eval(), (torch.zeros(2, 1, 8, 8),),
+                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        buffer.seek(0)
+        torch.export.load(buffer)
+    except Exception as exc:  # noqa: BLE001 - a warm-up: the forks pay it themselves then
+        print(f"no export warm-up ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+    if threading.active_count() > 1:
+        raise SystemExit("the export warm-up started a thread: a fork would not be safe; ending")
 
 
 def _end_now(signum: int, _frame) -> None:
