@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -142,17 +143,25 @@ def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first,
     assert sum(r["alias"] == "champion" for r in results) >= 1 and len({r["version"] for r in results}) == 6
 
 
-def _task_runs(flow_run_id: str) -> list:
+def _task_runs(flow_run_id: str, expect: tuple[str, ...] = ()) -> list:
+    """The flow run's task runs, once those named in `expect` are there in a final state: the API records task runs
+    from the events the flow's process sends, a moment after they happen (more under load)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            final = {r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_final()}
+            if set(expect) <= final or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
 
 
-def _task_states(summary: dict) -> dict[str, str]:
+def _task_states(summary: dict, expect: tuple[str, ...] = ("ingest", "split", "normalize", "train")) -> dict[str, str]:
     flow_run_id = MlflowClient().get_run(summary["run_id"]).data.tags["prefect.flow_run_id"]
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in _task_runs(flow_run_id)}
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in _task_runs(flow_run_id, expect)}
 
 
 def test_rerun_hits_the_cache_for_data_stages(first, prefect_api, home):
@@ -303,7 +312,7 @@ def test_a_diverging_loss_fails_once_without_retries_and_registers_nothing(prefe
     assert run.info.status == "FAILED" and "NaN or infinite in epoch 1 at batch" in run.data.tags["failure_reason"]
     assert [v.version for v in client.search_model_versions("name='flow-nan'")] == [1]  # nothing registered
     assert client.get_model_version_by_alias("flow-nan", "champion").run_id == champion["run_id"]  # untouched
-    runs = {r.name.rsplit("-", 1)[0]: r for r in _task_runs(run.data.tags["prefect.flow_run_id"])}
+    runs = {r.name.rsplit("-", 1)[0]: r for r in _task_runs(run.data.tags["prefect.flow_run_id"], ("train",))}
     assert runs["train"].state.name == "Failed" and "evaluate" not in runs
     assert runs["train"].run_count == 1  # not retried: the same seed would diverge the same way
 
