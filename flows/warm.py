@@ -48,6 +48,8 @@ FINGERPRINTED = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", 
                  "ATEN_", "OPENBLAS", "MPL", "MATPLOTLIB", "LANG", "LC_", "TZ", "TMPDIR", "MALLOC_", "PREFECT_PLUGINS",
                  "PREFECT_PROFILES_PATH", "VIRTUAL_ENV")
 NOT_FINGERPRINTED = frozenset({"TORCH_HOME"})  # read when used
+OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
+SOURCE = os.path.realpath(Path(__file__).parent.parent)  # the folder that holds them
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the fork as they arrive
 ANSWER_SECONDS = 300  # the longest a command waits for the warm process to take it (it may be loading: ~10 s)
 
@@ -82,9 +84,13 @@ def folders(env: dict[str, str] | None = None) -> list[Path]:
 
 def fingerprint(env: dict[str, str], path: list[str]) -> str:
     """What a warm process loaded with: the interpreter, where modules come from (and when those folders last
-    changed: an install or an upgrade changes them) and the variables read while loading."""
+    changed: an install or an upgrade changes them) and the variables read while loading. A folder holding this
+    project's own packages is not timed: every fork imports them afresh, and a file added beside them (a test's
+    `.hypothesis/`, a user's notes) is no reason for another warm process."""
     parts = [sys.executable, sys.version, *path]
     for entry in path:
+        if os.path.realpath(entry or ".") == SOURCE:
+            continue
         with contextlib.suppress(OSError):
             parts.append(f"{entry}@{os.stat(entry or '.').st_mtime_ns}")
     parts += sorted(f"{k}={v}" for k, v in env.items() if k.startswith(FINGERPRINTED) and k not in NOT_FINGERPRINTED)

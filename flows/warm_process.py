@@ -43,7 +43,7 @@ from pathlib import Path
 from flows import local_api, processes, warm
 from tasks import settings
 
-OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
+OURS = warm.OURS
 START_DELAY = 30.0  # seconds after which it loads even if its starter has not ended (a long first command)
 FORK_API = local_api.FORK_API
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -191,3 +191,19 @@ def test_another_environment_gets_a_warm_process_of_its_own(tmp_path):
         down = _trainflow(tmp_path, env, "down")
     assert down.stdout.strip() == "stopped: 2 warm processes"
     assert _warm(tmp_path) == []
+
+
+def test_the_fingerprint_follows_installs_not_files_beside_the_source(tmp_path):
+    from flows import warm
+
+    installed = tmp_path / "site-packages"
+    installed.mkdir()
+    path = [warm.SOURCE, str(installed)]
+    before = warm.fingerprint({"OMP_NUM_THREADS": "2", "HOME": "/x"}, path)
+    os.utime(warm.SOURCE, ns=(time.time_ns(), time.time_ns() + 10**9))  # a file added beside the project's packages
+    assert warm.fingerprint({"OMP_NUM_THREADS": "2", "HOME": "/y"}, path) == before  # HOME: read when used
+    (installed / "newlib").mkdir()  # an install
+    os.utime(installed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    after = warm.fingerprint({"OMP_NUM_THREADS": "2"}, path)
+    assert after != before
+    assert warm.fingerprint({"OMP_NUM_THREADS": "1"}, path) != after  # read when torch loads

@@ -47,6 +47,7 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
     "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",
     "test_security.py::test_redact_hides_only_passwords": "unit",
+    "test_warm.py::test_the_fingerprint_follows_installs_not_files_beside_the_source": "unit",
     "test_security.py::test_checkpoints_load_only_with_weights_only": "unit",  # reads the sources
     "test_security.py::test_yaml_loads_only_with_safe_load": "unit",
     "test_cli.py::test_ui_serves_the_local_store": "servers",  # `trainflow ui`: an MLflow server
