@@ -1,5 +1,5 @@
 # Two commands do all the set-up: `make run` (the main job) and `make test` (the test suite, every tier).
-# `make check` is the inner loop: ruff and the unit tier (tests/tiers.py), in under 3 minutes.
+# `make check` is the inner loop: ruff and the unit tier (tests/tiers.py), in about a minute.
 # Each creates .venv when it is missing and installs the project into it (editable), re-installing
 # only when pyproject.toml changes.
 PYTHON ?= python3
@@ -17,13 +17,15 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: $(VENV)/.installed
 	$(BIN)/trainflow run
 
+# Two lanes, each a test file at a time on a core of its own (tests/conftest.py), the heaviest tiers first (tests/tiers.py);
+# --durations: where the time goes.
 test: $(VENV)/.installed-dev $(CHROMIUM) $(POSTGRES)
 	$(BIN)/ruff check $(LINTED)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)
-	$(BIN)/python -m pytest -q -m unit
+	$(BIN)/python -m pytest -q -m unit --durations=25
 
 # The benchmarks (not tests; about two hours): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed

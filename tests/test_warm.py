@@ -60,7 +60,7 @@ def _ready(tmp_path, env) -> bool:
     return "warm     ready" in _trainflow(tmp_path, env, "status").stdout
 
 
-def test_the_first_flow_command_leaves_it_and_the_next_one_is_its_fork_with_the_same_result(tmp_path):
+def test_the_first_command_leaves_it_the_next_is_its_fork_and_another_environment_gets_its_own(tmp_path):
     env = _own(tmp_path)
     bad = _trainflow(tmp_path, env, "run", "--set", "training.epoch=1")  # bad input starts nothing
     assert bad.returncode == 2 and not (tmp_path / ".trainflow").exists()
@@ -86,9 +86,19 @@ def test_the_first_flow_command_leaves_it_and_the_next_one_is_its_fork_with_the_
 
     status = _trainflow(tmp_path, env, "status").stdout
     assert re.search(r"warm +ready +http://127\.0\.0\.1:\d+/api +pid \d+ +ends after \d+ more idle", status), status
+
+    # another environment gets a warm process of its own: a variable read when torch loads, which a fork of this
+    # one could not honour, runs the command in its own process, which leaves a second warm process
+    other = env | {"OMP_NUM_THREADS": "1"}
+    assert _trainflow(tmp_path, other, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
+    assert forks_in(tmp_path) == [] and len(_warm(tmp_path)) == 2
+    assert len(list((tmp_path / ".trainflow" / "warm").iterdir())) == 2
+    assert _trainflow(tmp_path, env, "status").stdout.count("\nwarm ") == 2
+    second = [p for p in _warm(tmp_path) if p.pid != warm[0].pid]
+    second += [child for p in second for child in p.children()]  # and its Prefect API
     down = _trainflow(tmp_path, env, "down")
-    assert down.returncode == 0 and down.stdout.strip() == "stopped: 1 warm process"
-    tree = [*warm, *api]
+    assert down.returncode == 0 and down.stdout.strip() == "stopped: 2 warm processes"
+    tree = [*warm, *api, *second]
     assert _gone(tree), [p.cmdline() for p in tree if p.is_running()]
     assert not list((tmp_path / ".trainflow" / "warm").glob("*/socket"))
     assert "warm     stopped" in _trainflow(tmp_path, env, "status").stdout
@@ -176,21 +186,6 @@ def test_it_ends_when_idle_or_when_its_folder_is_removed_and_takes_its_api_along
     tree = _started(tmp_path, _own(tmp_path, minutes=30))
     shutil.rmtree(tmp_path / ".trainflow")
     assert _gone(tree), "a warm process outlived its folder"
-
-
-def test_another_environment_gets_a_warm_process_of_its_own(tmp_path):
-    env = _own(tmp_path)
-    other = env | {"OMP_NUM_THREADS": "1"}  # read when torch loads: a fork of the first could not honour it
-    try:
-        _started(tmp_path, env)
-        assert _trainflow(tmp_path, other, "run", "--no-register", "--set", "training.epochs=1", *TINY).returncode == 0
-        assert len(_warm(tmp_path)) == 2
-        assert len(list((tmp_path / ".trainflow" / "warm").iterdir())) == 2
-        assert _trainflow(tmp_path, env, "status").stdout.count("\nwarm ") == 2
-    finally:
-        down = _trainflow(tmp_path, env, "down")
-    assert down.stdout.strip() == "stopped: 2 warm processes"
-    assert _warm(tmp_path) == []
 
 
 def test_the_fingerprint_follows_installs_not_files_beside_the_source(tmp_path):
