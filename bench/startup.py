@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import commit, machine, median_interval, table
+from bench.common import commit, machine, median_interval, rounds, table
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINFLOW = str(Path(sys.executable).with_name("trainflow"))
@@ -70,20 +70,6 @@ def script(epochs: int, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def paired(command, hand, rounds: int) -> tuple[list[float], list[float]]:
-    """`rounds` rounds of (command, hand) back to back, alternating which goes first; one unmeasured round first."""
-    command(), hand()
-    ours, theirs = [], []
-    for i in range(rounds):
-        if i % 2:
-            theirs.append(hand())
-            ours.append(command())
-        else:
-            ours.append(command())
-            theirs.append(hand())
-    return ours, theirs
-
-
 def row(name: str, ours: list[float], theirs: list[float], target: str) -> list:
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     low, high = median_interval(ratios)
@@ -113,18 +99,18 @@ def main(argv: list[str] | None = None) -> None:
                     return wall
 
                 rows.append(row("`run --no-register --set training.epochs=1`, nothing running",
-                                *paired(cold, lambda: script(1, hand_env), args.rounds), "<= 1.4"))
+                                *rounds(cold, lambda: script(1, hand_env), args.rounds), "<= 1.4"))
             project.timed(ONE_EPOCH)
             project.ready()
             if "warm" in wanted:
                 print("warm process ...", file=sys.stderr, flush=True)
                 rows.append(row("the same, the project's warm process ready",
-                                *paired(lambda: project.timed(ONE_EPOCH), lambda: script(1, hand_env), args.rounds),
+                                *rounds(lambda: project.timed(ONE_EPOCH), lambda: script(1, hand_env), args.rounds),
                                 "<= 1.15"))
             if "default" in wanted:
                 print("default run ...", file=sys.stderr, flush=True)
                 rows.append(row("`run` (30 epochs), the warm process ready",
-                                *paired(lambda: project.timed(["run"]), lambda: script(30, hand_env), args.rounds),
+                                *rounds(lambda: project.timed(["run"]), lambda: script(30, hand_env), args.rounds),
                                 "<= 1.2"))
             if "bad" in wanted:
                 print("bad input ...", file=sys.stderr, flush=True)
