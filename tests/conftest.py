@@ -10,6 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# Two lanes (pytest-xdist, as `make test` runs): each worker, and every process it starts, runs on a core of its own,
+# so that the lanes' torch thread pools do not thrash each other (before torch is imported: it reads the affinity).
+_LANE = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _LANE.startswith("gw") and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+    _CPUS = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_CPUS[int(_LANE[2:]) % len(_CPUS)]})
 # Before anything imports tasks/prefect/mlflow: a private .trainflow home and MLflow store for this session.
 _HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
 os.environ["TRAINFLOW_HOME"] = _HOME
