@@ -12,7 +12,6 @@ import atexit
 import logging
 import os
 import sys
-from pathlib import Path
 
 from flows import commands, model_commands, processes, warm
 from trainlib.errors import TrainflowError
@@ -82,7 +81,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all(r["healthy"] for r in rows) else 1
 
 
-def _warm_lines(states: list[dict], minutes: float) -> list[str]:
+def _warm_lines(states: list[warm.State], minutes: float) -> list[str]:
     """`trainflow status`'s lines on the project's warm processes (flows/warm.py)."""
     if not minutes:
         return ["warm     off            (TRAINFLOW_WARM_MINUTES=0: each command starts a temporary Prefect API)"]
@@ -90,13 +89,12 @@ def _warm_lines(states: list[dict], minutes: float) -> list[str]:
         return ["warm     stopped        (the next flow command starts it)"]
     lines = []
     for state in states:
-        what = "ready" if state["ready"] else "loading"  # None: not answering now, which loading is
-        left = max(0.0, state["minutes"] * 60 - state["idle_seconds"])
-        busy = (f"{state['forks']} command{'s' if state['forks'] != 1 else ''} running" if state["forks"] else
+        what = "ready" if state.ready else "loading"  # None: not answering now, which loading is
+        left = max(0.0, state.minutes * 60 - state.idle_seconds)
+        busy = (f"{state.forks} command{'s' if state.forks != 1 else ''} running" if state.forks else
                 f"ends after {left / 60:.0f} more idle minutes" if left >= 60 else
                 f"ends after {left:.0f} more idle seconds")
-        lines.append(f"warm     {what:14s} {state['api'] or '-':32s} pid {state['pid']}  {busy}  log "
-                     f"{Path(state['folder']) / 'log'}")
+        lines.append(f"warm     {what:14s} {state.api or '-':32s} pid {state.pid}  {busy}  log {state.folder / 'log'}")
     return lines
 
 

@@ -28,10 +28,13 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tasks import settings
 
@@ -50,6 +53,7 @@ FINGERPRINTED = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", 
 NOT_FINGERPRINTED = frozenset({"TORCH_HOME"})  # read when used
 OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
 SOURCE = os.path.realpath(Path(__file__).parent.parent)  # the folder that holds them
+Message = dict[str, Any]  # one JSON object of the warm process's socket protocol (the module docstring)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the fork as they arrive
 ANSWER_SECONDS = 300  # the longest a command waits for the warm process to take it (it may be loading: ~10 s)
 
@@ -143,7 +147,7 @@ class Lines:
     def __init__(self, sock: socket.socket):
         self.sock, self.buffer = sock, b""
 
-    def next(self) -> dict | None:
+    def next(self) -> Message | None:
         """The next message, or None when the other side closed the connection."""
         while b"\n" not in self.buffer:
             chunk = self.sock.recv(65536)
@@ -154,7 +158,23 @@ class Lines:
         return json.loads(line)
 
 
-def ask(message: dict, where: Path, timeout: float = 5.0) -> dict | None:
+def peek(conn: socket.socket) -> bool:
+    """Whether `conn` is still open (it may be readable because the other side closed it)."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def ask(message: Message, where: Path, timeout: float = 5.0) -> Message | None:
     """One question to the warm process -> its answer, or None when none runs (or it went away)."""
     try:
         with connected(where, timeout) as sock:
@@ -306,28 +326,46 @@ def start(where: Path, env: dict[str, str], starter: bool = True) -> tuple[str, 
     return f"http://127.0.0.1:{port}/api", process
 
 
-def status() -> list[dict]:
-    """Each of the project's warm processes: pid, api, ready, forks, minutes, idle_seconds, folder; a process that
-    does not answer now (loading takes seconds) is listed from its folder with ready None."""
+@dataclass(frozen=True)
+class State:
+    """One of the project's warm processes, as `trainflow status` shows it."""
+
+    pid: int
+    api: str | None  # its Prefect API's URL
+    ready: bool | None  # loaded; False: loading; None: not answering now (loading takes seconds)
+    forks: int  # commands running
+    minutes: float  # idle minutes it waits before ending
+    idle_seconds: float
+    folder: Path
+
+    @classmethod
+    def of(cls, answer: Message, folder: Path) -> State:
+        return cls(int(answer["pid"]), answer.get("api"), answer.get("ready"), int(answer.get("forks", 0)),
+                   float(answer.get("minutes", minutes())), float(answer.get("idle_seconds", 0.0)), folder)
+
+
+def status() -> list[State]:
+    """Each of the project's warm processes; one that does not answer now (loading takes seconds) is listed from its
+    folder, with ready None."""
     found = []
     for where in folders():
-        state = ask({"op": "status"}, where, timeout=2.0)
-        if state is None:
-            state = _from_files(where)
-        if state is not None:
+        answer = ask({"op": "status"}, where, timeout=2.0)
+        if answer is not None:
+            found.append(State.of(answer, where))
+        elif (state := _from_files(where)) is not None:
             found.append(state)
     return found
 
 
-def _from_files(where: Path) -> dict | None:
+def _from_files(where: Path) -> State | None:
     """A warm process that does not answer, as its folder describes it, if its process is alive."""
     try:
-        state = json.loads((where / "state").read_text())
+        written = json.loads((where / "state").read_text())
     except (OSError, ValueError):
         return None
-    if not _alive(state.get("pid", 0)):
+    if not _alive(written.get("pid", 0)):
         return None
-    return state | {"ready": None, "forks": 0, "minutes": minutes(), "idle_seconds": 0.0, "folder": str(where)}
+    return State.of(written | {"ready": None}, where)
 
 
 def stop(timeout: float = 30.0) -> int:
@@ -335,12 +373,12 @@ def stop(timeout: float = 30.0) -> int:
     how many were running."""
     states = status()
     for state in states:
-        if ask({"op": "stop"}, Path(state["folder"]), timeout=2.0) is None:
+        if ask({"op": "stop"}, state.folder, timeout=2.0) is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(state["pid"], signal.SIGTERM)  # loading, so not answering: a signal stops it at once
+                os.kill(state.pid, signal.SIGTERM)  # loading, so not answering: a signal stops it at once
     deadline = time.monotonic() + timeout
     for state in states:
-        while _alive(state["pid"]) and time.monotonic() < deadline:
+        while _alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
     return len(states)
 

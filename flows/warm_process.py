@@ -8,8 +8,9 @@ It owns FOLDER (a lock held for its life): `socket`, where commands reach it, `l
   every trainflow module (and with them torch, Prefect, MLflow and the rest), the modules in `preload` and
   MLflow's map of installed packages; then it drops trainflow's own modules, so that each fork imports the code
   as it is on disk then, and freezes what is left out of the garbage collector's way;
-- `run`: checks the caller's fingerprint, forks, and answers with the fork's pid, then its exit code (128 + N
-  when a signal N ended it); a caller that goes away before its fork has ended is its SIGTERM;
+- `run`: checks the caller's fingerprint, forks (the fork becomes the command's process: flows/warm_fork.py), and
+  answers with the fork's pid, then its exit code (128 + N when a signal N ended it); a caller that goes away
+  before its fork has ended is its SIGTERM;
 - `api` (a command running in its own process uses the API; open connections count as work), `status`,
   `retire` (stop taking commands; end once the forks have), `stop` (`trainflow down`: forks get SIGTERM).
 
@@ -21,7 +22,6 @@ ever started here, and loading stops if one appears (numpy's and pyarrow's nativ
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import fcntl
 import gc
@@ -32,7 +32,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -40,12 +39,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows import local_api, processes, warm
+from flows import local_api, warm, warm_fork
 from tasks import settings
 
 OURS = warm.OURS
 START_DELAY = 30.0  # seconds after which it loads even if its starter has not ended (a long first command)
-FORK_API = local_api.FORK_API
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -98,7 +96,7 @@ class Warm:
             for fork in [f for f in self.forks.values() if f.conn in ready]:
                 self._client_went(fork)
             for conn in [c for c in self.held if c in ready]:
-                if not _peek(conn):
+                if not warm.peek(conn):
                     self.held.remove(conn)
                     conn.close()
                     self.last = time.monotonic()
@@ -140,7 +138,7 @@ class Warm:
 
     def _client_went(self, fork: Fork) -> None:
         """A command's process closed its connection: killed, most likely. Its fork stops as if by SIGTERM."""
-        if _peek(fork.conn) or fork.told:
+        if warm.peek(fork.conn) or fork.told:
             return
         fork.told = True
         with contextlib.suppress(ProcessLookupError):
@@ -153,7 +151,7 @@ class Warm:
         self.last = time.monotonic()
         try:
             conn.settimeout(10)
-            if _peer_uid(conn) != os.getuid():
+            if warm.peer_uid(conn) != os.getuid():
                 raise OSError("another user")
             data, fds, _, _ = socket.recv_fds(conn, 1, 3)
             lines = warm.Lines(conn)
@@ -203,7 +201,7 @@ class Warm:
             self.load()
         pid = os.fork()
         if pid == 0:  # never returns
-            _become(self, request, fds, conn)
+            warm_fork.become(self, request, fds, conn)
         self.forks[pid] = Fork(pid, conn)
         warm.send(conn, {"pid": pid})
 
@@ -306,85 +304,6 @@ def _end_now(signum: int, _frame) -> None:
     raise SystemExit(f"stopped by {signal.Signals(signum).name} while loading")
 
 
-def _become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> None:
-    """In a fork: become the command's process (its streams, folder, environment, module path and signal
-    dispositions), run the command, exit with its code. Never returns."""
-    code = 70
-    try:
-        signal.set_wakeup_fd(-1)
-        starter = [server.starter] if server.starter is not None else []
-        for fd in [server.listener.fileno(), server.wake, server.lock, conn.fileno(), *starter,
-                   *(f.conn.fileno() for f in server.forks.values()), *(c.fileno() for c in server.held)]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        processes.die_with_parent()  # the warm process gone (and its API with it): stop as if by SIGTERM
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        _streams()
-        os.umask(request["umask"])
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        if server.api is not None:
-            os.environ[FORK_API] = server.api.url
-        sys.path[:] = request["path"]
-        sys.argv = ["trainflow", *request["argv"]]
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            ignored = s in request["ignored"]
-            signal.signal(s, signal.SIG_IGN if ignored else signal.default_int_handler if s == signal.SIGINT
-                          else signal.SIG_DFL)
-        import tempfile
-
-        tempfile.tempdir = None  # found again from this command's TMPDIR
-        module = importlib.import_module(server.command)
-        os.environ.update(module.environment(request["argv"]))
-        _mlflow_reads_this_environment()
-        try:
-            code = module.run(request["argv"])
-        except SystemExit as exc:  # argparse's refusals, a --help
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        _note_new_modules(server)
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # what the interpreter does at exit: threading's exit callbacks (Prefect's workers drain there), then the
-        # exit handlers (the command's last one ends the process with its code)
-        threading._shutdown()
-        atexit._run_exitfuncs()
-    except BaseException:  # noqa: BLE001 - whatever happens, this fork must not return into the warm process's loop
-        with contextlib.suppress(Exception):
-            traceback.print_exc()
-            code = 1
-    os._exit(code)
-
-
-def _streams() -> None:
-    """stdin, stdout and stderr on the command's descriptors (now 0, 1, 2), buffered as Python buffers them."""
-    encoding, errors = sys.stdout.encoding, sys.stdout.errors
-    sys.stdin = sys.__stdin__ = open(0, encoding=encoding, closefd=False)  # noqa: SIM115
-    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1 if os.isatty(1) else -1, encoding=encoding,  # noqa: SIM115
-                                       errors=errors, closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, encoding=encoding, errors="backslashreplace",  # noqa: SIM115
-                                       closefd=False)
-
-
-def _mlflow_reads_this_environment() -> None:
-    """MLflow set its log level when the warm process imported it: again, from this command's environment. (Prefect
-    reads its settings again when the command first needs it: flows/local_api.py `start`.)"""
-    from mlflow.utils.logging_utils import _configure_mlflow_loggers
-
-    _configure_mlflow_loggers(root_module_name="mlflow")
-
-
-def _note_new_modules(server: Warm) -> None:
-    new = [m for m in sys.modules if m not in server.before and m.split(".")[0] not in OURS and m != "__main__"]
-    if new:
-        with contextlib.suppress(OSError):
-            (server.where / "learned").mkdir(exist_ok=True)
-            (server.where / "learned" / str(os.getpid())).write_text("".join(f"{m}\n" for m in new))
-
-
 def _our_modules() -> list[str]:
     names = []
     for package in OURS:
@@ -401,21 +320,6 @@ def _listed(path: Path) -> list[str]:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except OSError:
         return []
-
-
-def _peek(conn: socket.socket) -> bool:
-    """Whether `conn` is still open (it may be readable because the other side closed it)."""
-    try:
-        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
-
-def _peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
 
 
 def _identity(where: Path) -> tuple[int, int] | None:
