@@ -15,8 +15,10 @@ It owns FOLDER (a lock held for its life): `socket`, where commands reach it, `l
   `retire` (stop taking commands; end once the forks have), `stop` (`trainflow down`: forks get SIGTERM).
 
 It ends after TRAINFLOW_WARM_MINUTES without a command, connection or fork, when FOLDER is removed or replaced,
-on `stop`, and on SIGTERM, SIGINT or SIGHUP. Forks must start with no other thread in this process: none is
-ever started here, and loading stops if one appears (numpy's and pyarrow's native pools handle fork themselves).
+on `stop`, and on SIGTERM, SIGINT or SIGHUP. Forks must start with no other Python thread in this process: none
+is ever started here, and loading stops if one appears. Libraries' native threads are not checked: once loaded it
+holds three (jemalloc's background thread, from pyarrow, among them), which their fork handlers must cope with; a
+fork once died of SIGSEGV in the suite (docs/benchmarks.md section 10), not yet explained.
 """
 
 from __future__ import annotations
