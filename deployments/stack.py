@@ -185,9 +185,8 @@ def up(timeout: float = 120, **options) -> dict[str, str]:
         for service, _, health in started.values():
             _wait_healthy(service, health, deadline, timeout)
     except BaseException:
+        _stop([running[0] for service in new if (running := _running(service)) is not None], timeout=10)
         for service in new:
-            if (running := _running(service)) is not None:
-                _stop(running[0], timeout=10)
             service.pid_file.unlink(missing_ok=True)
         raise
     urls = {name: url for name, (_, url, _) in started.items()}
@@ -207,33 +206,35 @@ def _wait_healthy(service: Service, health: str, deadline: float, timeout: float
 
 def down(timeout: float = 30) -> list[str]:
     """Stop the stack's servers (their whole process groups). -> names of the servers stopped."""
-    stopped = []
-    for service in services():
-        running = _running(service)
-        if running is not None:
-            _stop(running[0], timeout)
-            stopped.append(service.name)
+    running = [(service, _running(service)) for service in services()]
+    _stop([r[0] for _, r in running if r is not None], timeout)
+    for service, _ in running:
         service.pid_file.unlink(missing_ok=True)
     env_file().unlink(missing_ok=True)
-    return stopped
+    return [service.name for service, r in running if r is not None]
 
 
-def _stop(pid: int, timeout: float) -> None:
-    """Stop a server and every process it started: its process group (it was started as a session leader, and
-    its workers stay in its group). SIGTERM, then SIGKILL for whatever is left after `timeout` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        try:
-            os.killpg(pid, 0)  # anyone left in the group?
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def _stop(pids: list[int], timeout: float) -> None:
+    """Stop servers and every process they started: their process groups (each was started as a session leader,
+    and its workers stay in its group), all told at once. SIGTERM, then SIGKILL for whatever is left after
+    `timeout` seconds."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    left, deadline = set(pids), time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        for pid in list(left):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            try:
+                os.killpg(pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                left.discard(pid)
+        if left:
+            time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def status() -> list[dict]:
