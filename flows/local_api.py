@@ -127,11 +127,11 @@ def start() -> API | None:
         os.environ["PREFECT_API_URL"] = _current.url
     if fork:
         settings.prefect_home().mkdir(parents=True, exist_ok=True)  # as Prefect's import would make it
-        _prefect_reads_this_environment()
+        prefect_reads_this_environment()
     return _current
 
 
-def _prefect_reads_this_environment() -> None:
+def prefect_reads_this_environment() -> None:
     """In a warm process's fork, Prefect was imported by the warm process: it reads its settings (the API, its home,
     the log level) and sets up its logging again, from this command's environment, as its import would have."""
     from prefect.context import refresh_global_settings_context

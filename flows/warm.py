@@ -48,8 +48,8 @@ FORWARDED = frozenset({"run", "tune", "compare", "ensemble", "transfer", "lr-fin
 # the environment is the fork's own: Prefect's settings and logging are read again in it, MLflow reads its
 # variables when used, and trainflow's own modules are imported there afresh.
 FINGERPRINTED = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", "MKL_", "KMP_", "ONEDNN_", "DNNL_",
-                 "ATEN_", "OPENBLAS", "MPL", "MATPLOTLIB", "LANG", "LC_", "TZ", "TMPDIR", "MALLOC_", "PREFECT_PLUGINS",
-                 "PREFECT_PROFILES_PATH", "VIRTUAL_ENV")
+                 "ATEN_", "OPENBLAS", "JE_", "MPL", "MATPLOTLIB", "LANG", "LC_", "TZ", "TMPDIR", "MALLOC_",
+                 "PREFECT_PLUGINS", "PREFECT_PROFILES_PATH", "VIRTUAL_ENV")
 NOT_FINGERPRINTED = frozenset({"TORCH_HOME"})  # read when used
 OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
 SOURCE = os.path.realpath(Path(__file__).parent.parent)  # the folder that holds them
@@ -124,15 +124,6 @@ def connect(where: Path, timeout: float | None = 5.0) -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def connected(where: Path, timeout: float | None = 5.0):
-    sock = connect(where, timeout)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
 def send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
     data = json.dumps(message).encode() + b"\n"
     if fds:
@@ -177,7 +168,7 @@ def peer_uid(conn: socket.socket) -> int:
 def ask(message: Message, where: Path, timeout: float = 5.0) -> Message | None:
     """One question to the warm process -> its answer, or None when none runs (or it went away)."""
     try:
-        with connected(where, timeout) as sock:
+        with connect(where, timeout) as sock:
             send(sock, message)
             return Lines(sock).next()
     except (OSError, ValueError):
@@ -197,14 +188,26 @@ def command_name(argv: list[str]) -> str | None:
 def forward(argv: list[str]) -> int | None:
     """Run this command as a fork of the project's warm process -> its exit code; None when it must run here: the
     command is not one to forward, there is no warm process, or it is stopping."""
+    if command_name(argv) not in FORWARDED or any(a in ("-h", "--help") for a in argv):
+        return None
+    return _forward({"argv": argv}, ANSWER_SECONDS)
+
+
+def forward_flow_run(argv: list[str]) -> int | None:
+    """Run a worker's flow run (flows/engine.py) as a fork of the project's warm process if one is ready for this
+    environment -> its exit code; None when the flow run must run here (none ready: one loading refuses it)."""
+    return _forward({"argv": argv, "engine": True}, 10.0)
+
+
+def _forward(request: Message, timeout: float) -> int | None:
     env = settings.STARTED_WITH
-    if not minutes(env) or command_name(argv) not in FORWARDED or any(a in ("-h", "--help") for a in argv):
+    if not minutes(env):
         return None
     mine = fingerprint(env, search_path())
     relay = _Relay()
     try:
-        with connected(base(env) / mine, timeout=ANSWER_SECONDS) as sock:
-            send(sock, {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": env, "path": sys.path,
+        with connect(base(env) / mine, timeout=timeout) as sock:
+            send(sock, {"op": "run", **request, "cwd": os.getcwd(), "env": env, "path": sys.path,
                         "fingerprint": mine, "umask": _umask(), "ignored": relay.ignored}, fds=[0, 1, 2])
             lines = Lines(sock)
             answer = lines.next()

@@ -1,7 +1,8 @@
 """A fork of the warm process (flows/warm_process.py) becoming the command's process: the command's streams, folder,
-environment, module path and signal dispositions, then the command itself (`deployments.cli`'s `run`), then the
-exit a process of its own would make. It notes the modules it loaded that the warm process had not, for the warm
-process to load before its next fork (`learned/<pid>`)."""
+environment, module path and signal dispositions, then the command itself (`deployments.cli`'s `run`, or for a
+worker's flow run flows/engine.py's Prefect engine), then the exit a process of its own would make. It notes the
+modules it loaded that the warm process had not, for the warm process to load before its next fork
+(`learned/<pid>`)."""
 
 from __future__ import annotations
 
@@ -53,12 +54,9 @@ def become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> 
         import tempfile
 
         tempfile.tempdir = None  # found again from this command's TMPDIR
-        module = importlib.import_module(server.command)
-        os.environ.update(module.environment(request["argv"]))
-        _mlflow_reads_this_environment()
         try:
-            code = module.run(request["argv"])
-        except SystemExit as exc:  # argparse's refusals, a --help
+            code = _flow_run(request["argv"]) if request.get("engine") else _command(server.command, request["argv"])
+        except SystemExit as exc:  # argparse's refusals, a --help; the engine's exits
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         _note_new_modules(server)
         for stream in (sys.stdout, sys.stderr):
@@ -73,6 +71,24 @@ def become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> 
             traceback.print_exc()
             code = 1
     os._exit(code)
+
+
+def _command(name: str, argv: list[str]) -> int:
+    """A `trainflow` command: `name`'s `run(argv)`, its variables applied first."""
+    module = importlib.import_module(name)
+    os.environ.update(module.environment(argv))
+    _mlflow_reads_this_environment()
+    return module.run(argv)
+
+
+def _flow_run(argv: list[str]) -> int:
+    """A worker's flow run (flows/engine.py): Prefect's engine, its settings and logging read from this environment."""
+    from flows import engine
+
+    local_api.prefect_reads_this_environment()
+    _mlflow_reads_this_environment()
+    engine.run_here(argv)
+    return 0
 
 
 def _streams() -> None:

@@ -17,8 +17,9 @@ It owns FOLDER (a lock held for its life): `socket`, where commands reach it, `l
 It ends after TRAINFLOW_WARM_MINUTES without a command, connection or fork, when FOLDER is removed or replaced,
 on `stop`, and on SIGTERM, SIGINT or SIGHUP. Forks must start with no other Python thread in this process: none
 is ever started here, and loading stops if one appears. Libraries' native threads are not checked: once loaded it
-holds three (jemalloc's background thread, from pyarrow, among them), which their fork handlers must cope with; a
-fork once died of SIGSEGV in the suite (docs/benchmarks.md section 10), not yet explained.
+holds two, the OpenBLAS pools of numpy and SciPy, which stop themselves at a fork (pthread_atfork); pyarrow's
+jemalloc is told to start none. A fork once died of SIGSEGV in the suite while jemalloc's was there
+(docs/benchmarks.md section 10), not explained.
 """
 
 from __future__ import annotations
@@ -195,8 +196,10 @@ class Warm:
                 "folder": str(self.where)}
 
     def _run(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
-        if self.retired or self.stopping or request.get("fingerprint") != self.fingerprint or len(fds) != 3:
-            warm.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else "fingerprint"})
+        loading = request.get("engine") and not self.loaded  # a worker's flow run does not wait: it runs in its own
+        if self.retired or self.stopping or loading or request.get("fingerprint") != self.fingerprint or len(fds) != 3:
+            warm.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else
+                             "loading" if loading else "fingerprint"})
             conn.close()  # the command runs in its own process
             return
         if not self.loaded:
@@ -205,6 +208,8 @@ class Warm:
         if pid == 0:  # never returns
             warm_fork.become(self, request, fds, conn)
         self.forks[pid] = Fork(pid, conn)
+        print(f"fork {pid}: " + (f"flow run {request['env'].get('PREFECT__FLOW_RUN_ID')}" if request.get("engine") else
+              f"trainflow {warm.command_name(request['argv'])}"), file=sys.stderr, flush=True)  # no arguments: secrets
         warm.send(conn, {"pid": pid})
 
     def retire(self) -> None:
@@ -232,6 +237,8 @@ class Warm:
         signal meanwhile ends the process at once: there is no fork yet, and loading takes seconds."""
         started = time.monotonic()
         handlers = {s: signal.signal(s, _end_now) for s in STOPS}
+        # pyarrow's jemalloc starts a thread of its own unless told not to (a user's setting is kept: fingerprinted)
+        os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
         try:
             for name in [*_our_modules(), *_listed(self.where / "preload")]:
                 self._import(name)
@@ -318,18 +325,16 @@ def _our_modules() -> list[str]:
 
 
 def _listed(path: Path) -> list[str]:
-    try:
+    with contextlib.suppress(OSError):
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except OSError:
-        return []
+    return []
 
 
 def _identity(where: Path) -> tuple[int, int] | None:
-    try:
+    with contextlib.suppress(OSError):
         st = os.stat(where / "socket")
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+        return st.st_dev, st.st_ino
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,6 +85,12 @@ def warm_ready(folder) -> dict[str, str]:
     return env
 
 
+def warm_log() -> str:
+    """What the session's warm processes wrote in their log (one line per fork: `fork PID: trainflow COMMAND`, or
+    `fork PID: flow run ID` for a worker's flow run)."""
+    return (_warm["folder"] / "log").read_text() if "folder" in _warm else ""
+
+
 def forks_in(folder) -> list[int]:
     """The warm processes' forks (flows/warm.py) working in `folder`: the processes doing the work of the `trainflow`
     commands started there that were forwarded."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import warm_log, warm_ready
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -35,7 +36,8 @@ class Stack:
         self.prefect_port, self.mlflow_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {
             "TRAINFLOW_HOME": str(home / ".trainflow"), "PREFECT_HOME": str(home / "prefect-cli"),
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # `trainflow serve` looks for runs every 2 s, not 10
 
     def run(self, *args, timeout=300, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
         out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=self.env,
@@ -112,6 +114,7 @@ def deployed(stack):
     assert status.count("healthy") == 2
     stack.run(BIN / "prefect", "work-pool", "create", "trainflow", "--type", "process")
     stack.run(BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    warm_ready(stack.home)  # the session's warm process (the worker's environment is a command's): loaded
     stack.start_worker(cwd=stack.home)  # not the project folder: the deployments' pull step must go there
     return stack
 
@@ -141,6 +144,8 @@ def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
     nightly = deployments["training-pipeline/nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.work_pool_name == "trainflow" and nightly.parameters == {"config": "configs/default.yaml"}
+    # a flow run's process: the project's interpreter running flows/engine.py, in the project folder
+    assert nightly.job_variables == {"command": f"{sys.executable} -m flows.engine", "working_dir": str(ROOT)}
 
 
 def test_a_deployment_run_executes_on_the_worker_and_lands_in_mlflow(deployed, nightly_run):
@@ -228,6 +233,9 @@ def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(de
     finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
     states = {name: run.state_type.value for name, run in finished.items()}
     assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
+    forked = warm_log()  # each ran as a fork of the warm process the worker's environment finds, not importing anew
+    missing = [name for name, run in finished.items() if f": flow run {run.id}\n" not in forked]
+    assert not missing, forked[-3000:]
     assert nightly_run.state_type.value == "COMPLETED"  # the eighth, with its own parameters
     client = MlflowClient(deployed.env["MLFLOW_TRACKING_URI"])
     for name, run in finished.items():
@@ -337,7 +345,7 @@ def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run)
         with _prefect(deployed) as client:
             nightly = client.read_deployment_by_name("training-pipeline/nightly")
             assert nightly.work_pool_name is None and [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
-            flow_run = client.create_flow_run_from_deployment(nightly.id)
+            flow_run = client.create_flow_run_from_deployment(nightly.id, parameters={"config": SMALL})
         assert _wait_for(deployed, flow_run.id).state_type.value == "COMPLETED", log_file.read_text()[-3000:]
     finally:  # started ignoring SIGINT, as a script's background job does: `kill -INT` stops it all the same
         os.kill(serving.pid, signal.SIGINT)
