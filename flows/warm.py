@@ -207,7 +207,7 @@ def _forward(request: Message, timeout: float) -> int | None:
     relay = _Relay()
     try:
         with connect(base(env) / mine, timeout=timeout) as sock:
-            send(sock, {"op": "run", **request, "cwd": os.getcwd(), "env": env, "path": sys.path,
+            send(sock, {"op": "run", **request, "cwd": os.getcwd(), "env": env, "path": sys.path, "cpus": _cpus(),
                         "fingerprint": mine, "umask": _umask(), "ignored": relay.ignored}, fds=[0, 1, 2])
             lines = Lines(sock)
             answer = lines.next()
@@ -266,6 +266,11 @@ def _wait(lines: Lines, pid: int) -> int:
         print(f"failed: the command's process was killed by {signal.Signals(answer['signal']).name}",
               file=sys.stderr)
     return int(answer["exit"])
+
+
+def _cpus() -> list[int] | None:
+    """The CPUs this process may run on (`taskset`, a container's cpuset): its fork runs on them too."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def _umask() -> int:

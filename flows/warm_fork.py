@@ -1,7 +1,7 @@
-"""A fork of the warm process (flows/warm_process.py) becoming the command's process: the command's streams, folder,
-environment, module path and signal dispositions, then the command itself (`deployments.cli`'s `run`, or for a
-worker's flow run flows/engine.py's Prefect engine), then the exit a process of its own would make. It notes the
-modules it loaded that the warm process had not, for the warm process to load before its next fork
+"""A fork of the warm process (flows/warm_process.py) becoming the command's process: the command's streams, CPUs,
+folder, environment, module path and signal dispositions, then the command itself (`deployments.cli`'s `run`, or
+for a worker's flow run flows/engine.py's Prefect engine), then the exit a process of its own would make. It notes
+the modules it loaded that the warm process had not, for the warm process to load before its next fork
 (`learned/<pid>`)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> None:
-    """In a fork: become the command's process (its streams, folder, environment, module path and signal
+    """In a fork: become the command's process (its streams, CPUs, folder, environment, module path and signal
     dispositions), run the command, exit with its code. Never returns."""
     code = 70
     try:
@@ -39,6 +39,8 @@ def become(server: Warm, request: dict, fds: list[int], conn: socket.socket) -> 
             os.dup2(fd, target)
             os.close(fd)
         _streams()
+        if request.get("cpus") and hasattr(os, "sched_setaffinity"):  # the command's CPUs, not the warm process's
+            os.sched_setaffinity(0, request["cpus"])
         os.umask(request["umask"])
         os.chdir(request["cwd"])
         os.environ.clear()

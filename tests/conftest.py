@@ -12,10 +12,11 @@ from pathlib import Path
 
 # Two lanes (pytest-xdist, as `make test` runs): each worker, and every process it starts, runs on a core of its own,
 # so that the lanes' torch thread pools do not thrash each other (before torch is imported: it reads the affinity).
+# The session's warm process, which serves both lanes, is started on all of them (its forks take their command's).
 _LANE = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _LANE.startswith("gw") and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
-    _CPUS = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {_CPUS[int(_LANE[2:]) % len(_CPUS)]})
+_ALL_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+if _LANE.startswith("gw") and _ALL_CPUS and len(_ALL_CPUS) > 1:
+    os.sched_setaffinity(0, {sorted(_ALL_CPUS)[int(_LANE[2:]) % len(_ALL_CPUS)]})
 # Before anything imports tasks/prefect/mlflow: a private .trainflow home and MLflow store for this session.
 _HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
 os.environ["TRAINFLOW_HOME"] = _HOME
@@ -65,7 +66,14 @@ def _warm_session(env: dict[str, str]) -> Path:
                                               env=env, capture_output=True, text=True, check=True).stdout.strip())
     where = _warm["folder"]
     if "process" not in _warm or _warm["process"].poll() is not None:
-        _warm["process"] = warm.start(where, env, starter=False)[1]
+        lane = os.sched_getaffinity(0) if _ALL_CPUS else None
+        try:
+            if _ALL_CPUS:
+                os.sched_setaffinity(0, _ALL_CPUS)
+            _warm["process"] = warm.start(where, env, starter=False)[1]
+        finally:
+            if lane:
+                os.sched_setaffinity(0, lane)
         deadline = time.monotonic() + 60  # its socket, so that the next command finds it (it loads meanwhile)
         while not (where / "socket").exists() and _warm["process"].poll() is None:
             assert time.monotonic() < deadline, f"the session's warm process did not start: {where / 'log'}"

@@ -73,10 +73,15 @@ def test_the_first_command_leaves_it_the_next_is_its_fork_and_another_environmen
     assert [" ".join(p.cmdline()) for p in api if "prefect.server.api.server:create_app" in p.cmdline()]
     _until("warm process ready", lambda: _ready(tmp_path, env))
 
+    # started on one CPU (`taskset`), another than the warm process's where there is one: its fork runs there
+    cpus = sorted(os.sched_getaffinity(os.getppid()))
+    cpu = next((c for c in cpus if c not in warm[0].cpu_affinity()), cpus[-1])
     proc = subprocess.Popen([TRAINFLOW, "run", "--json", "--set", "training.epochs=2", *TINY], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
     _until("its fork", lambda: forks_in(tmp_path) or proc.poll() is not None)
     assert forks_in(tmp_path) and psutil.Process(forks_in(tmp_path)[0]).ppid() == warm[0].pid
+    assert psutil.Process(forks_in(tmp_path)[0]).cpu_affinity() == [cpu]
     assert psutil.Process(proc.pid).children() == []  # no Prefect API of its own: the command is the fork's
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
