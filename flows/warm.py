@@ -28,14 +28,13 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from flows.warm_socket import Lines, Message, connect, send
 from tasks import settings
 
 MINUTES = "TRAINFLOW_WARM_MINUTES"
@@ -53,7 +52,6 @@ FINGERPRINTED = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", 
 NOT_FINGERPRINTED = frozenset({"TORCH_HOME"})  # read when used
 OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
 SOURCE = os.path.realpath(Path(__file__).parent.parent)  # the folder that holds them
-Message = dict[str, Any]  # one JSON object of the warm process's socket protocol (the module docstring)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the fork as they arrive
 ANSWER_SECONDS = 300  # the longest a command waits for the warm process to take it (it may be loading: ~10 s)
 
@@ -107,64 +105,6 @@ def search_path() -> list[str]:
     return sys.path[1:]
 
 
-def connect(where: Path, timeout: float | None = 5.0) -> socket.socket:
-    """A connection to the warm process in `where` (OSError when none listens). The socket is named through the
-    folder's descriptor: a Unix socket's path is limited to 107 bytes, a project's is not."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            sock.connect(f"/proc/self/fd/{fd}/socket")
-        finally:
-            os.close(fd)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode() + b"\n"
-    if fds:
-        socket.send_fds(sock, [data[:1]], fds)  # the descriptors travel with the first byte
-        data = data[1:]
-    sock.sendall(data)
-
-
-class Lines:
-    """Newline-separated JSON messages from a socket."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.buffer = sock, b""
-
-    def next(self) -> Message | None:
-        """The next message, or None when the other side closed the connection."""
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
-
-
-def peek(conn: socket.socket) -> bool:
-    """Whether `conn` is still open (it may be readable because the other side closed it)."""
-    try:
-        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
-
-def peer_uid(conn: socket.socket) -> int:
-    """The user id of the process at the other end of a Unix socket."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
 def ask(message: Message, where: Path, timeout: float = 5.0) -> Message | None:
     """One question to the warm process -> its answer, or None when none runs (or it went away)."""
     try:
@@ -208,7 +148,8 @@ def _forward(request: Message, timeout: float) -> int | None:
     try:
         with connect(base(env) / mine, timeout=timeout) as sock:
             send(sock, {"op": "run", **request, "cwd": os.getcwd(), "env": env, "path": sys.path, "cpus": _cpus(),
-                        "fingerprint": mine, "umask": _umask(), "ignored": relay.ignored}, fds=[0, 1, 2])
+                        "home": str(settings.HOME), "fingerprint": mine, "umask": _umask(), "ignored": relay.ignored},
+                 fds=[0, 1, 2])
             lines = Lines(sock)
             answer = lines.next()
             if answer is not None and "pid" in answer:
@@ -377,15 +318,19 @@ def _from_files(where: Path) -> State | None:
 
 
 def stop(timeout: float = 30.0) -> int:
-    """Stop the project's warm processes (their forks are told to stop, as by SIGTERM; their Prefect APIs end) ->
-    how many were running."""
-    states = status()
+    """Stop the project's warm processes -> how many were running. This project's forks are told to stop (as by
+    SIGTERM); a warm process then ends with its Prefect API, or, where TRAINFLOW_WARM_DIR shares it with another
+    project whose commands still run, takes no more commands and ends after them."""
+    states, ending = status(), []
     for state in states:
-        if ask({"op": "stop"}, state.folder, timeout=2.0) is None:
+        answer = ask({"op": "stop", "home": str(settings.HOME)}, state.folder, timeout=2.0)
+        if answer is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.pid, signal.SIGTERM)  # loading, so not answering: a signal stops it at once
+        if answer is None or answer.get("stopping"):
+            ending.append(state)
     deadline = time.monotonic() + timeout
-    for state in states:
+    for state in ending:
         while _alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
     return len(states)

@@ -42,7 +42,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows import local_api, warm, warm_fork
+from flows import local_api, warm, warm_fork, warm_load, warm_socket
 from tasks import settings
 
 OURS = warm.OURS
@@ -54,6 +54,7 @@ STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Fork:
     pid: int
     conn: socket.socket  # to the command that asked for it (the process the user started)
+    home: str = ""  # that command's project (its .trainflow folder): `trainflow down` there stops it
     told: bool = False  # SIGTERM sent because that command went away
 
 
@@ -99,7 +100,7 @@ class Warm:
             for fork in [f for f in self.forks.values() if f.conn in ready]:
                 self._client_went(fork)
             for conn in [c for c in self.held if c in ready]:
-                if not warm.peek(conn):
+                if not warm_socket.peek(conn):
                     self.held.remove(conn)
                     conn.close()
                     self.last = time.monotonic()
@@ -134,14 +135,14 @@ class Warm:
             fork = self.forks.pop(pid)
             code = os.waitstatus_to_exitcode(status)  # -N: signal N ended it
             with contextlib.suppress(OSError):
-                warm.send(fork.conn, {"exit": code if code >= 0 else 128 - code, "signal": max(0, -code)})
+                warm_socket.send(fork.conn, {"exit": code if code >= 0 else 128 - code, "signal": max(0, -code)})
             fork.conn.close()
             self.last = time.monotonic()
             self._learn(pid)
 
     def _client_went(self, fork: Fork) -> None:
         """A command's process closed its connection: killed, most likely. Its fork stops as if by SIGTERM."""
-        if warm.peek(fork.conn) or fork.told:
+        if warm_socket.peek(fork.conn) or fork.told:
             return
         fork.told = True
         with contextlib.suppress(ProcessLookupError):
@@ -154,10 +155,10 @@ class Warm:
         self.last = time.monotonic()
         try:
             conn.settimeout(10)
-            if warm.peer_uid(conn) != os.getuid():
+            if warm_socket.peer_uid(conn) != os.getuid():
                 raise OSError("another user")
             data, fds, _, _ = socket.recv_fds(conn, 1, 3)
-            lines = warm.Lines(conn)
+            lines = warm_socket.Lines(conn)
             lines.buffer = data
             request = lines.next()
             conn.settimeout(None)
@@ -173,10 +174,10 @@ class Warm:
                 self._run(conn, request, fds)
                 return  # the connection is the fork's now (or closed)
             if op == "api" and self.api is not None and not self.retired:
-                warm.send(conn, {"api": self.api.url})
+                warm_socket.send(conn, {"api": self.api.url})
                 self.held.append(conn)
                 return
-            warm.send(conn, self._answer(op))
+            warm_socket.send(conn, self._answer(request))
         except OSError:
             pass
         finally:
@@ -185,20 +186,20 @@ class Warm:
                     os.close(fd)
         conn.close()
 
-    def _answer(self, op: str | None) -> dict:
-        if op == "retire":
+    def _answer(self, request: dict) -> dict:
+        if request.get("op") == "retire":
             self.retire()
-        elif op == "stop":
-            self.stop()
+        elif request.get("op") == "stop":
+            self.stop(request.get("home"))
         return {"pid": os.getpid(), "api": self.api.url if self.api else None, "ready": self.loaded,
-                "retired": self.retired, "forks": len(self.forks), "minutes": self.minutes,
+                "retired": self.retired, "stopping": self.stopping, "forks": len(self.forks), "minutes": self.minutes,
                 "idle_seconds": round(time.monotonic() - self.last, 1), "fingerprint": self.fingerprint,
                 "folder": str(self.where)}
 
     def _run(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
         loading = request.get("engine") and not self.loaded  # a worker's flow run does not wait: it runs in its own
         if self.retired or self.stopping or loading or request.get("fingerprint") != self.fingerprint or len(fds) != 3:
-            warm.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else
+            warm_socket.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else
                              "loading" if loading else "fingerprint"})
             conn.close()  # the command runs in its own process
             return
@@ -207,10 +208,10 @@ class Warm:
         pid = os.fork()
         if pid == 0:  # never returns
             warm_fork.become(self, request, fds, conn)
-        self.forks[pid] = Fork(pid, conn)
+        self.forks[pid] = Fork(pid, conn, request.get("home", ""))
         print(f"fork {pid}: " + (f"flow run {request['env'].get('PREFECT__FLOW_RUN_ID')}" if request.get("engine") else
               f"trainflow {warm.command_name(request['argv'])}"), file=sys.stderr, flush=True)  # no arguments: secrets
-        warm.send(conn, {"pid": pid})
+        warm_socket.send(conn, {"pid": pid})
 
     def retire(self) -> None:
         """Take no more commands; give the folder up now (the next warm process may start), end once the forks and
@@ -224,11 +225,18 @@ class Warm:
         self.listener.close()
         os.close(self.lock)
 
-    def stop(self) -> None:
-        self.stopping = True
-        for fork in self.forks.values():
+    def stop(self, home: str | None = None) -> None:
+        """SIGTERM to the forks of project `home` (None: every fork); then, with no other project's fork left, end
+        once they have ended, else take no more commands and end once the others' have too (a shared
+        TRAINFLOW_WARM_DIR: `trainflow down` in one project does not stop another's commands)."""
+        told = [fork for fork in self.forks.values() if home is None or fork.home == home]
+        for fork in told:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(fork.pid, signal.SIGTERM)
+        if len(told) == len(self.forks):
+            self.stopping = True
+        else:
+            self.retire()
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -237,10 +245,9 @@ class Warm:
         signal meanwhile ends the process at once: there is no fork yet, and loading takes seconds."""
         started = time.monotonic()
         handlers = {s: signal.signal(s, _end_now) for s in STOPS}
-        # pyarrow's jemalloc starts a thread of its own unless told not to (a user's setting is kept: fingerprinted)
-        os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+        os.environ.update(warm_load.WHILE_LOADING | settings.STARTED_WITH)  # a user's own settings are kept
         try:
-            for name in [*_our_modules(), *_listed(self.where / "preload")]:
+            for name in [*warm_load.our_modules(), *warm_load.listed(self.where / "preload")]:
                 self._import(name)
         finally:
             for s, handler in handlers.items():
@@ -249,11 +256,7 @@ class Warm:
             del sys.modules[name]
         os.environ.clear()
         os.environ.update(settings.STARTED_WITH)
-        with contextlib.suppress(Exception):  # a cache MLflow fills at every process's first logged model
-            from mlflow.utils import requirements_utils
-
-            requirements_utils._init_packages_to_modules_map()
-        _first_export()
+        warm_load.first_uses()
         gc.collect()
         gc.freeze()  # the forks' collections then skip everything loaded here
         self.before = frozenset(sys.modules)
@@ -272,11 +275,11 @@ class Warm:
     def _learn(self, pid: int) -> None:
         """Add the modules fork `pid` loaded beyond these to `preload`, and load them (when idle)."""
         path = self.where / "learned" / str(pid)
-        new = _listed(path)
+        new = warm_load.listed(path)
         path.unlink(missing_ok=True)
         if not new or not self.loaded:
             return
-        known = _listed(self.where / "preload")
+        known = warm_load.listed(self.where / "preload")
         (self.where / "preload").write_text("".join(f"{m}\n" for m in sorted({*known, *new})))
         for name in new:
             if name not in sys.modules:
@@ -285,49 +288,8 @@ class Warm:
         self.before = frozenset(sys.modules)
 
 
-def _first_export() -> None:
-    """What every process pays at its first model export (torch.export's tracing machinery, made ready on first use:
-    1.4 s of a forked one-epoch run's 2.8 s here), paid once here: a small cnn exported, saved and loaded back.
-    Tracing runs no kernel, so no thread pool starts; nor may this call torch.set_num_threads, which makes torch's
-    pool, and a fork's own call would then fail ("Invalid thread pool")."""
-    import io
-
-    import torch
-
-    from trainlib.models import build
-
-    try:  # as MLflow exports a logged model: the batch dimension dynamic
-        program = torch.export.export(build("cnn", (1, 8, 8), 2).eval(), (torch.zeros(2, 1, 8, 8),),
-                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        buffer.seek(0)
-        torch.export.load(buffer)
-    except Exception as exc:  # noqa: BLE001 - a warm-up: the forks pay it themselves then
-        print(f"no export warm-up ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
-    if threading.active_count() > 1:
-        raise SystemExit("the export warm-up started a thread: a fork would not be safe; ending")
-
-
 def _end_now(signum: int, _frame) -> None:
     raise SystemExit(f"stopped by {signal.Signals(signum).name} while loading")
-
-
-def _our_modules() -> list[str]:
-    names = []
-    for package in OURS:
-        spec = importlib.util.find_spec(package)
-        for root in spec.submodule_search_locations or []:
-            for path in sorted(Path(root).rglob("*.py")):
-                parts = path.relative_to(root).with_suffix("").parts
-                names.append(".".join([package, *parts[:-1]] if parts[-1] == "__init__" else [package, *parts]))
-    return [n for n in names if n != "flows.warm_process" and not n.endswith("__main__")]
-
-
-def _listed(path: Path) -> list[str]:
-    with contextlib.suppress(OSError):
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return []
 
 
 def _identity(where: Path) -> tuple[int, int] | None:

@@ -59,44 +59,70 @@ _warm: dict = {}  # the session's warm process: its folder and process
 
 def _warm_session(env: dict[str, str]) -> Path:
     """Start the session's warm process unless it runs (a test's `trainflow down` stops it) -> its folder."""
+    if "folder" not in _warm:
+        _warm["folder"] = _command_folder(env)
+    if "process" not in _warm or _warm["process"].poll() is not None:
+        _warm["process"] = _start_warm(_warm["folder"], env)
+    return _warm["folder"]
+
+
+def _command_folder(env: dict[str, str]) -> Path:
+    """The folder of the warm process a `trainflow` command with `env` uses (a command's fingerprint's: this
+    process's module path is pytest's)."""
+    return Path(subprocess.run([sys.executable, "-c", "from flows import warm; print(warm.folder())"], env=env,
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+def _start_warm(where: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A warm process in `where`, loading at once, on all CPUs: it may serve both lanes (a fork runs on its
+    command's)."""
     from flows import warm
 
-    if "folder" not in _warm:  # a command's fingerprint's (this process's module path is pytest's)
-        _warm["folder"] = Path(subprocess.run([sys.executable, "-c", "from flows import warm; print(warm.folder())"],
-                                              env=env, capture_output=True, text=True, check=True).stdout.strip())
-    where = _warm["folder"]
-    if "process" not in _warm or _warm["process"].poll() is not None:
-        lane = os.sched_getaffinity(0) if _ALL_CPUS else None
-        try:
-            if _ALL_CPUS:
-                os.sched_setaffinity(0, _ALL_CPUS)
-            _warm["process"] = warm.start(where, env, starter=False)[1]
-        finally:
-            if lane:
-                os.sched_setaffinity(0, lane)
-        deadline = time.monotonic() + 60  # its socket, so that the next command finds it (it loads meanwhile)
-        while not (where / "socket").exists() and _warm["process"].poll() is None:
-            assert time.monotonic() < deadline, f"the session's warm process did not start: {where / 'log'}"
-            time.sleep(0.05)
-    return where
+    lane = os.sched_getaffinity(0) if _ALL_CPUS else None
+    try:
+        if _ALL_CPUS:
+            os.sched_setaffinity(0, _ALL_CPUS)
+        process = warm.start(where, env, starter=False)[1]
+    finally:
+        if lane:
+            os.sched_setaffinity(0, lane)
+    deadline = time.monotonic() + 60  # its socket, so that the next command finds it (it loads meanwhile)
+    while not (where / "socket").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, f"the warm process did not start: {where / 'log'}"
+        time.sleep(0.05)
+    return process
+
+
+def _loaded(where: Path) -> None:
+    from flows import warm
+
+    deadline = time.monotonic() + 180
+    while not (state := warm.ask({"op": "status"}, where, timeout=60)) or not state["ready"]:
+        assert time.monotonic() < deadline, f"the warm process did not load: {where / 'log'}"
+        time.sleep(0.2)
 
 
 def warm_ready(folder) -> dict[str, str]:
     """cli_env(folder), once the session's warm process has loaded: every command with it is a fork."""
-    from flows import warm
-
     env = cli_env(folder)
-    where, deadline = _warm_session(env), time.monotonic() + 180
-    while not (state := warm.ask({"op": "status"}, where, timeout=60)) or not state["ready"]:
-        assert time.monotonic() < deadline, f"the session's warm process did not load: {where / 'log'}"
-        time.sleep(0.2)
+    _loaded(_warm_session(env))
     return env
 
 
-def warm_log() -> str:
-    """What the session's warm processes wrote in their log (one line per fork: `fork PID: trainflow COMMAND`, or
-    `fork PID: flow run ID` for a worker's flow run)."""
-    return (_warm["folder"] / "log").read_text() if "folder" in _warm else ""
+def own_warm(env: dict[str, str]) -> Path:
+    """A loaded warm process for `env` alone (its own TRAINFLOW_WARM_DIR: no other test's `trainflow down` stops
+    it) -> its folder; `trainflow down` with `env` stops it."""
+    where = _command_folder(env)
+    _start_warm(where, env)
+    _loaded(where)
+    return where
+
+
+def warm_folder() -> Path:
+    """The session's warm processes' folder (started by the first cli_env)."""
+    return _warm["folder"]
+
+
 
 
 def forks_in(folder) -> list[int]:

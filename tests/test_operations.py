@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import warm_log, warm_ready
+from conftest import own_warm
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -32,10 +32,11 @@ class Stack:
     """The servers started by `trainflow up`, the environment that points at them, and a worker."""
 
     def __init__(self, home: Path):
-        self.home, self.worker = home, None
+        self.home, self.worker, self.warm = home, None, None
         self.prefect_port, self.mlflow_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {
             "TRAINFLOW_HOME": str(home / ".trainflow"), "PREFECT_HOME": str(home / "prefect-cli"),
+            "TRAINFLOW_WARM_DIR": str(home / "warm"),  # its own: no other test's `trainflow down` stops it
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # `trainflow serve` looks for runs every 2 s, not 10
 
@@ -114,7 +115,7 @@ def deployed(stack):
     assert status.count("healthy") == 2
     stack.run(BIN / "prefect", "work-pool", "create", "trainflow", "--type", "process")
     stack.run(BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    warm_ready(stack.home)  # the session's warm process (the worker's environment is a command's): loaded
+    stack.warm = own_warm(stack.env)  # loaded, in the worker's environment (a command's): its flow runs are forks
     stack.start_worker(cwd=stack.home)  # not the project folder: the deployments' pull step must go there
     return stack
 
@@ -233,7 +234,7 @@ def test_every_deployment_runs_to_completed_on_the_worker_and_lands_in_mlflow(de
     finished = {name: _wait_for(deployed, run.id) for name, run in started.items()}
     states = {name: run.state_type.value for name, run in finished.items()}
     assert states == dict.fromkeys(SMALL_RUNS, "COMPLETED"), (deployed.home / "worker.log").read_text()[-3000:]
-    forked = warm_log()  # each ran as a fork of the warm process the worker's environment finds, not importing anew
+    forked = (deployed.warm / "log").read_text()  # each ran as a fork of the warm process, not importing anew
     missing = [name for name, run in finished.items() if f": flow run {run.id}\n" not in forked]
     assert not missing, forked[-3000:]
     assert nightly_run.state_type.value == "COMPLETED"  # the eighth, with its own parameters

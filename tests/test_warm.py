@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TRAINFLOW, cli_env, forks_in, warm_ready
+from conftest import TRAINFLOW, cli_env, forks_in, warm_folder, warm_ready
 from mlflow import MlflowClient
 
 TINY = ["--set", "model.channels=[8]", "--set", "model.hidden=[32]", "--set", "training.early_stopping.enabled=false"]
@@ -107,6 +107,27 @@ def test_the_first_command_leaves_it_the_next_is_its_fork_and_another_environmen
     assert _gone(tree), [p.cmdline() for p in tree if p.is_running()]
     assert not list((tmp_path / ".trainflow" / "warm").glob("*/socket"))
     assert "warm     stopped" in _trainflow(tmp_path, env, "status").stdout
+
+
+def test_down_in_one_project_leaves_another_projects_command_to_finish_on_a_shared_warm_process(tmp_path):
+    from flows import warm
+
+    for name in ("this", "other"):
+        (tmp_path / name).mkdir()
+    other = warm_ready(tmp_path / "other")  # the session's warm process, shared by every test's project
+    where = warm_folder()
+    pid = warm.ask({"op": "status"}, where)["pid"]
+    proc = subprocess.Popen([TRAINFLOW, "run", "--json", "--no-register", "--set", "training.epochs=6", *TINY],
+                            env=other, cwd=tmp_path / "other", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _until("its fork", lambda: forks_in(tmp_path / "other") or proc.poll() is not None)
+    assert forks_in(tmp_path / "other"), proc.communicate()
+    down = _trainflow(tmp_path / "this", cli_env(tmp_path / "this"), "down")
+    assert down.returncode == 0 and down.stdout.strip() == "stopped: 1 warm process", down.stderr
+    assert warm.ask({"op": "status"}, where) is None  # it takes no more commands (the next starts another) ...
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and json.loads(out)["metrics"]["test_accuracy"] > 0, err  # ... but ran that one out
+    assert _gone([psutil.Process(pid)], within=300)  # and ends once every project's commands have
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
