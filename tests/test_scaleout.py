@@ -15,7 +15,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
-from conftest import TRAINFLOW, cli_env
+from conftest import TRAINFLOW, cli_env, warm_ready
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ports import free_port
@@ -140,7 +140,7 @@ def test_a_bad_or_unreachable_runner_is_one_message(tmp_path, runner, message):
 def _tune_in_background(folder: Path, search_file: Path) -> subprocess.Popen:
     folder.mkdir()
     return subprocess.Popen([TRAINFLOW, "tune", "--search", str(search_file), "--json", "--set", "name=shared",
-                             *[a for s in MLP for a in ("--set", s)], "--set", "training.epochs=8"],  # overlap
+                             *[a for s in MLP for a in ("--set", s)], "--set", "training.epochs=30"],  # overlap
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env(folder), cwd=folder)
 
@@ -149,6 +149,7 @@ def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once
     search_file = tmp_path / "search.yaml"
     search_file.write_text(yaml.safe_dump({"strategy": "grid", "pruner": "none", "max_parallel": 2, "seed": 0,
                                            "storage": postgres, "study_name": "shared-grid", "space": GRID}))
+    warm_ready(tmp_path)  # both start at once, as forks: neither runs the whole study before the other has begun
     first, second = (_tune_in_background(tmp_path / name, search_file) for name in ("a", "b"))
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     for process, (stdout, stderr) in zip((first, second), outputs, strict=True):
@@ -167,7 +168,8 @@ def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once
                 assert run.info.run_id not in tracked
                 tracked[run.info.run_id] = name
     assert sorted(tracked) == sorted(t.user_attrs["run_id"] for t in study.trials)
-    assert set(tracked.values()) == {"a", "b"}  # both processes ran trials of the one study
+    # both processes ran trials of the one study
+    assert set(tracked.values()) == {"a", "b"}, [err[-1500:] for _, err in outputs]
 
 
 @pytest.mark.parametrize("url, message", [
