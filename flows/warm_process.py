@@ -199,9 +199,11 @@ class Warm:
     def _run(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
         loading = request.get("engine") and not self.loaded  # a worker's flow run does not wait: it runs in its own
         if self.retired or self.stopping or loading or request.get("fingerprint") != self.fingerprint or len(fds) != 3:
-            warm_socket.send(conn, {"refused": "retired" if self.retired else "stopping" if self.stopping else
-                             "loading" if loading else "fingerprint"})
-            conn.close()  # the command runs in its own process
+            why = ("retired" if self.retired else "stopping" if self.stopping else "loading" if loading else
+                   f"fingerprint {request.get('fingerprint')}, not this one's" if len(fds) == 3 else "no streams")
+            print(f"refused a command ({why}): it runs in its own process", file=sys.stderr, flush=True)
+            warm_socket.send(conn, {"refused": why})
+            conn.close()
             return
         if not self.loaded:
             self.load()
