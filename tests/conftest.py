@@ -12,7 +12,8 @@ from pathlib import Path
 
 # Two lanes (pytest-xdist, as `make test` runs): each worker, and every process it starts, runs on a core of its own,
 # so that the lanes' torch thread pools do not thrash each other (before torch is imported: it reads the affinity).
-# The session's warm process, which serves both lanes, is started on all of them (its forks take their command's).
+# The lane's warm process is started on all of them: it loads and serves its Prefect API on the idle core too (its
+# forks run on their command's).
 _LANE = os.environ.get("PYTEST_XDIST_WORKER", "")
 _ALL_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
 if _LANE.startswith("gw") and _ALL_CPUS and len(_ALL_CPUS) > 1:
@@ -22,10 +23,10 @@ _HOME = tempfile.mkdtemp(prefix="trainflow-tests-")
 os.environ["TRAINFLOW_HOME"] = _HOME
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_HOME}/mlflow.db"
 os.environ.pop("PREFECT_API_URL", None)
-# The `trainflow` processes of this session share its warm processes (flows/warm.py): the first flow command starts
-# one, the others run as its forks, each in its own project folder. One fingerprint for them all: every process
-# finds this checkout's code first, started as a console script or with `python -m`. sessionfinish stops them; the
-# idle limit is for a session that was killed.
+# The `trainflow` processes of this session (of each lane: every xdist worker imports this file) share its warm
+# processes (flows/warm.py): the first cli_env starts one, the commands run as its forks, each in its own project
+# folder. One fingerprint for them all: every process finds this checkout's code first, started as a console script
+# or with `python -m`. sessionfinish stops them; the idle limit is for a session that was killed.
 ROOT = Path(__file__).resolve().parents[1]
 _WARM = tempfile.mkdtemp(prefix="trainflow-warm-")
 os.environ["TRAINFLOW_WARM_DIR"] = _WARM
@@ -54,16 +55,34 @@ def cli_env(folder) -> dict[str, str]:
     return env | {"TRAINFLOW_HOME": str(Path(folder) / ".trainflow"), "TORCH_HOME": str(Path(folder) / "torch")}
 
 
-_warm: dict = {}  # the session's warm process: its folder and process
+_warm: dict = {}  # the session's warm processes' folder
 
 
 def _warm_session(env: dict[str, str]) -> Path:
-    """Start the session's warm process unless it runs (a test's `trainflow down` stops it) -> its folder."""
+    """Start the session's warm process unless one takes commands in its folder -> the folder. A test's `trainflow
+    down` stops it, or leaves it retired (no more commands) while another project's command ends; a command that
+    ran in its own process meanwhile may have started the next one."""
+    from flows import warm
+
     if "folder" not in _warm:
         _warm["folder"] = _command_folder(env)
-    if "process" not in _warm or _warm["process"].poll() is not None:
-        _warm["process"] = _start_warm(_warm["folder"], env)
-    return _warm["folder"]
+    where = _warm["folder"]
+    state = warm.ask({"op": "status"}, where, timeout=60)  # one loading answers once it has loaded
+    if state and state.get("stopping"):  # it holds the folder until its forks have ended
+        deadline = time.monotonic() + 60
+        while warm.ask({"op": "status"}, where, timeout=5) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        state = None
+    if state is None:
+        _start_warm(where, env)
+    return where
+
+
+def all_cpus() -> None:
+    """A `preexec_fn` for `trainflow up`: the servers it starts run on all CPUs, not on the lane's core, so that
+    their boot (seconds of CPU each, two at once) uses the other core's idle time too."""
+    if _ALL_CPUS:
+        os.sched_setaffinity(0, _ALL_CPUS)
 
 
 def _command_folder(env: dict[str, str]) -> Path:
@@ -74,8 +93,7 @@ def _command_folder(env: dict[str, str]) -> Path:
 
 
 def _start_warm(where: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A warm process in `where`, loading at once, on all CPUs: it may serve both lanes (a fork runs on its
-    command's)."""
+    """A warm process in `where`, loading at once, on all CPUs (a fork runs on its command's)."""
     from flows import warm
 
     lane = os.sched_getaffinity(0) if _ALL_CPUS else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import own_warm
+from conftest import all_cpus, own_warm
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -42,7 +42,7 @@ class Stack:
 
     def run(self, *args, timeout=300, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
         out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=self.env,
-                             cwd=cwd)
+                             cwd=cwd, preexec_fn=all_cpus if "up" in args else None)
         assert not check or out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
         return out
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import psutil
 import pytest
-from conftest import TRAINFLOW, cli_env
+from conftest import TRAINFLOW, all_cpus, cli_env
 from ports import free_port
 
 TINY = ["--set", "model.channels=[8]", "--set", "model.hidden=[32]"]
@@ -157,7 +157,8 @@ def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
     ports = free_port(), free_port()
     env = cli_env(tmp_path)
     up, tree = subprocess.run([TRAINFLOW, "up", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1])],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300), []
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              preexec_fn=all_cpus), []
     try:
         assert up.returncode == 0, up.stderr
         servers = [int(f.read_text().split()[0]) for f in (tmp_path / ".trainflow" / "stack").glob("*.pid")]

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
-from conftest import TRAINFLOW, cli_env, warm_ready
+from conftest import TRAINFLOW, all_cpus, cli_env, warm_ready
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ports import free_port
@@ -197,7 +197,8 @@ def test_the_stack_on_postgresql(tmp_path, postgres):
     ports = [str(free_port()), str(free_port())]
     # sslmode is libpq's name; Prefect's asyncpg connection gets it as `ssl`
     up = subprocess.run([TRAINFLOW, "up", "--postgres", f"{postgres}?sslmode=prefer", "--prefect-port", ports[0],
-                         "--mlflow-port", ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                         "--mlflow-port", ports[1]], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+                        preexec_fn=all_cpus)
     try:
         assert up.returncode == 0, up.stderr
         assert "s3cret-pw" not in up.stdout + up.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TRAINFLOW
+from conftest import TRAINFLOW, all_cpus
 from mlflow import MlflowClient
 from ports import free_port
 from test_operations import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, _prefect
@@ -42,7 +42,8 @@ class Project:
 
     def run(self, *args, timeout=600) -> subprocess.CompletedProcess:
         return subprocess.run([TRAINFLOW, *map(str, args)], cwd=self.folder / "configs", env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=all_cpus if args[:1] == ("up",) else None)
 
 
 def _ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

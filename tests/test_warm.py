@@ -121,7 +121,7 @@ def test_down_in_one_project_leaves_another_projects_command_to_finish_on_a_shar
                             env=other, cwd=tmp_path / "other", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _until("its fork", lambda: forks_in(tmp_path / "other") or proc.poll() is not None)
-    assert forks_in(tmp_path / "other"), proc.communicate()
+    assert forks_in(tmp_path / "other"), (proc.communicate(), (warm_folder() / "log").read_text()[-3000:])
     down = _trainflow(tmp_path / "this", cli_env(tmp_path / "this"), "down")
     assert down.returncode == 0 and down.stdout.strip() == "stopped: 1 warm process", down.stderr
     assert warm.ask({"op": "status"}, where) is None  # it takes no more commands (the next starts another) ...
@@ -140,7 +140,7 @@ def test_a_signal_to_the_command_stops_its_fork_and_its_run(tmp_path, signum):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _until("an epoch's metrics", lambda: db.exists() and _metrics(db) or proc.poll() is not None)
     forks = [psutil.Process(pid) for pid in forks_in(tmp_path)]
-    assert len(forks) == 1, "the command was not forwarded"
+    assert len(forks) == 1, f"the command was not forwarded: {(warm_folder() / 'log').read_text()[-3000:]}"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert _gone(forks), "the fork outlived its command"
