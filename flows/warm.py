@@ -4,8 +4,9 @@ A command spends most of its seconds before and after its work: the interpreter,
 MLflow (about 6 s here), a Prefect API starting on the other core (about 4 s), first-use costs. So the first flow
 command in a project leaves a warm process behind (flows/warm_process.py, files in `.trainflow/warm/`): it holds
 the project's Prefect API, and once that command has ended it loads the libraries every command uses. Later
-commands (FORWARDED) run as forks of it: this process sends its arguments, working folder, environment and its
-stdin, stdout and stderr over a Unix socket, passes on the signals it gets, and exits with the fork's exit code,
+commands (FORWARDED), and a worker's flow runs (flows/engine.py), run as forks of it: this process sends its
+arguments, working folder, environment, CPUs and its stdin, stdout and stderr over a Unix socket
+(flows/warm_socket.py), passes on the signals it gets, and exits with the fork's exit code,
 so a terminal, a pipe, `--json`, Ctrl+C and exit codes behave as if the command ran here. The fork imports
 trainflow's own modules afresh, so an edited file counts at once.
 
@@ -15,7 +16,8 @@ with OMP_NUM_THREADS set) use warm processes of their own, one per fingerprint (
 so two kinds of shell never undo each other's. Each ends after TRAINFLOW_WARM_MINUTES (default 15) without a
 command, with `trainflow down`, or when its folder is removed. TRAINFLOW_WARM_MINUTES=0: no warm process; each
 command starts a temporary Prefect API of its own (flows/local_api.py) that ends with it. TRAINFLOW_WARM_DIR puts
-the warm processes' folders elsewhere, shared by several projects (the test suite does).
+the warm processes' folders elsewhere, shared by several projects (the test suite does): there `trainflow down`
+stops this project's forks, and another project's run to their end.
 
 Nothing here imports more than the standard library and tasks/settings.py: it runs first in every command.
 """

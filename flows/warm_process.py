@@ -5,14 +5,16 @@ It owns FOLDER (a lock held for its life): `socket`, where commands reach it, `l
 
 - at start it serves the Prefect API on the port its starter bound (a child that dies with it), so the starter's
   flow runs at once; when the starter has ended (the pipe it was given closes), or a command asks, it loads:
-  every trainflow module (and with them torch, Prefect, MLflow and the rest), the modules in `preload` and
-  MLflow's map of installed packages; then it drops trainflow's own modules, so that each fork imports the code
-  as it is on disk then, and freezes what is left out of the garbage collector's way;
-- `run`: checks the caller's fingerprint, forks (the fork becomes the command's process: flows/warm_fork.py), and
-  answers with the fork's pid, then its exit code (128 + N when a signal N ended it); a caller that goes away
-  before its fork has ended is its SIGTERM;
+  flows/warm_load.py's list (every trainflow module, and with them torch, Prefect, MLflow and the rest; the
+  modules in `preload`; MLflow's map of installed packages, the first export); then it drops trainflow's own
+  modules, so that each fork imports the code as it is on disk then, and freezes what is left out of the garbage
+  collector's way;
+- `run`: checks the caller's fingerprint, forks (the fork becomes the command's process, or a worker's flow run's:
+  flows/warm_fork.py), and answers with the fork's pid, then its exit code (128 + N when a signal N ended it); a
+  caller that goes away before its fork has ended is its SIGTERM; a refusal is a line in `log`;
 - `api` (a command running in its own process uses the API; open connections count as work), `status`,
-  `retire` (stop taking commands; end once the forks have), `stop` (`trainflow down`: forks get SIGTERM).
+  `retire` (stop taking commands; end once the forks have), `stop` (`trainflow down`: that project's forks get
+  SIGTERM; another project's, where TRAINFLOW_WARM_DIR is shared, run to their end, then it ends).
 
 It ends after TRAINFLOW_WARM_MINUTES without a command, connection or fork, when FOLDER is removed or replaced,
 on `stop`, and on SIGTERM, SIGINT or SIGHUP. Forks must start with no other Python thread in this process: none
