@@ -91,14 +91,19 @@ def fingerprint(env: dict[str, str], path: list[str]) -> str:
     changed: an install or an upgrade changes them) and the variables read while loading. A folder holding this
     project's own packages is not timed: every fork imports them afresh, and a file added beside them (a test's
     `.hypothesis/`, a user's notes) is no reason for another warm process."""
+    return hashlib.sha256("\0".join(fingerprinted(env, path)).encode()).hexdigest()[:16]
+
+
+def fingerprinted(env: dict[str, str], path: list[str]) -> list[str]:
+    """What `fingerprint` hashes."""
     parts = [sys.executable, sys.version, *path]
     for entry in path:
         if os.path.realpath(entry or ".") == SOURCE:
             continue
         with contextlib.suppress(OSError):
             parts.append(f"{entry}@{os.stat(entry or '.').st_mtime_ns}")
-    parts += sorted(f"{k}={v}" for k, v in env.items() if k.startswith(FINGERPRINTED) and k not in NOT_FINGERPRINTED)
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return parts + sorted(f"{k}={v}" for k, v in env.items()
+                          if k.startswith(FINGERPRINTED) and k not in NOT_FINGERPRINTED)
 
 
 def search_path() -> list[str]:
@@ -269,8 +274,8 @@ def start(where: Path, env: dict[str, str], starter: bool = True) -> tuple[str, 
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.warm_process", str(where), "--command", COMMAND,
              "--api-fd", str(sock.fileno()), *(["--starter-fd", str(alive)] if starter else [])],
-            pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env=env | {"TRAINFLOW_HOME": str(settings.HOME)}, start_new_session=True)
+            pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=where,  # `-m` puts it first in its
+            env=env | {"TRAINFLOW_HOME": str(settings.HOME)}, start_new_session=True)  # path: where always exists
     if starter:
         os.close(alive)
         _held.append(keep)  # not inherited by this process's children: only its own end closes it

@@ -346,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     (where / "state").write_text(json.dumps({"pid": os.getpid(), "api": api.url if api else None}))
     print(f"warm process {os.getpid()} for {settings.HOME.parent}: Prefect API {api.url if api else '-'}, ends "
           f"after {server.minutes:g} idle minutes", file=sys.stderr, flush=True)
+    if server.fingerprint != where.name:  # its starter's environment or module path differed from its own
+        print(f"its fingerprint is {server.fingerprint}, not its folder's: commands that chose this folder will run in "
+              f"their own processes (its: {warm.fingerprinted(settings.STARTED_WITH, warm.search_path())})",
+              file=sys.stderr, flush=True)
     try:
         server.serve()
         why = "ended"

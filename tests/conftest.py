@@ -68,6 +68,9 @@ def _warm_session(env: dict[str, str]) -> Path:
         _warm["folder"] = _command_folder(env)
     where = _warm["folder"]
     state = warm.ask({"op": "status"}, where, timeout=60)  # one loading answers once it has loaded
+    if state and state.get("fingerprint") != where.name:  # it would refuse every command (its log says why)
+        warm.ask({"op": "stop"}, where)
+        state["stopping"] = True
     if state and state.get("stopping"):  # it holds the folder until its forks have ended
         deadline = time.monotonic() + 60
         while warm.ask({"op": "status"}, where, timeout=5) and time.monotonic() < deadline:
