@@ -18,6 +18,8 @@ import sys
 
 from flows import warm
 
+StepOutputs = dict[str, str]  # what a Prefect deploy step returns: its outputs, templated as {{ step-id.key }}
+
 
 def main() -> None:
     forwarded = warm.forward_flow_run(sys.argv[1:])
@@ -38,7 +40,7 @@ def run_here(argv: list[str]) -> None:
             sys.modules["prefect.engine"] = loaded
 
 
-def launcher() -> dict[str, str]:
+def launcher() -> StepOutputs:
     """A `prefect deploy` build step (deployments/prefect.yaml): the command that starts a flow run's process,
     with the interpreter that deploys (the project's), as a step's outputs (the form Prefect templates)."""
     return {"command": f"{shlex.quote(sys.executable)} -m flows.engine"}

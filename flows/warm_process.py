@@ -188,7 +188,7 @@ class Warm:
                     os.close(fd)
         conn.close()
 
-    def _answer(self, request: dict) -> dict:
+    def _answer(self, request: warm_socket.Message) -> warm_socket.Message:
         if request.get("op") == "retire":
             self.retire()
         elif request.get("op") == "stop":
