@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import subprocess
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +35,30 @@ if TYPE_CHECKING:
 
 PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
 LOG_INPUTS_ATTEMPTS = 3  # see log_manifests
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A stop signal (SIGINT, SIGTERM, SIGHUP: Python handlers that raise) that comes while the block writes to the
+    tracking store takes effect when the block ends. Raised in the middle of a write, its KeyboardInterrupt (or
+    `Stopped`) can leave a SQLite connection holding the store's lock, never closed while the traceback refers to
+    its cursor: every later write, the one marking the run FAILED first, waits MLflow's 20 s busy timeout and fails
+    with `database is locked` (seen once in CI, Ctrl+C during a metrics write). Python runs signal handlers in the
+    main thread only, so elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum))
+                for s in STOP_SIGNALS if callable(signal.getsignal(s))}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def client() -> MlflowClient:
@@ -81,31 +108,47 @@ def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict
     commit = git_commit()
     all_tags = {**{k: redact(str(v)) for k, v in tags.items()}, **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
                 **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
-    run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
     items = [Param(k, redact(json.dumps(v) if isinstance(v, list | dict) else str(v))[:PARAM_LIMIT])
              for k, v in params.items()]
-    with failed_if_interrupted(run.info.run_id):
-        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
-            client().log_batch(run.info.run_id, params=items[i:i + 100])
-    return run.info.run_id
+    experiment = experiment_id(experiment)
+    made: list[str] = []  # the run, once created: a failure or a signal held until the end marks it FAILED
+    try:
+        with signals_held():
+            made.append(client().create_run(experiment, run_name=run_name, tags=all_tags).info.run_id)
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+                client().log_batch(made[0], params=items[i:i + 100])
+    except BaseException as exc:
+        if made:
+            _mark_failed(made[0], exc)
+        raise
+    return made[0]
 
 
 @contextlib.contextmanager
 def failed_if_interrupted(run_id: str):
-    """While a run is being set up, before `finishing` owns it: anything that breaks off the set-up (an error,
-    a stop signal) marks the run FAILED instead of leaving it RUNNING."""
+    """Anything that breaks off the block (an error, a stop signal) marks the run FAILED instead of leaving it
+    RUNNING. Where the store cannot be written (a server gone), what broke the block off is still what the caller
+    gets, with a line saying the run stays RUNNING."""
     try:
         yield
     except BaseException as exc:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        _mark_failed(run_id, exc)
         raise
+
+
+def _mark_failed(run_id: str, exc: BaseException) -> None:
+    try:
+        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+    except Exception as failed:
+        print(f"MLflow run {run_id} could not be marked FAILED and stays RUNNING: {failed}", file=sys.stderr)
 
 
 def finish_run(run_id: str, failure: str | None = None, status: str | None = None) -> None:
     """Mark the run FINISHED (or `status`, e.g. KILLED for a pruned trial), or FAILED with the reason as a tag."""
-    if failure:
-        client().set_tag(run_id, "failure_reason", failure[:5000])
-    client().set_terminated(run_id, "FAILED" if failure else status or "FINISHED")
+    with signals_held():
+        if failure:
+            client().set_tag(run_id, "failure_reason", failure[:5000])
+        client().set_terminated(run_id, "FAILED" if failure else status or "FINISHED")
 
 
 @contextlib.contextmanager
@@ -145,8 +188,9 @@ class RunLogger:
     def flush(self) -> None:
         """Send the metrics waiting, if any."""
         pending, self._pending, self._sent = self._pending, [], time.monotonic()
-        for i in range(0, len(pending), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[i:i + METRICS_PER_BATCH])
+        with signals_held():
+            for i in range(0, len(pending), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=pending[i:i + METRICS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -175,7 +219,9 @@ class RunLogger:
         if len(self._pending) >= METRICS_PER_BATCH:
             self.flush()
         pending, self._pending, self._sent = self._pending, [], time.monotonic()
-        self.client.log_batch(self.run_id, metrics=pending, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+        with signals_held():
+            self.client.log_batch(self.run_id, metrics=pending,
+                                  tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def log_manifests(run_id: str, manifest: pd.DataFrame, source: str, digest: str) -> None:

@@ -1,8 +1,11 @@
 """tasks.tracking.RunLogger's batching: metrics held for `every` seconds arrive whole, in order, with their steps,
 before anything else the logger writes and when its block ends (also on an error). A recording client stands in
-for MLflow's, so no store is opened."""
+for MLflow's, so no store is opened; one test opens a real one, for stop signals during a write."""
 
 from __future__ import annotations
+
+import signal
+import time
 
 import pytest
 
@@ -62,3 +65,47 @@ def test_more_metrics_than_one_call_takes_go_in_several(recorder):
             log.log_metrics({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, step=epoch)  # 1204 rows
     sizes = [len(metrics) for _, metrics, _ in recorder.calls]
     assert sizes == [1000, 204] and all(n <= tracking.METRICS_PER_BATCH for n in sizes)
+
+
+def test_a_stop_signal_during_a_store_write_takes_effect_once_the_write_is_whole(tmp_path, monkeypatch):
+    """Ctrl+C in the middle of a metrics write (a real SQLite store): the write goes in whole, then the
+    KeyboardInterrupt ends the block and the run is marked FAILED with it, at once. Broken off half-way, the write
+    could leave the store locked and the FAILED mark waiting 20 s and failing (seen in CI)."""
+    from mlflow import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_id = tracking.start_run("signals", "held", {"lr": 0.1}, {})
+    fired = []
+
+    def ctrl_c_mid_write(*_):
+        if not fired:
+            fired.append(time.monotonic())
+            signal.raise_signal(signal.SIGINT)
+
+    event.listen(Engine, "before_cursor_execute", ctrl_c_mid_write)
+    try:
+        with pytest.raises(KeyboardInterrupt), tracking.finishing(run_id), tracking.RunLogger(run_id) as log:
+            log.log_metrics({"loss": 0.5}, step=1)
+            log.log_metrics({"loss": 0.25}, step=2)
+    finally:
+        event.remove(Engine, "before_cursor_execute", ctrl_c_mid_write)
+        signal.signal(signal.SIGINT, previous)
+    assert fired and time.monotonic() - fired[0] < 5
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 0.5)]
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "KeyboardInterrupt: "
+
+
+def test_a_store_that_cannot_mark_the_run_failed_does_not_hide_what_broke_the_run(monkeypatch, capsys):
+    class Gone:
+        def set_tag(self, *_):
+            raise ConnectionError("tracking server at http://127.0.0.1:5000 is gone")
+
+    monkeypatch.setattr(tracking, "client", Gone)
+    with pytest.raises(RuntimeError, match="training diverged"), tracking.finishing("r1"):
+        raise RuntimeError("training diverged")
+    assert "MLflow run r1 could not be marked FAILED and stays RUNNING: tracking server" in capsys.readouterr().err
