@@ -34,6 +34,7 @@ from trainlib.data.augment import Augmenter
 from trainlib.data.batches import TensorData
 from trainlib.data.signal_augment import SignalAugmenter
 from trainlib.device import configure_threads, resolve_device, resolve_precision
+from trainlib.loop import Runtime, Step
 
 # configs/augmentation.yaml
 AUGMENT = {"rotation": 12, "scale": (0.9, 1.1), "translate": 0.1, "erasing": 0.2, "noise": 0.02}
@@ -127,9 +128,9 @@ def side(w: Workload, which: str, device: torch.device) -> Callable[[], float]:
     model = w.model()  # seeded: both sides' processes start from the same weights
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     if which == "engine":
+        step = Step(optimizer, batch_size=w.batch_size, augment=w.augment)
         return lambda: n * w.epochs / stopwatch(lambda: engine.fit(
-            model, data, None, optimizer=optimizer, epochs=w.epochs, batch_size=w.batch_size, augment=w.augment,
-            device=device), device)
+            model, data, None, epochs=w.epochs, step=step, runtime=Runtime(device)), device)
     channels_last = device.type == "cuda"
     model.to(device)
     if channels_last:

@@ -9,13 +9,14 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainlib import engine, models, optim
+from trainlib.averaging import averaging as average
 from trainlib.checkpoint import load_checkpoint
 from trainlib.data.batches import TensorData, batch_bounds
 from trainlib.data.mix import Mixer
 from trainlib.earlystop import EarlyStopping
-from trainlib.engine import GD_MODES, StopTraining, fit
+from trainlib.engine import GD_MODES, Checkpointing, StopTraining, fit
 from trainlib.errors import ConfigError, TrainingError
-from trainlib.loop import Loop
+from trainlib.loop import Loop, Runtime, Step
 from trainlib.schedules import LRSchedule
 from trainlib.tally import Tally
 
@@ -29,9 +30,16 @@ def _model(name="mlp", seed=0, **options):
     return models.build(name, (1, 8, 8), 10, None, **({"hidden": [32], "dropout": 0.0} | options))
 
 
+def _options(opt, **kw) -> dict:
+    """fit's keywords from flat ones: Step's and Runtime's fields go into those objects."""
+    step = {k: kw.pop(k) for k in list(kw) if k in Step.__dataclass_fields__}
+    runtime = {k: kw.pop(k) for k in list(kw) if k in Runtime.__dataclass_fields__}
+    return {"step": Step(opt, **step), "runtime": Runtime(**runtime), **kw}
+
+
 def _fit(model, train, val=None, lr=0.01, **kw):
     opt = optim.build(kw.pop("optimizer", "adam"), model.parameters(), lr=lr)
-    return fit(model, train, val, optimizer=opt, **({"epochs": 2} | kw)), opt
+    return fit(model, train, val, **_options(opt, **({"epochs": 2} | kw))), opt
 
 
 class Steps:
@@ -46,7 +54,7 @@ def test_updates_per_epoch_by_mode(mode, small_digits):
     model = _model()
     opt = optim.build("sgd", model.parameters(), lr=0.01)
     steps = Steps(opt)
-    result = fit(model, train, optimizer=opt, epochs=3, batch_size=32, mode=mode)
+    result = fit(model, train, epochs=3, step=Step(opt, batch_size=32, mode=mode))
     expected = {"batch": 1, "minibatch": math.ceil(100 / 32), "stochastic": 100}[mode]
     assert steps.count == 3 * expected
     assert [h["updates"] for h in result.history] == [expected] * 3
@@ -86,7 +94,8 @@ def test_accumulated_minibatches_equal_one_batch_of_their_size(small_digits):
     _fit(a, train, batch_size=32, epochs=2, optimizer="sgd", lr=0.1, seed=3)
     opt = optim.build("sgd", b.parameters(), lr=0.1)
     steps = Steps(opt)
-    fit(b, train, optimizer=opt, epochs=2, batch_size=8, accumulate=4, seed=3)  # 13 batches, 4 updates an epoch
+    # 13 batches, 4 updates an epoch
+    fit(b, train, epochs=2, step=Step(opt, batch_size=8, accumulate=4), runtime=Runtime(seed=3))
     assert steps.count == 8 == 2 * engine.updates_per_epoch("minibatch", 100, 8, accumulate=4)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6)
@@ -148,10 +157,12 @@ def test_resume_from_checkpoint_equals_uninterrupted(small_digits, tmp_path, ave
         sched = LRSchedule(opt, "cosine", epochs=6, updates_per_epoch=engine.updates_per_epoch("minibatch", 300, 32),
                            swa_start=averaging.get("swa_start", 0), swa_lr=0.01, swa_anneal=1)
         aug = lambda x, g: x + torch.rand(x.shape, generator=g)  # noqa: E731 - uses the engine's RNG
-        result = fit(model, train, val, optimizer=opt, schedule=sched, epochs=6, batch_size=32, augment=aug,
-                     mix=Mixer(10, mixup=0.2, cutmix=1.0), checkpoint=ckpt,
+        result = fit(model, train, val, epochs=6,
+                     step=Step(opt, sched, batch_size=32, augment=aug, mix=Mixer(10, mixup=0.2, cutmix=1.0)),
+                     runtime=Runtime(precision=averaging.get("precision", "auto")),
+                     averaging=average(averaging.get("ema_decay", 0.0), swa_start=averaging.get("swa_start", 0)),
                      early_stopping=EarlyStopping(patience=10, enabled="swa_start" not in averaging),
-                     resume=resume, callbacks=callbacks, meta={"config": {"name": "t"}}, **averaging)
+                     checkpoint=Checkpointing(ckpt, resume, {"config": {"name": "t"}}), callbacks=callbacks)
         return model, result
 
     class Crash:
@@ -237,11 +248,10 @@ def test_a_later_non_finite_batch_is_named_also_across_reductions(small_digits, 
     x = small_digits.inputs[:80].float().clone()
     x[64:, :, 0, 0] = float("inf")  # only the 5th batch of 16 (batches in order: no shuffle generator)
     data, model = TensorData(x, small_digits.labels[:80]), _model()
-    loop = Loop(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), None, 0.0,
-                        None, [], 0.0, 0.0, None)
+    loop = Loop(model, Step(torch.optim.SGD(model.parameters(), lr=0.0)))
     with pytest.raises(TrainingError, match="NaN or infinite in epoch 2 at batch 5"):
         loop.train_epoch(data.batches(16), 80, 16, 1, LRSchedule(loop.optimizer, epochs=1, updates_per_epoch=5),
-                         [], None, 2)
+                         [], 2)
 
 
 def test_train_metrics_are_the_same_whatever_the_reduction_interval(small_digits, monkeypatch):

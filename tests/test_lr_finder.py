@@ -5,10 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from trainlib import lr_finder, optim
 from trainlib.data.batches import TensorData
+from trainlib.loop import Step
 
 
 def test_the_sweep_grows_exponentially_from_start_to_end():
@@ -36,8 +38,8 @@ def test_the_suggestion_is_where_the_loss_falls_fastest():
 
 def test_a_sweep_on_digits_descends_then_diverges_and_suggests_an_lr_inside_its_range(small_digits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # softmax regression: a too-large LR blows its loss up
-    train = TensorData(small_digits.inputs[:300], small_digits.labels[:300])
-    out = lr_finder.sweep(model, train, optim.build("sgd", model.parameters(), lr=1.0), batch_size=32,
+    train = TensorData(small_digits.inputs[:300].float(), small_digits.labels[:300])
+    out = lr_finder.sweep(model, train, Step(optim.build("sgd", model.parameters(), lr=1.0), batch_size=32),
                           start=1e-5, end=100.0, updates=150)
     assert out.stopped == "diverged" and 30 < len(out.lrs) < 150  # lr 100 on raw pixels blows up
     assert out.lrs == sorted(out.lrs) and len(out.losses) == len(out.raw) == len(out.lrs)
@@ -46,4 +48,21 @@ def test_a_sweep_on_digits_descends_then_diverges_and_suggests_an_lr_inside_its_
     best = out.lrs[int(np.argmin(out.losses))]
     assert out.suggestion < best  # the steepest fall comes before the lowest loss
     with pytest.raises(Exception, match="needs 0 < start < end"):
-        lr_finder.sweep(model, train, optim.build("sgd", model.parameters(), lr=1.0), start=1.0, end=0.1)
+        lr_finder.sweep(model, train, Step(optim.build("sgd", model.parameters(), lr=1.0)), start=1.0, end=0.1)
+
+
+def test_the_sweep_updates_by_the_training_step_s_rules(small_digits):
+    """The sweep's updates are a training's (trainlib.loop.Loop): gradient clipping holds there too (and so do
+    penalties, precision, channels_last and the run's random streams)."""
+    train = TensorData(small_digits.inputs[:300].float(), small_digits.labels[:300])
+
+    def moved(**rules) -> float:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        before = [p.detach().clone() for p in model.parameters()]
+        step = Step(optim.build("sgd", model.parameters(), lr=1.0), batch_size=32, **rules)
+        lr_finder.sweep(model, train, step, start=1e-3, end=1e-1, updates=20)
+        return sum(float((p.detach() - b).norm()) for p, b in zip(model.parameters(), before, strict=True))
+
+    free, clipped = moved(), moved(grad_clip=1e-4)  # clipped: each update moves the weights by 1e-4 x lr at most
+    assert clipped < 20 * 1e-4 * 0.1 * 2 < 0.01 * free

@@ -7,6 +7,8 @@ model ends with its weights.
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,6 +25,16 @@ def check(ema_decay: float, swa_start: int, early_stopping: bool) -> None:
     if swa_start and early_stopping:
         raise ConfigError("training.swa: averages the epochs from swa.start to the end, and early stopping would end "
                           "them early or keep a single epoch's weights; set training.early_stopping.enabled: false")
+
+
+def averaging(ema_decay: float = 0.0, ema_warmup: bool = True,
+              swa_start: int = 0) -> Callable[[nn.Module], Averaged] | None:
+    """The hook trainlib.engine.fit takes for training.ema / training.swa: a factory of the average over the
+    model, or None for neither. One at a time."""
+    check(ema_decay, swa_start, early_stopping=False)
+    if ema_decay:
+        return functools.partial(EMA, decay=ema_decay, warmup=ema_warmup)
+    return functools.partial(SWA, start=swa_start) if swa_start else None
 
 
 class Averaged:
@@ -49,6 +61,9 @@ class Averaged:
 
     def finish(self, batches) -> None:
         """Before the trained model takes the average's weights; `batches`: the train inputs, once over."""
+
+    def check(self, early_stopping: bool) -> None:
+        """ConfigError where the average cannot go with early stopping."""
 
     @torch.no_grad()
     def _mix(self, model: nn.Module, weight: float) -> None:
@@ -112,6 +127,9 @@ class SWA(Averaged):
 
     def finish(self, batches) -> None:
         recompute_batch_norm(self.model, batches)
+
+    def check(self, early_stopping: bool) -> None:
+        check(0.0, self.start, early_stopping)
 
 
 @torch.no_grad()

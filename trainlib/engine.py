@@ -1,5 +1,5 @@
 """The training engine: `fit` (gradient-descent modes, penalties, schedules, early stopping, weight averaging,
-checkpoints, callbacks) around the inner loop of trainlib.loop, and `predict_logits`. Metrics are reported once
+checkpoints, callbacks) around the training step of trainlib.loop, and `predict_logits`. Metrics are reported once
 per epoch.
 """
 
@@ -15,19 +15,16 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from trainlib.averaging import EMA, SWA, Averaged, check
+from trainlib.averaging import Averaged
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.device import resolve_precision
-from trainlib.distributed import SINGLE, Shard
+from trainlib.distributed import Shard
 from trainlib.earlystop import EarlyStopping
 from trainlib.errors import ConfigError
-from trainlib.loop import Loop, autocast
-from trainlib.models import Dropout
-from trainlib.optim import penalized_weights
+from trainlib.loop import CPU, Loop, Runtime, Step, autocast
 from trainlib.registry import Registry
 from trainlib.schedules import LRSchedule
-from trainlib.streams import Streams
 
 
 class StopTraining(Exception):  # noqa: N818 - a request, not an error
@@ -106,73 +103,57 @@ def check_batch(mode: str, batch_size: int, samples: int) -> None:
                           "samples) in minibatch mode; lower it or use training.mode: batch")
 
 
-def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: torch.optim.Optimizer,
-        epochs: int, schedule: LRSchedule | None = None, batch_size: int = 64, mode: str = "minibatch",
-        accumulate: int = 1,
-        l1: float = 0.0, l2: float = 0.0, augment: Callable | None = None, mix: Callable | None = None,
-        ema_decay: float = 0.0, ema_warmup: bool = True, swa_start: int = 0,
-        early_stopping: EarlyStopping | None = None, label_smoothing: float = 0.0, grad_clip: float | None = None,
-        device: torch.device | str = "cpu", precision: str = "auto", compile: bool = False, seed: int = 0,
-        callbacks: Sequence[Callback] = (), logger: Logger | None = None, checkpoint: str | Path | None = None,
-        resume: bool = False, meta: dict | None = None, shard: Shard = SINGLE) -> FitResult:
-    """Train `model` on `train` for up to `epochs`, validating on `val` after every epoch.
+@dataclass(frozen=True)
+class Checkpointing:
+    """Surviving a killed process: `path` is rewritten after every epoch (model, optimizer, schedule, early
+    stopping, RNG states, history and `meta`); with `resume`, training continues from it when it exists and ends
+    with the same weights as an uninterrupted run (CPU, same seed). meta: stored with it (the config)."""
 
-    What is trained, and on what:
-      model: any module taking a batch of inputs to logits; train, val: in-memory or streamed data.
-      epochs: passes over `train` at most (early stopping or a callback may end sooner).
-    How each update is made:
-      optimizer: built over `model`'s parameters; schedule: its LR per update and per epoch
-        (default: constant); mode: batch (one update per epoch, every sample, accumulated over chunks of
-        `batch_size`), minibatch (updates of `batch_size` samples, or of `accumulate` batches of them) or
-        stochastic (updates of 1 sample).
-      l1, l2: penalty weights on the weight tensors (not biases or norms), added to the data loss.
-      augment: callable (x, generator) -> x, applied to every training batch on the device.
-      mix: callable (x, y, cpu generator) -> (x, soft targets), after `augment` (trainlib.data.mix: mixup, cutmix);
-        train accuracy then counts the soft targets' argmax.
-    Weight averaging (trainlib.averaging), one at a time:
-      ema_decay: above 0, an exponential moving average of the weights after every update (with `ema_warmup`,
-        timm's ramp); validation, early stopping and the returned model use it, and `raw_val_*` metrics
-        record the trained weights. swa_start: from this epoch on (1-based; 0 off) the weights at each
-        epoch's end are averaged equally (the schedule gives SWA's LR); at the end the average's batch-norm
-        statistics are recomputed on the train data, the model gets its weights, and `averaged` its val metrics.
-      label_smoothing: as torch's cross_entropy; grad_clip: largest gradient norm (None: no clipping).
-      device: where to train; precision: auto | fp32 | bf16 | fp16 (trainlib.device.resolve_precision);
-        compile: train through torch.compile (the first batches pay the compilation).
-      seed: data order, augmentation and dropout draw from generators seeded from it, never the global RNG.
-    When to stop, and what to report:
-      early_stopping: the monitored metric, patience, and whether to restore the best weights at the end
-        (default: off, best epoch still tracked on val_loss).
-      callbacks: `on_epoch_end(epoch, metrics)` after every epoch; may raise StopTraining.
-      logger: `log_metrics(metrics, step=epoch)` once per epoch.
-    Surviving a killed process:
-      checkpoint: file rewritten after every epoch (model, optimizer, schedule, early stopping, RNG
-        states, history and `meta`); with `resume`, training continues from it when it exists and ends
-        with the same weights as an uninterrupted run (CPU, same seed). meta: stored with it (the config).
-    shard: this process's rank in a data-parallel training (trainlib.distributed), which trains on its
-      part of every batch; the default is one process.
+    path: str | Path
+    resume: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def fit(model: nn.Module, train: Data, val: Data | None = None, *, epochs: int, step: Step,
+        runtime: Runtime = CPU, averaging: Callable[[nn.Module], Averaged] | None = None,
+        early_stopping: EarlyStopping | None = None, callbacks: Sequence[Callback] = (), logger: Logger | None = None,
+        checkpoint: Checkpointing | None = None) -> FitResult:
+    """Train `model` (any module taking a batch of inputs to logits) on `train` for up to `epochs` passes,
+    validating on `val` after every epoch; `train`, `val`: in-memory or streamed data.
+
+    step: how each update is made (trainlib.loop.Step: optimizer, schedule, mode, batch size, penalties,
+      clipping, augmentation, mixing); runtime: where (trainlib.loop.Runtime: device, precision, compile, seed,
+      data-parallel shard).
+    averaging: a hook that makes a running average of the weights over the model (trainlib.averaging.averaging:
+      EMA after every update, SWA at epochs' ends), told of every update and epoch; validation and early stopping
+      watch it when it says so (EMA, whose trained weights' metrics are then `raw_val_*`), and at the end the model
+      gets its weights (SWA: batch norms recomputed on the train data, its val metrics in `averaged`).
+    early_stopping: the monitored metric, patience, and whether to restore the best weights at the end
+      (default: off, best epoch still tracked on val_loss).
+    callbacks: `on_epoch_end(epoch, metrics)` after every epoch; may raise StopTraining.
+    logger: `log_metrics(metrics, step=epoch)` once per epoch.
+    checkpoint: where each epoch's state is kept, and whether to resume from it (Checkpointing).
     """
-    device = torch.device(device)
-    chunk, accumulate = _steps(mode, len(train), batch_size, accumulate)
-    check_batch(mode, batch_size, len(train))
+    device, shard = torch.device(runtime.device), runtime.shard
+    chunk, accumulate = _steps(step.mode, len(train), step.batch_size, step.accumulate)
+    check_batch(step.mode, step.batch_size, len(train))
     if shard.parallel and (chunk < shard.world or len(train) < shard.world):
         raise ConfigError(f"training.devices: {shard.world} processes share every batch, but batches hold "
                           f"{min(chunk, len(train))} sample(s); raise training.batch_size or lower training.devices")
-    upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
-    loop = Loop(model, optimizer, device, resolve_precision(precision, device), label_smoothing, grad_clip,
-                penalized_weights(model) if (l1 or l2) else [], l1, l2, augment, shard, compile=compile)
-    train, val = train.to(device), val.to(device) if val is not None else None
     es = early_stopping or EarlyStopping(enabled=False, restore_best=False)
-    loop.mix = mix
-    loop.average = avg = _averaging(loop.model, ema_decay, ema_warmup, swa_start, es)
-    schedule = schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
+    upe = math.ceil(len(batch_bounds(len(train), chunk, shard.world)) / accumulate)
+    loop = Loop(model, step, runtime, averaging)
+    if loop.average is not None:
+        loop.average.check(es.enabled)
+    train, val = train.to(device), val.to(device) if val is not None else None
+    avg, optimizer = loop.average, step.optimizer
+    schedule = step.schedule or LRSchedule(optimizer, epochs=epochs, updates_per_epoch=upe)
     logger = logger or NullLogger()
-    rngs = Streams.seeded(seed, device, shard)
-    _own_dropout(model, rngs.dropout)
     history, lrs, start, reason = [], [], 1, "completed"
-    if resume and checkpoint and Path(checkpoint).exists():
-        history, lrs, reason, start = _resume(checkpoint, loop, schedule, es, rngs, epochs, avg)
+    if checkpoint and checkpoint.resume and Path(checkpoint.path).exists():
+        history, lrs, reason, start = _resume(checkpoint.path, loop, schedule, es, epochs)
     for epoch in range(start, epochs + 1):
-        metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, rngs, epoch, upe)
+        metrics = _epoch(loop, train, val, chunk, accumulate, schedule, lrs, epoch, upe)
         if avg is not None:
             avg.after_epoch(model, epoch)
         history.append(metrics)
@@ -187,12 +168,13 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
             reason = "early_stopping"
         schedule.step_epoch(metrics)
         if checkpoint:
-            rng = shard.gather(rngs.state())  # one state per rank
+            rng = shard.gather(loop.streams.state())  # one state per rank
             if shard.rank == 0:
-                save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                schedule=schedule.state_dict(), early_stopping=es.state_dict(),
-                                rng=rng if shard.parallel else rng[0], history=history, lrs=lrs,
-                                stop_reason=reason, meta=meta or {}, averaged=avg.state_dict() if avg else None,
+                save_checkpoint(checkpoint.path, epoch=epoch, model=model.state_dict(),
+                                optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                                early_stopping=es.state_dict(), rng=rng if shard.parallel else rng[0], history=history,
+                                lrs=lrs, stop_reason=reason, meta=checkpoint.meta,
+                                averaged=avg.state_dict() if avg else None,
                                 scaler=loop.scaler.state_dict() if loop.scaler else None)
         if reason != "completed":
             break
@@ -200,12 +182,6 @@ def fit(model: nn.Module, train: Data, val: Data | None = None, *, optimizer: to
     final = _averaged_weights(loop, avg, restored, train, val, chunk)
     return FitResult(history, es.best_epoch, es.best, es.monitor, history[-1]["epoch"] if history else 0, reason,
                      restored, lrs, upe, final)
-
-
-def _averaging(model: nn.Module, ema_decay: float, ema_warmup: bool, swa_start: int,
-               es: EarlyStopping) -> Averaged | None:
-    check(ema_decay, swa_start, es.enabled)
-    return EMA(model, ema_decay, ema_warmup) if ema_decay else SWA(model, swa_start) if swa_start else None
 
 
 def _watched(loop: Loop) -> nn.Module | None:
@@ -226,10 +202,9 @@ def _averaged_weights(loop: Loop, avg: Averaged | None, restored: bool, train: D
     return {}
 
 
-def _resume(checkpoint, loop: Loop, schedule, es, rngs, epochs: int,
-            avg: Averaged | None) -> tuple[list, list, str, int]:
+def _resume(checkpoint, loop: Loop, schedule, es, epochs: int) -> tuple[list, list, str, int]:
     """Put a checkpoint's state into the training -> (history, LRs, stop reason, first epoch to run)."""
-    ck, model, optimizer, shard = load_checkpoint(checkpoint), loop.model, loop.optimizer, loop.shard
+    ck, model, optimizer, shard, avg = load_checkpoint(checkpoint), loop.model, loop.optimizer, loop.shard, loop.average
     model.load_state_dict(ck["model"])
     if loop.scaler and ck.get("scaler"):  # fp16: the loss scale it had reached
         loop.scaler.load_state_dict(ck["scaler"])
@@ -241,19 +216,19 @@ def _resume(checkpoint, loop: Loop, schedule, es, rngs, epochs: int,
     optimizer.load_state_dict(ck["optimizer"])
     schedule.load_state_dict(ck["schedule"])
     es.load_state_dict(ck["early_stopping"])
-    rngs.load(_rank_rng(ck["rng"], shard, checkpoint))
+    loop.streams.load(_rank_rng(ck["rng"], shard, checkpoint))
     start = ck["epoch"] + 1 if ck["stop_reason"] == "completed" else epochs + 1  # a stopped run stays stopped
     return ck["history"], ck["lrs"], ck["stop_reason"], start
 
 
 def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: int, schedule: LRSchedule,
-           lrs: list[float], rngs: Streams, epoch: int, upe: int) -> dict[str, float]:
+           lrs: list[float], epoch: int, upe: int) -> dict[str, float]:
     """Train one epoch and validate -> its metrics, the same on every rank (rank 0 validates, and its numbers
     decide early stopping and the schedule everywhere)."""
     started, shard = time.perf_counter(), loop.shard
     try:
-        metrics = loop.train_epoch(train.batches(chunk, rngs.shuffle, shard), len(train), chunk, accumulate,
-                                   schedule, lrs, rngs.augment, epoch, rngs.mix)
+        metrics = loop.train_epoch(train.batches(chunk, loop.streams.shuffle, shard), len(train), chunk, accumulate,
+                                   schedule, lrs, epoch)
     except torch._dynamo.exc.BackendCompilerFailed as exc:
         raise ConfigError(f"training.compile: torch.compile could not compile the model ({str(exc)[:300]}); set "
                           "training.compile: false") from None
@@ -271,14 +246,6 @@ def _epoch(loop: Loop, train: Data, val: Data | None, chunk: int, accumulate: in
     metrics.update(epoch=epoch, updates=upe, epoch_seconds=time.perf_counter() - started,
                    samples_per_second=len(train) / max(seconds, 1e-9))
     return shard.agree(metrics)
-
-
-def _own_dropout(model: nn.Module, generator: torch.Generator) -> torch.Generator:
-    """Give trainlib's dropout layers this run's generator (torch's global RNG is shared by threads)."""
-    for module in model.modules():
-        if isinstance(module, Dropout):
-            module.generator = generator
-    return generator
 
 
 def _rank_rng(saved: dict | list, shard: Shard, checkpoint) -> dict:

@@ -16,17 +16,14 @@ behaviour is easiest to state and to check.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainlib.data.batches import Data
 from trainlib.errors import TrainingError
-from trainlib.streams import Streams
+from trainlib.loop import CPU, Loop, Runtime, Step
 
 START, END, UPDATES = 1e-7, 10.0, 200  # the sweep's defaults: fastai's range, twice its 100 updates
 SMOOTHING = 0.9  # weight of the past in the loss's exponential moving average (fastai's beta is 0.98)
@@ -74,42 +71,35 @@ def steepest(lrs: list[float], losses: list[float], skip_start: int = SKIP_START
     return float(lrs[window][int(np.argmin(slope))])
 
 
-def sweep(model: nn.Module, train: Data, optimizer: torch.optim.Optimizer, *, batch_size: int = 64,
-          start: float = START, end: float = END, updates: int = UPDATES, device: torch.device | str = "cpu",
-          augment: Callable | None = None, mix: Callable | None = None, seed: int = 0,
-          label_smoothing: float = 0.0) -> Sweep:
-    """Run the range test on `model` (changed: use a fresh one) with `optimizer` over its parameters: `updates`
-    minibatches of `batch_size` (passes over `train` repeat as needed), the LR of update i `lr_at(i)` for every
-    param group (groups keep their ratios to the first). Stops early when the smoothed loss exceeds DIVERGE x its
-    lowest or the loss is not finite."""
+def sweep(model: nn.Module, train: Data, step: Step, runtime: Runtime = CPU, *, start: float = START,
+          end: float = END, updates: int = UPDATES) -> Sweep:
+    """Run the range test on `model` (changed: use a fresh one) with `step.optimizer` over its parameters:
+    `updates` minibatches of `step.batch_size` (passes over `train` repeat as needed), the LR of update i
+    `lr_at(i)` for every param group (groups keep their ratios to the first). Each update is a training's
+    (trainlib.loop.Loop: augmentation, mixing, penalties, clipping, precision, the run's random streams); the
+    loss recorded is its data loss, as the training's train_loss. Stops early when the smoothed loss exceeds
+    DIVERGE x its lowest or the loss is not finite."""
     if not 0 < start < end:
         raise TrainingError(f"the LR sweep needs 0 < start < end, not start {start:g}, end {end:g}")
-    device = torch.device(device)
-    model.to(device).train()
-    data = train.to(device)
+    loop = Loop(model, step, runtime)
+    optimizer, data = step.optimizer, train.to(loop.device)
+    model.train()
     ratios = [g["lr"] / optimizer.param_groups[0]["lr"] if optimizer.param_groups[0]["lr"] else 1.0
               for g in optimizer.param_groups]
-    rngs = Streams.seeded(seed, device)  # the same streams a training of this seed draws from
     lrs, raw, best, stopped, avg = [], [], math.inf, "completed", 0.0
     batches = iter(())
+    optimizer.zero_grad(set_to_none=True)
     while len(lrs) < updates:
         try:
             x, y = next(batches)
         except StopIteration:
-            batches = iter(data.batches(min(batch_size, len(data)), rngs.shuffle))
+            batches = iter(data.batches(min(step.batch_size, len(data)), loop.streams.shuffle))
             continue
         lr = lr_at(len(lrs), updates, start, end)
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
-        if augment is not None:
-            x = augment(x, rngs.augment)
-        target = y
-        if mix is not None:
-            x, target = mix(x, y, rngs.mix)
-        loss = F.cross_entropy(model(x.float()).float(), target, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = loop.backward(x, y)[0]
+        loop.update()
         value = loss.item()  # one sync per update: a sweep is short, and it must see every loss to stop
         lrs.append(lr)
         raw.append(value)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from trainlib import distributed, engine, lr_finder, models, optim, transfer
+from trainlib.averaging import averaging
 from trainlib.checkpoint import load_checkpoint
 from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig, override
 from trainlib.data import normalize, sources
@@ -28,8 +29,9 @@ from trainlib.data.signal_augment import SignalAugmenter
 from trainlib.data.split import flip_labels, indices, split_manifest
 from trainlib.device import configure_threads, cpu_quota, resolve_device
 from trainlib.earlystop import EarlyStopping
-from trainlib.engine import predict_logits
+from trainlib.engine import Checkpointing, predict_logits
 from trainlib.errors import ConfigError, TrainingError
+from trainlib.loop import Runtime, Step
 from trainlib.metrics import Evaluation, evaluate
 from trainlib.schedules import LRSchedule
 
@@ -175,14 +177,15 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     schedule = LRSchedule(optimizer, cfg.schedule.name, epochs=t.epochs, updates_per_epoch=upe,
                           swa_start=t.swa.first_epoch(t.epochs), swa_lr=t.swa.lr, swa_anneal=t.swa.anneal_epochs,
                           **cfg.schedule.model_dump(exclude={"name"}))
+    step = Step(optimizer, schedule, mode=t.mode, batch_size=t.batch_size, accumulate=t.accumulate,
+                l1=cfg.regularization.l1, l2=cfg.regularization.l2, label_smoothing=t.label_smoothing,
+                grad_clip=t.grad_clip, augment=online, mix=mixer(cfg.augment, len(ds.classes)))
     result = engine.fit(
-        model, train_data, val, optimizer=optimizer, schedule=schedule, epochs=t.epochs, batch_size=t.batch_size,
-        accumulate=t.accumulate, mode=t.mode, l1=cfg.regularization.l1, l2=cfg.regularization.l2, augment=online,
-        mix=mixer(cfg.augment, len(ds.classes)), ema_decay=t.ema.decay, ema_warmup=t.ema.warmup,
-        swa_start=t.swa.first_epoch(t.epochs), early_stopping=EarlyStopping(**t.early_stopping.model_dump()),
-        label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, device=device, precision=t.precision,
-        compile=t.compile, seed=t.seed, callbacks=callbacks, logger=logger, checkpoint=checkpoint, resume=resume,
-        meta={"config": cfg.model_dump(mode="json")}, shard=shard)
+        model, train_data, val, epochs=t.epochs, step=step,
+        runtime=Runtime(device, t.precision, compile=t.compile, seed=t.seed, shard=shard),
+        averaging=averaging(t.ema.decay, t.ema.warmup, t.swa.first_epoch(t.epochs)),
+        early_stopping=EarlyStopping(**t.early_stopping.model_dump()), callbacks=callbacks, logger=logger,
+        checkpoint=Checkpointing(checkpoint, resume, {"config": cfg.model_dump(mode="json")}) if checkpoint else None)
     return model, result
 
 
@@ -205,10 +208,12 @@ def lr_find(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, no
     if train_data is None:
         train_data = subset(ds, indices(manifest, "train") if rows is None else rows, cfg.data.workers)
     optimizer = build_optimizer(cfg, model, model.parameters(), lr=start)
-    return lr_finder.sweep(model, train_data, optimizer, batch_size=cfg.training.batch_size, start=start, end=end,
-                           updates=updates, device=resolve_device(cfg.training.device),
-                           augment=augmenter(cfg.augment, ds), mix=mixer(cfg.augment, len(ds.classes)),
-                           seed=cfg.training.seed, label_smoothing=cfg.training.label_smoothing)
+    step = Step(optimizer, batch_size=cfg.training.batch_size, l1=cfg.regularization.l1, l2=cfg.regularization.l2,
+                label_smoothing=cfg.training.label_smoothing, grad_clip=cfg.training.grad_clip,
+                augment=augmenter(cfg.augment, ds), mix=mixer(cfg.augment, len(ds.classes)))
+    # not compiled: 200 updates would mostly pay the compilation
+    runtime = Runtime(resolve_device(cfg.training.device), cfg.training.precision, seed=cfg.training.seed)
+    return lr_finder.sweep(model, train_data, step, runtime, start=start, end=end, updates=updates)
 
 
 def _data_parallel(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm, rows, train_data,
