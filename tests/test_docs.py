@@ -1,12 +1,25 @@
-"""The README stays true: it opens with the two commands and documents every config key."""
+"""The README stays true: it opens with the two commands and documents every config key; docs/architecture.md
+names every module of the code and no other."""
 
 import json
 import os
+import re
 from pathlib import Path
 
 from trainlib.config import reference
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+MAPPED = ("deployments", "flows", "tasks", "trainlib", "bench")  # the folders of code docs/architecture.md maps
+
+
+def test_the_architecture_map_names_every_module_and_only_those():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(rf"`((?:{'|'.join(MAPPED)})/[\w/]+\.py)`", text))
+    modules = {str(p.relative_to(ROOT)) for folder in MAPPED for p in (ROOT / folder).rglob("*.py")
+               if p.name != "__init__.py"}
+    assert sorted(modules - named) == [], "modules docs/architecture.md does not name"
+    assert sorted(named - modules) == [], "modules docs/architecture.md names that do not exist"
 
 
 def test_readme_opens_with_the_two_commands():
