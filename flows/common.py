@@ -17,6 +17,7 @@ from tasks.normalize import normalize
 from tasks.record import record_data
 from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
 from tasks.register import register
+from tasks.results import Registration
 from tasks.split import split
 from tasks.train import train
 from trainlib.config import PipelineConfig, load_config, validate
@@ -63,7 +64,8 @@ def prepare_data(config: PipelineConfig, run_id: str | None,
 
 
 def train_and_register(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef,
-                       workspace: str, run_id: str, source: SourceRef | None = None) -> tuple[TrainedRef, dict, dict]:
+                       workspace: str, run_id: str,
+                       source: SourceRef | None = None) -> tuple[TrainedRef, dict, Registration]:
     """augment -> train (from a transfer `source`, if given) -> evaluate -> register on one run
     -> (trained, test metrics, registration)."""
     augmented = augment(config.augment, dataset, manifest, config.training.seed, workspace, run_id)

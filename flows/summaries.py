@@ -9,7 +9,8 @@ import re
 from rich.table import Table
 
 from flows.progress import summary_console as console
-from tasks.wording import cells, difference, outcome, registration, shown, with_interval
+from tasks.results import Registration
+from tasks.wording import cells, difference, shown, with_interval
 
 VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow",
             "higher": "default", "lower": "default"}
@@ -23,7 +24,8 @@ def run(s: dict) -> None:
               f"{shown(m['stopped_epoch'], 'stopped_epoch')})" if "best_epoch" in m else "")
     console.print(f"[bold green]done[/]: test accuracy {shown(m['test_accuracy'])}, macro F1 {shown(m['test_f1'])}, "
                   f"test loss {shown(m['test_loss'])}{epochs}")
-    console.print(registration(s), style=STYLES[outcome(s)], markup=False, highlight=False)
+    registered = Registration.from_json(s)
+    console.print(registered.line(), style=STYLES[registered.outcome], markup=False, highlight=False)
     local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
     console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}" + (" (browse: .venv/bin/trainflow ui)" if local
                                                                       else ""), markup=False, highlight=False)

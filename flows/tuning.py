@@ -16,6 +16,7 @@ from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.results import Retrained
 from tasks.settings import workspace
 from tasks.split import merge_val
 from tasks.studies import create_study
@@ -73,9 +74,9 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
 
 
 def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Study, dataset: DatasetRef,
-                 manifest: ManifestRef, parent_run_id: str) -> dict:
+                 manifest: ManifestRef, parent_run_id: str) -> Retrained:
     """Train the best trial's config again (on train, or train+val for its best number of epochs), test
-    it and register it through the gate, in a child run. -> {run_id, metrics, registered}."""
+    it and register it through the gate, in a child run."""
     best = study.best_trial
     best_config = override(trial_base(config, search, parallel=1), decode(best.params, search.space))
     if search.retrain == "train+val":
@@ -88,4 +89,4 @@ def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Stu
     ws = str(workspace(f"{flow_run.id}-best"))
     with tracking.finishing(run_id):
         _, metrics, registered = train_and_register(best_config, dataset, manifest, stats, ws, run_id)
-    return {"run_id": run_id, "metrics": metrics, "registered": registered}
+    return Retrained(run_id, metrics, registered)

@@ -12,7 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.report import artifact_key, link, summary
-from tasks.wording import difference, markdown_row, outcome, registration, rounded, rounded_row, with_interval
+from tasks.results import Registration
+from tasks.wording import difference, markdown_row, rounded, rounded_row, with_interval
 from trainlib import plots
 from trainlib.measures import MEASURES as DERIVED
 from trainlib.measures import RUN_MEASURES
@@ -44,7 +45,7 @@ def flat(row: dict) -> dict:
 
 @task(name="compare-report")
 def compare_report(name: str, parent_run_id: str, results: list[dict], summary_rows: list[dict],
-                   versus: list[dict], baseline: str, best: dict, registered: dict, workspace: str) -> dict:
+                   versus: list[dict], baseline: str, best: dict, registered: Registration, workspace: str) -> dict:
     """-> the comparison's summary (as `trainflow compare --json` prints it)."""
     log = tracking.RunLogger(parent_run_id)
     done = [r for r in results if r["state"] == "complete"]
@@ -69,7 +70,7 @@ def compare_report(name: str, parent_run_id: str, results: list[dict], summary_r
     for file, rows in (("comparison.csv", table), ("runs.csv", runs), ("versus_baseline.csv", versus)):
         pd.DataFrame(rows).to_csv(f"{workspace}/{file}", index=False)
         log.log_artifact(f"{workspace}/{file}")
-    log.set_tags({"best_variant": best["label"], "baseline": baseline, "gate": outcome(registered)})
+    log.set_tags({"best_variant": best["label"], "baseline": baseline, "gate": registered.outcome})
     create_table_artifact(table, key=artifact_key(name, "comparison"),
                           description="every variant: mean, standard deviation and 95% interval over its repeats")
     repeats = max(r["repeat"] for r in results) + 1
@@ -87,7 +88,7 @@ def compare_report(name: str, parent_run_id: str, results: list[dict], summary_r
     lines += ["", "| " + " | ".join(per_run) + " |", "|---" * len(per_run) + "|",
               *[markdown_row(r, per_run) for r in runs],
               "", f"Best variant (mean validation accuracy): {best['label']}; registered its repeat {best['repeat']}: "
-              f"{registration(registered)}.", "", link("comparison run", parent_run_id)]
+              f"{registered.line()}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return summary(name, parent_run_id, best["metrics"], registered, best_variant=best["label"],
                    best_repeat=best["repeat"], baseline=baseline, repeats=repeats,

@@ -13,6 +13,7 @@ from prefect import task
 from tasks import tracking
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.register import described, example_inputs, promote
+from tasks.results import Registration
 from trainlib import plots, recipe
 from trainlib.combine import Ensemble, disagreement, fit_meta, meta_features
 from trainlib.config import PipelineConfig, RegisterConfig, override
@@ -73,9 +74,8 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[dict
 
 @task(name="register-ensemble")
 def register_ensemble(name: str, register: RegisterConfig, combined: dict, dataset: DatasetRef, stats: StatsRef,
-                      run_id: str) -> dict:
-    """Log the ensemble as an MLflow pyfunc model (from code) and register it through the gate.
-    -> {model_uri, registered_model, version, alias, gate}."""
+                      run_id: str) -> Registration:
+    """Log the ensemble as an MLflow pyfunc model (from code) and register it through the gate."""
     example, metadata = described(dataset, stats.load().moments)
     with torch.no_grad():
         output = load_exported(combined["program"])(torch.from_numpy(example)).numpy()

@@ -10,7 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.report import artifact_key, link, run_url, summary
-from tasks.wording import markdown_row, registration, rounded_row, shown
+from tasks.results import Registration
+from tasks.wording import markdown_row, rounded_row, shown
 from trainlib import evidence, plots
 from trainlib.ensemble import EnsembleConfig
 
@@ -23,7 +24,7 @@ def _row(name: str, state: str, metrics: dict, **extra) -> dict:
 
 @task(name="ensemble-report")
 def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: list[dict], combined: dict,
-                    registered: dict, workspace: str) -> dict:
+                    registered: Registration, workspace: str) -> dict:
     """-> the ensemble's summary (as `trainflow ensemble --json` prints it)."""
     done = [x for x in members if x["state"] == "complete"]
     weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
@@ -54,7 +55,7 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
              f"| **ensemble** | | {shown(ensemble_row['val_accuracy'])} | **{shown(ensemble_row['test_accuracy'])}** "
              "| | |", "",
              f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined['disagreement']):.4f}.", "",
-             registration(registered) + ".", "", link("ensemble run", run_id)]
+             registered.line() + ".", "", link("ensemble run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-summary"), description="ensemble")
     metrics = combined["metrics"] | {"best_member_test_accuracy": best["metrics"]["test_accuracy"]}
     return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best["label"],

@@ -5,7 +5,6 @@ With register.enabled false (--no-register) the model is logged to the run and n
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -17,6 +16,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import aliases, tracking
 from tasks.refs import DatasetRef, StatsRef
+from tasks.results import Gate, Registration
 from tasks.wording import NOT_REGISTERED
 from trainlib.config import RegisterConfig
 from trainlib.data.batches import subset
@@ -28,18 +28,6 @@ from trainlib.scoring import input_spec
 CHALLENGER = "challenger"
 EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
 OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; only the first moves the alias
-
-
-@dataclass(frozen=True)
-class Gate:
-    passed: bool  # the alias moved to this version
-    outcome: str  # one of OUTCOMES
-    reason: str  # the sentence every summary prints
-    test_accuracy: float
-    threshold: float  # register.min_test_accuracy
-    min_delta: float
-    champion_version: int | None  # the alias holder this version was compared with
-    champion_accuracy: float | None
 
 
 def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
@@ -110,13 +98,13 @@ def _new_version(name: str, model_uri: str) -> int:
     return int(client.create_model_version(name, model_uri, model_id=logged).version)
 
 
-def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str) -> dict:
+def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float,
+            run_id: str) -> Registration:
     """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
-    `challenger`. -> {model_uri, registered_model, version (int), alias, gate}; with register.enabled false,
-    nothing is registered and all but model_uri are None."""
+    `challenger`; with register.enabled false, nothing is registered (only model_uri is set)."""
     if not register.enabled:
         tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
-        return {"model_uri": model_uri, "registered_model": None, "version": None, "alias": None, "gate": None}
+        return Registration(model_uri)
     client = tracking.client()
     version = _new_version(name, model_uri)
     with one_at_a_time():  # flows finishing together each compare with the holder the one before left
@@ -128,8 +116,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
                                          "registered_version": version, "registered_alias": alias})
-    return {"model_uri": model_uri, "registered_model": name, "version": version, "alias": alias,
-            "gate": asdict(gate)}
+    return Registration(model_uri, name, version, alias, gate)
 
 
 def example_inputs(dataset: DatasetRef | Dataset) -> np.ndarray:
@@ -148,9 +135,9 @@ def described(dataset: DatasetRef, moments: Moments) -> tuple[np.ndarray, dict]:
 
 @task(name="register")
 def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef, stats: StatsRef,
-             run_id: str) -> dict:
+             run_id: str) -> Registration:
     """Log the trained `model` (a trainlib model file) to the run, then register it through the gate (unless
-    register.enabled is false: the logged model stays usable by its model_uri). -> as `promote`."""
+    register.enabled is false: the logged model stays usable by its model_uri)."""
     classifier = load_model(model)[0]
     example, metadata = described(dataset, stats.load().moments)
     model_uri = tracking.log_model(run_id, classifier, example, metadata)

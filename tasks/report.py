@@ -10,7 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.refs import TrainedRef
-from tasks.wording import outcome, registration, rounded_row, shown
+from tasks.results import Registration
+from tasks.wording import rounded_row, shown
 
 UI_URL = "http://127.0.0.1:5000"  # where `trainflow ui` serves the local store
 
@@ -28,12 +29,11 @@ def artifact_key(name: str, kind: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{kind}".lower()).strip("-")
 
 
-def summary(name: str, run_id: str, metrics: dict, registered: dict, **extra) -> dict:
-    """What every command prints (`--json`): the run, its metrics, the registered model and the gate.
-    registered_model, version (an int), alias and gate are None when nothing was registered (--no-register)."""
-    return {"run_id": run_id, "experiment": name, "metrics": metrics, "model_uri": registered["model_uri"],
-            "registered_model": registered["registered_model"], "version": registered["version"],
-            "alias": registered["alias"], "gate": registered["gate"], **extra, "mlflow_url": run_url(run_id)}
+def summary(name: str, run_id: str, metrics: dict, registered: Registration, **extra) -> dict:
+    """What every command prints (`--json`): the run, its metrics, the registration's keys (Registration.json)
+    and `extra`."""
+    return {"run_id": run_id, "experiment": name, "metrics": metrics, **registered.json(), **extra,
+            "mlflow_url": run_url(run_id)}
 
 
 def link(what: str, run_id: str) -> str:
@@ -47,12 +47,12 @@ HEADLINES = {  # the Prefect summary's title, by the gate's outcome
 
 
 @task(name="report")
-def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registered: dict) -> dict:
+def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registered: Registration) -> dict:
     """-> the run's summary (as `trainflow run --json` prints it)."""
     out = summary(name, run_id, {**metrics, **trained.summary()}, registered)
-    lines = [f"# {name}: {HEADLINES[outcome(registered)].format(alias=registered['alias'])}", "",
+    lines = [f"# {name}: {HEADLINES[registered.outcome].format(alias=registered.alias)}", "",
              "| metric | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in out["metrics"].items()],
-             "", registration(registered) + ".", "", link("run", run_id)]
+             "", registered.line() + ".", "", link("run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
     rows = [rounded_row(h) for h in trained.epochs()]
     create_table_artifact(rows, key=artifact_key(name, "epochs"), description="per-epoch metrics")

@@ -12,8 +12,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.report import artifact_key, link, summary
+from tasks.results import Retrained
 from tasks.studies import open_study
-from tasks.wording import registration, rounded_row, shown
+from tasks.wording import rounded_row, shown
 from trainlib.tuning import SearchConfig, decode
 
 PLOTS = {
@@ -51,7 +52,7 @@ def _rows(study: optuna.Study, search: SearchConfig) -> list[dict]:
 
 @task(name="study-report")
 def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, parent_run_id: str,
-                 children: list[str], retrain: dict) -> dict:
+                 children: list[str], retrain: Retrained) -> dict:
     """-> the study's summary (as `trainflow tune --json` prints it)."""
     study = open_study(search, study_name, epochs)
     best = study.best_trial
@@ -64,14 +65,13 @@ def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, 
     log.set_tags({"best_trial": best.number, "best_params": json.dumps(best_params, default=str),
                   "study_name": study_name})
     create_table_artifact(rows, key=artifact_key(name, "trials"), description=f"every trial of {study_name}")
-    registered = retrain["registered"]
     lines = [f"# {study_name}: best trial {best.number}", "",
              f"{search.strategy} search: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} "
              f"pruned, {counts['fail']} failed); best {search.metric} {shown(best.value)}",
              "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
-             "", f"Retrained on {search.retrain}: test accuracy {shown(retrain['metrics']['test_accuracy'])}; "
-             f"{registration(registered)}.", "", link("study run", parent_run_id)]
+             "", f"Retrained on {search.retrain}: test accuracy {shown(retrain.metrics['test_accuracy'])}; "
+             f"{retrain.registered.line()}.", "", link("study run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
-    return summary(name, parent_run_id, {**retrain["metrics"], f"best_{search.metric}": best.value}, registered,
-                   children=[*children, retrain["run_id"]], trials=counts, plots_skipped=skipped,
+    return summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.value},
+                   retrain.registered, children=[*children, retrain.run_id], trials=counts, plots_skipped=skipped,
                    best_trial={"number": best.number, "params": best_params, "value": best.value})

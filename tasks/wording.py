@@ -1,26 +1,12 @@
-"""How results read, in every table and summary (CLI, Prefect artifacts, CSV): the one rounding rule and the
-registration sentence. Pure (no Prefect or MLflow import): the CLI prints with it, and importing it must not
-load Prefect before the command's temporary API has started."""
+"""How results read, in every table and summary (CLI, Prefect artifacts, CSV): the one rounding rule (the
+registration's sentence: tasks/results.py). Pure (no Prefect or MLflow import): the CLI prints with it, and
+importing it must not load Prefect before the command's temporary API has started."""
 
 from __future__ import annotations
 
 import numbers
 
 NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
-
-
-def registration(registered: dict) -> str:
-    """The line every summary gives about the registration, e.g. `registered digits-cnn version 4: kept as
-    challenger (not better than version 3's 1.0000 by 0.001)`, or why nothing was registered."""
-    if registered["gate"] is None:
-        return f"{NOT_REGISTERED}; the model is logged to the run as {registered['model_uri']}"
-    name, version, gate = registered["registered_model"], registered["version"], registered["gate"]
-    return f"registered {name} version {version}: {gate['reason']}"
-
-
-def outcome(registered: dict) -> str:
-    """The gate's verdict in a word (tasks/register.py OUTCOMES), or `not_registered`."""
-    return registered["gate"]["outcome"] if registered["gate"] else "not_registered"
 
 
 # One rounding rule for every table (CLI, Prefect artifacts, CSV): hyperparameters such as learning rates

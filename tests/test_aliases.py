@@ -219,18 +219,19 @@ def test_the_gate_records_its_moves_with_its_reason_and_flow_run(store, prefect_
 
     from tasks import tracking
     from tasks.register import promote
+    from tasks.results import Registration
     from trainlib.config import RegisterConfig
 
     name, client = f"gate-{uuid.uuid4().hex[:8]}", MlflowClient()
     experiment = tracking.experiment_id(name)
 
     @flow
-    def register(accuracy: float) -> tuple[dict, str]:
+    def register(accuracy: float) -> tuple[Registration, str]:
         run_id = client.create_run(experiment).info.run_id
         return promote(name, RegisterConfig(min_test_accuracy=0.5), "file:///nowhere", accuracy, run_id), flow_run.id
 
     results = [register(accuracy) for accuracy in (0.9, 0.8, 0.95)]
-    assert [r["alias"] for r, _ in results] == ["champion", "challenger", "champion"]
+    assert [r.alias for r, _ in results] == ["champion", "challenger", "champion"]
     assert [(m.alias, m.from_version, m.to_version, m.by, m.reason, m.flow_run) for m in aliases.history(name)] == [
-        (r["alias"], before, r["version"], "gate", r["gate"]["reason"], str(run))
+        (r.alias, before, r.version, "gate", r.gate.reason, str(run))
         for (r, run), before in zip(results, (None, None, 1), strict=True)]

@@ -116,8 +116,8 @@ def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, 
     for accuracy in [0.95, 0.95, 0.9505, 0.96, 0.9605]:
         run_id = client.create_run(experiment).info.run_id
         registered = promote("delta", gate, first["model_uri"], accuracy, run_id)
-        outcomes.append((registered["version"], registered["alias"], registered["gate"]["champion_version"]))
-        assert client.get_run(run_id).data.tags["registered_alias"] == registered["alias"]
+        outcomes.append((registered.version, registered.alias, registered.gate.champion_version))
+        assert client.get_run(run_id).data.tags["registered_alias"] == registered.alias
     assert outcomes == [(1, "champion", None), (2, "challenger", 1), (3, "challenger", 1), (4, "champion", 1),
                         (5, "challenger", 4)]
     assert int(client.get_model_version_by_alias("delta", "champion").version) == 4
@@ -139,8 +139,8 @@ def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first,
     with ThreadPoolExecutor(len(accuracies)) as pool:
         results = list(pool.map(register, accuracies, runs))
     champion = client.get_model_version_by_alias("race", "champion")
-    assert float(champion.tags["test_accuracy"]) == max(accuracies), [(r["version"], r["gate"]) for r in results]
-    assert sum(r["alias"] == "champion" for r in results) >= 1 and len({r["version"] for r in results}) == 6
+    assert float(champion.tags["test_accuracy"]) == max(accuracies), [(r.version, r.gate) for r in results]
+    assert sum(r.alias == "champion" for r in results) >= 1 and len({r.version for r in results}) == 6
 
 
 def _task_runs(flow_run_id: str, expect: tuple[str, ...] = ()) -> list:

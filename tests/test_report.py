@@ -3,7 +3,8 @@
 import pytest
 
 from tasks.register import decide
-from tasks.wording import difference, markdown_row, registration, rounded, rounded_row, shown, with_interval
+from tasks.results import Registration
+from tasks.wording import difference, markdown_row, rounded, rounded_row, shown, with_interval
 from trainlib.config import RegisterConfig
 
 GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)
@@ -49,13 +50,13 @@ def test_the_default_min_delta_is_above_zero_and_below_one_digits_test_sample():
 
 
 def test_the_registration_line_never_says_gate_failed():
-    gate = decide(1.0, GATE, 3, 1.0)
-    from dataclasses import asdict
-
-    line = registration({"registered_model": "digits-cnn", "version": 4, "gate": asdict(gate), "model_uri": "x"})
+    registered = Registration("x", "digits-cnn", 4, "challenger", decide(1.0, GATE, 3, 1.0))
+    line = registered.line()
     assert line == "registered digits-cnn version 4: kept as challenger (not better than version 3's 1.0000 by 0.001)"
-    off = registration({"registered_model": None, "version": None, "gate": None, "model_uri": "models:/m-1"})
-    assert off.startswith("not registered") and "models:/m-1" in off
+    assert Registration.from_json(registered.json()) == registered  # what a summary carries reads back the same
+    off = Registration("models:/m-1")
+    assert off.line().startswith("not registered") and "models:/m-1" in off.line() and off.outcome == "not_registered"
+    assert Registration.from_json(off.json()) == off
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -1,0 +1,71 @@
+"""Typed results: what tasks return and flows, reports and summaries read, instead of dicts whose keys are
+found out at run time (a renamed key fails in a report after the trainings have run). Each turns into JSON in
+one place, its `json()`, for `--json` and the report writers, and comes back from it with `from_json`. Pure (no
+Prefect or MLflow import): the CLI's summaries read them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tasks.wording import NOT_REGISTERED
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The registration gate's verdict on a new version (tasks/register.py decide)."""
+
+    passed: bool  # the alias moved to this version
+    outcome: str  # one of tasks/register.py OUTCOMES
+    reason: str  # the sentence every summary prints
+    test_accuracy: float
+    threshold: float  # register.min_test_accuracy
+    min_delta: float
+    champion_version: int | None  # the alias holder this version was compared with
+    champion_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering a model did: the model logged to the run (`model_uri`) and, unless register.enabled is
+    false (--no-register), the version made, the alias it got and the gate's verdict."""
+
+    model_uri: str
+    registered_model: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    gate: Gate | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The gate's verdict in a word (tasks/register.py OUTCOMES), or `not_registered`."""
+        return self.gate.outcome if self.gate else "not_registered"
+
+    def line(self) -> str:
+        """The line every summary gives about the registration, e.g. `registered digits-cnn version 4: kept as
+        challenger (not better than version 3's 1.0000 by 0.001)`, or why nothing was registered."""
+        if self.gate is None:
+            return f"{NOT_REGISTERED}; the model is logged to the run as {self.model_uri}"
+        return f"registered {self.registered_model} version {self.version}: {self.gate.reason}"
+
+    def json(self) -> dict[str, Any]:
+        """The keys every command's summary carries (`--json`): model_uri, registered_model, version (an int),
+        alias and gate, the last four None when nothing was registered."""
+        return {"model_uri": self.model_uri, "registered_model": self.registered_model, "version": self.version,
+                "alias": self.alias, "gate": asdict(self.gate) if self.gate else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Registration:
+        """From a summary's keys (what `json()` wrote)."""
+        gate = data.get("gate")
+        return cls(data["model_uri"], data.get("registered_model"), data.get("version"), data.get("alias"),
+                   Gate(**gate) if gate else None)
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A tuning study's best trial trained again, tested and registered, in a run of its own."""
+
+    run_id: str
+    metrics: dict[str, float]  # its test metrics
+    registered: Registration
