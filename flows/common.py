@@ -27,10 +27,9 @@ from trainlib.tuning import SearchConfig, load_search
 M = TypeVar("M", bound=BaseModel)
 
 
-def finished(record: dict) -> dict:
+def finished(record: events.Finished) -> None:
     """Tell this process's listeners (tasks/events.py) that a trial, variant or member finished."""
     events.emit("finished", record=record)
-    return record
 
 
 LOADERS: dict[type, Callable[[str], BaseModel]] = {PipelineConfig: load_config, SearchConfig: load_search,
@@ -76,10 +75,10 @@ def train_and_register(config: PipelineConfig, dataset: DatasetRef, manifest: Ma
 
 
 def run_bounded(limit: int, submit_next: Callable[[], tuple[Any, PrefectFuture] | None],
-                on_done: Callable[[Any, Any], dict]) -> None:
+                on_done: Callable[[Any, Any], events.Finished]) -> None:
     """Keep up to `limit` task runs going. `submit_next()` submits one more and returns (key, future),
     or None when there is nothing more to run; `on_done(key, result)` gets each result as it finishes
-    (an exception object for a failed task run) and returns its record, which is emitted as `finished`."""
+    (an exception object for a failed task run) and returns what progress shows of it, emitted as `finished`."""
     if limit < 1:
         raise ValueError(f"at least one task run must be allowed at a time, not {limit}")
     running: dict[PrefectFuture, Any] = {}

@@ -13,10 +13,12 @@ from flows.runners import Submit, fan_out
 from flows.transfer import with_source_architecture
 from tasks import tracking
 from tasks.comparison import BETTER, MEASURES, compare_report, measures
+from tasks.events import Finished
 from tasks.fanout import variant
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
 from tasks.register import register
+from tasks.results import Repeated, VariantRun
 from tasks.settings import workspace
 from tasks.transfer import fetch_source
 from trainlib import evidence
@@ -60,15 +62,15 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
                 for i, seed in enumerate(plan.split_seeds)}  # the repeats' splits, recorded: the first
         with fan_out(plan.runner, plan.parallel) as submit:
             results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit, source)
-        groups = {v.label: [measures(r) for r in results if r["label"] == v.label] for v in plan.variants}
+        groups = {v.label: [measures(r) for r in results if r.label == v.label] for v in plan.variants}
         summary = evidence.summarize(groups, MEASURES)
         winner = max((s for s in summary if s["n"]),
                      key=lambda s: (s["best_val_accuracy"]["mean"], -s["best_val_loss"]["mean"]))
-        best = max((r for r in results if r["label"] == winner["label"] and r["state"] == "complete"),
-                   key=lambda r: (r["metrics"]["best_val_accuracy"], -r["metrics"]["best_val_loss"]))
-        dataset, _, stats = data[best["split_seed"]]
-        registered = register(config.name, config.register, best["model"], best["metrics"], dataset, stats,
-                              best["run_id"])
+        best = max((r for r in results if r.label == winner["label"] and r.run is not None),
+                   key=lambda r: (r.run.metrics["best_val_accuracy"], -r.run.metrics["best_val_loss"]))
+        dataset, _, stats = data[best.split_seed]
+        registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,
+                              best.run.run_id)
         versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER)
         return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered, ws)
 
@@ -77,7 +79,7 @@ Prepared = tuple[DatasetRef, ManifestRef, StatsRef]
 
 
 def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, Prepared], run_id: str, ws: str,
-                  submit: Submit, source: SourceRef | None = None) -> list[dict]:
+                  submit: Submit, source: SourceRef | None = None) -> list[Repeated]:
     """Train every repeat of every variant, `max_parallel` at a time, each on its split's data (and from the
     transfer `source`, if any, in its architecture); failed ones are kept as such."""
     queue, results = list(jobs), {}
@@ -91,15 +93,13 @@ def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, P
         return r, submit(variant, config, r.label, r.repeat, r.name, r.overrides, dataset, manifest, stats,
                          run_id, ws, source)
 
-    def on_done(r: plans.Repeat, result) -> dict:
-        base = {"label": r.label, "repeat": r.repeat, "name": r.name, "split_seed": r.config.split.seed}
-        if isinstance(result, BaseException):
-            results[r.name] = base | {"state": "failed", "error": f"{type(result).__name__}: {result}"}
-        else:
-            results[r.name] = result | base | {"state": "complete"}
-        return results[r.name]
+    def on_done(r: plans.Repeat, result: VariantRun | BaseException) -> Finished:
+        failed = isinstance(result, BaseException)
+        results[r.name] = Repeated(r.label, r.repeat, r.name, r.config.split.seed, None if failed else result,
+                                   f"{type(result).__name__}: {result}" if failed else None)
+        return Finished(r.name, None if failed else result.metrics.get("best_val_accuracy"), results[r.name].state)
 
     run_bounded(max_parallel, submit_next, on_done)
-    if not any(r["state"] == "complete" for r in results.values()):
+    if not any(r.run is not None for r in results.values()):
         raise TrainingError("no variant trained; see the failed variants' runs")
     return [results[r.name] for r in jobs]

@@ -13,6 +13,7 @@ from flows.runners import Submit, fan_out
 from tasks import tracking
 from tasks.ensemble import combine, register_ensemble
 from tasks.ensemble_report import ensemble_repeats_report, ensemble_report
+from tasks.events import Finished
 from tasks.members import boost_weights, check_registered, member, registered_member
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
@@ -79,6 +80,12 @@ def _failed(result: BaseException, name: str) -> dict:
     return {"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
 
 
+def _done(member: dict) -> Finished:
+    """What progress shows of a member: its best validation accuracy (a registered one's validation accuracy)."""
+    metrics = member.get("metrics", {})
+    return Finished(member["label"], metrics.get("best_val_accuracy", metrics.get("val_accuracy")), member["state"])
+
+
 def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
     """Fail unless at least min_members (of those attempted) trained: a failed member is recorded, not fatal."""
     complete = sum(t["state"] == "complete" for t in trained)
@@ -102,10 +109,10 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
         return i, submit(member, m.config, m.name, m.overrides, ensemble.resample(i), oof, dataset, manifest, stats,
                          run_id, ws)
 
-    def on_done(i: int, result) -> dict:
+    def on_done(i: int, result) -> Finished:
         failed = isinstance(result, BaseException)
         results[i] = _failed(result, members[i].name) if failed else result | {"state": "complete"}
-        return results[i]
+        return _done(results[i])
 
     run_bounded(ensemble.max_parallel, submit_next, on_done)
     trained = [results[i] for i in range(len(members))]
@@ -124,9 +131,10 @@ def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member
                         stats, run_id, ws)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):  # the next round draws from the same weights
-            trained.append(finished(_failed(result, m.name)))
+            trained.append(_failed(result, m.name))
+            finished(_done(trained[-1]))
             continue
-        finished(result)
+        finished(_done(result | {"state": "complete"}))
         step = boost_weights(weights, result, dataset, manifest, ensemble.learning_rate, ws, i)
         if step["alpha"] > 0:
             trained.append(result | {"state": "complete", "boost_error": step["error"]})

@@ -74,12 +74,9 @@ class RunProgress(_Bar):
     def __call__(self, event: Event) -> None:
         if event.kind != "finished":
             return
-        result = event.data["record"]
-        name = result.get("name") or result.get("label") or f"trial {result.get('number')}"
-        metrics = result.get("metrics", {})  # trials report a value; variants and ensemble members metrics
-        value = metrics.get("best_val_accuracy", metrics.get("val_accuracy", result.get("value")))
-        shown = f"{value:.4f}" if isinstance(value, float) else result.get("state", "done")
-        self.show(self.done + 1, f"{name}: {shown}", last=f"last: {name} {shown}")
+        done = event.data["record"]
+        shown = f"{done.value:.4f}" if isinstance(done.value, float) else done.state
+        self.show(self.done + 1, f"{done.name}: {shown}", last=f"last: {done.name} {shown}")
 
 
 class StudyProgress(_Bar):
@@ -95,10 +92,8 @@ class StudyProgress(_Bar):
             text = f"{row['name']}: {row['verdict']} ({row['seconds']:.0f} s)"
             self.show(self.done + 1, text, last=text)
         elif event.kind == "finished":
-            r = event.data["record"]
-            value = r.get("metrics", {}).get("best_val_accuracy")
-            text = f"  {r.get('name') or r.get('label')}: " + (f"{value:.4f}" if isinstance(value, float)
-                                                                else r.get("state", "done"))
+            done = event.data["record"]
+            text = f"  {done.name}: " + (f"{done.value:.4f}" if isinstance(done.value, float) else done.state)
             self.show(self.done, text, last=text.strip())
 
 

@@ -12,6 +12,7 @@ from flows import plans
 from flows.common import as_model, parameter, prepare_data, run_bounded, train_and_register
 from flows.runners import Submit, fan_out, in_other_processes
 from tasks import studies, tracking
+from tasks.events import Finished
 from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
@@ -68,7 +69,11 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
             return t, submit(trial, t.config, t.params, search, study_name, t.trial_id, t.number, dataset,
                              manifest, stats, run_id)
 
-        run_bounded(search.max_parallel, submit_next, trials.tell)
+        def told(asked: studies.Asked, result) -> Finished:
+            record = trials.tell(asked, result)
+            return Finished(f"trial {record['number']}", record.get("value"), record["state"])
+
+        run_bounded(search.max_parallel, submit_next, told)
     trials.check_complete()
     return trials.run_ids
 

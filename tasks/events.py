@@ -31,6 +31,15 @@ class Event:
     data: dict[str, Any] = field(hash=False)
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A `finished` event's record: a trial, variant or member that finished, as progress shows it."""
+
+    name: str
+    value: float | None = None  # its score: best validation accuracy (variants, members), a trial's value
+    state: str = "complete"  # or failed, pruned, discarded
+
+
 Listener = Callable[[Event], None]
 _listeners: list[Listener] = []
 _lock = threading.Lock()  # tasks in threads emit while the CLI adds or removes listeners

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.record import open_run
 from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
+from tasks.results import VariantRun
 from tasks.studies import open_study
 from trainlib import recipe
 from trainlib.config import PipelineConfig
@@ -75,11 +76,9 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
 @task(name="variant", cache_policy=NO_CACHE)
 def variant(config: PipelineConfig, label: str, repeat: int, name: str, overrides: dict, dataset: DatasetRef,
             manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str,
-            source: SourceRef | None = None) -> dict:
+            source: SourceRef | None = None) -> VariantRun:
     """Train and test repeat `repeat` of one comparison variant, recorded as a training run is (per-epoch metrics,
-    best and stopped epoch, the model file as checkpoints/model.pt; the MLflow model only once registered).
-    -> {label, repeat, name, run_id, overrides, metrics, epochs, best_epoch, seconds, model (file), curves (file
-    of its history and LR per update)}."""
+    best and stopped epoch, the model file as checkpoints/model.pt; the MLflow model only once registered)."""
     run_id = child_run(config, name, parent_run_id, "variant", overrides, dataset.digest,
                        {"trainflow.variant": label, "trainflow.repeat": repeat}
                        | ({"transfer.source": source.uri} if source else {}))
@@ -105,6 +104,5 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         log.log_artifact(str(ws / "model.pt"), "checkpoints")  # architecture + weights: inspectable, a transfer source
     (ws / "curves.json").write_text(json.dumps({"history": fit.history, "lrs": fit.lrs,
                                                 "updates_per_epoch": fit.updates_per_epoch}))
-    return {"label": label, "repeat": repeat, "name": name, "run_id": run_id, "overrides": overrides,
-            "metrics": metrics, "epochs": fit.stopped_epoch, "best_epoch": fit.best_epoch, "seconds": seconds,
-            "model": str(ws / "model.pt"), "curves": str(ws / "curves.json")}
+    return VariantRun(label, repeat, name, run_id, overrides, metrics, fit.stopped_epoch, fit.best_epoch, seconds,
+                      str(ws / "model.pt"), str(ws / "curves.json"))

@@ -69,3 +69,36 @@ class Retrained:
     run_id: str
     metrics: dict[str, float]  # its test metrics
     registered: Registration
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """One repeat of one comparison variant, trained and tested in its nested run (tasks/fanout.py `variant`)."""
+
+    label: str  # the variant's label (trainlib.variants)
+    repeat: int
+    name: str  # the child run's name
+    run_id: str
+    overrides: dict[str, Any]  # what the variant changes in the base config
+    metrics: dict[str, float]  # test, best-validation-epoch and derived measures, train_seconds
+    epochs: int  # epochs run (early stopping may end sooner)
+    best_epoch: int | None
+    seconds: float  # wall seconds of its training and testing
+    model: str  # its model file (the registered one, if it wins)
+    curves: str  # a JSON file of its history and LR per update (the report's figures)
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """A repeat of a comparison as the comparison keeps it: trained (`run`), or failed with its `error`."""
+
+    label: str
+    repeat: int
+    name: str
+    split_seed: int  # the split it trained on (with resplit, each repeat its own)
+    run: VariantRun | None = None
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "complete" if self.run is not None else "failed"
