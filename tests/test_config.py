@@ -74,6 +74,7 @@ def test_yaml_round_trip():
     (["name=has space"], "name: String should match pattern"),
     (["optimizer=3"], "optimizer: Input should be a valid dictionary"),
     (["lr"], "--set 'lr': expected key=value"),
+    (["transfer.source=\x00"], "transfer.source: '\\x00' is not a path (it holds a NUL character)"),  # hypothesis
 ])
 def test_bad_config_gives_one_readable_message(overrides, expected):
     with pytest.raises(ConfigError) as info:

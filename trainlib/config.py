@@ -170,6 +170,8 @@ def _anchor_paths(raw: dict, folder: Path) -> None:
         section, leaf = key.split(".")
         node = raw.get(section)
         value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{key}: {value!r} is not a path (it holds a NUL character)")
         if isinstance(value, str) and value and not value.startswith(NOT_FILES) and not Path(value).is_absolute():
             node[leaf] = str((folder / value).resolve())
 
