@@ -17,6 +17,7 @@ from tasks.events import Finished
 from tasks.members import boost_weights, check_registered, member, registered_member
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.results import MemberOutcome, MemberRun
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, flatten
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, registered_name
@@ -53,7 +54,7 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
         train = boost if METHODS[ensemble.method].sequential else train_members
         with fan_out(plan.runner, plan.parallel) as submit:
             trained, weights = train(config, ensemble, members, dataset, manifest, stats, run_id, ws, submit)
-        done = [t for t in trained if t["state"] == "complete"]
+        done = [t.run for t in trained if t.state == "complete" and t.run is not None]
         combined = combine(config, ensemble, done, weights, dataset, manifest, run_id, ws)
         registered = register_ensemble(registered_name(config.name), config.register, combined, dataset, stats,
                                        run_id)
@@ -76,19 +77,21 @@ def repeated(plan: plans.Ensemble, refresh: bool, parent_run_id: str | None = No
         return ensemble_repeats_report(config.name, run_id, plan.ensemble.method, summaries, ws)
 
 
-def _failed(result: BaseException, name: str) -> dict:
-    return {"label": name, "state": "failed", "error": f"{type(result).__name__}: {result}"}
+def _outcome(result: MemberRun | BaseException, name: str) -> MemberOutcome:
+    if isinstance(result, BaseException):
+        return MemberOutcome(name, "failed", error=f"{type(result).__name__}: {result}")
+    return MemberOutcome(name, "complete", result)
 
 
-def _done(member: dict) -> Finished:
+def _done(member: MemberOutcome) -> Finished:
     """What progress shows of a member: its best validation accuracy (a registered one's validation accuracy)."""
-    metrics = member.get("metrics", {})
-    return Finished(member["label"], metrics.get("best_val_accuracy", metrics.get("val_accuracy")), member["state"])
+    metrics = member.run.metrics if member.run else {}
+    return Finished(member.label, metrics.get("best_val_accuracy", metrics.get("val_accuracy")), member.state)
 
 
-def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
+def _enough(ensemble: EnsembleConfig, trained: list[MemberOutcome]) -> None:
     """Fail unless at least min_members (of those attempted) trained: a failed member is recorded, not fatal."""
-    complete = sum(t["state"] == "complete" for t in trained)
+    complete = sum(t.state == "complete" for t in trained)
     if complete < min(ensemble.min_members, len(trained)) or not complete:
         raise TrainingError(f"only {complete} of {len(trained)} ensemble members trained, fewer than "
                             f"ensemble.min_members ({ensemble.min_members}); see the failed members' runs")
@@ -96,7 +99,7 @@ def _enough(ensemble: EnsembleConfig, trained: list[dict]) -> None:
 
 def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], dataset: DatasetRef,
                   manifest: ManifestRef, stats: StatsRef, run_id: str, ws: str,
-                  submit: Submit) -> tuple[list[dict], None]:
+                  submit: Submit) -> tuple[list[MemberOutcome], None]:
     """Bagging, stacking, voting: every member at once, up to max_parallel at a time. -> (results, no weights)."""
     queue, results, oof = list(enumerate(members)), {}, ensemble.out_of_fold()
 
@@ -109,9 +112,8 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
         return i, submit(member, m.config, m.name, m.overrides, ensemble.resample(i), oof, dataset, manifest, stats,
                          run_id, ws)
 
-    def on_done(i: int, result) -> Finished:
-        failed = isinstance(result, BaseException)
-        results[i] = _failed(result, members[i].name) if failed else result | {"state": "complete"}
+    def on_done(i: int, result: MemberRun | BaseException) -> Finished:
+        results[i] = _outcome(result, members[i].name)
         return _done(results[i])
 
     run_bounded(ensemble.max_parallel, submit_next, on_done)
@@ -122,7 +124,7 @@ def train_members(config: PipelineConfig, ensemble: EnsembleConfig, members: lis
 
 def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member], dataset: DatasetRef,
           manifest: ManifestRef, stats: StatsRef, run_id: str, ws: str,
-          submit: Submit) -> tuple[list[dict], list[float]]:
+          submit: Submit) -> tuple[list[MemberOutcome], list[float]]:
     """Boosting (SAMME): members in sequence, each on a resample drawn by the sample weights its predecessors
     left. -> (results, vote weights of the complete members)."""
     weights, trained, alphas = None, [], []
@@ -130,19 +132,19 @@ def boost(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Member
         future = submit(member, m.config, m.name, m.overrides, ensemble.resample(i, weights), None, dataset, manifest,
                         stats, run_id, ws)
         result = future.result(raise_on_failure=False)
-        if isinstance(result, BaseException):  # the next round draws from the same weights
-            trained.append(_failed(result, m.name))
-            finished(_done(trained[-1]))
+        outcome = _outcome(result, m.name)
+        finished(_done(outcome))
+        if outcome.run is None:  # failed: the next round draws from the same weights
+            trained.append(outcome)
             continue
-        finished(_done(result | {"state": "complete"}))
-        step = boost_weights(weights, result, dataset, manifest, ensemble.learning_rate, ws, i)
-        if step["alpha"] > 0:
-            trained.append(result | {"state": "complete", "boost_error": step["error"]})
-            alphas.append(step["alpha"])
+        step = boost_weights(weights, outcome.run, dataset, manifest, ensemble.learning_rate, ws, i)
+        if step.alpha > 0:
+            trained.append(MemberOutcome(m.name, "complete", outcome.run, boost_error=step.error))
+            alphas.append(step.alpha)
         else:  # no better than chance: SAMME leaves it out
-            trained.append(result | {"state": "discarded", "error": step["stop"]})
-        weights = step["weights"]
-        if step["stop"]:
+            trained.append(MemberOutcome(m.name, "discarded", outcome.run, error=step.stop))
+        weights = step.weights
+        if step.stop:
             break
     _enough(ensemble, trained)
     return trained, alphas

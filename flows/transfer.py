@@ -14,6 +14,7 @@ from tasks import tracking
 from tasks.record import start_run
 from tasks.refs import SourceRef
 from tasks.report import report, run_url
+from tasks.results import SourceRun
 from tasks.settings import workspace
 from tasks.transfer import check_source, fetch_source, registered_source, transfer_report
 from trainlib.config import PipelineConfig, override
@@ -51,7 +52,7 @@ def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, paren
         weights = check_source(config, source, dataset, stats, run_id)
         trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id, source)
         lineage = {"source": source.uri, "strategy": config.transfer.strategy, "history": trained.history,
-                   "source_run_id": source.source_run_id, "weights_copied": len(weights["copied"])}
+                   "source_run_id": source.source_run_id, "weights_copied": len(weights.copied)}
         return report(config.name, run_id, trained, metrics, registered) | {"transfer": lineage}
 
 
@@ -73,10 +74,10 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
     source = registered_source(source_config.name, source_config.register.alias)
     if source is None:
         trained = training_pipeline(source_config, refresh=refresh)
-        source = {"uri": trained_uri(trained), "run_id": trained["run_id"],
-                  **{k: trained["metrics"][k] for k in ("test_accuracy", "best_epoch", "train_seconds")}}
-    target = override(config, DIGITS_5_9 | {"split.shots": shots, "transfer.source": source["uri"]})
-    run_id = start_run(target, {"demo.shots": shots, "demo.source": source["uri"]}, kind="transfer-demo",
+        source = SourceRun(trained_uri(trained), trained["run_id"],
+                           *(trained["metrics"][k] for k in ("test_accuracy", "best_epoch", "train_seconds")))
+    target = override(config, DIGITS_5_9 | {"split.shots": shots, "transfer.source": source.uri})
+    run_id = start_run(target, {"demo.shots": shots, "demo.source": source.uri}, kind="transfer-demo",
                        run_name=f"transfer demo: {shots} shots per class")
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
@@ -84,4 +85,4 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
                 for s in DEMO_STRATEGIES}
         rows = transfer_report(target.name, run_id, source, runs, ws)
         return runs["finetune"] | {"run_id": run_id, "mlflow_url": run_url(run_id), "shots": shots, "runs": rows,
-                                   "source": source, "children": [r["run_id"] for r in runs.values()]}
+                                   "source": source.json(), "children": [r["run_id"] for r in runs.values()]}

@@ -17,7 +17,7 @@ from tasks.fanout import trial
 from tasks.normalize import normalize
 from tasks.record import start_run
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
-from tasks.results import Retrained
+from tasks.results import Retrained, TrialRun
 from tasks.settings import workspace
 from tasks.split import merge_val
 from tasks.studies import create_study
@@ -69,9 +69,11 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
             return t, submit(trial, t.config, t.params, search, study_name, t.trial_id, t.number, dataset,
                              manifest, stats, run_id)
 
-        def told(asked: studies.Asked, result) -> Finished:
-            record = trials.tell(asked, result)
-            return Finished(f"trial {record['number']}", record.get("value"), record["state"])
+        def told(asked: studies.Asked, result: TrialRun | BaseException) -> Finished:
+            trials.tell(asked, result)
+            if isinstance(result, BaseException):
+                return Finished(f"trial {asked.number}", state="failed")
+            return Finished(f"trial {asked.number}", result.value, result.state)
 
         run_bounded(search.max_parallel, submit_next, told)
     trials.check_complete()

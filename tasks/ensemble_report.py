@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.report import artifact_key, link, run_url, summary
-from tasks.results import Registration
+from tasks.results import Combined, MemberOutcome, Registration
 from tasks.wording import markdown_row, rounded_row, shown
 from trainlib import evidence, plots
 from trainlib.ensemble import EnsembleConfig
@@ -22,29 +22,35 @@ def _row(name: str, state: str, metrics: dict, **extra) -> dict:
     return {"member": name, "state": state, **rounded_row(metrics, COLUMNS), **rounded_row(extra)}
 
 
+def _member_row(x: MemberOutcome, weight: float | None) -> dict:
+    """A member's row of the report (a failed one: its error, no scores)."""
+    run = x.run
+    return _row(x.label, x.state, run.metrics if run else {}, weight=weight, epochs=run.epochs if run else None,
+                seconds=run.seconds if run else None, run_id=run.run_id if run else None,
+                source=run.source if run else None, error=x.error)
+
+
 @task(name="ensemble-report")
-def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: list[dict], combined: dict,
+def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: list[MemberOutcome], combined: Combined,
                     registered: Registration, workspace: str) -> dict:
     """-> the ensemble's summary (as `trainflow ensemble --json` prints it)."""
-    done = [x for x in members if x["state"] == "complete"]
+    done = [x.run for x in members if x.state == "complete" and x.run is not None]
     weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
-        zip((x["label"] for x in done), combined["weights"] or [1.0] * len(done), strict=True))
-    rows = [_row(x["label"], x["state"], x.get("metrics", {}), weight=weights.get(x["label"]),
-                 epochs=x.get("epochs"), seconds=x.get("seconds"),
-                 run_id=x.get("run_id"), source=x.get("source"), error=x.get("error")) for x in members]
-    ensemble_row = _row(f"ensemble ({ensemble.method})", "complete", combined["metrics"], run_id=run_id)
-    best = max(done, key=lambda x: (x["metrics"]["test_accuracy"], -x["metrics"]["test_loss"]))
+        zip((x.label for x in done), combined.weights or [1.0] * len(done), strict=True))
+    rows = [_member_row(x, weights.get(x.label)) for x in members]
+    ensemble_row = _row(f"ensemble ({ensemble.method})", "complete", combined.metrics, run_id=run_id)
+    best = max(done, key=lambda x: (x.metrics["test_accuracy"], -x.metrics["test_loss"]))
     log = tracking.RunLogger(run_id)
-    log.log_metrics({"best_member_test_accuracy": best["metrics"]["test_accuracy"],
-                     "mean_disagreement": _mean_off_diagonal(combined["disagreement"])}, step=0)
+    log.log_metrics({"best_member_test_accuracy": best.metrics["test_accuracy"],
+                     "mean_disagreement": _mean_off_diagonal(combined.disagreement)}, step=0)
     log.log_figure(plots.ensemble_scores({r["member"]: r for r in [*rows, ensemble_row] if r["state"] == "complete"}),
                    "ensemble_scores.png")
-    log.log_figure(plots.disagreement(np.array(combined["disagreement"]), [x["label"] for x in done]),
+    log.log_figure(plots.disagreement(np.array(combined.disagreement), [x.label for x in done]),
                    "member_disagreement.png")
     table = f"{workspace}/ensemble.csv"
     pd.DataFrame([*rows, ensemble_row]).to_csv(table, index=False)
     log.log_artifact(table)
-    log.log_dict({"members": [x["label"] for x in done], "disagreement": combined["disagreement"]},
+    log.log_dict({"members": [x.label for x in done], "disagreement": combined.disagreement},
                  "member_disagreement.json")
     create_table_artifact([*rows, ensemble_row], key=artifact_key(name, "ensemble"),
                           description="every member and the ensemble, val and test")
@@ -54,13 +60,13 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
                for r in rows],
              f"| **ensemble** | | {shown(ensemble_row['val_accuracy'])} | **{shown(ensemble_row['test_accuracy'])}** "
              "| | |", "",
-             f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined['disagreement']):.4f}.", "",
+             f"Mean pairwise disagreement on test: {_mean_off_diagonal(combined.disagreement):.4f}.", "",
              registered.line() + ".", "", link("ensemble run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-summary"), description="ensemble")
-    metrics = combined["metrics"] | {"best_member_test_accuracy": best["metrics"]["test_accuracy"]}
-    return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best["label"],
-                   members=rows, disagreement=combined["disagreement"],
-                   children=[x["run_id"] for x in members if x.get("run_id")])
+    metrics = combined.metrics | {"best_member_test_accuracy": best.metrics["test_accuracy"]}
+    return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best.label,
+                   members=rows, disagreement=combined.disagreement,
+                   children=[x.run.run_id for x in members if x.run is not None])
 
 
 def _mean_off_diagonal(matrix: list[list[float]]) -> float:

@@ -12,7 +12,7 @@ from trainlib.config import PipelineConfig
 
 @task(name="evaluate")
 def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, trained: TrainedRef,
-             run_id: str) -> dict:
+             run_id: str) -> dict[str, float]:
     """-> test_* metrics (loss, accuracy, macro precision/recall/F1)."""
     ds = dataset.load()
     result = recipe.test(config, trained.load(), ds, manifest.load())

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.record import open_run
 from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
-from tasks.results import VariantRun
+from tasks.results import TrialRun, VariantRun
 from tasks.studies import open_study
 from trainlib import recipe
 from trainlib.config import PipelineConfig
@@ -49,12 +49,10 @@ def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, 
 
 @task(name="trial", cache_policy=NO_CACHE)
 def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name: str, trial_id: int, number: int,
-          dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str) -> dict:
-    """Train one trial's config on the train split, scored on validation; pruned trials stop early.
-    -> {number, run_id, params, state (complete | pruned), value, epochs, best_epoch, seconds}."""
+          dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str) -> TrialRun:
+    """Train one trial's config on the train split, scored on validation; pruned trials stop early."""
     run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset.digest)
     started = time.perf_counter()
-    out = {"number": number, "run_id": run_id, "params": params}
     with tracking.finishing(run_id) as outcome, tracking.RunLogger(run_id, every=LIVE_SECONDS) as log:
         handle = optuna.trial.Trial(open_study(search, study_name, config.training.epochs), trial_id)
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
@@ -64,13 +62,13 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
-            return out | {"state": "pruned", "value": None, "epochs": pruning.epoch, "best_epoch": None,
-                          "seconds": time.perf_counter() - started}
+            return TrialRun(number, run_id, params, "pruned", None, pruning.epoch, None,
+                            time.perf_counter() - started)
         # early stopping watches the search metric (see trial_base): its best is the trial's score
         log.log_metrics({f"best_{search.metric}": fit.best_value}, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
-    return out | {"state": "complete", "value": fit.best_value, "epochs": fit.stopped_epoch,
-                  "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - started}
+    return TrialRun(number, run_id, params, "complete", fit.best_value, fit.stopped_epoch, fit.best_epoch,
+                    time.perf_counter() - started)
 
 
 @task(name="variant", cache_policy=NO_CACHE)

@@ -17,6 +17,7 @@ from tasks import tracking
 from tasks.fanout import child_run, load_data
 from tasks.model_ref import check_member
 from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.results import BoostStep, MemberRun
 from trainlib import recipe
 from trainlib.boosting import samme
 from trainlib.config import PipelineConfig
@@ -56,10 +57,10 @@ def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, 
 
 @task(name="member", cache_policy=NO_CACHE)
 def member(config: PipelineConfig, name: str, overrides: dict, resample: Resample | None, oof: dict | None,
-           dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str) -> dict:
+           dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str,
+           workspace: str) -> MemberRun:
     """Train one member on the train split, or on the rows `resample` draws from it; with `oof` ({folds,
-    seed}) first its out-of-fold probabilities over the train split. -> {label, run_id, model, probabilities
-    (files), metrics, epochs, seconds}."""
+    seed}) first its out-of-fold probabilities over the train split."""
     run_id = child_run(config, name, parent_run_id, "member", overrides, dataset.digest)
     log, started = tracking.RunLogger(run_id), time.perf_counter()
     ws = Path(workspace) / run_id
@@ -82,9 +83,8 @@ def member(config: PipelineConfig, name: str, overrides: dict, resample: Resampl
         log.log_metrics({**metrics, **fit.averaged, "wall_seconds": seconds}, step=fit.stopped_epoch)
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     np.savez(ws / PROBABILITIES, **probs)
-    return {"label": name, "run_id": run_id, "model": str(ws / "model.pt"),
-            "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": fit.stopped_epoch,
-            "seconds": seconds, "source": None}
+    return MemberRun(name, run_id, str(ws / "model.pt"), str(ws / PROBABILITIES), metrics, fit.stopped_epoch,
+                     seconds, None)
 
 
 @task(name="check-registered")
@@ -106,9 +106,9 @@ def load_registered(uri: str) -> torch.nn.Module:
 
 @task(name="registered-member", cache_policy=NO_CACHE)
 def registered_member(config: PipelineConfig, name: str, uri: str, dataset: DatasetRef, manifest: ManifestRef,
-                      parent_run_id: str, workspace: str) -> dict:
+                      parent_run_id: str, workspace: str) -> MemberRun:
     """Reuse a registered model as a voting member: checked against the data, exported, evaluated on every
-    split in its own child run (tagged with the source URI). -> as `member`."""
+    split in its own child run (tagged with the source URI)."""
     ds, m = dataset.load(), manifest.load()
     model = load_registered(uri)
     example = next(subset(ds, np.arange(2), workers=0).batches(2))[0].float()
@@ -131,23 +131,21 @@ def registered_member(config: PipelineConfig, name: str, uri: str, dataset: Data
         seconds = time.perf_counter() - started
         tracking.RunLogger(run_id).log_metrics({**metrics, "wall_seconds": seconds}, step=0)
     np.savez(ws / PROBABILITIES, **probs)
-    return {"label": name, "run_id": run_id, "model": str(ws / "model.pt2"),
-            "probabilities": str(ws / PROBABILITIES), "metrics": metrics, "epochs": None,
-            "seconds": seconds, "source": uri}
+    return MemberRun(name, run_id, str(ws / "model.pt2"), str(ws / PROBABILITIES), metrics, None, seconds, uri)
 
 
 @task(name="boost-weights", cache_policy=NO_CACHE)
-def boost_weights(weights: str | None, trained: dict, dataset: DatasetRef, manifest: ManifestRef,
-                  learning_rate: float, workspace: str, round_: int) -> dict:
+def boost_weights(weights: str | None, trained: MemberRun, dataset: DatasetRef, manifest: ManifestRef,
+                  learning_rate: float, workspace: str, round_: int) -> BoostStep:
     """One SAMME step after boosting round `round_`, from its sample `weights` (file; None: uniform): the
     member's vote weight from its weighted error on the train split, and the next round's sample weights
-    (file). -> {alpha, error, weights, stop}."""
+    (file)."""
     m = manifest.load()
     ds = recipe.labelled(dataset.load(), m)  # boosting weighs errors against the labels trained on
-    correct = np.load(trained["probabilities"])["train"].argmax(1) == ds.labels.numpy()[indices(m, "train")]
+    correct = np.load(trained.probabilities)["train"].argmax(1) == ds.labels.numpy()[indices(m, "train")]
     boost = samme(np.load(weights) if weights else np.ones(len(correct)), correct, len(ds.classes), learning_rate)
     path = Path(workspace) / f"weights-{round_ + 1}.npy"
     np.save(path, boost.weights)
-    tracking.RunLogger(trained["run_id"]).log_metrics({"member_weight": boost.alpha,
+    tracking.RunLogger(trained.run_id).log_metrics({"member_weight": boost.alpha,
                                                        "weighted_train_error": boost.error}, step=round_)
-    return {"alpha": boost.alpha, "error": boost.error, "weights": str(path), "stop": boost.stop}
+    return BoostStep(boost.alpha, boost.error, str(path), boost.stop)

@@ -102,3 +102,80 @@ class Repeated:
     @property
     def state(self) -> str:
         return "complete" if self.run is not None else "failed"
+
+
+@dataclass(frozen=True)
+class Combined:
+    """An ensemble's members made one model (tasks/ensemble.py `combine`): its exported program, what it is made
+    of, and how it scored."""
+
+    program: str  # the torch.export program file (.pt2)
+    about: str  # a JSON file: method, rule, classes, input shape, every member with its run and vote weight
+    metrics: dict[str, float]  # the exported program's val_* and test_* metrics
+    weights: list[float] | None  # the members' vote weights (boosting's), None for equal votes
+    disagreement: list[list[float]]  # pairwise disagreement of the members' test predictions
+
+
+@dataclass(frozen=True)
+class BoostStep:
+    """One SAMME step after a boosting round (tasks/members.py `boost_weights`)."""
+
+    alpha: float  # the member's vote weight (0 or less: no better than chance, left out)
+    error: float  # its weighted error on the train split
+    weights: str  # the next round's sample weights (a .npy file)
+    stop: str | None  # why boosting stops after this round, if it does
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """An ensemble member trained (or a registered model reused) and scored in its nested run
+    (tasks/members.py)."""
+
+    label: str
+    run_id: str
+    model: str  # its model file (a trainlib model, or a registered model's exported program)
+    probabilities: str  # an .npz of its class probabilities per split (and out of fold, for stacking)
+    metrics: dict[str, float]
+    epochs: int | None  # None for a registered model reused
+    seconds: float
+    source: str | None  # the registered model it reuses (models:/...), if any
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    """A member as the ensemble keeps it: complete, failed (`error`), or discarded by boosting (no better than
+    chance: `error` says so)."""
+
+    label: str
+    state: str  # complete | failed | discarded
+    run: MemberRun | None = None
+    error: str | None = None
+    boost_error: float | None = None  # boosting: its weighted train error
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A tuning trial trained and scored on validation in its nested run (tasks/fanout.py `trial`)."""
+
+    number: int
+    run_id: str
+    params: dict[str, Any]  # the values the search drew for it
+    state: str  # complete | pruned
+    value: float | None  # its best value of the search metric (None when pruned)
+    epochs: int  # epochs run
+    best_epoch: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """The transfer demo's source model: where it is registered (or its run) and its training's figures."""
+
+    uri: str  # models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID
+    run_id: str
+    test_accuracy: float | None
+    best_epoch: float | None
+    train_seconds: float | None
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -30,6 +30,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import SQLAlchemyError
 
+from tasks.results import TrialRun
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.redact import redact
@@ -286,19 +287,17 @@ class AskTell:
             return Asked(trial_id, trial.number, params, config)
         return None
 
-    def tell(self, asked: Asked, result: dict | BaseException) -> dict:
-        """Record what a trial's task returned ({run_id, state (complete | pruned), value, best_epoch, ...}), or
-        the exception it failed with. -> the trial's record."""
+    def tell(self, asked: Asked, result: TrialRun | BaseException) -> None:
+        """Record what a trial's task returned, or the exception it failed with."""
         trial = self.running.pop(asked.trial_id)
         if isinstance(result, BaseException):
             tell(self.study, trial, state=States.FAIL, attrs={"error": f"{type(result).__name__}: {result}"})
-            return {"number": asked.number, "state": "failed"}
-        self.run_ids.append(result["run_id"])
-        if result["state"] == "pruned":
+            return
+        self.run_ids.append(result.run_id)
+        if result.state == "pruned":
             tell(self.study, trial, state=States.PRUNED)
         else:
-            tell(self.study, trial, result["value"], attrs={"best_epoch": result["best_epoch"]})
-        return result
+            tell(self.study, trial, result.value, attrs={"best_epoch": result.best_epoch})
 
     def check_complete(self) -> None:
         """Fail unless `search.min_complete` trials of the study completed (those of every process count)."""

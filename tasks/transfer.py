@@ -4,6 +4,7 @@ data and record where it came from; and the report of the built-in demonstration
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -15,10 +16,11 @@ from tasks import tracking
 from tasks.model_ref import download_source
 from tasks.refs import DatasetRef, SourceRef, StatsRef
 from tasks.report import artifact_key
+from tasks.results import SourceRun
 from tasks.wording import rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
-from trainlib.transfer import STRATEGIES, load_source, transplant
+from trainlib.transfer import STRATEGIES, Transplanted, load_source, transplant
 
 
 @task(name="fetch-source")
@@ -36,21 +38,21 @@ def fetch_source(source: str, workspace: str) -> SourceRef:
 
 @task(name="check-source")
 def check_source(config: PipelineConfig, source: SourceRef, dataset: DatasetRef, stats: StatsRef,
-                 run_id: str) -> dict:
+                 run_id: str) -> Transplanted:
     """Fit the source's weights into the new model once before training (a mismatch fails here, naming it)
-    and record the lineage on the run. -> {copied, adapted, new} tensor names."""
+    and record the lineage on the run."""
     model = recipe.build_model(config, dataset.load(), stats.load())
     strategy = config.transfer.strategy
     report = transplant(model, load_source(source.path)) if STRATEGIES[strategy].copies_weights else \
-        {"copied": [], "adapted": [], "new": [f"everything ({strategy}: the source's architecture only)"]}
+        Transplanted([], [], [f"everything ({strategy}: the source's architecture only)"])
     log = tracking.RunLogger(run_id)
     log.set_tags({"transfer.source": source.uri, "transfer.strategy": config.transfer.strategy,
                   "transfer.source_run_id": source.source_run_id or "",
                   "transfer.source_version": source.source_version or "",
                   "transfer.source_classes": ",".join(source.classes or []),
-                  "transfer.copied": len(report["copied"]), "transfer.adapted": "; ".join(report["adapted"]),
-                  "transfer.new": "; ".join(report["new"])})
-    log.log_dict(report, "transfer_weights.json")
+                  "transfer.copied": len(report.copied), "transfer.adapted": "; ".join(report.adapted),
+                  "transfer.new": "; ".join(report.new)})
+    log.log_dict(asdict(report), "transfer_weights.json")
     return report
 
 
@@ -59,14 +61,14 @@ def _first_epoch(history: list[dict], accuracy: float) -> int | None:
 
 
 @task(name="transfer-report")
-def transfer_report(name: str, run_id: str, source: dict, runs: dict[str, dict], workspace: str) -> list[dict]:
+def transfer_report(name: str, run_id: str, source: SourceRun, runs: dict[str, dict], workspace: str) -> list[dict]:
     """The demo's table and plot on its run: test accuracy, epochs and training time of the source and of each
     strategy, and the epoch at which each first reached the best validation accuracy scratch ever reached."""
     histories = {s: json.loads(Path(r["transfer"]["history"]).read_text()) for s, r in runs.items()}
     bar = max((h.get("val_accuracy", 0) for h in histories.get("scratch", [])), default=None)
-    rows = [{"run": f"source: {source['uri']}", "test_accuracy": source["test_accuracy"],
-             "best_epoch": int(source["best_epoch"]), "train_seconds": source["train_seconds"],
-             "epochs_to_scratch_best_val": None, "run_id": source["run_id"]}]
+    rows = [{"run": f"source: {source.uri}", "test_accuracy": source.test_accuracy,
+             "best_epoch": int(source.best_epoch), "train_seconds": source.train_seconds,
+             "epochs_to_scratch_best_val": None, "run_id": source.run_id}]
     for strategy, r in runs.items():
         m = r["metrics"]
         rows.append({"run": strategy, "test_accuracy": m["test_accuracy"], "best_epoch": m["best_epoch"],
@@ -86,7 +88,7 @@ def transfer_report(name: str, run_id: str, source: dict, runs: dict[str, dict],
 
 
 @task(name="registered-source")
-def registered_source(name: str, alias: str) -> dict | None:
+def registered_source(name: str, alias: str) -> SourceRun | None:
     """A registered model to reuse as the demo's source, with its run's figures; None if there is none."""
     client = tracking.client()
     try:
@@ -94,5 +96,5 @@ def registered_source(name: str, alias: str) -> dict | None:
     except MlflowException:
         return None
     metrics = client.get_run(version.run_id).data.metrics
-    return {"uri": f"models:/{name}@{alias}", "run_id": version.run_id, "version": int(version.version),
-            **{k: metrics.get(k) for k in ("test_accuracy", "best_epoch", "stopped_epoch", "train_seconds")}}
+    return SourceRun(f"models:/{name}@{alias}", version.run_id, metrics.get("test_accuracy"), metrics.get("best_epoch"),
+                     metrics.get("train_seconds"))

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from tasks import studies
+from tasks.results import TrialRun
 from trainlib.config import PipelineConfig, validate
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.tuning import SearchConfig
@@ -91,10 +92,9 @@ def test_ask_tell_runs_a_grid_within_its_budget_and_records_every_outcome(tmp_pa
         assert trials.ask() is None  # the fourth grid point was refused (told as failed): the budget of 4 is spent
         assert sorted(trials.running) == sorted(t.trial_id for t in asked)
         assert all(t.config.optimizer.name == t.params["optimizer.name"] for t in asked)
-        assert trials.tell(asked[0], {"run_id": "r0", "state": "complete", "value": 0.9, "best_epoch": 2})["value"] \
-            == 0.9
-        assert trials.tell(asked[1], {"run_id": "r1", "state": "pruned"})["state"] == "pruned"
-        assert trials.tell(asked[2], RuntimeError("out of memory")) == {"number": asked[2].number, "state": "failed"}
+        trials.tell(asked[0], TrialRun(asked[0].number, "r0", asked[0].params, "complete", 0.9, 3, 2, 1.0))
+        trials.tell(asked[1], TrialRun(asked[1].number, "r1", asked[1].params, "pruned", None, 1, None, 0.5))
+        trials.tell(asked[2], RuntimeError("out of memory"))
     assert trials.run_ids == ["r0", "r1"] and trials.running == {}
     states = {t.number: (t.state, t.user_attrs.get("error")) for t in studies.open_study(search, "drive", 3).trials}
     assert states[asked[0].number] == (States.COMPLETE, None) and states[asked[1].number] == (States.PRUNED, None)

@@ -128,8 +128,8 @@ def test_a_new_head_and_an_adapted_stem(source_file, tmp_path):
     assert source.classes == ["0", "1", "2", "3", "4"] and source.spec["name"] == "cnn"
     rgb = build("cnn", (3, 8, 8), 7, None)  # 3 channels and 7 classes where the source had 1 and 5
     report = transfer.transplant(rgb, source)
-    assert report["new"] == ["net.17.bias", "net.17.weight"]
-    assert report["adapted"] == ["net.0.weight: 1 -> 3 input channels"]
+    assert report.new == ["net.17.bias", "net.17.weight"]
+    assert report.adapted == ["net.0.weight: 1 -> 3 input channels"]
     gray = torch.rand(2, 1, 8, 8)  # a gray image repeated over 3 channels meets the same first-layer response
     response = torch.nn.functional.conv2d(gray.expand(-1, 3, -1, -1), rgb.net[0].weight, padding=1)
     expected = torch.nn.functional.conv2d(gray, source.state["net.0.weight"], padding=1)
@@ -170,7 +170,7 @@ def test_torchvision_weights_come_from_the_local_cache_or_say_how(tmp_path, monk
     source = transfer.load_source("torchvision:resnet18")
     model = build("resnet18", (3, 16, 16), 4, None)
     report = transfer.transplant(model, source)
-    assert any("stem for 224-pixel images is replaced" in n for n in report["new"])
+    assert any("stem for 224-pixel images is replaced" in n for n in report.new)
     assert torch.equal(model.net.layer1[0].conv1.weight, source.state["net.layer1.0.conv1.weight"])
 
 

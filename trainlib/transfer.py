@@ -144,12 +144,22 @@ def _first_weight(state: dict[str, torch.Tensor]) -> str | None:
     return next((k for k, v in state.items() if k.startswith("net.") and k.endswith("weight") and v.ndim >= 2), None)
 
 
-def transplant(model: nn.Module, source: Source) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class Transplanted:
+    """What `transplant` did with each tensor of the model: copied from the source, adapted (a first conv to
+    another channel count, with how) or left new (the head, a replaced stem)."""
+
+    copied: list[str]
+    adapted: list[str]
+    new: list[str]
+
+
+def transplant(model: nn.Module, source: Source) -> Transplanted:
     """Copy the source's weights into `model` wherever they fit: the head stays new (sized for the new
     classes); a first conv (2-D or 1-D) with another channel count is adapted (its kernels summed over the source's
     channels and spread over the new ones); a torchvision
     stem made for 224-pixel images is replaced by the small-image stem. Anything else that differs is an
-    error naming it. -> {copied, adapted, new} tensor names."""
+    error naming it."""
     name = getattr(model, "spec", {}).get("name")
     if name and name != source.spec["name"]:
         raise ConfigError(f"transfer.source {source.origin}: its architecture is {source.spec['name']}, the model "
@@ -157,7 +167,7 @@ def transplant(model: nn.Module, source: Source) -> dict[str, list[str]]:
     target = model.state_dict()
     new_head = {f"net.{n}" for n, p in model.net.named_parameters() if any(p is q for q in head(model).parameters())}
     first = _first_weight(target)
-    report: dict[str, list[str]] = {"copied": [], "adapted": [], "new": sorted(new_head)}
+    report = Transplanted([], [], sorted(new_head))
     for key, value in target.items():
         if key in new_head or key.startswith("normalize.") or key.endswith("num_batches_tracked"):
             continue
@@ -167,14 +177,14 @@ def transplant(model: nn.Module, source: Source) -> dict[str, list[str]]:
         weight = source.state[key]
         if weight.shape == value.shape:
             target[key] = weight
-            report["copied"].append(key)
+            report.copied.append(key)
         elif key == first and weight.ndim >= 3 and weight.shape[0] == value.shape[0] and \
                 weight.shape[2:] == value.shape[2:]:  # a conv2d's (images) or conv1d's (signals) kernels
             # an input repeated over the new channels gives the source's response to it
             target[key] = weight.sum(1, keepdim=True).expand(-1, value.shape[1], *weight.shape[2:]) / value.shape[1]
-            report["adapted"].append(f"{key}: {weight.shape[1]} -> {value.shape[1]} input channels")
+            report.adapted.append(f"{key}: {weight.shape[1]} -> {value.shape[1]} input channels")
         elif key == first and weight.ndim == 4 and source.origin.startswith(TORCHVISION_PREFIX):
-            report["new"].append(f"{key} (the {tuple(weight.shape[2:])} stem for 224-pixel images is replaced)")
+            report.new.append(f"{key} (the {tuple(weight.shape[2:])} stem for 224-pixel images is replaced)")
         else:
             raise ConfigError(_mismatch(source, key, weight.shape, value.shape, key == first))
     model.load_state_dict(target)
