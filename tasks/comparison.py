@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -27,15 +28,16 @@ COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "te
 SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
 
 
-def measures(result: Repeated) -> dict | None:
-    """A repeat's MEASURES, or None when it failed."""
+def measures(result: Repeated) -> dict[str, float | None] | None:
+    """A repeat's value of each of MEASURES (what trainlib.evidence summarizes), or None when it failed."""
     if result.run is None:
         return None
     return {m: result.run.epochs if m == "epochs" else result.run.metrics.get(m) for m in MEASURES}
 
 
-def _run_row(r: Repeated) -> dict:
-    """A repeat as a row of runs.csv and of the summary's `runs` (a failed one: its error, no scores)."""
+def _run_row(r: Repeated) -> dict[str, Any]:
+    """A repeat as a row of runs.csv and of the summary's `runs`, column -> cell: the report's JSON, made here (a
+    failed repeat: its error, no scores)."""
     run = r.run
     return {"variant": r.label, "repeat": r.repeat, "state": r.state,
             **rounded_row(run.metrics if run else {}, COLUMNS),

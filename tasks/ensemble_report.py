@@ -3,6 +3,8 @@ members' pairwise disagreement."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from prefect import task
@@ -22,8 +24,9 @@ def _row(name: str, state: str, metrics: dict, **extra) -> dict:
     return {"member": name, "state": state, **rounded_row(metrics, COLUMNS), **rounded_row(extra)}
 
 
-def _member_row(x: MemberOutcome, weight: float | None) -> dict:
-    """A member's row of the report (a failed one: its error, no scores)."""
+def _member_row(x: MemberOutcome, weight: float | None) -> dict[str, Any]:
+    """A member's row of the report's table, column -> cell: the report's JSON, made here (a failed member: its
+    error, no scores)."""
     run = x.run
     return _row(x.label, x.state, run.metrics if run else {}, weight=weight, epochs=run.epochs if run else None,
                 seconds=run.seconds if run else None, run_id=run.run_id if run else None,
