@@ -65,7 +65,7 @@ class Checkout:
     def run(self) -> dict:
         """One plain run as a process: {wall, train (sum over children), children, summary}."""
         start = time.time()
-        out = subprocess.run([sys.executable, "-m", "deployments.cli", *self.args], env=self.env, cwd=self.path,
+        out = subprocess.run([sys.executable, "-m", "cli", *self.args], env=self.env, cwd=self.path,
                              capture_output=True, text=True)
         wall = time.time() - start
         if out.returncode != 0:
@@ -77,14 +77,14 @@ class Checkout:
         """After the cold run: until the project's warm process (if this checkout has one) has loaded."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run([sys.executable, "-m", "deployments.cli", "status"], env=self.env, cwd=self.path,
+            out = subprocess.run([sys.executable, "-m", "cli", "status"], env=self.env, cwd=self.path,
                                  capture_output=True, text=True).stdout
             if "warm     loading" not in out:
                 return
             time.sleep(0.5)
 
     def down(self) -> None:
-        subprocess.run([sys.executable, "-m", "deployments.cli", "down"], env=self.env, cwd=self.path,
+        subprocess.run([sys.executable, "-m", "cli", "down"], env=self.env, cwd=self.path,
                        capture_output=True)
 
     def training(self, children: list[str]) -> dict:

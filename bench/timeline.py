@@ -67,7 +67,7 @@ def task_times(flow_run_id: str) -> tuple[dict, list[dict]]:
 
 
 def main(out: str, args: list[str]) -> None:
-    import deployments.cli as console_script
+    import cli.main as console_script
     from flows import local_api
 
     atexit.register(console_script._leave)  # exit as the console script does
@@ -75,7 +75,7 @@ def main(out: str, args: list[str]) -> None:
     local_api.start()  # as the CLI does first (a no-op with PREFECT_API_URL set)
     instrument()  # imports MLflow (the CLI imports it a moment later)
     t_imported = time.time()
-    from deployments.cli import main as cli
+    from cli.main import main as cli
 
     code = cli(args or ["run", "--json"])  # the summary goes to stdout, for the parent
     t_done = time.time()

@@ -20,7 +20,7 @@ import uvicorn
 from mlflow.pyfunc import scoring_server
 
 from flows import processes
-from tasks.model_ref import ModelRef, resolve
+from tasks.registry.model_ref import ModelRef, resolve
 from trainlib.errors import ConfigError
 
 QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay

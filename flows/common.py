@@ -10,16 +10,16 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from tasks import events
-from tasks.augment import augment
-from tasks.evaluate import evaluate
-from tasks.ingest import ingest
-from tasks.normalize import normalize
+from tasks.chain.augment import augment
+from tasks.chain.evaluate import evaluate
+from tasks.chain.ingest import ingest
+from tasks.chain.normalize import normalize
+from tasks.chain.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
+from tasks.chain.split import split
+from tasks.chain.train import train
 from tasks.record import record_data
-from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
-from tasks.register import register
+from tasks.registry.register import register
 from tasks.results import Registration
-from tasks.split import split
-from tasks.train import train
 from trainlib.config import PipelineConfig, load_config, validate
 from trainlib.ensemble import EnsembleConfig, load_ensemble
 from trainlib.tuning import SearchConfig, load_search

@@ -12,15 +12,15 @@ from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
 from flows.transfer import with_source_architecture
 from tasks import tracking
-from tasks.comparison import BETTER, MEASURES, compare_report, measures
+from tasks.chain.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
 from tasks.events import Finished
-from tasks.fanout import variant
+from tasks.fanout.comparison import BETTER, MEASURES, compare_report, measures
+from tasks.fanout.runs import variant
 from tasks.record import start_run
-from tasks.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
-from tasks.register import register
+from tasks.registry.register import register
 from tasks.results import Repeated, VariantRun
 from tasks.settings import workspace
-from tasks.transfer import fetch_source
+from tasks.transfer.source import fetch_source
 from trainlib import evidence
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError

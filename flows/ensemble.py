@@ -11,12 +11,12 @@ from flows import plans
 from flows.common import as_model, finished, parameter, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
 from tasks import tracking
-from tasks.ensemble import combine, register_ensemble
-from tasks.ensemble_report import ensemble_repeats_report, ensemble_report
+from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.ensembles.combine import combine, register_ensemble
+from tasks.ensembles.members import boost_weights, check_registered, member, registered_member
+from tasks.ensembles.report import ensemble_repeats_report, ensemble_report
 from tasks.events import Finished
-from tasks.members import boost_weights, check_registered, member, registered_member
 from tasks.record import start_run
-from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.results import MemberOutcome, MemberRun
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, flatten

@@ -8,9 +8,9 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, prepare_data
 from tasks import tracking
-from tasks.lr_find import lr_range_test
+from tasks.chain.lr_find import lr_range_test
+from tasks.chain.report import run_url
 from tasks.record import start_run
-from tasks.report import run_url
 from tasks.settings import workspace
 from trainlib import lr_finder
 from trainlib.config import PipelineConfig

@@ -7,8 +7,8 @@ from prefect.runtime import flow_run
 
 from flows.common import as_model
 from tasks import tracking
-from tasks.predict import record, score_data
-from tasks.scoring import digest, plan, start
+from tasks.scoring.plan import digest, plan, start
+from tasks.scoring.predict import record, score_data
 from trainlib.config import PipelineConfig, override
 
 DEFAULT_MODEL = "models:/digits-cnn@champion"

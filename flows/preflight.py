@@ -82,8 +82,8 @@ def study(plan) -> None:
 
 def data(config: PipelineConfig) -> Read:
     """The data, read and split as the flow will (or as it was, when its ingest is cached) -> what it holds."""
+    from tasks.chain.stages import ingest_key, split_key
     from tasks.settings import HOME
-    from tasks.stages import ingest_key, split_key
     from trainlib import recipe
 
     signal = config.data_dims == 2
@@ -151,13 +151,13 @@ def probe(runner: str | None, seconds: float = PROBE_SECONDS) -> None:
 
 
 def _download(uri: str, folder: Path) -> str:
-    from tasks.model_ref import download_source  # MLflow: loaded only for a model the project's store has
+    from tasks.registry.model_ref import download_source  # MLflow: loaded only for a model the project's store has
 
     return download_source(uri, folder)[0]
 
 
 def _member(uri: str) -> None:
-    from tasks.model_ref import check_member
+    from tasks.registry.model_ref import check_member
 
     check_member(uri)
 
@@ -203,8 +203,8 @@ def _not_in_local_registry(store: Path, uri: str) -> str | None:
 
 
 def _record(key: str):
-    """What a cached stage returned (a typed reference, tasks/refs.py), or None when it is not cached or its record
-    cannot be read (the stage then runs as it would have)."""
+    """What a cached stage returned (a typed reference, tasks/chain/refs.py), or None when it is not cached or its
+    record cannot be read (the stage then runs as it would have)."""
     folder = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
     if not folder:
         return None
@@ -216,9 +216,9 @@ def _record(key: str):
 
 
 class _Refs(pickle.Unpickler):
-    """Unpickles the stages' typed references (tasks/refs.py) and the plain values in them, nothing else."""
+    """Unpickles the stages' typed references (tasks/chain/refs.py) and the plain values in them, nothing else."""
 
     def find_class(self, module: str, name: str):
-        if module == "tasks.refs" or (module == "builtins" and name in ("tuple", "dict", "list", "str", "int")):
+        if module == "tasks.chain.refs" or (module == "builtins" and name in ("tuple", "dict", "list", "str", "int")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not a stage reference")

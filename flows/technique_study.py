@@ -21,9 +21,9 @@ from flows.training import training_pipeline
 from flows.transfer import trained_uri
 from flows.tuning import tuning_flow
 from tasks import events, tracking
-from tasks.claims_report import study_report
 from tasks.record import start_run
 from tasks.settings import workspace
+from tasks.technique_study.report import study_report
 from trainlib import evidence
 from trainlib.claims import FAILED, choose_lr, judge
 from trainlib.config import override
@@ -35,7 +35,7 @@ def run_name() -> str:
                                                                         if p.get("only") else "")
 
 
-@flow(name="study", flow_run_name=run_name)
+@flow(name="technique-study", flow_run_name=run_name)
 def study_flow(config: str | None = None, overrides: list[str] | None = None, only: list[str] | None = None,
                repeats: int | None = None, quick: bool = False, max_parallel: int = 2, runner: str | None = None,
                entries: str | None = None) -> dict:

@@ -8,8 +8,8 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, parameter, prepare_data, train_and_register
 from tasks import tracking
+from tasks.chain.report import report
 from tasks.record import start_run
-from tasks.report import report
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig
 

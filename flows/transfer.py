@@ -11,12 +11,12 @@ from flows import plans
 from flows.common import as_model, parameter, prepare_data, train_and_register
 from flows.training import DEFAULT, training_pipeline
 from tasks import tracking
+from tasks.chain.refs import SourceRef
+from tasks.chain.report import report, run_url
 from tasks.record import start_run
-from tasks.refs import SourceRef
-from tasks.report import report, run_url
 from tasks.results import SourceRun
 from tasks.settings import workspace
-from tasks.transfer import check_source, fetch_source, registered_source, transfer_report
+from tasks.transfer.source import check_source, fetch_source, registered_source, transfer_report
 from trainlib.config import PipelineConfig, override
 
 DIGITS_0_4 = {"name": "digits-0-4", "data.classes": ["0", "1", "2", "3", "4"]}

@@ -11,17 +11,18 @@ from prefect.runtime import flow_run
 from flows import plans
 from flows.common import as_model, parameter, prepare_data, run_bounded, train_and_register
 from flows.runners import Submit, fan_out, in_other_processes
-from tasks import studies, tracking
+from tasks import tracking
+from tasks.chain.normalize import normalize
+from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.chain.split import merge_val
 from tasks.events import Finished
-from tasks.fanout import trial
-from tasks.normalize import normalize
+from tasks.fanout.runs import trial
 from tasks.record import start_run
-from tasks.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.results import Retrained, TrialRun
 from tasks.settings import workspace
-from tasks.split import merge_val
-from tasks.studies import create_study
-from tasks.study import study_report
+from tasks.tuning import storage
+from tasks.tuning.report import study_report
+from tasks.tuning.storage import create_study
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.tuning import SearchConfig, decode, trial_base
 
@@ -39,9 +40,9 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
     plan = plans.tune(as_model(config, PipelineConfig), as_model(search, SearchConfig), runner)
     config, search, study_name = plan.config, plan.search, plan.name
     run_id = start_run(config, flatten(search, "search."), {"search.yaml": yaml.safe_dump(search.model_dump())},
-                       parent_run_id=parent_run_id, kind="study")
+                       parent_run_id=parent_run_id, kind="tuning")
     if search.storage is None and in_other_processes(plan.runner):  # trials in other processes report to a file
-        search = search.model_copy(update={"storage": studies.journal_url(workspace(str(flow_run.id)) / "study.log")})
+        search = search.model_copy(update={"storage": storage.journal_url(workspace(str(flow_run.id)) / "study.log")})
     with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
@@ -52,7 +53,7 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
             retrain = retrain_best(config, search, study, dataset, manifest, run_id)
             return study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
         finally:
-            studies.release(study_name)
+            storage.release(study_name)
 
 
 def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.Study, study_name: str,
@@ -61,7 +62,7 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
     """Ask the study for trials and run them, `search.max_parallel` at a time, until the budget (trials
     the study should hold, with those of other processes sharing it) or the timeout is spent; returns the
     trials' MLflow run ids."""
-    with studies.AskTell(study, search, study_name, config) as trials:
+    with storage.AskTell(study, search, study_name, config) as trials:
 
         def submit_next():
             if (t := trials.ask()) is None:
@@ -69,7 +70,7 @@ def search_trials(config: PipelineConfig, search: SearchConfig, study: optuna.St
             return t, submit(trial, t.config, t.params, search, study_name, t.trial_id, t.number, dataset,
                              manifest, stats, run_id)
 
-        def told(asked: studies.Asked, result: TrialRun | BaseException) -> Finished:
+        def told(asked: storage.Asked, result: TrialRun | BaseException) -> Finished:
             trials.tell(asked, result)
             if isinstance(result, BaseException):
                 return Finished(f"trial {asked.number}", state="failed")

@@ -42,7 +42,7 @@ from tasks import settings
 MINUTES = "TRAINFLOW_WARM_MINUTES"
 DIR = "TRAINFLOW_WARM_DIR"
 DEFAULT_MINUTES = 15.0
-COMMAND = "deployments.cli"  # the module whose `run(argv)` a fork runs, and whose `environment(argv)` it applies
+COMMAND = "cli.main"  # the module whose `run(argv)` a fork runs, and whose `environment(argv)` it applies
 FORWARDED = frozenset({"run", "tune", "compare", "ensemble", "transfer", "lr-find", "study", "predict", "models",
                        "promote", "rollback"})  # not the servers, `up`/`down`/`status`, `config` or help
 # Variables read while the libraries load (so a fork could not change them) or that decide what loads. The rest of
@@ -52,7 +52,7 @@ FINGERPRINTED = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", 
                  "ATEN_", "OPENBLAS", "JE_", "MPL", "MATPLOTLIB", "LANG", "LC_", "TZ", "TMPDIR", "MALLOC_",
                  "PREFECT_PLUGINS", "PREFECT_PROFILES_PATH", "VIRTUAL_ENV")
 NOT_FINGERPRINTED = frozenset({"TORCH_HOME"})  # read when used
-OURS = ("trainlib", "tasks", "flows", "deployments")  # this project's packages: imported afresh by every fork
+OURS = ("trainlib", "tasks", "flows", "deployments", "cli")  # this project's packages: imported afresh by every fork
 SOURCE = os.path.realpath(Path(__file__).parent.parent)  # the folder that holds them
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the fork as they arrive
 ANSWER_SECONDS = 300  # the longest a command waits for the warm process to take it (it may be loading: ~10 s)

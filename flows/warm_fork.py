@@ -1,5 +1,5 @@
 """A fork of the warm process (flows/warm_process.py) becoming the command's process: the command's streams, CPUs,
-folder, environment, module path and signal dispositions, then the command itself (`deployments.cli`'s `run`, or
+folder, environment, module path and signal dispositions, then the command itself (`cli.main`'s `run`, or
 for a worker's flow run flows/engine.py's Prefect engine), then the exit a process of its own would make. It notes
 the modules it loaded that the warm process had not, for the warm process to load before its next fork
 (`learned/<pid>`)."""

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from tasks import tracking
-from tasks.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib.config import PipelineConfig, flatten, to_yaml
 
 
@@ -18,7 +18,7 @@ def open_run(config: PipelineConfig, run_name: str, kind: str, parent_run_id: st
              params: dict | None = None, tags: dict | None = None, files: dict[str, str] | None = None) -> str:
     """A run in the experiment named after the config (nested under `parent_run_id`, if given) recording the
     whole config (flattened params and config.yaml), `params`, `tags` and text `files`; `kind` (training,
-    study, retrain, comparison, trial, variant, member, ...) is its `trainflow.kind` tag. -> its id."""
+    tuning, retrain, comparison, trial, variant, member, ...) is its `trainflow.kind` tag. -> its id."""
     run_id = tracking.start_run(config.name, run_name, flatten(config) | (params or {}),
                                 {"trainflow.kind": kind, **(tags or {})}, parent_run_id)
     log = tracking.RunLogger(run_id)

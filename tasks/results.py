@@ -13,10 +13,10 @@ from tasks.wording import NOT_REGISTERED
 
 @dataclass(frozen=True)
 class Gate:
-    """The registration gate's verdict on a new version (tasks/register.py decide)."""
+    """The registration gate's verdict on a new version (tasks/registry/register.py decide)."""
 
     passed: bool  # the alias moved to this version
-    outcome: str  # one of tasks/register.py OUTCOMES
+    outcome: str  # one of tasks/registry/register.py OUTCOMES
     reason: str  # the sentence every summary prints
     test_accuracy: float
     threshold: float  # register.min_test_accuracy
@@ -38,7 +38,7 @@ class Registration:
 
     @property
     def outcome(self) -> str:
-        """The gate's verdict in a word (tasks/register.py OUTCOMES), or `not_registered`."""
+        """The gate's verdict in a word (tasks/registry/register.py OUTCOMES), or `not_registered`."""
         return self.gate.outcome if self.gate else "not_registered"
 
     def line(self) -> str:
@@ -73,7 +73,7 @@ class Retrained:
 
 @dataclass(frozen=True)
 class VariantRun:
-    """One repeat of one comparison variant, trained and tested in its nested run (tasks/fanout.py `variant`)."""
+    """One repeat of one comparison variant, trained and tested in its nested run (tasks/fanout/runs.py `variant`)."""
 
     label: str  # the variant's label (trainlib.variants)
     repeat: int
@@ -106,8 +106,8 @@ class Repeated:
 
 @dataclass(frozen=True)
 class Combined:
-    """An ensemble's members made one model (tasks/ensemble.py `combine`): its exported program, what it is made
-    of, and how it scored."""
+    """An ensemble's members made one model (tasks/ensembles/combine.py `combine`): its exported program, what it is
+    made of, and how it scored."""
 
     program: str  # the torch.export program file (.pt2)
     about: str  # a JSON file: method, rule, classes, input shape, every member with its run and vote weight
@@ -118,7 +118,7 @@ class Combined:
 
 @dataclass(frozen=True)
 class BoostStep:
-    """One SAMME step after a boosting round (tasks/members.py `boost_weights`)."""
+    """One SAMME step after a boosting round (tasks/ensembles/members.py `boost_weights`)."""
 
     alpha: float  # the member's vote weight (0 or less: no better than chance, left out)
     error: float  # its weighted error on the train split
@@ -129,7 +129,7 @@ class BoostStep:
 @dataclass(frozen=True)
 class MemberRun:
     """An ensemble member trained (or a registered model reused) and scored in its nested run
-    (tasks/members.py)."""
+    (tasks/ensembles/members.py)."""
 
     label: str
     run_id: str
@@ -155,7 +155,7 @@ class MemberOutcome:
 
 @dataclass(frozen=True)
 class TrialRun:
-    """A tuning trial trained and scored on validation in its nested run (tasks/fanout.py `trial`)."""
+    """A tuning trial trained and scored on validation in its nested run (tasks/fanout/runs.py `trial`)."""
 
     number: int
     run_id: str

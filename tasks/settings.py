@@ -120,7 +120,7 @@ def _cache_generation() -> str:
     return marker.read_text()
 
 
-CACHE_FORMAT = 3  # raised when what a cached stage returns changes shape (2: typed references, tasks/refs.py; 3:
+CACHE_FORMAT = 3  # raised when what a cached stage returns changes shape (2: typed references, tasks/chain/refs.py; 3:
 # dataset files name streamed images as an array and may point into a pack of decoded images)
 
 

@@ -282,7 +282,7 @@ def log_model(run_id: str, model: torch.nn.Module, example: np.ndarray, metadata
 
 
 
-ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")
+ENSEMBLE_CODE = Path(__file__).parent / "ensembles" / "logged_model.py"
 
 
 def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, output: np.ndarray,

@@ -1,5 +1,5 @@
-"""The alias history (tasks/aliases.py) on a real MLflow SQLite store: every move one tag of its own, promotions
-from two processes at once, rollbacks, manual promotions, and the tables the CLI prints."""
+"""The alias history (tasks/registry/aliases.py) on a real MLflow SQLite store: every move one tag of its own,
+promotions from two processes at once, rollbacks, manual promotions, and the tables the CLI prints."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import model_commands
-from tasks import aliases
+from cli import models as model_commands
+from tasks.registry import aliases
 from trainlib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tasks import aliases
+from tasks.registry import aliases
 
 
 def answering_late(read):  # as a tracking server across a network does: tens of milliseconds
@@ -218,7 +218,7 @@ def test_the_gate_records_its_moves_with_its_reason_and_flow_run(store, prefect_
     from prefect.runtime import flow_run
 
     from tasks import tracking
-    from tasks.register import promote
+    from tasks.registry.register import promote
     from tasks.results import Registration
     from trainlib.config import RegisterConfig
 

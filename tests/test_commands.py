@@ -4,7 +4,7 @@ what a malformed --set says. Nothing here starts a flow."""
 import pytest
 import yaml
 
-from deployments.cli import EXAMPLES, main, parser
+from cli.main import EXAMPLES, main, parser
 from trainlib.config import load_config, reference
 from trainlib.errors import TrainflowError
 
@@ -67,14 +67,14 @@ def test_bad_config_in_config_command_is_one_error(capsys):
 
 def test_a_command_reaches_its_temporary_api_before_prefect_or_mlflow_is_imported():
     """A command's Prefect API (the warm process's or a temporary one) must start before Prefect is imported (its
-    settings are fixed at import) and boots while the heavy imports run: everything a command does up to _execute,
+    settings are fixed at import) and boots while the heavy imports run: everything a command does up to execute,
     its plan and its pre-flight check (flows/preflight.py: the data read and split) included, stays clear of both."""
     import subprocess
     import sys
 
     code = ("import sys\n"
-            "from deployments import cli\n"
-            "from flows import commands, plans, summaries, progress\n"
+            "from cli import main, training, models, ops, summaries, progress\n"
+            "from flows import plans\n"
             "from trainlib.config import load_config\n"
             "from trainlib.ensemble import EnsembleConfig\n"
             "from trainlib.tuning import load_search\n"

@@ -10,7 +10,7 @@ from trainlib.config import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-MAPPED = ("deployments", "flows", "tasks", "trainlib", "bench")  # the folders of code docs/architecture.md maps
+MAPPED = ("cli", "deployments", "flows", "tasks", "trainlib", "bench")  # the folders of code docs/architecture.md maps
 
 
 def test_the_architecture_map_names_every_module_and_only_those():

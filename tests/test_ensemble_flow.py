@@ -194,14 +194,14 @@ class _NextClass(torch.nn.Module):
 def misexported(single, prefect_api):
     """A voting ensemble (the single model twice: nothing to train) whose exported program is not the model in
     memory: the fault is put in the export step only, never in the evaluation or the gate."""
-    import tasks.ensemble
+    import tasks.ensembles.combine
     from trainlib.export import export
 
     def export_next_class(module, example, path):
         export(_NextClass(module), example, path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.ensemble, "export", export_next_class)
+        patch.setattr(tasks.ensembles.combine, "export", export_next_class)
         return _run("ens-misexported", method="voting", configs=["models:/ens-single@champion", "models:/ens-single/1"])
 
 

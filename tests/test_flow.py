@@ -107,7 +107,7 @@ def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
 
 
 def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, prefect_api):
-    from tasks.register import promote
+    from tasks.registry.register import promote
     from trainlib.config import RegisterConfig
 
     client, gate = MlflowClient(), RegisterConfig(min_test_accuracy=0.5, min_delta=0.001)
@@ -124,7 +124,7 @@ def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, 
 
 
 def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first, prefect_api):
-    from tasks.register import promote
+    from tasks.registry.register import promote
     from trainlib.config import RegisterConfig
 
     client = MlflowClient()

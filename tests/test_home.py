@@ -48,7 +48,7 @@ def test_trainflow_home_names_the_folder_itself(tree, monkeypatch):
 
 def test_importing_creates_no_folder(tree):
     env = {k: v for k, v in os.environ.items() if k != "TRAINFLOW_HOME" and not k.startswith(("PREFECT_", "MLFLOW_"))}
-    out = subprocess.run([sys.executable, "-c", "import tasks, deployments.cli, flows.commands; "
+    out = subprocess.run([sys.executable, "-c", "import tasks, cli.main, cli.training; "
                           "from tasks import settings; print(settings.HOME)"],
                          cwd=tree / "configs", env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import mlflow
 from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
 
-from tasks import aliases
+from tasks.registry import aliases
 
 
 def _store(tmp_path) -> tuple[dict, MlflowClient]:

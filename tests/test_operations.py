@@ -138,7 +138,7 @@ def test_every_deployment_is_registered_with_the_nightly_cron(deployed):
     with _prefect(deployed) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
     assert set(deployments) == {"training-pipeline/nightly", "tuning/bayesian", "compare/schedules",
-                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo", "study/weekly",
+                                "ensemble/bagging", "ensemble/stacking", "transfer-demo/demo", "technique-study/weekly",
                                 "batch-predict/nightly"}
     scoring = deployments["batch-predict/nightly"]  # an hour after the training it scores with
     assert [s.schedule.cron for s in scoring.schedules] == ["0 3 * * *"] and scoring.work_pool_name == "trainflow"
@@ -207,11 +207,12 @@ SMALL_RUNS = {
     "ensemble/stacking": ({"config": SMALL, "ensemble": _file("configs/ensemble/stacking.yaml") | {"meta": "val"}},
                           "ops-small-ensemble"),
     "transfer-demo/demo": ({"config": SMALL, "shots": 5}, "digits-5-9"),
-    "study/weekly": ({"config": SMALL, "only": ["l2"], "repeats": 2, "overrides": ["training.epochs=2"]}, None),
+    "technique-study/weekly": ({"config": SMALL, "only": ["l2"], "repeats": 2, "overrides": ["training.epochs=2"]},
+                               None),
     # the nightly training's champion (nightly_run) scores the small config's data: the embedded digits
     "batch-predict/nightly": ({"model": "models:/digits-cnn@champion", "config": SMALL}, None),
 }
-RESULTS = {"study/weekly": {"report.md", "report.html"},  # what a run that registers nothing leaves instead
+RESULTS = {"technique-study/weekly": {"report.md", "report.html"},  # what a run that registers nothing leaves instead
            "batch-predict/nightly": {"summary.json", "drift.png", "confusion_matrix.png"}}
 
 

@@ -112,7 +112,7 @@ def test_data_at_another_scale_raises_the_drift_flag(digits_model, digits, tmp_p
 
 
 def test_what_scoring_refuses_before_it_starts(digits_model, tmp_path):
-    from tasks.scoring import plan
+    from tasks.scoring.plan import plan
     from trainlib.config import PipelineConfig
 
     cfg = PipelineConfig()
@@ -203,8 +203,8 @@ def test_a_signature_that_disagrees_with_the_description_is_refused():
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from tasks.model_ref import ModelRef
-    from tasks.scoring import _agrees
+    from tasks.registry.model_ref import ModelRef
+    from tasks.scoring.plan import _agrees
     from trainlib.scoring import InputSpec
 
     spec = InputSpec(["0", "1"], [1, 8, 8], True, [], 16.0, [4.0], [6.0])

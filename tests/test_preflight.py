@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows import preflight
-from tasks.refs import DatasetRef
+from tasks.chain.refs import DatasetRef
 from trainlib.config import load_config
 from trainlib.errors import ConfigError, DataError
 

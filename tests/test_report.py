@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.register import decide
+from tasks.registry.register import decide
 from tasks.results import Registration
 from tasks.wording import difference, markdown_row, rounded, rounded_row, shown, with_interval
 from trainlib.config import RegisterConfig

@@ -15,7 +15,7 @@ import torch
 from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
 
-from tasks import resume
+from tasks.chain import resume
 from tasks.settings import HOME
 from trainlib.errors import DataError, TrainingError
 

@@ -11,11 +11,11 @@ import torch
 
 from flows import plans
 from tasks import events
-from tasks.augment import augment
-from tasks.ingest import ingest
-from tasks.normalize import normalize
-from tasks.refs import AugmentedRef, DatasetRef, ManifestRef, StatsRef
-from tasks.split import merge_val, split
+from tasks.chain.augment import augment
+from tasks.chain.ingest import ingest
+from tasks.chain.normalize import normalize
+from tasks.chain.refs import AugmentedRef, DatasetRef, ManifestRef, StatsRef
+from tasks.chain.split import merge_val, split
 from trainlib.config import load_config, override
 from trainlib.ensemble import EnsembleConfig
 from trainlib.errors import ConfigError
@@ -32,7 +32,7 @@ def prepared():
 
 
 def test_label_noise_changes_the_split_not_the_ingest(prepared):
-    from tasks.ingest import ingest_key
+    from tasks.chain.ingest import ingest_key
 
     cfg, dataset, manifest, _ = prepared
     noisy_cfg = override(cfg, {"data.label_noise": 0.25})
@@ -200,10 +200,10 @@ def test_a_split_logged_by_two_runs_at_once_is_one_dataset_both_runs_name(prepar
 # The @task and @flow functions that still return untyped dicts: the command summaries (what --json prints), until
 # the flows return typed results too (issue 34). The list may only shrink: a new task or flow returns a type.
 UNTYPED_RETURNS = {
-    "tasks/claims_report.py:study_report", "tasks/comparison.py:compare_report",
-    "tasks/ensemble_report.py:ensemble_report", "tasks/ensemble_report.py:ensemble_repeats_report",
-    "tasks/lr_find.py:lr_range_test", "tasks/predict.py:record", "tasks/report.py:report",
-    "tasks/study.py:study_report", "tasks/transfer.py:transfer_report", "flows/compare.py:compare_flow",
+    "tasks/technique_study/report.py:study_report", "tasks/fanout/comparison.py:compare_report",
+    "tasks/ensembles/report.py:ensemble_report", "tasks/ensembles/report.py:ensemble_repeats_report",
+    "tasks/chain/lr_find.py:lr_range_test", "tasks/scoring/predict.py:record", "tasks/chain/report.py:report",
+    "tasks/tuning/report.py:study_report", "tasks/transfer/source.py:transfer_report", "flows/compare.py:compare_flow",
     "flows/ensemble.py:ensemble_pipeline", "flows/lr_find.py:lr_find_flow", "flows/predict.py:batch_predict",
     "flows/technique_study.py:study_flow", "flows/training.py:training_pipeline", "flows/transfer.py:transfer_pipeline",
     "flows/transfer.py:transfer_demo", "flows/tuning.py:tuning_flow"}

@@ -25,7 +25,7 @@ from ports import free_port
 from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "deployments.cli"]  # this checkout's code (the console script may be another's)
+CLI = [sys.executable, "-m", "cli"]  # this checkout's code (the console script may be another's)
 NAME = "served-digits"
 # small and quick, yet well above chance: 5 epochs at lr 0.01 reach about 0.85 test accuracy
 TRAIN = ["--set", "training.epochs=5", "--set", "optimizer.lr=0.01", "--set", "model.channels=[8]",

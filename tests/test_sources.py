@@ -179,7 +179,7 @@ def _same_size_edit(source: str, tmp_path):
 
 @pytest.mark.parametrize("source", ["csv", "imagefolder"])
 def test_new_content_of_the_same_size_and_mtime_changes_the_fingerprint_and_the_ingest_key(source, tmp_path):
-    from tasks.ingest import ingest_key
+    from tasks.chain.ingest import ingest_key
     from trainlib.config import DataConfig
 
     options, edit = _same_size_edit(source, tmp_path)

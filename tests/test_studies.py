@@ -1,4 +1,4 @@
-"""Study storages shared by several askers (tasks.studies): the ask lock, the shared budget, heartbeats."""
+"""Study storages shared by several askers (tasks.tuning.storage): the ask lock, the shared budget, heartbeats."""
 
 import threading
 import time
@@ -6,8 +6,8 @@ import time
 import optuna
 import pytest
 
-from tasks import studies
 from tasks.results import TrialRun
+from tasks.tuning import storage as studies
 from trainlib.config import PipelineConfig, validate
 from trainlib.errors import ConfigError, TrainingError
 from trainlib.tuning import SearchConfig

@@ -1,4 +1,4 @@
-"""Search files, spaces, samplers and pruners (trainlib.tuning) on in-memory studies (tasks.studies), and
+"""Search files, spaces, samplers and pruners (trainlib.tuning) on in-memory studies (tasks.tuning.storage), and
 comparison grids (trainlib.variants), without Prefect or MLflow."""
 
 import itertools
@@ -7,7 +7,7 @@ import re
 import optuna
 import pytest
 
-from tasks.studies import create_study, tell
+from tasks.tuning.storage import create_study, tell
 from trainlib import recipe
 from trainlib.config import PipelineConfig, load_config, override, validate
 from trainlib.device import cpu_quota

@@ -238,7 +238,7 @@ def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api)
         tuning_flow(load_config(None, ["name=min-complete", *BASE, "training.epochs=1"]), search)
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("min-complete").experiment_id])
-    study = next(r for r in runs if r.data.tags["trainflow.kind"] == "study")
+    study = next(r for r in runs if r.data.tags["trainflow.kind"] == "tuning")
     assert study.info.status == "FAILED" and "search.min_complete (2)" in study.data.tags["failure_reason"]
     trials = sorted(r.info.status for r in runs if r.data.tags["trainflow.kind"] == "trial")
     assert trials == ["FAILED", "FINISHED"]  # both recorded; no model registered from a failed study

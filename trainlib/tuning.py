@@ -1,5 +1,5 @@
 """Hyperparameter search (Optuna): search files, spaces, samplers, pruners, the pruning callback, and the
-config trials start from. Where studies are stored and how processes share one is tasks/studies.py's;
+config trials start from. Where studies are stored and how processes share one is tasks/tuning/storage.py's;
 which keys trials may change is trainlib.variants'."""
 
 from __future__ import annotations

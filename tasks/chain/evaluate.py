@@ -1,0 +1,24 @@
+"""Evaluate: test-split metrics, confusion matrix and per-class report, logged to MLflow."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.chain.refs import DatasetRef, ManifestRef, TrainedRef
+from tasks.tracking import RunLogger
+from trainlib import plots, recipe
+from trainlib.config import PipelineConfig
+
+
+@task(name="evaluate")
+def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, trained: TrainedRef,
+             run_id: str) -> dict[str, float]:
+    """-> test_* metrics (loss, accuracy, macro precision/recall/F1)."""
+    ds = dataset.load()
+    result = recipe.test(config, trained.load(), ds, manifest.load())
+    metrics = result.summary("test_")
+    log = RunLogger(run_id)
+    log.log_metrics(metrics, step=trained.stopped_epoch)
+    log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
+    log.log_dict(result.report, "classification_report.json")
+    return metrics

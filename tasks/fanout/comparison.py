@@ -1,0 +1,105 @@
+"""The report of a technique comparison: every variant's mean and 95% interval over its repeats, each against the
+baseline (paired difference, interval, verdict), the learning curves as bands, the LR schedules, every run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking, wording
+from tasks.chain.report import artifact_key, link, summary
+from tasks.results import Registration, Repeated
+from tasks.wording import difference, markdown_row, rounded, rounded_row, with_interval
+from trainlib import plots
+from trainlib.measures import MEASURES as DERIVED
+from trainlib.measures import RUN_MEASURES
+
+# What every repeat is measured by (trainlib.evidence summarizes them): its test scores, the best validation
+# epoch's scores, how many epochs it ran (early stopping), how long its epochs took, and the derived measures
+# (trainlib/measures.py: overfitting gap, weight norm and sparsity, time to a validation target).
+MEASURES = RUN_MEASURES
+BETTER = {name: m.better for name, m in DERIVED.items()}  # their good direction (trainlib.evidence.versus)
+COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
+SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
+
+
+def measures(result: Repeated) -> dict[str, float | None] | None:
+    """A repeat's value of each of MEASURES (what trainlib.evidence summarizes), or None when it failed."""
+    if result.run is None:
+        return None
+    return {m: result.run.epochs if m == "epochs" else result.run.metrics.get(m) for m in MEASURES}
+
+
+def _run_row(r: Repeated) -> dict[str, Any]:
+    """A repeat as a row of runs.csv and of the summary's `runs`, column -> cell: the report's JSON, made here (a
+    failed repeat: its error, no scores)."""
+    run = r.run
+    return {"variant": r.label, "repeat": r.repeat, "state": r.state,
+            **rounded_row(run.metrics if run else {}, COLUMNS),
+            "epochs": run.epochs if run else None, "best_epoch": run.best_epoch if run else None,
+            "seconds": rounded(run.seconds, "seconds") if run else None, "run_id": run.run_id if run else None,
+            "error": r.error}
+
+
+def flat(row: dict) -> dict:
+    """A summary row as one flat table row: `test_accuracy_mean`, `test_accuracy_ci_low`, ..."""
+    out = {"variant": row["label"], "n": row["n"], "failed": row["failed"]}
+    for m in MEASURES:
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            out[f"{m}_{stat}"] = rounded((row[m] or {}).get(stat), m)
+    return out
+
+
+@task(name="compare-report")
+def compare_report(name: str, parent_run_id: str, results: list[Repeated], summary_rows: list[dict],
+                   versus: list[dict], baseline: str, best: Repeated, registered: Registration,
+                   workspace: str) -> dict:
+    """-> the comparison's summary (as `trainflow compare --json` prints it)."""
+    log = tracking.RunLogger(parent_run_id)
+    done = [r for r in results if r.run is not None]
+    curves = {r.name: json.loads(Path(r.run.curves).read_text()) for r in done}
+    bands: dict[str, list] = {}
+    for r in done:
+        bands.setdefault(r.label, []).append(curves[r.name]["history"])
+    log.log_figure(plots.compare_curves(bands), "compare_val_curves.png")
+    log.log_figure(plots.compare_means(summary_rows, ("best_val_accuracy", "test_accuracy")), "compare_means.png")
+    first = {}  # one LR schedule per variant: the repeats share it
+    for r in done:
+        first.setdefault(r.label, curves[r.name])
+    log.log_figure(plots.compare_lrs({k: (c["lrs"], c["updates_per_epoch"]) for k, c in first.items()}),
+                   "compare_lr_curves.png")
+    runs = [_run_row(r) for r in results]
+    table = [flat(s) for s in summary_rows]
+    versus = [wording.rounded_versus(v) for v in versus]
+    for file, rows in (("comparison.csv", table), ("runs.csv", runs), ("versus_baseline.csv", versus)):
+        pd.DataFrame(rows).to_csv(f"{workspace}/{file}", index=False)
+        log.log_artifact(f"{workspace}/{file}")
+    log.set_tags({"best_variant": best.label, "baseline": baseline, "gate": registered.outcome})
+    create_table_artifact(table, key=artifact_key(name, "comparison"),
+                          description="every variant: mean, standard deviation and 95% interval over its repeats")
+    repeats = max(r.repeat for r in results) + 1
+    lines = [f"# {name}: {len(summary_rows)} variants x {repeats} repeats ({len(done)} of {len(results)} trained); "
+             f"best: {best.label}", "",
+             "| variant | n | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN),
+             *[f"| {s['label']} | {s['n']} | " + " | ".join(with_interval(s[m], m) for m in SHOWN) + " |"
+               for s in summary_rows], "",
+             "Mean ± half-width of its 95% t interval over the repeats."]
+    if versus:
+        lines += ["", f"## Against the baseline, {baseline} (paired repeats, 95% interval of the difference)", "",
+                  "| variant | metric | difference | verdict |", "|---|---|---|---|",
+                  *[f"| {v['label']} | {v['metric']} | {difference(v)} | {v['verdict']} |" for v in versus]]
+    per_run = ("run_id", "variant", "repeat", "best_val_accuracy", "test_accuracy", "epochs", "seconds")
+    lines += ["", "| " + " | ".join(per_run) + " |", "|---" * len(per_run) + "|",
+              *[markdown_row(r, per_run) for r in runs],
+              "", f"Best variant (mean validation accuracy): {best.label}; registered its repeat {best.repeat}: "
+              f"{registered.line()}.", "", link("comparison run", parent_run_id)]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
+    return summary(name, parent_run_id, best.run.metrics, registered, best_variant=best.label,
+                   best_repeat=best.repeat, baseline=baseline, repeats=repeats,
+                   children=[r.run.run_id for r in results if r.run], runs=runs,
+                   summary=[wording.rounded_estimates(s) for s in summary_rows], versus_baseline=versus)

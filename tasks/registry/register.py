@@ -1,0 +1,145 @@
+"""Register: log the model to MLflow (normalization inside, takes raw inputs), create a version, and
+apply the gate: the alias moves only to a version good enough and strictly better than its holder.
+With register.enabled false (--no-register) the model is logged to the run and nothing is registered."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from tasks import tracking
+from tasks.chain.refs import DatasetRef, StatsRef
+from tasks.registry import aliases
+from tasks.results import Gate, Registration
+from tasks.wording import NOT_REGISTERED
+from trainlib.config import RegisterConfig
+from trainlib.data.batches import subset
+from trainlib.data.normalize import Moments
+from trainlib.data.sources import Dataset
+from trainlib.models import load_model
+from trainlib.scoring import input_spec
+
+CHALLENGER = "challenger"
+EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
+OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; only the first moves the alias
+
+
+def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
+           champion_accuracy: float | None) -> Gate:
+    """Promote when accuracy reaches register.min_test_accuracy and beats the holder's (if any) by more than
+    register.min_delta; anything else, a tie included, stays challenger."""
+    alias, threshold, delta = register.alias, register.min_test_accuracy, register.min_delta
+    if accuracy < threshold:
+        outcome = "below_minimum"
+        reason = f"kept as challenger: below the gate ({accuracy:.4f} < register.min_test_accuracy {threshold:g})"
+    # to 6 places, as the holder's accuracy is kept (its version tag): float noise never turns a tie into a gain
+    elif champion_accuracy is not None and not round(accuracy - champion_accuracy, 6) > delta:
+        outcome = "not_better"
+        reason = (f"kept as challenger (not better than version {champion_version}'s {champion_accuracy:.4f} "
+                  f"by {delta:g})")
+    elif champion_accuracy is not None:
+        outcome = "promoted"
+        reason = f"promoted to @{alias} ({accuracy:.4f} > version {champion_version}'s {champion_accuracy:.4f})"
+    else:
+        outcome = "promoted"
+        reason = (f"promoted to @{alias} ({accuracy:.4f} >= register.min_test_accuracy {threshold:g}; no version "
+                  f"held @{alias})")
+    return Gate(outcome == "promoted", outcome, reason, accuracy, threshold, delta, champion_version,
+                champion_accuracy)
+
+
+def _holder(name: str, alias: str) -> tuple[int | None, float | None]:
+    """The version holding `alias` and its test accuracy. Versions are ints here whatever the store:
+    MLflow's client returns an int from SQLite and a string from a server."""
+    try:
+        version = tracking.client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    accuracy = version.tags.get("test_accuracy")
+    if accuracy is None and version.run_id:
+        accuracy = tracking.client().get_run(version.run_id).data.metrics.get("test_accuracy")
+    return int(version.version), float(accuracy) if accuracy is not None else None
+
+
+LOCK = "trainflow-registry"  # a Prefect global concurrency limit of 1: a lock every flow on the API shares
+
+
+@contextlib.contextmanager
+def one_at_a_time():
+    """Hold the registry lock: only one flow (of any process or machine on this Prefect API) moves aliases."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(LOCK)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # created by a flow at the same moment
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LOCK, limit=1))
+    with concurrency(LOCK, occupy=1, timeout_seconds=600, strict=True):
+        yield
+
+
+def _new_version(name: str, model_uri: str) -> int:
+    """A new version of `name` (created on first use) from `model_uri` (a logged model's `models:/<model id>`):
+    mlflow.register_model's two steps without the lines it prints on stderr ("Successfully registered model",
+    "Registered model ... already exists. Creating a new version", "Created version"), which break into the
+    progress lines and a worker's log; the summary says what was registered."""
+    client = tracking.client()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):  # another flow's, or an earlier run's
+            raise
+    logged = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None  # its model id
+    return int(client.create_model_version(name, model_uri, model_id=logged).version)
+
+
+def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float,
+            run_id: str) -> Registration:
+    """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
+    `challenger`; with register.enabled false, nothing is registered (only model_uri is set)."""
+    if not register.enabled:
+        tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
+        return Registration(model_uri)
+    client = tracking.client()
+    version = _new_version(name, model_uri)
+    with one_at_a_time():  # flows finishing together each compare with the holder the one before left
+        gate = decide(float(test_accuracy), register, *_holder(name, register.alias))
+        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason}
+        for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
+            client.set_model_version_tag(name, str(version), key, value)
+        alias = register.alias if gate.passed else CHALLENGER
+        aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
+    tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
+                                         "registered_version": version, "registered_alias": alias})
+    return Registration(model_uri, name, version, alias, gate)
+
+
+def example_inputs(dataset: DatasetRef | Dataset) -> np.ndarray:
+    """A few raw training inputs: the logged model's input example (it normalizes them itself)."""
+    ds = dataset.load() if isinstance(dataset, DatasetRef) else dataset
+    raw, _ = next(subset(ds, np.arange(EXAMPLE_ROWS), workers=0).batches(EXAMPLE_ROWS))
+    return raw.float().numpy()
+
+
+def described(dataset: DatasetRef, moments: Moments) -> tuple[np.ndarray, dict]:
+    """The logged model's input example, and its metadata: what it takes and its train split's statistics
+    (trainlib.scoring.InputSpec), which scoring reads to prepare new data and measure its drift."""
+    ds = dataset.load()
+    return example_inputs(ds), {"trainflow": input_spec(ds, moments).to_dict()}
+
+
+@task(name="register")
+def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef, stats: StatsRef,
+             run_id: str) -> Registration:
+    """Log the trained `model` (a trainlib model file) to the run, then register it through the gate (unless
+    register.enabled is false: the logged model stays usable by its model_uri)."""
+    classifier = load_model(model)[0]
+    example, metadata = described(dataset, stats.load().moments)
+    model_uri = tracking.log_model(run_id, classifier, example, metadata)
+    return promote(name, register, model_uri, metrics["test_accuracy"], run_id)

@@ -1,0 +1,1 @@
+"""Batch scoring: the plan checked before it starts, the scoring task."""

@@ -1,0 +1,1 @@
+"""The technique study: its report (one table, a verdict per claim)."""

@@ -1,0 +1,1 @@
+"""Transfer learning: the source model fetched and checked, the transfer report."""

@@ -1,0 +1,1 @@
+"""Tuning: where Optuna studies live and are shared, the tuning report."""

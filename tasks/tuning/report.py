@@ -1,0 +1,77 @@
+"""The report of a tuning study: Optuna's plots on the parent run, a Prefect table of every trial."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import matplotlib.pyplot as plt
+import optuna
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking
+from tasks.chain.report import artifact_key, link, summary
+from tasks.results import Retrained
+from tasks.tuning.storage import open_study
+from tasks.wording import rounded_row, shown
+from trainlib.tuning import SearchConfig, decode
+
+PLOTS = {
+    "optimization_history.png": optuna.visualization.matplotlib.plot_optimization_history,
+    "param_importances.png": optuna.visualization.matplotlib.plot_param_importances,
+    "parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate,
+}
+
+
+def _log_plots(log: tracking.RunLogger, study: optuna.Study) -> list[str]:
+    """Log each plot Optuna can draw for this study; returns the names of those it could not."""
+    skipped = []
+    for name, draw in PLOTS.items():
+        try:
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore")
+                ax = draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances need 2+ completed trials
+            skipped.append(name)
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(9, 5)
+        log.log_figure(fig, name)
+        plt.close(fig)
+    return skipped
+
+
+def _rows(study: optuna.Study, search: SearchConfig) -> list[dict]:
+    return [rounded_row({"trial": t.number, "state": t.state.name.lower(), search.metric: t.value,
+                         "epochs": max(t.intermediate_values, default=None),
+                         "seconds": t.duration.total_seconds() if t.duration else None,
+                         **{k: t.params.get(k) for k in search.space}, "run_id": t.user_attrs.get("run_id")})
+            for t in study.get_trials(deepcopy=False)]
+
+
+@task(name="tuning-report")
+def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, parent_run_id: str,
+                 children: list[str], retrain: Retrained) -> dict:
+    """-> the study's summary (as `trainflow tune --json` prints it)."""
+    study = open_study(search, study_name, epochs)
+    best = study.best_trial
+    best_params = decode(best.params, search.space)
+    log = tracking.RunLogger(parent_run_id)
+    skipped = _log_plots(log, study)
+    rows = _rows(study, search)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+    log.log_metrics({f"best_{search.metric}": best.value, **{f"trials_{k}": v for k, v in counts.items()}}, 0)
+    log.set_tags({"best_trial": best.number, "best_params": json.dumps(best_params, default=str),
+                  "study_name": study_name})
+    create_table_artifact(rows, key=artifact_key(name, "trials"), description=f"every trial of {study_name}")
+    lines = [f"# {study_name}: best trial {best.number}", "",
+             f"{search.strategy} search: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} "
+             f"pruned, {counts['fail']} failed); best {search.metric} {shown(best.value)}",
+             "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
+             "", f"Retrained on {search.retrain}: test accuracy {shown(retrain.metrics['test_accuracy'])}; "
+             f"{retrain.registered.line()}.", "", link("study run", parent_run_id)]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
+    return summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.value},
+                   retrain.registered, children=[*children, retrain.run_id], trials=counts, plots_skipped=skipped,
+                   best_trial={"number": best.number, "params": best_params, "value": best.value})
