@@ -66,7 +66,7 @@ def execute(args: argparse.Namespace, title: str, start, show, progress=None) ->
             result = start()
         else:
             with stdout_reserved() as stdout:
-                stdout.write(json.dumps(start(), default=str) + "\n")
+                stdout.write(json.dumps(start().json(), default=str) + "\n")
             return 0
     show(result)
     return 0

@@ -11,30 +11,32 @@ from cli.execute import execute
 
 if TYPE_CHECKING:  # the commands import tasks (MLflow) when they run, not when the parser is built
     from tasks.registry.aliases import ModelSummary, Move
+    from tasks.results import Prediction
 
 
-def prediction_summary(s: dict) -> None:
+def prediction_summary(s: Prediction) -> None:
     """What was scored, how it went against the labels (if any), the drift verdict, where the predictions are."""
     from cli.progress import summary_console as out
 
-    m, drift = s["model"], s["drift"]
-    scored = (f"[bold green]done[/]: {s['rows']} rows scored with {m['name']} version {m['version']}"
-              + (f" (@{', @'.join(m['aliases'])})" if m["aliases"] else ""))
-    if "accuracy" in s["metrics"]:
-        scored += f"; against their labels: accuracy {s['metrics']['accuracy']:.4f}, macro F1 {s['metrics']['f1']:.4f}"
+    m, drift = s.model, s.drift
+    scored = (f"[bold green]done[/]: {s.rows} rows scored with {m.name} version {m.version}"
+              + (f" (@{', @'.join(m.aliases)})" if m.aliases else ""))
+    if "accuracy" in s.metrics:
+        scored += (f"; against their labels: accuracy {s.metrics['accuracy']:.4f}, macro F1 "
+                   f"{s.metrics['f1']:.4f}")
     out.print(scored)
-    if s["metrics"].get("unknown_labels"):
-        out.print(f"[yellow]{int(s['metrics']['unknown_labels'])} labels are none of the model's classes[/]: those "
+    if s.metrics.get("unknown_labels"):
+        out.print(f"[yellow]{int(s.metrics['unknown_labels'])} labels are none of the model's classes[/]: those "
                   "rows are scored, and left out of accuracy and F1")
-    if s["errors"]:
-        out.print(f"[yellow]{s['errors']} unreadable rows skipped[/]: listed with the reason in {s['errors_file']}")
-    if drift and drift["drifted"]:
-        out.print(f"[bold red]drift[/]: the inputs differ from the training data's (score {drift['score']:.2f} > "
-                  f"predict.drift_threshold {drift['threshold']:g}); most: {drift['worst']}. The run is tagged drift.")
+    if s.errors:
+        out.print(f"[yellow]{s.errors} unreadable rows skipped[/]: listed with the reason in {s.errors_file}")
+    if drift and drift.drifted:
+        out.print(f"[bold red]drift[/]: the inputs differ from the training data's (score {drift.score:.2f} > "
+                  f"predict.drift_threshold {drift.threshold:g}); most: {drift.worst()}. The run is tagged drift.")
     elif drift:
-        out.print(f"no drift: score {drift['score']:.2f} <= predict.drift_threshold {drift['threshold']:g}")
-    out.print(f"predictions: {s['out']}", markup=False, highlight=False)
-    out.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)
+        out.print(f"no drift: score {drift.score:.2f} <= predict.drift_threshold {drift.threshold:g}")
+    out.print(f"predictions: {s.out}", markup=False, highlight=False)
+    out.print(f"MLflow run {s.run_id}: {s.mlflow_url}", markup=False, highlight=False)
 
 
 def _predict(args: argparse.Namespace) -> int:

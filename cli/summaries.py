@@ -5,105 +5,106 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from cli.progress import summary_console as console
-from tasks.results import Registration
+from tasks.results import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning
 from tasks.wording import cells, difference, shown, with_interval
+
+if TYPE_CHECKING:
+    from trainlib.evidence import Contrast
 
 VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow",
             "higher": "default", "lower": "default"}
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 
 
-def run(s: dict) -> None:
+def run(s: RunSummary) -> None:
     """Three lines: the result, the registration (or why there is none), the run's URL."""
-    m = s["metrics"]
+    m = s.metrics
     epochs = (f" (best epoch {shown(m['best_epoch'], 'best_epoch')}, stopped at "
-              f"{shown(m['stopped_epoch'], 'stopped_epoch')})" if "best_epoch" in m else "")
-    console.print(f"[bold green]done[/]: test accuracy {shown(m['test_accuracy'])}, macro F1 {shown(m['test_f1'])}, "
-                  f"test loss {shown(m['test_loss'])}{epochs}")
-    registered = Registration.from_json(s)
-    console.print(registered.line(), style=STYLES[registered.outcome], markup=False, highlight=False)
+              f"{shown(m.get('stopped_epoch'), 'stopped_epoch')})" if "best_epoch" in m else "")
+    console.print(f"[bold green]done[/]: test accuracy {shown(m.get('test_accuracy'))}, macro F1 "
+                  f"{shown(m.get('test_f1'))}, test loss {shown(m.get('test_loss'))}{epochs}")
+    console.print(s.registered.line(), style=STYLES[s.registered.outcome], markup=False, highlight=False)
     local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
-    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}" + (" (browse: .venv/bin/trainflow ui)" if local
-                                                                      else ""), markup=False, highlight=False)
+    console.print(f"MLflow run {s.run_id}: {s.mlflow_url}" + (" (browse: .venv/bin/trainflow ui)" if local else ""),
+                  markup=False, highlight=False)
 
 
-def study(s: dict) -> None:
-    best, t = s["best_trial"], s["trials"]
-    params = ", ".join(f"{k}={shown(v, k)}" for k, v in best["params"].items())
-    console.print(f"[bold]{t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed trials[/]; "
-                  f"best trial {best['number']} ({shown(best['value'])}): {params}")
-    run(s)
+def tuning(s: Tuning) -> None:
+    best, t = s.best_trial, s.trials
+    params = ", ".join(f"{k}={shown(v, k)}" for k, v in best.params.items())
+    console.print(f"[bold]{t.complete} complete, {t.pruned} pruned, {t.fail} failed trials[/]; "
+                  f"best trial {best.number} ({shown(best.value)}): {params}")
+    run(s.run)
 
 
-def comparison(s: dict) -> None:
+def _versus(title: str, contrasts: list[Contrast]) -> Table:
+    table = Table("variant", "metric", "difference [95% CI]", "verdict", title=title)
+    table.columns[0].overflow = "fold"
+    for v in contrasts:
+        table.add_row(v.label, v.metric, difference(v), f"[{VERDICTS[v.verdict]}]{v.verdict}[/]")
+    return table
+
+
+def comparison(s: Comparison) -> None:
     """Every variant's means with their intervals, each against the baseline with a verdict, then the winner."""
-    n = s["repeats"]
+    n = s.repeats
+    shown_measures = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")
     table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "seconds",
                   title=f"best epoch of each variant, mean ± 95% interval over {n} repeats" if n > 1
                   else "best epoch of each variant (one repeat: no interval)")
     table.columns[0].overflow = "fold"
-    for row in s["summary"]:
-        table.add_row(row["label"], f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else ""),
-                      *[with_interval(row[m], m) for m in ("best_val_accuracy", "test_accuracy", "test_loss",
-                                                           "epochs", "train_seconds")])
+    for g in s.summary:
+        table.add_row(g.label, f"{g.n}" + (f" ({g.failed} failed)" if g.failed else ""),
+                      *[with_interval(g.estimates.get(m), m) for m in shown_measures])
     console.print(table)
-    shown_metrics = ("test_accuracy", "best_val_accuracy", "test_loss")
-    against = [v for v in s["versus_baseline"] if v["metric"] in shown_metrics]
+    against = [v for v in s.versus if v.metric in ("test_accuracy", "best_val_accuracy", "test_loss")]
     if against and n > 1:
-        versus = Table("variant", "metric", "difference [95% CI]", "verdict",
-                       title=f"against the baseline {s['baseline']} (paired repeats)")
-        versus.columns[0].overflow = "fold"
-        for v in against:
-            versus.add_row(v["label"], v["metric"], difference(v), f"[{VERDICTS[v['verdict']]}]{v['verdict']}[/]")
-        console.print(versus)
+        console.print(_versus(f"against the baseline {s.baseline} (paired repeats)", against))
     elif against:
         console.print("one repeat: no verdict (a single seed is an anecdote; give --repeats 3 or more)",
                       style="yellow")
-    console.print(f"best (mean on validation): [bold]{s['best_variant']}[/]"
-                  + (f"; its best repeat on validation, {s['best_repeat']}, is the model below" if n > 1 else ""))
-    run(s)
+    console.print(f"best (mean on validation): [bold]{s.best_variant}[/]"
+                  + (f"; its best repeat on validation, {s.best_repeat}, is the model below" if n > 1 else ""))
+    run(s.run)
 
 
-def ensemble(s: dict) -> None:
+def ensemble(s: Ensemble) -> None:
     table = Table("member", "weight", "val acc", "test acc", "epochs", "seconds", "state",
-                  title=f"{s['method']}: members and ensemble")
+                  title=f"{s.method}: members and ensemble")
     table.columns[0].overflow = "fold"
-    for r in s["members"]:
+    for r in s.members:
         table.add_row(*cells(r, ("member", "weight", "val_accuracy", "test_accuracy", "epochs", "seconds", "state")))
-    m = s["metrics"]
-    table.add_row("[bold]ensemble[/]", "", shown(m.get("val_accuracy")), f"[bold]{shown(m['test_accuracy'])}[/]",
+    m = s.run.metrics
+    table.add_row("[bold]ensemble[/]", "", shown(m.get("val_accuracy")), f"[bold]{shown(m.get('test_accuracy'))}[/]",
                   "", "", "")
     console.print(table)
-    console.print(f"best member on test: {s['best_member']} ({shown(m['best_member_test_accuracy'])})")
-    if "repeats" in s:
-        r = s["repeats"]
-        versus = Table("comparison", "metric", "difference [95% CI]", "verdict",
-                       title=f"the ensemble against its members over {r['n']} repeats (the table above: repeat 0, "
-                             "registered; best member chosen on validation)")
-        for v in r["versus"]:
-            versus.add_row(v["label"], v["metric"], difference(v), f"[{VERDICTS[v['verdict']]}]{v['verdict']}[/]")
-        console.print(versus)
-    run(s)
+    console.print(f"best member on test: {s.best_member} ({shown(m.get('best_member_test_accuracy'))})")
+    if s.repeats:
+        console.print(_versus(f"the ensemble against its members over {s.repeats.n} repeats (the table above: "
+                              "repeat 0, registered; best member chosen on validation)", s.repeats.versus))
+    run(s.run)
 
 
-def transfer(s: dict) -> None:
-    t = s["transfer"]
-    console.print(f"{t['strategy']} from [bold]{t['source']}[/] ({t['weights_copied']} weight tensors reused)")
-    run(s)
+def transfer(s: Transfer) -> None:
+    t = s.transfer
+    console.print(f"{t.strategy} from [bold]{t.source}[/] ({t.weights_copied} weight tensors reused)")
+    run(s.run)
 
 
-def demo(s: dict) -> None:
+def demo(s: TransferDemo) -> None:
     table = Table("run", "test acc", "best epoch", "epochs to scratch's best val acc", "train s",
-                  title=f"digits 0-4 -> digits 5-9 with {s['shots']} labeled examples per class")
-    for r in s["runs"]:
+                  title=f"digits 0-4 -> digits 5-9 with {s.shots} labeled examples per class")
+    for r in s.runs:
         table.add_row(*cells(r, ("run", "test_accuracy", "best_epoch", "epochs_to_scratch_best_val",
                                   "train_seconds")))
     console.print(table)
-    transfer(s)
+    transfer(s.finetune)
+    console.print(f"MLflow run of the demo {s.run_id}: {s.mlflow_url}", markup=False, highlight=False)
 
 
 def short(label: str) -> str:
@@ -116,31 +117,30 @@ def short(label: str) -> str:
 CLAIM_STYLES = {"supported": "green", "contradicted": "red", "inconclusive": "default", "failed": "yellow"}
 
 
-def technique_study(s: dict) -> None:
+def technique_study(s: Study) -> None:
     """One row per claim: the measure, baseline and treatment with intervals, the difference, the verdict."""
-    from tasks.technique_study.report import signed
+    from tasks.technique_study.report import as_estimate, signed
 
     table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "verdict",
                   title="technique study: mean ± 95% interval over paired repeats (the report names the variants)")
-    for r in s["rows"]:
+    for r in s.rows:
         if r["verdict"] == "failed":
             table.add_row(r["name"], r["measure"], "-", "-", "-", f"[yellow]failed[/]: {r['error']}")
             continue
         m = r["measure"]
-        table.add_row(f"{r['name']} ({short(r['treatment']['label'])})", m, with_interval(r["baseline"], m),
-                      with_interval(r["treatment"], m), signed(r["diff"], m),
+        table.add_row(f"{r['name']} ({short(r['treatment']['label'])})", m,
+                      with_interval(as_estimate(r["baseline"]), m), with_interval(as_estimate(r["treatment"]), m),
+                      signed(r["diff"], m),
                       f"[{CLAIM_STYLES[r['verdict']]}]{r['verdict']}[/]")
     console.print(table)
-    console.print(", ".join(f"{n} {v}" for v, n in s["counts"].items() if n) + f" in {s['wall_seconds'] / 60:.1f} "
-                  "minutes")
-    console.print(f"report: {s['report']} (one page: {s['html']})", markup=False, highlight=False)
-    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']}", markup=False, highlight=False)
+    console.print(", ".join(f"{n} {v}" for v, n in s.counts.items() if n) + f" in {s.wall_seconds / 60:.1f} minutes")
+    console.print(f"report: {s.report} (one page: {s.html})", markup=False, highlight=False)
+    console.print(f"MLflow run {s.run_id}: {s.mlflow_url}", markup=False, highlight=False)
 
 
-def lr_find(s: dict) -> None:
+def lr_find(s: RangeTest) -> None:
     """The suggestion (or why there is none), how the sweep ended, the run's URL."""
-    what = (f"suggested LR [bold]{shown(s['suggested_lr'], 'lr')}[/] (steepest descent of the smoothed loss)"
-            if s["suggested_lr"] is not None else "[yellow]no suggestion[/]: the loss diverged too soon; lower --start")
-    console.print(f"[bold green]done[/]: {what}; {s['updates']} updates from {s['start']:g} to {s['end']:g}, "
-                  f"{s['stopped']}")
-    console.print(f"MLflow run {s['run_id']}: {s['mlflow_url']} (lr_find.png)", markup=False, highlight=False)
+    what = (f"suggested LR [bold]{shown(s.suggested_lr, 'lr')}[/] (steepest descent of the smoothed loss)"
+            if s.suggested_lr is not None else "[yellow]no suggestion[/]: the loss diverged too soon; lower --start")
+    console.print(f"[bold green]done[/]: {what}; {s.updates} updates from {s.start:g} to {s.end:g}, {s.stopped}")
+    console.print(f"MLflow run {s.run_id}: {s.mlflow_url} (lr_find.png)", markup=False, highlight=False)

@@ -50,7 +50,7 @@ def _tune(args: argparse.Namespace) -> int:
         return tuning_flow(plan.config, search, refresh=args.refresh, runner=plan.runner)
 
     return execute(args, f"{plan.config.name}: {search.strategy} search over {', '.join(search.space)}", start,
-                    summaries.study, RunProgress(search.budget(), f"{search.strategy} search"))
+                    summaries.tuning, RunProgress(search.budget(), f"{search.strategy} search"))
 
 
 def _compare(args: argparse.Namespace) -> int:

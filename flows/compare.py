@@ -4,6 +4,8 @@ verdicts against the baseline."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.runtime import flow_run
 
@@ -18,7 +20,7 @@ from tasks.fanout.comparison import BETTER, MEASURES, compare_report, measures
 from tasks.fanout.runs import variant
 from tasks.record import start_run
 from tasks.registry.register import register
-from tasks.results import Repeated, VariantRun
+from tasks.results import Comparison, Repeated, VariantRun
 from tasks.settings import workspace
 from tasks.transfer.source import fetch_source
 from trainlib import evidence
@@ -38,8 +40,8 @@ def run_name() -> str:
 @flow(name="compare", flow_run_name=run_name)
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
                  refresh: bool = False, runner: str | None = None, repeats: int = 1, resplit: bool = False,
-                 baseline: str | None = None, variants: list[dict] | None = None,
-                 parent_run_id: str | None = None) -> dict:
+                 baseline: str | None = None, variants: list[dict[str, Any]] | None = None,
+                 parent_run_id: str | None = None) -> Comparison:
     """Train every combination of the `vary` values (config key -> values) on the same data, `repeats` times
     each (repeat i: training.seed + i, and split.seed + i with `resplit`), `max_parallel` at a time (on `runner`:
     flows/runners.py). The variant with the best mean validation accuracy wins; its repeat with the best
@@ -64,9 +66,9 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
             results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit, source)
         groups = {v.label: [measures(r) for r in results if r.label == v.label] for v in plan.variants}
         summary = evidence.summarize(groups, MEASURES)
-        winner = max((s for s in summary if s["n"]),
-                     key=lambda s: (s["best_val_accuracy"]["mean"], -s["best_val_loss"]["mean"]))
-        best = max((r for r in results if r.label == winner["label"] and r.run is not None),
+        winner = max((s for s in summary if s.n),
+                     key=lambda s: (s.estimates["best_val_accuracy"].mean, -s.estimates["best_val_loss"].mean))
+        best = max((r for r in results if r.label == winner.label and r.run is not None),
                    key=lambda r: (r.run.metrics["best_val_accuracy"], -r.run.metrics["best_val_loss"]))
         dataset, _, stats = data[best.split_seed]
         registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,

@@ -17,7 +17,7 @@ from tasks.ensembles.members import boost_weights, check_registered, member, reg
 from tasks.ensembles.report import ensemble_repeats_report, ensemble_report
 from tasks.events import Finished
 from tasks.record import start_run
-from tasks.results import MemberOutcome, MemberRun
+from tasks.results import Ensemble, MemberOutcome, MemberRun
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig, flatten
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, registered_name
@@ -31,7 +31,7 @@ def run_name() -> str:
 @flow(name="ensemble", flow_run_name=run_name)
 def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | str, refresh: bool = False,
                       runner: str | None = None, repeats: int = 1, resplit: bool = False,
-                      parent_run_id: str | None = None) -> dict:
+                      parent_run_id: str | None = None) -> Ensemble:
     """Train (or, for voting, reuse) the members of `ensemble` on the same data and split, combine them
     into one model, test it and register it through the gate. Returns the ensemble's summary.
     Config and ensemble may be given as YAML paths; `runner` says where members train (flows/runners.py).
@@ -61,7 +61,7 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
         return ensemble_report(config.name, run_id, ensemble, trained, combined, registered, ws)
 
 
-def repeated(plan: plans.Ensemble, refresh: bool, parent_run_id: str | None = None) -> dict:
+def repeated(plan: plans.Ensemble, refresh: bool, parent_run_id: str | None = None) -> Ensemble:
     """The ensemble trained plan.repeats times under one parent run; repeat 0 is registered, the others are
     evidence. -> repeat 0's summary with `repeats` (ensemble_repeats_report)."""
     run_id = start_run(plan.config, flatten(plan.ensemble, "ensemble.") | {"repeats": plan.repeats,

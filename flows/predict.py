@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.common import as_model
 from tasks import tracking
+from tasks.results import Prediction
 from tasks.scoring.plan import digest, plan, start
 from tasks.scoring.predict import record, score_data
 from trainlib.config import PipelineConfig, override
@@ -16,7 +19,8 @@ DEFAULT_MODEL = "models:/digits-cnn@champion"
 
 @flow(name="batch-predict", flow_run_name="predict {model}")
 def batch_predict(model: str = DEFAULT_MODEL, data: str | None = None, config: PipelineConfig | str | None = None,
-                  out: str | None = None, overrides: dict | None = None, named: str | None = None) -> dict:
+                  out: str | None = None, overrides: dict[str, Any] | None = None,
+                  named: str | None = None) -> Prediction:
     """Score `data` (a folder of images, a CSV or Parquet file, an .npz or .npy of signals) or the data section of
     `config` with the registered `model` (models:/NAME@ALIAS or /VERSION) into `out` (default: the project's
     predictions folder); `overrides` ({key: value}) change the config, e.g. predict.drift_threshold; `named`: the

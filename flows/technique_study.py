@@ -10,6 +10,8 @@ the best), recorded in the report; then the comparison the claim is judged on, w
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -18,10 +20,10 @@ from flows import plans
 from flows.compare import compare_flow
 from flows.ensemble import ensemble_pipeline
 from flows.training import training_pipeline
-from flows.transfer import trained_uri
 from flows.tuning import tuning_flow
 from tasks import events, tracking
 from tasks.record import start_run
+from tasks.results import Study
 from tasks.settings import workspace
 from tasks.technique_study.report import study_report
 from trainlib import evidence
@@ -38,7 +40,7 @@ def run_name() -> str:
 @flow(name="technique-study", flow_run_name=run_name)
 def study_flow(config: str | None = None, overrides: list[str] | None = None, only: list[str] | None = None,
                repeats: int | None = None, quick: bool = False, max_parallel: int = 2, runner: str | None = None,
-               entries: str | None = None) -> dict:
+               entries: str | None = None) -> Study:
     """Run the study's entries (all of `entries`, default configs/study, or those in `only`) from the config file
     `config` (where an entry names no base) with the `overrides` (key=value) over every entry; `repeats` replaces
     each entry's. -> the study's summary (as `trainflow study --json` prints it)."""
@@ -66,68 +68,77 @@ def study_flow(config: str | None = None, overrides: list[str] | None = None, on
         return study_report(run_id, rows, ws, quick, time.perf_counter() - started)
 
 
-def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str) -> tuple[dict, dict | None]:
+def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy,
+              parent_run_id: str) -> tuple[Judged, dict[str, float] | None]:
     """The entry's comparison (after choosing each variant's LR, with lr_grid) -> (its summary, chosen LRs)."""
     entry, cfg, chosen = claim.entry, claim.config, None
     run = {"max_parallel": plan.parallel, "runner": plan.runner, "parent_run_id": parent_run_id}
     if claim.source is not None:  # transfer: the source model first, then every variant starts from it
         trained = training_pipeline(claim.source, parent_run_id=parent_run_id)
-        cfg = override(cfg, {"transfer.source": trained_uri(trained)})
+        cfg = override(cfg, {"transfer.source": trained.uri})
     if entry.lr_grid:
         chosen = {}
         for v in claim.comparison.variants:
             grid = {"optimizer.lr": entry.lr_grid}
             out = compare_flow(override(cfg, v.overrides), grid, repeats=plans.lr_repeats(claim), resplit=entry.resplit,
                                **run)
-            chosen[v.label] = choose_lr(out["summary"], entry.lr_grid)
+            chosen[v.label] = choose_lr(out.summary, entry.lr_grid)
         variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
-        return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants,
-                            **run), chosen
-    return compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=entry.variants,
-                        **run), chosen
+        out = compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants, **run)
+    else:
+        out = compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=entry.variants,
+                           **run)
+    return Judged(out.summary, out.versus, out.baseline, out.run.run_id), chosen
 
 
-def run_ensemble(claim: plans.Claim, parent_run_id: str) -> tuple[dict, None]:
+def run_ensemble(claim: plans.Claim, parent_run_id: str) -> tuple[Judged, None]:
     """An ensemble entry: the ensemble with repeats, against its best (on validation) or mean member, paired by
-    repeat. -> a comparison-like result (summary, versus_baseline, baseline, run_id) for `judged`."""
+    repeat."""
     p = claim.ensemble
     out = ensemble_pipeline(p.config, p.ensemble, runner=p.runner, repeats=p.repeats, resplit=p.resplit,
                             parent_run_id=parent_run_id)
-    against = claim.entry.against
-    prefixes = {against: against.replace(" ", "_"), "ensemble": "ensemble"}  # the baseline, the treatment
-    groups = {who: [{"test_accuracy": r[f"{prefix}_test_accuracy"]} for r in out["repeats"]["runs"]]
-              for who, prefix in prefixes.items()}
-    return as_comparison(groups, against, out["run_id"]), None
+    groups, against = out.repeats.groups, claim.entry.against
+    return as_comparison({who: groups[who] for who in (against, "ensemble")}, against, out.run.run_id), None
 
 
-def run_searches(claim: plans.Claim, parent_run_id: str) -> tuple[dict, None]:
+def run_searches(claim: plans.Claim, parent_run_id: str) -> tuple[Judged, None]:
     """A search entry: every search, repeat i with every seed moved by i (search, training, and split with
     resplit); measured by the best trial's validation accuracy and the retrained model's test accuracy."""
-    groups: dict[str, list[dict]] = {name: [] for name in claim.searches}
+    groups: dict[str, evidence.Repeats] = {name: [] for name in claim.searches}
     for i in range(claim.repeats):
         cfg = plans.seeded(claim.config, i, claim.entry.resplit)
         for name, study in claim.searches.items():
             search = study.search.model_copy(update={"seed": study.search.seed + i})
             out = tuning_flow(cfg, search, runner=study.runner, parent_run_id=parent_run_id)
-            groups[name].append({"test_accuracy": out["metrics"]["test_accuracy"],
-                                 "best_val_accuracy": out["best_trial"]["value"]})
+            groups[name].append({"test_accuracy": out.run.metrics["test_accuracy"],
+                                 "best_val_accuracy": out.best_trial.value})
     return as_comparison(groups, next(iter(claim.searches)), parent_run_id), None
 
 
-def as_comparison(groups: dict[str, list[dict]], baseline: str, run_id: str) -> dict:
-    """Paired repeats of named groups as a comparison's summary and versus rows (trainlib.evidence)."""
+@dataclass(frozen=True)
+class Judged:
+    """What a claim is judged on: a comparison's groups and contrasts against its baseline, and its run."""
+
+    summary: list[evidence.Group]
+    versus: list[evidence.Contrast]
+    baseline: str
+    run_id: str
+
+
+def as_comparison(groups: dict[str, evidence.Repeats], baseline: str, run_id: str) -> Judged:
+    """Paired repeats of named groups as a comparison's summary and contrasts (trainlib.evidence)."""
     measures = list(next(iter(groups.values()))[0])
-    return {"summary": evidence.summarize(groups, measures), "baseline": baseline, "run_id": run_id,
-            "versus_baseline": evidence.versus(groups, baseline, measures)}
+    return Judged(evidence.summarize(groups, measures), evidence.versus(groups, baseline, measures), baseline,
+                  run_id)
 
 
-def entry_row(claim: plans.Claim) -> dict:
+def entry_row(claim: plans.Claim) -> dict[str, Any]:
     e = claim.entry
     return {"name": e.name, "technique": e.technique, "claim": e.claim, "measure": e.measure,
             "direction": e.direction, "fair": e.fair, "repeats": claim.repeats}
 
 
-def judged(claim: plans.Claim, result: dict, chosen: dict | None) -> dict:
+def judged(claim: plans.Claim, result: Judged, chosen: dict[str, float] | None) -> dict[str, Any]:
     """The entry's row of the report: its judgement (trainlib.claims.judge) with the LRs chosen and the run."""
-    return entry_row(claim) | judge(claim.entry, result["summary"], result["versus_baseline"], result["baseline"]) | {
-        "learning_rates": chosen, "run_id": result["run_id"], "summary": result["summary"], "error": None}
+    return entry_row(claim) | judge(claim.entry, result.summary, result.versus, result.baseline) | {
+        "learning_rates": chosen, "run_id": result.run_id, "summary": result.summary, "error": None}

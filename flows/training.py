@@ -10,6 +10,7 @@ from flows.common import as_model, parameter, prepare_data, train_and_register
 from tasks import tracking
 from tasks.chain.report import report
 from tasks.record import start_run
+from tasks.results import RunSummary
 from tasks.settings import workspace
 from trainlib.config import PipelineConfig
 
@@ -24,7 +25,7 @@ DEFAULT = PipelineConfig()  # cnn on the embedded digits
 
 @flow(name="training-pipeline", flow_run_name=run_name)
 def training_pipeline(config: PipelineConfig | str = DEFAULT, refresh: bool = False,
-                      parent_run_id: str | None = None) -> dict:
+                      parent_run_id: str | None = None) -> RunSummary:
     """Train one config (or a config file) end to end; returns the run summary (metrics, registered version,
     gate). `refresh` recomputes ingest/split/normalize instead of reusing their cached outputs; `parent_run_id`
     nests the run under another (a technique study's transfer source)."""

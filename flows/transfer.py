@@ -14,7 +14,7 @@ from tasks import tracking
 from tasks.chain.refs import SourceRef
 from tasks.chain.report import report, run_url
 from tasks.record import start_run
-from tasks.results import SourceRun
+from tasks.results import Lineage, SourceRun, Transfer, TransferDemo
 from tasks.settings import workspace
 from tasks.transfer.source import check_source, fetch_source, registered_source, transfer_report
 from trainlib.config import PipelineConfig, override
@@ -38,7 +38,8 @@ def with_source_architecture(config: PipelineConfig, source: SourceRef) -> Pipel
 
 
 @flow(name="transfer", flow_run_name=run_name)
-def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, parent_run_id: str | None = None) -> dict:
+def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False,
+                      parent_run_id: str | None = None) -> Transfer:
     """Train `config` (or a config file) starting from `config.transfer.source` as `config.transfer.strategy`
     says; register through the gate. Returns the run summary plus the transfer's lineage."""
     config = plans.transfer(as_model(config, PipelineConfig))
@@ -51,22 +52,13 @@ def transfer_pipeline(config: PipelineConfig | str, refresh: bool = False, paren
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         weights = check_source(config, source, dataset, stats, run_id)
         trained, metrics, registered = train_and_register(config, dataset, manifest, stats, ws, run_id, source)
-        lineage = {"source": source.uri, "strategy": config.transfer.strategy, "history": trained.history,
-                   "source_run_id": source.source_run_id, "weights_copied": len(weights.copied)}
-        return report(config.name, run_id, trained, metrics, registered) | {"transfer": lineage}
-
-
-def trained_uri(trained: dict) -> str:
-    """Where a just trained source is found: the alias it took, else its version (challenger), else its run
-    (--no-register: nothing was registered)."""
-    if trained["gate"] is None:
-        return f"runs:/{trained['run_id']}"
-    at = f"@{trained['alias']}" if trained["gate"]["passed"] else f"/{trained['version']}"
-    return f"models:/{trained['registered_model']}{at}"
+        lineage = Lineage(source.uri, config.transfer.strategy, trained.history, source.source_run_id,
+                          len(weights.copied))
+        return Transfer(report(config.name, run_id, trained, metrics, registered), lineage)
 
 
 @flow(name="transfer-demo", flow_run_name=lambda: f"transfer demo: {flow_run.parameters['shots']} shots")
-def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refresh: bool = False) -> dict:
+def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refresh: bool = False) -> TransferDemo:
     """Train (or reuse) a source on digits 0-4, then learn digits 5-9 from `shots` labeled examples per class
     by fine-tuning, by feature extraction and from scratch; report accuracy, epochs and time of each."""
     config = as_model(config, PipelineConfig)
@@ -74,8 +66,8 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
     source = registered_source(source_config.name, source_config.register.alias)
     if source is None:
         trained = training_pipeline(source_config, refresh=refresh)
-        source = SourceRun(trained_uri(trained), trained["run_id"],
-                           *(trained["metrics"][k] for k in ("test_accuracy", "best_epoch", "train_seconds")))
+        source = SourceRun(trained.uri, trained.run_id,
+                           *(trained.metrics.get(k) for k in ("test_accuracy", "best_epoch", "train_seconds")))
     target = override(config, DIGITS_5_9 | {"split.shots": shots, "transfer.source": source.uri})
     run_id = start_run(target, {"demo.shots": shots, "demo.source": source.uri}, kind="transfer-demo",
                        run_name=f"transfer demo: {shots} shots per class")
@@ -84,5 +76,5 @@ def transfer_demo(config: PipelineConfig | str = DEFAULT, shots: int = 10, refre
         runs = {s: transfer_pipeline(override(target, {"transfer.strategy": s}), refresh, run_id)
                 for s in DEMO_STRATEGIES}
         rows = transfer_report(target.name, run_id, source, runs, ws)
-        return runs["finetune"] | {"run_id": run_id, "mlflow_url": run_url(run_id), "shots": shots, "runs": rows,
-                                   "source": source.json(), "children": [r["run_id"] for r in runs.values()]}
+        return TransferDemo(run_id, run_url(run_id), runs["finetune"], shots, rows, source,
+                            [r.run.run_id for r in runs.values()])

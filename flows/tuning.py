@@ -18,10 +18,10 @@ from tasks.chain.split import merge_val
 from tasks.events import Finished
 from tasks.fanout.runs import trial
 from tasks.record import start_run
-from tasks.results import Retrained, TrialRun
+from tasks.results import Retrained, TrialRun, Tuning
 from tasks.settings import workspace
 from tasks.tuning import storage
-from tasks.tuning.report import study_report
+from tasks.tuning.report import tuning_report
 from tasks.tuning.storage import create_study
 from trainlib.config import PipelineConfig, flatten, override
 from trainlib.tuning import SearchConfig, decode, trial_base
@@ -33,7 +33,7 @@ def run_name() -> str:
 
 @flow(name="tuning", flow_run_name=run_name)
 def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refresh: bool = False,
-                runner: str | None = None, parent_run_id: str | None = None) -> dict:
+                runner: str | None = None, parent_run_id: str | None = None) -> Tuning:
     """Search `search.space` around `config`, scoring trials on `search.metric` (validation), then
     retrain the best config, test it and register it through the gate. Returns the study summary.
     Config and search may be given as YAML paths; `runner` says where trials run (flows/runners.py)."""
@@ -51,7 +51,7 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
                 children = search_trials(plan.trial_base, search, study, study_name, dataset, manifest, stats, run_id,
                                          submit)
             retrain = retrain_best(config, search, study, dataset, manifest, run_id)
-            return study_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
+            return tuning_report(config.name, search, study_name, config.training.epochs, run_id, children, retrain)
         finally:
             storage.release(study_name)
 

@@ -5,6 +5,7 @@ tasks.tracking.finishing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.runtime import flow_run
@@ -29,8 +30,9 @@ def open_run(config: PipelineConfig, run_name: str, kind: str, parent_run_id: st
 
 
 @task(name="start-run")
-def start_run(config: PipelineConfig, extra_params: dict | None = None, extra_text: dict[str, str] | None = None,
-              parent_run_id: str | None = None, run_name: str | None = None, kind: str = "training") -> str:
+def start_run(config: PipelineConfig, extra_params: dict[str, Any] | None = None,
+              extra_text: dict[str, str] | None = None, parent_run_id: str | None = None,
+              run_name: str | None = None, kind: str = "training") -> str:
     """The MLflow run of this flow run (or a child of `parent_run_id`), tagged with the flow run; returns its
     id. `extra_params` (e.g. the search file, flattened) and `extra_text` files are recorded with it."""
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),

@@ -5,6 +5,10 @@ importing it must not load Prefect before the command's temporary API has starte
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only annotations: the CLI imports this module before anything heavy
+    from trainlib.evidence import Contrast, Estimate, Group
 
 NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
 
@@ -56,35 +60,35 @@ def rounded_row(row: dict, keys=None) -> dict:
     return {k: rounded(row.get(k), k) for k in keys}
 
 
-def with_interval(estimate: dict | None, key: str) -> str:
+def with_interval(estimate: Estimate | None, key: str) -> str:
     """A mean and its 95% interval as table text, `0.9712 ± 0.0061` (the half-width), or the mean alone for one
-    repeat (an estimate of trainlib.evidence.summarize)."""
-    if not estimate:
+    repeat."""
+    if estimate is None:
         return "-"
-    if estimate["ci_low"] is None:
-        return shown(estimate["mean"], key)
-    return f"{shown(estimate['mean'], key)} ± {shown((estimate['ci_high'] - estimate['ci_low']) / 2, key)}"
+    if estimate.ci_low is None:
+        return shown(estimate.mean, key)
+    return f"{shown(estimate.mean, key)} ± {shown((estimate.ci_high - estimate.ci_low) / 2, key)}"
 
 
-def difference(row: dict) -> str:
-    """A paired difference with its interval, `+0.0123 [+0.0050, +0.0196]` (a row of trainlib.evidence.versus)."""
-    if row["diff"] is None:
+def difference(c: Contrast) -> str:
+    """A paired difference with its interval, `+0.0123 [+0.0050, +0.0196]`."""
+    if c.diff is None:
         return "-"
 
     def signed(v):
-        text = shown(v, row["metric"])
+        text = shown(v, c.metric)
         return text if text.startswith("-") else f"+{text}"
 
-    if row["ci_low"] is None:
-        return signed(row["diff"])
-    return f"{signed(row['diff'])} [{signed(row['ci_low'])}, {signed(row['ci_high'])}]"
+    if c.ci_low is None:
+        return signed(c.diff)
+    return f"{signed(c.diff)} [{signed(c.ci_low)}, {signed(c.ci_high)}]"
 
 
-def rounded_estimates(row: dict) -> dict:
-    """A summary row (trainlib.evidence.summarize) with every statistic rounded by its measure's rule."""
-    return {k: ({s: rounded(v, k) for s, v in e.items()} if isinstance(e, dict) else e) for k, e in row.items()}
+def rounded_group(g: Group) -> dict[str, Any]:
+    """A group's summary as JSON (`--json`, reports) with every statistic rounded by its measure's rule."""
+    return {k: ({s: rounded(v, k) for s, v in e.items()} if isinstance(e, dict) else e) for k, e in g.json().items()}
 
 
-def rounded_versus(row: dict) -> dict:
-    """A versus row (trainlib.evidence.versus) rounded by its metric's rule."""
-    return {k: rounded(v, row["metric"]) if k in ("diff", "ci_low", "ci_high") else v for k, v in row.items()}
+def rounded_contrast(c: Contrast) -> dict[str, Any]:
+    """A contrast as JSON, its difference and interval rounded by its metric's rule."""
+    return {k: rounded(v, c.metric) if k in ("diff", "ci_low", "ci_high") else v for k, v in c.json().items()}

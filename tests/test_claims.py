@@ -8,6 +8,7 @@ import pytest
 from flows import plans
 from trainlib.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, choose_lr, judge, load_entry, verdict
 from trainlib.errors import ConfigError
+from trainlib.evidence import Contrast, Estimate, Group
 
 GOOD = """technique: dropout
 claim: Dropout narrows the gap between train and validation accuracy.
@@ -103,29 +104,29 @@ def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_
                                                                            "model.dropout: [0.0, 0.3, 0.5]")))
 
     def est(mean):
-        return {"mean": mean, "std": 0.01, "ci_low": mean - 0.01, "ci_high": mean + 0.01}
+        return Estimate(3, mean, 0.01, mean - 0.01, mean + 0.01)
 
-    summary = [{"label": "d=0", "n": 3, "train_val_gap": est(0.10), "test_accuracy": est(0.9)},
-               {"label": "d=0.3", "n": 3, "train_val_gap": est(0.05), "test_accuracy": est(0.9)},
-               {"label": "d=0.5", "n": 3, "train_val_gap": est(0.09), "test_accuracy": est(0.9)}]
-    versus = [{"label": "d=0.3", "metric": "train_val_gap", "n": 3, "diff": -0.05, "ci_low": -0.07, "ci_high": -0.03},
-              {"label": "d=0.3", "metric": "test_accuracy", "n": 3, "diff": 0.2, "ci_low": 0.1, "ci_high": 0.3},
-              {"label": "d=0.5", "metric": "train_val_gap", "n": 3, "diff": -0.01, "ci_low": -0.03, "ci_high": 0.01}]
+    summary = [Group(d, 3, 0, {"train_val_gap": est(gap), "test_accuracy": est(0.9)})
+               for d, gap in (("d=0", 0.10), ("d=0.3", 0.05), ("d=0.5", 0.09))]
+    versus = [Contrast("d=0.3", "train_val_gap", 3, -0.05, -0.07, -0.03, ""),
+              Contrast("d=0.3", "test_accuracy", 3, 0.2, 0.1, 0.3, ""),
+              Contrast("d=0.5", "train_val_gap", 3, -0.01, -0.03, 0.01, "")]
     row = judge(entry, summary, versus, "d=0")
     assert [t["verdict"] for t in row["treatments"]] == [SUPPORTED, INCONCLUSIVE]  # the gap, lower as predicted
     assert row["verdict"] == INCONCLUSIVE and row["treatment"]["label"] == "d=0.5"  # the worst of the two
     assert row["baseline"]["mean"] == 0.10
     assert row["baseline"]["label"] == "d=0" and row["baseline"]["ci_high"] == pytest.approx(0.11)
     assert row["diff"] == {"mean": -0.01, "ci_low": -0.03, "ci_high": 0.01} and row["n"] == 3
-    versus[2] |= {"diff": 0.03, "ci_low": 0.01, "ci_high": 0.05}  # dropout 0.5 widened the gap
+    versus[2] = Contrast("d=0.5", "train_val_gap", 3, 0.03, 0.01, 0.05, "")  # dropout 0.5 widened the gap
     assert judge(entry, summary, versus, "d=0")["verdict"] == CONTRADICTED
 
 
 def test_a_learning_rate_is_chosen_by_the_model_as_tested_not_its_best_epoch():
     def row(lr, best, tested):
-        return {"label": f"optimizer.lr={lr}", "n": 2, "best_val_accuracy": {"mean": best},
-                "model_val_accuracy": {"mean": tested}}
+        return Group(f"optimizer.lr={lr}", 2, 0, {"best_val_accuracy": Estimate(2, best, None, None, None),
+                                                  "model_val_accuracy": Estimate(2, tested, None, None, None)})
 
     # without early stopping, 0.1 peaks higher mid-run but ends lower: the model tested is the last epoch's
-    summary = [row(0.01, 0.90, 0.88), row(0.1, 0.95, 0.70), {"label": "optimizer.lr=1.0", "n": 0}]
+    summary = [row(0.01, 0.90, 0.88), row(0.1, 0.95, 0.70),
+               Group("optimizer.lr=1.0", 0, 2, {"best_val_accuracy": None, "model_val_accuracy": None})]
     assert choose_lr(summary, [0.01, 0.1, 1.0]) == 0.01

@@ -140,7 +140,7 @@ def test_the_pipeline_trains_on_two_processes_and_tracks_every_epoch(prefect_api
 
     cfg = load_config(None, ["name=ddp", "training.devices=2", "training.epochs=3",
                              "training.early_stopping.enabled=false"])
-    summary = training_pipeline(cfg)
+    summary = training_pipeline(cfg).json()
     assert summary["metrics"]["test_accuracy"] > 0.85 and summary["version"] == 1
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(summary["run_id"], "val_loss")] == [1, 2, 3]

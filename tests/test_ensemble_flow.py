@@ -23,7 +23,7 @@ DIVERGES = {"optimizer.name": "sgd", "optimizer.lr": 1.0e12}  # valid config, Na
 def _run(name: str, **ensemble) -> dict:
     from flows.ensemble import ensemble_pipeline
 
-    return ensemble_pipeline(load_config(None, [f"name={name}", *BASE]), validate(ensemble, EnsembleConfig))
+    return ensemble_pipeline(load_config(None, [f"name={name}", *BASE]), validate(ensemble, EnsembleConfig)).json()
 
 
 def _children(parent_run_id: str):
@@ -134,7 +134,7 @@ def test_a_member_trains_with_the_recipe_techniques_it_is_given(stacking):
 def single(prefect_api):
     from flows.training import training_pipeline
 
-    return training_pipeline(load_config(None, ["name=ens-single", *BASE]))
+    return training_pipeline(load_config(None, ["name=ens-single", *BASE])).json()
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +262,8 @@ def test_repeated_ensembles_are_judged_against_their_members_and_only_repeat_0_i
     from flows.ensemble import ensemble_pipeline
 
     out = ensemble_pipeline(load_config(None, ["name=ens-repeats", *BASE]),
-                            validate({"method": "bagging", "members": 2}, EnsembleConfig), repeats=3, resplit=True)
+                            validate({"method": "bagging", "members": 2}, EnsembleConfig), repeats=3,
+                            resplit=True).json()
     client, r = MlflowClient(), out["repeats"]
     repeats = _children(out["run_id"])
     assert [x.info.run_id for x in repeats] == out["repeat_runs"] and len(repeats) == 3

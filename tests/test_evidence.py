@@ -74,12 +74,13 @@ def test_summaries_and_verdicts_pair_only_the_repeats_both_variants_finished():
     groups = {"sgd": [{"accuracy": 0.80}, {"accuracy": 0.70}, {"accuracy": 0.90}, {"accuracy": 0.60}],
               "adam": [{"accuracy": 0.85}, None, {"accuracy": 0.95}, {"accuracy": 0.65}]}  # repeat 1 failed
     rows = summarize(groups, ["accuracy"])
-    assert [(r["label"], r["n"], r["failed"]) for r in rows] == [("sgd", 4, 0), ("adam", 3, 1)]
-    assert rows[1]["accuracy"]["mean"] == pytest.approx(0.8166667)
+    assert [(r.label, r.n, r.failed) for r in rows] == [("sgd", 4, 0), ("adam", 3, 1)]
+    assert rows[1].estimates["accuracy"].mean == pytest.approx(0.8166667)
+    assert rows[1].json()["accuracy"]["mean"] == pytest.approx(0.8166667)  # as --json prints it
     (row,) = versus(groups, "sgd", ["accuracy"])
     # repeats 0, 2, 3: +0.05 each time (sgd's 0.70 of repeat 1 has no partner and is left out)
-    assert row["n"] == 3 and row["diff"] == pytest.approx(0.05) and row["verdict"] == BETTER
+    assert row.n == 3 and row.diff == pytest.approx(0.05) and row.verdict == BETTER
     assert versus({"a": [{"accuracy": 0.8}, {"accuracy": 0.7}], "b": [{"accuracy": 0.8}, {"accuracy": 0.7}]}, "a",
-                  ["accuracy"])[0]["verdict"] == NO_DIFFERENCE  # identical runs
+                  ["accuracy"])[0].verdict == NO_DIFFERENCE  # identical runs
     lone = versus({"a": [{"accuracy": 0.8}, None], "b": [None, {"accuracy": 0.7}]}, "a", ["accuracy"])[0]
-    assert lone["n"] == 0 and lone["diff"] is None and lone["verdict"] == TOO_FEW
+    assert lone.n == 0 and lone.diff is None and lone.verdict == TOO_FEW

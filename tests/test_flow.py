@@ -32,7 +32,7 @@ def _config(*overrides):
 def first(prefect_api):
     from flows.training import training_pipeline
 
-    return training_pipeline(_config())
+    return training_pipeline(_config()).json()
 
 
 def _artifacts(client, run_id, path=None):
@@ -82,7 +82,7 @@ def test_registered_champion_and_worse_challenger(first, prefect_api):
     client = MlflowClient()
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert int(champion.version) == first["version"] and champion.tags["gate"] == "promoted"
-    worse = training_pipeline(_config("training.epochs=1", "optimizer.lr=1e-5", "augment.rotation=0"))
+    worse = training_pipeline(_config("training.epochs=1", "optimizer.lr=1e-5", "augment.rotation=0")).json()
     assert worse["alias"] == "challenger" and not worse["gate"]["passed"]
     accuracy = worse["metrics"]["test_accuracy"]
     assert worse["gate"]["reason"] == (f"kept as challenger: below the gate ({accuracy:.4f} < "
@@ -97,7 +97,7 @@ def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
 
     client = MlflowClient()
     champion = int(client.get_model_version_by_alias(NAME, "champion").version)
-    tie = training_pipeline(_config())  # the same config and seed on CPU: the same test accuracy
+    tie = training_pipeline(_config()).json()  # the same config and seed on CPU: the same test accuracy
     assert tie["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
     assert tie["alias"] == "challenger" and tie["gate"]["outcome"] == "not_better" and type(tie["version"]) is int
     assert tie["gate"]["reason"] == (f"kept as challenger (not better than version {champion}'s "
@@ -167,15 +167,15 @@ def _task_states(summary: dict, expect: tuple[str, ...] = ("ingest", "split", "n
 def test_rerun_hits_the_cache_for_data_stages(first, prefect_api, home):
     from flows.training import training_pipeline
 
-    again = training_pipeline(_config())
+    again = training_pipeline(_config()).json()
     states = _task_states(again)
     assert states["ingest"] == states["split"] == states["normalize"] == "Cached"
     assert states["train"] == "Completed"
-    refreshed = training_pipeline(_config(), refresh=True)
+    refreshed = training_pipeline(_config(), refresh=True).json()
     assert _task_states(refreshed)["ingest"] == "Completed"
     assert refreshed["metrics"]["test_accuracy"] == again["metrics"]["test_accuracy"]
     shutil.rmtree(Path(home) / "cache")  # a wiped cache must recompute, not point at deleted files
-    wiped = training_pipeline(_config())
+    wiped = training_pipeline(_config()).json()
     assert _task_states(wiped)["split"] == "Completed"
     assert wiped["metrics"]["test_accuracy"] == again["metrics"]["test_accuracy"]
 
@@ -221,7 +221,7 @@ def test_signals_through_the_pipeline_and_the_registered_cnn1d_in_a_fresh_proces
 
     out = training_pipeline(load_config(None, [
         "name=flow-signals", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8,16]",
-        "training.epochs=3", "augment.translate=0.2", "augment.amplitude=0.2", "register.min_test_accuracy=0"]))
+        "training.epochs=3", "augment.translate=0.2", "augment.amplitude=0.2", "register.min_test_accuracy=0"])).json()
     assert out["alias"] == "champion" and out["metrics"]["test_accuracy"] > 0.3  # chance: 0.2
     assert "augmentation_preview.png" in _artifacts(MlflowClient(), out["run_id"])
     code = """
@@ -250,7 +250,7 @@ def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
     no_target.write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(30)))
     with pytest.raises(Exception, match="target column"):
         training_pipeline(load_config(None, ["name=flow-fail", "data.source=csv", f"data.path={no_target}",
-                                             "model.name=mlp"]))
+                                             "model.name=mlp"])).json()
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])[0]
     assert run.info.status == "FAILED" and "target column" in run.data.tags["failure_reason"]
@@ -287,13 +287,13 @@ def test_train_retry_resumes_from_the_checkpoint(prefect_api):
 
     cfg = load_config(None, ["name=flow-retry", "training.epochs=6", "training.early_stopping.enabled=false"])
     with events.listening(CrashOnce()):
-        resumed = training_pipeline(cfg)
+        resumed = training_pipeline(cfg).json()
     states = _task_states(resumed)
     assert CrashOnce.crashed and states["train"] == "Completed"
     steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "train_loss")]
     assert steps == [1, 2, 3, 4, 4, 5, 6]  # epoch 4 ran twice (crashed once); 1-3 came from the checkpoint
     straight = training_pipeline(load_config(None, ["name=flow-retry-ref", "training.epochs=6",
-                                                    "training.early_stopping.enabled=false"]))
+                                                    "training.early_stopping.enabled=false"])).json()
     assert resumed["metrics"]["test_loss"] == pytest.approx(straight["metrics"]["test_loss"], rel=1e-6)
 
 
@@ -301,11 +301,11 @@ def test_a_diverging_loss_fails_once_without_retries_and_registers_nothing(prefe
     from flows.training import training_pipeline
 
     good = ["name=flow-nan", "model.name=mlp", "training.epochs=2", "register.min_test_accuracy=0"]
-    champion = training_pipeline(load_config(None, good))
+    champion = training_pipeline(load_config(None, good)).json()
     cfg = load_config(None, good + ["optimizer.name=sgd", "optimizer.lr=1e12", "optimizer.momentum=0.0",
                                     "training.epochs=3"])
     with pytest.raises(Exception, match=r"NaN or infinite in epoch 1 at batch \d+"):
-        training_pipeline(cfg)
+        training_pipeline(cfg).json()
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("flow-nan").experiment_id], max_results=1)[0]
     assert run.info.run_id != champion["run_id"]
@@ -336,7 +336,7 @@ def test_streamed_imagefolder_through_the_flow_with_loader_workers(prefect_api, 
     out = training_pipeline(load_config(None, [
         "name=flow-stream", "data.source=imagefolder", f"data.path={root}", "data.image_size=[16,16]",
         "data.stream=true", "data.workers=1", "training.epochs=3", "training.batch_size=8", "augment.hflip=0.5",
-        "split.train=0.5", "split.val=0.25", "split.test=0.25", "register.min_test_accuracy=0"]))
+        "split.train=0.5", "split.val=0.25", "split.test=0.25", "register.min_test_accuracy=0"])).json()
     assert out["alias"] == "champion" and 0 <= out["metrics"]["test_accuracy"] <= 1
     steps = [m.step for m in MlflowClient().get_metric_history(out["run_id"], "val_loss")]
     assert steps == [1, 2, 3]

@@ -11,7 +11,7 @@ SMALL = ["model.name=mlp", "model.hidden=[32]", "training.epochs=2", "training.e
 def test_the_lr_find_flow_records_its_sweep_and_suggestion(prefect_api):
     from flows.lr_find import lr_find_flow
 
-    out = lr_find_flow(load_config(None, [*SMALL, "name=lr-find-flow"]), updates=60, start=1e-5, end=10.0)
+    out = lr_find_flow(load_config(None, [*SMALL, "name=lr-find-flow"]), updates=60, start=1e-5, end=10.0).json()
     assert out["rule"] == "steepest" and 1e-5 < out["suggested_lr"] < 10 and 20 < out["updates"] <= 60
     client = MlflowClient()
     run = client.get_run(out["run_id"])
@@ -27,7 +27,7 @@ def test_optimizer_lr_find_trains_at_the_suggested_lr_and_records_it(prefect_api
     from flows.training import training_pipeline
 
     cfg = load_config(None, [*SMALL, "name=lr-find-run", "optimizer.lr=find", "register.enabled=false"])
-    out = training_pipeline(cfg)
+    out = training_pipeline(cfg).json()
     run = MlflowClient().get_run(out["run_id"])
     found = run.data.metrics["found_lr"]
     assert run.data.params["optimizer.lr"] == "find" and 1e-7 < found < 10

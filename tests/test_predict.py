@@ -27,7 +27,7 @@ QUICK = ["model.name=mlp", "model.hidden=[32]", "training.epochs=4", "register.m
 def _train(*overrides):
     from flows.training import training_pipeline
 
-    return training_pipeline(load_config(None, [*QUICK, *overrides]))
+    return training_pipeline(load_config(None, [*QUICK, *overrides])).json()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def digits_model(prefect_api):
 def _predict(model: str, **kwargs) -> dict:
     from flows.predict import batch_predict
 
-    return batch_predict(model, **kwargs)
+    return batch_predict(model, **kwargs).json()
 
 
 def _decoded(path) -> np.ndarray:
@@ -187,7 +187,7 @@ def test_a_registered_ensemble_scores_the_same_way(prefect_api, digits, tmp_path
     from trainlib.ensemble import EnsembleConfig
 
     registered = ensemble_pipeline(load_config(None, [*QUICK, "name=pred-bag"]),
-                                   validate({"method": "bagging", "members": 2}, EnsembleConfig))
+                                   validate({"method": "bagging", "members": 2}, EnsembleConfig)).json()
     assert registered["registered_model"] == "pred-bag-ensemble"
     out = _predict("models:/pred-bag-ensemble@champion", config=str(ROOT / "configs" / "default.yaml"),
                    out=str(tmp_path / "ens.parquet"))
@@ -230,7 +230,7 @@ def test_a_signal_ensemble_scores_an_npz_of_new_signals(prefect_api, tmp_path):
 
     registered = ensemble_pipeline(load_config(None, [
         "name=pred-waves", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8,16]", "training.epochs=3",
-        "register.min_test_accuracy=0"]), validate({"method": "bagging", "members": 2}, EnsembleConfig))
+        "register.min_test_accuracy=0"]), validate({"method": "bagging", "members": 2}, EnsembleConfig)).json()
     new = write_waveforms(tmp_path / "new.npz", per_class=20, seed=7)
     out = _predict("models:/pred-waves-ensemble@champion", data=str(new), out=str(tmp_path / "waves.csv"))
     table = pd.read_csv(out["out"])

@@ -154,9 +154,11 @@ def test_means_with_long_variant_labels_keep_their_axes(tmp_path):
     chart to nothing: matplotlib warned and drew no layout."""
     import warnings
 
+    from trainlib.evidence import Estimate, Group
+
     labels = ["baseline", "augment.policy=randaugment, augment.mixup=0.2, model.dropout=0.3, training.ema.decay=0.999",
               "a-label-with-no-space-to-break-at-" * 2]
-    rows = [{"label": label, "test_accuracy": {"mean": 0.8 + i / 100, "ci_low": 0.78, "ci_high": 0.85}}
+    rows = [Group(label, 3, 0, {"test_accuracy": Estimate(3, 0.8 + i / 100, 0.02, 0.78, 0.85)})
             for i, label in enumerate(labels)]
     for measures in (("test_accuracy",), ("test_accuracy", "test_accuracy")):
         fig = plots.compare_means(rows, measures)

@@ -98,11 +98,14 @@ def test_numpy_floats_follow_the_same_rule():
 
 
 def test_means_read_with_their_half_interval_and_differences_with_their_interval():
-    assert with_interval({"mean": 0.97123, "std": 0.01, "ci_low": 0.96, "ci_high": 0.98246}, "test_accuracy") == (
-        "0.9712 ± 0.0112")
-    assert with_interval({"mean": 0.97, "std": None, "ci_low": None, "ci_high": None}, "test_accuracy") == "0.9700"
+    from dataclasses import replace
+
+    from trainlib.evidence import Contrast, Estimate
+
+    assert with_interval(Estimate(3, 0.97123, 0.01, 0.96, 0.98246), "test_accuracy") == "0.9712 ± 0.0112"
+    assert with_interval(Estimate(1, 0.97, None, None, None), "test_accuracy") == "0.9700"
     assert with_interval(None, "test_accuracy") == "-"
-    row = {"metric": "test_loss", "diff": -0.02, "ci_low": -0.031, "ci_high": 0.00449}
-    assert difference(row) == "-0.0200 [-0.0310, +0.0045]"
-    assert difference(row | {"ci_low": None, "ci_high": None}) == "-0.0200"
-    assert difference(row | {"diff": None}) == "-"
+    c = Contrast("adam", "test_loss", 3, -0.02, -0.031, 0.00449, "no detectable difference")
+    assert difference(c) == "-0.0200 [-0.0310, +0.0045]"
+    assert difference(replace(c, ci_low=None, ci_high=None)) == "-0.0200"
+    assert difference(replace(c, diff=None)) == "-"

@@ -63,7 +63,7 @@ def test_tuning_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
     search = validate({"strategy": "random", "n_trials": 4, "pruner": "median", "prune_after": 1, "max_parallel": 2,
                        "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}},
                       SearchConfig)
-    out = tuning_flow(load_config(None, ["name=dask-tune", *MLP]), search, runner="dask")
+    out = tuning_flow(load_config(None, ["name=dask-tune", *MLP]), search, runner="dask").json()
     client = MlflowClient()
     trials = [r for r in _children(client, out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
     assert len(trials) == 4 and out["trials"]["complete"] + out["trials"]["pruned"] == 4
@@ -78,7 +78,7 @@ def test_bagging_on_a_dask_cluster_is_tracked_as_with_threads(prefect_api):
     from flows.ensemble import ensemble_pipeline
 
     bagging = validate({"method": "bagging", "members": 3, "max_parallel": 2}, EnsembleConfig)
-    out = ensemble_pipeline(load_config(None, ["name=dask-bag", *MLP]), bagging, runner="dask")
+    out = ensemble_pipeline(load_config(None, ["name=dask-bag", *MLP]), bagging, runner="dask").json()
     members = [r for r in _children(MlflowClient(), out["run_id"]) if r.data.tags["trainflow.kind"] == "member"]
     assert len(members) == 3 and all(m["state"] == "complete" for m in out["members"])
     assert _tracked_elsewhere(members, [1, 2])

@@ -43,7 +43,7 @@ def test_a_quick_study_judges_every_entry_and_reports_a_failed_one_as_failed(pre
         shutil.copy(ENTRIES / f"{name}.yaml", folder)
     (folder / "broken.yaml").write_text(BROKEN)
     (folder / "transfer.yaml").write_text(TRANSFER)
-    out = study_flow(entries=str(folder), quick=True, overrides=["training.epochs=6"])
+    out = study_flow(entries=str(folder), quick=True, overrides=["training.epochs=6"]).json()
     rows = {r["name"]: r for r in out["rows"]}
     assert list(rows) == ["broken", "l1", "l2", "transfer"]  # in file order, the failed one did not stop the others
     assert rows["broken"]["verdict"] == "failed" and "no variant trained" in rows["broken"]["error"]

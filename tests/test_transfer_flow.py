@@ -17,7 +17,7 @@ FAST = ["model.name=mlp", "model.hidden=[64]", "training.epochs=4", "training.ea
 def demo(prefect_api):
     from flows.transfer import transfer_demo
 
-    return transfer_demo(load_config(None, FAST), shots=5)
+    return transfer_demo(load_config(None, FAST), shots=5).json()
 
 
 def test_demo_trains_the_source_then_transfer_and_scratch(demo):
@@ -57,7 +57,7 @@ def test_transfer_runs_record_their_source_lineage(demo):
 def test_a_second_demo_reuses_the_registered_source(demo, prefect_api):
     from flows.transfer import transfer_demo
 
-    again = transfer_demo(load_config(None, FAST), shots=5)
+    again = transfer_demo(load_config(None, FAST), shots=5).json()
     versions = MlflowClient().search_model_versions("name = 'digits-0-4'")
     assert len(versions) == 1 and again["source"]["run_id"] == demo["source"]["run_id"]
 
@@ -69,7 +69,7 @@ def test_a_source_that_does_not_fit_fails_before_training(demo, prefect_api, tmp
                                                 "data.path": "configs/data/iris.csv", "data.target": "species",
                                                 "transfer.source": "models:/digits-0-4@champion"})
     with pytest.raises(ConfigError, match="takes 64 input features per sample .* this data gives 4"):
-        transfer_pipeline(config)
+        transfer_pipeline(config).json()
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("transfer-misfit").experiment_id])[0]
     assert run.info.status == "FAILED" and "input features" in run.data.tags["failure_reason"]
@@ -83,7 +83,7 @@ def test_a_run_is_a_source_by_its_run_uri_and_its_transfer_may_register_nothing(
     config = override(load_config(None, FAST), DIGITS_5_9 | {"name": "transfer-from-run", "split.shots": 5,
                                                             "transfer.source": f"runs:/{source_run}",
                                                             "register.enabled": False})
-    out = transfer_pipeline(config)
+    out = transfer_pipeline(config).json()
     assert (out["registered_model"], out["version"], out["alias"], out["gate"]) == (None, None, None, None)
     client = MlflowClient()
     tags = client.get_run(out["run_id"]).data.tags

@@ -43,7 +43,7 @@ def _prefect_table(key: str, run_id: str) -> list[dict]:
 def study(prefect_api):
     from flows.tuning import tuning_flow
 
-    return tuning_flow(load_config(None, ["name=tune-e2e", *BASE]), _search())
+    return tuning_flow(load_config(None, ["name=tune-e2e", *BASE]), _search()).json()
 
 
 def test_trials_are_child_runs_that_do_not_collide(study):
@@ -88,7 +88,7 @@ def test_a_study_on_signals_searches_the_signal_models_keys_and_registers_the_be
         "model.kernel_size": {"type": "categorical", "choices": [3, 9]}})
     out = tuning_flow(load_config(None, [
         "name=tune-signals", "data.source=waveforms", "model.name=cnn1d", "model.channels=[8]", "model.hidden_size=8",
-        "training.epochs=1", "training.early_stopping.enabled=false", "register.min_test_accuracy=0"]), grid)
+        "training.epochs=1", "training.early_stopping.enabled=false", "register.min_test_accuracy=0"]), grid).json()
     trials = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
     combos = [tuple(json.loads(r.data.tags["trainflow.overrides"]).values()) for r in trials]
     assert sorted(combos) == [("cnn1d", 3), ("cnn1d", 9), ("lstm", 3), ("lstm", 9)]
@@ -103,7 +103,7 @@ def test_grid_study_runs_every_combination_once_in_parallel(prefect_api):
     grid = _search(strategy="grid", n_trials=None, space={
         "optimizer.name": {"type": "categorical", "choices": ["adam", "rmsprop"]},
         "model.dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.2}})
-    out = tuning_flow(load_config(None, ["name=grid-e2e", *BASE]), grid)
+    out = tuning_flow(load_config(None, ["name=grid-e2e", *BASE]), grid).json()
     combos = [tuple(json.loads(r.data.tags["trainflow.overrides"]).values())
               for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
     assert sorted(combos) == sorted([("adam", 0.0), ("adam", 0.2), ("rmsprop", 0.0), ("rmsprop", 0.2)])
@@ -118,7 +118,7 @@ def test_pruned_trials_are_recorded_as_pruned(prefect_api, tmp_path):
     queued = optuna.create_study(study_name="prune", storage=search.storage, direction="maximize")
     for lr in (3e-3, 2e-3, 1e-9):  # two good trials set the median, then one that learns nothing
         queued.enqueue_trial({"optimizer.lr": lr})
-    out = tuning_flow(load_config(None, ["name=prune-e2e", *BASE, "training.epochs=4"]), search)
+    out = tuning_flow(load_config(None, ["name=prune-e2e", *BASE, "training.epochs=4"]), search).json()
     trials = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"]
     pruned = [r for r in trials if r.data.tags.get("trial.state") == "pruned"]
     assert out["trials"]["pruned"] == len(pruned) == 1 and out["trials"]["complete"] == 2
@@ -132,8 +132,8 @@ def test_study_in_rdb_storage_resumes(prefect_api, tmp_path):
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = load_config(None, ["name=resume-e2e", *BASE, "training.epochs=2"])
-    first = tuning_flow(cfg, _search(n_trials=2, storage=storage, study_name="shared"))
-    second = tuning_flow(cfg, _search(n_trials=4, storage=storage, study_name="shared", retrain="train+val"))
+    first = tuning_flow(cfg, _search(n_trials=2, storage=storage, study_name="shared")).json()
+    second = tuning_flow(cfg, _search(n_trials=4, storage=storage, study_name="shared", retrain="train+val")).json()
     assert len(first["children"]) == 3 and len(second["children"]) == 3  # 2 new trials + the retrain each time
     stored = optuna.load_study(study_name="shared", storage=storage)
     assert [t.number for t in stored.trials] == [0, 1, 2, 3]
@@ -149,7 +149,7 @@ def comparison(prefect_api):
 
     return compare_flow(load_config(None, ["name=compare-e2e", *BASE]),
                         {"optimizer.name": ["adam", "sgd"], "augment.rotation": [0, 10]}, repeats=2, resplit=True,
-                        baseline="optimizer.name=sgd, augment.rotation=0")
+                        baseline="optimizer.name=sgd, augment.rotation=0").json()
 
 
 def test_compare_trains_the_full_grid_repeated_as_children_and_reports(comparison):
@@ -207,7 +207,7 @@ def test_compare_works_for_every_technique_family(prefect_api, family):
     from flows.compare import compare_flow
 
     out = compare_flow(load_config(None, [f"name=family-{family.replace(' ', '-')}", *BASE, "training.epochs=1",
-                                          "training.batch_size=128"]), FAMILIES[family])
+                                          "training.batch_size=128"]), FAMILIES[family]).json()
     assert all(r["state"] == "complete" for r in out["runs"])
     assert len(out["runs"]) == len(out["children"]) >= 2
 
@@ -219,7 +219,8 @@ def test_invalid_combinations_and_failing_trials_do_not_sink_the_study(prefect_a
         "optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]},
         "optimizer.nesterov": {"type": "categorical", "choices": [True, False]},  # adam + nesterov: refused
         "training.batch_size": {"type": "categorical", "choices": [64, 5000]}})  # 5000 > the train split: fails
-    out = tuning_flow(load_config(None, ["name=fail-e2e", *BASE, "training.epochs=1", "optimizer.name=sgd"]), search)
+    out = tuning_flow(load_config(None, ["name=fail-e2e", *BASE, "training.epochs=1", "optimizer.name=sgd"]),
+                      search).json()
     assert out["trials"] == {"complete": 3, "pruned": 0, "fail": 5}
     assert out["best_trial"]["params"]["training.batch_size"] == 64
     failed = [r for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial"
@@ -235,7 +236,7 @@ def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api)
         "training.batch_size": {"type": "categorical", "choices": [64, 5000]}})  # 5000 > the train split: fails
     with pytest.raises(TrainingError, match=r"1 trial\(s\) of study min-complete-study completed, fewer than "
                                             r"search.min_complete \(2\)"):
-        tuning_flow(load_config(None, ["name=min-complete", *BASE, "training.epochs=1"]), search)
+        tuning_flow(load_config(None, ["name=min-complete", *BASE, "training.epochs=1"]), search).json()
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("min-complete").experiment_id])
     study = next(r for r in runs if r.data.tags["trainflow.kind"] == "tuning")

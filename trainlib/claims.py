@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainlib.config import validate
 from trainlib.errors import ConfigError
+from trainlib.evidence import Contrast, Estimate, Group
 from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
 from trainlib.variants import label
@@ -113,11 +114,11 @@ def load_entry(path: str | Path) -> Entry:
     return entry
 
 
-def choose_lr(summary: list[dict], grid: list[float]) -> float:
+def choose_lr(summary: list[Group], grid: list[float]) -> float:
     """The LR of `grid` whose variant (labelled optimizer.lr=LR) has the best mean model_val_accuracy: the validation
     accuracy of the model as it is tested (without early stopping, the last epoch's, not the best epoch's)."""
-    best = max((s for s in summary if s["n"]), key=lambda s: s["model_val_accuracy"]["mean"])
-    return next(lr for lr in grid if label({"optimizer.lr": lr}) == best["label"])
+    best = max((s for s in summary if s.n), key=lambda s: s.estimates["model_val_accuracy"].mean)
+    return next(lr for lr in grid if label({"optimizer.lr": lr}) == best.label)
 
 
 def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:
@@ -131,27 +132,27 @@ def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:
     return INCONCLUSIVE
 
 
-def judge(entry: Entry, summary: list[dict], versus: list[dict], baseline: str) -> dict:
+def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: str) -> dict:
     """The claim judged on a comparison's `summary` and `versus` rows (trainlib.evidence): the baseline's and the
     treatment's estimate of the entry's measure, their paired difference and the verdict. With several
     treatments the claim must hold for each, so the row shows the one it holds worst for; `treatments` lists all."""
-    by_label = {s["label"]: s for s in summary}
+    by_label = {s.label: s for s in summary}
     treatments = []
     for v in versus:
-        if v["metric"] != entry.measure:
+        if v.metric != entry.measure:
             continue
-        found = verdict(entry.direction, v["ci_low"], v["ci_high"])
-        treatments.append({"label": v["label"], **_estimate(by_label[v["label"]][entry.measure]),
-                           "diff": {"mean": v["diff"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]},
-                           "n": v["n"], "verdict": found})
+        found = verdict(entry.direction, v.ci_low, v.ci_high)
+        treatments.append({"label": v.label, **_estimate(by_label[v.label].estimates[entry.measure]),
+                           "diff": {"mean": v.diff, "ci_low": v.ci_low, "ci_high": v.ci_high},
+                           "n": v.n, "verdict": found})
     if not treatments:
         raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")
     order = {CONTRADICTED: 0, INCONCLUSIVE: 1, SUPPORTED: 2}
     worst = min(treatments, key=lambda t: order[t["verdict"]])
-    return {"baseline": {"label": baseline, **_estimate(by_label[baseline][entry.measure])},
+    return {"baseline": {"label": baseline, **_estimate(by_label[baseline].estimates[entry.measure])},
             "treatment": {k: worst[k] for k in ("label", "mean", "ci_low", "ci_high")},
             "diff": worst["diff"], "verdict": worst["verdict"], "n": worst["n"], "treatments": treatments}
 
 
-def _estimate(e: dict | None) -> dict:
-    return {k: (e or {}).get(k) for k in ("mean", "ci_low", "ci_high")}
+def _estimate(e: Estimate | None) -> dict:
+    return {"mean": e.mean if e else None, "ci_low": e.ci_low if e else None, "ci_high": e.ci_high if e else None}

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from scipy.special import stdtrit  # the t quantile; scipy.stats takes 0.5 s longer to import
 
@@ -35,6 +36,9 @@ class Estimate:
 
     def excludes_zero(self) -> bool:
         return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+    def json(self) -> dict[str, float | None]:
+        return {"mean": self.mean, "std": self.std, "ci_low": self.ci_low, "ci_high": self.ci_high}
 
 
 def estimate(values: Sequence[float]) -> Estimate:
@@ -85,40 +89,69 @@ def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float], b
     return Versus(metric, diff, BETTER if up == higher else WORSE)
 
 
-def summarize(groups: dict[str, list[dict | None]], measures: Sequence[str]) -> list[dict]:
-    """One row per group (a variant: its repeats' measures, None for a failed repeat): `label`, `n` (repeats
-    that finished), `failed`, and per measure its `mean`, `std`, `ci_low`, `ci_high` (None where no repeat has it)."""
-    rows = []
+Repeats = list[dict[str, float | None] | None]  # a group's repeats: each one's measure -> value, None if it failed
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of paired repeats (a variant, an ensemble, a member) summarized: `n` repeats finished, `failed`
+    did not, and each measure's estimate over the finished ones (None where no repeat has the measure)."""
+
+    label: str
+    n: int
+    failed: int
+    estimates: dict[str, Estimate | None]
+
+    def json(self) -> dict[str, Any]:
+        """`label`, `n`, `failed`, then per measure its `mean`, `std`, `ci_low`, `ci_high` (or None)."""
+        return {"label": self.label, "n": self.n, "failed": self.failed,
+                **{m: e.json() if e else None for m, e in self.estimates.items()}}
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A group against the baseline on one measure, over the `n` repeats both finished (paired by position): the
+    mean difference (treatment - baseline) with its interval, and the verdict."""
+
+    label: str
+    metric: str
+    n: int
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(groups: dict[str, Repeats], measures: Sequence[str]) -> list[Group]:
+    """One summary per group (a variant: its repeats' measures, None for a failed repeat)."""
+    out = []
     for label, repeats in groups.items():
         done = [r for r in repeats if r is not None]
-        row = {"label": label, "n": len(done), "failed": len(repeats) - len(done)}
+        estimates = {}
         for m in measures:
             values = [r[m] for r in done if r.get(m) is not None]
-            row[m] = _as_dict(estimate(values)) if values else None
-        rows.append(row)
-    return rows
+            estimates[m] = estimate(values) if values else None
+        out.append(Group(label, len(done), len(repeats) - len(done), estimates))
+    return out
 
 
-def versus(groups: dict[str, list[dict | None]], baseline: str, measures: Sequence[str],
-           better: dict[str, str | None] | None = None) -> list[dict]:
+def versus(groups: dict[str, Repeats], baseline: str, measures: Sequence[str],
+           better: dict[str, str | None] | None = None) -> list[Contrast]:
     """Every other group against `baseline`, measure by measure, on the repeats both finished (paired by
-    position): `label`, `metric`, `n`, `diff` (mean of treatment - baseline), `ci_low`, `ci_high`, `verdict`.
-    `better` gives a measure's good direction where its name does not (see `paired`)."""
-    rows = []
+    position). `better` gives a measure's good direction where its name does not (see `paired`)."""
+    out = []
     for label, repeats in groups.items():
         if label == baseline:
             continue
         for m in measures:
             pairs = [(a[m], b[m]) for a, b in zip(repeats, groups[baseline], strict=True)
                      if a is not None and b is not None and a.get(m) is not None and b.get(m) is not None]
-            row = {"label": label, "metric": m, "n": len(pairs), "diff": None, "ci_low": None, "ci_high": None,
-                   "verdict": TOO_FEW}
-            if pairs:
-                v = paired(m, [a for a, _ in pairs], [b for _, b in pairs], (better or {}).get(m, AUTO))
-                row |= {"diff": v.diff.mean, "ci_low": v.diff.ci_low, "ci_high": v.diff.ci_high, "verdict": v.verdict}
-            rows.append(row)
-    return rows
-
-
-def _as_dict(e: Estimate) -> dict:
-    return {"mean": e.mean, "std": e.std, "ci_low": e.ci_low, "ci_high": e.ci_high}
+            if not pairs:
+                out.append(Contrast(label, m, 0, None, None, None, TOO_FEW))
+                continue
+            v = paired(m, [a for a, _ in pairs], [b for _, b in pairs], (better or {}).get(m, AUTO))
+            out.append(Contrast(label, m, len(pairs), v.diff.mean, v.diff.ci_low, v.diff.ci_high, v.verdict))
+    return out

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from trainlib.evidence import Group
+
 LABEL_WRAP = 40  # characters on a line of a variant's label beside a chart
 
 
@@ -128,10 +130,10 @@ def compare_curves(histories: dict[str, list[list[dict[str, float]]]]) -> Figure
     return fig
 
 
-def compare_means(summary: list[dict], measures: tuple[str, ...]) -> Figure:
+def compare_means(summary: list[Group], measures: tuple[str, ...]) -> Figure:
     """Each variant's mean of every measure with its 95% interval as an error bar (rows of
     trainlib.evidence.summarize); a variant with one repeat has a dot and no bar."""
-    labels = [textwrap.fill(s["label"], LABEL_WRAP, break_on_hyphens=False) for s in summary]
+    labels = [textwrap.fill(s.label, LABEL_WRAP, break_on_hyphens=False) for s in summary]
     longest = max((len(line) for label in labels for line in label.splitlines()), default=0)
     row_height = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
     # room for the labels beside the first axes: long ones collapsed the axes to nothing before
@@ -139,11 +141,11 @@ def compare_means(summary: list[dict], measures: tuple[str, ...]) -> Figure:
                  layout="constrained")
     for ax, m in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures, strict=True):
         for y, row in enumerate(summary):
-            e = row.get(m)
+            e = row.estimates.get(m)
             if not e:
                 continue
-            err = None if e["ci_low"] is None else [[e["mean"] - e["ci_low"]], [e["ci_high"] - e["mean"]]]
-            ax.errorbar([e["mean"]], [y], xerr=err, fmt="o", capsize=4, color="C0")
+            err = None if e.ci_low is None else [[e.mean - e.ci_low], [e.ci_high - e.mean]]
+            ax.errorbar([e.mean], [y], xerr=err, fmt="o", capsize=4, color="C0")
         ax.set(yticks=range(len(labels)), title=f"{m}: mean, 95% interval", xlabel=m)
         ax.set_yticklabels(labels if ax is fig.axes[0] else [], fontsize=8)
         ax.invert_yaxis()

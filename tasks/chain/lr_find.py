@@ -9,7 +9,9 @@ import pandas as pd
 from prefect import task
 
 from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.chain.report import run_url
 from tasks.fanout.runs import load_data
+from tasks.results import RangeTest
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
@@ -17,8 +19,8 @@ from trainlib.config import PipelineConfig
 
 @task(name="lr-range-test")
 def lr_range_test(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, run_id: str,
-                  workspace: str, updates: int, start: float, end: float) -> dict:
-    """-> {suggested_lr, rule, stopped, updates (made)}; the run gets the curve (metrics sweep_lr, sweep_loss,
+                  workspace: str, updates: int, start: float, end: float) -> RangeTest:
+    """-> the suggestion and how the sweep ended; the run gets the curve (metrics sweep_lr, sweep_loss,
     sweep_raw_loss per update), suggested_lr, lr_find.png and lr_find.csv."""
     ds, m, norm = load_data(config, dataset, manifest, stats)
     sweep = recipe.lr_find(config, ds, m, norm, updates=updates, start=start, end=end)
@@ -34,5 +36,4 @@ def lr_range_test(config: PipelineConfig, dataset: DatasetRef, manifest: Manifes
         log.set_tags({"lr_find.rule": sweep.rule, "lr_find.stopped": sweep.stopped})
         log.log_figure(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.raw, sweep.suggestion), "lr_find.png")
         log.log_artifact(str(path))
-    return {"suggested_lr": sweep.suggestion, "rule": sweep.rule, "stopped": sweep.stopped, "updates": len(table),
-            "start": start, "end": end}
+    return RangeTest(run_id, run_url(run_id), sweep.suggestion, sweep.rule, sweep.stopped, len(table), start, end)

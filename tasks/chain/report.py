@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.chain.refs import TrainedRef
-from tasks.results import Registration
+from tasks.results import Registration, RunSummary
 from tasks.wording import rounded_row, shown
 
 UI_URL = "http://127.0.0.1:5000"  # where `trainflow ui` serves the local store
@@ -29,11 +29,9 @@ def artifact_key(name: str, kind: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{kind}".lower()).strip("-")
 
 
-def summary(name: str, run_id: str, metrics: dict, registered: Registration, **extra) -> dict:
-    """What every command prints (`--json`): the run, its metrics, the registration's keys (Registration.json)
-    and `extra`."""
-    return {"run_id": run_id, "experiment": name, "metrics": metrics, **registered.json(), **extra,
-            "mlflow_url": run_url(run_id)}
+def summary(name: str, run_id: str, metrics: dict[str, float], registered: Registration) -> RunSummary:
+    """The run of a command that trains: its metrics and registration, with its link."""
+    return RunSummary(run_id, name, metrics, registered, run_url(run_id))
 
 
 def link(what: str, run_id: str) -> str:
@@ -47,11 +45,12 @@ HEADLINES = {  # the Prefect summary's title, by the gate's outcome
 
 
 @task(name="report")
-def report(name: str, run_id: str, trained: TrainedRef, metrics: dict, registered: Registration) -> dict:
-    """-> the run's summary (as `trainflow run --json` prints it)."""
+def report(name: str, run_id: str, trained: TrainedRef, metrics: dict[str, float],
+           registered: Registration) -> RunSummary:
+    """-> the run's summary (`trainflow run`)."""
     out = summary(name, run_id, {**metrics, **trained.summary()}, registered)
     lines = [f"# {name}: {HEADLINES[registered.outcome].format(alias=registered.alias)}", "",
-             "| metric | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in out["metrics"].items()],
+             "| metric | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in out.metrics.items()],
              "", registered.line() + ".", "", link("run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="training summary")
     rows = [rounded_row(h) for h in trained.epochs()]

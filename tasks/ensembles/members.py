@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -56,7 +57,8 @@ def _out_of_fold(config: PipelineConfig, data: tuple, rows: np.ndarray, k: int, 
 
 
 @task(name="member", cache_policy=NO_CACHE)
-def member(config: PipelineConfig, name: str, overrides: dict, resample: Resample | None, oof: dict | None,
+def member(config: PipelineConfig, name: str, overrides: dict[str, Any], resample: Resample | None,
+           oof: dict[str, int] | None,
            dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str,
            workspace: str) -> MemberRun:
     """Train one member on the train split, or on the rows `resample` draws from it; with `oof` ({folds,

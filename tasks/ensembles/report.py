@@ -3,6 +3,7 @@ members' pairwise disagreement."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, run_url, summary
-from tasks.results import Combined, MemberOutcome, Registration
+from tasks.results import Combined, Ensemble, EnsembleRepeats, MemberOutcome, MemberRun, Registration
 from tasks.wording import markdown_row, rounded_row, shown
 from trainlib import evidence, plots
 from trainlib.ensemble import EnsembleConfig
@@ -35,8 +36,8 @@ def _member_row(x: MemberOutcome, weight: float | None) -> dict[str, Any]:
 
 @task(name="ensemble-report")
 def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: list[MemberOutcome], combined: Combined,
-                    registered: Registration, workspace: str) -> dict:
-    """-> the ensemble's summary (as `trainflow ensemble --json` prints it)."""
+                    registered: Registration, workspace: str) -> Ensemble:
+    """-> the ensemble's summary (`trainflow ensemble`)."""
     done = [x.run for x in members if x.state == "complete" and x.run is not None]
     weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
         zip((x.label for x in done), combined.weights or [1.0] * len(done), strict=True))
@@ -67,9 +68,8 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
              registered.line() + ".", "", link("ensemble run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-summary"), description="ensemble")
     metrics = combined.metrics | {"best_member_test_accuracy": best.metrics["test_accuracy"]}
-    return summary(name, run_id, metrics, registered, method=ensemble.method, best_member=best.label,
-                   members=rows, disagreement=combined.disagreement,
-                   children=[x.run.run_id for x in members if x.run is not None])
+    return Ensemble(summary(name, run_id, metrics, registered), ensemble.method, best.label, members, rows,
+                    combined.disagreement, [x.run.run_id for x in members if x.run is not None])
 
 
 def _mean_off_diagonal(matrix: list[list[float]]) -> float:
@@ -80,50 +80,58 @@ def _mean_off_diagonal(matrix: list[list[float]]) -> float:
 REPEAT_MEASURES = ("test_accuracy", "test_loss")
 
 
-def repeat_row(i: int, s: dict) -> dict:
-    """One repeat: the ensemble's test scores, its best member's (chosen on validation: what a user without the
-    test split would pick) and its members' mean."""
-    done = [m for m in s["members"] if m["state"] == "complete"]
-    best = max(done, key=lambda m: m["val_accuracy"] if m["val_accuracy"] is not None else -1)
-    return {"repeat": i, "run_id": s["run_id"], "members": len(done), "best_member": best["member"],
-            **{f"ensemble_{k}": s["metrics"][k] for k in REPEAT_MEASURES},
-            **{f"best_member_{k}": best[k] for k in REPEAT_MEASURES},
-            **{f"mean_member_{k}": float(np.mean([m[k] for m in done])) for k in REPEAT_MEASURES}}
+def repeat_groups(repeats: list[Ensemble]) -> dict[str, evidence.Repeats]:
+    """The repeats' test scores, paired by repeat: the ensemble's, its best member's (chosen on validation: what a
+    user without the test split would pick) and its members' mean."""
+    groups: dict[str, evidence.Repeats] = {"ensemble": [], "best member": [], "mean member": []}
+    for s in repeats:
+        done, best = _best_on_validation(s)
+        groups["ensemble"].append({k: s.run.metrics[k] for k in REPEAT_MEASURES})
+        groups["best member"].append({k: best.metrics[k] for k in REPEAT_MEASURES})
+        groups["mean member"].append({k: float(np.mean([m.metrics[k] for m in done])) for k in REPEAT_MEASURES})
+    return groups
+
+
+def _best_on_validation(s: Ensemble) -> tuple[list[MemberRun], MemberRun]:
+    """A repeat's complete members, and the best of them on validation."""
+    done = [x.run for x in s.outcomes if x.state == "complete" and x.run is not None]
+    return done, max(done, key=lambda m: m.metrics.get("val_accuracy", -1.0))
 
 
 @task(name="ensemble-repeats-report")
-def ensemble_repeats_report(name: str, run_id: str, method: str, summaries: list[dict], workspace: str) -> dict:
+def ensemble_repeats_report(name: str, run_id: str, method: str, summaries: list[Ensemble],
+                            workspace: str) -> Ensemble:
     """-> repeat 0's summary (the registered ensemble) with `repeats`: every repeat's scores, the means with
     their 95% intervals, and the ensemble against its best and its mean member, paired by repeat."""
-    rows = [repeat_row(i, s) for i, s in enumerate(summaries)]
-    groups = {who: [{k: r[f"{prefix}_{k}"] for k in REPEAT_MEASURES} for r in rows]
-              for who, prefix in (("ensemble", "ensemble"), ("best member", "best_member"),
-                                  ("mean member", "mean_member"))}
+    groups = repeat_groups(summaries)
+    rows = [{"repeat": i, "run_id": s.run.run_id, "members": len(_best_on_validation(s)[0]),
+             "best_member": _best_on_validation(s)[1].label,
+             **{f"{who.replace(' ', '_')}_{k}": groups[who][i][k] for who in groups for k in REPEAT_MEASURES}}
+            for i, s in enumerate(summaries)]
     estimates = evidence.summarize(groups, REPEAT_MEASURES)
-    versus = []
-    for base in ("best member", "mean member"):
-        for k in REPEAT_MEASURES:
-            v = evidence.paired(k, [g[k] for g in groups["ensemble"]], [g[k] for g in groups[base]])
-            versus.append(wording.rounded_versus({"label": f"ensemble vs {base}", "metric": k, "n": v.diff.n,
-                                                  "diff": v.diff.mean, "ci_low": v.diff.ci_low,
-                                                  "ci_high": v.diff.ci_high, "verdict": v.verdict}))
+    versus = [evidence.Contrast(f"ensemble vs {base}", k, v.diff.n, v.diff.mean, v.diff.ci_low, v.diff.ci_high,
+                                v.verdict)
+              for base in ("best member", "mean member") for k in REPEAT_MEASURES
+              for v in [evidence.paired(k, [g[k] for g in groups["ensemble"]], [g[k] for g in groups[base]])]]
     log = tracking.RunLogger(run_id)
-    for file, table in (("repeats.csv", [rounded_row(r) for r in rows]), ("versus_members.csv", versus)):
+    for file, table in (("repeats.csv", [rounded_row(r) for r in rows]),
+                        ("versus_members.csv", [wording.rounded_contrast(v) for v in versus])):
         pd.DataFrame(table).to_csv(f"{workspace}/{file}", index=False)
         log.log_artifact(f"{workspace}/{file}")
     log.log_figure(plots.compare_means(estimates, REPEAT_MEASURES), "ensemble_vs_members.png")
-    verdicts = {v["label"]: v["verdict"] for v in versus if v["metric"] == "test_accuracy"}
+    verdicts = {v.label: v.verdict for v in versus if v.metric == "test_accuracy"}
     log.set_tags({f"verdict.{k.replace(' ', '_')}": v for k, v in verdicts.items()})
     lines = [f"# {name}: {method} ensemble x {len(rows)} repeats", "",
              "| | " + " | ".join(REPEAT_MEASURES) + " |", "|---|" + "---|" * len(REPEAT_MEASURES),
-             *[f"| {e['label']} | " + " | ".join(wording.with_interval(e[k], k) for k in REPEAT_MEASURES) + " |"
-               for e in estimates], "", "| comparison | metric | difference [95% CI] | verdict |", "|---|---|---|---|",
-             *[f"| {v['label']} | {v['metric']} | {wording.difference(v)} | {v['verdict']} |" for v in versus], "",
+             *[f"| {e.label} | " + " | ".join(wording.with_interval(e.estimates[k], k) for k in REPEAT_MEASURES)
+               + " |" for e in estimates], "", "| comparison | metric | difference [95% CI] | verdict |",
+             "|---|---|---|---|", *[f"| {v.label} | {v.metric} | {wording.difference(v)} | {v.verdict} |"
+                                    for v in versus], "",
              "The best member is chosen on validation accuracy, repeat by repeat; differences are paired by repeat.",
              "", link("run", run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "ensemble-repeats"),
                              description="the ensemble against its members over repeats")
     first = summaries[0]
-    return first | {"run_id": run_id, "mlflow_url": run_url(run_id), "repeat_runs": [s["run_id"] for s in summaries],
-                    "repeats": {"n": len(rows), "runs": [rounded_row(r) for r in rows],
-                                "summary": [wording.rounded_estimates(e) for e in estimates], "versus": versus}}
+    return replace(first, run=replace(first.run, run_id=run_id, mlflow_url=run_url(run_id)),
+                   repeats=EnsembleRepeats(len(rows), [rounded_row(r) for r in rows], groups, estimates, versus,
+                                           [s.run.run_id for s in summaries]))

@@ -13,9 +13,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, summary
-from tasks.results import Registration, Repeated
+from tasks.results import Comparison, Registration, Repeated
 from tasks.wording import difference, markdown_row, rounded, rounded_row, with_interval
 from trainlib import plots
+from trainlib.evidence import Contrast, Group
 from trainlib.measures import MEASURES as DERIVED
 from trainlib.measures import RUN_MEASURES
 
@@ -46,20 +47,21 @@ def _run_row(r: Repeated) -> dict[str, Any]:
             "error": r.error}
 
 
-def flat(row: dict) -> dict:
-    """A summary row as one flat table row: `test_accuracy_mean`, `test_accuracy_ci_low`, ..."""
-    out = {"variant": row["label"], "n": row["n"], "failed": row["failed"]}
+def flat(group: Group) -> dict[str, Any]:
+    """A variant's summary as one flat table row: `test_accuracy_mean`, `test_accuracy_ci_low`, ..."""
+    out = {"variant": group.label, "n": group.n, "failed": group.failed}
     for m in MEASURES:
+        e = group.estimates.get(m)
         for stat in ("mean", "std", "ci_low", "ci_high"):
-            out[f"{m}_{stat}"] = rounded((row[m] or {}).get(stat), m)
+            out[f"{m}_{stat}"] = rounded(getattr(e, stat) if e else None, m)
     return out
 
 
 @task(name="compare-report")
-def compare_report(name: str, parent_run_id: str, results: list[Repeated], summary_rows: list[dict],
-                   versus: list[dict], baseline: str, best: Repeated, registered: Registration,
-                   workspace: str) -> dict:
-    """-> the comparison's summary (as `trainflow compare --json` prints it)."""
+def compare_report(name: str, parent_run_id: str, results: list[Repeated], summary_rows: list[Group],
+                   versus: list[Contrast], baseline: str, best: Repeated, registered: Registration,
+                   workspace: str) -> Comparison:
+    """-> the comparison's summary (`trainflow compare`)."""
     log = tracking.RunLogger(parent_run_id)
     done = [r for r in results if r.run is not None]
     curves = {r.name: json.loads(Path(r.run.curves).read_text()) for r in done}
@@ -75,8 +77,8 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
                    "compare_lr_curves.png")
     runs = [_run_row(r) for r in results]
     table = [flat(s) for s in summary_rows]
-    versus = [wording.rounded_versus(v) for v in versus]
-    for file, rows in (("comparison.csv", table), ("runs.csv", runs), ("versus_baseline.csv", versus)):
+    for file, rows in (("comparison.csv", table), ("runs.csv", runs),
+                       ("versus_baseline.csv", [wording.rounded_contrast(v) for v in versus])):
         pd.DataFrame(rows).to_csv(f"{workspace}/{file}", index=False)
         log.log_artifact(f"{workspace}/{file}")
     log.set_tags({"best_variant": best.label, "baseline": baseline, "gate": registered.outcome})
@@ -86,20 +88,18 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
     lines = [f"# {name}: {len(summary_rows)} variants x {repeats} repeats ({len(done)} of {len(results)} trained); "
              f"best: {best.label}", "",
              "| variant | n | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN),
-             *[f"| {s['label']} | {s['n']} | " + " | ".join(with_interval(s[m], m) for m in SHOWN) + " |"
+             *[f"| {s.label} | {s.n} | " + " | ".join(with_interval(s.estimates[m], m) for m in SHOWN) + " |"
                for s in summary_rows], "",
              "Mean ± half-width of its 95% t interval over the repeats."]
     if versus:
         lines += ["", f"## Against the baseline, {baseline} (paired repeats, 95% interval of the difference)", "",
                   "| variant | metric | difference | verdict |", "|---|---|---|---|",
-                  *[f"| {v['label']} | {v['metric']} | {difference(v)} | {v['verdict']} |" for v in versus]]
+                  *[f"| {v.label} | {v.metric} | {difference(v)} | {v.verdict} |" for v in versus]]
     per_run = ("run_id", "variant", "repeat", "best_val_accuracy", "test_accuracy", "epochs", "seconds")
     lines += ["", "| " + " | ".join(per_run) + " |", "|---" * len(per_run) + "|",
               *[markdown_row(r, per_run) for r in runs],
               "", f"Best variant (mean validation accuracy): {best.label}; registered its repeat {best.repeat}: "
               f"{registered.line()}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
-    return summary(name, parent_run_id, best.run.metrics, registered, best_variant=best.label,
-                   best_repeat=best.repeat, baseline=baseline, repeats=repeats,
-                   children=[r.run.run_id for r in results if r.run], runs=runs,
-                   summary=[wording.rounded_estimates(s) for s in summary_rows], versus_baseline=versus)
+    return Comparison(summary(name, parent_run_id, best.run.metrics, registered), best.label, best.repeat, baseline,
+                      repeats, [r.run.run_id for r in results if r.run], runs, summary_rows, versus)

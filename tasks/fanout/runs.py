@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from prefect import task
@@ -38,7 +39,7 @@ def load_data(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef
     return ds, m, recipe.fit_normalizer(ds, m, config.normalize, config.data.workers)
 
 
-def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict, digest: str,
+def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, overrides: dict[str, Any], digest: str,
               tags: dict | None = None) -> str:
     """A trial's, variant's or member's run, nested under the parent, recording its whole config, what it
     changes (`overrides`), the dataset, the process that trains it and any other `tags`."""
@@ -48,8 +49,8 @@ def child_run(config: PipelineConfig, name: str, parent_run_id: str, kind: str, 
 
 
 @task(name="trial", cache_policy=NO_CACHE)
-def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name: str, trial_id: int, number: int,
-          dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str) -> TrialRun:
+def trial(config: PipelineConfig, params: dict[str, Any], search: SearchConfig, study_name: str, trial_id: int,
+          number: int, dataset: DatasetRef, manifest: ManifestRef, stats: StatsRef, parent_run_id: str) -> TrialRun:
     """Train one trial's config on the train split, scored on validation; pruned trials stop early."""
     run_id = child_run(config, f"trial {number}", parent_run_id, "trial", params, dataset.digest)
     started = time.perf_counter()
@@ -72,7 +73,7 @@ def trial(config: PipelineConfig, params: dict, search: SearchConfig, study_name
 
 
 @task(name="variant", cache_policy=NO_CACHE)
-def variant(config: PipelineConfig, label: str, repeat: int, name: str, overrides: dict, dataset: DatasetRef,
+def variant(config: PipelineConfig, label: str, repeat: int, name: str, overrides: dict[str, Any], dataset: DatasetRef,
             manifest: ManifestRef, stats: StatsRef, parent_run_id: str, workspace: str,
             source: SourceRef | None = None) -> VariantRun:
     """Train and test repeat `repeat` of one comparison variant, recorded as a training run is (per-epoch metrics,

@@ -135,8 +135,8 @@ def described(dataset: DatasetRef, moments: Moments) -> tuple[np.ndarray, dict]:
 
 
 @task(name="register")
-def register(name: str, register: RegisterConfig, model: str, metrics: dict, dataset: DatasetRef, stats: StatsRef,
-             run_id: str) -> Registration:
+def register(name: str, register: RegisterConfig, model: str, metrics: dict[str, float], dataset: DatasetRef,
+             stats: StatsRef, run_id: str) -> Registration:
     """Log the trained `model` (a trainlib model file) to the run, then register it through the gate (unless
     register.enabled is false: the logged model stays usable by its model_uri)."""
     classifier = load_model(model)[0]

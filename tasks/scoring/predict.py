@@ -5,7 +5,7 @@ data's digest and row count; the predictions, the unreadable rows and a summary 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import events, tracking
 from tasks.chain.report import artifact_key, link, run_url
+from tasks.results import Prediction, ScoredModel
 from tasks.scoring.plan import Scoring, ScoringPlan, reader
 from trainlib import plots
 from trainlib.checkpoint import atomic_path
@@ -74,54 +75,47 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
 
 
 @task(name="record-prediction")
-def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> dict:
+def record(what: Scoring, predictions: PredictionsRef, run_id: str) -> Prediction:
     """Metrics, tags, the files and a drift plot on the prediction run; a Prefect summary. -> the summary."""
-    log, ref, report = tracking.RunLogger(run_id), what.model, predictions.drift
-    drift = asdict(report) | {"drifted": report.drifted, "worst": report.worst()} if report else None
+    log, ref, drift = tracking.RunLogger(run_id), what.model, predictions.drift
     log.log_metrics(predictions.metrics | (_per_channel(drift) if drift else {}), step=0)
-    log.set_tags({"drift": str(bool(drift and drift["drifted"])).lower(), "scored_rows": predictions.rows,
+    log.set_tags({"drift": str(bool(drift and drift.drifted)).lower(), "scored_rows": predictions.rows,
                   "unreadable_rows": predictions.errors})
     log.log_artifact(predictions.path)
     if predictions.errors_path:
         log.log_artifact(predictions.errors_path)
     if drift:
-        log.log_figure(plots.drift(drift["names"], what.spec.mean, what.spec.std, drift["mean"], drift["std"]),
-                       "drift.png")
+        log.log_figure(plots.drift(drift.names, what.spec.mean, what.spec.std, drift.mean, drift.std), "drift.png")
     if predictions.confusion is not None:
         log.log_figure(plots.confusion(np.array(predictions.confusion), what.spec.classes), "confusion_matrix.png")
-    out = {"run_id": run_id, "experiment": what.experiment,
-           "model": {"name": ref.name, "version": ref.version, "alias": ref.alias, "aliases": list(ref.aliases),
-                     "uri": ref.uri},
-           "rows": predictions.rows, "errors": predictions.errors, "out": predictions.path,
-           "errors_file": predictions.errors_path, "metrics": predictions.metrics, "drift": drift,
-           "mlflow_url": run_url(run_id)}
-    log.log_dict(out | {"confusion": predictions.confusion}, "summary.json")
+    out = Prediction(run_id, what.experiment, ScoredModel(ref.name, ref.version, ref.alias, list(ref.aliases), ref.uri),
+                     predictions.rows, predictions.errors, predictions.path, predictions.errors_path,
+                     predictions.metrics, drift, run_url(run_id))
+    log.log_dict(out.json() | {"confusion": predictions.confusion}, "summary.json")
     create_markdown_artifact(_markdown(out), key=artifact_key(ref.name, "predictions"),
                              description="batch scoring summary")
     return out
 
 
-def _per_channel(drift: dict) -> dict[str, float]:
+def _per_channel(drift: DriftReport) -> dict[str, float]:
     """The scored inputs' mean and spread per channel or feature, and their drift, as metrics (`input_mean.NAME`,
     `input_std.NAME`, `drift_shift.NAME`, `drift_spread.NAME`; characters MLflow refuses in a name become _)."""
     out = {}
-    for i, name in enumerate(drift["names"]):
+    for i, name in enumerate(drift.names):
         key = re.sub(r"[^A-Za-z0-9_.\- /]", "_", name).replace(" ", "_")
-        out |= {f"input_mean.{key}": drift["mean"][i], f"input_std.{key}": drift["std"][i],
-                f"drift_shift.{key}": drift["shift"][i], f"drift_spread.{key}": drift["spread"][i]}
+        out |= {f"input_mean.{key}": drift.mean[i], f"input_std.{key}": drift.std[i],
+                f"drift_shift.{key}": drift.shift[i], f"drift_spread.{key}": drift.spread[i]}
     return out
 
 
-def _markdown(out: dict) -> str:
-    m, drift = out["model"], out["drift"]
-    lines = [f"# {m['name']} version {m['version']}: {out['rows']} rows scored", "",
-             "| | |", "|---|---|", f"| model | {m['uri']} (version {m['version']}) |",
-             f"| rows scored | {out['rows']} |", f"| unreadable rows | {out['errors']} |",
-             f"| predictions | {out['out']} |"]
-    for key in ("accuracy", "f1"):
-        if key in out["metrics"]:
-            lines.append(f"| {key} | {out['metrics'][key]:.4f} |")
+def _markdown(out: Prediction) -> str:
+    m, drift = out.model, out.drift
+    lines = [f"# {m.name} version {m.version}: {out.rows} rows scored", "",
+             "| | |", "|---|---|", f"| model | {m.uri} (version {m.version}) |",
+             f"| rows scored | {out.rows} |", f"| unreadable rows | {out.errors} |",
+             f"| predictions | {out.out} |"]
+    lines += [f"| {key} | {out.metrics[key]:.4f} |" for key in ("accuracy", "f1") if key in out.metrics]
     if drift:
-        lines.append(f"| drift | {'DRIFT' if drift['drifted'] else 'none'} (score {drift['score']:.2f}, threshold "
-                     f"{drift['threshold']:g}) |")
-    return "\n".join([*lines, "", link("run", out["run_id"])])
+        lines.append(f"| drift | {'DRIFT' if drift.drifted else 'none'} (score {drift.score:.2f}, threshold "
+                     f"{drift.threshold:g}) |")
+    return "\n".join([*lines, "", link("run", out.run_id)])

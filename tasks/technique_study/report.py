@@ -9,14 +9,17 @@ import base64
 import html
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import settings, tracking
 from tasks.chain.report import link, run_url
+from tasks.results import Study
 from tasks.wording import difference, shown
 from trainlib import plots
+from trainlib.evidence import Contrast, Estimate
 
 COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "verdict")
 
@@ -39,9 +42,14 @@ def cells(row: dict) -> list[str]:
             signed(row["diff"], m), row["verdict"]]
 
 
-def signed(d: dict, measure: str) -> str:
+def as_estimate(e: dict[str, Any]) -> Estimate:
+    """A claim row's estimate (trainlib.claims.judge: mean, ci_low, ci_high)."""
+    return Estimate(0, e["mean"], None, e["ci_low"], e["ci_high"])
+
+
+def signed(d: dict[str, Any], measure: str) -> str:
     """A difference with its interval, signs shown: `+0.0123 [+0.0050, +0.0196]`."""
-    return difference({"metric": measure, "diff": d["mean"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]})
+    return difference(Contrast("", measure, 0, d["mean"], d["ci_low"], d["ci_high"], ""))
 
 
 def details(row: dict) -> list[str]:
@@ -58,8 +66,9 @@ def details(row: dict) -> list[str]:
 
 
 @task(name="technique-study-report")
-def study_report(run_id: str, rows: list[dict], workspace: str, quick: bool, wall_seconds: float) -> dict:
-    """-> the study's summary (as `trainflow study --json` prints it)."""
+def study_report(run_id: str, rows: list[dict[str, Any]], workspace: str, quick: bool,
+                 wall_seconds: float) -> Study:
+    """-> the technique study's summary (`trainflow study`)."""
     log = tracking.RunLogger(run_id)
     folder = settings.HOME / "reports" / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
     (folder / "figures").mkdir(parents=True, exist_ok=True)
@@ -95,9 +104,8 @@ def study_report(run_id: str, rows: list[dict], workspace: str, quick: bool, wal
     log.log_metrics({f"claims_{v}": n for v, n in counts.items()} | {"wall_seconds": wall_seconds}, step=0)
     create_markdown_artifact("\n".join(md[:len(rows) + 5] + ["", link("study run", run_id)]),
                              key="technique-study", description="the technique study's verdicts")
-    return {"run_id": run_id, "report": str(folder / "report.md"), "html": str(folder / "report.html"),
-            "wall_seconds": round(wall_seconds, 1), "counts": counts,
-            "rows": [{k: v for k, v in r.items() if k != "summary"} for r in rows], "mlflow_url": run_url(run_id)}
+    return Study(run_id, str(folder / "report.md"), str(folder / "report.html"), round(wall_seconds, 1), counts,
+                 [{k: v for k, v in r.items() if k != "summary"} for r in rows], run_url(run_id))
 
 
 def page(title: str, rows: list[dict], figures: dict[str, Path]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -16,7 +17,7 @@ from tasks import tracking
 from tasks.chain.refs import DatasetRef, SourceRef, StatsRef
 from tasks.chain.report import artifact_key
 from tasks.registry.model_ref import download_source
-from tasks.results import SourceRun
+from tasks.results import SourceRun, Transfer
 from tasks.wording import rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
@@ -61,20 +62,22 @@ def _first_epoch(history: list[dict], accuracy: float) -> int | None:
 
 
 @task(name="transfer-report")
-def transfer_report(name: str, run_id: str, source: SourceRun, runs: dict[str, dict], workspace: str) -> list[dict]:
+def transfer_report(name: str, run_id: str, source: SourceRun, runs: dict[str, Transfer],
+                    workspace: str) -> list[dict[str, Any]]:
     """The demo's table and plot on its run: test accuracy, epochs and training time of the source and of each
-    strategy, and the epoch at which each first reached the best validation accuracy scratch ever reached."""
-    histories = {s: json.loads(Path(r["transfer"]["history"]).read_text()) for s, r in runs.items()}
+    strategy, and the epoch at which each first reached the best validation accuracy scratch ever reached. -> the
+    table's rows, column -> cell (the report's JSON, made here)."""
+    histories = {s: json.loads(Path(r.transfer.history).read_text()) for s, r in runs.items()}
     bar = max((h.get("val_accuracy", 0) for h in histories.get("scratch", [])), default=None)
     rows = [{"run": f"source: {source.uri}", "test_accuracy": source.test_accuracy,
              "best_epoch": int(source.best_epoch), "train_seconds": source.train_seconds,
              "epochs_to_scratch_best_val": None, "run_id": source.run_id}]
     for strategy, r in runs.items():
-        m = r["metrics"]
-        rows.append({"run": strategy, "test_accuracy": m["test_accuracy"], "best_epoch": m["best_epoch"],
-                     "train_seconds": m["train_seconds"],
+        m = r.run.metrics
+        rows.append({"run": strategy, "test_accuracy": m.get("test_accuracy"), "best_epoch": m.get("best_epoch"),
+                     "train_seconds": m.get("train_seconds"),
                      "epochs_to_scratch_best_val": _first_epoch(histories[strategy], bar) if bar else None,
-                     "run_id": r["run_id"]})
+                     "run_id": r.run.run_id})
     rows = [rounded_row(row) for row in rows]
     log = tracking.RunLogger(run_id)
     log.log_metrics({f"{r['run']}_{k}": r[k] for r in rows[1:] for k in ("test_accuracy", "best_epoch")

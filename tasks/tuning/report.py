@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict
 
 import matplotlib.pyplot as plt
 import optuna
@@ -12,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.chain.report import artifact_key, link, summary
-from tasks.results import Retrained
+from tasks.results import BestTrial, Retrained, TrialCounts, Tuning
 from tasks.tuning.storage import open_study
 from tasks.wording import rounded_row, shown
 from trainlib.tuning import SearchConfig, decode
@@ -51,27 +52,27 @@ def _rows(study: optuna.Study, search: SearchConfig) -> list[dict]:
 
 
 @task(name="tuning-report")
-def study_report(name: str, search: SearchConfig, study_name: str, epochs: int, parent_run_id: str,
-                 children: list[str], retrain: Retrained) -> dict:
-    """-> the study's summary (as `trainflow tune --json` prints it)."""
+def tuning_report(name: str, search: SearchConfig, study_name: str, epochs: int, parent_run_id: str,
+                  children: list[str], retrain: Retrained) -> Tuning:
+    """-> the tuning's summary (`trainflow tune`)."""
     study = open_study(search, study_name, epochs)
     best = study.best_trial
     best_params = decode(best.params, search.space)
     log = tracking.RunLogger(parent_run_id)
     skipped = _log_plots(log, study)
     rows = _rows(study, search)
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
-    log.log_metrics({f"best_{search.metric}": best.value, **{f"trials_{k}": v for k, v in counts.items()}}, 0)
+    counts = TrialCounts(*(sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")))
+    log.log_metrics({f"best_{search.metric}": best.value, **{f"trials_{k}": v for k, v in asdict(counts).items()}}, 0)
     log.set_tags({"best_trial": best.number, "best_params": json.dumps(best_params, default=str),
                   "study_name": study_name})
     create_table_artifact(rows, key=artifact_key(name, "trials"), description=f"every trial of {study_name}")
     lines = [f"# {study_name}: best trial {best.number}", "",
-             f"{search.strategy} search: {len(rows)} trials ({counts['complete']} complete, {counts['pruned']} "
-             f"pruned, {counts['fail']} failed); best {search.metric} {shown(best.value)}",
+             f"{search.strategy} search: {len(rows)} trials ({counts.complete} complete, {counts.pruned} "
+             f"pruned, {counts.fail} failed); best {search.metric} {shown(best.value)}",
              "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
              "", f"Retrained on {search.retrain}: test accuracy {shown(retrain.metrics['test_accuracy'])}; "
              f"{retrain.registered.line()}.", "", link("study run", parent_run_id)]
-    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "study"), description="tuning summary")
-    return summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.value},
-                   retrain.registered, children=[*children, retrain.run_id], trials=counts, plots_skipped=skipped,
-                   best_trial={"number": best.number, "params": best_params, "value": best.value})
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name, "tuning"), description="tuning summary")
+    return Tuning(summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.value},
+                          retrain.registered), BestTrial(best.number, best_params, best.value), counts,
+                  [*children, retrain.run_id], skipped)
