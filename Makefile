@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # tests start a PostgreSQL server of their own from Debian's binaries.
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql
-LINTED   := trainlib tasks flows deployments tests bench
+LINTED   := cli trainlib tasks flows deployments tests bench
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test check bench clean

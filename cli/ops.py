@@ -23,7 +23,7 @@ def _up(args: argparse.Namespace) -> int:
     servers = {"host": args.host, "prefect_port": args.prefect_port, "mlflow_port": args.mlflow_port,
                "prefect_database": args.prefect_database, "mlflow_backend": args.mlflow_backend}
     if args.postgres or args.prefect_database or args.mlflow_backend:
-        if running := [r["name"] for r in stack.status() if r["pid"]]:
+        if running := [r.name for r in stack.status() if r.pid]:
             raise ConfigError(f"up: {' and '.join(running)} already running on their databases; a database given "
                               "now would be ignored: run `trainflow down` first")
     if args.postgres:
@@ -59,8 +59,8 @@ def _status(args: argparse.Namespace) -> int:
 
     rows = stack.status()
     for r in rows:
-        state = ("healthy" if r["healthy"] else "not answering") if r["pid"] else "stopped"
-        print(f"{r['name']:8s} {state:14s} {r['url'] or '-':32s} pid {r['pid'] or '-'}  log {r['log']}")
+        state = ("healthy" if r.healthy else "not answering") if r.pid else "stopped"
+        print(f"{r.name:8s} {state:14s} {r.url or '-':32s} pid {r.pid or '-'}  log {r.log}")
     for line in _warm_lines(warm.status(), warm.minutes()):
         print(line)
     # what a command run here uses (tasks/settings.py), so what a script or a notebook should point at
@@ -73,7 +73,7 @@ def _status(args: argparse.Namespace) -> int:
     env = stack.env_file()
     if env.exists():
         print(ENV_HINT.format(env=env))
-    return 0 if all(r["healthy"] for r in rows) else 1
+    return 0 if all(r.healthy for r in rows) else 1
 
 
 def _warm_lines(states: list[warm.State], minutes: float) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tasks.events import Event
+from tasks.events import Claimed, Epoch, Event, Finished, RowsRead
 
 # Progress and logs: stderr, so stdout stays clean for --json. Soft wrap: a long line (a URL) stays whole in a log.
 console = Console(stderr=True, soft_wrap=True)
@@ -52,9 +52,9 @@ class EpochProgress(_Bar):
         super().__init__(description, epochs, "metrics")
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "epoch":
+        if not isinstance(event, Epoch):
             return
-        epoch, metrics = event.data["epoch"], event.data["metrics"]
+        epoch, metrics = event.epoch, event.metrics
         shown = [f"loss {metrics['train_loss']:.4f}", f"acc {metrics['train_accuracy']:.4f}"]
         if "val_loss" in metrics:
             shown += [f"val_loss {metrics['val_loss']:.4f}", f"val_acc {metrics['val_accuracy']:.4f}"]
@@ -72,9 +72,9 @@ class RunProgress(_Bar):
         super().__init__(description, total, "last")
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "finished":
+        if not isinstance(event, Finished):
             return
-        done = event.data["record"]
+        done = event
         shown = f"{done.value:.4f}" if isinstance(done.value, float) else done.state
         self.show(self.done + 1, f"{done.name}: {shown}", last=f"last: {done.name} {shown}")
 
@@ -87,12 +87,12 @@ class StudyProgress(_Bar):
         super().__init__("study", total, "last")
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "claim":
-            row = event.data["row"]
-            text = f"{row['name']}: {row['verdict']} ({row['seconds']:.0f} s)"
+        if isinstance(event, Claimed):
+            row = event.result
+            text = f"{row.name}: {row.verdict} ({row.seconds:.0f} s)"
             self.show(self.done + 1, text, last=text)
-        elif event.kind == "finished":
-            done = event.data["record"]
+        elif isinstance(event, Finished):
+            done = event
             text = f"  {done.name}: " + (f"{done.value:.4f}" if isinstance(done.value, float) else done.state)
             self.show(self.done, text, last=text.strip())
 
@@ -105,9 +105,9 @@ class RowProgress(_Bar):
         self.tenth = 0
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "rows":
+        if not isinstance(event, RowsRead):
             return
-        done, total = event.data["done"], event.data["total"]
+        done, total = event.done, event.total
         tenth = done * 10 // max(total, 1)
         if self.live or tenth > self.tenth:
             self.tenth = tenth

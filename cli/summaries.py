@@ -124,14 +124,13 @@ def technique_study(s: Study) -> None:
     table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "verdict",
                   title="technique study: mean ± 95% interval over paired repeats (the report names the variants)")
     for r in s.rows:
-        if r["verdict"] == "failed":
-            table.add_row(r["name"], r["measure"], "-", "-", "-", f"[yellow]failed[/]: {r['error']}")
+        if r.judgement is None:
+            table.add_row(r.name, r.measure, "-", "-", "-", f"[yellow]failed[/]: {r.error}")
             continue
-        m = r["measure"]
-        table.add_row(f"{r['name']} ({short(r['treatment']['label'])})", m,
-                      with_interval(as_estimate(r["baseline"]), m), with_interval(as_estimate(r["treatment"]), m),
-                      signed(r["diff"], m),
-                      f"[{CLAIM_STYLES[r['verdict']]}]{r['verdict']}[/]")
+        m, j = r.measure, r.judgement
+        table.add_row(f"{r.name} ({short(j.worst.arm.label)})", m, with_interval(as_estimate(j.baseline.estimate), m),
+                      with_interval(as_estimate(j.worst.arm.estimate), m), signed(j.worst.diff, m),
+                      f"[{CLAIM_STYLES[r.verdict]}]{r.verdict}[/]")
     console.print(table)
     console.print(", ".join(f"{n} {v}" for v, n in s.counts.items() if n) + f" in {s.wall_seconds / 60:.1f} minutes")
     console.print(f"report: {s.report} (one page: {s.html})", markup=False, highlight=False)

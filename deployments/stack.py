@@ -237,13 +237,23 @@ def _stop(pids: list[int], timeout: float) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def status() -> list[dict]:
+@dataclass(frozen=True)
+class ServerState:
+    """A server of the stack as `trainflow status` shows it."""
+
+    name: str  # prefect | mlflow
+    pid: int | None  # None when stopped
+    url: str | None
+    healthy: bool
+    log: str
+
+
+def status() -> list[ServerState]:
     """Each server: process id (None when stopped), URL, healthy, log file."""
     out = []
     for service in services():
         pid, url, health = _running(service) or (None, None, None)
-        out.append({"name": service.name, "pid": pid, "url": url, "healthy": bool(health and _healthy(health)),
-                    "log": str(service.log_file)})
+        out.append(ServerState(service.name, pid, url, bool(health and _healthy(health)), str(service.log_file)))
     return out
 
 

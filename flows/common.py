@@ -29,7 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def finished(record: events.Finished) -> None:
     """Tell this process's listeners (tasks/events.py) that a trial, variant or member finished."""
-    events.emit("finished", record=record)
+    events.emit(record)
 
 
 LOADERS: dict[type, Callable[[str], BaseModel]] = {PipelineConfig: load_config, SearchConfig: load_search,

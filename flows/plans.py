@@ -278,14 +278,18 @@ class TechniqueStudy:
     runner: str | None
 
 
+TRAININGS = {  # how many networks a claim of each kind (trainlib.claims Entry.kind) trains, per repeat
+    "ensemble": lambda claim: claim.ensemble.ensemble.size,
+    "search": lambda claim: sum((s.search.budget() or 0) + 1 for s in claim.searches.values()),
+    "comparison": lambda claim: len(claim.comparison.variants),
+}
+
+
 def trainings(claim: Claim) -> int:
     """How many networks a claim trains (for the command's header): its share of the study's cost."""
-    if claim.ensemble is not None:
-        return claim.ensemble.ensemble.size * claim.repeats
-    if claim.searches is not None:
-        return sum((s.search.budget() or 0) + 1 for s in claim.searches.values()) * claim.repeats
     grid = len(claim.lr_grid) * lr_repeats(claim) if claim.lr_grid else 0
-    return len(claim.comparison.variants) * (claim.repeats + grid) + (claim.source is not None)
+    extra = len(claim.comparison.variants) * grid + (claim.source is not None) if claim.comparison else 0
+    return TRAININGS[claim.entry.kind](claim) * claim.repeats + extra
 
 
 def lr_repeats(claim: Claim) -> int:

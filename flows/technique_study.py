@@ -23,11 +23,11 @@ from flows.training import training_pipeline
 from flows.tuning import tuning_flow
 from tasks import events, tracking
 from tasks.record import start_run
-from tasks.results import Study
+from tasks.results import ClaimResult, Study
 from tasks.settings import workspace
 from tasks.technique_study.report import study_report
 from trainlib import evidence
-from trainlib.claims import FAILED, choose_lr, judge
+from trainlib.claims import choose_lr, judge
 from trainlib.config import override
 
 
@@ -53,18 +53,15 @@ def study_flow(config: str | None = None, overrides: list[str] | None = None, on
     rows = []
     with tracking.finishing(run_id):
         for claim in plan.claims:
-            t0 = time.perf_counter()
+            t0, outcome = time.perf_counter(), {}
             try:
-                if claim.ensemble is not None:
-                    row = judged(claim, *run_ensemble(claim, run_id))
-                elif claim.searches is not None:
-                    row = judged(claim, *run_searches(claim, run_id))
-                else:
-                    row = judged(claim, *run_claim(claim, plan, run_id))
+                outcome = judged(claim, *RUNS[claim.entry.kind](claim, plan, run_id))
             except Exception as exc:  # noqa: BLE001 - a failed entry is reported; the others still run
-                row = entry_row(claim) | {"verdict": FAILED, "error": f"{type(exc).__name__}: {exc}"}
-            rows.append(row | {"seconds": time.perf_counter() - t0})
-            events.emit("claim", row=rows[-1])
+                outcome = {"error": f"{type(exc).__name__}: {exc}"}
+            e = claim.entry
+            rows.append(ClaimResult(e.name, e.technique, e.claim, e.measure, e.direction, e.fair, claim.repeats,
+                                    time.perf_counter() - t0, **outcome))
+            events.emit(events.Claimed(rows[-1]))
         return study_report(run_id, rows, ws, quick, time.perf_counter() - started)
 
 
@@ -91,7 +88,7 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy,
     return Judged(out.summary, out.versus, out.baseline, out.run.run_id), chosen
 
 
-def run_ensemble(claim: plans.Claim, parent_run_id: str) -> tuple[Judged, None]:
+def run_ensemble(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str) -> tuple[Judged, None]:
     """An ensemble entry: the ensemble with repeats, against its best (on validation) or mean member, paired by
     repeat."""
     p = claim.ensemble
@@ -101,7 +98,7 @@ def run_ensemble(claim: plans.Claim, parent_run_id: str) -> tuple[Judged, None]:
     return as_comparison({who: groups[who] for who in (against, "ensemble")}, against, out.run.run_id), None
 
 
-def run_searches(claim: plans.Claim, parent_run_id: str) -> tuple[Judged, None]:
+def run_searches(claim: plans.Claim, plan: plans.TechniqueStudy, parent_run_id: str) -> tuple[Judged, None]:
     """A search entry: every search, repeat i with every seed moved by i (search, training, and split with
     resplit); measured by the best trial's validation accuracy and the retrained model's test accuracy."""
     groups: dict[str, evidence.Repeats] = {name: [] for name in claim.searches}
@@ -132,13 +129,11 @@ def as_comparison(groups: dict[str, evidence.Repeats], baseline: str, run_id: st
                   run_id)
 
 
-def entry_row(claim: plans.Claim) -> dict[str, Any]:
-    e = claim.entry
-    return {"name": e.name, "technique": e.technique, "claim": e.claim, "measure": e.measure,
-            "direction": e.direction, "fair": e.fair, "repeats": claim.repeats}
+RUNS = {"comparison": run_claim, "ensemble": run_ensemble, "search": run_searches}  # by trainlib.claims Entry.kind
 
 
 def judged(claim: plans.Claim, result: Judged, chosen: dict[str, float] | None) -> dict[str, Any]:
-    """The entry's row of the report: its judgement (trainlib.claims.judge) with the LRs chosen and the run."""
-    return entry_row(claim) | judge(claim.entry, result.summary, result.versus, result.baseline) | {
-        "learning_rates": chosen, "run_id": result.run_id, "summary": result.summary, "error": None}
+    """What the entry's result holds beyond the entry: its judgement (trainlib.claims.judge), the LRs chosen, the
+    comparison's run and groups."""
+    return {"judgement": judge(claim.entry, result.summary, result.versus, result.baseline),
+            "learning_rates": chosen, "run_id": result.run_id, "summary": result.summary}

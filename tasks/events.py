@@ -1,13 +1,12 @@
 """Progress events: how tasks and flows tell whoever listens in this process what is happening.
 
 Tasks and flows `emit` an event; anything in the same process (the CLI's progress bars, a test) receives
-every event while it is inside `listening(listener)`. The kinds:
+every event while it is inside `listening(listener)`. An event is one of these types:
 
-- `epoch`: a training task finished an epoch. Data: `run_id`, `epoch`, `metrics` (that epoch's).
-- `finished`: a trial, variant or ensemble member finished, failed or was pruned. Data: `record` (its
-  result as the flow keeps it: `label` or `number`, `state`, `metrics` or `value`, `run_id`).
-- `claim`: an entry of the technique study finished or failed. Data: `row` (its row of the study's report).
-- `rows`: batch scoring scored a batch. Data: `done` (rows so far), `total` (rows to read, unreadable included).
+- `Epoch`: a training task finished an epoch (its run, the epoch, that epoch's metrics).
+- `Finished`: a trial, variant or ensemble member finished, failed or was pruned (its name, score, state).
+- `Claimed`: an entry of the technique study finished or failed (its result, tasks/results.py ClaimResult).
+- `RowsRead`: batch scoring scored a batch (rows so far, rows to read, unreadable included).
 
 Listeners are per process: a task running in another process (a Dask worker, a deployment's worker) has
 none, so its events go nowhere. That is why the flows emit `finished` themselves, for every result they
@@ -20,15 +19,28 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING
 
-Kind = Literal["epoch", "finished", "claim", "rows"]
+if TYPE_CHECKING:
+    from tasks.results import ClaimResult
 
 
 @dataclass(frozen=True)
-class Event:
-    kind: Kind
-    data: dict[str, Any] = field(hash=False)
+class Epoch:
+    run_id: str
+    epoch: int
+    metrics: dict[str, float] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    result: ClaimResult
+
+
+@dataclass(frozen=True)
+class RowsRead:
+    done: int  # rows read so far, scored or skipped
+    total: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,7 @@ class Finished:
     state: str = "complete"  # or failed, pruned, discarded
 
 
+Event = Epoch | Finished | Claimed | RowsRead
 Listener = Callable[[Event], None]
 _listeners: list[Listener] = []
 _lock = threading.Lock()  # tasks in threads emit while the CLI adds or removes listeners
@@ -57,20 +70,19 @@ def listening(listener: Listener) -> Iterator[None]:
             _listeners.remove(listener)
 
 
-def emit(kind: Kind, **data: Any) -> None:
+def emit(event: Event) -> None:
     """Tell the listeners of this process."""
     with _lock:
         listeners = list(_listeners)
-    event = Event(kind, data)
     for listener in listeners:
         listener(event)
 
 
 class EpochEvents:
-    """A trainlib engine callback that emits an `epoch` event after every epoch of run `run_id`."""
+    """A trainlib engine callback that emits an `Epoch` event after every epoch of run `run_id`."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        emit("epoch", run_id=self.run_id, epoch=epoch, metrics=metrics)
+        emit(Epoch(self.run_id, epoch, metrics))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.wording import NOT_REGISTERED, rounded_contrast, rounded_group
 
 if TYPE_CHECKING:
+    from trainlib.claims import Judgement
     from trainlib.evidence import Contrast, Group, Repeats
     from trainlib.scoring import DriftReport
 
@@ -393,6 +394,37 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class ClaimResult:
+    """An entry of the technique study run and judged (`judgement`), or failed (`error`)."""
+
+    name: str  # the entry's file name
+    technique: str
+    claim: str
+    measure: str
+    direction: str  # the measure as the claim predicts it: higher | lower
+    fair: str  # why the comparison is fair
+    repeats: int
+    seconds: float
+    judgement: Judgement | None = None
+    error: str | None = None
+    learning_rates: dict[str, float] | None = None  # chosen per variant on validation (an entry's lr_grid)
+    run_id: str | None = None  # the comparison's run
+    summary: list[Group] | None = None  # the comparison's groups (the report's figure)
+
+    @property
+    def verdict(self) -> str:
+        """supported | contradicted | inconclusive (trainlib.claims) | failed."""
+        return self.judgement.worst.verdict if self.judgement else "failed"
+
+    def json(self) -> dict[str, Any]:
+        return {"name": self.name, "technique": self.technique, "claim": self.claim, "measure": self.measure,
+                "direction": self.direction, "fair": self.fair, "repeats": self.repeats,
+                **(self.judgement.json() if self.judgement else {"verdict": self.verdict}),
+                "learning_rates": self.learning_rates, "run_id": self.run_id, "error": self.error,
+                "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
 class Study:
     """`trainflow study`: the technique study's verdicts, its report, its run."""
 
@@ -401,8 +433,9 @@ class Study:
     html: str  # report.html, one self-contained page
     wall_seconds: float
     counts: dict[str, int]  # verdict -> claims
-    rows: list[dict[str, Any]]  # a claim per row, as the report gives it (column -> cell)
+    rows: list[ClaimResult]
     mlflow_url: str
 
     def json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"run_id": self.run_id, "report": self.report, "html": self.html, "wall_seconds": self.wall_seconds,
+                "counts": self.counts, "rows": [r.json() for r in self.rows], "mlflow_url": self.mlflow_url}

@@ -111,14 +111,16 @@ def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_
     versus = [Contrast("d=0.3", "train_val_gap", 3, -0.05, -0.07, -0.03, ""),
               Contrast("d=0.3", "test_accuracy", 3, 0.2, 0.1, 0.3, ""),
               Contrast("d=0.5", "train_val_gap", 3, -0.01, -0.03, 0.01, "")]
-    row = judge(entry, summary, versus, "d=0")
-    assert [t["verdict"] for t in row["treatments"]] == [SUPPORTED, INCONCLUSIVE]  # the gap, lower as predicted
-    assert row["verdict"] == INCONCLUSIVE and row["treatment"]["label"] == "d=0.5"  # the worst of the two
-    assert row["baseline"]["mean"] == 0.10
+    judged = judge(entry, summary, versus, "d=0")
+    assert [t.verdict for t in judged.treatments] == [SUPPORTED, INCONCLUSIVE]  # the gap, lower as predicted
+    assert judged.worst.verdict == INCONCLUSIVE and judged.worst.arm.label == "d=0.5"  # the worst of the two
+    assert judged.baseline.estimate.mean == 0.10
+    row = judged.json()  # as the study's --json and its report give it
+    assert row["verdict"] == INCONCLUSIVE and row["treatment"]["label"] == "d=0.5"
     assert row["baseline"]["label"] == "d=0" and row["baseline"]["ci_high"] == pytest.approx(0.11)
     assert row["diff"] == {"mean": -0.01, "ci_low": -0.03, "ci_high": 0.01} and row["n"] == 3
     versus[2] = Contrast("d=0.5", "train_val_gap", 3, 0.03, 0.01, 0.05, "")  # dropout 0.5 widened the gap
-    assert judge(entry, summary, versus, "d=0")["verdict"] == CONTRADICTED
+    assert judge(entry, summary, versus, "d=0").worst.verdict == CONTRADICTED
 
 
 def test_a_learning_rate_is_chosen_by_the_model_as_tested_not_its_best_epoch():

@@ -281,7 +281,7 @@ def test_train_retry_resumes_from_the_checkpoint(prefect_api):
         crashed = False
 
         def __call__(self, event):
-            if event.kind == "epoch" and event.data["epoch"] == 4 and not CrashOnce.crashed:
+            if isinstance(event, events.Epoch) and event.epoch == 4 and not CrashOnce.crashed:
                 CrashOnce.crashed = True
                 raise RuntimeError("simulated crash")
 

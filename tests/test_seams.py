@@ -96,13 +96,12 @@ def _run() -> str:
 def test_events_reach_the_listeners_of_the_block_only():
     heard, other = [], []
     with events.listening(heard.append):
-        events.emit("finished", record={"label": "a"})
+        events.emit(events.Finished("a"))
         with events.listening(other.append):
-            events.emit("epoch", run_id="r", epoch=1, metrics={})
-    events.emit("finished", record={"label": "after"})
-    assert [(e.kind, e.data) for e in heard] == [("finished", {"record": {"label": "a"}}),
-                                                 ("epoch", {"run_id": "r", "epoch": 1, "metrics": {}})]
-    assert [e.kind for e in other] == ["epoch"]
+            events.emit(events.Epoch("r", 1, {}))
+    events.emit(events.Finished("after"))
+    assert heard == [events.Finished("a"), events.Epoch("r", 1, {})]
+    assert other == [events.Epoch("r", 1, {})]
 
 
 def test_a_listener_that_raises_stops_what_emitted():

@@ -10,6 +10,7 @@ with repeats and judges every treatment on the paired 95% interval of its differ
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +73,12 @@ class Entry(BaseModel):
                                             "(and, in the label-noise regime, across the flipped rows)")
     quick: Quick = Field(default_factory=Quick)
 
+    @property
+    def kind(self) -> str:
+        """What the entry compares, by the one of vary, variants, ensemble, searches it gives: `comparison` (vary or
+        variants), `ensemble` or `search` (the keys of the study's registries of kinds)."""
+        return "ensemble" if self.ensemble else "search" if self.searches else "comparison"
+
     @model_validator(mode="after")
     def _check(self):
         if self.measure not in RUN_MEASURES:
@@ -132,27 +139,71 @@ def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:
     return INCONCLUSIVE
 
 
-def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: str) -> dict:
-    """The claim judged on a comparison's `summary` and `versus` rows (trainlib.evidence): the baseline's and the
-    treatment's estimate of the entry's measure, their paired difference and the verdict. With several
-    treatments the claim must hold for each, so the row shows the one it holds worst for; `treatments` lists all."""
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its 95% interval (None: one repeat, no interval; a mean of None: no value)."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    @classmethod
+    def of(cls, e: Estimate | None) -> Interval:
+        return cls(e.mean, e.ci_low, e.ci_high) if e else cls(None, None, None)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A variant of a claim's comparison (its label) and its estimate of the claim's measure."""
+
+    label: str
+    estimate: Interval
+
+    def json(self) -> dict[str, Any]:
+        return {"label": self.label, **asdict(self.estimate)}
+
+
+@dataclass(frozen=True)
+class Treated:
+    """A treatment against the baseline on the claim's measure: its estimate, the paired difference over `n`
+    repeats and the claim's verdict on it."""
+
+    arm: Arm
+    diff: Interval
+    n: int
+    verdict: str
+
+    def json(self) -> dict[str, Any]:
+        return self.arm.json() | {"diff": asdict(self.diff), "n": self.n, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The claim judged: the baseline, every treatment, and the one the claim holds worst for (`worst`), whose
+    verdict is the claim's."""
+
+    baseline: Arm
+    treatments: list[Treated]
+
+    @property
+    def worst(self) -> Treated:
+        order = {CONTRADICTED: 0, INCONCLUSIVE: 1, SUPPORTED: 2}
+        return min(self.treatments, key=lambda t: order[t.verdict])
+
+    def json(self) -> dict[str, Any]:
+        w = self.worst
+        return {"baseline": self.baseline.json(), "treatment": w.arm.json(), "diff": asdict(w.diff),
+                "verdict": w.verdict, "n": w.n, "treatments": [t.json() for t in self.treatments]}
+
+
+def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: str) -> Judgement:
+    """The claim judged on a comparison's `summary` and `versus` rows (trainlib.evidence): the baseline's and each
+    treatment's estimate of the entry's measure, their paired difference and the verdict. With several treatments
+    the claim must hold for each, so its verdict is the one it holds worst for."""
     by_label = {s.label: s for s in summary}
-    treatments = []
-    for v in versus:
-        if v.metric != entry.measure:
-            continue
-        found = verdict(entry.direction, v.ci_low, v.ci_high)
-        treatments.append({"label": v.label, **_estimate(by_label[v.label].estimates[entry.measure]),
-                           "diff": {"mean": v.diff, "ci_low": v.ci_low, "ci_high": v.ci_high},
-                           "n": v.n, "verdict": found})
+    treatments = [Treated(Arm(v.label, Interval.of(by_label[v.label].estimates.get(entry.measure))),
+                          Interval(v.diff, v.ci_low, v.ci_high), v.n, verdict(entry.direction, v.ci_low, v.ci_high))
+                  for v in versus if v.metric == entry.measure]
     if not treatments:
         raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")
-    order = {CONTRADICTED: 0, INCONCLUSIVE: 1, SUPPORTED: 2}
-    worst = min(treatments, key=lambda t: order[t["verdict"]])
-    return {"baseline": {"label": baseline, **_estimate(by_label[baseline].estimates[entry.measure])},
-            "treatment": {k: worst[k] for k in ("label", "mean", "ci_low", "ci_high")},
-            "diff": worst["diff"], "verdict": worst["verdict"], "n": worst["n"], "treatments": treatments}
-
-
-def _estimate(e: Estimate | None) -> dict:
-    return {"mean": e.mean if e else None, "ci_low": e.ci_low if e else None, "ci_high": e.ci_high if e else None}
+    return Judgement(Arm(baseline, Interval.of(by_label[baseline].estimates.get(entry.measure))), treatments)

@@ -59,7 +59,7 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
 
     def progress(rows: int) -> None:
         done[0] += rows
-        events.emit("rows", done=done[0] + len(source.errors), total=total)  # read: scored or skipped
+        events.emit(events.RowsRead(done[0] + len(source.errors), total))  # read: scored or skipped
 
     with atomic_path(out) as tmp:  # a scoring that fails leaves no half-written predictions behind
         writer = PredictionWriter(tmp, what.spec.classes, source.labelled, output_format(out))

@@ -8,65 +8,65 @@ from __future__ import annotations
 import base64
 import html
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import settings, tracking
 from tasks.chain.report import link, run_url
-from tasks.results import Study
+from tasks.results import ClaimResult, Study
 from tasks.wording import difference, shown
 from trainlib import plots
+from trainlib.claims import Interval
 from trainlib.evidence import Contrast, Estimate
 
 COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "verdict")
 
 
-def interval(e: dict | None, measure: str) -> str:
+def interval(e: Interval, measure: str) -> str:
     """`0.9712 [0.9650, 0.9774]`, the mean alone without an interval, `-` without a value."""
-    if not e or e.get("mean") is None:
+    if e.mean is None:
         return "-"
-    if e.get("ci_low") is None:
-        return shown(e["mean"], measure)
-    return f"{shown(e['mean'], measure)} [{shown(e['ci_low'], measure)}, {shown(e['ci_high'], measure)}]"
+    if e.ci_low is None:
+        return shown(e.mean, measure)
+    return f"{shown(e.mean, measure)} [{shown(e.ci_low, measure)}, {shown(e.ci_high, measure)}]"
 
 
-def cells(row: dict) -> list[str]:
-    if row["verdict"] == "failed":
-        return [row["technique"], row["claim"], row["measure"], "-", "-", "-", f"failed: {row['error']}"]
-    m = row["measure"]
-    return [row["technique"], row["claim"], m, f"{row['baseline']['label']}: {interval(row['baseline'], m)}",
-            f"{row['treatment']['label']}: {interval(row['treatment'], m)}",
-            signed(row["diff"], m), row["verdict"]]
+def cells(row: ClaimResult) -> list[str]:
+    if row.judgement is None:
+        return [row.technique, row.claim, row.measure, "-", "-", "-", f"failed: {row.error}"]
+    m, j = row.measure, row.judgement
+    return [row.technique, row.claim, m, f"{j.baseline.label}: {interval(j.baseline.estimate, m)}",
+            f"{j.worst.arm.label}: {interval(j.worst.arm.estimate, m)}", signed(j.worst.diff, m), row.verdict]
 
 
-def as_estimate(e: dict[str, Any]) -> Estimate:
-    """A claim row's estimate (trainlib.claims.judge: mean, ci_low, ci_high)."""
-    return Estimate(0, e["mean"], None, e["ci_low"], e["ci_high"])
-
-
-def signed(d: dict[str, Any], measure: str) -> str:
+def signed(d: Interval, measure: str) -> str:
     """A difference with its interval, signs shown: `+0.0123 [+0.0050, +0.0196]`."""
-    return difference(Contrast("", measure, 0, d["mean"], d["ci_low"], d["ci_high"], ""))
+    return difference(Contrast("", measure, 0, d.mean, d.ci_low, d.ci_high, ""))
 
 
-def details(row: dict) -> list[str]:
+def as_estimate(e: Interval) -> Estimate:
+    """An arm's interval as an estimate (what wording.with_interval shows)."""
+    return Estimate(0, e.mean, None, e.ci_low, e.ci_high)
+
+
+def details(row: ClaimResult) -> list[str]:
     """What the reader needs beyond the table: fairness, the LRs chosen, every treatment, the run."""
-    lines = [f"*Fair because:* {row['fair']}"]
-    if row.get("learning_rates"):
+    lines = [f"*Fair because:* {row.fair}"]
+    if row.learning_rates:
         lines.append("*Learning rate chosen per variant on validation:* "
-                     + "; ".join(f"{k}: {shown(v, 'lr')}" for k, v in row["learning_rates"].items()))
-    for t in row.get("treatments", []):
-        lines.append(f"*{t['label']}* against *{row['baseline']['label']}*: {row['measure']} "
-                     f"{interval(t, row['measure'])}, difference {signed(t['diff'], row['measure'])} over "
-                     f"{t['n']} paired repeats: {t['verdict']}.")
+                     + "; ".join(f"{k}: {shown(v, 'lr')}" for k, v in row.learning_rates.items()))
+    for t in row.judgement.treatments if row.judgement else []:
+        lines.append(f"*{t.arm.label}* against *{row.judgement.baseline.label}*: {row.measure} "
+                     f"{interval(t.arm.estimate, row.measure)}, difference {signed(t.diff, row.measure)} over "
+                     f"{t.n} paired repeats: {t.verdict}.")
     return lines
 
 
 @task(name="technique-study-report")
-def study_report(run_id: str, rows: list[dict[str, Any]], workspace: str, quick: bool,
+def study_report(run_id: str, rows: list[ClaimResult], workspace: str, quick: bool,
                  wall_seconds: float) -> Study:
     """-> the technique study's summary (`trainflow study`)."""
     log = tracking.RunLogger(run_id)
@@ -74,13 +74,13 @@ def study_report(run_id: str, rows: list[dict[str, Any]], workspace: str, quick:
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     figures = {}
     for row in rows:
-        if row["verdict"] != "failed":
-            fig = plots.compare_means(row["summary"], (row["measure"],))
-            fig.suptitle(f"{row['technique']}: {row['claim']}", fontsize=9)
-            figures[row["name"]] = folder / "figures" / f"{row['name']}.png"
-            fig.savefig(figures[row["name"]], dpi=90)
-            log.log_artifact(str(figures[row["name"]]), "figures")
-    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("supported", "contradicted", "inconclusive", "failed")}
+        if row.summary:
+            fig = plots.compare_means(row.summary, (row.measure,))
+            fig.suptitle(f"{row.technique}: {row.claim}", fontsize=9)
+            figures[row.name] = folder / "figures" / f"{row.name}.png"
+            fig.savefig(figures[row.name], dpi=90)
+            log.log_artifact(str(figures[row.name]), "figures")
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("supported", "contradicted", "inconclusive", "failed")}
     title = (f"Technique study{' (quick)' if quick else ''}: {len(rows)} claims, "
              + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f"; {wall_seconds / 60:.1f} minutes")
     md = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|",
@@ -90,13 +90,13 @@ def study_report(run_id: str, rows: list[dict[str, Any]], workspace: str, quick:
           "`supported`: the interval lies on the side the claim predicts; `contradicted`: on the other; "
           "`inconclusive`: it holds zero.", ""]
     for row in rows:
-        md += [f"## {row['technique']} ({row['name']})", "", f"{row['claim']} Measure: {row['measure']}, predicted "
-               f"{row['direction']}. Verdict: **{row['verdict']}**.", ""]
-        if row["verdict"] == "failed":
-            md += [f"Failed: {row['error']}", ""]
+        md += [f"## {row.technique} ({row.name})", "", f"{row.claim} Measure: {row.measure}, predicted "
+               f"{row.direction}. Verdict: **{row.verdict}**.", ""]
+        if row.judgement is None:
+            md += [f"Failed: {row.error}", ""]
             continue
-        md += [*[f"- {line}" for line in details(row)], f"- Comparison run: {run_url(row['run_id'])}", "",
-               f"![{row['name']}](figures/{row['name']}.png)", ""]
+        md += [*[f"- {line}" for line in details(row)], f"- Comparison run: {run_url(row.run_id)}", "",
+               f"![{row.name}](figures/{row.name}.png)", ""]
     (folder / "report.md").write_text("\n".join(md))
     (folder / "report.html").write_text(page(title, rows, figures))
     log.log_artifact(str(folder / "report.md"))
@@ -105,27 +105,27 @@ def study_report(run_id: str, rows: list[dict[str, Any]], workspace: str, quick:
     create_markdown_artifact("\n".join(md[:len(rows) + 5] + ["", link("study run", run_id)]),
                              key="technique-study", description="the technique study's verdicts")
     return Study(run_id, str(folder / "report.md"), str(folder / "report.html"), round(wall_seconds, 1), counts,
-                 [{k: v for k, v in r.items() if k != "summary"} for r in rows], run_url(run_id))
+                 [replace(r, summary=None) for r in rows], run_url(run_id))
 
 
-def page(title: str, rows: list[dict], figures: dict[str, Path]) -> str:
+def page(title: str, rows: list[ClaimResult], figures: dict[str, Path]) -> str:
     """The report as one HTML file: the table, then per entry its facts and its figure, inlined."""
     e = html.escape
     colours = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#6e7781", "failed": "#9a6700"}
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells(r)[:-1])
-                   + f"<td style='color:{colours[r['verdict']]};font-weight:bold'>{e(r['verdict'])}</td></tr>"
+                   + f"<td style='color:{colours[r.verdict]};font-weight:bold'>{e(r.verdict)}</td></tr>"
                    for r in rows)
     sections = []
     for r in rows:
-        facts = "".join(f"<li>{e(line).replace('*', '')}</li>" for line in details(r)) if r["verdict"] != "failed" \
-            else f"<li>{e(r['error'])}</li>"
+        facts = "".join(f"<li>{e(line).replace('*', '')}</li>" for line in details(r)) if r.judgement \
+            else f"<li>{e(r.error)}</li>"
         image = ""
-        if r["name"] in figures:
-            data = base64.b64encode(figures[r["name"]].read_bytes()).decode()
-            image = f"<img alt='{e(r['name'])}' src='data:image/png;base64,{data}'>"
-        sections.append(f"<h2>{e(r['technique'])} ({e(r['name'])})</h2><p>{e(r['claim'])} Measure: "
-                        f"{e(r['measure'])}, predicted {e(r['direction'])}. Verdict: <b>{e(r['verdict'])}</b>.</p>"
+        if r.name in figures:
+            data = base64.b64encode(figures[r.name].read_bytes()).decode()
+            image = f"<img alt='{e(r.name)}' src='data:image/png;base64,{data}'>"
+        sections.append(f"<h2>{e(r.technique)} ({e(r.name)})</h2><p>{e(r.claim)} Measure: "
+                        f"{e(r.measure)}, predicted {e(r.direction)}. Verdict: <b>{e(r.verdict)}</b>.</p>"
                         f"<ul>{facts}</ul>{image}")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
              "collapse;font-size:90%}td,th{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top}"
