@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from trainlib.evidence import BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, estimate, higher_is_better, paired
+from trainlib.errors import ConfigError
+from trainlib.evidence import BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, estimate, paired
+from trainlib.monitor import HIGHER, LOWER, better
 
 
 def test_the_interval_of_a_mean_is_students_t():
@@ -64,8 +66,10 @@ def test_bad_inputs_are_refused():
 
 
 def test_which_way_is_better():
-    assert all(higher_is_better(m) for m in ("test_accuracy", "best_val_accuracy", "test_f1", "test_recall"))
-    assert not any(higher_is_better(m) for m in ("test_loss", "best_val_loss", "epochs", "train_seconds"))
+    assert {better(m) for m in ("test_accuracy", "best_val_accuracy", "test_f1", "test_recall")} == {HIGHER}
+    assert {better(m) for m in ("test_loss", "best_val_loss", "epochs", "train_seconds")} == {LOWER}
+    with pytest.raises(ConfigError, match="kind of metric 'norm'"):  # a name it does not know is not guessed
+        better("weight_norm")
 
 
 def test_summaries_and_verdicts_pair_only_the_repeats_both_variants_finished():

@@ -149,7 +149,7 @@ ENGINE_CASES = {  # schedule name -> its knobs, chosen so that the LR moves with
     "onecycle": [],  # every knob its default, max_lr too: 10 x optimizer.lr
     "plateau": ["schedule.plateau_patience=0", "schedule.plateau_factor=0.5"],  # on val_loss
 }
-MODE = {"val_loss": "min", "val_accuracy": "max"}  # the direction torch's ReduceLROnPlateau is told
+MODE = {"val_loss": "min", "val_accuracy": "max"}  # the direction torch's ReduceLROnPlateau is told, in its words
 
 
 def _torch_scheduler(opt, s, lr: float, upe: int, epochs: int):

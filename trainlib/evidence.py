@@ -18,10 +18,12 @@ from typing import Any
 
 from scipy.special import stdtrit  # the t quantile; scipy.stats takes 0.5 s longer to import
 
+from trainlib import monitor
+from trainlib.monitor import HIGHER, LOWER
+
 LEVEL = 0.95
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable difference", "too few repeats"
-HIGHER, LOWER = "higher", "lower"  # the verdicts on a measure neither way of which is better (a weight norm)
-HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall")  # metrics named so; losses, epochs, seconds: lower
+# HIGHER, LOWER (trainlib/monitor.py) are also the verdicts on a measure neither way of which is better (a weight norm)
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,6 @@ def estimate(values: Sequence[float]) -> Estimate:
     return Estimate(n, mean, std, mean - half, mean + half)
 
 
-def higher_is_better(metric: str) -> bool:
-    return any(word in metric for word in HIGHER_IS_BETTER)
-
-
 @dataclass(frozen=True)
 class Versus:
     """Treatment against baseline on one metric: the paired difference (treatment - baseline) and the verdict."""
@@ -73,7 +71,7 @@ AUTO = "auto"
 def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float], better: str | None = AUTO) -> Versus:
     """Repeat i of `treatment` against repeat i of `baseline` (same seeds). `better` when the interval of the
     difference lies wholly on the good side of zero for `metric`, `worse` on the bad side, else no detectable
-    difference. Which side is good: `better` ("higher" or "lower"; by default from the metric's name); with
+    difference. Which side is good: `better` ("higher" or "lower"; by default the metric's, trainlib/monitor.py); with
     `better` None neither is, and the verdict is `higher` or `lower`."""
     if len(treatment) != len(baseline):
         raise ValueError(f"{metric}: paired repeats need as many of each, got {len(treatment)} and {len(baseline)}")
@@ -85,7 +83,7 @@ def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float], b
     up = diff.ci_low > 0
     if better is None:
         return Versus(metric, diff, HIGHER if up else LOWER)
-    higher = higher_is_better(metric) if better == AUTO else better == "higher"
+    higher = (monitor.better(metric) if better == AUTO else better) == HIGHER
     return Versus(metric, diff, BETTER if up == higher else WORSE)
 
 

@@ -13,11 +13,13 @@ from pydantic import Field, field_serializer, model_validator
 
 from trainlib.config import PipelineConfig, Section, override, validate
 from trainlib.errors import ConfigError
-from trainlib.monitor import MONITORS
+from trainlib.monitor import HIGHER, LOWER, MONITORS
 from trainlib.overrides import read_yaml
 from trainlib.redact import redact
 from trainlib.registry import Registry
 from trainlib.variants import check_keys, needs_validation, share_cpus
+
+OPTUNA = {HIGHER: "maximize", LOWER: "minimize"}  # a search file's direction is in Optuna's words
 
 PRUNE_STARTUP_TRIALS = 2  # trials that finish before the median pruner starts comparing
 
@@ -105,7 +107,7 @@ class SearchConfig(Section):
         if self.metric not in MONITORS:
             raise ConfigError(f"search.metric: {self.metric!r} is not a validation metric; valid: "
                               f"{', '.join(sorted(MONITORS))}")
-        natural = "minimize" if MONITORS[self.metric] == "min" else "maximize"
+        natural = OPTUNA[MONITORS[self.metric]]
         if self.direction not in (None, natural):
             raise ConfigError(f"search.direction: {self.metric} should be {natural}d, not {self.direction}d")
         for key, p in self.space.items():
@@ -137,7 +139,7 @@ class SearchConfig(Section):
 
     @property
     def goal(self) -> str:
-        return self.direction or ("minimize" if MONITORS[self.metric] == "min" else "maximize")
+        return self.direction or OPTUNA[MONITORS[self.metric]]
 
     def budget(self) -> int | None:
         """Trials the study should hold in the end: n_trials as given; when not given, every point of a grid,
