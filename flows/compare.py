@@ -74,7 +74,8 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
         registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,
                               best.run.run_id)
         versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER)
-        return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered, ws)
+        return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered,
+                              {v.label: v.overrides for v in plan.variants}, ws)
 
 
 Prepared = tuple[DatasetRef, ManifestRef, StatsRef]

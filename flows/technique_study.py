@@ -79,7 +79,7 @@ def run_claim(claim: plans.Claim, plan: plans.TechniqueStudy,
             grid = {"optimizer.lr": entry.lr_grid}
             out = compare_flow(override(cfg, v.overrides), grid, repeats=plans.lr_repeats(claim), resplit=entry.resplit,
                                **run)
-            chosen[v.label] = choose_lr(out.summary, entry.lr_grid)
+            chosen[v.label] = choose_lr(out.summary, out.variants)
         variants = [v.overrides | {"optimizer.lr": chosen[v.label]} for v in claim.comparison.variants]
         out = compare_flow(cfg, entry.vary, repeats=claim.repeats, resplit=entry.resplit, variants=variants, **run)
     else:

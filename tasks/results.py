@@ -226,6 +226,7 @@ class Comparison:
     runs: list[dict[str, Any]]  # every repeat as a row of the report (runs.csv), column -> cell
     summary: list[Group]
     versus: list[Contrast]
+    variants: dict[str, dict[str, Any]]  # what each variant (a group of `summary`) changes in the base config
 
     def json(self) -> dict[str, Any]:
         return self.run.json() | {

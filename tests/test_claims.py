@@ -131,4 +131,5 @@ def test_a_learning_rate_is_chosen_by_the_model_as_tested_not_its_best_epoch():
     # without early stopping, 0.1 peaks higher mid-run but ends lower: the model tested is the last epoch's
     summary = [row(0.01, 0.90, 0.88), row(0.1, 0.95, 0.70),
                Group("optimizer.lr=1.0", 0, 2, {"best_val_accuracy": None, "model_val_accuracy": None})]
-    assert choose_lr(summary, [0.01, 0.1, 1.0]) == 0.01
+    variants = {f"optimizer.lr={lr}": {"optimizer.lr": lr} for lr in (0.01, 0.1, 1.0)}
+    assert choose_lr(summary, variants) == 0.01

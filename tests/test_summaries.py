@@ -62,7 +62,8 @@ def test_a_run_prints_its_result_registration_and_url(printed):
 
 
 def test_a_comparison_prints_estimates_verdicts_and_the_winner(printed):
-    comparison = Comparison(RUN, "optimizer.name=adam", 1, "optimizer.name=sgd", 3, ["c1"], [], GROUPS, VERSUS)
+    comparison = Comparison(RUN, "optimizer.name=adam", 1, "optimizer.name=sgd", 3, ["c1"], [], GROUPS, VERSUS,
+                            {g.label: {"optimizer.name": g.label.split("=")[1]} for g in GROUPS})
     out = printed(summaries.comparison, comparison)
     assert "0.9000 ± 0.0200" in out and "(1 failed)" in out and "+0.0400 [+0.0100, +0.0700]" in out
     assert "best (mean on validation): optimizer.name=adam" in out

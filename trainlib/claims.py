@@ -21,7 +21,6 @@ from trainlib.errors import ConfigError
 from trainlib.evidence import Contrast, Estimate, Group
 from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
-from trainlib.variants import label
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, FAILED = "supported", "contradicted", "inconclusive", "failed"
 KIND_MEASURES = ("test_accuracy", "best_val_accuracy")  # what ensemble and search entries can be measured by
@@ -121,11 +120,12 @@ def load_entry(path: str | Path) -> Entry:
     return entry
 
 
-def choose_lr(summary: list[Group], grid: list[float]) -> float:
-    """The LR of `grid` whose variant (labelled optimizer.lr=LR) has the best mean model_val_accuracy: the validation
-    accuracy of the model as it is tested (without early stopping, the last epoch's, not the best epoch's)."""
+def choose_lr(summary: list[Group], variants: dict[str, dict[str, Any]]) -> float:
+    """The optimizer.lr of the variant (`variants`: each one's overrides, by its group) with the best mean
+    model_val_accuracy: the validation accuracy of the model as it is tested (without early stopping, the last
+    epoch's, not the best epoch's)."""
     best = max((s for s in summary if s.n), key=lambda s: s.estimates["model_val_accuracy"].mean)
-    return next(lr for lr in grid if label({"optimizer.lr": lr}) == best.label)
+    return float(variants[best.label]["optimizer.lr"])
 
 
 def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:

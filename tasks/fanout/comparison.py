@@ -60,7 +60,7 @@ def flat(group: Group) -> dict[str, Any]:
 @task(name="compare-report")
 def compare_report(name: str, parent_run_id: str, results: list[Repeated], summary_rows: list[Group],
                    versus: list[Contrast], baseline: str, best: Repeated, registered: Registration,
-                   workspace: str) -> Comparison:
+                   variants: dict[str, dict[str, Any]], workspace: str) -> Comparison:
     """-> the comparison's summary (`trainflow compare`)."""
     log = tracking.RunLogger(parent_run_id)
     done = [r for r in results if r.run is not None]
@@ -102,4 +102,4 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
               f"{registered.line()}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return Comparison(summary(name, parent_run_id, best.run.metrics, registered), best.label, best.repeat, baseline,
-                      repeats, [r.run.run_id for r in results if r.run], runs, summary_rows, versus)
+                      repeats, [r.run.run_id for r in results if r.run], runs, summary_rows, versus, variants)
