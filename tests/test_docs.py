@@ -74,6 +74,11 @@ def test_the_quickstart_runs_as_written(tmp_path):
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
+    installed = root / ".venv" / ".installed"
+    # the copy shares this checkout's .venv: were it out of date, the copy's `make run` would reinstall the project
+    # into it from the copy (its console script and editable install pointing at a folder about to be deleted)
+    assert installed.exists() and installed.stat().st_mtime >= (root / "pyproject.toml").stat().st_mtime, (
+        "pyproject.toml is newer than .venv/.installed: run `make test` (it installs first), not pytest alone")
     project = tmp_path / "project"
     files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
     for name in files.split():
