@@ -11,7 +11,7 @@ from cli.execute import execute
 
 if TYPE_CHECKING:  # the commands import tasks (MLflow) when they run, not when the parser is built
     from tasks.registry.aliases import ModelSummary, Move
-    from tasks.results import Prediction
+    from tasks.summaries import Prediction
 
 
 def prediction_summary(s: Prediction) -> None:

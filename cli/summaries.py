@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from cli.progress import summary_console as console
-from tasks.results import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning
+from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning
 from tasks.wording import cells, difference, shown, with_interval
 
 if TYPE_CHECKING:

@@ -20,8 +20,9 @@ from tasks.fanout.comparison import BETTER, MEASURES, compare_report, measures
 from tasks.fanout.runs import variant
 from tasks.record import start_run
 from tasks.registry.register import register
-from tasks.results import Comparison, Repeated, VariantRun
+from tasks.results import Repeated, VariantRun
 from tasks.settings import workspace
+from tasks.summaries import Comparison
 from tasks.transfer.source import fetch_source
 from trainlib import evidence
 from trainlib.config import PipelineConfig, override

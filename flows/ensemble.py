@@ -17,8 +17,9 @@ from tasks.ensembles.members import boost_weights, check_registered, member, reg
 from tasks.ensembles.report import ensemble_repeats_report, ensemble_report
 from tasks.events import Finished
 from tasks.record import start_run
-from tasks.results import Ensemble, MemberOutcome, MemberRun
+from tasks.results import MemberOutcome, MemberRun
 from tasks.settings import workspace
+from tasks.summaries import Ensemble
 from trainlib.config import PipelineConfig, flatten
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, registered_name
 from trainlib.errors import TrainingError

@@ -10,8 +10,8 @@ from flows.common import as_model, prepare_data
 from tasks import tracking
 from tasks.chain.lr_find import lr_range_test
 from tasks.record import start_run
-from tasks.results import RangeTest
 from tasks.settings import workspace
+from tasks.summaries import RangeTest
 from trainlib import lr_finder
 from trainlib.config import PipelineConfig
 

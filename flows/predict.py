@@ -9,9 +9,9 @@ from prefect.runtime import flow_run
 
 from flows.common import as_model
 from tasks import tracking
-from tasks.results import Prediction
 from tasks.scoring.plan import digest, plan, start
 from tasks.scoring.predict import record, score_data
+from tasks.summaries import Prediction
 from trainlib.config import PipelineConfig, override
 
 DEFAULT_MODEL = "models:/digits-cnn@champion"

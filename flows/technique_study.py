@@ -23,8 +23,8 @@ from flows.training import training_pipeline
 from flows.tuning import tuning_flow
 from tasks import events, tracking
 from tasks.record import start_run
-from tasks.results import ClaimResult, Study
 from tasks.settings import workspace
+from tasks.summaries import ClaimResult, Study
 from tasks.technique_study.report import study_report
 from trainlib import evidence
 from trainlib.claims import choose_lr, judge

@@ -10,8 +10,8 @@ from flows.common import as_model, parameter, prepare_data, train_and_register
 from tasks import tracking
 from tasks.chain.report import report
 from tasks.record import start_run
-from tasks.results import RunSummary
 from tasks.settings import workspace
+from tasks.summaries import RunSummary
 from trainlib.config import PipelineConfig
 
 

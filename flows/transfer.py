@@ -14,8 +14,9 @@ from tasks import tracking
 from tasks.chain.refs import SourceRef
 from tasks.chain.report import report, run_url
 from tasks.record import start_run
-from tasks.results import Lineage, SourceRun, Transfer, TransferDemo
+from tasks.results import SourceRun
 from tasks.settings import workspace
+from tasks.summaries import Lineage, Transfer, TransferDemo
 from tasks.transfer.source import check_source, fetch_source, registered_source, transfer_report
 from trainlib.config import PipelineConfig, override
 

@@ -18,8 +18,9 @@ from tasks.chain.split import merge_val
 from tasks.events import Finished
 from tasks.fanout.runs import trial
 from tasks.record import start_run
-from tasks.results import Retrained, TrialRun, Tuning
+from tasks.results import Retrained, TrialRun
 from tasks.settings import workspace
+from tasks.summaries import Tuning
 from tasks.tuning import storage
 from tasks.tuning.report import tuning_report
 from tasks.tuning.storage import create_study

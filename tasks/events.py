@@ -5,7 +5,7 @@ every event while it is inside `listening(listener)`. An event is one of these t
 
 - `Epoch`: a training task finished an epoch (its run, the epoch, that epoch's metrics).
 - `Finished`: a trial, variant or ensemble member finished, failed or was pruned (its name, score, state).
-- `Claimed`: an entry of the technique study finished or failed (its result, tasks/results.py ClaimResult).
+- `Claimed`: an entry of the technique study finished or failed (its result, tasks/summaries.py ClaimResult).
 - `RowsRead`: batch scoring scored a batch (rows so far, rows to read, unreadable included).
 
 Listeners are per process: a task running in another process (a Dask worker, a deployment's worker) has
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tasks.results import ClaimResult
+    from tasks.summaries import ClaimResult
 
 
 @dataclass(frozen=True)

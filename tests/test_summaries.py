@@ -9,20 +9,18 @@ import pytest
 
 from cli import summaries
 from cli.models import prediction_summary
-from tasks.results import (
+from tasks.results import Gate, Registration, SourceRun
+from tasks.summaries import (
     BestTrial,
     ClaimResult,
     Comparison,
     Ensemble,
     EnsembleRepeats,
-    Gate,
     Lineage,
     Prediction,
     RangeTest,
-    Registration,
     RunSummary,
     ScoredModel,
-    SourceRun,
     Study,
     Transfer,
     TransferDemo,

@@ -11,7 +11,7 @@ from prefect import task
 from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
 from tasks.chain.report import run_url
 from tasks.fanout.runs import load_data
-from tasks.results import RangeTest
+from tasks.summaries import RangeTest
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig

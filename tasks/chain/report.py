@@ -10,7 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.chain.refs import TrainedRef
-from tasks.results import Registration, RunSummary
+from tasks.results import Registration
+from tasks.summaries import RunSummary
 from tasks.wording import rounded_row, shown
 
 UI_URL = "http://127.0.0.1:5000"  # where `trainflow ui` serves the local store

@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, run_url, summary
-from tasks.results import Combined, Ensemble, EnsembleRepeats, MemberOutcome, MemberRun, Registration
+from tasks.results import Combined, MemberOutcome, MemberRun, Registration
+from tasks.summaries import Ensemble, EnsembleRepeats
 from tasks.wording import markdown_row, rounded_row, shown
 from trainlib import evidence, plots
 from trainlib.ensemble import EnsembleConfig

@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, summary
-from tasks.results import Comparison, Registration, Repeated
+from tasks.results import Registration, Repeated
+from tasks.summaries import Comparison
 from tasks.wording import difference, markdown_row, rounded, rounded_row, with_interval
 from trainlib import plots
 from trainlib.evidence import Contrast, Group

@@ -15,8 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import events, tracking
 from tasks.chain.report import artifact_key, link, run_url
-from tasks.results import Prediction, ScoredModel
 from tasks.scoring.plan import Scoring, ScoringPlan, reader
+from tasks.summaries import Prediction, ScoredModel
 from trainlib import plots
 from trainlib.checkpoint import atomic_path
 from trainlib.scoring import DriftReport, PredictionWriter, output_format, score

@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import settings, tracking
 from tasks.chain.report import link, run_url
-from tasks.results import ClaimResult, Study
+from tasks.summaries import ClaimResult, Study
 from tasks.wording import difference, shown
 from trainlib import plots
 from trainlib.claims import Interval

@@ -17,7 +17,8 @@ from tasks import tracking
 from tasks.chain.refs import DatasetRef, SourceRef, StatsRef
 from tasks.chain.report import artifact_key
 from tasks.registry.model_ref import download_source
-from tasks.results import SourceRun, Transfer
+from tasks.results import SourceRun
+from tasks.summaries import Transfer
 from tasks.wording import rounded_row
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig

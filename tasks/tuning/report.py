@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.chain.report import artifact_key, link, summary
-from tasks.results import BestTrial, Retrained, TrialCounts, Tuning
+from tasks.results import Retrained
+from tasks.summaries import BestTrial, TrialCounts, Tuning
 from tasks.tuning.storage import open_study
 from tasks.wording import rounded_row, shown
 from trainlib.tuning import SearchConfig, decode

@@ -1,0 +1,270 @@
+"""What each flow returns: a command's summary, typed. Its `json()` is what `--json` prints (and a deployment's
+result); cli/summaries.py prints it. Pure (no Prefect or MLflow import), like tasks/results.py, whose task results
+these carry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tasks.results import MemberOutcome, Registration, SourceRun
+from tasks.wording import rounded_contrast, rounded_group
+
+if TYPE_CHECKING:
+    from trainlib.claims import Judgement
+    from trainlib.evidence import Contrast, Group, Repeats
+    from trainlib.scoring import DriftReport
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run that trained and registered (or would have): its id, experiment, metrics and registration."""
+
+    run_id: str
+    experiment: str
+    metrics: dict[str, float]
+    registered: Registration
+    mlflow_url: str
+
+    def json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "experiment": self.experiment, "metrics": self.metrics,
+                **self.registered.json(), "mlflow_url": self.mlflow_url}
+
+    @property
+    def uri(self) -> str:
+        """Where its model is found: the alias it took, else its version (challenger), else its run
+        (--no-register: nothing was registered)."""
+        r = self.registered
+        if r.gate is None:
+            return f"runs:/{self.run_id}"
+        return f"models:/{r.registered_model}{f'@{r.alias}' if r.gate.passed else f'/{r.version}'}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`trainflow compare`: the best variant's registered repeat (`run`), every variant's estimates and each
+    against the baseline."""
+
+    run: RunSummary
+    best_variant: str
+    best_repeat: int
+    baseline: str
+    repeats: int
+    children: list[str]  # the repeats' runs
+    runs: list[dict[str, Any]]  # every repeat as a row of the report (runs.csv), column -> cell
+    summary: list[Group]
+    versus: list[Contrast]
+    variants: dict[str, dict[str, Any]]  # what each variant (a group of `summary`) changes in the base config
+
+    def json(self) -> dict[str, Any]:
+        return self.run.json() | {
+            "best_variant": self.best_variant, "best_repeat": self.best_repeat, "baseline": self.baseline,
+            "repeats": self.repeats, "children": self.children, "runs": self.runs,
+            "summary": [rounded_group(g) for g in self.summary],
+            "versus_baseline": [rounded_contrast(c) for c in self.versus]}
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int
+    pruned: int
+    fail: int
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    number: int
+    params: dict[str, Any]
+    value: float
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """`trainflow tune`: the best trial retrained and registered (`run`), and how the search went."""
+
+    run: RunSummary
+    best_trial: BestTrial
+    trials: TrialCounts
+    children: list[str]  # the trials' runs and the retraining's
+    plots_skipped: list[str]  # Optuna plots the search could not draw
+
+    def json(self) -> dict[str, Any]:
+        return self.run.json() | {"children": self.children, "trials": asdict(self.trials),
+                                  "plots_skipped": self.plots_skipped, "best_trial": asdict(self.best_trial)}
+
+
+@dataclass(frozen=True)
+class EnsembleRepeats:
+    """An ensemble trained `n` times: each repeat's scores, the estimates, the ensemble against its members."""
+
+    n: int
+    runs: list[dict[str, Any]]  # every repeat as a row of repeats.csv, column -> cell
+    groups: dict[str, Repeats]  # the ensemble's, its best member's, its mean member's test scores, by repeat
+    summary: list[Group]
+    versus: list[Contrast]
+    repeat_runs: list[str]
+
+    def json(self) -> dict[str, Any]:
+        return {"n": self.n, "runs": self.runs, "summary": [rounded_group(g) for g in self.summary],
+                "versus": [rounded_contrast(c) for c in self.versus]}
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """`trainflow ensemble`: the combined model's run and registration, its members, and with repeats the
+    ensemble against its members (the members and `run` are repeat 0's, the registered one)."""
+
+    run: RunSummary
+    method: str
+    best_member: str
+    outcomes: list[MemberOutcome]
+    members: list[dict[str, Any]]  # every member as a row of the report, column -> cell
+    disagreement: list[list[float]]
+    children: list[str]
+    repeats: EnsembleRepeats | None = None
+
+    def json(self) -> dict[str, Any]:
+        out = self.run.json() | {"method": self.method, "best_member": self.best_member, "members": self.members,
+                                 "disagreement": self.disagreement, "children": self.children}
+        if self.repeats:
+            out |= {"repeat_runs": self.repeats.repeat_runs, "repeats": self.repeats.json()}
+        return out
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a transferred model came from."""
+
+    source: str  # models:/..., a file, torchvision:NAME
+    strategy: str
+    history: str  # the transferred model's per-epoch metrics (a JSON file)
+    source_run_id: str | None
+    weights_copied: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """`trainflow transfer`: the run, and the transfer's lineage."""
+
+    run: RunSummary
+    transfer: Lineage
+
+    def json(self) -> dict[str, Any]:
+        return self.run.json() | {"transfer": asdict(self.transfer)}
+
+
+@dataclass(frozen=True)
+class TransferDemo:
+    """`trainflow transfer --demo`: the demo's run, fine-tuning's result (`finetune`) and every strategy's row."""
+
+    run_id: str
+    mlflow_url: str
+    finetune: Transfer
+    shots: int
+    runs: list[dict[str, Any]]  # the source and every strategy as a row of the report, column -> cell
+    source: SourceRun
+    children: list[str]
+
+    def json(self) -> dict[str, Any]:
+        return self.finetune.json() | {"run_id": self.run_id, "mlflow_url": self.mlflow_url, "shots": self.shots,
+                                       "runs": self.runs, "source": self.source.json(), "children": self.children}
+
+
+@dataclass(frozen=True)
+class RangeTest:
+    """`trainflow lr-find`: the LR range test's suggestion (None: the loss diverged too soon) and its sweep."""
+
+    run_id: str
+    mlflow_url: str
+    suggested_lr: float | None
+    rule: str
+    stopped: str
+    updates: int  # made
+    start: float
+    end: float
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScoredModel:
+    """The registered version a batch scoring used (resolved once, at start)."""
+
+    name: str
+    version: int
+    alias: str | None  # the alias it was named by, if any
+    aliases: list[str]  # every alias it held
+    uri: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """`trainflow predict`: what was scored with which version, how it went against the labels (if any), the
+    drift verdict, where the predictions are."""
+
+    run_id: str
+    experiment: str
+    model: ScoredModel
+    rows: int
+    errors: int  # unreadable rows, skipped
+    out: str  # the predictions file
+    errors_file: str | None  # the unreadable rows with their reasons
+    metrics: dict[str, float]  # accuracy, f1, unknown_labels when labelled
+    drift: DriftReport | None
+    mlflow_url: str
+
+    def json(self) -> dict[str, Any]:
+        drift = self.drift
+        return {"run_id": self.run_id, "experiment": self.experiment, "model": asdict(self.model),
+                "rows": self.rows, "errors": self.errors, "out": self.out, "errors_file": self.errors_file,
+                "metrics": self.metrics, "mlflow_url": self.mlflow_url,
+                "drift": asdict(drift) | {"drifted": drift.drifted, "worst": drift.worst()} if drift else None}
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """An entry of the technique study run and judged (`judgement`), or failed (`error`)."""
+
+    name: str  # the entry's file name
+    technique: str
+    claim: str
+    measure: str
+    direction: str  # the measure as the claim predicts it: higher | lower
+    fair: str  # why the comparison is fair
+    repeats: int
+    seconds: float
+    judgement: Judgement | None = None
+    error: str | None = None
+    learning_rates: dict[str, float] | None = None  # chosen per variant on validation (an entry's lr_grid)
+    run_id: str | None = None  # the comparison's run
+    summary: list[Group] | None = None  # the comparison's groups (the report's figure)
+
+    @property
+    def verdict(self) -> str:
+        """supported | contradicted | inconclusive (trainlib.claims) | failed."""
+        return self.judgement.worst.verdict if self.judgement else "failed"
+
+    def json(self) -> dict[str, Any]:
+        return {"name": self.name, "technique": self.technique, "claim": self.claim, "measure": self.measure,
+                "direction": self.direction, "fair": self.fair, "repeats": self.repeats,
+                **(self.judgement.json() if self.judgement else {"verdict": self.verdict}),
+                "learning_rates": self.learning_rates, "run_id": self.run_id, "error": self.error,
+                "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class Study:
+    """`trainflow study`: the technique study's verdicts, its report, its run."""
+
+    run_id: str
+    report: str  # report.md
+    html: str  # report.html, one self-contained page
+    wall_seconds: float
+    counts: dict[str, int]  # verdict -> claims
+    rows: list[ClaimResult]
+    mlflow_url: str
+
+    def json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "report": self.report, "html": self.html, "wall_seconds": self.wall_seconds,
+                "counts": self.counts, "rows": [r.json() for r in self.rows], "mlflow_url": self.mlflow_url}
