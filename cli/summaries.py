@@ -11,12 +11,13 @@ from rich.table import Table
 
 from cli.progress import summary_console as console
 from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning
-from tasks.wording import cells, difference, shown, with_interval
+from tasks.wording import cells, chance, difference, power, shown, with_interval
 
 if TYPE_CHECKING:
     from trainlib.evidence import Contrast
 
 VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow",
+            "equivalent": "cyan",
             "higher": "default", "lower": "default"}
 STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
 
@@ -43,10 +44,15 @@ def tuning(s: Tuning) -> None:
 
 
 def _versus(title: str, contrasts: list[Contrast]) -> Table:
-    table = Table("variant", "metric", "difference [95% CI]", "verdict", title=title)
+    table = Table("variant", "metric", "difference [95% CI]", "P(better) [95% CI]", "verdict", title=title,
+                  caption="verdicts: paired t-tests, Holm-corrected over the treatments; equivalent: the 90% interval "
+                          "inside ±margin")
     table.columns[0].overflow = "fold"
     for v in contrasts:
-        table.add_row(v.label, v.metric, difference(v), f"[{VERDICTS[v.verdict]}]{v.verdict}[/]")
+        verdict = f"[{VERDICTS[v.verdict]}]{v.verdict}[/]"
+        if v.verdict == "no detectable difference" and power(v):
+            verdict += f" [dim]({power(v)})[/]"
+        table.add_row(v.label, v.metric, difference(v), chance(v), verdict)
     return table
 
 

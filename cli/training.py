@@ -59,18 +59,20 @@ def _compare(args: argparse.Namespace) -> int:
     from cli.progress import RunProgress
     from flows import plans
     from trainlib.config import load_config
-    from trainlib.overrides import parse_vary
+    from trainlib.overrides import parse_margin, parse_vary
 
     vary = dict(parse_vary(item) for item in args.vary)
+    margins = dict(parse_margin(item) for item in args.margin or [])
     plan = plans.compare(load_config(args.config, options.overrides(args)), vary, args.max_parallel, args.runner,
-                         args.repeats, args.resplit, args.baseline)
+                         args.repeats, args.resplit, args.baseline, margins=margins)
     preflight.check([r.config for r in plan.runs])
 
     def start():
         from flows.compare import compare_flow
 
         return compare_flow(plan.config, vary, max_parallel=args.max_parallel, refresh=args.refresh,
-                            runner=plan.runner, repeats=plan.repeats, resplit=plan.resplit, baseline=plan.baseline)
+                            runner=plan.runner, repeats=plan.repeats, resplit=plan.resplit, baseline=plan.baseline,
+                            margins=plan.margins)
 
     repeats = f" x {plan.repeats} repeats{' on their own splits' if plan.resplit else ''}" if plan.repeats > 1 else ""
     return execute(args, f"{plan.config.name}: {len(plan.variants)} variants of {', '.join(vary)}{repeats}, "
@@ -209,6 +211,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "help": "train every variant N times, repeat i with training.seed + i, the same seeds for every variant "
                 "(paired): means, 95%% intervals and verdicts (default 1)"},
         resplit={"help": "repeat i is also split with split.seed + i: scored on another test split each time"})
+    compare.add_argument("--margin", action="append", type=options.key_value, metavar="MEASURE=VALUE",
+                         help="equivalence margin of a measure, e.g. test_accuracy=0.005 (repeatable; default by kind: "
+                              "accuracy, F1 0.01, loss 0.02, epochs 1): `equivalent` when the 90%% interval of the "
+                              "difference lies inside ±VALUE")
     compare.add_argument("--baseline", metavar="LABEL",
                          help="the variant the others are compared with, e.g. optimizer.name=sgd or sgd "
                               "(default the first)")

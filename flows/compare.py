@@ -42,19 +42,22 @@ def run_name() -> str:
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
                  refresh: bool = False, runner: str | None = None, repeats: int = 1, resplit: bool = False,
                  baseline: str | None = None, variants: list[dict[str, Any]] | None = None,
-                 parent_run_id: str | None = None) -> Comparison:
+                 parent_run_id: str | None = None, margins: dict[str, float] | None = None) -> Comparison:
     """Train every combination of the `vary` values (config key -> values) on the same data, `repeats` times
     each (repeat i: training.seed + i, and split.seed + i with `resplit`), `max_parallel` at a time (on `runner`:
     flows/runners.py). The variant with the best mean validation accuracy wins; its repeat with the best
     validation accuracy is registered. Every variant is compared with `baseline` (a label; default the first)
-    on paired repeats. `variants` (dicts of overrides), when given, are the variants instead of the grid of
+    on paired repeats, the variants one family per measure (Holm), `margins` (measure -> absolute difference)
+    replacing the default equivalence margins. `variants` (dicts of overrides), when given, are the variants
+    instead of the grid of
     `vary`; `parent_run_id` nests the comparison's run under another (a technique study's). The config may be
     given as a YAML path."""
     plan = plans.compare(as_model(config, PipelineConfig), vary, max_parallel, runner, repeats, resplit, baseline,
-                         variants)
+                         variants, margins)
     config = plan.config
     params = {f"vary.{k}": v for k, v in vary.items()} | {"repeats": repeats, "resplit": resplit,
-                                                          "baseline": plan.baseline}
+                                                          "baseline": plan.baseline} | {
+        f"margin.{k}": v for k, v in plan.margins.items()}
     if variants:
         params["variants"] = [v.label for v in plan.variants]
     run_id = start_run(config, params, kind="comparison", parent_run_id=parent_run_id)
@@ -74,7 +77,7 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
         dataset, _, stats = data[best.split_seed]
         registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,
                               best.run.run_id)
-        versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER)
+        versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER, plan.margins)
         return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered,
                               {v.label: v.overrides for v in plan.variants}, ws)
 

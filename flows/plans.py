@@ -122,6 +122,7 @@ class Comparison:
     baseline: str  # the label every other variant is compared with
     parallel: int  # trainings at once
     runner: str | None
+    margins: dict[str, float] = dataclasses.field(default_factory=dict)  # equivalence margins given (--margin)
 
     @functools.cached_property  # each is a validated config: built once per plan
     def runs(self) -> list[Repeat]:
@@ -158,7 +159,7 @@ def baseline_label(planned: list[Variant], baseline: str | None) -> str:
 
 def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2, runner: str | None = None,
             repeats: int = 1, resplit: bool = False, baseline: str | None = None,
-            combos: list[dict[str, Any]] | None = None) -> Comparison:
+            combos: list[dict[str, Any]] | None = None, margins: dict[str, float] | None = None) -> Comparison:
     """`trainflow compare`: every combination of the `vary` values (or the `combos` given: each a dict of
     overrides), each a full config, validated now, trained `repeats` times with paired seeds. With transfer.source
     set, every variant starts from that model as its transfer.strategy says."""
@@ -183,7 +184,21 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     for v in planned:
         inputs_exist(v.config)
     chosen = baseline_label(planned, baseline)
-    return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner))
+    return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner),
+                      check_margins(margins or {}))
+
+
+def check_margins(margins: dict[str, float]) -> dict[str, float]:
+    """--margin MEASURE=VALUE: an equivalence margin for a measure a comparison reports, above 0 (the defaults
+    by kind of metric: trainlib/evidence.py MARGINS)."""
+    from trainlib.measures import RUN_MEASURES
+
+    for key, value in margins.items():
+        if key not in RUN_MEASURES:
+            raise ConfigError(f"--margin {key}: not a measure of a comparison; valid: {', '.join(RUN_MEASURES)}")
+        if not (isinstance(value, int | float) and 0 < value < float("inf")):
+            raise ConfigError(f"--margin {key}={value}: give a number above 0 (an absolute difference in {key})")
+    return dict(margins)
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,30 @@ def difference(c: Contrast) -> str:
     return f"{signed(c.diff)} [{signed(c.ci_low)}, {signed(c.ci_high)}]"
 
 
+def chance(c: Contrast) -> str:
+    """The probability the treatment is better with its 95% interval, `0.67 [0.21, 0.94]`, or '-'."""
+    if c.p_better is None:
+        return "-"
+    return f"{c.p_better:.2f} [{c.p_better_low:.2f}, {c.p_better_high:.2f}]"
+
+
+def power(c: Contrast) -> str:
+    """What more repeats would tell, for a contrast they did not decide: the smallest difference these detect
+    (80% power) and the repeats its equivalence margin needs."""
+    if c.detectable is None:
+        return ""
+    needed = (f"; {c.repeats_needed} would detect ±{shown(c.margin, c.metric)}" if c.repeats_needed else
+              f"; more than 1000 would be needed for ±{shown(c.margin, c.metric)}" if c.margin else "")
+    return f"{c.n} repeats detect {shown(c.detectable, c.metric)}{needed}"
+
+
 def rounded_group(g: Group) -> dict[str, Any]:
     """A group's summary as JSON (`--json`, reports) with every statistic rounded by its measure's rule."""
     return {k: ({s: rounded(v, k) for s, v in e.items()} if isinstance(e, dict) else e) for k, e in g.json().items()}
 
 
 def rounded_contrast(c: Contrast) -> dict[str, Any]:
-    """A contrast as JSON, its difference and interval rounded by its metric's rule."""
-    return {k: rounded(v, c.metric) if k in ("diff", "ci_low", "ci_high") else v for k, v in c.json().items()}
+    """A contrast as JSON, its difference, interval, margin and detectable difference rounded by its metric's rule,
+    its probabilities to 4 decimals."""
+    return {k: rounded(v, c.metric) if k in ("diff", "ci_low", "ci_high", "margin", "detectable") else rounded(v)
+            for k, v in c.json().items()}

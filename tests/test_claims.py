@@ -27,10 +27,14 @@ def _entry(folder: Path, text: str, name: str = "entry") -> Path:
     return path
 
 
-def test_verdicts_follow_the_interval_and_the_predicted_direction():
-    assert verdict("higher", 0.01, 0.05) == SUPPORTED and verdict("lower", -0.05, -0.01) == SUPPORTED
-    assert verdict("higher", -0.05, -0.01) == CONTRADICTED and verdict("lower", 0.01, 0.05) == CONTRADICTED
-    assert verdict("higher", -0.01, 0.05) == INCONCLUSIVE and verdict("higher", None, None) == INCONCLUSIVE
+def test_verdicts_follow_the_corrected_test_and_the_predicted_direction():
+    def c(diff, p_holm):
+        return Contrast("t", "test_accuracy", 3, diff, None, None, "", p=p_holm, p_holm=p_holm)
+
+    assert verdict("higher", c(0.03, 0.01)) == SUPPORTED and verdict("lower", c(-0.03, 0.01)) == SUPPORTED
+    assert verdict("higher", c(-0.03, 0.01)) == CONTRADICTED and verdict("lower", c(0.03, 0.01)) == CONTRADICTED
+    assert verdict("higher", c(0.03, 0.2)) == INCONCLUSIVE  # not significant once corrected for its family
+    assert verdict("higher", c(None, None)) == INCONCLUSIVE
 
 
 @pytest.mark.parametrize("change, message", [
@@ -108,9 +112,9 @@ def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_
 
     summary = [Group(d, 3, 0, {"train_val_gap": est(gap), "test_accuracy": est(0.9)})
                for d, gap in (("d=0", 0.10), ("d=0.3", 0.05), ("d=0.5", 0.09))]
-    versus = [Contrast("d=0.3", "train_val_gap", 3, -0.05, -0.07, -0.03, ""),
-              Contrast("d=0.3", "test_accuracy", 3, 0.2, 0.1, 0.3, ""),
-              Contrast("d=0.5", "train_val_gap", 3, -0.01, -0.03, 0.01, "")]
+    versus = [Contrast("d=0.3", "train_val_gap", 3, -0.05, -0.07, -0.03, "", p_holm=0.01),
+              Contrast("d=0.3", "test_accuracy", 3, 0.2, 0.1, 0.3, "", p_holm=0.01),
+              Contrast("d=0.5", "train_val_gap", 3, -0.01, -0.03, 0.01, "", p_holm=0.4)]
     judged = judge(entry, summary, versus, "d=0")
     assert [t.verdict for t in judged.treatments] == [SUPPORTED, INCONCLUSIVE]  # the gap, lower as predicted
     assert judged.worst.verdict == INCONCLUSIVE and judged.worst.arm.label == "d=0.5"  # the worst of the two
@@ -119,7 +123,7 @@ def test_a_claim_is_judged_on_its_measure_and_must_hold_for_every_treatment(tmp_
     assert row["verdict"] == INCONCLUSIVE and row["treatment"]["label"] == "d=0.5"
     assert row["baseline"]["label"] == "d=0" and row["baseline"]["ci_high"] == pytest.approx(0.11)
     assert row["diff"] == {"mean": -0.01, "ci_low": -0.03, "ci_high": 0.01} and row["n"] == 3
-    versus[2] = Contrast("d=0.5", "train_val_gap", 3, 0.03, 0.01, 0.05, "")  # dropout 0.5 widened the gap
+    versus[2] = Contrast("d=0.5", "train_val_gap", 3, 0.03, 0.01, 0.05, "", p_holm=0.02)  # 0.5 widened the gap
     assert judge(entry, summary, versus, "d=0").worst.verdict == CONTRADICTED
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from trainlib.errors import ConfigError
-from trainlib.evidence import BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, estimate, paired
+from trainlib.evidence import BETTER, EQUIVALENT, NO_DIFFERENCE, TOO_FEW, WORSE, estimate, paired
 from trainlib.monitor import HIGHER, LOWER, better
 
 
@@ -31,10 +31,10 @@ def test_a_constant_difference_is_better_or_worse_by_the_metric():
     assert versus.diff.mean == pytest.approx(0.02) and versus.diff.ci_low == pytest.approx(0.02)
 
 
-def test_identical_runs_are_no_detectable_difference():
+def test_identical_runs_are_equivalent():
     runs = [0.91, 0.87, 0.93]
     versus = paired("test_accuracy", runs, runs)
-    assert versus.verdict == NO_DIFFERENCE and versus.diff.mean == 0 and versus.diff.ci_low == 0
+    assert versus.verdict == EQUIVALENT and versus.diff.mean == 0 and versus.diff.ci_low == 0
 
 
 def test_a_difference_within_the_seed_noise_is_no_detectable_difference():
@@ -85,6 +85,6 @@ def test_summaries_and_verdicts_pair_only_the_repeats_both_variants_finished():
     # repeats 0, 2, 3: +0.05 each time (sgd's 0.70 of repeat 1 has no partner and is left out)
     assert row.n == 3 and row.diff == pytest.approx(0.05) and row.verdict == BETTER
     assert versus({"a": [{"accuracy": 0.8}, {"accuracy": 0.7}], "b": [{"accuracy": 0.8}, {"accuracy": 0.7}]}, "a",
-                  ["accuracy"])[0].verdict == NO_DIFFERENCE  # identical runs
+                  ["accuracy"])[0].verdict == EQUIVALENT  # identical runs
     lone = versus({"a": [{"accuracy": 0.8}, None], "b": [None, {"accuracy": 0.7}]}, "a", ["accuracy"])[0]
     assert lone.n == 0 and lone.diff is None and lone.verdict == TOO_FEW

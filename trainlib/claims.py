@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from trainlib.config import validate
 from trainlib.errors import ConfigError
 from trainlib.evidence import Contrast, Estimate, Group
+from trainlib.inference import ALPHA
 from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
 
@@ -128,15 +129,13 @@ def choose_lr(summary: list[Group], variants: dict[str, dict[str, Any]]) -> floa
     return float(variants[best.label]["optimizer.lr"])
 
 
-def verdict(direction: str, ci_low: float | None, ci_high: float | None) -> str:
-    """The claim's verdict from the interval of (treatment - baseline) on its measure."""
-    if ci_low is None or ci_high is None:
+def verdict(direction: str, c: Contrast) -> str:
+    """The claim's verdict from the paired test of (treatment - baseline) on its measure, corrected with the
+    entry's other treatments (Holm): supported or contradicted when the difference is significant and its sign
+    is, or is not, the predicted direction; else inconclusive."""
+    if c.p_holm is None or c.p_holm >= ALPHA or not c.diff:
         return INCONCLUSIVE
-    if ci_low > 0:
-        return SUPPORTED if direction == "higher" else CONTRADICTED
-    if ci_high < 0:
-        return SUPPORTED if direction == "lower" else CONTRADICTED
-    return INCONCLUSIVE
+    return SUPPORTED if (c.diff > 0) == (direction == "higher") else CONTRADICTED
 
 
 @dataclass(frozen=True)
@@ -172,9 +171,12 @@ class Treated:
     diff: Interval
     n: int
     verdict: str
+    p_holm: float | None = None  # the paired t-test's p, Holm-corrected over the entry's treatments
+    better: Interval | None = None  # P(treatment better than the baseline) with its interval
 
     def json(self) -> dict[str, Any]:
-        return self.arm.json() | {"diff": asdict(self.diff), "n": self.n, "verdict": self.verdict}
+        return self.arm.json() | {"diff": asdict(self.diff), "n": self.n, "verdict": self.verdict,
+                                  "p_holm": self.p_holm, "p_better": asdict(self.better) if self.better else None}
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: 
     the claim must hold for each, so its verdict is the one it holds worst for."""
     by_label = {s.label: s for s in summary}
     treatments = [Treated(Arm(v.label, Interval.of(by_label[v.label].estimates.get(entry.measure))),
-                          Interval(v.diff, v.ci_low, v.ci_high), v.n, verdict(entry.direction, v.ci_low, v.ci_high))
+                          Interval(v.diff, v.ci_low, v.ci_high), v.n, verdict(entry.direction, v), v.p_holm,
+                          Interval(v.p_better, v.p_better_low, v.p_better_high) if v.p_better is not None else None)
                   for v in versus if v.metric == entry.measure]
     if not treatments:
         raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")

@@ -6,7 +6,11 @@ differences (a paired t interval). Not a bootstrap: with the 3-10 repeats a CPU 
 cannot reach beyond the few values it resamples and gives intervals too narrow for their level; the t interval
 is exact for normal differences and widens as it should when n is small.
 
-A verdict needs an interval: one repeat is an anecdote (`too few repeats`), whatever its difference.
+A verdict needs an interval: one repeat is an anecdote (`too few repeats`), whatever its difference. Where
+several treatments face one baseline, their verdicts are corrected together (Holm, trainlib/inference.py): a
+`better` or `worse` means the Holm-adjusted p of the paired t-test is under 5%. A difference whose 90% interval
+lies inside the measure's equivalence margin is `equivalent`; `no detectable difference` is left for intervals
+wider than that: the repeats could not tell.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from typing import Any
 
 from scipy.special import stdtrit  # the t quantile; scipy.stats takes 0.5 s longer to import
 
-from trainlib import monitor
+from trainlib import inference, monitor
 from trainlib.monitor import HIGHER, LOWER
 
 LEVEL = 0.95
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable difference", "too few repeats"
+EQUIVALENT = "equivalent"  # the 90% interval of the difference inside the equivalence margin (two one-sided tests)
+# The equivalence margin by kind of metric (trainlib/monitor.py): a difference inside +- this is too small for a
+# user to act on (a point of accuracy or F1, 0.02 of cross-entropy, one epoch); seconds have none.
+MARGINS = {"accuracy": 0.01, "f1": 0.01, "precision": 0.01, "recall": 0.01, "loss": 0.02, "epochs": 1.0}
 # HIGHER, LOWER (trainlib/monitor.py) are also the verdicts on a measure neither way of which is better (a weight norm)
 
 
@@ -69,22 +77,12 @@ AUTO = "auto"
 
 
 def paired(metric: str, treatment: Sequence[float], baseline: Sequence[float], better: str | None = AUTO) -> Versus:
-    """Repeat i of `treatment` against repeat i of `baseline` (same seeds). `better` when the interval of the
-    difference lies wholly on the good side of zero for `metric`, `worse` on the bad side, else no detectable
-    difference. Which side is good: `better` ("higher" or "lower"; by default the metric's, trainlib/monitor.py); with
-    `better` None neither is, and the verdict is `higher` or `lower`."""
+    """Repeat i of `treatment` against repeat i of `baseline` (same seeds), alone (no family to correct for):
+    the difference's estimate and the verdict of `contrasts`."""
     if len(treatment) != len(baseline):
         raise ValueError(f"{metric}: paired repeats need as many of each, got {len(treatment)} and {len(baseline)}")
     diff = estimate([a - b for a, b in zip(treatment, baseline, strict=True)])
-    if diff.ci_low is None:
-        return Versus(metric, diff, TOO_FEW)
-    if not diff.excludes_zero():
-        return Versus(metric, diff, NO_DIFFERENCE)
-    up = diff.ci_low > 0
-    if better is None:
-        return Versus(metric, diff, HIGHER if up else LOWER)
-    higher = (monitor.better(metric) if better == AUTO else better) == HIGHER
-    return Versus(metric, diff, BETTER if up == higher else WORSE)
+    return Versus(metric, diff, contrasts({"": (treatment, baseline)}, metric, better)[0].verdict)
 
 
 Repeats = list[dict[str, float | None] | None]  # a group's repeats: each one's measure -> value, None if it failed
@@ -109,7 +107,11 @@ class Group:
 @dataclass(frozen=True)
 class Contrast:
     """A group against the baseline on one measure, over the `n` repeats both finished (paired by position): the
-    mean difference (treatment - baseline) with its interval, and the verdict."""
+    mean difference (treatment - baseline) with its 95% interval, the paired t-test's p and its Holm-adjusted p
+    within the family (every treatment facing this baseline on this measure), the probability the treatment is
+    better with its interval, the equivalence margin, the smallest difference these repeats detect (80% power) and
+    the repeats the margin needs, and the verdict (better, worse, equivalent, no detectable difference, too few
+    repeats; higher or lower for a measure neither way of which is better)."""
 
     label: str
     metric: str
@@ -118,9 +120,61 @@ class Contrast:
     ci_low: float | None
     ci_high: float | None
     verdict: str
+    p: float | None = None
+    p_holm: float | None = None
+    p_better: float | None = None
+    p_better_low: float | None = None
+    p_better_high: float | None = None
+    margin: float | None = None
+    detectable: float | None = None
+    repeats_needed: int | None = None
 
     def json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def margin_of(metric: str, margins: dict[str, float] | None = None) -> float | None:
+    """The equivalence margin of `metric`: the one given for it, else its kind's (MARGINS), else None."""
+    if margins and metric in margins:
+        return margins[metric]
+    return MARGINS.get(metric.rsplit("_", 1)[-1])
+
+
+def contrasts(pairs: dict[str, tuple[Sequence[float], Sequence[float]]], metric: str, better: str | None = AUTO,
+              margin: float | None = None) -> list[Contrast]:
+    """Each label's treatment against the baseline on `metric` (label -> (treatment's repeats, baseline's, paired
+    by position)), the labels one family for Holm's correction. `better`: which way is good ("higher", "lower",
+    by default the metric's; None: neither, the verdict is higher or lower); `margin`: the equivalence margin
+    (default the metric's kind's, MARGINS)."""
+    margin = margin if margin is not None else margin_of(metric)
+    diffs = {label: [a - b for a, b in zip(t, base, strict=True)] for label, (t, base) in pairs.items()}
+    adjusted = dict(zip(diffs, inference.holm([inference.p_value(d) for d in diffs.values()]), strict=True))
+    way = None if better is None else (monitor.better(metric) if better == AUTO else better)
+    out = []
+    for label, d in diffs.items():
+        if not d:
+            out.append(Contrast(label, metric, 0, None, None, None, TOO_FEW, margin=margin))
+            continue
+        e, (_, sd) = estimate(d), inference.mean_sd(d)
+        p_better = inference.improvement(d, way != LOWER)
+        verdict = _verdict(d, adjusted[label], way, margin)
+        out.append(Contrast(label, metric, len(d), e.mean, e.ci_low, e.ci_high, verdict, inference.p_value(d),
+                            adjusted[label], *p_better, margin, inference.detectable(sd, len(d)),
+                            inference.repeats_for(sd, margin) if margin else None))
+    return out
+
+
+def _verdict(diffs: list[float], p_adjusted: float | None, way: str | None, margin: float | None) -> str:
+    if p_adjusted is None:
+        return TOO_FEW
+    if p_adjusted < inference.ALPHA:
+        up = sum(diffs) > 0
+        if way is None:
+            return HIGHER if up else LOWER
+        return BETTER if up == (way == HIGHER) else WORSE
+    if margin is not None and inference.equivalent(diffs, margin):
+        return EQUIVALENT
+    return NO_DIFFERENCE
 
 
 def summarize(groups: dict[str, Repeats], measures: Sequence[str]) -> list[Group]:
@@ -137,19 +191,19 @@ def summarize(groups: dict[str, Repeats], measures: Sequence[str]) -> list[Group
 
 
 def versus(groups: dict[str, Repeats], baseline: str, measures: Sequence[str],
-           better: dict[str, str | None] | None = None) -> list[Contrast]:
+           better: dict[str, str | None] | None = None, margins: dict[str, float] | None = None) -> list[Contrast]:
     """Every other group against `baseline`, measure by measure, on the repeats both finished (paired by
-    position). `better` gives a measure's good direction where its name does not (see `paired`)."""
+    position); on each measure the other groups are one family (Holm). `better` gives a measure's good direction
+    where its name does not (see `contrasts`); `margins` a measure's equivalence margin (default its kind's)."""
     out = []
-    for label, repeats in groups.items():
-        if label == baseline:
-            continue
-        for m in measures:
-            pairs = [(a[m], b[m]) for a, b in zip(repeats, groups[baseline], strict=True)
-                     if a is not None and b is not None and a.get(m) is not None and b.get(m) is not None]
-            if not pairs:
-                out.append(Contrast(label, m, 0, None, None, None, TOO_FEW))
+    for m in measures:
+        pairs = {}
+        for label, repeats in groups.items():
+            if label == baseline:
                 continue
-            v = paired(m, [a for a, _ in pairs], [b for _, b in pairs], (better or {}).get(m, AUTO))
-            out.append(Contrast(label, m, len(pairs), v.diff.mean, v.diff.ci_low, v.diff.ci_high, v.verdict))
-    return out
+            both = [(a[m], b[m]) for a, b in zip(repeats, groups[baseline], strict=True)
+                    if a is not None and b is not None and a.get(m) is not None and b.get(m) is not None]
+            pairs[label] = ([a for a, _ in both], [b for _, b in both])
+        out += contrasts(pairs, m, (better or {}).get(m, AUTO), margin_of(m, margins))
+    order = {label: i for i, label in enumerate(groups)}
+    return sorted(out, key=lambda c: order[c.label])  # by group, then measure: as before

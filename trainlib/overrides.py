@@ -84,3 +84,12 @@ def parse_member(text: str) -> str | dict[str, Any]:
     if not items:
         raise ConfigError("--member: empty; give key=value overrides, a config YAML or models:/name@alias")
     return dict(parse_set(item) for item in items)
+
+
+def parse_margin(text: str) -> tuple[str, float]:
+    """`--margin test_accuracy=0.005` -> ("test_accuracy", 0.005)."""
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise ConfigError(f"--margin {text}: expected MEASURE=NUMBER, e.g. test_accuracy=0.005") from None

@@ -110,10 +110,9 @@ def ensemble_repeats_report(name: str, run_id: str, method: str, summaries: list
              **{f"{who.replace(' ', '_')}_{k}": groups[who][i][k] for who in groups for k in REPEAT_MEASURES}}
             for i, s in enumerate(summaries)]
     estimates = evidence.summarize(groups, REPEAT_MEASURES)
-    versus = [evidence.Contrast(f"ensemble vs {base}", k, v.diff.n, v.diff.mean, v.diff.ci_low, v.diff.ci_high,
-                                v.verdict)
-              for base in ("best member", "mean member") for k in REPEAT_MEASURES
-              for v in [evidence.paired(k, [g[k] for g in groups["ensemble"]], [g[k] for g in groups[base]])]]
+    versus = [c for k in REPEAT_MEASURES for c in evidence.contrasts(
+        {f"ensemble vs {base}": ([g[k] for g in groups["ensemble"]], [g[k] for g in groups[base]])
+         for base in ("best member", "mean member")}, k)]
     log = tracking.RunLogger(run_id)
     for file, table in (("repeats.csv", [rounded_row(r) for r in rows]),
                         ("versus_members.csv", [wording.rounded_contrast(v) for v in versus])):

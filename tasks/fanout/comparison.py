@@ -15,9 +15,9 @@ from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, summary
 from tasks.results import Registration, Repeated
 from tasks.summaries import Comparison
-from tasks.wording import difference, markdown_row, rounded, rounded_row, with_interval
+from tasks.wording import chance, difference, markdown_row, power, rounded, rounded_row, with_interval
 from trainlib import plots
-from trainlib.evidence import Contrast, Group
+from trainlib.evidence import NO_DIFFERENCE, Contrast, Group
 from trainlib.measures import MEASURES as DERIVED
 from trainlib.measures import RUN_MEASURES
 
@@ -94,8 +94,14 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
              "Mean ± half-width of its 95% t interval over the repeats."]
     if versus:
         lines += ["", f"## Against the baseline, {baseline} (paired repeats, 95% interval of the difference)", "",
-                  "| variant | metric | difference | verdict |", "|---|---|---|---|",
-                  *[f"| {v.label} | {v.metric} | {difference(v)} | {v.verdict} |" for v in versus]]
+                  "| variant | metric | difference | P(better) | verdict | what more repeats would tell |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {v.label} | {v.metric} | {difference(v)} | {chance(v)} | {v.verdict} | "
+                    f"{power(v) if v.verdict == NO_DIFFERENCE else ''} |" for v in versus], "",
+                  "Verdicts: paired t-tests, Holm-corrected over the variants facing the baseline on each measure; "
+                  "`equivalent`: the 90% interval of the difference inside ±the measure's margin (two one-sided "
+                  "tests). P(better): the share of paired repeats in which the variant is better, with Wilson's "
+                  "95% interval."]
     per_run = ("run_id", "variant", "repeat", "best_val_accuracy", "test_accuracy", "epochs", "seconds")
     lines += ["", "| " + " | ".join(per_run) + " |", "|---" * len(per_run) + "|",
               *[markdown_row(r, per_run) for r in runs],

@@ -59,9 +59,12 @@ def details(row: ClaimResult) -> list[str]:
         lines.append("*Learning rate chosen per variant on validation:* "
                      + "; ".join(f"{k}: {shown(v, 'lr')}" for k, v in row.learning_rates.items()))
     for t in row.judgement.treatments if row.judgement else []:
+        chance = (f"; better in {t.better.mean:.0%} of the paired repeats (95% interval {t.better.ci_low:.0%} to "
+                  f"{t.better.ci_high:.0%})" if t.better else "")
+        holm = f", Holm-corrected p {t.p_holm:.3f}" if t.p_holm is not None else ""
         lines.append(f"*{t.arm.label}* against *{row.judgement.baseline.label}*: {row.measure} "
                      f"{interval(t.arm.estimate, row.measure)}, difference {signed(t.diff, row.measure)} over "
-                     f"{t.n} paired repeats: {t.verdict}.")
+                     f"{t.n} paired repeats{holm}{chance}: {t.verdict}.")
     return lines
 
 
@@ -87,8 +90,9 @@ def study_report(run_id: str, rows: list[ClaimResult], workspace: str, quick: bo
           *["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows], "",
           "Each claim is a comparison of paired repeats (repeat i of every variant with the same seeds); the "
           "interval is the 95% Student t interval of the per-repeat differences (treatment - baseline). "
-          "`supported`: the interval lies on the side the claim predicts; `contradicted`: on the other; "
-          "`inconclusive`: it holds zero.", ""]
+          "`supported`: the paired t-test rejects no difference at 5%, Holm-corrected over the entry's "
+          "treatments, and the difference has the sign the claim predicts; `contradicted`: it rejects with the "
+          "other sign; `inconclusive`: it does not reject.", ""]
     for row in rows:
         md += [f"## {row.technique} ({row.name})", "", f"{row.claim} Measure: {row.measure}, predicted "
                f"{row.direction}. Verdict: **{row.verdict}**.", ""]
