@@ -287,5 +287,5 @@ def test_repeated_ensembles_are_judged_against_their_members_and_only_repeat_0_i
         "better", "worse", "no detectable difference", "equivalent")
     assert 0 <= best["p_better_low"] <= best["p_better"] <= best["p_better_high"] <= 1  # the ensemble's chance
     assert best["p_holm"] >= best["p"]  # corrected with the other member it faces on the same measure
-    assert {"repeats.csv", "versus_members.csv", "ensemble_vs_members.png"} <= {
+    assert {"repeats.csv", "versus_members.csv", "ensemble_vs_members.png", "ensemble_versus_members.png"} <= {
         a.path for a in client.list_artifacts(out["run_id"])}

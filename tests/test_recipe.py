@@ -169,3 +169,26 @@ def test_means_with_long_variant_labels_keep_their_axes(tmp_path):
         assert first.width > 0.3 and first.height > 0.5, first
         shown = [t.get_text() for t in fig.axes[0].get_yticklabels()]  # wrapped, every character kept
         assert ["".join(t.split()) for t in shown] == ["".join(label.split()) for label in labels]
+
+
+def test_a_claims_figure_shows_means_and_differences_under_its_whole_title(tmp_path):
+    """The study's figure per entry: the means beside the paired differences against zero and the margin; its
+    title (the claim's text) wrapped to the figure, not cut at both ends."""
+    import warnings
+
+    from trainlib.evidence import Estimate, Group
+
+    groups = [Group(f"model.dropout={d}", 3, 0, {"train_val_gap": Estimate(3, 0.1 - d / 10, 0.01, 0.08 - d / 10,
+                                                                           0.12 - d / 10)})
+              for d in (0, 0.3, 0.5)]
+    rows = [("model.dropout=0.3", -0.03, -0.05, -0.01, "supported"), ("model.dropout=0.5", None, None, None, "-")]
+    title = "dropout: Dropout narrows the gap between train and validation accuracy in the few labels regime " * 2
+    fig = plots.claim(groups, rows, "train_val_gap", 0.01, "model.dropout=0", title.strip())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig.savefig(tmp_path / "claim.png")
+    shown = fig._suptitle.get_text()
+    assert "".join(shown.split()) == "".join(title.split()) and "\n" in shown  # wrapped, every character kept
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in right.texts] == ["supported"]  # the verdict beside its interval
+    assert right.get_xlim()[0] < -0.01 and right.get_xlim()[1] > 0.01  # the margin is in view

@@ -164,7 +164,8 @@ def test_compare_trains_the_full_grid_repeated_as_children_and_reports(compariso
         assert r.data.params["training.seed"] == r.data.params["split.seed"] == str(repeat)
         assert {"best_epoch", "stopped_epoch", "train_seconds", "test_accuracy"} <= set(r.data.metrics)
         assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
-    assert {"compare_val_curves.png", "compare_means.png", "compare_lr_curves.png", "comparison.csv", "runs.csv",
+    assert {"compare_val_curves.png", "compare_means.png", "compare_versus_test_accuracy.png", "compare_lr_curves.png",
+            "comparison.csv", "runs.csv",
             "versus_baseline.csv"} <= {a.path for a in client.list_artifacts(comparison["run_id"])}
     table = _prefect_table("compare-e2e-comparison", comparison["run_id"])
     assert {r["variant"] for r in table} == labels and all(r["n"] == 2 for r in table)

@@ -133,24 +133,83 @@ def compare_curves(histories: dict[str, list[list[dict[str, float]]]]) -> Figure
 def compare_means(summary: list[Group], measures: tuple[str, ...]) -> Figure:
     """Each variant's mean of every measure with its 95% interval as an error bar (rows of
     trainlib.evidence.summarize); a variant with one repeat has a dot and no bar."""
-    labels = [textwrap.fill(s.label, LABEL_WRAP, break_on_hyphens=False) for s in summary]
-    longest = max((len(line) for label in labels for line in label.splitlines()), default=0)
-    row_height = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
-    # room for the labels beside the first axes: long ones collapsed the axes to nothing before
-    fig = Figure(figsize=(5 * len(measures) + 0.065 * longest, max(3.0, row_height * len(summary) + 1.5)),
-                 layout="constrained")
+    labels = _wrapped([s.label for s in summary])
+    fig = Figure(figsize=(5 * len(measures) + _label_room(labels), _height(labels)), layout="constrained")
     for ax, m in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures, strict=True):
-        for y, row in enumerate(summary):
-            e = row.estimates.get(m)
-            if not e:
-                continue
-            err = None if e.ci_low is None else [[e.mean - e.ci_low], [e.ci_high - e.mean]]
-            ax.errorbar([e.mean], [y], xerr=err, fmt="o", capsize=4, color="C0")
-        ax.set(yticks=range(len(labels)), title=f"{m}: mean, 95% interval", xlabel=m)
-        ax.set_yticklabels(labels if ax is fig.axes[0] else [], fontsize=8)
-        ax.invert_yaxis()
-        ax.grid(alpha=0.3, axis="x")
+        _means(ax, summary, m, labels if ax is fig.axes[0] else [])
     return fig
+
+
+Row = tuple[str, float | None, float | None, float | None, str]  # label, difference, its 95% interval, verdict
+
+
+def forest(rows: list[Row], measure: str, margin: float | None, baseline: str) -> Figure:
+    """The paired difference of every treatment to the baseline with its 95% interval, against zero and the
+    equivalence margin (shaded), its verdict beside it: one row per treatment."""
+    labels = _wrapped([r[0] for r in rows])
+    fig = Figure(figsize=(6 + _label_room(labels), _height(labels)), layout="constrained")
+    _forest(fig.subplots(), rows, measure, margin, baseline, labels)
+    return fig
+
+
+def claim(summary: list[Group], rows: list[Row], measure: str, margin: float | None, baseline: str,
+          title: str) -> Figure:
+    """A claim of the technique study: each variant's mean (left) and each treatment's paired difference to the
+    baseline (right: what the verdict is on), under the claim's text wrapped to the figure's width."""
+    labels = _wrapped([s.label for s in summary])
+    width = 11 + _label_room(labels)
+    fig = Figure(figsize=(width, _height(labels) + 0.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    _means(left, summary, measure, labels)
+    _forest(right, rows, measure, margin, baseline, _wrapped([r[0] for r in rows]))
+    fig.suptitle(textwrap.fill(title, int(width * 12)), fontsize=9)  # about 12 characters an inch at 9 points
+    return fig
+
+
+def _wrapped(labels: list[str]) -> list[str]:
+    return [textwrap.fill(label, LABEL_WRAP, break_on_hyphens=False) for label in labels]
+
+
+def _label_room(labels: list[str]) -> float:
+    """Inches for the labels beside the first axes: long ones collapsed the axes to nothing before."""
+    return 0.065 * max((len(line) for label in labels for line in label.splitlines()), default=0)
+
+
+def _height(labels: list[str]) -> float:
+    row_height = max(0.45, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))
+    return max(3.0, row_height * len(labels) + 1.5)
+
+
+def _means(ax, summary: list[Group], measure: str, labels: list[str]) -> None:
+    for y, row in enumerate(summary):
+        e = row.estimates.get(measure)
+        if not e:
+            continue
+        err = None if e.ci_low is None else [[e.mean - e.ci_low], [e.ci_high - e.mean]]
+        ax.errorbar([e.mean], [y], xerr=err, fmt="o", capsize=4, color="C0")
+    ax.set(yticks=range(len(summary)), title=f"{measure}: mean, 95% interval", xlabel=measure)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+
+
+def _forest(ax, rows: list[Row], measure: str, margin: float | None, baseline: str, labels: list[str]) -> None:
+    if margin:
+        ax.axvspan(-margin, margin, color="C2", alpha=0.15, label=f"equivalence margin ±{margin:g}")
+    ax.axvline(0, color="black", linewidth=0.8)
+    for y, (_, diff, low, high, verdict) in enumerate(rows):
+        if diff is None:
+            continue
+        err = None if low is None else [[diff - low], [high - diff]]
+        ax.errorbar([diff], [y], xerr=err, fmt="o", capsize=4, color="C1")
+        ax.annotate(verdict, (1.01, y), xycoords=("axes fraction", "data"), fontsize=8, va="center")
+    ax.set(yticks=range(len(rows)), xlabel="difference")
+    ax.set_title(textwrap.fill(f"{measure}: treatment - {baseline}, 95% interval", 60), fontsize=10)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    if margin:
+        ax.legend(fontsize=7, loc="lower right")
 
 
 def compare_lrs(schedules: dict[str, tuple[list[float], int]]) -> Figure:

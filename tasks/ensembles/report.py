@@ -119,6 +119,9 @@ def ensemble_repeats_report(name: str, run_id: str, method: str, summaries: list
         pd.DataFrame(table).to_csv(f"{workspace}/{file}", index=False)
         log.log_artifact(f"{workspace}/{file}")
     log.log_figure(plots.compare_means(estimates, REPEAT_MEASURES), "ensemble_vs_members.png")
+    log.log_figure(plots.forest([(v.label, v.diff, v.ci_low, v.ci_high, v.verdict) for v in versus
+                                 if v.metric == "test_accuracy"], "test_accuracy", evidence.margin_of("test_accuracy"),
+                                "its members"), "ensemble_versus_members.png")
     verdicts = {v.label: v.verdict for v in versus if v.metric == "test_accuracy"}
     log.set_tags({f"verdict.{k.replace(' ', '_')}": v for k, v in verdicts.items()})
     lines = [f"# {name}: {method} ensemble x {len(rows)} repeats", "",

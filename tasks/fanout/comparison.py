@@ -71,6 +71,10 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
         bands.setdefault(r.label, []).append(curves[r.name]["history"])
     log.log_figure(plots.compare_curves(bands), "compare_val_curves.png")
     log.log_figure(plots.compare_means(summary_rows, ("best_val_accuracy", "test_accuracy")), "compare_means.png")
+    for m in ("best_val_accuracy", "test_accuracy"):  # what each verdict is on: the paired differences
+        if mine := [v for v in versus if v.metric == m]:
+            log.log_figure(plots.forest([(v.label, v.diff, v.ci_low, v.ci_high, v.verdict) for v in mine], m,
+                                        mine[0].margin, baseline), f"compare_versus_{m}.png")
     first = {}  # one LR schedule per variant: the repeats share it
     for r in done:
         first.setdefault(r.label, curves[r.name])

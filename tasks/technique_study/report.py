@@ -20,7 +20,7 @@ from tasks.summaries import ClaimResult, Study
 from tasks.wording import difference, shown
 from trainlib import plots
 from trainlib.claims import Interval
-from trainlib.evidence import Contrast, Estimate
+from trainlib.evidence import Contrast, Estimate, margin_of
 
 COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "verdict")
 
@@ -77,9 +77,11 @@ def study_report(run_id: str, rows: list[ClaimResult], workspace: str, quick: bo
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     figures = {}
     for row in rows:
-        if row.summary:
-            fig = plots.compare_means(row.summary, (row.measure,))
-            fig.suptitle(f"{row.technique}: {row.claim}", fontsize=9)
+        if row.summary and row.judgement:
+            j = row.judgement
+            treated = [(t.arm.label, t.diff.mean, t.diff.ci_low, t.diff.ci_high, t.verdict) for t in j.treatments]
+            fig = plots.claim(row.summary, treated, row.measure, margin_of(row.measure), j.baseline.label,
+                              f"{row.technique}: {row.claim}")
             figures[row.name] = folder / "figures" / f"{row.name}.png"
             fig.savefig(figures[row.name], dpi=90)
             log.log_artifact(str(figures[row.name]), "figures")
