@@ -23,6 +23,10 @@ class Gate:
     min_delta: float
     champion_version: int | None  # the alias holder this version was compared with
     champion_accuracy: float | None
+    test: str = "delta"  # how it was compared with the holder: delta (accuracies), mcnemar (the same test samples)
+    b: int | None = None  # mcnemar: test samples this version gets right and the holder wrong
+    c: int | None = None  # ... and the other way
+    p: float | None = None  # mcnemar: the one-sided exact p that this version is better
 
 
 @dataclass(frozen=True)

@@ -350,3 +350,32 @@ def test_a_run_whose_set_up_breaks_off_is_failed_not_left_running(prefect_api):
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("setup-breaks").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"] and "Invalid" in runs[0].data.tags["failure_reason"]
+
+
+def test_a_tested_gate_compares_two_versions_on_the_same_test_samples(prefect_api, tmp_path):
+    """register.gate mcnemar: each run logs which test samples it got right; the second version is compared with
+    the champion on the samples they disagree on, and the counts, p and decision land in tags and the history."""
+    import numpy as np
+    from scipy import stats
+
+    from flows.training import training_pipeline
+    from tasks.registry import aliases
+
+    tested = ["name=flow-mcnemar", "register.gate=mcnemar", "training.early_stopping.enabled=false"]
+    first = training_pipeline(load_config(None, [*tested, "training.epochs=2"])).json()
+    assert first["alias"] == "champion"  # nothing held the alias: nothing to test against
+    second = training_pipeline(load_config(None, [*tested, "training.epochs=6"])).json()
+    gate, client = second["gate"], MlflowClient()
+    right = {}
+    for run in (second, first):  # the counts, recomputed from what each run logged
+        with np.load(client.download_artifacts(run["run_id"], "test_outcomes.npz", str(tmp_path / run["run_id"]))) as f:
+            right[run["run_id"]] = dict(zip(f["rows"].tolist(), f["correct"].tolist(), strict=True))
+    new, old = right[second["run_id"]], right[first["run_id"]]
+    b, c = sum(new[r] and not old[r] for r in new), sum(old[r] and not new[r] for r in new)
+    assert gate["test"] == "mcnemar" and (gate["b"], gate["c"]) == (b, c) and b + c > 0
+    assert gate["p"] == pytest.approx(stats.binomtest(b, b + c, alternative="greater").pvalue if b else 1.0)
+    assert gate["passed"] == (b > c and gate["p"] < 0.05)
+    assert f"on the same {len(new)} test samples: {b} right where it was wrong, {c} the other way" in gate["reason"]
+    tags = client.get_model_version("flow-mcnemar", str(second["version"])).tags
+    assert (tags["gate_test"], tags["mcnemar_b"], tags["mcnemar_c"]) == ("mcnemar", str(b), str(c))
+    assert aliases.history("flow-mcnemar")[-1].reason == gate["reason"]

@@ -109,3 +109,40 @@ def test_means_read_with_their_half_interval_and_differences_with_their_interval
     assert difference(c) == "-0.0200 [-0.0310, +0.0045]"
     assert difference(replace(c, ci_low=None, ci_high=None)) == "-0.0200"
     assert difference(replace(c, diff=None)) == "-"
+
+
+TESTED = RegisterConfig(min_test_accuracy=0.9, gate="mcnemar", alpha=0.05)
+
+
+def test_a_tested_gate_promotes_only_a_gain_beyond_the_test_sets_noise():
+    from scipy import stats
+
+    # 9 samples right where the champion was wrong, 1 the other way: binomial(10, 1/2) tail P(X >= 9) = 11/1024
+    gate = decide(0.98, TESTED, 3, 0.95, (9, 1, 270))
+    assert gate.p == pytest.approx(11 / 1024) == pytest.approx(stats.binomtest(9, 10, alternative="greater").pvalue)
+    assert gate.passed and gate.test == "mcnemar" and (gate.b, gate.c) == (9, 1)
+    assert gate.reason == ("promoted to @champion (better than version 3 on the same 270 test samples: 9 right "
+                           "where it was wrong, 1 the other way; McNemar p 0.0107 < 0.05)")
+    # higher accuracy by 3 samples out of 5 disagreements: what the delta gate would promote, noise to McNemar
+    noise = decide(0.9852, TESTED, 3, 0.9815, (4, 1, 270))
+    assert not noise.passed and noise.outcome == "not_better" and "McNemar p 0.188 >= 0.05" in noise.reason
+    assert decide(0.9852, GATE, 3, 0.9815).passed  # the delta gate: +0.0037 > 0.001
+    assert not decide(0.95, TESTED, 3, 0.95, (0, 0, 270)).passed  # no disagreement: p 1
+
+
+def test_a_tested_gate_without_shared_test_samples_compares_accuracies_and_says_so():
+    gate = decide(0.9852, TESTED, 3, 0.9815, None)
+    assert gate.passed and gate.test == "delta" and gate.b is None
+    assert gate.reason.endswith("; by min_delta: the holder has no test outcomes on these test samples)")
+    assert decide(0.95, TESTED, None, None, None).passed  # the first version: nothing to test against
+
+
+def test_outcomes_pair_on_the_test_rows_two_runs_share_of_the_same_data():
+    import numpy as np
+
+    from tasks.registry.outcomes import Outcomes, disagreements
+
+    new = Outcomes("d1", np.array([3, 5, 7, 9]), np.array([True, True, False, True]))
+    old = Outcomes("d1", np.array([9, 7, 5, 11]), np.array([False, True, True, True]))
+    assert disagreements(new, old) == (1, 1, 3)  # rows 5, 7, 9: 9 only new right, 7 only old right
+    assert disagreements(new, Outcomes("d2", old.rows, old.correct)) is None  # other data: nothing to pair

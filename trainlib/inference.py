@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from scipy.special import stdtr, stdtrit  # Student's t distribution and its quantile
+from scipy.special import bdtrc, stdtr, stdtrit  # binomial tail; Student's t distribution and its quantile
 
 ALPHA = 0.05  # the level of every test: 95% intervals, 5% false verdicts
 POWER = 0.8  # the chance of detecting a difference as large as the one asked about
@@ -93,3 +93,12 @@ def improvement(diffs: Sequence[float], higher: bool = True) -> tuple[float, flo
     centre, half = p + Z * Z / (2 * n), Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n))
     scale = 1 + Z * Z / n
     return p, max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)
+
+
+def mcnemar(b: int, c: int) -> float:
+    """McNemar's exact test on one test set (Dietterich 1998): of the samples two classifiers disagree on, `b`
+    the new one gets right and the old one wrong, `c` the other way. -> the one-sided p that the new one is
+    better: P(X >= b) for X ~ Binomial(b + c, 1/2) (1 with no disagreement)."""
+    if b + c == 0 or b == 0:
+        return 1.0
+    return float(bdtrc(b - 1, b + c, 0.5))

@@ -349,6 +349,12 @@ class RegisterConfig(Section):
     min_delta: float = Field(0.001, ge=0, lt=1, description="gate: the alias moves only when test accuracy beats "
                              "its holder's by more than this (a tie stays challenger)")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias moved to a passing model")
+    # delta by default: a tested gate needs the holder's per-sample test outcomes (versions registered before
+    # trainflow logged them have none) and on digits' 270 test samples promotes only a gain of about 8 samples
+    gate: Literal["delta", "mcnemar"] = Field("delta", description="gate: delta (beat the holder's test accuracy by "
+                                              "min_delta) or mcnemar (better on the same test samples by McNemar's "
+                                              "exact test at register.alpha; delta where the holder has none)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="gate mcnemar: the test's level (one-sided)")
 
 
 class PredictConfig(Section):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.chain.refs import DatasetRef, ManifestRef, TrainedRef
+from tasks.registry import outcomes
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
+from trainlib.data.split import indices
 
 
 @task(name="evaluate")
@@ -21,4 +23,6 @@ def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef,
     log.log_metrics(metrics, step=trained.stopped_epoch)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
     log.log_dict(result.report, "classification_report.json")
+    outcomes.log(log, dataset.digest, indices(manifest.load(), "test"),
+                 result.probabilities.argmax(1) == result.labels, trained.model)
     return metrics

@@ -16,9 +16,10 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
 from tasks.chain.refs import DatasetRef, StatsRef
-from tasks.registry import aliases
+from tasks.registry import aliases, outcomes
 from tasks.results import Gate, Registration
 from tasks.wording import NOT_REGISTERED
+from trainlib import inference
 from trainlib.config import RegisterConfig
 from trainlib.data.batches import subset
 from trainlib.data.normalize import Moments
@@ -32,40 +33,61 @@ OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; o
 
 
 def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
-           champion_accuracy: float | None) -> Gate:
-    """Promote when accuracy reaches register.min_test_accuracy and beats the holder's (if any) by more than
-    register.min_delta; anything else, a tie included, stays challenger."""
+           champion_accuracy: float | None, paired: tuple[int, int, int] | None = None) -> Gate:
+    """Promote when accuracy reaches register.min_test_accuracy and beats the holder's (if any): with
+    register.gate delta by more than register.min_delta; with mcnemar, on the test samples both were scored on
+    (`paired`: b right here and wrong there, c the other way, n shared), by McNemar's exact test at
+    register.alpha (by min_delta where there are no shared samples). Anything else, a tie included, stays
+    challenger."""
     alias, threshold, delta = register.alias, register.min_test_accuracy, register.min_delta
+    tested = register.gate == "mcnemar" and champion_accuracy is not None and paired is not None
+    b, c, n = paired if tested else (None, None, None)
+    p = inference.mcnemar(b, c) if tested else None
     if accuracy < threshold:
         outcome = "below_minimum"
         reason = f"kept as challenger: below the gate ({accuracy:.4f} < register.min_test_accuracy {threshold:g})"
+    elif tested and not (b > c and p < register.alpha):
+        outcome = "not_better"
+        reason = (f"kept as challenger (not better than version {champion_version} on the same {n} test samples: "
+                  f"{b} right where it was wrong, {c} the other way; McNemar p {p:.3g} >= {register.alpha:g})")
+    elif tested:
+        outcome = "promoted"
+        reason = (f"promoted to @{alias} (better than version {champion_version} on the same {n} test samples: "
+                  f"{b} right where it was wrong, {c} the other way; McNemar p {p:.3g} < {register.alpha:g})")
     # to 6 places, as the holder's accuracy is kept (its version tag): float noise never turns a tie into a gain
     elif champion_accuracy is not None and not round(accuracy - champion_accuracy, 6) > delta:
         outcome = "not_better"
         reason = (f"kept as challenger (not better than version {champion_version}'s {champion_accuracy:.4f} "
-                  f"by {delta:g})")
+                  f"by {delta:g}{_untested(register)})")
     elif champion_accuracy is not None:
         outcome = "promoted"
-        reason = f"promoted to @{alias} ({accuracy:.4f} > version {champion_version}'s {champion_accuracy:.4f})"
+        reason = (f"promoted to @{alias} ({accuracy:.4f} > version {champion_version}'s {champion_accuracy:.4f}"
+                  f"{_untested(register)})")
     else:
         outcome = "promoted"
         reason = (f"promoted to @{alias} ({accuracy:.4f} >= register.min_test_accuracy {threshold:g}; no version "
                   f"held @{alias})")
     return Gate(outcome == "promoted", outcome, reason, accuracy, threshold, delta, champion_version,
-                champion_accuracy)
+                champion_accuracy, "mcnemar" if tested else "delta", b, c, p)
 
 
-def _holder(name: str, alias: str) -> tuple[int | None, float | None]:
-    """The version holding `alias` and its test accuracy. Versions are ints here whatever the store:
+def _untested(register: RegisterConfig) -> str:
+    """What a gate asked for McNemar's test says when it compared accuracies instead."""
+    return ("; by min_delta: the holder has no test outcomes on these test samples" if register.gate == "mcnemar"
+            else "")
+
+
+def _holder(name: str, alias: str) -> tuple[int | None, float | None, str | None]:
+    """The version holding `alias`, its test accuracy and its run. Versions are ints here whatever the store:
     MLflow's client returns an int from SQLite and a string from a server."""
     try:
         version = tracking.client().get_model_version_by_alias(name, alias)
     except MlflowException:
-        return None, None
+        return None, None, None
     accuracy = version.tags.get("test_accuracy")
     if accuracy is None and version.run_id:
         accuracy = tracking.client().get_run(version.run_id).data.metrics.get("test_accuracy")
-    return int(version.version), float(accuracy) if accuracy is not None else None
+    return int(version.version), float(accuracy) if accuracy is not None else None, version.run_id
 
 
 LOCK = "trainflow-registry"  # a Prefect global concurrency limit of 1: a lock every flow on the API shares
@@ -109,15 +131,31 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     client = tracking.client()
     version = _new_version(name, model_uri)
     with one_at_a_time():  # flows finishing together each compare with the holder the one before left
-        gate = decide(float(test_accuracy), register, *_holder(name, register.alias))
-        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason}
+        held, held_accuracy, held_run = _holder(name, register.alias)
+        paired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else None
+        gate = decide(float(test_accuracy), register, held, held_accuracy, paired)
+        tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason,
+                **_tested(gate)}
         for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
             client.set_model_version_tag(name, str(version), key, value)
         alias = register.alias if gate.passed else CHALLENGER
         aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
-                                         "registered_version": version, "registered_alias": alias})
+                                         "registered_version": version, "registered_alias": alias, **_tested(gate)})
     return Registration(model_uri, name, version, alias, gate)
+
+
+def _paired(run_id: str, held_run: str) -> tuple[int, int, int] | None:
+    """(b, c, n) of this run's test outcomes against the holder's run's, when both logged theirs on shared rows."""
+    new, old = outcomes.of_run(run_id), outcomes.of_run(held_run)
+    return outcomes.disagreements(new, old) if new and old else None
+
+
+def _tested(gate: Gate) -> dict[str, str]:
+    """McNemar's counts and p as tags, when the gate tested."""
+    if gate.test != "mcnemar":
+        return {}
+    return {"gate_test": "mcnemar", "mcnemar_b": str(gate.b), "mcnemar_c": str(gate.c), "mcnemar_p": f"{gate.p:.6g}"}
 
 
 def example_inputs(dataset: DatasetRef | Dataset) -> np.ndarray:
