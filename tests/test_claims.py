@@ -37,10 +37,21 @@ def test_verdicts_follow_the_corrected_test_and_the_predicted_direction():
     assert verdict("higher", c(None, None)) == INCONCLUSIVE
 
 
+def test_a_claim_that_a_technique_does_not_hurt_is_judged_by_equivalence():
+    def c(diff, p_holm, verdict_):
+        return Contrast("t", "test_accuracy", 5, diff, None, None, verdict_, p=p_holm, p_holm=p_holm, margin=0.01)
+
+    assert verdict("same", c(0.001, 0.6, "equivalent")) == SUPPORTED  # the 90% interval inside ±0.01
+    assert verdict("same", c(-0.03, 0.001, "worse")) == CONTRADICTED  # a real loss, beyond the margin
+    assert verdict("same", c(-0.004, 0.01, "worse")) == INCONCLUSIVE  # real but inside the margin: not equivalent
+    assert verdict("same", c(0.0, 0.9, "no detectable difference")) == INCONCLUSIVE  # too few repeats to say
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t: t + "repeat: 5\n", "study entry entry.yaml: repeat: unknown key (did you mean 'repeats'?)"),
     (lambda t: t.replace("measure: train_val_gap", "measure: gap"), "measure: 'gap' is not a measure; valid: "),
-    (lambda t: t.replace("direction: lower", "direction: down"), "direction: Input should be 'higher' or 'lower'"),
+    (lambda t: t.replace("direction: lower", "direction: down"),
+     "direction: Input should be 'higher', 'lower' or 'same'"),
     (lambda t: t.replace("vary: {model.dropout: [0.0, 0.5]}", "vary: {model.dropout: [0.0]}"),
      "vary: give each key a baseline value and at least one treatment value"),
     (lambda t: t.replace("base: ", "base: ../nowhere/"), "base: no such file: ../nowhere/"),

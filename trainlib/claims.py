@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainlib.config import validate
 from trainlib.errors import ConfigError
-from trainlib.evidence import Contrast, Estimate, Group
+from trainlib.evidence import EQUIVALENT, Contrast, Estimate, Group
 from trainlib.inference import ALPHA
 from trainlib.measures import RUN_MEASURES
 from trainlib.overrides import read_yaml
@@ -51,7 +51,9 @@ class Entry(BaseModel):
     variants: list[dict[str, Any]] | None = Field(None, description="instead of vary: the variants as dicts of "
                                                                     "config keys, the first the baseline")
     measure: str = Field(description="what the claim is about: " + ", ".join(RUN_MEASURES))
-    direction: Literal["higher", "lower"] = Field(description="the treatment's measure, as the claim predicts it")
+    direction: Literal["higher", "lower", "same"] = Field(
+        description="the treatment's measure, as the claim predicts it; same: within the measure's equivalence "
+                    "margin (a claim that a technique does not hurt)")
     fair: str = Field(min_length=10, description="why the comparison is fair (a shared or per-variant LR, ...)")
     ensemble: dict[str, Any] | None = Field(None, description="instead of vary: an ensemble (its settings, as an "
                                                              "--ensemble file) against its members")
@@ -132,8 +134,15 @@ def choose_lr(summary: list[Group], variants: dict[str, dict[str, Any]]) -> floa
 def verdict(direction: str, c: Contrast) -> str:
     """The claim's verdict from the paired test of (treatment - baseline) on its measure, corrected with the
     entry's other treatments (Holm): supported or contradicted when the difference is significant and its sign
-    is, or is not, the predicted direction; else inconclusive."""
-    if c.p_holm is None or c.p_holm >= ALPHA or not c.diff:
+    is, or is not, the predicted direction; else inconclusive. A claim of the same measure (`same`) is supported
+    when the difference is equivalent to none (its 90% interval inside the margin), contradicted when it is
+    significant and at least the margin."""
+    significant = c.p_holm is not None and c.p_holm < ALPHA and bool(c.diff)
+    if direction == "same":
+        if c.verdict == EQUIVALENT:
+            return SUPPORTED
+        return CONTRADICTED if significant and c.margin is not None and abs(c.diff) >= c.margin else INCONCLUSIVE
+    if not significant:
         return INCONCLUSIVE
     return SUPPORTED if (c.diff > 0) == (direction == "higher") else CONTRADICTED
 
