@@ -48,12 +48,18 @@ def _versus(title: str, contrasts: list[Contrast]) -> Table:
                   caption="verdicts: paired t-tests, Holm-corrected over the treatments; equivalent: the 90% interval "
                           "inside ±margin")
     table.columns[0].overflow = "fold"
+    for column in table.columns[2:]:  # numbers and verdicts whole: the variant's label folds instead
+        column.no_wrap = True
     for v in contrasts:
-        verdict = f"[{VERDICTS[v.verdict]}]{v.verdict}[/]"
-        if v.verdict == "no detectable difference" and power(v):
-            verdict += f" [dim]({power(v)})[/]"
-        table.add_row(v.label, v.metric, difference(v), chance(v), verdict)
+        table.add_row(v.label, v.metric, difference(v), chance(v), f"[{VERDICTS[v.verdict]}]{v.verdict}[/]")
     return table
+
+
+def _undecided(contrasts: list[Contrast]) -> None:
+    """Under the verdicts: what more repeats would tell, for each difference the repeats could not decide."""
+    for v in contrasts:
+        if v.verdict == "no detectable difference" and power(v):
+            console.print(f"  {v.label}, {v.metric}: {power(v)}", style="dim", markup=False, highlight=False)
 
 
 def comparison(s: Comparison) -> None:
@@ -71,6 +77,7 @@ def comparison(s: Comparison) -> None:
     against = [v for v in s.versus if v.metric in ("test_accuracy", "best_val_accuracy", "test_loss")]
     if against and n > 1:
         console.print(_versus(f"against the baseline {s.baseline} (paired repeats)", against))
+        _undecided(against)
     elif against:
         console.print("one repeat: no verdict (a single seed is an anecdote; give --repeats 3 or more)",
                       style="yellow")
@@ -93,6 +100,7 @@ def ensemble(s: Ensemble) -> None:
     if s.repeats:
         console.print(_versus(f"the ensemble against its members over {s.repeats.n} repeats (the table above: "
                               "repeat 0, registered; best member chosen on validation)", s.repeats.versus))
+        _undecided(s.repeats.versus)
     run(s.run)
 
 
