@@ -182,7 +182,7 @@ def test_compare_trains_the_full_grid_repeated_as_children_and_reports(compariso
     for m in ("test_accuracy", "test_loss"):  # three variants face the baseline: Holm corrects for three tests
         family = sorted(v["p"] for v in comparison["versus_baseline"] if v["metric"] == m)
         smallest = min(v["p_holm"] for v in comparison["versus_baseline"] if v["metric"] == m)
-        assert smallest == pytest.approx(min(1.0, 3 * family[0]), abs=1e-4)
+        assert smallest == pytest.approx(min(1.0, 3 * family[0]), abs=3e-4)  # both rounded to 4 places in the JSON
     assert "near_zero_weights" in RUN_MEASURES and all(s["weight_norm"]["mean"] > 0 for s in comparison["summary"])
     # registered: the winner's repeat with the best validation score
     best = max((r for r in comparison["runs"] if r["variant"] == winner["label"]),
