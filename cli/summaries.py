@@ -132,18 +132,20 @@ CLAIM_STYLES = {"supported": "green", "contradicted": "red", "inconclusive": "de
 
 
 def technique_study(s: Study) -> None:
-    """One row per claim: the measure, baseline and treatment with intervals, the difference, the verdict."""
+    """One row per claim: the measure, baseline and treatment with intervals, the difference, P(treatment better),
+    the verdict (Holm-corrected over the entry's treatments)."""
     from tasks.technique_study.report import as_estimate, signed
 
-    table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "verdict",
+    table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "P(better)", "verdict",
                   title="technique study: mean ± 95% interval over paired repeats (the report names the variants)")
     for r in s.rows:
         if r.judgement is None:
-            table.add_row(r.name, r.measure, "-", "-", "-", f"[yellow]failed[/]: {r.error}")
+            table.add_row(r.name, r.measure, "-", "-", "-", "-", f"[yellow]failed[/]: {r.error}")
             continue
         m, j = r.measure, r.judgement
         table.add_row(f"{r.name} ({short(j.worst.arm.label)})", m, with_interval(as_estimate(j.baseline.estimate), m),
                       with_interval(as_estimate(j.worst.arm.estimate), m), signed(j.worst.diff, m),
+                      f"{j.worst.better.mean:.2f}" if j.worst.better else "-",
                       f"[{CLAIM_STYLES[r.verdict]}]{r.verdict}[/]")
     console.print(table)
     console.print(", ".join(f"{n} {v}" for v, n in s.counts.items() if n) + f" in {s.wall_seconds / 60:.1f} minutes")

@@ -103,14 +103,17 @@ def test_the_range_test_and_a_scoring_print_their_findings(printed):
 def test_a_study_prints_every_claim_and_its_json_keeps_the_report_columns(printed):
     interval = Interval(0.05, 0.01, 0.09)
     judged = Judgement(Arm("model.dropout=0", Interval(0.9, 0.88, 0.92)),
-                       [Treated(Arm("model.dropout=0.3", Interval(0.95, 0.93, 0.97)), interval, 3, "supported")])
+                       [Treated(Arm("model.dropout=0.3", Interval(0.95, 0.93, 0.97)), interval, 3, "supported", 0.01,
+                                Interval(1.0, 0.44, 1.0))])
     rows = [ClaimResult("dropout", "dropout", "helps", "test_accuracy", "higher", "same seeds", 3, 12.0, judged),
             ClaimResult("broken", "x", "y", "test_accuracy", "higher", "-", 3, 1.0, error="ValueError: no")]
     study = Study("s" * 32, "report.md", "report.html", 90.0, {"supported": 1, "failed": 1}, rows, "http://s")
     out = printed(summaries.technique_study, study)
     flat = " ".join(out.split())  # a narrow table wraps its cells
     assert "(dropout=0.3)" in flat and "+0.0500" in flat and "0.9500 ± 0.0200" in flat, out
+    assert "1.00" in flat  # P(better): every paired repeat
     assert "ValueError" in flat and "1 supported, 1 failed in 1.5 minutes" in flat
     row = study.json()["rows"][0]
     assert row["treatment"] == {"label": "model.dropout=0.3", "mean": 0.95, "ci_low": 0.93, "ci_high": 0.97}
     assert row["verdict"] == "supported" and row["n"] == 3 and study.json()["rows"][1]["verdict"] == "failed"
+    assert row["p_holm"] == 0.01 and row["treatments"][0]["p_better"] == {"mean": 1.0, "ci_low": 0.44, "ci_high": 1.0}

@@ -204,7 +204,8 @@ class Judgement:
     def json(self) -> dict[str, Any]:
         w = self.worst
         return {"baseline": self.baseline.json(), "treatment": w.arm.json(), "diff": asdict(w.diff),
-                "verdict": w.verdict, "n": w.n, "treatments": [t.json() for t in self.treatments]}
+                "verdict": w.verdict, "n": w.n, "p_holm": w.p_holm,
+                "p_better": asdict(w.better) if w.better else None, "treatments": [t.json() for t in self.treatments]}
 
 
 def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: str) -> Judgement:

@@ -19,10 +19,11 @@ from tasks.chain.report import link, run_url
 from tasks.summaries import ClaimResult, Study
 from tasks.wording import difference, shown
 from trainlib import plots
-from trainlib.claims import Interval
+from trainlib.claims import Interval, Treated
 from trainlib.evidence import Contrast, Estimate, margin_of
 
-COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "verdict")
+COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "P(better) [95% CI]",
+           "verdict")
 
 
 def interval(e: Interval, measure: str) -> str:
@@ -36,10 +37,18 @@ def interval(e: Interval, measure: str) -> str:
 
 def cells(row: ClaimResult) -> list[str]:
     if row.judgement is None:
-        return [row.technique, row.claim, row.measure, "-", "-", "-", f"failed: {row.error}"]
+        return [row.technique, row.claim, row.measure, "-", "-", "-", "-", f"failed: {row.error}"]
     m, j = row.measure, row.judgement
     return [row.technique, row.claim, m, f"{j.baseline.label}: {interval(j.baseline.estimate, m)}",
-            f"{j.worst.arm.label}: {interval(j.worst.arm.estimate, m)}", signed(j.worst.diff, m), row.verdict]
+            f"{j.worst.arm.label}: {interval(j.worst.arm.estimate, m)}", signed(j.worst.diff, m),
+            better(j.worst), row.verdict]
+
+
+def better(t: Treated) -> str:
+    """P(treatment better than the baseline) with its 95% interval, `0.80 [0.38, 0.96]`, or '-'."""
+    if t.better is None:
+        return "-"
+    return f"{t.better.mean:.2f} [{t.better.ci_low:.2f}, {t.better.ci_high:.2f}]"
 
 
 def signed(d: Interval, measure: str) -> str:
