@@ -184,11 +184,12 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     for v in planned:
         inputs_exist(v.config)
     chosen = baseline_label(planned, baseline)
+    check_margins(margins or {})
     return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner),
-                      check_margins(margins or {}))
+                      dict(margins or {}))
 
 
-def check_margins(margins: dict[str, float]) -> dict[str, float]:
+def check_margins(margins: dict[str, float]) -> None:
     """--margin MEASURE=VALUE: an equivalence margin for a measure a comparison reports, above 0 (the defaults
     by kind of metric: trainlib/evidence.py MARGINS)."""
     from trainlib.measures import RUN_MEASURES
@@ -198,7 +199,6 @@ def check_margins(margins: dict[str, float]) -> dict[str, float]:
             raise ConfigError(f"--margin {key}: not a measure of a comparison; valid: {', '.join(RUN_MEASURES)}")
         if not (isinstance(value, int | float) and 0 < value < float("inf")):
             raise ConfigError(f"--margin {key}={value}: give a number above 0 (an absolute difference in {key})")
-    return dict(margins)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ the best), recorded in the report; then the comparison the claim is judged on, w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -53,14 +52,15 @@ def study_flow(config: str | None = None, overrides: list[str] | None = None, on
     rows = []
     with tracking.finishing(run_id):
         for claim in plan.claims:
-            t0, outcome = time.perf_counter(), {}
+            t0, e = time.perf_counter(), claim.entry
+            row = ClaimResult(e.name, e.technique, e.claim, e.measure, e.direction, e.fair, claim.repeats, 0.0)
             try:
-                outcome = judged(claim, *RUNS[claim.entry.kind](claim, plan, run_id))
+                result, chosen = RUNS[e.kind](claim, plan, run_id)
+                row = replace(row, judgement=judge(e, result.summary, result.versus, result.baseline),
+                              learning_rates=chosen, run_id=result.run_id, summary=result.summary)
             except Exception as exc:  # noqa: BLE001 - a failed entry is reported; the others still run
-                outcome = {"error": f"{type(exc).__name__}: {exc}"}
-            e = claim.entry
-            rows.append(ClaimResult(e.name, e.technique, e.claim, e.measure, e.direction, e.fair, claim.repeats,
-                                    time.perf_counter() - t0, **outcome))
+                row = replace(row, error=f"{type(exc).__name__}: {exc}")
+            rows.append(replace(row, seconds=time.perf_counter() - t0))
             events.emit(events.Claimed(rows[-1]))
         return study_report(run_id, rows, ws, quick, time.perf_counter() - started)
 
@@ -130,10 +130,3 @@ def as_comparison(groups: dict[str, evidence.Repeats], baseline: str, run_id: st
 
 
 RUNS = {"comparison": run_claim, "ensemble": run_ensemble, "search": run_searches}  # by trainlib.claims Entry.kind
-
-
-def judged(claim: plans.Claim, result: Judged, chosen: dict[str, float] | None) -> dict[str, Any]:
-    """What the entry's result holds beyond the entry: its judgement (trainlib.claims.judge), the LRs chosen, the
-    comparison's run and groups."""
-    return {"judgement": judge(claim.entry, result.summary, result.versus, result.baseline),
-            "learning_rates": chosen, "run_id": result.run_id, "summary": result.summary}

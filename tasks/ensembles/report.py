@@ -22,17 +22,14 @@ from trainlib.ensemble import EnsembleConfig
 COLUMNS = ["val_accuracy", "test_accuracy", "test_f1", "test_loss"]
 
 
-def _row(name: str, state: str, metrics: dict, **extra) -> dict:
-    return {"member": name, "state": state, **rounded_row(metrics, COLUMNS), **rounded_row(extra)}
-
-
 def _member_row(x: MemberOutcome, weight: float | None) -> dict[str, Any]:
     """A member's row of the report's table, column -> cell: the report's JSON, made here (a failed member: its
     error, no scores)."""
     run = x.run
-    return _row(x.label, x.state, run.metrics if run else {}, weight=weight, epochs=run.epochs if run else None,
-                seconds=run.seconds if run else None, run_id=run.run_id if run else None,
-                source=run.source if run else None, error=x.error)
+    return {"member": x.label, "state": x.state, **rounded_row(run.metrics if run else {}, COLUMNS),
+            **rounded_row({"weight": weight, "epochs": run.epochs if run else None,
+                           "seconds": run.seconds if run else None, "run_id": run.run_id if run else None,
+                           "source": run.source if run else None, "error": x.error})}
 
 
 @task(name="ensemble-report")
@@ -43,7 +40,8 @@ def ensemble_report(name: str, run_id: str, ensemble: EnsembleConfig, members: l
     weights = {} if ensemble.combination.learned else dict(  # a meta-learner weighs the members itself
         zip((x.label for x in done), combined.weights or [1.0] * len(done), strict=True))
     rows = [_member_row(x, weights.get(x.label)) for x in members]
-    ensemble_row = _row(f"ensemble ({ensemble.method})", "complete", combined.metrics, run_id=run_id)
+    ensemble_row = {"member": f"ensemble ({ensemble.method})", "state": "complete",
+                    **rounded_row(combined.metrics, COLUMNS), "run_id": run_id}
     best = max(done, key=lambda x: (x.metrics["test_accuracy"], -x.metrics["test_loss"]))
     log = tracking.RunLogger(run_id)
     log.log_metrics({"best_member_test_accuracy": best.metrics["test_accuracy"],
