@@ -1,5 +1,5 @@
 """What each command prints when it is done (cli/summaries.py) and what --json prints (the results' `json()`), from
-the typed results every flow returns (tasks/results.py): each read by attribute, without a flow run."""
+the typed summaries every flow returns (tasks/summaries.py): each read by attribute, without a flow run."""
 
 from __future__ import annotations
 
