@@ -67,7 +67,8 @@ def comparison(s: Comparison) -> None:
     n = s.repeats
     shown_measures = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")
     table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "seconds",
-                  title=f"best epoch of each variant, mean ± 95% interval over {n} repeats" if n > 1
+                  title=f"best epoch of each variant, mean ± 95% interval over {'its' if s.rounds else n} repeats"
+                  if n > 1
                   else "best epoch of each variant (one repeat: no interval)")
     table.columns[0].overflow = "fold"
     for g in s.summary:
@@ -76,8 +77,11 @@ def comparison(s: Comparison) -> None:
     console.print(table)
     against = [v for v in s.versus if v.metric in ("test_accuracy", "best_val_accuracy", "test_loss")]
     if against and n > 1:
-        console.print(_versus(f"against the baseline {s.baseline} (paired repeats)", against))
+        console.print(_versus(f"against the baseline {s.baseline} (paired repeats"
+                              f"{', each where it stopped' if s.rounds else ''})", against))
         _undecided(against)
+        if s.rounds:
+            console.print(f"repeats in rounds: {s.rounds.line()}", markup=False, highlight=False)
     elif against:
         console.print("one repeat: no verdict (a single seed is an anecdote; give --repeats 3 or more)",
                       style="yellow")

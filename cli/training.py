@@ -71,13 +71,16 @@ def _compare(args: argparse.Namespace) -> int:
         from flows.compare import compare_flow
 
         return compare_flow(plan.config, vary, max_parallel=args.max_parallel, refresh=args.refresh,
-                            runner=plan.runner, repeats=plan.repeats, resplit=plan.resplit, baseline=plan.baseline,
+                            runner=plan.runner, repeats=args.repeats, resplit=plan.resplit, baseline=plan.baseline,
                             margins=plan.margins)
 
-    repeats = f" x {plan.repeats} repeats{' on their own splits' if plan.resplit else ''}" if plan.repeats > 1 else ""
+    repeats = (f" x {'at most ' if plan.sequential else ''}{plan.repeats} repeats"
+               f"{' in rounds' if plan.sequential else ''}{' on their own splits' if plan.resplit else ''}"
+               if plan.repeats > 1 else "")
     return execute(args, f"{plan.config.name}: {len(plan.variants)} variants of {', '.join(vary)}{repeats}, "
                     f"baseline {plan.baseline}", start, summaries.comparison,
-                    RunProgress(len(plan.runs), "variant runs" if plan.repeats > 1 else "variants"))
+                    RunProgress(None if plan.sequential else len(plan.runs),
+                                "variant runs" if plan.repeats > 1 else "variants"))
 
 
 def _lr_find(args: argparse.Namespace) -> int:
@@ -208,8 +211,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
                          help="a config key and its values (repeat for a full grid of combinations)")
     add(compare, "--max-parallel", "--repeats", "--resplit", repeats={
+        "type": str, "default": "1", "metavar": "N|auto[:MAX]",
         "help": "train every variant N times, repeat i with training.seed + i, the same seeds for every variant "
-                "(paired): means, 95%% intervals and verdicts (default 1)"},
+                "(paired): means, 95%% intervals and verdicts (default 1); auto[:MAX]: in rounds of 3, 5, 8, ... "
+                "repeats until every variant's verdict on test_accuracy is decided, at most MAX (default 10), at "
+                "levels that keep the error rate at 5%%"},
         resplit={"help": "repeat i is also split with split.seed + i: scored on another test split each time"})
     compare.add_argument("--margin", action="append", type=options.key_value, metavar="MEASURE=VALUE",
                          help="equivalence margin of a measure, e.g. test_accuracy=0.005 (repeatable; default by kind: "

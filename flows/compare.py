@@ -22,29 +22,32 @@ from tasks.record import start_run
 from tasks.registry.register import register
 from tasks.results import Repeated, VariantRun
 from tasks.settings import workspace
-from tasks.summaries import Comparison
+from tasks.summaries import Comparison, Rounds
 from tasks.transfer.source import fetch_source
-from trainlib import evidence
+from trainlib import evidence, sequential
 from trainlib.config import PipelineConfig, override
 from trainlib.errors import TrainingError
 from trainlib.variants import label
 
+Prepared = tuple[DatasetRef, ManifestRef, StatsRef]
+
 
 def run_name() -> str:
-    vary, repeats = flow_run.parameters["vary"], flow_run.parameters.get("repeats", 1)
+    vary, repeats = flow_run.parameters["vary"], str(flow_run.parameters.get("repeats", 1))
     chosen = flow_run.parameters.get("variants")
     what = (" | ".join(label(v) for v in chosen) if chosen else
             " x ".join(f"{k}={','.join(map(str, v))}" for k, v in vary.items()))
-    return f"compare: {what}" + (f" x {repeats} repeats" if repeats > 1 else "")
+    return f"compare: {what}" + (f" x {repeats} repeats" if repeats != "1" else "")
 
 
 @flow(name="compare", flow_run_name=run_name)
 def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parallel: int = 2,
-                 refresh: bool = False, runner: str | None = None, repeats: int = 1, resplit: bool = False,
+                 refresh: bool = False, runner: str | None = None, repeats: int | str = 1, resplit: bool = False,
                  baseline: str | None = None, variants: list[dict[str, Any]] | None = None,
                  parent_run_id: str | None = None, margins: dict[str, float] | None = None) -> Comparison:
     """Train every combination of the `vary` values (config key -> values) on the same data, `repeats` times
-    each (repeat i: training.seed + i, and split.seed + i with `resplit`), `max_parallel` at a time (on `runner`:
+    each (repeat i: training.seed + i, and split.seed + i with `resplit`; `auto` or `auto:MAX`: in rounds until
+    every verdict is decided, trainlib/sequential.py), `max_parallel` at a time (on `runner`:
     flows/runners.py). The variant with the best mean validation accuracy wins; its repeat with the best
     validation accuracy is registered. Every variant is compared with `baseline` (a label; default the first)
     on paired repeats, the variants one family per measure (Holm), `margins` (measure -> absolute difference)
@@ -64,10 +67,9 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     ws = str(workspace(str(flow_run.id)))
     with tracking.finishing(run_id):
         source = fetch_source(config.transfer.source, ws) if config.transfer.source else None
-        data = {seed: prepare_data(override(config, {"split.seed": seed}), run_id if i == 0 else None, refresh)
-                for i, seed in enumerate(plan.split_seeds)}  # the repeats' splits, recorded: the first
+        data: dict[int, Prepared] = {}
         with fan_out(plan.runner, plan.parallel) as submit:
-            results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit, source)
+            results, stops = train_rounds(plan, data, run_id, ws, submit, refresh, source)
         groups = {v.label: [measures(r) for r in results if r.label == v.label] for v in plan.variants}
         summary = evidence.summarize(groups, MEASURES)
         winner = max((s for s in summary if s.n),
@@ -77,12 +79,46 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
         dataset, _, stats = data[best.split_seed]
         registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,
                               best.run.run_id)
-        versus = evidence.versus(groups, plan.baseline, MEASURES, BETTER, plan.margins)
+        versus = [c for s in stops for c in s.contrasts]
         return compare_report(config.name, run_id, results, summary, versus, plan.baseline, best, registered,
-                              {v.label: v.overrides for v in plan.variants}, ws)
+                              {v.label: v.overrides for v in plan.variants}, ws,
+                              rounds(plan, results, stops) if plan.sequential else None)
 
 
-Prepared = tuple[DatasetRef, ManifestRef, StatsRef]
+def rounds(plan: plans.Comparison, results: list[Repeated], stops: list[sequential.Stop]) -> Rounds:
+    """A sequential design's looks, repeats spent per variant, and the variants left undecided."""
+    spent = {v.label: sum(r.label == v.label for r in results) for v in plan.variants}
+    return Rounds(plan.repeats, [(look.n, look.level) for look in plan.looks], spent,
+                  [s.label for s in stops if not s.decided])
+
+
+def train_rounds(plan: plans.Comparison, data: dict[int, Prepared], run_id: str, ws: str, submit: Submit,
+                 refresh: bool, source: SourceRef | None) -> tuple[list[Repeated], list[sequential.Stop]]:
+    """Train the repeats look by look (one look, after all repeats, unless the design is sequential): after each,
+    the variants whose verdict is decided stop, the others and the baseline train the next round's repeats ->
+    every repeat trained, and where each variant stopped with its contrasts. Each split's data is prepared when a
+    repeat first needs it (the first one's recorded on the comparison's run)."""
+    results: list[Repeated] = []
+    stops: list[sequential.Stop] = []
+    open_ = [v.label for v in plan.variants if v.label != plan.baseline]
+    done, looks = 0, plan.looks
+    for k, look in enumerate(looks):
+        jobs = [r for r in plan.runs if done <= r.repeat < look.n and r.label in (plan.baseline, *open_)]
+        for seed in dict.fromkeys(r.config.split.seed for r in jobs):
+            if seed not in data:
+                data[seed] = prepare_data(override(plan.config, {"split.seed": seed}), None if data else run_id,
+                                          refresh)
+        results += train_repeats(jobs, plan.parallel, data, run_id, ws, submit, source)
+        done = look.n
+        groups = {v.label: [measures(r) for r in results if r.label == v.label] for v in plan.variants}
+        stopped = sequential.judge(groups, plan.baseline, open_, look, k == len(looks) - 1, MEASURES, BETTER,
+                                   plan.margins)
+        stops += stopped
+        open_ = [label for label in open_ if label not in {s.label for s in stopped}]
+        if not open_:
+            break
+    order = {v.label: i for i, v in enumerate(plan.variants)}
+    return results, sorted(stops, key=lambda s: order[s.label])
 
 
 def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, Prepared], run_id: str, ws: str,
@@ -108,5 +144,5 @@ def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, P
 
     run_bounded(max_parallel, submit_next, on_done)
     if not any(r.run is not None for r in results.values()):
-        raise TrainingError("no variant trained; see the failed variants' runs")
+        raise TrainingError("no variant trained; see the failed variants' runs")  # (in this round)
     return [results[r.name] for r in jobs]

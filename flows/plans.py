@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from flows import runners
-from trainlib import lr_finder, recipe
+from trainlib import lr_finder, recipe, sequential
 from trainlib.claims import Entry, load_entry
 from trainlib.config import NOT_FILES, PipelineConfig, load_config, override, validate
 from trainlib.data.sources import SOURCES
 from trainlib.ensemble import METHODS, EnsembleConfig, Member, plan
 from trainlib.errors import ConfigError
+from trainlib.inference import ALPHA
 from trainlib.overrides import parse_set
 from trainlib.tuning import SearchConfig, check_space, trial_base
 from trainlib.variants import check_keys, label, needs_validation, share_cpus, variants
@@ -123,10 +124,17 @@ class Comparison:
     parallel: int  # trainings at once
     runner: str | None
     margins: dict[str, float] = dataclasses.field(default_factory=dict)  # equivalence margins given (--margin)
+    sequential: bool = False  # `--repeats auto:MAX`: `repeats` is MAX, trained in rounds (trainlib/sequential.py)
+
+    @property
+    def looks(self) -> list[sequential.Look]:
+        """When the verdicts are looked at: after each round of a sequential design, else once after all repeats."""
+        return sequential.looks(self.repeats) if self.sequential else [sequential.Look(self.repeats, ALPHA)]
 
     @functools.cached_property  # each is a validated config: built once per plan
     def runs(self) -> list[Repeat]:
-        """Every training, repeat by repeat (repeat 0 of every variant first: early results compare)."""
+        """Every training (a sequential design's up to MAX), repeat by repeat (repeat 0 of every variant first:
+        early results compare)."""
         return [Repeat(v.label, i, self.repeats, v.overrides, seeded(v.config, i, self.resplit))
                 for i in range(self.repeats) for v in self.variants]
 
@@ -158,11 +166,12 @@ def baseline_label(planned: list[Variant], baseline: str | None) -> str:
 
 
 def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2, runner: str | None = None,
-            repeats: int = 1, resplit: bool = False, baseline: str | None = None,
+            repeats: int | str = 1, resplit: bool = False, baseline: str | None = None,
             combos: list[dict[str, Any]] | None = None, margins: dict[str, float] | None = None) -> Comparison:
     """`trainflow compare`: every combination of the `vary` values (or the `combos` given: each a dict of
-    overrides), each a full config, validated now, trained `repeats` times with paired seeds. With transfer.source
-    set, every variant starts from that model as its transfer.strategy says."""
+    overrides), each a full config, validated now, trained `repeats` times with paired seeds (`auto[:MAX]`: in
+    rounds until the verdicts are decided, trainlib/sequential.py). With transfer.source set, every variant starts
+    from that model as its transfer.strategy says."""
     needs_validation(config, "compare")
     inputs_exist(config)
     if combos is not None:
@@ -171,13 +180,15 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     if "transfer.source" in vary:
         raise ConfigError("--vary transfer.source: every variant starts from the same source; vary "
                           "transfer.strategy (scratch, feature_extraction, finetune) against it")
-    if repeats < 1:
-        raise ConfigError(f"--repeats {repeats}: give at least 1")
+    repeats, auto = sequential.parse(str(repeats))
     if resplit and repeats < 2:
         raise ConfigError("--resplit: scores each repeat on another split; it needs --repeats 2 or more")
     combos = variants(vary) if combos is None else combos
     if not combos:
         raise ConfigError("compare: no variants to train")
+    if auto and len(combos) < 2:
+        raise ConfigError(f"--repeats auto: adds repeats until every variant's verdict against the baseline is "
+                          f"decided; {label(combos[0])} is the only variant")
     parallel = min(max_parallel, len(combos) * repeats)
     base = share_cpus(config, parallel)
     planned = [Variant(label(o), o, override(base, o)) for o in combos]
@@ -186,7 +197,7 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
     chosen = baseline_label(planned, baseline)
     check_margins(margins or {})
     return Comparison(config, planned, repeats, resplit, chosen, parallel, runners.check(runner),
-                      dict(margins or {}))
+                      dict(margins or {}), auto)
 
 
 def check_margins(margins: dict[str, float]) -> None:

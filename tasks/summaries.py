@@ -41,6 +41,30 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """`compare --repeats auto:MAX` (trainlib/sequential.py): the looks of the design, the repeats each variant
+    trained before its verdict was decided (the baseline: as many as the last variant needed) and the variants
+    still undecided at MAX."""
+
+    most: int
+    looks: list[tuple[int, float]]  # (repeats, level) of each look planned
+    spent: dict[str, int]  # variant -> repeats trained
+    undecided: list[str]
+
+    def line(self) -> str:
+        """Why it stopped, in words."""
+        spent = ", ".join(f"{label} {n}" for label, n in self.spent.items())
+        if self.undecided:
+            return (f"stopped at the most repeats, {self.most}, with {len(self.undecided)} undecided "
+                    f"({', '.join(self.undecided)}); repeats spent: {spent}")
+        return f"every verdict decided; repeats spent: {spent} (of at most {self.most})"
+
+    def json(self) -> dict[str, Any]:
+        return {"most": self.most, "looks": [{"repeats": n, "level": round(a, 5)} for n, a in self.looks],
+                "spent": self.spent, "undecided": self.undecided, "stopped": self.line()}
+
+
+@dataclass(frozen=True)
 class Comparison:
     """`trainflow compare`: the best variant's registered repeat (`run`), every variant's estimates and each
     against the baseline."""
@@ -55,13 +79,15 @@ class Comparison:
     summary: list[Group]
     versus: list[Contrast]
     variants: dict[str, dict[str, Any]]  # what each variant (a group of `summary`) changes in the base config
+    rounds: Rounds | None = None  # a sequential design's (`--repeats auto`)
 
     def json(self) -> dict[str, Any]:
         return self.run.json() | {
             "best_variant": self.best_variant, "best_repeat": self.best_repeat, "baseline": self.baseline,
             "repeats": self.repeats, "children": self.children, "runs": self.runs,
             "summary": [rounded_group(g) for g in self.summary],
-            "versus_baseline": [rounded_contrast(c) for c in self.versus]}
+            "versus_baseline": [rounded_contrast(c) for c in self.versus],
+            "rounds": self.rounds.json() if self.rounds else None}
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,9 @@ def test_transfer_json_from_a_model_file(tmp_path):
     (["compare", "--vary", "split.seed=1,2"], "--vary split.seed: cannot vary"),
     (["compare", "--vary", "optimizer.name"], "expected key=value1,value2"),
     (["compare", "--vary", "optimizer.name=sgd,adam", "--max-parallel", "0"], "expected a whole number of at least 1"),
-    (["compare", "--vary", "optimizer.name=sgd,adam", "--repeats", "0"], "expected a whole number of at least 1"),
+    (["compare", "--vary", "optimizer.name=sgd,adam", "--repeats", "0"], "--repeats 0: give a whole number of at "
+                                                                         "least 1, `auto`"),
+    (["compare", "--vary", "optimizer.name=sgd", "--repeats", "auto:6"], "optimizer.name=sgd is the only variant"),
     (["compare", "--vary", "optimizer.name=sgd,adam", "--baseline", "rmsprop"],
      "--baseline 'rmsprop': not a variant; the variants are optimizer.name=sgd, optimizer.name=adam"),
     (["compare", "--vary", "optimizer.name=sgd,adam", "--resplit"], "--resplit: scores each repeat on another split"),

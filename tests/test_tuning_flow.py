@@ -249,3 +249,27 @@ def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api)
     trials = sorted(r.info.status for r in runs if r.data.tags["trainflow.kind"] == "trial")
     assert trials == ["FAILED", "FINISHED"]  # both recorded; no model registered from a failed study
     assert client.search_registered_models("name = 'min-complete'") == []
+
+
+def test_repeats_in_rounds_stop_each_variant_where_its_verdict_is_decided(prefect_api):
+    from flows.compare import compare_flow
+    from trainlib import sequential
+
+    variants = [{"optimizer.name": "adam"}, {"optimizer.momentum": 0.9},  # a twin: momentum is not adam's
+                {"optimizer.name": "sgd"}, {"augment.rotation": 5}]
+    out = compare_flow(load_config(None, ["name=compare-auto", *BASE, "training.epochs=2"]), {}, variants=variants,
+                       repeats="auto:5").json()
+    rounds, verdicts = out["rounds"], {v["label"]: v for v in out["versus_baseline"] if v["metric"] == "test_accuracy"}
+    assert [r["repeats"] for r in rounds["looks"]] == [3, 5]
+    assert sum(r["level"] for r in rounds["looks"]) == pytest.approx(0.05, abs=1e-4)
+    twin = verdicts["optimizer.momentum=0.9"]  # the same trainings as the baseline: equivalent at the first look
+    assert twin["verdict"] == "equivalent" and twin["n"] == rounds["spent"]["optimizer.momentum=0.9"] == 3
+    for label, v in verdicts.items():  # each judged on the repeats it trained; open ones went on to MAX
+        assert v["n"] == rounds["spent"][label]
+        assert (v["verdict"] in sequential.DECIDED) == (label not in rounds["undecided"])
+        assert v["verdict"] in sequential.DECIDED or v["n"] == 5
+    assert rounds["spent"]["optimizer.name=adam"] == max(rounds["spent"].values())  # the baseline ran to the last
+    assert len(out["runs"]) == sum(rounds["spent"].values())
+    assert sorted(r["repeat"] for r in out["runs"] if r["variant"] == "optimizer.momentum=0.9") == [0, 1, 2]
+    metrics = MlflowClient().get_run(out["run_id"]).data.metrics  # P(better) and friends in MLflow
+    assert metrics["versus/optimizer.name:sgd/test_accuracy/p_better"] == verdicts["optimizer.name=sgd"]["p_better"]

@@ -141,11 +141,12 @@ def margin_of(metric: str, margins: dict[str, float] | None = None) -> float | N
 
 
 def contrasts(pairs: dict[str, tuple[Sequence[float], Sequence[float]]], metric: str, better: str | None = AUTO,
-              margin: float | None = None) -> list[Contrast]:
+              margin: float | None = None, alpha: float = inference.ALPHA) -> list[Contrast]:
     """Each label's treatment against the baseline on `metric` (label -> (treatment's repeats, baseline's, paired
     by position)), the labels one family for Holm's correction. `better`: which way is good ("higher", "lower",
     by default the metric's; None: neither, the verdict is higher or lower); `margin`: the equivalence margin
-    (default the metric's kind's, MARGINS)."""
+    (default the metric's kind's, MARGINS); `alpha`: the level of the family's verdicts (a sequential design's look
+    tests at less, trainlib/sequential.py)."""
     margin = margin if margin is not None else margin_of(metric)
     diffs = {label: [a - b for a, b in zip(t, base, strict=True)] for label, (t, base) in pairs.items()}
     adjusted = dict(zip(diffs, inference.holm([inference.p_value(d) for d in diffs.values()]), strict=True))
@@ -157,22 +158,23 @@ def contrasts(pairs: dict[str, tuple[Sequence[float], Sequence[float]]], metric:
             continue
         e, (_, sd) = estimate(d), inference.mean_sd(d)
         p_better = inference.improvement(d, way != LOWER)
-        verdict = _verdict(d, adjusted[label], way, margin)
+        verdict = _verdict(d, adjusted[label], way, margin, alpha)
         out.append(Contrast(label, metric, len(d), e.mean, e.ci_low, e.ci_high, verdict, inference.p_value(d),
                             adjusted[label], *p_better, margin, inference.detectable(sd, len(d)),
                             inference.repeats_for(sd, margin) if margin else None))
     return out
 
 
-def _verdict(diffs: list[float], p_adjusted: float | None, way: str | None, margin: float | None) -> str:
+def _verdict(diffs: list[float], p_adjusted: float | None, way: str | None, margin: float | None,
+             alpha: float) -> str:
     if p_adjusted is None:
         return TOO_FEW
-    if p_adjusted < inference.ALPHA:
+    if p_adjusted < alpha:
         up = sum(diffs) > 0
         if way is None:
             return HIGHER if up else LOWER
         return BETTER if up == (way == HIGHER) else WORSE
-    if margin is not None and inference.equivalent(diffs, margin):
+    if margin is not None and inference.equivalent(diffs, margin, alpha):
         return EQUIVALENT
     return NO_DIFFERENCE
 
@@ -191,10 +193,12 @@ def summarize(groups: dict[str, Repeats], measures: Sequence[str]) -> list[Group
 
 
 def versus(groups: dict[str, Repeats], baseline: str, measures: Sequence[str],
-           better: dict[str, str | None] | None = None, margins: dict[str, float] | None = None) -> list[Contrast]:
+           better: dict[str, str | None] | None = None, margins: dict[str, float] | None = None,
+           alpha: float = inference.ALPHA) -> list[Contrast]:
     """Every other group against `baseline`, measure by measure, on the repeats both finished (paired by
     position); on each measure the other groups are one family (Holm). `better` gives a measure's good direction
-    where its name does not (see `contrasts`); `margins` a measure's equivalence margin (default its kind's)."""
+    where its name does not (see `contrasts`); `margins` a measure's equivalence margin (default its kind's); `alpha`
+    the verdicts' level."""
     out = []
     for m in measures:
         pairs = {}
@@ -204,6 +208,6 @@ def versus(groups: dict[str, Repeats], baseline: str, measures: Sequence[str],
             both = [(a[m], b[m]) for a, b in zip(repeats, groups[baseline], strict=True)
                     if a is not None and b is not None and a.get(m) is not None and b.get(m) is not None]
             pairs[label] = ([a for a, _ in both], [b for _, b in both])
-        out += contrasts(pairs, m, (better or {}).get(m, AUTO), margin_of(m, margins))
+        out += contrasts(pairs, m, (better or {}).get(m, AUTO), margin_of(m, margins), alpha)
     order = {label: i for i, label in enumerate(groups)}
     return sorted(out, key=lambda c: order[c.label])  # by group, then measure: as before

@@ -57,14 +57,14 @@ def holm(ps: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def equivalent(diffs: Sequence[float], margin: float) -> bool:
-    """Two one-sided tests at ALPHA: the mean difference lies within (-margin, +margin), i.e. its 1 - 2 ALPHA
-    (90%) t interval does. Needs 2 pairs."""
+def equivalent(diffs: Sequence[float], margin: float, alpha: float = ALPHA) -> bool:
+    """Two one-sided tests at `alpha`: the mean difference lies within (-margin, +margin), i.e. its 1 - 2 alpha
+    (90% at 0.05) t interval does. Needs 2 pairs."""
     n = len(diffs)
     if n < 2:
         return False
     mean, sd = mean_sd(diffs)
-    half = stdtrit(n - 1, 1 - ALPHA) * sd / math.sqrt(n)
+    half = stdtrit(n - 1, 1 - alpha) * sd / math.sqrt(n)
     return -margin < mean - half and mean + half < margin
 
 

@@ -4,6 +4,7 @@ baseline (paired difference, interval, verdict), the learning curves as bands, t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks import tracking, wording
 from tasks.chain.report import artifact_key, link, summary
 from tasks.results import Registration, Repeated
-from tasks.summaries import Comparison
+from tasks.summaries import Comparison, Rounds
 from tasks.wording import chance, difference, markdown_row, power, rounded, rounded_row, with_interval
 from trainlib import plots
 from trainlib.evidence import NO_DIFFERENCE, Contrast, Group
@@ -27,6 +28,7 @@ from trainlib.measures import RUN_MEASURES
 MEASURES = RUN_MEASURES
 BETTER = {name: m.better for name, m in DERIVED.items()}  # their good direction (trainlib.evidence.versus)
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
+NOT_IN_KEYS = re.compile(r"[^\w.:/ -]")  # what MLflow refuses in a metric's name (a label's `=` and `,`)
 SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
 
 
@@ -61,8 +63,9 @@ def flat(group: Group) -> dict[str, Any]:
 @task(name="compare-report")
 def compare_report(name: str, parent_run_id: str, results: list[Repeated], summary_rows: list[Group],
                    versus: list[Contrast], baseline: str, best: Repeated, registered: Registration,
-                   variants: dict[str, dict[str, Any]], workspace: str) -> Comparison:
-    """-> the comparison's summary (`trainflow compare`)."""
+                   variants: dict[str, dict[str, Any]], workspace: str, rounds: Rounds | None = None) -> Comparison:
+    """-> the comparison's summary (`trainflow compare`); `rounds`: a sequential design's, whose contrasts
+    (`versus`) were each judged where its variant stopped."""
     log = tracking.RunLogger(parent_run_id)
     done = [r for r in results if r.run is not None]
     curves = {r.name: json.loads(Path(r.run.curves).read_text()) for r in done}
@@ -86,12 +89,17 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
                        ("versus_baseline.csv", [wording.rounded_contrast(v) for v in versus])):
         pd.DataFrame(rows).to_csv(f"{workspace}/{file}", index=False)
         log.log_artifact(f"{workspace}/{file}")
+    log.log_metrics({f"versus/{NOT_IN_KEYS.sub(':', v.label)}/{v.metric}/{stat}": value
+                     for v in versus if v.metric in ("best_val_accuracy", "test_accuracy")
+                     for stat, value in (("diff", v.diff), ("p_better", v.p_better), ("p_holm", v.p_holm))
+                     if value is not None}, step=0)
     log.set_tags({"best_variant": best.label, "baseline": baseline, "gate": registered.outcome})
     create_table_artifact(table, key=artifact_key(name, "comparison"),
                           description="every variant: mean, standard deviation and 95% interval over its repeats")
     repeats = max(r.repeat for r in results) + 1
     lines = [f"# {name}: {len(summary_rows)} variants x {repeats} repeats ({len(done)} of {len(results)} trained); "
-             f"best: {best.label}", "",
+             f"best: {best.label}", "", *([f"Repeats in rounds (`--repeats auto:{rounds.most}`): {rounds.line()}.", ""]
+                                          if rounds else []),
              "| variant | n | " + " | ".join(SHOWN) + " |", "|---|---|" + "---|" * len(SHOWN),
              *[f"| {s.label} | {s.n} | " + " | ".join(with_interval(s.estimates[m], m) for m in SHOWN) + " |"
                for s in summary_rows], "",
@@ -102,6 +110,9 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
                   "|---|---|---|---|---|---|",
                   *[f"| {v.label} | {v.metric} | {difference(v)} | {chance(v)} | {v.verdict} | "
                     f"{power(v) if v.verdict == NO_DIFFERENCE else ''} |" for v in versus], "",
+                  *(["Each variant judged at the look where it stopped, at that look's level (spent as 0.05 x (n / "
+                     f"{rounds.most})^2, trainlib/sequential.py): " + ", ".join(
+                         f"{n} repeats at {a:.4f}" for n, a in rounds.looks) + ".", ""] if rounds else []),
                   "Verdicts: paired t-tests, Holm-corrected over the variants facing the baseline on each measure; "
                   "`equivalent`: the 90% interval of the difference inside ±the measure's margin (two one-sided "
                   "tests). P(better): the share of paired repeats in which the variant is better, with Wilson's "
@@ -113,4 +124,4 @@ def compare_report(name: str, parent_run_id: str, results: list[Repeated], summa
               f"{registered.line()}.", "", link("comparison run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "compare"), description="comparison summary")
     return Comparison(summary(name, parent_run_id, best.run.metrics, registered), best.label, best.repeat, baseline,
-                      repeats, [r.run.run_id for r in results if r.run], runs, summary_rows, versus, variants)
+                      repeats, [r.run.run_id for r in results if r.run], runs, summary_rows, versus, variants, rounds)
