@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from cli.progress import summary_console as console
-from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning
+from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning, Variance
 from tasks.wording import cells, chance, difference, power, shown, with_interval
 
 if TYPE_CHECKING:
@@ -155,6 +155,23 @@ def technique_study(s: Study) -> None:
     console.print(", ".join(f"{n} {v}" for v, n in s.counts.items() if n) + f" in {s.wall_seconds / 60:.1f} minutes")
     console.print(f"report: {s.report} (one page: {s.html})", markup=False, highlight=False)
     console.print(f"MLflow run {s.run_id}: {s.mlflow_url}", markup=False, highlight=False)
+
+
+def variance(s: Variance) -> None:
+    """Each source's spread and share of the variance, then what the split alone means for a comparison."""
+    table = Table("source", "repeats", "mean", "sd [95% CI]", "share [95% CI]",
+                  title=f"where the spread of {s.measure} comes from (each source's seed moved alone; all: every seed)")
+    for x in s.sources:
+        table.add_row(x.source, str(x.n), f"{x.mean:.4f}", f"{x.sd:.4f} [{x.sd_low:.4f}, {x.sd_high:.4f}]",
+                      f"{x.share:.2f} [{x.share_low:.2f}, {x.share_high:.2f}]" if x.share is not None else "-")
+    console.print(table)
+    split = next((x for x in s.sources if x.source == "split"), None)
+    if split:
+        console.print(f"a gain under {split.sd:.4f} is within what drawing another split does", markup=False,
+                      highlight=False)
+    if s.failed:
+        console.print(f"failed: {', '.join(s.failed)}", style="yellow", markup=False, highlight=False)
+    console.print(f"MLflow run {s.run_id}: {s.mlflow_url} (variance.csv)", markup=False, highlight=False)
 
 
 def lr_find(s: RangeTest) -> None:

@@ -1,4 +1,5 @@
-"""The flow commands of `trainflow` (run, tune, compare, lr-find, study, ensemble, transfer): their arguments, and
+"""The flow commands of `trainflow` (run, tune, compare, lr-find, study, variance, ensemble, transfer): their
+arguments, and
 how each is checked, started (cli/execute.py), watched (cli/progress.py) and summarized (cli/summaries.py).
 
 Every command first builds its plan (flows/plans.py: the same checks its flow makes), so bad input fails
@@ -124,6 +125,29 @@ def _study(args: argparse.Namespace) -> int:
     runs = sum(plans.trainings(c) for c in plan.claims)
     return execute(args, f"technique study{' (quick)' if plan.quick else ''}: {len(plan.claims)} claims, {runs} "
                     "trainings", start, summaries.technique_study, StudyProgress(len(plan.claims)))
+
+
+def _variance(args: argparse.Namespace) -> int:
+    preflight.probe(args.runner)
+    from cli import summaries
+    from cli.progress import RunProgress
+    from flows import plans
+    from trainlib.config import load_config
+    from trainlib.variance import ALL, SOURCES
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else [*SOURCES, ALL]
+    plan = plans.variance(load_config(args.config, options.overrides(args)), sources, args.repeats,
+                          args.max_parallel, args.runner)
+    preflight.check([r.config for r in plan.runs])
+
+    def start():
+        from flows.variance import variance_flow
+
+        return variance_flow(plan.config, sources, args.repeats, args.max_parallel, args.refresh, plan.runner)
+
+    return execute(args, f"{plan.config.name}: sources of variance {', '.join(sources)} x {args.repeats} repeats "
+                    f"({len(plan.runs)} trainings)", start, summaries.variance, RunProgress(len(plan.runs),
+                                                                                          "trainings"))
 
 
 def _ensemble_settings(args: argparse.Namespace):
@@ -268,3 +292,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--entries", metavar="DIR", help="a folder of entries instead of configs/study")
     add(st, "--max-parallel", "--runner", "--json")
     st.set_defaults(handler=_study)
+    va = sub.add_parser("variance", help="where a config's spread of test accuracy comes from: the split, initial "
+                        "weights, batch order, augmentation, dropout, each moved alone")
+    add(va, "--config", "--set", "--name", "--refresh", "--json", "--max-parallel", "--runner", "--repeats",
+        repeats={"default": 5, "help": "trainings per source, repeat 0 shared (default 5; at least 3)"})
+    va.add_argument("--sources", metavar="S,...", help="some of split, init, order, augment, dropout, all (every "
+                                                       "seed at once); default all of them")
+    va.set_defaults(handler=_variance, no_register=False)

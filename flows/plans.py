@@ -200,6 +200,32 @@ def compare(config: PipelineConfig, vary: dict[str, list], max_parallel: int = 2
                       dict(margins or {}), auto)
 
 
+@dataclass(frozen=True)
+class Variance:
+    config: PipelineConfig
+    sources: list[str]  # trainlib/variance.py SOURCES, and `all`
+    repeats: int  # per source, repeat 0 shared
+    runs: list[Repeat]  # label: the source (`base` for the shared repeat 0)
+    parallel: int
+    runner: str | None
+
+
+def variance(config: PipelineConfig, sources: list[str], repeats: int, max_parallel: int = 2,
+             runner: str | None = None) -> Variance:
+    """`trainflow variance`: one config trained `repeats` times per source of randomness, only that source's seed
+    moving (trainlib/variance.py), every config validated now."""
+    from trainlib import variance as design
+
+    fresh_weights(config, "variance")
+    inputs_exist(config)
+    planned = design.design(config, sources, repeats)
+    parallel = min(max_parallel, len(planned))
+    base = share_cpus(config, parallel)
+    runs = [Repeat(group, i, repeats, o, c) for (group, i, o), c in zip(planned, design.configs(base, planned),
+                                                                          strict=True)]
+    return Variance(base, sources, repeats, runs, parallel, runners.check(runner))
+
+
 def check_margins(margins: dict[str, float]) -> None:
     """--margin MEASURE=VALUE: an equivalence margin for a measure a comparison reports, above 0 (the defaults
     by kind of metric: trainlib/evidence.py MARGINS)."""

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from trainlib.claims import Judgement
     from trainlib.evidence import Contrast, Group, Repeats
     from trainlib.scoring import DriftReport
+    from trainlib.variance import Share
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,25 @@ class Comparison:
             "summary": [rounded_group(g) for g in self.summary],
             "versus_baseline": [rounded_contrast(c) for c in self.versus],
             "rounds": self.rounds.json() if self.rounds else None}
+
+
+@dataclass(frozen=True)
+class Variance:
+    """`trainflow variance`: each source's spread of `measure` and its share of the variance (trainlib/variance.py),
+    the runs trained and those that failed."""
+
+    run_id: str
+    measure: str
+    sources: list[Share]
+    children: list[str]
+    failed: list[str]
+    mlflow_url: str
+
+    def json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "measure": self.measure,
+                "sources": [{k: round(v, 5) if isinstance(v, float) else v for k, v in s.json().items()}
+                            for s in self.sources],
+                "children": self.children, "failed": self.failed, "mlflow_url": self.mlflow_url}
 
 
 @dataclass(frozen=True)

@@ -273,3 +273,23 @@ def test_repeats_in_rounds_stop_each_variant_where_its_verdict_is_decided(prefec
     assert sorted(r["repeat"] for r in out["runs"] if r["variant"] == "optimizer.momentum=0.9") == [0, 1, 2]
     metrics = MlflowClient().get_run(out["run_id"]).data.metrics  # P(better) and friends in MLflow
     assert metrics["versus/optimizer.name:sgd/test_accuracy/p_better"] == verdicts["optimizer.name=sgd"]["p_better"]
+
+
+def test_variance_moves_one_seed_per_source_and_reports_each_sources_spread(prefect_api):
+    from flows.variance import variance_flow
+
+    out = variance_flow(load_config(None, ["name=variance-e2e", *BASE, "training.epochs=2"]),
+                        ["split", "init", "augment"], repeats=3).json()
+    client = MlflowClient()
+    children = {r.info.run_name: r.data.params for r in _children(out["run_id"])}
+    assert len(children) == len(out["children"]) == 7 and out["failed"] == []  # repeat 0 trained once, shared
+    assert children["split #2"]["split.seed"] == "2" and children["split #2"]["training.seeds.init"] == "0"
+    assert children["init #2"]["training.seeds.init"] == "2" and children["init #2"]["split.seed"] == "0"
+    found = {s["source"]: s for s in out["sources"]}
+    assert found["augment"]["sd"] == 0.0  # no augmentation: holding the other seeds reproduces repeat 0 exactly
+    assert found["init"]["sd"] > 0 and found["split"]["sd"] > 0
+    assert found["split"]["sd_low"] <= found["split"]["sd"] <= found["split"]["sd_high"]
+    assert sum(s["share"] for s in out["sources"]) == pytest.approx(1.0, abs=1e-4)
+    metrics = client.get_run(out["run_id"]).data.metrics
+    assert metrics["variance/split/sd"] == pytest.approx(found["split"]["sd"], abs=1e-5)
+    assert "variance.csv" in {a.path for a in client.list_artifacts(out["run_id"])}

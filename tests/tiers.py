@@ -26,7 +26,7 @@ MODULES = {
              "test_measures",
              "test_models_optim", "test_policies", "test_preflight", "test_purity", "test_recipe", "test_recipes",
              "test_report",
-             "test_inference", "test_sequential", "test_run_logger", "test_scoring",
+             "test_inference", "test_sequential", "test_variance", "test_run_logger", "test_scoring",
              "test_schedules", "test_signals", "test_sources", "test_split_normalize", "test_studies", "test_summaries",
              "test_transfer",
              "test_tuning"],

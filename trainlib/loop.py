@@ -63,7 +63,7 @@ class Runtime:
     device: where to train; precision: auto | fp32 | bf16 | fp16 (trainlib.device.resolve_precision);
     compile: train through torch.compile (the first batches pay the compilation; validation runs the plain model);
     seed: data order, augmentation, mixing and dropout draw from generators seeded from it (trainlib.streams),
-      never the global RNG;
+      never the global RNG; seeds: a source's own seed in place of `seed` (training.seeds);
     shard: this process's rank in a data-parallel training (trainlib.distributed), which trains on its part of
       every batch; the default is one process."""
 
@@ -72,6 +72,7 @@ class Runtime:
     compile: bool = False
     seed: int = 0
     shard: Shard = SINGLE
+    seeds: dict[str, int] | None = None  # a source's own seed (order, augment, dropout) where it has one
 
 
 CPU = Runtime()  # the default: one process on the CPU, seed 0
@@ -93,7 +94,7 @@ class Loop:
         self.device = torch.device(self.runtime.device)
         self.shard, self.optimizer = self.runtime.shard, self.step.optimizer
         self.amp = resolve_precision(self.runtime.precision, self.device)
-        self.streams = Streams.seeded(self.runtime.seed, self.device, self.shard)
+        self.streams = Streams.seeded(self.runtime.seed, self.device, self.shard, self.runtime.seeds)
         self.weights = penalized_weights(self.model) if (self.step.l1 or self.step.l2) else []
         self.model.to(self.device)
         self.channels_last = self.device.type == "cuda"

@@ -112,7 +112,7 @@ def build_model(cfg: PipelineConfig, ds: sources.Dataset, norm: normalize.NormSt
     """The configured model; the same seed gives the same initial weights, also with runs in parallel threads
     (nothing else in training draws from the global RNG: data order, augmentation and dropout have their own)."""
     with _INIT, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.training.seed)
+        torch.manual_seed(cfg.training.seeds.of(cfg.training.seed)["init"])
         return models.build(cfg.model.name, ds.sample_shape, len(ds.classes), norm,
                             **cfg.model.model_dump(exclude={"name"}))
 
@@ -164,7 +164,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
         rows = indices(manifest, "train") if rows is None else rows
         train_data = subset(ds, rows, cfg.data.workers)
         if aug and cfg.augment.expand:
-            train_data = expand(train_data, aug, cfg.augment.expand, t.seed)
+            train_data = expand(train_data, aug, cfg.augment.expand, t.seeds.of(t.seed)["augment"])
     online = None if cfg.augment.expand else aug  # expanded data is not augmented again
     val = part(ds, manifest, "val", cfg.data.workers) if (manifest["split"] == "val").any() else None
     params, freezer = transfer_setup(cfg, model, source)
@@ -182,7 +182,7 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
                 grad_clip=t.grad_clip, augment=online, mix=mixer(cfg.augment, len(ds.classes)))
     result = engine.fit(
         model, train_data, val, epochs=t.epochs, step=step,
-        runtime=Runtime(device, t.precision, compile=t.compile, seed=t.seed, shard=shard),
+        runtime=Runtime(device, t.precision, compile=t.compile, seed=t.seed, shard=shard, seeds=t.seeds.of(t.seed)),
         averaging=averaging(t.ema.decay, t.ema.warmup, t.swa.first_epoch(t.epochs)),
         early_stopping=EarlyStopping(**t.early_stopping.model_dump()), callbacks=callbacks, logger=logger,
         checkpoint=Checkpointing(checkpoint, resume, {"config": cfg.model_dump(mode="json")}) if checkpoint else None)
@@ -212,7 +212,8 @@ def lr_find(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, no
                 label_smoothing=cfg.training.label_smoothing, grad_clip=cfg.training.grad_clip,
                 augment=augmenter(cfg.augment, ds), mix=mixer(cfg.augment, len(ds.classes)))
     # not compiled: 200 updates would mostly pay the compilation
-    runtime = Runtime(resolve_device(cfg.training.device), cfg.training.precision, seed=cfg.training.seed)
+    runtime = Runtime(resolve_device(cfg.training.device), cfg.training.precision, seed=cfg.training.seed,
+                      seeds=cfg.training.seeds.of(cfg.training.seed))
     return lr_finder.sweep(model, train_data, step, runtime, start=start, end=end, updates=updates)
 
 

@@ -297,6 +297,23 @@ class SwaConfig(Section):
         return int(self.start) if self.start >= 1 else math.ceil(self.start * epochs)
 
 
+Seed = Annotated[int, Field(ge=0)]
+
+
+class SeedsConfig(Section):
+    """A seed per source of a training's randomness; unset, each follows training.seed (so a comparison's repeat,
+    training.seed + i, moves it), set, it stays where it is in every repeat (held fixed). The split's is split.seed."""
+
+    init: Seed | None = Field(None, description="the initial weights (default: training.seed)")
+    order: Seed | None = Field(None, description="the order of the batches (default: training.seed)")
+    augment: Seed | None = Field(None, description="augmentation and batch mixing draws (default: training.seed)")
+    dropout: Seed | None = Field(None, description="dropout's masks (default: training.seed)")
+
+    def of(self, seed: int) -> dict[str, int]:
+        """Each source's seed under training.seed `seed`: its own where set."""
+        return {k: seed if v is None else v for k, v in self.model_dump().items()}
+
+
 class TrainingConfig(Section):
     mode: Annotated[str, _one_of(GD_MODES)] = Field(
         "minibatch", description="batch (full-batch GD: 1 update/epoch) | minibatch | stochastic (batch of 1)")
@@ -304,7 +321,9 @@ class TrainingConfig(Section):
     accumulate: Count = Field(1, description="minibatch: batches whose gradients make one update (gradient "
                                              "accumulation: an effective batch of batch_size x accumulate)")
     epochs: Count = Field(30, description="maximum epochs")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of weights, shuffling, dropout, augmentation")
+    seed: Seed = Field(0, description="seed of weights, shuffling, dropout, augmentation (each source's own: "
+                                      "training.seeds)")
+    seeds: SeedsConfig = SeedsConfig()
     device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto (CUDA when present) | cpu | "
                                                                               "cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

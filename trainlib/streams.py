@@ -19,11 +19,17 @@ class Streams:
     mix: torch.Generator  # CPU: batch mixing (trainlib.data.mix)
 
     @classmethod
-    def seeded(cls, seed: int, device: torch.device, shard: Shard = SINGLE) -> Streams:
-        def on(where, offset: int) -> torch.Generator:
-            return torch.Generator(device=where).manual_seed(shard.seed(seed + offset) if offset else seed)
+    def seeded(cls, seed: int, device: torch.device, shard: Shard = SINGLE,
+               sources: dict[str, int] | None = None) -> Streams:
+        """The streams of `seed`, or of each source's own seed in `sources` (order, augment, dropout: see
+        trainlib/sections.py SeedsConfig); the same seed gives the same streams either way."""
+        own = sources or {}
 
-        return cls(on("cpu", 0), on(device, 1), on(device, 2), on("cpu", 3))
+        def on(where, source: str, offset: int) -> torch.Generator:
+            base = own.get(source, seed)
+            return torch.Generator(device=where).manual_seed(shard.seed(base + offset) if offset else base)
+
+        return cls(on("cpu", "order", 0), on(device, "augment", 1), on(device, "dropout", 2), on("cpu", "augment", 3))
 
     def state(self) -> dict:
         state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
