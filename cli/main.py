@@ -25,7 +25,8 @@ EXAMPLES = {  # two per command, shown by --help
     "tune": ["trainflow tune --search configs/search/bayesian.yaml",
              "trainflow tune --search configs/search/grid.yaml --set training.epochs=10"],
     "compare": ["trainflow compare --vary optimizer.name=sgd,adam,rmsprop",
-                "trainflow compare --config configs/regimes/few-labels.yaml --vary model.dropout=0,0.3 --repeats auto:12"],
+                "trainflow compare --config configs/regimes/few-labels.yaml --vary model.dropout=0,0.3 "
+                "--repeats auto:12"],
     "lr-find": ["trainflow lr-find", "trainflow lr-find --set optimizer.name=sgd --updates 300 --json"],
     "study": ["trainflow study --quick",
               "trainflow study --only dropout,l1 --repeats 5 --json"],

@@ -169,6 +169,8 @@ def test_transfer_json_from_a_model_file(tmp_path):
     (["compare", "--vary", "optimizer.name=sgd,adam", "--repeats", "0"], "--repeats 0: give a whole number of at "
                                                                          "least 1, `auto`"),
     (["compare", "--vary", "optimizer.name=sgd", "--repeats", "auto:6"], "optimizer.name=sgd is the only variant"),
+    (["variance", "--sources", "split,weather"], "--sources split,weather: give some of split, init, order"),
+    (["variance", "--repeats", "2"], "--repeats 2: a spread with an interval needs at least 3 repeats"),
     (["compare", "--vary", "optimizer.name=sgd,adam", "--baseline", "rmsprop"],
      "--baseline 'rmsprop': not a variant; the variants are optimizer.name=sgd, optimizer.name=adam"),
     (["compare", "--vary", "optimizer.name=sgd,adam", "--resplit"], "--resplit: scores each repeat on another split"),

@@ -130,11 +130,29 @@ def test_a_tested_gate_promotes_only_a_gain_beyond_the_test_sets_noise():
     assert not decide(0.95, TESTED, 3, 0.95, (0, 0, 270)).passed  # no disagreement: p 1
 
 
-def test_a_tested_gate_without_shared_test_samples_compares_accuracies_and_says_so():
+def test_a_tested_gate_without_the_holders_outcomes_compares_accuracies_and_says_so():
     gate = decide(0.9852, TESTED, 3, 0.9815, None)
     assert gate.passed and gate.test == "delta" and gate.b is None
-    assert gate.reason.endswith("; by min_delta: the holder has no test outcomes on these test samples)")
+    assert gate.reason.endswith("; by min_delta: the holder logged no test outcomes)")
     assert decide(0.95, TESTED, None, None, None).passed  # the first version: nothing to test against
+
+
+def test_on_other_test_samples_the_gate_bootstraps_the_two_test_sets():
+    from scipy import stats
+
+    from trainlib import inference
+
+    # 540/540 against 500/540: far beyond either set's noise; 266/270 against 265/270: one sample, noise
+    gate = decide(1.0, TESTED, 3, 0.9259, None, (540, 540, 500, 540))
+    assert gate.passed and gate.test == "bootstrap" and gate.p < 0.001 and gate.b is None
+    assert "on other test samples: 540/540 right against 500/540; bootstrap p" in gate.reason
+    tie = decide(0.9852, TESTED, 3, 0.9815, None, (266, 270, 265, 270))
+    assert not tie.passed and tie.outcome == "not_better" and tie.p > 0.3
+    assert not decide(0.95, TESTED, 3, 0.95, None, (95, 100, 95, 100)).passed  # a tie
+    # the bootstrap p is near the normal approximation's one-sided p of the two accuracies' difference
+    a, b, n = 0.93, 0.90, 1000
+    z = (a - b) / ((a * (1 - a) / n + b * (1 - b) / n) ** 0.5)
+    assert inference.bootstrap_better(930, n, 900, n) == pytest.approx(stats.norm.sf(z), abs=0.004)
 
 
 def test_outcomes_pair_on_the_test_rows_two_runs_share_of_the_same_data():

@@ -52,3 +52,8 @@ def disagreements(new: Outcomes, old: Outcomes) -> tuple[int, int, int] | None:
         return None
     a, b = new.correct[i], old.correct[j]
     return int((a & ~b).sum()), int((~a & b).sum()), len(shared)
+
+
+def counts(found: Outcomes) -> tuple[int, int]:
+    """(right, scored): how many of its test samples a model got right, of how many."""
+    return int(found.correct.sum()), len(found.correct)

@@ -33,19 +33,31 @@ OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; o
 
 
 def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
-           champion_accuracy: float | None, paired: tuple[int, int, int] | None = None) -> Gate:
+           champion_accuracy: float | None, paired: tuple[int, int, int] | None = None,
+           unpaired: tuple[int, int, int, int] | None = None) -> Gate:
     """Promote when accuracy reaches register.min_test_accuracy and beats the holder's (if any): with
     register.gate delta by more than register.min_delta; with mcnemar, on the test samples both were scored on
     (`paired`: b right here and wrong there, c the other way, n shared), by McNemar's exact test at
-    register.alpha (by min_delta where there are no shared samples). Anything else, a tie included, stays
-    challenger."""
+    register.alpha; where they share no test sample (`unpaired`: right and scored here, right and scored there),
+    by a bootstrap of the two test sets at register.alpha; by min_delta where the holder logged no outcomes.
+    Anything else, a tie included, stays challenger."""
     alias, threshold, delta = register.alias, register.min_test_accuracy, register.min_delta
     tested = register.gate == "mcnemar" and champion_accuracy is not None and paired is not None
     b, c, n = paired if tested else (None, None, None)
     p = inference.mcnemar(b, c) if tested else None
+    booted = register.gate == "mcnemar" and champion_accuracy is not None and not tested and unpaired is not None
+    if booted:
+        p = inference.bootstrap_better(*unpaired)
     if accuracy < threshold:
         outcome = "below_minimum"
         reason = f"kept as challenger: below the gate ({accuracy:.4f} < register.min_test_accuracy {threshold:g})"
+    elif booted:
+        passed = unpaired[0] / unpaired[1] > unpaired[2] / unpaired[3] and p < register.alpha
+        outcome = "promoted" if passed else "not_better"
+        reason = ((f"promoted to @{alias} (better" if passed else "kept as challenger (not better") +
+                  f" than version {champion_version} on other test samples: {unpaired[0]}/{unpaired[1]} right "
+                  f"against {unpaired[2]}/{unpaired[3]}; bootstrap p {p:.3g} {'<' if passed else '>='} "
+                  f"{register.alpha:g})")
     elif tested and not (b > c and p < register.alpha):
         outcome = "not_better"
         reason = (f"kept as challenger (not better than version {champion_version} on the same {n} test samples: "
@@ -68,12 +80,12 @@ def decide(accuracy: float, register: RegisterConfig, champion_version: int | No
         reason = (f"promoted to @{alias} ({accuracy:.4f} >= register.min_test_accuracy {threshold:g}; no version "
                   f"held @{alias})")
     return Gate(outcome == "promoted", outcome, reason, accuracy, threshold, delta, champion_version,
-                champion_accuracy, "mcnemar" if tested else "delta", b, c, p)
+                champion_accuracy, "mcnemar" if tested else "bootstrap" if booted else "delta", b, c, p)
 
 
 def _untested(register: RegisterConfig) -> str:
     """What a gate asked for McNemar's test says when it compared accuracies instead."""
-    return ("; by min_delta: the holder has no test outcomes on these test samples" if register.gate == "mcnemar"
+    return ("; by min_delta: the holder logged no test outcomes" if register.gate == "mcnemar"
             else "")
 
 
@@ -132,8 +144,8 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     version = _new_version(name, model_uri)
     with one_at_a_time():  # flows finishing together each compare with the holder the one before left
         held, held_accuracy, held_run = _holder(name, register.alias)
-        paired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else None
-        gate = decide(float(test_accuracy), register, held, held_accuracy, paired)
+        paired, unpaired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else (None, None)
+        gate = decide(float(test_accuracy), register, held, held_accuracy, paired, unpaired)
         tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason,
                 **_tested(gate)}
         for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
@@ -145,14 +157,20 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     return Registration(model_uri, name, version, alias, gate)
 
 
-def _paired(run_id: str, held_run: str) -> tuple[int, int, int] | None:
-    """(b, c, n) of this run's test outcomes against the holder's run's, when both logged theirs on shared rows."""
+def _paired(run_id: str, held_run: str) -> tuple[tuple[int, int, int] | None, tuple[int, int, int, int] | None]:
+    """This run's test outcomes against the holder's run's, when both logged theirs: (b, c, n) on their shared
+    rows, else (right, scored) of each for a bootstrap; (None, None) when either logged none."""
     new, old = outcomes.of_run(run_id), outcomes.of_run(held_run)
-    return outcomes.disagreements(new, old) if new and old else None
+    if not (new and old):
+        return None, None
+    shared = outcomes.disagreements(new, old)
+    return (shared, None) if shared else (None, (*outcomes.counts(new), *outcomes.counts(old)))
 
 
 def _tested(gate: Gate) -> dict[str, str]:
-    """McNemar's counts and p as tags, when the gate tested."""
+    """McNemar's counts and p (or the bootstrap's p) as tags, when the gate tested."""
+    if gate.test == "bootstrap":
+        return {"gate_test": "bootstrap", "bootstrap_p": f"{gate.p:.6g}"}
     if gate.test != "mcnemar":
         return {}
     return {"gate_test": "mcnemar", "mcnemar_b": str(gate.b), "mcnemar_c": str(gate.c), "mcnemar_p": f"{gate.p:.6g}"}
