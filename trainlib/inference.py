@@ -19,7 +19,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
 from scipy.special import bdtrc, stdtr, stdtrit  # binomial tail; Student's t distribution and its quantile
 
 ALPHA = 0.05  # the level of every test: 95% intervals, 5% false verdicts
