@@ -372,7 +372,8 @@ class RegisterConfig(Section):
     # trainflow logged them have none) and on digits' 270 test samples promotes only a gain of about 8 samples
     gate: Literal["delta", "mcnemar"] = Field("delta", description="gate: delta (beat the holder's test accuracy by "
                                               "min_delta) or mcnemar (better on the same test samples by McNemar's "
-                                              "exact test at register.alpha; delta where the holder has none)")
+                                              "exact test at register.alpha, on other test samples by a bootstrap; "
+                                              "delta where the holder logged none)")
     alpha: float = Field(0.05, gt=0, lt=1, description="gate mcnemar: the test's level (one-sided)")
 
 
