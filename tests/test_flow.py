@@ -100,8 +100,9 @@ def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
     tie = training_pipeline(_config()).json()  # the same config and seed on CPU: the same test accuracy
     assert tie["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
     assert tie["alias"] == "challenger" and tie["gate"]["outcome"] == "not_better" and type(tie["version"]) is int
-    assert tie["gate"]["reason"] == (f"kept as challenger (not better than version {champion}'s "
-                                     f"{first['metrics']['test_accuracy']:.4f} by 0.001)")
+    assert tie["gate"]["test"] == "mcnemar"  # the default gate: the same test samples, no disagreement
+    assert tie["gate"]["reason"] == (f"kept as challenger (not better than version {champion} on the same 270 "
+                                     "test samples: 0 right where it was wrong, 0 the other way; McNemar p 1 >= 0.05)")
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == champion
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == tie["version"] != champion
 
@@ -110,7 +111,7 @@ def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, 
     from tasks.registry.register import promote
     from trainlib.config import RegisterConfig
 
-    client, gate = MlflowClient(), RegisterConfig(min_test_accuracy=0.5, min_delta=0.001)
+    client, gate = MlflowClient(), RegisterConfig(min_test_accuracy=0.5, min_delta=0.001, gate="delta")
     experiment = client.get_experiment_by_name(NAME).experiment_id
     outcomes = []
     for accuracy in [0.95, 0.95, 0.9505, 0.96, 0.9605]:
@@ -134,7 +135,8 @@ def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first,
 
     def register(accuracy, run_id):
         start.wait()  # every flow reads the alias holder at about the same time
-        return promote("race", RegisterConfig(min_test_accuracy=0.5), first["model_uri"], accuracy, run_id)
+        return promote("race", RegisterConfig(min_test_accuracy=0.5, gate="delta"), first["model_uri"], accuracy,
+                       run_id)
 
     with ThreadPoolExecutor(len(accuracies)) as pool:
         results = list(pool.map(register, accuracies, runs))

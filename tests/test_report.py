@@ -7,7 +7,7 @@ from tasks.results import Registration
 from tasks.wording import difference, markdown_row, rounded, rounded_row, shown, with_interval
 from trainlib.config import RegisterConfig
 
-GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001)
+GATE = RegisterConfig(min_test_accuracy=0.9, min_delta=0.001, gate="delta")
 
 
 def test_a_tie_with_the_champion_stays_challenger():

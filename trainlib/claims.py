@@ -182,10 +182,13 @@ class Treated:
     verdict: str
     p_holm: float | None = None  # the paired t-test's p, Holm-corrected over the entry's treatments
     better: Interval | None = None  # P(treatment better than the baseline) with its interval
+    test: str | None = None  # the comparison's verdict: better, worse, equivalent, no detectable difference
+    repeats_needed: int | None = None  # paired repeats that detect a difference of the measure's margin (80% power)
 
     def json(self) -> dict[str, Any]:
         return self.arm.json() | {"diff": asdict(self.diff), "n": self.n, "verdict": self.verdict,
-                                  "p_holm": self.p_holm, "p_better": asdict(self.better) if self.better else None}
+                                  "p_holm": self.p_holm, "p_better": asdict(self.better) if self.better else None,
+                                  "test": self.test, "repeats_needed": self.repeats_needed}
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,8 @@ class Judgement:
         w = self.worst
         return {"baseline": self.baseline.json(), "treatment": w.arm.json(), "diff": asdict(w.diff),
                 "verdict": w.verdict, "n": w.n, "p_holm": w.p_holm,
-                "p_better": asdict(w.better) if w.better else None, "treatments": [t.json() for t in self.treatments]}
+                "p_better": asdict(w.better) if w.better else None, "test": w.test, "repeats_needed": w.repeats_needed,
+                "treatments": [t.json() for t in self.treatments]}
 
 
 def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: str) -> Judgement:
@@ -215,7 +219,8 @@ def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: 
     by_label = {s.label: s for s in summary}
     treatments = [Treated(Arm(v.label, Interval.of(by_label[v.label].estimates.get(entry.measure))),
                           Interval(v.diff, v.ci_low, v.ci_high), v.n, verdict(entry.direction, v), v.p_holm,
-                          Interval(v.p_better, v.p_better_low, v.p_better_high) if v.p_better is not None else None)
+                          Interval(v.p_better, v.p_better_low, v.p_better_high) if v.p_better is not None else None,
+                          v.verdict, v.repeats_needed)
                   for v in versus if v.metric == entry.measure]
     if not treatments:
         raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")

@@ -23,7 +23,7 @@ from trainlib.claims import Interval, Treated
 from trainlib.evidence import Contrast, Estimate, margin_of
 
 COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "P(better) [95% CI]",
-           "verdict")
+           "verdict (test)", "repeats to decide")
 
 
 def interval(e: Interval, measure: str) -> str:
@@ -37,11 +37,23 @@ def interval(e: Interval, measure: str) -> str:
 
 def cells(row: ClaimResult) -> list[str]:
     if row.judgement is None:
-        return [row.technique, row.claim, row.measure, "-", "-", "-", "-", f"failed: {row.error}"]
+        return [row.technique, row.claim, row.measure, "-", "-", "-", "-", f"failed: {row.error}", "-"]
     m, j = row.measure, row.judgement
     return [row.technique, row.claim, m, f"{j.baseline.label}: {interval(j.baseline.estimate, m)}",
             f"{j.worst.arm.label}: {interval(j.worst.arm.estimate, m)}", signed(j.worst.diff, m),
-            better(j.worst), row.verdict]
+            better(j.worst), f"{row.verdict} ({j.worst.test})" if j.worst.test else row.verdict, to_decide(row)]
+
+
+def to_decide(row: ClaimResult) -> str:
+    """For an inconclusive claim, the paired repeats that would detect a difference of its measure's margin (80%
+    power, from the spread seen), or `more than 1000`; '' for a decided one."""
+    if row.verdict != "inconclusive" or row.judgement is None:
+        return ""
+    n = row.judgement.worst.repeats_needed
+    margin = margin_of(row.measure)
+    if margin is None:
+        return "- (no margin for this measure)"
+    return f"{n} (to detect ±{margin:g})" if n else "more than 1000"
 
 
 def better(t: Treated) -> str:
@@ -102,8 +114,10 @@ def study_report(run_id: str, rows: list[ClaimResult], workspace: str, quick: bo
           "Each claim is a comparison of paired repeats (repeat i of every variant with the same seeds); the "
           "interval is the 95% Student t interval of the per-repeat differences (treatment - baseline). "
           "`supported`: the paired t-test rejects no difference at 5%, Holm-corrected over the entry's "
-          "treatments, and the difference has the sign the claim predicts; `contradicted`: it rejects with the "
-          "other sign; `inconclusive`: it does not reject.", ""]
+          "treatments, and the difference has the sign the claim predicts (a claim of no change, `same`: the "
+          "difference's 90% interval lies inside the measure's margin, `equivalent`); `contradicted`: it rejects "
+          "with the other sign; `inconclusive`: neither. In brackets the comparison's own verdict; repeats to "
+          "decide: the paired repeats that would detect a difference of the measure's margin with 80% power.", ""]
     for row in rows:
         md += [f"## {row.technique} ({row.name})", "", f"{row.claim} Measure: {row.measure}, predicted "
                f"{row.direction}. Verdict: **{row.verdict}**.", ""]
@@ -128,9 +142,9 @@ def page(title: str, rows: list[ClaimResult], figures: dict[str, Path]) -> str:
     e = html.escape
     colours = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#6e7781", "failed": "#9a6700"}
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells(r)[:-1])
-                   + f"<td style='color:{colours[r.verdict]};font-weight:bold'>{e(r.verdict)}</td></tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells(r)[:-2])
+                   + f"<td style='color:{colours[r.verdict]};font-weight:bold'>{e(cells(r)[-2])}</td>"
+                   + f"<td>{e(cells(r)[-1])}</td></tr>" for r in rows)
     sections = []
     for r in rows:
         facts = "".join(f"<li>{e(line).replace('*', '')}</li>" for line in details(r)) if r.judgement \
