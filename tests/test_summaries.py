@@ -19,6 +19,7 @@ from tasks.summaries import (
     Lineage,
     Prediction,
     RangeTest,
+    Rounds,
     RunSummary,
     ScoredModel,
     Study,
@@ -26,10 +27,12 @@ from tasks.summaries import (
     TransferDemo,
     TrialCounts,
     Tuning,
+    Variance,
 )
 from trainlib.claims import Arm, Interval, Judgement, Treated
 from trainlib.evidence import Contrast, Estimate, Group
 from trainlib.scoring import DriftReport
+from trainlib.variance import Share
 
 GATE = Gate(True, "promoted", "promoted to @champion", 0.97, 0.9, 0.001, 3, 0.95)
 RUN = RunSummary("r" * 32, "digits-cnn", {"test_accuracy": 0.97123, "test_f1": 0.97, "test_loss": 0.1, "best_epoch": 4,
@@ -67,6 +70,26 @@ def test_a_comparison_prints_estimates_verdicts_and_the_winner(printed):
     assert "best (mean on validation): optimizer.name=adam" in out
     data = comparison.json()
     assert data["summary"][1]["test_accuracy"] is None and data["versus_baseline"][0]["verdict"] == "better"
+
+
+def test_a_comparison_in_rounds_says_why_it_stopped_and_the_repeats_each_variant_spent(printed):
+    looks = [(3, 0.0031), (5, 0.0056), (8, 0.0135), (12, 0.0278)]
+    decided = Rounds(12, looks, {"optimizer.name=sgd": 5, "optimizer.name=adam": 5}, [])
+    comparison = Comparison(RUN, "optimizer.name=adam", 1, "optimizer.name=sgd", 5, ["c1"], [], GROUPS, VERSUS,
+                            {}, decided)
+    out = printed(summaries.comparison, comparison)
+    assert ("repeats in rounds: every verdict decided; repeats spent: optimizer.name=sgd 5, optimizer.name=adam 5 "
+            "(of at most 12)") in out
+    assert comparison.json()["rounds"]["looks"][0] == {"repeats": 3, "level": 0.0031}
+    stopped = Rounds(12, looks, {"optimizer.name=sgd": 12, "optimizer.name=adam": 12}, ["optimizer.name=adam"])
+    assert stopped.line().startswith("stopped at the most repeats, 12, with 1 undecided (optimizer.name=adam)")
+
+
+def test_variance_prints_each_sources_spread_and_share(printed):
+    shares = [Share("split", 5, 0.95, 0.01, 0.006, 0.029, 0.8, 0.3, 0.97), Share("all", 5, 0.95, 0.012, 0.007, 0.034)]
+    out = printed(summaries.variance, Variance("r", "test_accuracy", shares, ["c"], [], "http://x"))
+    assert "0.0100 [0.0060, 0.0290]" in out and "0.80 [0.30, 0.97]" in out
+    assert "a gain under 0.0100 is within what drawing another split does" in out
 
 
 def test_tuning_an_ensemble_and_a_transfer_print_what_they_add_to_the_run(printed):
