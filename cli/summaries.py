@@ -165,10 +165,7 @@ def variance(s: Variance) -> None:
         table.add_row(x.source, str(x.n), f"{x.mean:.4f}", f"{x.sd:.4f} [{x.sd_low:.4f}, {x.sd_high:.4f}]",
                       f"{x.share:.2f} [{x.share_low:.2f}, {x.share_high:.2f}]" if x.share is not None else "-")
     console.print(table)
-    split = next((x for x in s.sources if x.source == "split"), None)
-    if split:
-        console.print(f"a gain under {split.sd:.4f} is within what drawing another split does", markup=False,
-                      highlight=False)
+    console.print(s.reading(), markup=False, highlight=False)
     if s.failed:
         console.print(f"failed: {', '.join(s.failed)}", style="yellow", markup=False, highlight=False)
     console.print(f"MLflow run {s.run_id}: {s.mlflow_url} (variance.csv)", markup=False, highlight=False)

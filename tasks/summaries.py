@@ -103,6 +103,19 @@ class Variance:
     failed: list[str]
     mlflow_url: str
 
+    def reading(self) -> str:
+        """What the spreads mean for a comparison, in words: the largest source, and the split's."""
+        sources = [x for x in self.sources if x.share is not None]
+        if not sources:
+            return "no source moved the score: every training gave the same"
+        top = max(sources, key=lambda x: x.sd)
+        split = next((x for x in sources if x.source == "split"), None)
+        text = f"the largest source is {top.source} (sd {top.sd:.4f})"
+        if split:
+            text += (f"; drawing another split alone moves {self.measure} by sd {split.sd:.4f}, so a gain under that "
+                     "is within what the split does")
+        return text
+
     def json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "measure": self.measure,
                 "sources": [{k: round(v, 5) if isinstance(v, float) else v for k, v in s.json().items()}

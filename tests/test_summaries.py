@@ -89,7 +89,8 @@ def test_variance_prints_each_sources_spread_and_share(printed):
     shares = [Share("split", 5, 0.95, 0.01, 0.006, 0.029, 0.8, 0.3, 0.97), Share("all", 5, 0.95, 0.012, 0.007, 0.034)]
     out = printed(summaries.variance, Variance("r", "test_accuracy", shares, ["c"], [], "http://x"))
     assert "0.0100 [0.0060, 0.0290]" in out and "0.80 [0.30, 0.97]" in out
-    assert "a gain under 0.0100 is within what drawing another split does" in out
+    assert ("the largest source is split (sd 0.0100); drawing another split alone moves test_accuracy by sd 0.0100, "
+            "so a gain under that is within what the split does") in out
 
 
 def test_tuning_an_ensemble_and_a_transfer_print_what_they_add_to_the_run(printed):

@@ -29,7 +29,6 @@ def variance_report(name: str, run_id: str, groups: dict[str, evidence.Repeats],
     pd.DataFrame(rows).to_csv(f"{workspace}/variance.csv", index=False)
     log.log_artifact(f"{workspace}/variance.csv")
     log.log_metrics({f"variance/{s.source}/{k}": getattr(s, k) for s in found for k in ("sd", "share")}, step=0)
-    split = next((s for s in found if s.source == "split"), None)
     lines = [f"# {name}: where the spread of {MEASURE} comes from", "",
              "| source | repeats | mean | sd [95% CI] | share of the sources' variance [95% CI] |",
              "|---|---|---|---|---|",
@@ -39,9 +38,8 @@ def variance_report(name: str, run_id: str, groups: dict[str, evidence.Repeats],
              "Each source's group moves only that source's seed (`all`: every seed at once); sd: the chi-square 95% "
              "interval; share: of the sum of the sources' variances, 95% interval by a parametric bootstrap "
              "(trainlib/variance.py).", "", link("variance run", run_id)]
-    if split:
-        lines.insert(-2, f"A technique's gain under {split.sd:.4f} (the split alone's sd) is within what drawing "
-                         "another split does.\n")
+    summary = Variance(run_id, MEASURE, found, [r.run.run_id for r in results if r.run],
+                       [r.name for r in results if r.run is None], run_url(run_id))
+    lines.insert(-2, summary.reading()[0].upper() + summary.reading()[1:] + ".\n")
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "variance"), description="variance sources")
-    return Variance(run_id, MEASURE, found, [r.run.run_id for r in results if r.run],
-                    [r.name for r in results if r.run is None], run_url(run_id))
+    return summary
