@@ -309,7 +309,8 @@ def test_four_flows_at_once_all_complete_and_the_champion_is_the_best(deployed):
     epochs = 3
     runs = [subprocess.Popen([BIN / "trainflow", "run", "--json", "--set", "name=concurrent", "--set", "model.name=mlp",
                               "--set", f"training.epochs={epochs}", "--set", "training.early_stopping.enabled=false",
-                              "--set", f"training.seed={seed}", "--set", "register.min_test_accuracy=0"],
+                              "--set", f"training.seed={seed}", "--set", "register.min_test_accuracy=0",
+                              "--set", "register.gate=delta"],  # delta: the alias ends on the best accuracy
                              cwd=deployed.home, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for seed in range(4)]
     outs = [(r.communicate(timeout=600), r.returncode) for r in runs]

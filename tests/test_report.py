@@ -128,6 +128,9 @@ def test_a_tested_gate_promotes_only_a_gain_beyond_the_test_sets_noise():
     assert not noise.passed and noise.outcome == "not_better" and "McNemar p 0.188 >= 0.05" in noise.reason
     assert decide(0.9852, GATE, 3, 0.9815).passed  # the delta gate: +0.0037 > 0.001
     assert not decide(0.95, TESTED, 3, 0.95, (0, 0, 270)).passed  # no disagreement: p 1
+    one = decide(0.9852, TESTED, 3, 0.9815, (1, 0, 270))  # one more sample right, none worse: p 0.5
+    assert not one.passed and one.p == pytest.approx(0.5)
+    assert "1 right where it was wrong, 0 the other way" in one.reason
 
 
 def test_a_tested_gate_without_the_holders_outcomes_compares_accuracies_and_says_so():

@@ -33,8 +33,8 @@ MODULES = {
     "slow": ["test_calibration", "test_distributed"],
     "flow": ["test_aliases", "test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_local_api",
              "test_lr_find_flow", "test_model_commands", "test_predict", "test_registration",
-             "test_resume", "test_seams", "test_security", "test_study_flow", "test_transfer_flow", "test_tuning_flow",
-             "test_warm"],
+             "test_resume", "test_rounds_flow", "test_seams", "test_security", "test_study_flow", "test_transfer_flow",
+             "test_tuning_flow", "test_warm"],
     "servers": ["test_operations", "test_processes", "test_scaleout", "test_serving", "test_store"],
 }
 
