@@ -89,16 +89,43 @@ def experiment_id(name: str) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+def _git(*args: str) -> str | None:
+    """`git args` in the code's folder -> its output, None where there is no git or no repository."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 @functools.cache
 def git_commit() -> str | None:
     """The commit of the code this process runs (asked once: every child run of a fan-out records the same, without
     a `git` process each)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    out = _git("rev-parse", "HEAD")
+    return out.strip() if out else None
+
+
+PACKAGES = ("trainflow", "torch", "torchvision", "mlflow", "prefect")  # their versions tag every run
+
+
+@functools.cache
+def code_tags() -> dict[str, str]:
+    """What code a run ran, beside its commit: whether tracked files differed from it (`trainflow.code.dirty`,
+    where there is a repository), the packages' versions (`trainflow.version.PACKAGE`) and the CPU's vector
+    capability (`trainflow.cpu_capability`: AVX2 and AVX-512 round differently), so a rerun can say what changed."""
+    import importlib.metadata
+
+    import torch
+
+    tags = {f"trainflow.version.{p}": importlib.metadata.version(p) for p in PACKAGES}
+    tags["trainflow.version.torch"] = torch.__version__  # with its build (+cpu, +cu130), which the metadata lacks
+    tags["trainflow.cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    changes = _git("status", "--porcelain", "--untracked-files=no")
+    if changes is not None:
+        tags["trainflow.code.dirty"] = "true" if changes.strip() else "false"
+    return tags
 
 
 def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
@@ -106,7 +133,8 @@ def start_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict
     """Create the run (nested under `parent_run_id` if given) with every param and tag; returns its id.
     Credentials in URLs among the values are redacted."""
     commit = git_commit()
-    all_tags = {**{k: redact(str(v)) for k, v in tags.items()}, **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
+    all_tags = {**code_tags(), **{k: redact(str(v)) for k, v in tags.items()},
+                **({MLFLOW_GIT_COMMIT: commit} if commit else {}),
                 **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
     items = [Param(k, redact(json.dumps(v) if isinstance(v, list | dict) else str(v))[:PARAM_LIMIT])
              for k, v in params.items()]

@@ -54,6 +54,14 @@ def test_run_records_params_tags_metrics_and_datasets(first):
     assert tags["prefect.flow_run_id"]
     assert tags["prefect.flow_run_name"] == f"{NAME}: cnn, adam at lr 0.001, schedule cosine, on digits"
     assert len(tags["dataset.digest"]) == 64 and tags["gate"] == "promoted"
+    # the code it ran: commit, whether tracked files differed from it, package versions, the CPU's vector unit
+    import torch
+
+    assert tags["mlflow.source.git.commit"] == subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                               text=True, check=True).stdout.strip()
+    assert tags["trainflow.code.dirty"] in ("true", "false") and tags["trainflow.version.torch"] == torch.__version__
+    assert tags["trainflow.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {f"trainflow.version.{p}" for p in ("trainflow", "torchvision", "mlflow", "prefect")} <= set(tags)
     for name in EPOCH_METRICS:
         history = client.get_metric_history(first["run_id"], name)
         assert [m.step for m in history] == list(range(1, EPOCHS + 1)), name
