@@ -65,7 +65,7 @@ def test_run_records_params_tags_metrics_and_datasets(first):
     for name in EPOCH_METRICS:
         history = client.get_metric_history(first["run_id"], name)
         assert [m.step for m in history] == list(range(1, EPOCHS + 1)), name
-    for name in ["test_accuracy", "test_loss", "test_f1", "test_precision", "test_recall", "best_epoch",
+    for name in ["test_accuracy", "test_loss", "test_f1", "test_precision", "test_recall", "test_ece", "best_epoch",
                  "stopped_epoch"]:
         assert name in run.data.metrics
     lrs = [m.value for m in client.get_metric_history(first["run_id"], "lr")]

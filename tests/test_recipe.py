@@ -1,5 +1,8 @@
 """Configs all the way through trainlib: every technique selectable by config trains and evaluates."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from conftest import digits_csv, write_images
@@ -116,7 +119,25 @@ def test_evaluation_metrics_and_report():
     assert ev.accuracy == 0.75 and ev.confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     assert ev.report["c"]["recall"] == 0.5 and ev.report["b"]["precision"] == 0.5
     assert ev.recall == pytest.approx((1 + 1 + 0.5) / 3) and ev.probabilities.shape == (4, 3)
-    assert set(ev.summary()) == {"test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1"}
+    assert set(ev.summary()) == {"test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1", "test_ece"}
+    # every sample at confidence e^3 / (e^3 + 2) = 0.909, 3 of 4 right: one bin, |0.75 - 0.909|
+    assert ev.summary()["test_ece"] == pytest.approx(abs(0.75 - math.exp(3) / (math.exp(3) + 2)))
+
+
+def test_the_calibration_error_weighs_each_confidence_bins_gap_by_its_share_of_samples():
+    from trainlib.metrics import calibration_error
+
+    over = np.array([[0.99, 0.01]] * 100)  # says 0.99, right 90 times in 100
+    assert calibration_error(over, np.array([0] * 90 + [1] * 10)) == pytest.approx(0.09)
+    honest = np.array([[0.6, 0.4]] * 100)  # says 0.6, right 60 times
+    assert calibration_error(honest, np.array([0] * 60 + [1] * 40)) == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)  # against the definition written as a loop over the 15 bins
+    p = rng.dirichlet([0.5] * 4, 500)
+    y = rng.integers(0, 4, 500)
+    conf, right = p.max(1), (p.argmax(1) == y)
+    expected = sum(abs(right[m].mean() - conf[m].mean()) * m.sum() / 500 for b in range(15)
+                   if (m := (conf >= b / 15) & ((conf < (b + 1) / 15) | (b == 14))).any())
+    assert calibration_error(p, y) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("seed", range(5))
