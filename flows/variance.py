@@ -5,6 +5,7 @@ source's spread of test accuracy and its share of the variance, with intervals."
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows import plans
 from flows.common import as_model, prepare_data
@@ -27,8 +28,6 @@ def variance_flow(config: PipelineConfig | str, sources: list[str] | None = None
     every seed at once), repeat i moving only that source's seed by i, and report how much each source spreads the
     test accuracy: its standard deviation and its share of the sources' variance, with 95% intervals. The config may
     be given as a YAML path."""
-    from prefect.runtime import flow_run
-
     sources = list(sources or [*SOURCES, ALL])
     plan = plans.variance(as_model(config, PipelineConfig), sources, repeats, max_parallel, runner)
     run_id = start_run(plan.config, {"sources": sources, "repeats": repeats}, kind="variance")
