@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.progress import summary_console as console
 from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning, Variance
-from tasks.wording import cells, chance, difference, power, shown, with_interval
+from tasks.wording import cells, chance, difference, power, shown, spread, with_interval
 
 if TYPE_CHECKING:
     from trainlib.evidence import Contrast
@@ -162,8 +162,7 @@ def variance(s: Variance) -> None:
     table = Table("source", "repeats", "mean", "sd [95% CI]", "share [95% CI]",
                   title=f"where the spread of {s.measure} comes from (each source's seed moved alone; all: every seed)")
     for x in s.sources:
-        table.add_row(x.source, str(x.n), f"{x.mean:.4f}", f"{x.sd:.4f} [{x.sd_low:.4f}, {x.sd_high:.4f}]",
-                      f"{x.share:.2f} [{x.share_low:.2f}, {x.share_high:.2f}]" if x.share is not None else "-")
+        table.add_row(x.source, str(x.n), f"{x.mean:.4f}", *spread(x))
     console.print(table)
     console.print(s.reading(), markup=False, highlight=False)
     if s.failed:

@@ -144,5 +144,5 @@ def train_repeats(jobs: list[plans.Repeat], max_parallel: int, data: dict[int, P
 
     run_bounded(max_parallel, submit_next, on_done)
     if not any(r.run is not None for r in results.values()):
-        raise TrainingError("no variant trained; see the failed variants' runs")  # (in this round)
+        raise TrainingError("no variant trained; see the failed variants' runs")
     return [results[r.name] for r in jobs]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only annotations: the CLI imports this module before anything heavy
     from trainlib.evidence import Contrast, Estimate, Group
+    from trainlib.variance import Share
 
 NOT_REGISTERED = "not registered (register.enabled is false: --no-register)"
 
@@ -111,3 +112,10 @@ def rounded_contrast(c: Contrast) -> dict[str, Any]:
     its probabilities to 4 decimals."""
     return {k: rounded(v, c.metric) if k in ("diff", "ci_low", "ci_high", "margin", "detectable") else rounded(v)
             for k, v in c.json().items()}
+
+
+def spread(s: Share) -> tuple[str, str]:
+    """A source's spread (trainflow variance) as two cells: its sd, `0.0141 [0.0084, 0.0404]`, and its share of
+    the variance, `0.77 [0.27, 0.96]` (`-` for `all`)."""
+    share = f"{s.share:.2f} [{s.share_low:.2f}, {s.share_high:.2f}]" if s.share is not None else "-"
+    return f"{s.sd:.4f} [{s.sd_low:.4f}, {s.sd_high:.4f}]", share

@@ -68,12 +68,11 @@ def decided(contrasts: Sequence[evidence.Contrast], primary: str = PRIMARY) -> b
 
 @dataclass(frozen=True)
 class Stop:
-    """Where a variant stopped: after `n` repeats (its contrasts computed on them, at the look's `level`), and
+    """Where a variant stopped: after `n` repeats (its contrasts computed on them, at that look's level), and
     whether its verdict on the primary measure was decided there (else MAX was reached)."""
 
     label: str
     n: int
-    level: float
     decided: bool
     contrasts: list[evidence.Contrast]
 
@@ -89,5 +88,5 @@ def judge(groups: dict[str, evidence.Repeats], baseline: str, open_: Sequence[st
     for label in open_:
         contrasts = [c for c in found if c.label == label]
         if decided(contrasts, primary) or last:
-            out.append(Stop(label, look.n, look.level, decided(contrasts, primary), contrasts))
+            out.append(Stop(label, look.n, decided(contrasts, primary), contrasts))
     return out

@@ -10,6 +10,7 @@ from tasks import tracking
 from tasks.chain.report import artifact_key, link, run_url
 from tasks.results import Repeated
 from tasks.summaries import Variance
+from tasks.wording import spread
 from trainlib import evidence, variance
 
 MEASURE = "test_accuracy"
@@ -32,9 +33,7 @@ def variance_report(name: str, run_id: str, groups: dict[str, evidence.Repeats],
     lines = [f"# {name}: where the spread of {MEASURE} comes from", "",
              "| source | repeats | mean | sd [95% CI] | share of the sources' variance [95% CI] |",
              "|---|---|---|---|---|",
-             *[f"| {s.source} | {s.n} | {s.mean:.4f} | {s.sd:.4f} [{s.sd_low:.4f}, {s.sd_high:.4f}] | "
-               + (f"{s.share:.2f} [{s.share_low:.2f}, {s.share_high:.2f}]" if s.share is not None else "") + " |"
-               for s in found], "",
+             *[f"| {s.source} | {s.n} | {s.mean:.4f} | " + " | ".join(spread(s)) + " |" for s in found], "",
              "Each source's group moves only that source's seed (`all`: every seed at once); sd: the chi-square 95% "
              "interval; share: of the sum of the sources' variances, 95% interval by a parametric bootstrap "
              "(trainlib/variance.py).", "", link("variance run", run_id)]
