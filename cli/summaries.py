@@ -27,8 +27,10 @@ def run(s: RunSummary) -> None:
     m = s.metrics
     epochs = (f" (best epoch {shown(m['best_epoch'], 'best_epoch')}, stopped at "
               f"{shown(m.get('stopped_epoch'), 'stopped_epoch')})" if "best_epoch" in m else "")
+    cost = (f"; trained in {m['train_wall_seconds']:.1f} s ({m['train_cpu_seconds']:.1f} CPU s, peak memory "
+            f"{m['train_peak_memory_mb']:.0f} MB)" if "train_cpu_seconds" in m else "")
     console.print(f"[bold green]done[/]: test accuracy {shown(m.get('test_accuracy'))}, macro F1 "
-                  f"{shown(m.get('test_f1'))}, test loss {shown(m.get('test_loss'))}{epochs}")
+                  f"{shown(m.get('test_f1'))}, test loss {shown(m.get('test_loss'))}{epochs}{cost}")
     console.print(s.registered.line(), style=STYLES[s.registered.outcome], markup=False, highlight=False)
     local = not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
     console.print(f"MLflow run {s.run_id}: {s.mlflow_url}" + (" (browse: .venv/bin/trainflow ui)" if local else ""),

@@ -23,7 +23,7 @@ ORDER = ["unit", "slow", "flow", "servers"]
 MODULES = {
     "unit": ["test_augment", "test_claims", "test_commands", "test_config", "test_config_properties", "test_configs",
              "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_lr_finder",
-             "test_measures",
+             "test_lineage", "test_measures",
              "test_models_optim", "test_policies", "test_preflight", "test_purity", "test_recipe", "test_recipes",
              "test_report",
              "test_inference", "test_sequential", "test_variance", "test_run_logger", "test_scoring",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainlib.averaging import Averaged
+from trainlib.cost import Cost
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.device import resolve_precision
@@ -94,6 +95,7 @@ class FitResult:
     lrs: list[float] = field(default_factory=list)  # LR of every update (first param group)
     updates_per_epoch: int = 0
     averaged: dict[str, float] = field(default_factory=dict)  # SWA: the final average's val metrics (swa_val_*)
+    cost: Cost | None = None  # what the training cost (set by trainlib.recipe.train, which measures it)
 
 
 def check_batch(mode: str, batch_size: int, samples: int) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainlib import distributed, engine, lr_finder, models, optim, transfer
+from trainlib import cost, distributed, engine, lr_finder, models, optim, transfer
 from trainlib.averaging import averaging
 from trainlib.checkpoint import load_checkpoint
 from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig, override
@@ -142,7 +142,17 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     """Build the model, optimizer and schedule from `cfg` and fit on the train split (or on the dataset
     `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
     on the val split. With a transfer `source` (model file or torchvision:name), start from its weights as
-    `cfg.transfer.strategy` says. With training.devices > 1, in that many new processes (data-parallel)."""
+    `cfg.transfer.strategy` says. With training.devices > 1, in that many new processes (data-parallel).
+    The result carries what it cost (trainlib.cost: wall and CPU seconds, peak memory)."""
+    with cost.measured(resolve_device(cfg.training.device)) as meter:
+        model, result = _train(cfg, ds, manifest, norm, rows=rows, train_data=train_data, callbacks=callbacks,
+                               logger=logger, checkpoint=checkpoint, resume=resume, source=source, shard=shard)
+    return model, dataclasses.replace(result, cost=meter.cost)
+
+
+def _train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,
+           *, rows, train_data, callbacks, logger, checkpoint, resume, source,
+           shard) -> tuple[models.Classifier, engine.FitResult]:
     if cfg.optimizer.lr == "find":  # the range test's suggestion, recorded as found_lr
         found = lr_find(cfg, ds, manifest, norm, rows=rows, train_data=train_data).suggestion
         if found is None:
@@ -233,7 +243,7 @@ def _train_rank(shard: distributed.Shard, relay: distributed.Relay | None, cfg: 
     """One rank of a data-parallel `train` (in its own process); rank 0 reports through `relay`."""
     model, fit = train(cfg, ds, manifest, norm, rows=rows, train_data=train_data, callbacks=[relay] if relay else [],
                        logger=relay, checkpoint=checkpoint, resume=resume, shard=shard)
-    return {"model": model.state_dict(), "fit": dataclasses.asdict(fit)}
+    return {"model": model.state_dict(), "fit": dataclasses.asdict(dataclasses.replace(fit, cost=None))}
 
 
 def test(cfg: PipelineConfig, model: torch.nn.Module, ds: sources.Dataset, manifest: pd.DataFrame,

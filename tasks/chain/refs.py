@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from trainlib.checkpoint import atomic_path
+from trainlib.cost import Cost
 from trainlib.data.batches import TensorData
 from trainlib.data.folders import file_digest
 from trainlib.data.normalize import NormStats
@@ -94,6 +95,7 @@ class TrainedRef:
     stopped_epoch: int
     stop_reason: str
     train_seconds: float
+    cost: Cost | None = None  # wall and CPU seconds, peak memory of the training (trainlib.cost)
 
     def load(self) -> Classifier:
         return load_model(self.model)[0]
@@ -103,9 +105,10 @@ class TrainedRef:
         return json.loads(Path(self.history).read_text())
 
     def summary(self) -> dict:
-        """best_epoch, stopped_epoch, train_seconds, and the best epoch's val_loss and val_accuracy."""
+        """best_epoch, stopped_epoch, train_seconds, the cost metrics, and the best epoch's val_loss and
+        val_accuracy."""
         out = {"best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
-               "train_seconds": self.train_seconds}
+               "train_seconds": self.train_seconds} | (self.cost.metrics() if self.cost else {})
         history = self.epochs()
         if history and "val_accuracy" in history[0]:
             row = history[self.best_epoch - 1]

@@ -82,7 +82,8 @@ def member(config: PipelineConfig, name: str, overrides: dict[str, Any], resampl
         if "oof" in probs:
             metrics["oof_accuracy"] = float((probs["oof"].argmax(1) == labels[train_rows]).mean())
         seconds = time.perf_counter() - started
-        log.log_metrics({**metrics, **fit.averaged, "wall_seconds": seconds}, step=fit.stopped_epoch)
+        log.log_metrics({**metrics, **fit.averaged, **fit.cost.metrics(), "wall_seconds": seconds},
+                        step=fit.stopped_epoch)
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     np.savez(ws / PROBABILITIES, **probs)
     return MemberRun(name, run_id, str(ws / "model.pt"), str(ws / PROBABILITIES), metrics, fit.stopped_epoch,

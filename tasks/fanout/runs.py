@@ -66,7 +66,7 @@ def trial(config: PipelineConfig, params: dict[str, Any], search: SearchConfig, 
             return TrialRun(number, run_id, params, "pruned", None, pruning.epoch, None,
                             time.perf_counter() - started)
         # early stopping watches the search metric (see trial_base): its best is the trial's score
-        log.log_metrics({f"best_{search.metric}": fit.best_value}, step=fit.stopped_epoch)
+        log.log_metrics({f"best_{search.metric}": fit.best_value} | fit.cost.metrics(), step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
     return TrialRun(number, run_id, params, "complete", fit.best_value, fit.stopped_epoch, fit.best_epoch,
                     time.perf_counter() - started)
@@ -92,7 +92,7 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]
         metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
-                    "train_seconds": sum(h["epoch_seconds"] for h in fit.history)} | fit.averaged
+                    "train_seconds": sum(h["epoch_seconds"] for h in fit.history)} | fit.cost.metrics() | fit.averaged
         fitted = {s: recipe.test(config, model, ds, m, s).accuracy for s in ("train", "val")}  # eval mode
         metrics |= {"train_accuracy_eval": fitted["train"]} | derived(Trained(fit, model, fitted["train"],
                                                                                fitted["val"]))
