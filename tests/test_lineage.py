@@ -6,9 +6,13 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
-from trainlib import cost
+from trainlib import calibration, cost, models
+from trainlib.config import PipelineConfig, override
+from trainlib.errors import ConfigError
 
 
 def _spin(seconds: float) -> None:
@@ -61,3 +65,49 @@ def test_cost_metrics_are_named_as_the_readme_lists_them():
     assert c.metrics() == {"train_wall_seconds": 1.235, "train_cpu_seconds": 2.5, "train_peak_memory_mb": 812.3,
                            "train_shared": 1.0}
     assert "train_peak_gpu_memory_mb" in cost.Cost(1, 1, 1, 1, 64.0).metrics()
+
+
+def _drawn(logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Labels drawn from softmax(logits): a network exactly as often right as it says."""
+    return torch.multinomial(torch.softmax(logits, 1), 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)
+
+
+def test_the_fitted_temperature_is_the_one_that_made_the_labels():
+    z = torch.randn(20000, 10, generator=torch.Generator().manual_seed(1)) * 3
+    labels = _drawn(z)
+    for truth in (0.5, 1.0, 2.5):  # logits truth times too large: over-confident by that factor (or under)
+        assert calibration.fit_temperature(z * truth, labels) == pytest.approx(truth, rel=0.05)
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_network_and_keeps_its_predictions():
+    z = torch.randn(5000, 10, generator=torch.Generator().manual_seed(2)) * 2
+    labels = _drawn(z)
+    fitted = calibration.calibrate("temperature", z * 3, labels)
+    assert fitted.temperature == pytest.approx(3, rel=0.1)
+    assert fitted.val_ece_before > 0.1 > 0.03 > fitted.val_ece
+    assert fitted.val_loss < fitted.val_loss_before
+    assert calibration.calibrate("none", z, labels) is None
+    p = torch.softmax(z * 3 / fitted.temperature, 1).numpy()
+    assert (p.argmax(1) == z.argmax(1).numpy()).all()
+    assert np.allclose(calibration.uncalibrated(p, fitted.temperature), torch.softmax(z * 3, 1).numpy(), atol=1e-5)
+
+
+def test_a_calibrated_model_keeps_its_temperature_when_saved_and_predicts_the_same_classes(tmp_path):
+    model = models.build("mlp", [1, 8, 8], 10, hidden=[16])
+    x = torch.rand(64, 1, 8, 8)
+    plain = model.eval()(x)
+    model.calibrated(2.0)
+    assert torch.allclose(model(x), plain / 2)
+    models.save_model(tmp_path / "m.pt", model)
+    loaded, _ = models.load_model(tmp_path / "m.pt")
+    assert float(loaded.temperature) == 2.0
+    assert torch.allclose(loaded(x), plain / 2)
+    assert set(loaded.state_dict()) == set(models.build("mlp", [1, 8, 8], 10, hidden=[16]).state_dict())
+
+
+def test_calibration_needs_a_validation_split():
+    with pytest.raises(ConfigError, match=r"calibrate.method: temperature .*split.val > 0"):
+        override(PipelineConfig(), {"calibrate.method": "temperature", "split.val": 0, "split.test": 0.3,
+                                    "training.early_stopping.enabled": False})
+    with pytest.raises(ConfigError, match="unknown calibration method 'temprature'.*did you mean 'temperature'"):
+        override(PipelineConfig(), {"calibrate.method": "temprature"})

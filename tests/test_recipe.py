@@ -8,6 +8,7 @@ import torch
 from conftest import digits_csv, write_images
 
 from trainlib import plots, recipe
+from trainlib.calibration import METHODS
 from trainlib.config import load_config
 from trainlib.data.normalize import NORMALIZERS
 from trainlib.engine import GD_MODES, updates_per_epoch
@@ -40,7 +41,7 @@ def test_same_config_and_seed_give_identical_metrics():
 
 CHOICES = [("model.name", n) for n in sorted(MODELS)] + [("optimizer.name", n) for n in sorted(OPTIMIZERS)] + [
     ("schedule.name", n) for n in sorted(SCHEDULES)] + [("normalize.method", n) for n in sorted(NORMALIZERS)] + [
-    ("training.mode", n) for n in sorted(GD_MODES)]
+    ("training.mode", n) for n in sorted(GD_MODES)] + [("calibrate.method", n) for n in sorted(METHODS)]
 
 
 def test_runs_in_parallel_threads_equal_sequential_runs():

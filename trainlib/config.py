@@ -21,6 +21,7 @@ from trainlib.models import MODELS, takers
 from trainlib.overrides import URI_PREFIXES, parse_set, read_yaml, set_key
 from trainlib.sections import (
     AugmentConfig,
+    CalibrateConfig,
     DataConfig,
     EarlyStoppingConfig,
     EmaConfig,
@@ -38,7 +39,8 @@ from trainlib.sections import (
     TransferConfig,
 )
 
-__all__ = ["AugmentConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig", "NormalizeConfig",
+__all__ = ["AugmentConfig", "CalibrateConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig",
+           "NormalizeConfig",
            "OptimizerConfig", "PipelineConfig", "PredictConfig", "RegisterConfig", "RegularizationConfig",
            "ScheduleConfig", "Section", "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten",
            "load_config", "override", "reference", "to_yaml", "validate"]
@@ -61,6 +63,7 @@ with warnings.catch_warnings():
         schedule: ScheduleConfig = ScheduleConfig()
         training: TrainingConfig = TrainingConfig()
         transfer: TransferConfig = TransferConfig()
+        calibrate: CalibrateConfig = CalibrateConfig()
         register: RegisterConfig = RegisterConfig()
         predict: PredictConfig = PredictConfig()
 
@@ -88,6 +91,9 @@ with warnings.catch_warnings():
                                       "or enabled: false")
                 if self.schedule.name == "plateau":
                     raise ConfigError("schedule.name: plateau needs a validation split (split.val > 0)")
+                if self.calibrate.method != "none":
+                    raise ConfigError(f"calibrate.method: {self.calibrate.method} is fitted on the validation split "
+                                      "(split.val > 0)")
             if self.training.devices > 1:
                 _data_parallel(self)
             if self.augment.expand and self.data.stream:

@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from trainlib.averaging import Averaged
 from trainlib.cost import Cost
+
+if TYPE_CHECKING:
+    from trainlib.calibration import Calibration
 from trainlib.checkpoint import load_checkpoint, save_checkpoint
 from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.device import resolve_precision
@@ -96,6 +99,7 @@ class FitResult:
     updates_per_epoch: int = 0
     averaged: dict[str, float] = field(default_factory=dict)  # SWA: the final average's val metrics (swa_val_*)
     cost: Cost | None = None  # what the training cost (set by trainlib.recipe.train, which measures it)
+    calibration: Calibration | None = None  # trainlib.recipe.train's calibration of the model, if any
 
 
 def check_batch(mode: str, batch_size: int, samples: int) -> None:

@@ -30,7 +30,8 @@ BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = "better", "worse", "no detectable differ
 EQUIVALENT = "equivalent"  # the 90% interval of the difference inside the equivalence margin (two one-sided tests)
 # The equivalence margin by kind of metric (trainlib/monitor.py): a difference inside +- this is too small for a
 # user to act on (a point of accuracy or F1, 0.02 of cross-entropy, one epoch); seconds have none.
-MARGINS = {"accuracy": 0.01, "f1": 0.01, "precision": 0.01, "recall": 0.01, "loss": 0.02, "epochs": 1.0}
+MARGINS = {"accuracy": 0.01, "f1": 0.01, "precision": 0.01, "recall": 0.01, "loss": 0.02, "epochs": 1.0,
+           "ece": 0.01}
 # HIGHER, LOWER (trainlib/monitor.py) are also the verdicts on a measure neither way of which is better (a weight norm)
 
 

@@ -87,7 +87,8 @@ MEASURES: Registry[Measure] = Registry("measure", {
 
 
 # Every measure a comparison summarizes per repeat: its metrics, then the derived measures above.
-RUN_MEASURES = ("test_accuracy", "test_loss", "best_val_accuracy", "best_val_loss", "epochs", "train_seconds",
+RUN_MEASURES = ("test_accuracy", "test_loss", "test_ece", "best_val_accuracy", "best_val_loss", "epochs",
+                "train_seconds", "train_cpu_seconds",
                 *MEASURES)
 
 

@@ -184,6 +184,15 @@ class Classifier(nn.Module):
         super().__init__()
         self.normalize, self.net = normalize, net
         self.frozen: list[nn.Module] = []
+        # trainlib.calibration: divides the logits (1: as trained). Not in the state dict (checkpoints and transfer
+        # sources stay as they were); the spec carries it, so a saved or registered model keeps it.
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
+
+    def calibrated(self, temperature: float) -> Classifier:
+        """Divide the logits by `temperature` from now on (trainlib.calibration); kept by save_model."""
+        self.temperature.fill_(temperature)
+        self.spec = {**getattr(self, "spec", {}), "temperature": float(temperature)}
+        return self
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
@@ -192,7 +201,7 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x):
-        return self.net(self.normalize(x))
+        return self.net(self.normalize(x)) / self.temperature
 
 
 def build(name: str, in_shape: Sequence[int], n_classes: int, norm: NormStats | None = None,
@@ -218,4 +227,5 @@ def load_model(path: str | Path) -> tuple[Classifier, dict]:
     norm = NormStats.from_json(spec["norm"]) if spec["norm"] else None
     model = build(spec["name"], spec["in_shape"], spec["n_classes"], norm, **spec["options"])
     model.load_state_dict(saved["state"])
+    model.calibrated(spec.get("temperature", 1.0))
     return model.eval(), saved

@@ -10,7 +10,7 @@ HIGHER, LOWER = "higher", "lower"
 # says which way is better. (The derived measures, trainlib/measures.py, each say their own.)
 KINDS: Registry[str] = Registry("kind of metric", {
     "accuracy": HIGHER, "f1": HIGHER, "precision": HIGHER, "recall": HIGHER,
-    "loss": LOWER, "seconds": LOWER, "epochs": LOWER})
+    "loss": LOWER, "seconds": LOWER, "epochs": LOWER, "ece": LOWER})
 
 
 def better(metric: str) -> str:

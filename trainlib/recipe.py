@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainlib import cost, distributed, engine, lr_finder, models, optim, transfer
+from trainlib import calibration, cost, distributed, engine, lr_finder, models, optim, transfer
 from trainlib.averaging import averaging
 from trainlib.checkpoint import load_checkpoint
 from trainlib.config import AugmentConfig, DataConfig, NormalizeConfig, PipelineConfig, SplitConfig, override
@@ -143,11 +143,27 @@ def train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm
     `rows` given, e.g. a bootstrap resample; or on `train_data`, e.g. an expanded train split), validating
     on the val split. With a transfer `source` (model file or torchvision:name), start from its weights as
     `cfg.transfer.strategy` says. With training.devices > 1, in that many new processes (data-parallel).
-    The result carries what it cost (trainlib.cost: wall and CPU seconds, peak memory)."""
+    Then calibrated as `cfg.calibrate` says, on the val split (trainlib.calibration; not in a data-parallel
+    rank: the model they return is). The result carries what it cost (trainlib.cost: wall and CPU seconds,
+    peak memory) and the calibration."""
     with cost.measured(resolve_device(cfg.training.device)) as meter:
         model, result = _train(cfg, ds, manifest, norm, rows=rows, train_data=train_data, callbacks=callbacks,
                                logger=logger, checkpoint=checkpoint, resume=resume, source=source, shard=shard)
-    return model, dataclasses.replace(result, cost=meter.cost)
+        fitted = calibrate(cfg, model, ds, manifest) if shard is None else None
+    return model, dataclasses.replace(result, cost=meter.cost, calibration=fitted)
+
+
+def calibrate(cfg: PipelineConfig, model: models.Classifier, ds: sources.Dataset,
+              manifest: pd.DataFrame) -> calibration.Calibration | None:
+    """Fit cfg.calibrate.method on the val split's logits (labels as trained on) and put its temperature in
+    `model`; None where the method is none."""
+    if calibration.METHODS[cfg.calibrate.method] is None:
+        return None
+    val = part(ds, manifest, "val", cfg.data.workers)  # the model was just trained: its temperature is 1
+    logits, labels = predict_logits(model, val, resolve_device(cfg.training.device), cfg.training.precision)
+    fitted = calibration.calibrate(cfg.calibrate.method, logits.float(), labels)
+    model.calibrated(fitted.temperature)
+    return fitted
 
 
 def _train(cfg: PipelineConfig, ds: sources.Dataset, manifest: pd.DataFrame, norm: normalize.NormStats | None,

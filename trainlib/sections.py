@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from trainlib.calibration import METHODS
 from trainlib.data.normalize import NORMALIZERS
 from trainlib.data.policies import POLICIES
 from trainlib.data.sources import SOURCES, TORCHVISION_DATASETS
@@ -376,6 +377,11 @@ class RegisterConfig(Section):
                                               "bootstrap; by min_delta where the holder logged none) or delta (beat "
                                               "the holder's test accuracy by min_delta)")
     alpha: float = Field(0.05, gt=0, lt=1, description="gate mcnemar: the test's level (one-sided)")
+
+
+class CalibrateConfig(Section):
+    method: Annotated[str, _one_of(METHODS)] = Field("none", description="after training: none | temperature (one "
+                                                     "scalar dividing the logits, fitted on the validation split)")
 
 
 class PredictConfig(Section):

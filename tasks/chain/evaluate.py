@@ -8,17 +8,22 @@ from tasks.chain.refs import DatasetRef, ManifestRef, TrainedRef
 from tasks.registry import outcomes
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
+from trainlib.calibration import uncalibrated
 from trainlib.config import PipelineConfig
 from trainlib.data.split import indices
+from trainlib.metrics import calibration_error
 
 
 @task(name="evaluate")
 def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, trained: TrainedRef,
              run_id: str) -> dict[str, float]:
-    """-> test_* metrics (loss, accuracy, macro precision/recall/F1)."""
-    ds = dataset.load()
-    result = recipe.test(config, trained.load(), ds, manifest.load())
+    """-> test_* metrics (loss, accuracy, macro precision/recall/F1, ECE; a calibrated model's ECE before its
+    temperature too)."""
+    ds, model = dataset.load(), trained.load()
+    result = recipe.test(config, model, ds, manifest.load())
     metrics = result.summary("test_")
+    if (t := float(model.temperature)) != 1.0:
+        metrics["test_ece_uncalibrated"] = calibration_error(uncalibrated(result.probabilities, t), result.labels)
     log = RunLogger(run_id)
     log.log_metrics(metrics, step=trained.stopped_epoch)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")

@@ -52,7 +52,8 @@ def train(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, st
     trained = TrainedRef(str(ws / "model.pt"), str(ws / "history.json"), fit.best_epoch or fit.stopped_epoch,
                          fit.stopped_epoch, fit.stop_reason, sum(h["epoch_seconds"] for h in fit.history), fit.cost)
     log.log_metrics({"best_epoch": trained.best_epoch, "stopped_epoch": trained.stopped_epoch,
-                     "train_seconds": trained.train_seconds} | fit.cost.metrics() | fit.averaged,
+                     "train_seconds": trained.train_seconds} | fit.cost.metrics() | fit.averaged
+                    | (fit.calibration.metrics() if fit.calibration else {}),
                     step=fit.stopped_epoch)
     log.set_tags({"stop_reason": fit.stop_reason, "updates_per_epoch": fit.updates_per_epoch})
     log.log_figure(plots.learning_curves(fit.history, fit.best_epoch), "learning_curves.png")

@@ -93,6 +93,7 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
                     "train_seconds": sum(h["epoch_seconds"] for h in fit.history)} | fit.cost.metrics() | fit.averaged
+        metrics |= fit.calibration.metrics() if fit.calibration else {}
         fitted = {s: recipe.test(config, model, ds, m, s).accuracy for s in ("train", "val")}  # eval mode
         metrics |= {"train_accuracy_eval": fitted["train"]} | derived(Trained(fit, model, fitted["train"],
                                                                                fitted["val"]))
