@@ -1,5 +1,6 @@
 """The commands after registration: `predict` (batch scoring with a registered version), `models` (versions and
-who holds each alias, with --history every alias move), `promote` and `rollback` (move an alias by hand)."""
+who holds each alias, with --history every alias move), `card` (a version's model card), `promote` and `rollback`
+(move an alias by hand)."""
 
 from __future__ import annotations
 
@@ -162,8 +163,34 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import tasks  # noqa: F401
+    from tasks.registry import card
+    from tasks.registry.model_ref import resolve
+
+    named = args.model if ("@" in args.model or "/" in args.model) else f"{args.model}@champion"
+    ref = resolve(f"models:/{named}")
+    if args.intended_use is not None or args.limitations is not None:
+        card.write(ref.name, args.intended_use, args.limitations)
+        made = card.publish(ref)  # the version's description says it too
+    else:
+        made = card.gather(ref)
+    if args.html:
+        Path(args.html).write_text(made.html(card.reliability_png(made)))
+    if args.json:
+        print(json.dumps(made.json()))
+    elif not args.html:
+        print(made.markdown())
+    else:
+        print(f"{ref.describe()}: model card written to {args.html}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add predict, models, promote and rollback to the `trainflow` parser's subcommands."""
+    """Add predict, models, card, promote and rollback to the `trainflow` parser's subcommands."""
     p = sub.add_parser("predict", help="score new data with a registered model: predictions file, drift check, "
                        "an MLflow run")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -185,6 +212,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     options.add(m, "--alias", "--json", alias={"help": "--history of this alias only"},
                 json={"help": "print JSON on stdout, nothing else"})
     m.set_defaults(handler=_models)
+    c = sub.add_parser("card", help="a registered version's model card: data, changes from the defaults, test "
+                       "metrics with intervals, calibration, cost, lineage")
+    c.add_argument("model", metavar="NAME[@ALIAS|/VERSION]", help="the version (default NAME@champion)")
+    c.add_argument("--html", metavar="FILE", help="write the card as one HTML page (reliability diagram inline)")
+    c.add_argument("--intended-use", metavar="TEXT", help="set the card's intended use, for every version of NAME")
+    c.add_argument("--limitations", metavar="TEXT", help="set the card's limitations, for every version of NAME")
+    options.add(c, "--json", json={"help": "print the card as JSON on stdout, nothing else"})
+    c.set_defaults(handler=_card)
     pr = sub.add_parser("promote", help="move an alias to a version by hand (recorded in the alias history)")
     pr.add_argument("name", metavar="NAME", help="registered model")
     pr.add_argument("version", type=options.positive, metavar="VERSION")

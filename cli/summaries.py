@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from cli.progress import summary_console as console
-from tasks.summaries import Comparison, Ensemble, RangeTest, RunSummary, Study, Transfer, TransferDemo, Tuning, Variance
+from tasks.summaries import (
+    Comparison,
+    Ensemble,
+    RangeTest,
+    Rerun,
+    RunSummary,
+    Study,
+    Transfer,
+    TransferDemo,
+    Tuning,
+    Variance,
+)
 from tasks.wording import cells, chance, difference, power, shown, spread, with_interval
 
 if TYPE_CHECKING:
@@ -178,3 +189,22 @@ def lr_find(s: RangeTest) -> None:
             if s.suggested_lr is not None else "[yellow]no suggestion[/]: the loss diverged too soon; lower --start")
     console.print(f"[bold green]done[/]: {what}; {s.updates} updates from {s.start:g} to {s.end:g}, {s.stopped}")
     console.print(f"MLflow run {s.run_id}: {s.mlflow_url} (lr_find.png)", markup=False, highlight=False)
+
+
+def rerun(s: Rerun) -> None:
+    """The metrics side by side, whether they are the original's exactly, what changed, the new run's URL."""
+    table = Table("metric", "original", "rerun", "difference", title=f"rerun of {s.original} ({s.kind})")
+    for metric, a, b in s.metrics:
+        table.add_row(metric, shown(a, metric), shown(b, metric), f"{b - a:+.6g}")
+    console.print(table)
+    if s.exact:
+        console.print(f"[bold green]reproduced exactly[/]: {len(s.metrics)} metrics equal to the original's")
+    else:
+        differ = [m for m, a, b in s.metrics if a != b]
+        console.print(f"[yellow]not exactly[/]: {len(differ)} of {len(s.metrics)} metrics differ ({', '.join(differ)})")
+    for line in s.changes:
+        console.print(f"changed since: {line}", markup=False, highlight=False)
+    if s.data_changed:
+        console.print(f"data changed: digest {s.data_changed[0]} then, {s.data_changed[1]} now (--allow-data-change)",
+                      style="yellow", markup=False, highlight=False)
+    console.print(f"MLflow run {s.run_id} (tagged trainflow.rerun_of): {s.mlflow_url}", markup=False, highlight=False)

@@ -1,4 +1,4 @@
-"""The flow commands of `trainflow` (run, tune, compare, lr-find, study, variance, ensemble, transfer): their
+"""The flow commands of `trainflow` (run, tune, compare, lr-find, study, variance, ensemble, transfer, rerun): their
 arguments, and
 how each is checked, started (cli/execute.py), watched (cli/progress.py) and summarized (cli/summaries.py).
 
@@ -150,6 +150,23 @@ def _variance(args: argparse.Namespace) -> int:
                                                                                           "trainings"))
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    from cli import summaries
+    from cli.progress import EpochProgress
+    from flows.rerun import plan, run_of
+
+    run_id = run_of(args.run_id)
+    replay = plan(run_id, args.set or [], args.allow_data_change)  # bad input (exit 2) before anything starts
+
+    def start():
+        from flows.rerun import rerun_flow
+
+        return rerun_flow(run_id, replay.config, replay.digest, replay.changes)
+
+    return execute(args, f"rerun of {run_id} ({replay.original.kind}: {replay.config.name})", start,
+                   summaries.rerun, EpochProgress(replay.config.training.epochs, "training"))
+
+
 def _ensemble_settings(args: argparse.Namespace):
     """The ensemble's settings: an --ensemble file, with the flags given over it."""
     from trainlib.config import validate
@@ -299,3 +316,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     va.add_argument("--sources", metavar="S,...", help="some of split, init, order, augment, dropout, all (every "
                                                        "seed at once); default all of them")
     va.set_defaults(handler=_variance, no_register=False)
+    rr = sub.add_parser("rerun", help="replay a run from its recorded config in a new run; print how its metrics "
+                        "differ (registers nothing unless --set register.enabled=true)")
+    rr.add_argument("run_id", metavar="RUN_ID", help="an MLflow run of `trainflow run` or a compare variant, or a "
+                    "registered version (models:/NAME@ALIAS or models:/NAME/VERSION): the run that logged it")
+    add(rr, "--set", "--json", set={"help": "override a key of the recorded config (repeatable)"})
+    rr.add_argument("--allow-data-change", action="store_true", help="train even when the data's digest differs "
+                    "from the original run's (refused by default, exit 2)")
+    rr.set_defaults(handler=_rerun, no_register=False)

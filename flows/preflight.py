@@ -103,6 +103,18 @@ def data(config: PipelineConfig) -> Read:
                                                             manifest["split"].value_counts().items()})
 
 
+def digest(config: PipelineConfig) -> str:
+    """The digest the flow's ingest would give the config's data now (from the stage cache when it is unchanged)."""
+    from tasks.chain.stages import ingest_key
+    from tasks.settings import HOME
+    from trainlib import recipe
+
+    signal = config.data_dims == 2
+    if (HOME / "cache" / "generation").exists() and (known := _record(ingest_key(config.data, signal))) is not None:
+        return known.digest
+    return recipe.ingest(config.data, cache_dir=HOME / "cache" / "decoded", signal=signal).digest
+
+
 def batches(config: PipelineConfig, read: Read) -> None:
     """A batch no larger than the train split (minibatch mode), as the engine requires."""
     from trainlib.engine import check_batch

@@ -43,8 +43,8 @@ MINUTES = "TRAINFLOW_WARM_MINUTES"
 DIR = "TRAINFLOW_WARM_DIR"
 DEFAULT_MINUTES = 15.0
 COMMAND = "cli.main"  # the module whose `run(argv)` a fork runs, and whose `environment(argv)` it applies
-FORWARDED = frozenset({"run", "tune", "compare", "ensemble", "transfer", "lr-find", "study", "variance", "predict",
-                       "models", "promote", "rollback"})  # not the servers, `up`/`down`/`status`, `config` or help
+FORWARDED = frozenset({"run", "tune", "compare", "ensemble", "transfer", "lr-find", "study", "variance", "rerun",
+                       "predict", "models", "card", "promote", "rollback"})  # not servers, up/down/status, config, help
 # Variables read while the libraries load (so a fork could not change them) or that decide what loads. The rest of
 # the environment is the fork's own: Prefect's settings and logging are read again in it, MLflow reads its
 # variables when used, and trainflow's own modules are imported there afresh.

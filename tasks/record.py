@@ -4,15 +4,19 @@ tasks.tracking.finishing."""
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.runtime import flow_run
 
 from tasks import tracking
 from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
 from trainlib.config import PipelineConfig, flatten, to_yaml
+from trainlib.errors import ConfigError
 
 
 def open_run(config: PipelineConfig, run_name: str, kind: str, parent_run_id: str | None = None,
@@ -54,3 +58,32 @@ def record_data(run_id: str, dataset: DatasetRef, manifest: ManifestRef, stats: 
     tracking.log_manifests(run_id, rows, source, dataset.digest)
     log.log_artifact(manifest.path)
     log.log_artifact(stats.path)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A run as recorded: what `trainflow rerun` replays and compares with."""
+
+    run_id: str
+    kind: str  # its trainflow.kind: training, variant, ...
+    config: str  # its config.yaml
+    digest: str | None  # its dataset's
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def recorded(run_id: str) -> Recorded:
+    """The run `run_id` as it was recorded; one readable error for an unknown run or one without its config."""
+    try:
+        run = tracking.client().get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} in this project's store ({tracking.client().tracking_uri})"
+                          ) from None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            config = Path(tracking.client().download_artifacts(run_id, "config.yaml", folder)).read_text()
+        except (MlflowException, OSError):
+            raise ConfigError(f"run {run_id} recorded no config.yaml: it was not made by trainflow") from None
+    tags = run.data.tags
+    return Recorded(run_id, tags.get("trainflow.kind", "unknown"), config, tags.get("dataset.digest"),
+                    dict(run.data.metrics), dict(tags))

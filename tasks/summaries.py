@@ -327,3 +327,29 @@ class Study:
     def json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "report": self.report, "html": self.html, "wall_seconds": self.wall_seconds,
                 "counts": self.counts, "rows": [r.json() for r in self.rows], "mlflow_url": self.mlflow_url}
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """`trainflow rerun`: the original run, the new one, and their metrics side by side."""
+
+    original: str
+    run_id: str
+    kind: str
+    mlflow_url: str
+    metrics: list[tuple[str, float, float]]  # (metric, original, rerun)
+    changes: list[str]  # code and packages that differ from the original's
+    data_changed: tuple[str | None, str] | None  # (digest then, digest now) when --allow-data-change let it train
+
+    @property
+    def exact(self) -> bool:
+        """Every metric compared is equal to the original's."""
+        return all(a == b for _, a, b in self.metrics)
+
+    def json(self) -> dict[str, Any]:
+        return {"original": self.original, "run_id": self.run_id, "kind": self.kind, "mlflow_url": self.mlflow_url,
+                "exact": self.exact, "metrics": [{"metric": k, "original": a, "rerun": b, "difference": b - a}
+                                                 for k, a, b in self.metrics],
+                "changes": self.changes,
+                "data_changed": {"then": self.data_changed[0], "now": self.data_changed[1]} if self.data_changed
+                else None}

@@ -59,9 +59,10 @@ def quickstart() -> list[str]:
 
 def test_the_quickstart_is_short_and_covers_the_first_hour():
     prose = README.split("```")[2].strip().split("\n\n")[0]  # the paragraph after the block
-    assert len(quickstart()) + len(prose.splitlines()) <= 15
+    assert len(quickstart()) + len(prose.splitlines()) <= 17
     block = "\n".join(quickstart())
-    for what in ("make run", "trainflow ui &", "kill %1", 'set_tracking_uri("sqlite:///.trainflow/mlflow.db")',
+    for what in ("make run", "trainflow card digits-cnn@champion", "trainflow rerun models:/digits-cnn@champion",
+                 "trainflow ui &", "kill %1", 'set_tracking_uri("sqlite:///.trainflow/mlflow.db")',
                  'load_model("models:/digits-cnn@champion")', "make test"):
         assert what in block, what
 
@@ -104,6 +105,8 @@ def test_the_quickstart_runs_as_written(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     # a server stopped is a server done (flows/processes.py): exit code 0, `stopped (SIGTERM)` on stderr
     assert "promoted to @champion" in out.stdout and "ui exited 0" in out.stdout, out.stdout + out.stderr
+    assert "# Model card: digits-cnn version 1 (@champion)" in out.stdout, out.stdout
+    assert "reproduced exactly" in out.stdout, out.stdout  # the default run, trained again from its record
     assert "stopped (SIGTERM)" in out.stderr, out.stderr
     assert out.stdout.rstrip().endswith("[0 1 2 3 4]"), out.stdout  # the champion read five digits right
     with socket.socket() as s:

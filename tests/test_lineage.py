@@ -111,3 +111,31 @@ def test_calibration_needs_a_validation_split():
                                     "training.early_stopping.enabled": False})
     with pytest.raises(ConfigError, match="unknown calibration method 'temprature'.*did you mean 'temperature'"):
         override(PipelineConfig(), {"calibrate.method": "temprature"})
+
+
+def test_the_cards_bootstrap_interval_has_the_binomial_width_and_is_the_same_each_time():
+    from trainlib import card
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.9, labels, (labels + 1) % 10)
+    confidence = np.full(500, 0.9)
+    found = card.bootstrap(labels, predicted, confidence, 10)
+    low, high = found["test_accuracy"]
+    accuracy = (labels == predicted).mean()
+    half = 1.96 * np.sqrt(accuracy * (1 - accuracy) / 500)  # the normal approximation's
+    assert low < accuracy < high and high - low == pytest.approx(2 * half, rel=0.15)
+    assert found == card.bootstrap(labels, predicted, confidence, 10)  # a fixed seed: the card reads the same
+    assert found["test_ece"][0] < abs(accuracy - 0.9) + 0.01
+
+
+def test_the_card_names_the_most_confused_pairs_and_the_changes_from_the_defaults():
+    from trainlib import card
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([1, 1, 0, 0, 1, 0, 1, 1, 1])
+    assert card.most_confused(labels, predicted, ["a", "b", "c"]) == [("c", "b", 3), ("a", "b", 2), ("b", "a", 1)]
+    changes = card.differences({"name": "x", "optimizer.lr": "0.01", "model.name": "cnn"},
+                               {"name": "digits-cnn", "optimizer.lr": "0.001", "model.name": "cnn"},
+                               {"optimizer.lr": "step size"})
+    assert changes == [("optimizer.lr", "0.01", "0.001", "step size")]

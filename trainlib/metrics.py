@@ -41,11 +41,15 @@ def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int =
     right as confident; a network that says 0.99 and is right 90% of the time has about 0.09."""
     if not len(labels):
         return 0.0
-    confidence, predicted = probabilities.max(1), probabilities.argmax(1)
-    right = (predicted == labels).astype(float)
+    return ece(probabilities.argmax(1) == labels, probabilities.max(1), bins)
+
+
+def ece(right: np.ndarray, confidence: np.ndarray, bins: int = BINS) -> float:
+    """calibration_error from each sample's outcome (right or not) and confidence (its top class's probability)."""
+    right = np.asarray(right, dtype=float)
     which = np.minimum((confidence * bins).astype(int), bins - 1)  # [k/bins, (k+1)/bins); 1.0 in the last
     gap = np.abs(np.bincount(which, right, bins) - np.bincount(which, confidence, bins))  # per bin, summed
-    return float(gap.sum() / len(labels))
+    return float(gap.sum() / len(right))
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, ...]:

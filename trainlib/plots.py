@@ -63,6 +63,21 @@ def confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
     return fig
 
 
+def reliability(bins: list[tuple[float, float, int]]) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (trainlib.card.reliability), the
+    diagonal where they are equal; the marker's area grows with the bin's samples."""
+    fig = Figure(figsize=(4, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="as often right as confident")
+    if bins:
+        confidence, accuracy, count = (np.array(x, dtype=float) for x in zip(*bins, strict=True))
+        ax.plot(confidence, accuracy, color="tab:blue", linewidth=1)
+        ax.scatter(confidence, accuracy, s=10 + 200 * count / count.max(), color="tab:blue", label="test samples")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def augmentation_grid(grid: torch.Tensor, value_max: float) -> Figure:
     """Grid of (rows, samples, C, H, W) images: first row originals, then augmented versions."""
     rows, cols = grid.shape[:2]

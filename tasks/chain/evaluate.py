@@ -28,6 +28,6 @@ def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef,
     log.log_metrics(metrics, step=trained.stopped_epoch)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
     log.log_dict(result.report, "classification_report.json")
-    outcomes.log(log, dataset.digest, indices(manifest.load(), "test"),
-                 result.probabilities.argmax(1) == result.labels, trained.model)
+    outcomes.log(log, dataset.digest, indices(manifest.load(), "test"), result.probabilities, result.labels,
+                 trained.model)
     return metrics

@@ -51,8 +51,10 @@ def train(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, st
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     trained = TrainedRef(str(ws / "model.pt"), str(ws / "history.json"), fit.best_epoch or fit.stopped_epoch,
                          fit.stopped_epoch, fit.stop_reason, sum(h["epoch_seconds"] for h in fit.history), fit.cost)
+    size = {"model_parameters": sum(p.numel() for p in model.parameters()),
+            "model_bytes": (ws / "model.pt").stat().st_size}  # the model card's
     log.log_metrics({"best_epoch": trained.best_epoch, "stopped_epoch": trained.stopped_epoch,
-                     "train_seconds": trained.train_seconds} | fit.cost.metrics() | fit.averaged
+                     "train_seconds": trained.train_seconds} | size | fit.cost.metrics() | fit.averaged
                     | (fit.calibration.metrics() if fit.calibration else {}),
                     step=fit.stopped_epoch)
     log.set_tags({"stop_reason": fit.stop_reason, "updates_per_epoch": fit.updates_per_epoch})

@@ -12,6 +12,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.chain.refs import DatasetRef, ManifestRef, StatsRef
+from tasks.registry import outcomes
 from tasks.registry.register import described, example_inputs, promote
 from tasks.results import Combined, MemberRun, Registration
 from trainlib import plots, recipe
@@ -57,6 +58,8 @@ def combine(config: PipelineConfig, ensemble: EnsembleConfig, members: list[Memb
     log.log_metrics(metrics | {"members_trained": len(members)}, step=0)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")
     log.log_dict(result.report, "classification_report.json")
+    outcomes.log(log, dataset.digest, indices(m, "test"), result.probabilities, result.labels,
+                 str(ws / "ensemble.pt2"))  # the card's intervals; the gate's McNemar test
     if meta_rows is not None:  # the rows the meta-learner saw, for audit: train (out of fold) or val, never test
         log.log_dict({"split": META_SOURCES[ensemble.meta].split, "rows": meta_rows.tolist()},
                      "stacking_meta_rows.json")

@@ -21,12 +21,20 @@ class Outcomes:
     digest: str  # the dataset's
     rows: np.ndarray  # the test split's dataset rows
     correct: np.ndarray  # bool, per row
+    labels: np.ndarray | None = None  # per row: the true class, the predicted one, the top probability (the model
+    predicted: np.ndarray | None = None  # card's intervals, confusions, reliability); None in files logged
+    confidence: np.ndarray | None = None  # before they were
 
 
-def log(logger: tracking.RunLogger, digest: str, rows: np.ndarray, correct: np.ndarray, beside: str) -> None:
-    """Log the outcomes to the run (written beside the model file `beside`)."""
+def log(logger: tracking.RunLogger, digest: str, rows: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
+        beside: str) -> None:
+    """Log the outcomes of test `probabilities` (N, K) against `labels` to the run (written beside the file
+    `beside`)."""
     path = Path(beside).with_name(FILE)
-    np.savez(path, digest=np.array(digest), rows=np.asarray(rows, dtype=np.int64), correct=np.asarray(correct, bool))
+    predicted = probabilities.argmax(1)
+    np.savez(path, digest=np.array(digest), rows=np.asarray(rows, dtype=np.int64),
+             correct=np.asarray(predicted == labels, bool), labels=np.asarray(labels, np.int64),
+             predicted=predicted.astype(np.int64), confidence=probabilities.max(1).astype(np.float64))
     logger.log_artifact(str(path))
 
 
@@ -39,7 +47,8 @@ def of_run(run_id: str) -> Outcomes | None:
         except (MlflowException, OSError):
             return None
         with np.load(path) as data:
-            return Outcomes(str(data["digest"]), data["rows"], data["correct"])
+            more = [data[k] if k in data else None for k in ("labels", "predicted", "confidence")]
+            return Outcomes(str(data["digest"]), data["rows"], data["correct"], *more)
 
 
 def disagreements(new: Outcomes, old: Outcomes) -> tuple[int, int, int] | None:

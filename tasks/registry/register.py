@@ -16,7 +16,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
 from tasks.chain.refs import DatasetRef, StatsRef
-from tasks.registry import aliases, outcomes
+from tasks.registry import aliases, card, outcomes
+from tasks.registry.model_ref import ModelRef
 from tasks.results import Gate, Registration
 from tasks.wording import NOT_REGISTERED
 from trainlib import inference
@@ -154,6 +155,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
                                          "registered_version": version, "registered_alias": alias, **_tested(gate)})
+    card.publish(ModelRef(f"models:/{name}/{version}", name, version, None, (alias,), run_id))
     return Registration(model_uri, name, version, alias, gate)
 
 
