@@ -291,6 +291,12 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
         expect(holder).to_have_count(1, timeout=60_000)
         expect(holder.get_by_role("link", name=f"Version {champion}", exact=True)).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "mlflow-registered-model.png")
+        page.goto(f"{mlflow_ui}/#/models/digits-cnn/versions/{champion}")  # its model card, the description
+        expect(page.get_by_role("heading", name=re.compile(f"^Model card: digits-cnn version {champion} "))
+               ).to_be_visible(timeout=60_000)
+        accuracy = client.get_run(client.get_model_version("digits-cnn", champion).run_id).data.metrics["test_accuracy"]
+        expect(page.get_by_role("cell", name=re.compile(rf"^{accuracy:.4f} \[")).first).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "mlflow-model-card.png", full_page=True)
         page.goto(f"{prefect_ui}/runs/flow-run/{nightly_run.id}")
         heading = page.locator(".page-heading")  # the flow run's own name, state badge and deployment
         expect(heading).to_contain_text(flow_run.name, timeout=60_000)
@@ -300,7 +306,7 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
         browser.close()
     shots = sorted(p.name for p in SCREENSHOTS.glob("*.png"))
     assert {"mlflow-experiment.png", "mlflow-run.png", "mlflow-run-metrics.png", "mlflow-registered-model.png",
-            "prefect-flow-run.png"} <= set(shots)
+            "mlflow-model-card.png", "prefect-flow-run.png"} <= set(shots)
     (SCREENSHOTS / "screenshots.json").write_text(json.dumps({"run_id": run.info.run_id, "flow_run_id":
                                                               str(nightly_run.id), "screenshots": shots}))
 

@@ -73,7 +73,8 @@ class Card:
 
     @property
     def weakest(self) -> list[ClassScore]:
-        return sorted(self.per_class, key=lambda c: (c.f1, c.name))[:WEAKEST]
+        """The WEAKEST classes of lowest F1, of those below a perfect 1."""
+        return sorted((c for c in self.per_class if c.f1 < 1), key=lambda c: (c.f1, c.name))[:WEAKEST]
 
     def json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -157,7 +158,8 @@ def _markdown(c: Card) -> list[str]:
     out += ["", "## How well (test split; 95% bootstrap intervals over its samples)", "",
             "| metric | value |", "|---|---|", *[f"| {k} | {e.shown()} |" for k, e in c.metrics.items()]]
     if c.per_class:
-        out += ["", "Weakest classes (F1): " + ", ".join(f"{w.name} ({w.f1:.3f})" for w in c.weakest) + "."]
+        weakest = ", ".join(f"{w.name} ({w.f1:.3f})" for w in c.weakest)
+        out += ["", f"Weakest classes (F1): {weakest}." if weakest else "Every class has F1 1 on the test split."]
     if c.confused:
         out.append("Most confused: " + ", ".join(f"{t} taken for {p} ({n})" for t, p, n in c.confused) + ".")
     if c.per_class:
