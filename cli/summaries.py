@@ -51,8 +51,16 @@ def run(s: RunSummary) -> None:
 def tuning(s: Tuning) -> None:
     best, t = s.best_trial, s.trials
     params = ", ".join(f"{k}={shown(v, k)}" for k, v in best.params.items())
+    if s.front:
+        table = Table("trial", "value", s.second_metric, "parameters", title=f"the Pareto front ({len(s.front)} of "
+                      f"{t.complete} complete trials): no other trial is better on both")
+        for m in s.front:
+            table.add_row(f"{m.number}{' (retrained)' if m.number == best.number else ''}", shown(m.value),
+                          f"{m.second:.4g}", ", ".join(f"{k}={shown(v, k)}" for k, v in m.params.items()))
+        console.print(table)
+        console.print(s.rule, markup=False, highlight=False)
     console.print(f"[bold]{t.complete} complete, {t.pruned} pruned, {t.fail} failed trials[/]; "
-                  f"best trial {best.number} ({shown(best.value)}): {params}")
+                  f"{'retrained' if s.front else 'best'} trial {best.number} ({shown(best.value)}): {params}")
     run(s.run)
 
 

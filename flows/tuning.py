@@ -25,7 +25,7 @@ from tasks.tuning import storage
 from tasks.tuning.report import tuning_report
 from tasks.tuning.storage import create_study
 from trainlib.config import PipelineConfig, flatten, override
-from trainlib.tuning import SearchConfig, decode, trial_base
+from trainlib.tuning import SearchConfig, chosen, decode, trial_base
 
 
 def run_name() -> str:
@@ -86,7 +86,7 @@ def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Stu
                  manifest: ManifestRef, parent_run_id: str) -> Retrained:
     """Train the best trial's config again (on train, or train+val for its best number of epochs), test
     it and register it through the gate, in a child run."""
-    best = study.best_trial
+    best = chosen(study, search)
     best_config = override(trial_base(config, search, parallel=1), decode(best.params, search.space))
     if search.retrain == "train+val":
         manifest = merge_val(manifest)

@@ -169,6 +169,7 @@ class TrialRun:
     epochs: int  # epochs run
     best_epoch: int | None
     seconds: float
+    second: float | None = None  # its value of search.second_metric (a two-objective search)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ these carry."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tasks.results import MemberOutcome, Registration, SourceRun
@@ -135,6 +135,7 @@ class BestTrial:
     number: int
     params: dict[str, Any]
     value: float
+    second: float | None = None  # its search.second_metric (a two-objective search)
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,15 @@ class Tuning:
     trials: TrialCounts
     children: list[str]  # the trials' runs and the retraining's
     plots_skipped: list[str]  # Optuna plots the search could not draw
+    front: list[BestTrial] = field(default_factory=list)  # two objectives: the Pareto front, lowest cost first
+    rule: str | None = None  # two objectives: how best_trial was picked from the front, in words
+    second_metric: str | None = None
 
     def json(self) -> dict[str, Any]:
         return self.run.json() | {"children": self.children, "trials": asdict(self.trials),
-                                  "plots_skipped": self.plots_skipped, "best_trial": asdict(self.best_trial)}
+                                  "plots_skipped": self.plots_skipped, "best_trial": asdict(self.best_trial),
+                                  "front": [asdict(t) for t in self.front], "rule": self.rule,
+                                  "second_metric": self.second_metric}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ GRID = {"x": [1, 2, 3], "y": ["a", "b"]}
 
 
 def _grid_study(url: str, name: str) -> optuna.Study:
-    return studies.create(url, name, "maximize", optuna.samplers.GridSampler(GRID, seed=0),
+    return studies.create(url, name, ["maximize"], optuna.samplers.GridSampler(GRID, seed=0),
                           optuna.pruners.NopPruner())
 
 
@@ -53,7 +53,7 @@ def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypa
     monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(studies, "GRACE_SECONDS", 3)  # SQLite keeps heartbeats to the second
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = studies.create(url, "stale", "maximize", optuna.samplers.RandomSampler(seed=0), None)
+    study = studies.create(url, "stale", ["maximize"], optuna.samplers.RandomSampler(seed=0), None)
     lock = studies.AskLock(url, "stale")
     alive, dead = studies.ask(study, lock, 10), studies.ask(study, lock, 10)
     alive.suggest_float("x", 0, 1), dead.suggest_float("x", 0, 1)

@@ -20,6 +20,7 @@ from trainlib.tuning import (
     PruningCallback,
     SearchConfig,
     check_space,
+    front_choice,
     grid_values,
     suggest,
     trial_base,
@@ -228,3 +229,28 @@ def test_the_recipe_techniques_are_search_space_keys():
     with pytest.raises(ConfigError, match="unknown augmentation policy 'trivial'"):
         check_space(PipelineConfig(), validate({"space": {"augment.policy": {"type": "categorical",
                                                                              "choices": ["trivial"]}}}, SearchConfig))
+
+
+def test_two_objectives_name_a_cost_and_leave_pruning_off():
+    space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    two = validate({"second_metric": "train_seconds", "space": space}, SearchConfig)
+    assert two.directions == ["maximize", "minimize"] and two.pruning == "none" and two.pruner == "median"
+    with pytest.raises(ConfigError, match="second_metric: 'test_accuracy' is not a cost.*train_seconds"):
+        validate({"second_metric": "test_accuracy", "space": space}, SearchConfig)
+    with pytest.raises(ConfigError, match="single-objective searches only"):
+        validate({"second_metric": "train_seconds", "pruner": "hyperband", "space": space}, SearchConfig)
+
+
+def test_the_front_member_retrained_is_the_cheapest_near_the_best():
+    def trial(number, accuracy, seconds):
+        return optuna.trial.FrozenTrial(number, optuna.trial.TrialState.COMPLETE, None, None, None, {}, {}, {}, {},
+                                        {}, number, values=[accuracy, seconds])
+
+    front = [trial(0, 0.99, 9.0), trial(1, 0.985, 3.0), trial(2, 0.97, 1.0), trial(3, 0.982, 3.0)]
+    space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    pick = front_choice(front, validate({"second_metric": "train_seconds", "space": space}, SearchConfig))
+    assert pick.number == 1  # within 0.01 of 0.99: trials 0, 1, 3; the cheapest, ties to the better accuracy
+    wide = validate({"second_metric": "train_seconds", "tolerance": 0.05, "space": space}, SearchConfig)
+    assert front_choice(front, wide).number == 2
+    assert front_choice(front, validate({"second_metric": "train_seconds", "tolerance": 0, "space": space},
+                                        SearchConfig)).number == 0

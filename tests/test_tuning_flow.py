@@ -250,3 +250,25 @@ def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api)
     assert trials == ["FAILED", "FINISHED"]  # both recorded; no model registered from a failed study
     assert client.search_registered_models("name = 'min-complete'") == []
 
+
+
+def test_a_two_objective_search_reports_the_pareto_front_and_retrains_the_member_its_rule_picks(prefect_api):
+    from flows.tuning import tuning_flow
+
+    search = _search(n_trials=6, second_metric="model_parameters", tolerance=0.02,
+                     space={"model.hidden": {"type": "categorical", "choices": [[8], [32], [128], [256, 128]]},
+                            "optimizer.lr": {"type": "float", "low": 3e-3, "high": 3e-2, "log": True}})
+    out = tuning_flow(load_config(None, ["name=tune-pareto", *BASE]), search).json()
+    trials = {int(r.data.tags["mlflow.runName"].split()[-1]): r.data.metrics for r in _children(out["run_id"])
+              if r.data.tags.get("trainflow.kind") == "trial"}
+    points = {n: (m["best_val_accuracy"], m["model_parameters"]) for n, m in trials.items()}
+    dominated = {n for n, (a, c) in points.items()
+                 if any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in points.values())}
+    front = {t["number"] for t in out["front"]}
+    assert front == set(points) - dominated and front  # exactly the trials no other beats on both
+    assert [t["second"] for t in out["front"]] == sorted(t["second"] for t in out["front"])
+    best = max(t["value"] for t in out["front"])
+    near = [t for t in out["front"] if t["value"] >= best - 0.02]
+    assert out["best_trial"]["number"] == min(near, key=lambda t: (t["second"], -t["value"]))["number"]
+    assert "pareto_front.png" in {a.path for a in MlflowClient().list_artifacts(out["run_id"])}
+    assert out["second_metric"] == "model_parameters" and "within 0.02" in out["rule"]

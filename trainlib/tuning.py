@@ -58,6 +58,7 @@ SAMPLERS = Registry("search strategy", {
     "bayesian": lambda s: optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup()),
     "gp": lambda s: optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup()),
 })
+COSTS = ("train_seconds", "train_cpu_seconds", "train_wall_seconds", "train_peak_memory_mb", "model_parameters")
 MODELLED = ("bayesian", "gp")  # the strategies that sample at random for their first trials, then from a model
 STARTUP_TRIALS = 10  # Optuna's default for both
 
@@ -94,6 +95,12 @@ class SearchConfig(Section):
         None, description="bayesian, gp: trials sampled at random before the model guides the search (default: "
                           "half the trials, at most 10)")
     retrain: Literal["train", "train+val"] = Field("train", description="data the best config is retrained on")
+    second_metric: str | None = Field(None, description="a cost minimized beside `metric`: " + " | ".join(COSTS) +
+                                      "; the search finds their Pareto front (Optuna's multi-objective sampling, no "
+                                      "pruning) and registers the member `tolerance` picks")
+    tolerance: Annotated[float, Field(ge=0)] = Field(0.01, description="two objectives: the front's member retrained "
+                                                     "is the lowest on second_metric of those within this of the "
+                                                     "front's best `metric`")
     space: dict[str, Param] = Field(min_length=1, description="dotted config key -> distribution")
 
     @field_serializer("storage", when_used="json")
@@ -121,6 +128,12 @@ class SearchConfig(Section):
             raise ConfigError("search: give n_trials or timeout (or both)")
         if (budget := self.budget()) is not None and self.min_complete > budget:
             raise ConfigError(f"search.min_complete: {self.min_complete} is more than the {budget} trials planned")
+        if self.second_metric is not None and self.second_metric not in COSTS:
+            raise ConfigError(f"search.second_metric: {self.second_metric!r} is not a cost a trial measures; valid: "
+                              f"{', '.join(COSTS)}")
+        if self.second_metric is not None and "pruner" in self.model_fields_set and self.pruner != "none":
+            raise ConfigError("search.pruner: Optuna prunes single-objective searches only; with second_metric give "
+                              "pruner: none (or leave it out)")
         if self.startup_trials is not None and self.strategy not in MODELLED:
             raise ConfigError(f"search.startup_trials: only {' and '.join(MODELLED)} search start with random "
                               f"trials, not {self.strategy}")
@@ -140,6 +153,16 @@ class SearchConfig(Section):
     @property
     def goal(self) -> str:
         return self.direction or OPTUNA[MONITORS[self.metric]]
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's direction of each objective: `metric`'s, then second_metric's (a cost: minimized)."""
+        return [self.goal, *(["minimize"] if self.second_metric else [])]
+
+    @property
+    def pruning(self) -> str:
+        """The pruner used: `pruner`, or none with two objectives (Optuna prunes single-objective studies only)."""
+        return "none" if self.second_metric else self.pruner
 
     def budget(self) -> int | None:
         """Trials the study should hold in the end: n_trials as given; when not given, every point of a grid,
@@ -206,6 +229,20 @@ def decode(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
     """Config values from a stored trial's params (undoing `suggest`'s JSON text for list choices)."""
     return {k: json.loads(v) if isinstance(v, str) and k in space and space[k].type == "categorical"
             and v not in space[k].choices else v for k, v in params.items()}
+
+
+def front_choice(front: list[optuna.trial.FrozenTrial], search: SearchConfig) -> optuna.trial.FrozenTrial:
+    """The member of a two-objective study's Pareto `front` to retrain: of those whose `metric` is within
+    `search.tolerance` of the front's best, the lowest on second_metric (ties: the better metric, then the first)."""
+    sign = 1 if search.goal == "maximize" else -1
+    best = max(sign * t.values[0] for t in front)
+    near = [t for t in front if sign * t.values[0] >= best - search.tolerance]
+    return min(near, key=lambda t: (t.values[1], -sign * t.values[0], t.number))
+
+
+def chosen(study: optuna.Study, search: SearchConfig) -> optuna.trial.FrozenTrial:
+    """The trial a search retrains: the best one, or with two objectives the front's member `front_choice` picks."""
+    return front_choice(study.best_trials, search) if search.second_metric else study.best_trial
 
 
 class PruningCallback:

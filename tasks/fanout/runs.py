@@ -59,17 +59,20 @@ def trial(config: PipelineConfig, params: dict[str, Any], search: SearchConfig, 
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
         pruning = PruningCallback(handle, search.metric)
         try:
-            _, fit = recipe.train(config, *load_data(config, dataset, manifest, stats), callbacks=[pruning], logger=log)
+            model, fit = recipe.train(config, *load_data(config, dataset, manifest, stats),
+                                      callbacks=[pruning] if search.pruning != "none" else [], logger=log)
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
             return TrialRun(number, run_id, params, "pruned", None, pruning.epoch, None,
                             time.perf_counter() - started)
         # early stopping watches the search metric (see trial_base): its best is the trial's score
-        log.log_metrics({f"best_{search.metric}": fit.best_value} | fit.cost.metrics(), step=fit.stopped_epoch)
+        costs = fit.cost.metrics() | {"train_seconds": sum(h["epoch_seconds"] for h in fit.history),
+                                       "model_parameters": sum(p.numel() for p in model.parameters())}
+        log.log_metrics({f"best_{search.metric}": fit.best_value} | costs, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
     return TrialRun(number, run_id, params, "complete", fit.best_value, fit.stopped_epoch, fit.best_epoch,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, costs[search.second_metric] if search.second_metric else None)
 
 
 @task(name="variant", cache_policy=NO_CACHE)

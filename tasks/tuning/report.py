@@ -17,7 +17,7 @@ from tasks.results import Retrained
 from tasks.summaries import BestTrial, TrialCounts, Tuning
 from tasks.tuning.storage import open_study
 from tasks.wording import rounded_row, shown
-from trainlib.tuning import SearchConfig, decode
+from trainlib.tuning import SearchConfig, chosen, decode
 
 PLOTS = {
     "optimization_history.png": optuna.visualization.matplotlib.plot_optimization_history,
@@ -45,7 +45,9 @@ def _log_plots(log: tracking.RunLogger, study: optuna.Study) -> list[str]:
 
 
 def _rows(study: optuna.Study, search: SearchConfig) -> list[dict]:
-    return [rounded_row({"trial": t.number, "state": t.state.name.lower(), search.metric: t.value,
+    second = [search.second_metric] if search.second_metric else []
+    return [rounded_row({"trial": t.number, "state": t.state.name.lower(),
+                         **dict(zip([search.metric, *second], t.values or [None] * (1 + len(second)), strict=True)),
                          "epochs": max(t.intermediate_values, default=None),
                          "seconds": t.duration.total_seconds() if t.duration else None,
                          **{k: t.params.get(k) for k in search.space}, "run_id": t.user_attrs.get("run_id")})
@@ -57,23 +59,44 @@ def tuning_report(name: str, search: SearchConfig, study_name: str, epochs: int,
                   children: list[str], retrain: Retrained) -> Tuning:
     """-> the tuning's summary (`trainflow tune`)."""
     study = open_study(search, study_name, epochs)
-    best = study.best_trial
+    best = chosen(study, search)
     best_params = decode(best.params, search.space)
     log = tracking.RunLogger(parent_run_id)
     skipped = _log_plots(log, study)
+    front, rule = _front(log, study, search) if search.second_metric else ([], None)
     rows = _rows(study, search)
     counts = TrialCounts(*(sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")))
-    log.log_metrics({f"best_{search.metric}": best.value, **{f"trials_{k}": v for k, v in asdict(counts).items()}}, 0)
+    log.log_metrics({f"best_{search.metric}": best.values[0], **{f"trials_{k}": v for k, v in asdict(counts).items()},
+                     "front_size": len(front)}, 0)
     log.set_tags({"best_trial": best.number, "best_params": json.dumps(best_params, default=str),
                   "study_name": study_name})
     create_table_artifact(rows, key=artifact_key(name, "trials"), description=f"every trial of {study_name}")
     lines = [f"# {study_name}: best trial {best.number}", "",
              f"{search.strategy} search: {len(rows)} trials ({counts.complete} complete, {counts.pruned} "
-             f"pruned, {counts.fail} failed); best {search.metric} {shown(best.value)}",
+             f"pruned, {counts.fail} failed); best {search.metric} {shown(best.values[0])}",
+             *([f"Pareto front of {search.metric} and {search.second_metric}: {len(front)} trials "
+                f"({', '.join(f'#{t.number}' for t in front)}); {rule}"] if front else []),
              "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
              "", f"Retrained on {search.retrain}: test accuracy {shown(retrain.metrics['test_accuracy'])}; "
              f"{retrain.registered.line()}.", "", link("study run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "tuning"), description="tuning summary")
-    return Tuning(summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.value},
-                          retrain.registered), BestTrial(best.number, best_params, best.value), counts,
-                  [*children, retrain.run_id], skipped)
+    picked = BestTrial(best.number, best_params, best.values[0], best.values[1] if front else None)
+    return Tuning(summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.values[0]},
+                          retrain.registered), picked, counts, [*children, retrain.run_id], skipped, front, rule,
+                  search.second_metric)
+
+
+def _front(log: tracking.RunLogger, study: optuna.Study, search: SearchConfig) -> tuple[list[BestTrial], str]:
+    """A two-objective study's Pareto front (lowest cost first), drawn on the run as pareto_front.png, and the rule
+    that picked the member retrained."""
+    front = sorted(study.best_trials, key=lambda t: (t.values[1], t.number))
+    with warnings.catch_warnings():  # experimental, as Optuna's other matplotlib plots
+        warnings.simplefilter("ignore")
+        ax = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=[search.metric,
+                                                                                    search.second_metric])
+    ax.figure.set_size_inches(7, 5)
+    log.log_figure(ax.figure, "pareto_front.png")
+    plt.close(ax.figure)
+    rule = (f"retrained: the lowest {search.second_metric} of the members within {search.tolerance:g} of the front's "
+            f"best {search.metric} (search.tolerance)")
+    return [BestTrial(t.number, decode(t.params, search.space), t.values[0], t.values[1]) for t in front], rule

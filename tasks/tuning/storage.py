@@ -87,14 +87,14 @@ def _reason(exc: Exception) -> str:
     return redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
 
 
-def create(url: str | None, name: str, direction: str, sampler, pruner) -> optuna.Study:
+def create(url: str | None, name: str, directions: list[str], sampler, pruner) -> optuna.Study:
     """A new study, or the existing one of that name in the storage `url` (to resume or share it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lock = AskLock(url, "")  # processes starting together: one at a time creates the tables and the study
     try:
         with lock:
             study = optuna.create_study(storage=storage(url), study_name=name, load_if_exists=url is not None,
-                                        sampler=sampler, direction=direction, pruner=pruner)
+                                        sampler=sampler, directions=directions, pruner=pruner)
     finally:
         lock.close()
     if url is None:
@@ -111,13 +111,13 @@ def load(url: str | None, name: str, sampler, pruner) -> optuna.Study:
 
 def create_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """A new study, or the existing one of that name in `search.storage` (to resume or share it)."""
-    return create(search.storage, name, search.goal, SAMPLERS[search.strategy](search),
-                  PRUNERS[search.pruner](search, epochs))
+    return create(search.storage, name, search.directions, SAMPLERS[search.strategy](search),
+                  PRUNERS[search.pruning](search, epochs))
 
 
 def open_study(search: SearchConfig, name: str, epochs: int) -> optuna.Study:
     """The study created by `create_study`: from its storage (any process), or this process's memory."""
-    return load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruner](search, epochs))
+    return load(search.storage, name, SAMPLERS[search.strategy](search), PRUNERS[search.pruning](search, epochs))
 
 
 def release(name: str) -> None:
@@ -217,8 +217,8 @@ def heartbeats(study: optuna.Study, running: Callable[[], Iterable[int]]) -> Ite
         thread.join()
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: States | None = None,
-         attrs: dict | None = None) -> None:
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | list[float] | None = None,
+         state: States | None = None, attrs: dict | None = None) -> None:
     """Record a trial's `attrs` (user attributes) and result. A trial already finished elsewhere (failed as
     stale while its heartbeat could not be written, and queued again) is left as it is. The grid sampler's
     request to stop once its grid is covered is tolerated (Optuna allows that only inside `optimize`); the
@@ -297,7 +297,8 @@ class AskTell:
         if result.state == "pruned":
             tell(self.study, trial, state=States.PRUNED)
         else:
-            tell(self.study, trial, result.value, attrs={"best_epoch": result.best_epoch})
+            values = result.value if result.second is None else [result.value, result.second]
+            tell(self.study, trial, values, attrs={"best_epoch": result.best_epoch})
 
     def check_complete(self) -> None:
         """Fail unless `search.min_complete` trials of the study completed (those of every process count)."""
