@@ -86,8 +86,9 @@ def _undecided(contrasts: list[Contrast]) -> None:
 def comparison(s: Comparison) -> None:
     """Every variant's means with their intervals, each against the baseline with a verdict, then the winner."""
     n = s.repeats
-    shown_measures = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")
-    table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "seconds",
+    shown_measures = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_cpu_seconds",
+                      "test_accuracy_per_cpu_minute")
+    table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "CPU s", "test acc per CPU-min",
                   title=f"best epoch of each variant, mean ± 95% interval over {'its' if s.rounds else n} repeats"
                   if n > 1
                   else "best epoch of each variant (one repeat: no interval)")
@@ -158,7 +159,7 @@ CLAIM_STYLES = {"supported": "green", "contradicted": "red", "inconclusive": "de
 
 def technique_study(s: Study) -> None:
     """One row per claim: the measure, baseline and treatment with intervals, the difference, P(treatment better),
-    the verdict (Holm-corrected over the entry's treatments)."""
+    the verdict (Holm-corrected over the entry's treatments). The report adds the CPU seconds of each arm."""
     from tasks.technique_study.report import as_estimate, signed
 
     table = Table("entry", "measure", "baseline", "treatment", "difference [95% CI]", "P(better)", "verdict",

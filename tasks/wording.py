@@ -26,7 +26,7 @@ def rounded(value, key: str = ""):
     if not isinstance(value, numbers.Real) or isinstance(value, numbers.Integral) or value != value:  # NaN stays
         return value
     value = float(value)  # numpy's too
-    if key.endswith(("seconds", "per_second")):
+    if key.endswith(("seconds", "per_second", "per_cpu_minute")):
         return round(value, 2)
     if "epoch" in key:  # MLflow keeps best_epoch as a float metric; a mean of epochs keeps one decimal
         return int(value) if value.is_integer() else round(value, 1)
@@ -41,7 +41,8 @@ def shown(value, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and not _is_hyperparameter(key):
-        return f"{value:.1f}" if key.endswith(("seconds", "per_second")) or "epoch" in key else f"{value:.4f}"
+        coarse = key.endswith(("seconds", "per_second", "per_cpu_minute")) or "epoch" in key
+        return f"{value:.1f}" if coarse else f"{value:.4f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

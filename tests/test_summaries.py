@@ -138,6 +138,7 @@ def test_a_study_prints_every_claim_and_its_json_keeps_the_report_columns(printe
     assert "1.00" in flat  # P(better): every paired repeat
     assert "ValueError" in flat and "1 supported, 1 failed in 1.5 minutes" in flat
     row = study.json()["rows"][0]
-    assert row["treatment"] == {"label": "model.dropout=0.3", "mean": 0.95, "ci_low": 0.93, "ci_high": 0.97}
+    assert row["treatment"] == {"label": "model.dropout=0.3", "mean": 0.95, "ci_low": 0.93, "ci_high": 0.97,
+                                "cpu_seconds": None}  # the test built its arms without a cost
     assert row["verdict"] == "supported" and row["n"] == 3 and study.json()["rows"][1]["verdict"] == "failed"
     assert row["p_holm"] == 0.01 and row["treatments"][0]["p_better"] == {"mean": 1.0, "ci_low": 0.44, "ci_high": 1.0}

@@ -179,6 +179,8 @@ def _markdown(c: Card) -> list[str]:
 
 def _calibration_line(c: Card) -> str:
     cal = c.calibration
+    if "test_ece" not in cal:
+        return "Not recorded (the run logged no test_ece)."
     line = f"Expected calibration error {cal['test_ece']:.4f} (15 confidence bins; 0: as often right as confident)"
     if "temperature" in cal:
         line += (f"; temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split) from "

@@ -166,9 +166,10 @@ class Arm:
 
     label: str
     estimate: Interval
+    cpu: Interval | None = None  # its training's CPU seconds (the cost beside the measure)
 
     def json(self) -> dict[str, Any]:
-        return {"label": self.label, **asdict(self.estimate)}
+        return {"label": self.label, **asdict(self.estimate), "cpu_seconds": asdict(self.cpu) if self.cpu else None}
 
 
 @dataclass(frozen=True)
@@ -217,11 +218,16 @@ def judge(entry: Entry, summary: list[Group], versus: list[Contrast], baseline: 
     treatment's estimate of the entry's measure, their paired difference and the verdict. With several treatments
     the claim must hold for each, so its verdict is the one it holds worst for."""
     by_label = {s.label: s for s in summary}
-    treatments = [Treated(Arm(v.label, Interval.of(by_label[v.label].estimates.get(entry.measure))),
+
+    def arm(label: str) -> Arm:
+        found = by_label[label].estimates
+        return Arm(label, Interval.of(found.get(entry.measure)), Interval.of(found.get("train_cpu_seconds")))
+
+    treatments = [Treated(arm(v.label),
                           Interval(v.diff, v.ci_low, v.ci_high), v.n, verdict(entry.direction, v), v.p_holm,
                           Interval(v.p_better, v.p_better_low, v.p_better_high) if v.p_better is not None else None,
                           v.verdict, v.repeats_needed)
                   for v in versus if v.metric == entry.measure]
     if not treatments:
         raise ValueError(f"{entry.name}: the comparison has no treatment measured by {entry.measure}")
-    return Judgement(Arm(baseline, Interval.of(by_label[baseline].estimates.get(entry.measure))), treatments)
+    return Judgement(arm(baseline), treatments)

@@ -88,7 +88,7 @@ MEASURES: Registry[Measure] = Registry("measure", {
 
 # Every measure a comparison summarizes per repeat: its metrics, then the derived measures above.
 RUN_MEASURES = ("test_accuracy", "test_loss", "test_ece", "best_val_accuracy", "best_val_loss", "epochs",
-                "train_seconds", "train_cpu_seconds",
+                "train_seconds", "train_cpu_seconds", "test_accuracy_per_cpu_minute",
                 *MEASURES)
 
 

@@ -29,7 +29,8 @@ MEASURES = RUN_MEASURES
 BETTER = {name: m.better for name, m in DERIVED.items()}  # their good direction (trainlib.evidence.versus)
 COLUMNS = ["best_val_loss", "best_val_accuracy", "test_accuracy", "test_f1", "test_loss"]
 NOT_IN_KEYS = re.compile(r"[^\w.:/ -]")  # what MLflow refuses in a metric's name (a label's `=` and `,`)
-SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds")  # in the markdown table
+SHOWN = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_seconds", "train_cpu_seconds",
+         "test_accuracy_per_cpu_minute")  # in the markdown table
 
 
 def measures(result: Repeated) -> dict[str, float | None] | None:

@@ -97,6 +97,7 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
                     "train_seconds": sum(h["epoch_seconds"] for h in fit.history)} | fit.cost.metrics() | fit.averaged
         metrics |= fit.calibration.metrics() if fit.calibration else {}
+        metrics["test_accuracy_per_cpu_minute"] = metrics["test_accuracy"] / max(fit.cost.cpu_seconds / 60, 1e-9)
         fitted = {s: recipe.test(config, model, ds, m, s).accuracy for s in ("train", "val")}  # eval mode
         metrics |= {"train_accuracy_eval": fitted["train"]} | derived(Trained(fit, model, fitted["train"],
                                                                                fitted["val"]))

@@ -23,7 +23,7 @@ from trainlib.claims import Interval, Treated
 from trainlib.evidence import Contrast, Estimate, margin_of
 
 COLUMNS = ("technique", "claim", "measure", "baseline", "treatment", "difference [95% CI]", "P(better) [95% CI]",
-           "verdict (test)", "repeats to decide")
+           "verdict (test)", "repeats to decide", "CPU s per training (baseline, treatment)")
 
 
 def interval(e: Interval, measure: str) -> str:
@@ -37,11 +37,19 @@ def interval(e: Interval, measure: str) -> str:
 
 def cells(row: ClaimResult) -> list[str]:
     if row.judgement is None:
-        return [row.technique, row.claim, row.measure, "-", "-", "-", "-", f"failed: {row.error}", "-"]
+        return [row.technique, row.claim, row.measure, "-", "-", "-", "-", f"failed: {row.error}", "-", "-"]
     m, j = row.measure, row.judgement
     return [row.technique, row.claim, m, f"{j.baseline.label}: {interval(j.baseline.estimate, m)}",
             f"{j.worst.arm.label}: {interval(j.worst.arm.estimate, m)}", signed(j.worst.diff, m),
-            better(j.worst), f"{row.verdict} ({j.worst.test})" if j.worst.test else row.verdict, to_decide(row)]
+            better(j.worst), f"{row.verdict} ({j.worst.test})" if j.worst.test else row.verdict, to_decide(row),
+            cost(j.baseline.cpu, j.worst.arm.cpu)]
+
+
+def cost(baseline: Interval | None, treatment: Interval | None) -> str:
+    """The arms' mean CPU seconds per training, `4.1, 6.3`, or '-' where not measured (an ensemble's, a search's)."""
+    if not (baseline and treatment) or baseline.mean is None or treatment.mean is None:
+        return "-"
+    return f"{baseline.mean:.1f}, {treatment.mean:.1f}"
 
 
 def to_decide(row: ClaimResult) -> str:
