@@ -84,6 +84,10 @@ def test_ensemble_run_has_metrics_report_and_pyfunc_model(bagging, prefect_api):
 
     rows = _prefect_table("ens-bagging-ensemble", bagging["run_id"])
     assert [r["member"] for r in rows] == ["member 1", "member 2", "member 3", "ensemble (bagging)"]
+    card = client.get_model_version("ens-bagging-ensemble", str(bagging["version"])).description  # its model card
+    assert card.startswith("# Model card: ens-bagging-ensemble version")
+    assert f"| test_accuracy | {metrics['test_accuracy']:.4f} [" in card  # outcomes logged: an interval
+    assert card.count("member ") >= 3 and "- ensemble members: " in card
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,9 @@ def test_signals_through_the_pipeline_and_the_registered_cnn1d_in_a_fresh_proces
         "training.epochs=3", "augment.translate=0.2", "augment.amplitude=0.2", "register.min_test_accuracy=0"])).json()
     assert out["alias"] == "champion" and out["metrics"]["test_accuracy"] > 0.3  # chance: 0.2
     assert "augmentation_preview.png" in _artifacts(MlflowClient(), out["run_id"])
+    card = MlflowClient().get_model_version("flow-signals", str(out["version"])).description  # a card, signals too
+    assert card.startswith("# Model card: flow-signals version") and "- source: waveforms" in card
+    assert "| test | " in card and "`model.name`: cnn1d (default cnn)" in card
     code = """
 import json, mlflow, numpy as np, pandas as pd
 from mlflow import MlflowClient
