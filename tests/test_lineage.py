@@ -139,3 +139,12 @@ def test_the_card_names_the_most_confused_pairs_and_the_changes_from_the_default
                                {"name": "digits-cnn", "optimizer.lr": "0.001", "model.name": "cnn"},
                                {"optimizer.lr": "step size"})
     assert changes == [("optimizer.lr", "0.01", "0.001", "step size")]
+
+
+def test_a_perfect_test_accuracy_gets_the_exact_binomial_interval_not_a_point():
+    from trainlib import card
+
+    labels = np.arange(269) % 10
+    found = card.bootstrap(labels, labels.copy(), np.full(269, 0.99), 10)
+    assert found["test_accuracy"] == (pytest.approx(0.025 ** (1 / 269)), 1.0)
+    assert found["test_accuracy"][0] == pytest.approx(0.9864, abs=1e-4)

@@ -4,8 +4,9 @@ one-page HTML file.
 
 Every number is one the run logged; the intervals are computed here from the run's logged test predictions: a
 percentile bootstrap over the test samples (BOOTSTRAPS resamples, a fixed seed, so the card reads the same every
-time it is made). The tasks side (tasks/registry/card.py) gathers a Card from MLflow; this module only computes
-and writes.
+time it is made); for an accuracy of exactly 1 or 0, where the bootstrap has nothing to resample, the exact
+(Clopper-Pearson) binomial interval. The tasks side (tasks/registry/card.py) gathers a Card from MLflow; this
+module only computes and writes.
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ def bootstrap(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
         draws["test_f1"].append(float(of_confusion(confusion)[2].mean()))
         draws["test_ece"].append(ece(y == p, c))
     tail = (1 - LEVEL) / 2 * 100
-    return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+    out = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+    right = int((labels == predicted).sum())
+    if right in (0, n):  # no mistake (or no hit) to resample: the bootstrap's interval is a point; Clopper-Pearson's
+        bound = ((1 - LEVEL) / 2) ** (1 / n)  # exact interval, e.g. 269 of 269 right: [0.9864, 1]
+        out["test_accuracy"] = (bound, 1.0) if right == n else (0.0, 1 - bound)
+    return out
 
 
 def most_confused(labels: np.ndarray, predicted: np.ndarray, classes: list[str],

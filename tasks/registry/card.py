@@ -51,7 +51,7 @@ def gather(ref: ModelRef) -> cards.Card:
         classes = [c.name for c in per_class]
         counts = _counts(pd.read_csv(manifest), classes) if manifest else {}
     found = outcomes.of_run(ref.run_id)
-    scored = found is not None and found.labels is not None
+    scored = found is not None and found.labels is not None and bool(classes)  # classes: the report's
     if not scored:
         notes.append("The run logged no per-sample test predictions: no intervals, confusions or reliability bins.")
     intervals = cards.bootstrap(found.labels, found.predicted, found.confidence, len(classes)) if scored else {}
