@@ -170,7 +170,10 @@ def _card(args: argparse.Namespace) -> int:
     import tasks  # noqa: F401
     from tasks.registry import card
     from tasks.registry.model_ref import resolve
+    from trainlib.errors import ConfigError
 
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        raise ConfigError(f"--html {args.html}: no folder {Path(args.html).resolve().parent} to write it in")
     named = args.model if ("@" in args.model or "/" in args.model) else f"{args.model}@champion"
     ref = resolve(f"models:/{named}")
     if args.intended_use is not None or args.limitations is not None:

@@ -89,6 +89,8 @@ def comparison(s: Comparison) -> None:
     shown_measures = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "train_cpu_seconds",
                       "test_accuracy_per_cpu_minute")
     table = Table("variant", "n", "val acc", "test acc", "test loss", "epochs", "CPU s", "test acc per CPU-min",
+                  caption="CPU s: per training; trainings running at once in this process share its CPU time equally "
+                          "(trainlib/cost.py)",
                   title=f"best epoch of each variant, mean ± 95% interval over {'its' if s.rounds else n} repeats"
                   if n > 1
                   else "best epoch of each variant (one repeat: no interval)")

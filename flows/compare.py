@@ -14,11 +14,12 @@ from flows.common import as_model, prepare_data, run_bounded
 from flows.runners import Submit, fan_out
 from flows.transfer import with_source_architecture
 from tasks import tracking
-from tasks.chain.refs import DatasetRef, ManifestRef, SourceRef, StatsRef
+from tasks.chain.evaluate import evaluate
+from tasks.chain.refs import DatasetRef, ManifestRef, SourceRef, StatsRef, TrainedRef
 from tasks.events import Finished
 from tasks.fanout.comparison import BETTER, MEASURES, compare_report, measures
 from tasks.fanout.runs import variant
-from tasks.record import start_run
+from tasks.record import record_data, start_run
 from tasks.registry.register import register
 from tasks.results import Repeated, VariantRun
 from tasks.settings import workspace
@@ -76,7 +77,12 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
                      key=lambda s: (s.estimates["best_val_accuracy"].mean, -s.estimates["best_val_loss"].mean))
         best = max((r for r in results if r.label == winner.label and r.run is not None),
                    key=lambda r: (r.run.metrics["best_val_accuracy"], -r.run.metrics["best_val_loss"]))
-        dataset, _, stats = data[best.split_seed]
+        dataset, manifest, stats = data[best.split_seed]
+        # the registered variant's run gets what a training run records of its data and test (split manifest, class
+        # report, per-sample outcomes): its model card's counts and intervals, the gate's McNemar test
+        record_data(best.run.run_id, dataset, manifest, stats)
+        evaluate(config, dataset, manifest, TrainedRef(best.run.model, best.run.curves, best.run.best_epoch or
+                                                       best.run.epochs, best.run.epochs, "", 0.0), best.run.run_id)
         registered = register(config.name, config.register, best.run.model, best.run.metrics, dataset, stats,
                               best.run.run_id)
         versus = [c for s in stops for c in s.contrasts]

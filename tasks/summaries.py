@@ -349,8 +349,8 @@ class Rerun:
 
     @property
     def exact(self) -> bool:
-        """Every metric compared is equal to the original's."""
-        return all(a == b for _, a, b in self.metrics)
+        """Every metric compared (one at least) is equal to the original's."""
+        return bool(self.metrics) and all(a == b for _, a, b in self.metrics)
 
     def json(self) -> dict[str, Any]:
         return {"original": self.original, "run_id": self.run_id, "kind": self.kind, "mlflow_url": self.mlflow_url,

@@ -148,3 +148,18 @@ def test_a_perfect_test_accuracy_gets_the_exact_binomial_interval_not_a_point():
     found = card.bootstrap(labels, labels.copy(), np.full(269, 0.99), 10)
     assert found["test_accuracy"] == (pytest.approx(0.025 ** (1 / 269)), 1.0)
     assert found["test_accuracy"][0] == pytest.approx(0.9864, abs=1e-4)
+
+
+def test_nothing_to_fit_leaves_the_temperature_at_one_and_the_card_says_ece_intervals_hold_the_point():
+    from trainlib import card
+
+    z = torch.randn(300, 10, generator=torch.Generator().manual_seed(4)) * 3
+    assert calibration.fit_temperature(z, z.argmax(1)) == 1.0  # no mistake: the likelihood has no optimum
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 10, 270)
+    predicted = np.where(rng.random(270) < 0.95, labels, (labels + 3) % 10)
+    confidence = np.clip(rng.normal(0.95, 0.03, 270), 0, 1)
+    low, high = card.bootstrap(labels, predicted, confidence, 10)["test_ece"]
+    from trainlib.metrics import ece
+
+    assert low <= ece(labels == predicted, confidence) <= high  # the basic interval: resampling's bias taken out

@@ -61,10 +61,11 @@ def test_the_card_gives_the_numbers_the_run_logged(trained):
     assert "optimizer.lr" not in changes  # left at its default
     # the registry shows the same card: the version's description, and the run's HTML page
     version = client.get_model_version("lineage", "1")
-    assert version.description.startswith("# Model card: lineage version 1 (@champion)")
+    assert version.description.startswith("# Model card: lineage version 1\n")
+    assert "when the version held @champion" in version.description
     assert f"| test_accuracy | {logged['test_accuracy']:.4f} [" in version.description
     page = open(client.download_artifacts(run["run_id"], HTML)).read()
-    assert "<h1>Model card: lineage version 1 (@champion)</h1>" in page and "data:image/png;base64," in page
+    assert "<h1>Model card: lineage version 1</h1>" in page and "data:image/png;base64," in page
 
 
 def test_the_sections_a_person_writes_are_kept_for_every_version(trained, tmp_path):
@@ -103,11 +104,17 @@ def test_a_rerun_reproduces_the_run_and_refuses_changed_data(trained):
     assert json.loads(allowed.stdout)["data_changed"]["then"] == digest
 
 
-def test_a_compare_child_is_rerun_as_it_was_trained(trained):
+def test_a_compare_child_is_rerun_as_it_was_trained_and_the_registered_one_has_a_full_card(trained):
     env, _, data, client = trained
     out = _trainflow(env, "compare", "--name", "lineage-compare", *SMALL, "--set", f"data.path={data}",
-                     "--vary", "optimizer.name=adam,sgd", "--no-register", "--json")
+                     "--set", "calibrate.method=temperature", "--vary", "optimizer.name=adam,sgd", "--json")
     assert out.returncode == 0, out.stderr
+    made = _trainflow(env, "card", "lineage-compare/1", "--json")
+    assert made.returncode == 0, made.stderr
+    card = json.loads(made.stdout)  # a variant's run, recorded at registration as a training run is
+    assert card["metrics"]["test_accuracy"]["low"] is not None and sum(card["data"]["counts"]["test"].values()) > 0
+    assert card["calibration"]["temperature"] > 0 and "test_ece_uncalibrated" in card["calibration"]
+    assert card["lineage"][0][0] == "parent run" and "(a comparison)" in card["lineage"][0][1]
     child = next(r for r in json.loads(out.stdout)["runs"] if r["variant"] == "optimizer.name=sgd")
     again = _trainflow(env, "rerun", child["run_id"], "--json")
     assert again.returncode == 0, again.stderr

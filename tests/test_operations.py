@@ -292,7 +292,7 @@ def test_both_uis_show_the_results_in_headless_chromium(deployed, nightly_run):
         expect(holder.get_by_role("link", name=f"Version {champion}", exact=True)).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "mlflow-registered-model.png")
         page.goto(f"{mlflow_ui}/#/models/digits-cnn/versions/{champion}")  # its model card, the description
-        expect(page.get_by_role("heading", name=re.compile(f"^Model card: digits-cnn version {champion} "))
+        expect(page.get_by_role("heading", name=f"Model card: digits-cnn version {champion}", exact=True)
                ).to_be_visible(timeout=60_000)
         accuracy = client.get_run(client.get_model_version("digits-cnn", champion).run_id).data.metrics["test_accuracy"]
         expect(page.get_by_role("cell", name=re.compile(rf"^{accuracy:.4f} \[")).first).to_be_visible()

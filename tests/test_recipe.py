@@ -82,6 +82,11 @@ def test_every_registry_choice_trains_from_config(key, name, tmp_path):
     epochs = load_config(None, QUICK + overrides).training.epochs
     assert out.evaluation.accuracy >= 0.6 and len(out.fit.history) == epochs
     assert out.fit.history[-1]["train_loss"] < out.fit.history[0]["train_loss"]
+    if key == "calibrate.method":  # the method ran, and the model carries what it fitted
+        fitted = out.fit.calibration
+        assert (fitted is None) == (name == "none")
+        assert float(out.model.temperature) == pytest.approx(fitted.temperature if fitted else 1.0, rel=1e-6)
+        assert fitted is None or fitted.val_loss <= fitted.val_loss_before
 
 
 def test_augmentation_online_and_expanded():

@@ -43,9 +43,12 @@ class Calibration:
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T minimizing the mean NLL of softmax(logits / T) over (logits, labels): a one-dimensional convex problem
-    in log T, solved by golden-section search to 1e-4 relative."""
+    """The T minimizing the mean NLL of softmax(logits / T) over (logits, labels): unimodal in log T (convex in 1/T),
+    solved by golden-section search on log T to 1e-4 relative. Where every sample is predicted right the NLL falls
+    without end as T -> 0 (sharper is always better on those samples): nothing to fit, T stays 1."""
     logits, labels = logits.double(), labels.long()
+    if bool((logits.argmax(1) == labels).all()):
+        return 1.0
 
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(logits / math.exp(log_t), labels))
@@ -85,6 +88,15 @@ def calibrate(method: str, logits: torch.Tensor, labels: torch.Tensor) -> Calibr
 
     (ece_before, loss_before), (ece, loss) = scored(1.0), scored(t)
     return Calibration(method, t, ece_before, ece, loss_before, loss)
+
+
+def uncalibrated_ece(probabilities: np.ndarray, labels: np.ndarray, temperature: float,
+                     prefix: str = "test_") -> dict[str, float]:
+    """`{prefix}ece_uncalibrated`: the ECE of a calibrated model's `probabilities` before its temperature (nothing
+    for an uncalibrated model, temperature 1)."""
+    if temperature == 1.0:
+        return {}
+    return {f"{prefix}ece_uncalibrated": calibration_error(uncalibrated(probabilities, temperature), labels)}
 
 
 def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -4,9 +4,9 @@ one-page HTML file.
 
 Every number is one the run logged; the intervals are computed here from the run's logged test predictions: a
 percentile bootstrap over the test samples (BOOTSTRAPS resamples, a fixed seed, so the card reads the same every
-time it is made); for an accuracy of exactly 1 or 0, where the bootstrap has nothing to resample, the exact
-(Clopper-Pearson) binomial interval. The tasks side (tasks/registry/card.py) gathers a Card from MLflow; this
-module only computes and writes.
+time it is made). The ECE, which resampling biases upward, gets the basic bootstrap interval instead; an accuracy of
+exactly 1 or 0, where the bootstrap has nothing to resample, the exact (Clopper-Pearson) binomial interval. The
+tasks side (tasks/registry/card.py) gathers a Card from MLflow; this module only computes and writes.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Card:
     intended_use: str | None = None
     limitations: str | None = None
     notes: list[str] = field(default_factory=list)  # what could not be read, said once
+    made: str = ""  # when (UTC, to the second)
 
     @property
     def weakest(self) -> list[ClassScore]:
@@ -100,10 +101,15 @@ def bootstrap(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
         y, p, c = labels[i], predicted[i], confidence[i]
         confusion = np.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
         draws["test_accuracy"].append(float((y == p).mean()))
-        draws["test_f1"].append(float(of_confusion(confusion)[2].mean()))
+        present = confusion.sum(1) > 0  # a class no resampled sample has would count as F1 0: left out
+        draws["test_f1"].append(float(of_confusion(confusion)[2][present].mean()))
         draws["test_ece"].append(ece(y == p, c))
     tail = (1 - LEVEL) / 2 * 100
     out = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+    # binned ECE grows when samples repeat (a resample's bins hold fewer distinct samples): the percentile interval
+    # sits above the point; the basic bootstrap interval (2 x point - the percentiles) corrects for that bias
+    point, (low, high) = ece(labels == predicted, confidence), out["test_ece"]
+    out["test_ece"] = (max(0.0, 2 * point - high), 2 * point - low)
     right = int((labels == predicted).sum())
     if right in (0, n):  # no mistake (or no hit) to resample: the bootstrap's interval is a point; Clopper-Pearson's
         bound = ((1 - LEVEL) / 2) ** (1 / n)  # exact interval, e.g. 269 of 269 right: [0.9864, 1]
@@ -134,18 +140,20 @@ def reliability(right: np.ndarray, confidence: np.ndarray, bins: int = 15) -> li
 
 def differences(values: dict[str, Any], defaults: dict[str, Any],
                 meanings: dict[str, str]) -> list[tuple[str, Any, Any, str]]:
-    """The config keys whose value differs from the default: (key, value, default, meaning), in key order. `name`
-    and data paths are left out (the card says what data)."""
-    skip = {"name"}
+    """The config keys whose value differs from the default: (key, value, default, meaning), in key order. `name`,
+    data.source and data.path are left out (the card's data section names them)."""
+    skip = {"name", "data.source", "data.path"}
     return [(k, v, defaults.get(k), meanings.get(k, "")) for k, v in sorted(values.items())
             if k not in skip and k in defaults and str(v) != str(defaults[k])]
 
 
 def _markdown(c: Card) -> list[str]:
     aliases = ", ".join(f"@{a}" for a in c.aliases) or "no alias"
-    out = [f"# Model card: {c.model} version {c.version} ({aliases})", "",
-           f"Made by trainflow from MLflow run [{c.run_id}]({c.run_url}). The sections *Intended use* and "
-           f"*Limitations* are a person's: `trainflow card {c.model} --intended-use TEXT --limitations TEXT`.", ""]
+    out = [f"# Model card: {c.model} version {c.version}", "",
+           f"Made by trainflow at {c.made} from MLflow run [{c.run_id}]({c.run_url}), when the version held {aliases} "
+           f"(the aliases move: `trainflow models {c.model}` says who holds each now). The sections *Intended use* "
+           f"and *Limitations* are a person's: `trainflow card {c.model} --intended-use TEXT --limitations TEXT`.",
+           ""]
     d = c.data
     out += ["## Trained on", "", f"- source: {d.get('source')} {d.get('path') or ''}".rstrip(),
             f"- dataset digest: `{d.get('digest')}`", f"- seeds: {_pairs(d.get('seeds', {}))}"]
@@ -189,8 +197,9 @@ def _calibration_line(c: Card) -> str:
         return "Not recorded (the run logged no test_ece)."
     line = f"Expected calibration error {cal['test_ece']:.4f} (15 confidence bins; 0: as often right as confident)"
     if "temperature" in cal:
-        line += (f"; temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split) from "
-                 f"{cal['test_ece_uncalibrated']:.4f}")
+        before = cal.get("test_ece_uncalibrated")
+        line += (f"; temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split)" +
+                 (f" from {before:.4f}" if before is not None else ""))
     return line + "."
 
 

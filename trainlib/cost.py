@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,7 +60,8 @@ def peak_rss_mb() -> float:
         pass
     import resource  # not Linux: the lifetime peak (ru_maxrss is in kB on Linux, bytes on macOS)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak / 1024
 
 
 def _reset_peak_rss() -> None:

@@ -159,6 +159,9 @@ def calibrate(cfg: PipelineConfig, model: models.Classifier, ds: sources.Dataset
     `model`; None where the method is none."""
     if calibration.METHODS[cfg.calibrate.method] is None:
         return None
+    if not (manifest["split"] == "val").any():  # e.g. a search's retrain on train+val
+        raise ConfigError(f"calibrate.method: {cfg.calibrate.method} is fitted on the validation split, and this "
+                          "training has none")
     val = part(ds, manifest, "val", cfg.data.workers)  # the model was just trained: its temperature is 1
     logits, labels = predict_logits(model, val, resolve_device(cfg.training.device), cfg.training.precision)
     fitted = calibration.calibrate(cfg.calibrate.method, logits.float(), labels)

@@ -203,6 +203,8 @@ def check_space(config: PipelineConfig, search: SearchConfig) -> None:
                         for k, p in search.space.items()}, "search.space")
     if search.retrain == "train+val" and "plateau" in _values(search, "schedule.name", config.schedule.name):
         raise ConfigError("search.retrain: train+val leaves no validation split, which the plateau schedule needs")
+    if search.retrain == "train+val" and set(_values(search, "calibrate.method", config.calibrate.method)) - {"none"}:
+        raise ConfigError("search.retrain: train+val leaves no validation split, which calibrate.method fits on")
 
 
 def _values(search: SearchConfig, key: str, default) -> list:

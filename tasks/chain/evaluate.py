@@ -8,10 +8,9 @@ from tasks.chain.refs import DatasetRef, ManifestRef, TrainedRef
 from tasks.registry import outcomes
 from tasks.tracking import RunLogger
 from trainlib import plots, recipe
-from trainlib.calibration import uncalibrated
+from trainlib.calibration import uncalibrated_ece
 from trainlib.config import PipelineConfig
 from trainlib.data.split import indices
-from trainlib.metrics import calibration_error
 
 
 @task(name="evaluate")
@@ -21,9 +20,7 @@ def evaluate(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef,
     temperature too)."""
     ds, model = dataset.load(), trained.load()
     result = recipe.test(config, model, ds, manifest.load())
-    metrics = result.summary("test_")
-    if (t := float(model.temperature)) != 1.0:
-        metrics["test_ece_uncalibrated"] = calibration_error(uncalibrated(result.probabilities, t), result.labels)
+    metrics = result.summary("test_") | uncalibrated_ece(result.probabilities, result.labels, float(model.temperature))
     log = RunLogger(run_id)
     log.log_metrics(metrics, step=trained.stopped_epoch)
     log.log_figure(plots.confusion(result.confusion, ds.classes), "confusion_matrix.png")

@@ -21,6 +21,7 @@ from tasks.record import open_run
 from tasks.results import TrialRun, VariantRun
 from tasks.tuning.storage import open_study
 from trainlib import recipe
+from trainlib.calibration import uncalibrated_ece
 from trainlib.config import PipelineConfig
 from trainlib.measures import Trained, derived
 from trainlib.models import save_model
@@ -57,10 +58,10 @@ def trial(config: PipelineConfig, params: dict[str, Any], search: SearchConfig, 
     with tracking.finishing(run_id) as outcome, tracking.RunLogger(run_id, every=LIVE_SECONDS) as log:
         handle = optuna.trial.Trial(open_study(search, study_name, config.training.epochs), trial_id)
         handle.set_user_attr("run_id", run_id)  # the study (in any storage) knows where each trial is tracked
-        pruning = PruningCallback(handle, search.metric)
+        pruning = PruningCallback(handle, search.metric)  # reports each epoch: Optuna takes reports of one objective
         try:
             model, fit = recipe.train(config, *load_data(config, dataset, manifest, stats),
-                                      callbacks=[pruning] if search.pruning != "none" else [], logger=log)
+                                      callbacks=[] if search.second_metric else [pruning], logger=log)
         except optuna.TrialPruned:
             log.set_tags({"trial.state": "pruned"})
             outcome["status"] = "KILLED"
@@ -91,7 +92,9 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         ds, m, norm = load_data(config, dataset, manifest, stats)
         model, fit = recipe.train(config, ds, m, norm, logger=log, source=source.path if source else None)
         seconds = time.perf_counter() - started
-        metrics = recipe.test(config, model, ds, m).summary("test_")
+        tested = recipe.test(config, model, ds, m)
+        metrics = tested.summary("test_") | uncalibrated_ece(tested.probabilities, tested.labels,
+                                                             float(model.temperature))
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]
         metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,7 @@ def gather(ref: ModelRef) -> cards.Card:
         cards.most_confused(found.labels, found.predicted, classes) if scored and classes else [],
         calibration, cards.reliability(found.correct, found.confidence) if scored else [],
         {k: metrics[k] for k in COST if k in metrics}, _lineage(run, version), _history(ref.name, ref.version),
-        *_written(ref.name), notes)
+        *_written(ref.name), notes, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"))
 
 
 def _per_class(report: dict) -> list[cards.ClassScore]:
@@ -101,7 +103,9 @@ def _lineage(run, version) -> list[tuple[str, str]]:
     gate's decision."""
     tags, out = run.data.tags, []
     if parent := tags.get("mlflow.parentRunId"):
-        kind = tracking.client().get_run(parent).data.tags.get("trainflow.kind", "run")
+        kind = "run"
+        with contextlib.suppress(MlflowException):  # a parent deleted since
+            kind = tracking.client().get_run(parent).data.tags.get("trainflow.kind", "run")
         out.append(("parent run", f"{parent} (a {kind})"))
     if source := tags.get("transfer.source"):
         out.append(("transfer source", source))
@@ -151,6 +155,20 @@ def reliability_png(card: cards.Card) -> bytes | None:
     buffer = io.BytesIO()
     plots.reliability(card.reliability).savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
+
+
+def publish_or_say(ref: ModelRef) -> None:
+    """`publish` at registration: the version is registered and its alias moved by now, so a card that cannot be made
+    (a store that fails, a record edited by hand) does not fail the flow: the version's `card_error` tag and a warning
+    say why, and `trainflow card` makes it later."""
+    try:
+        publish(ref)
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the registration stands; said, not swallowed
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        logging.getLogger("trainflow").warning("%s: no model card (%s); `trainflow card` makes it later",
+                                               ref.describe(), reason)
+        with contextlib.suppress(MlflowException):
+            tracking.client().set_model_version_tag(ref.name, str(ref.version), "card_error", reason)
 
 
 def publish(ref: ModelRef) -> cards.Card:

@@ -155,7 +155,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
                                          "registered_version": version, "registered_alias": alias, **_tested(gate)})
-    card.publish(ModelRef(f"models:/{name}/{version}", name, version, None, (alias,), run_id))
+    card.publish_or_say(ModelRef(f"models:/{name}/{version}", name, version, None, (alias,), run_id))
     return Registration(model_uri, name, version, alias, gate)
 
 

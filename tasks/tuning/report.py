@@ -64,16 +64,18 @@ def tuning_report(name: str, search: SearchConfig, study_name: str, epochs: int,
     log = tracking.RunLogger(parent_run_id)
     skipped = _log_plots(log, study)
     front, rule = _front(log, study, search) if search.second_metric else ([], None)
+    # the study's best metric: the best trial's, or the front's best (the member retrained may be up to tolerance below)
+    top = (max if search.goal == "maximize" else min)(t.value for t in front) if front else best.values[0]
     rows = _rows(study, search)
     counts = TrialCounts(*(sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")))
-    log.log_metrics({f"best_{search.metric}": best.values[0], **{f"trials_{k}": v for k, v in asdict(counts).items()},
+    log.log_metrics({f"best_{search.metric}": top, **{f"trials_{k}": v for k, v in asdict(counts).items()},
                      "front_size": len(front)}, 0)
     log.set_tags({"best_trial": best.number, "best_params": json.dumps(best_params, default=str),
                   "study_name": study_name})
     create_table_artifact(rows, key=artifact_key(name, "trials"), description=f"every trial of {study_name}")
     lines = [f"# {study_name}: best trial {best.number}", "",
              f"{search.strategy} search: {len(rows)} trials ({counts.complete} complete, {counts.pruned} "
-             f"pruned, {counts.fail} failed); best {search.metric} {shown(best.values[0])}",
+             f"pruned, {counts.fail} failed); best {search.metric} {shown(top)}",
              *([f"Pareto front of {search.metric} and {search.second_metric}: {len(front)} trials "
                 f"({', '.join(f'#{t.number}' for t in front)}); {rule}"] if front else []),
              "", "| parameter | value |", "|---|---|", *[f"| {k} | {shown(v, k)} |" for k, v in best_params.items()],
@@ -81,7 +83,7 @@ def tuning_report(name: str, search: SearchConfig, study_name: str, epochs: int,
              f"{retrain.registered.line()}.", "", link("study run", parent_run_id)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "tuning"), description="tuning summary")
     picked = BestTrial(best.number, best_params, best.values[0], best.values[1] if front else None)
-    return Tuning(summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": best.values[0]},
+    return Tuning(summary(name, parent_run_id, {**retrain.metrics, f"best_{search.metric}": top},
                           retrain.registered), picked, counts, [*children, retrain.run_id], skipped, front, rule,
                   search.second_metric)
 

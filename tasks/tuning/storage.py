@@ -97,9 +97,17 @@ def create(url: str | None, name: str, directions: list[str], sampler, pruner) -
                                         sampler=sampler, directions=directions, pruner=pruner)
     finally:
         lock.close()
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:  # Optuna keeps a stored study's directions whatever is asked: its trials would fail
+        raise ConfigError(f"search: the study {name} in {redact(url or '')} {_objectives(stored)}, this search "
+                          f"{_objectives(directions)}; give another study_name (or the same second_metric)")
     if url is None:
         _IN_MEMORY[name] = study
     return study
+
+
+def _objectives(directions: list[str]) -> str:
+    return f"has {len(directions)} objective{'s' if len(directions) > 1 else ''} ({', '.join(directions)})"
 
 
 def load(url: str | None, name: str, sampler, pruner) -> optuna.Study:
