@@ -9,6 +9,7 @@ before anything starts. With --json, stdout carries exactly one JSON object; eve
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cli import options
 from cli.execute import execute
@@ -211,7 +212,7 @@ def _transfer(args: argparse.Namespace) -> int:
     from cli import summaries
     from cli.progress import EpochProgress
     from flows import plans
-    from trainlib.config import load_config, override
+    from trainlib.config import anchored, load_config, override
 
     cfg = load_config(args.config, options.overrides(args))
     if args.demo:
@@ -229,7 +230,8 @@ def _transfer(args: argparse.Namespace) -> int:
         return execute(args, f"transfer demo: digits 0-4 -> 5-9, {shots} shots per class", demo, summaries.demo)
     if not args.source:
         raise TrainflowError("transfer: give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)")
-    changes = {"transfer.source": args.source} | ({"transfer.strategy": args.strategy} if args.strategy else {})
+    source = anchored(args.source, Path.cwd())  # a path on the command line: against the current folder, as --set's
+    changes = {"transfer.source": source} | ({"transfer.strategy": args.strategy} if args.strategy else {})
     cfg = plans.transfer(override(cfg, changes | ({"split.shots": args.shots} if args.shots else {})))
     preflight.check([cfg])
 

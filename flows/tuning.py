@@ -25,7 +25,7 @@ from tasks.tuning import storage
 from tasks.tuning.report import tuning_report
 from tasks.tuning.storage import create_study
 from trainlib.config import PipelineConfig, flatten, override
-from trainlib.tuning import SearchConfig, chosen, decode, trial_base
+from trainlib.tuning import SearchConfig, chosen, decode, retrain_epochs, trial_base
 
 
 def run_name() -> str:
@@ -90,8 +90,8 @@ def retrain_best(config: PipelineConfig, search: SearchConfig, study: optuna.Stu
     best_config = override(trial_base(config, search, parallel=1), decode(best.params, search.space))
     if search.retrain == "train+val":
         manifest = merge_val(manifest)
-        best_config = override(best_config, {"training.epochs": best.user_attrs.get("best_epoch") or
-                                             config.training.epochs, "training.early_stopping.enabled": False})
+        best_config = override(best_config, {"training.epochs": retrain_epochs(best),
+                                             "training.early_stopping.enabled": False})
     stats = normalize(dataset, manifest, best_config.normalize, best_config.data.workers)
     run_id = start_run(best_config, {"search.best_trial": best.number}, parent_run_id=parent_run_id,
                        run_name=f"best: trial {best.number} on {search.retrain}", kind="retrain")

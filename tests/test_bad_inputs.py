@@ -106,11 +106,10 @@ CASES = {
                                "has no labels array named 'label' (data.target) or y, labels, label; its arrays: x"),
     "signal labels file missing": (["run", "--set", "data.source=numpy", "--set", "data.path=signals.npy", "--set",
                                     "data.labels=no-labels.npy", *MLP], "data.labels: no such file: "),
-    "transfer source not found": (["transfer", "--source", "nothing.pt"], "transfer.source: no such file: nothing.pt"),
+    "transfer source not found": (["transfer", "--source", "nothing.pt"], "/nothing.pt (give models:/name@alias"),
     "incompatible checkpoint": (["transfer", "--source", "digits-mlp.pt", "--set", "data.source=csv", "--set",
                                  f"data.path={IRIS}", "--set", "data.target=species", *MLP],
-                                "transfer.source digits-mlp.pt: net.1.weight is (32, 64) in the source but (32, 4) "
-                                "here"),
+                                "/digits-mlp.pt: net.1.weight is (32, 64) in the source but (32, 4) here"),
 }
 
 

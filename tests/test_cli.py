@@ -144,13 +144,14 @@ def test_transfer_json_from_a_model_file(tmp_path):
     summary = json.loads(out.stdout)
     assert {"run_id", "experiment", "metrics", "model_uri", "registered_model", "version", "alias", "gate",
             "transfer"} <= set(summary)
-    assert summary["transfer"]["source"] == "source.pt" and summary["transfer"]["strategy"] == "feature_extraction"
+    assert summary["transfer"]["source"] == str(tmp_path / "source.pt")  # absolute: the recorded config works anywhere
+    assert summary["transfer"]["strategy"] == "feature_extraction"
     assert summary["transfer"]["weights_copied"] == 2 and summary["experiment"] == "cli-transfer"
 
 
 @pytest.mark.parametrize("args, message", [
     (["transfer"], "give --source models:/name@alias | FILE | torchvision:resnet18 (or --demo)"),
-    (["transfer", "--source", "missing.pt"], "transfer.source: no such file: missing.pt"),
+    (["transfer", "--source", "missing.pt"], "/missing.pt (give models:/name@alias"),  # absolute, as --set's
     (["transfer", "--source", "x.pt", "--strategy", "finetuning"], "unknown transfer strategy 'finetuning'"),
     (["transfer", "--source", "torchvision:resnet18"], "not in the local torch cache"),
     (["ensemble", "--method", "bagin"], "unknown ensemble method 'bagin'; valid: bagging, boosting"),

@@ -254,3 +254,14 @@ def test_the_front_member_retrained_is_the_cheapest_near_the_best():
     assert front_choice(front, wide).number == 2
     assert front_choice(front, validate({"second_metric": "train_seconds", "tolerance": 0, "space": space},
                                         SearchConfig)).number == 0
+
+
+def test_a_train_val_retrain_trains_for_the_best_epoch_and_refuses_a_trial_without_one():
+    from trainlib.tuning import retrain_epochs
+
+    def trial(attrs):
+        return optuna.trial.FrozenTrial(7, optuna.trial.TrialState.COMPLETE, 0.9, None, None, {}, {}, attrs, {}, {}, 7)
+
+    assert retrain_epochs(trial({"best_epoch": 3})) == 3  # not training.epochs
+    with pytest.raises(ConfigError, match="trial 7 recorded none"):
+        retrain_epochs(trial({}))

@@ -140,6 +140,8 @@ def test_study_in_rdb_storage_resumes(prefect_api, tmp_path):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials)
     retrain = MlflowClient().get_run(second["children"][-1])
     assert retrain.data.params["training.early_stopping.enabled"] == "False"
+    chosen = stored.trials[second["best_trial"]["number"]]  # trained for the epochs it was best at
+    assert retrain.data.params["training.epochs"] == str(chosen.user_attrs["best_epoch"])
     assert "val_accuracy" not in retrain.data.metrics  # trained on train+val: no validation split left
 
 

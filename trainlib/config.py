@@ -42,8 +42,8 @@ from trainlib.sections import (
 __all__ = ["AugmentConfig", "CalibrateConfig", "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ModelConfig",
            "NormalizeConfig",
            "OptimizerConfig", "PipelineConfig", "PredictConfig", "RegisterConfig", "RegularizationConfig",
-           "ScheduleConfig", "Section", "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "flatten",
-           "load_config", "override", "reference", "to_yaml", "validate"]
+           "ScheduleConfig", "Section", "SplitConfig", "SwaConfig", "TrainingConfig", "TransferConfig", "anchored",
+           "flatten", "load_config", "override", "reference", "to_yaml", "validate"]
 
 
 # `register` is public (the config contract) but shadows ABCMeta.register, which nothing here uses.
@@ -176,10 +176,19 @@ def _anchor_paths(raw: dict, folder: Path) -> None:
         section, leaf = key.split(".")
         node = raw.get(section)
         value = node.get(leaf) if isinstance(node, dict) else None
-        if isinstance(value, str) and "\x00" in value:
-            raise ConfigError(f"{key}: {value!r} is not a path (it holds a NUL character)")
-        if isinstance(value, str) and value and not value.startswith(NOT_FILES) and not Path(value).is_absolute():
-            node[leaf] = str((folder / value).resolve())
+        if isinstance(value, str):
+            node[leaf] = anchored(value, folder, key)
+
+
+def anchored(value: str, folder: Path, key: str = "transfer.source") -> str:
+    """A file path the user gave for `key`, absolute against `folder` when relative (the rule of PATH_KEYS: a
+    command line's against the current directory, a config file's against its folder); URIs and torchvision names
+    as they are."""
+    if "\x00" in value:
+        raise ConfigError(f"{key}: {value!r} is not a path (it holds a NUL character)")
+    if value and not value.startswith(NOT_FILES) and not Path(value).is_absolute():
+        return str((folder / value).resolve())
+    return value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

@@ -242,6 +242,17 @@ def front_choice(front: list[optuna.trial.FrozenTrial], search: SearchConfig) ->
     return min(near, key=lambda t: (t.values[1], -sign * t.values[0], t.number))
 
 
+def retrain_epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """The epochs a `retrain: train+val` trains the chosen trial's config for: its best epoch on validation (the
+    train+val split has no validation left to stop on). A trial told without one (a study written by another tool)
+    is refused: training for the config's epochs instead would be a different model than the one chosen."""
+    best = trial.user_attrs.get("best_epoch")
+    if not best:
+        raise ConfigError(f"search.retrain: train+val trains for the chosen trial's best epoch, and trial "
+                          f"{trial.number} recorded none (its study was written elsewhere?); use retrain: train")
+    return int(best)
+
+
 def chosen(study: optuna.Study, search: SearchConfig) -> optuna.trial.FrozenTrial:
     """The trial a search retrains: the best one, or with two objectives the front's member `front_choice` picks."""
     return front_choice(study.best_trials, search) if search.second_metric else study.best_trial
