@@ -181,6 +181,20 @@ def digits() -> sources.Dataset:
     return sources.load("digits")
 
 
+def listening(pid: int) -> set[str]:
+    """The addresses process `pid` and its descendants listen on: their sockets, not the URLs they print (a server
+    bound to 0.0.0.0 answers a connection to 127.0.0.1 too)."""
+    import psutil
+
+    root, found = psutil.Process(pid), set()
+    for process in (root, *root.children(recursive=True)):
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # a child that ended meanwhile
+            continue
+    return found
+
+
 def write_images(root, per_class: int = 6, classes=("cat", "dog", "owl"), seed: int = 0):
     """A class-per-folder tree of images of mixed sizes and modes (RGB, grayscale, RGBA, palette)."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import REGISTRY_NOTICES, TRAINFLOW, cli_env
+from conftest import REGISTRY_NOTICES, TRAINFLOW, cli_env, listening
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -85,6 +85,7 @@ def test_ui_serves_the_local_store(tmp_path):
         assert status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
             assert "MLflow" in page.read().decode()
+        assert listening(proc.pid) == {"127.0.0.1"}  # bound to this machine only, unless --host
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

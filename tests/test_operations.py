@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import all_cpus, own_warm
+from conftest import all_cpus, listening, own_warm
 from mlflow import MlflowClient
 from ports import free_port
 
@@ -132,6 +132,9 @@ def test_up_again_keeps_the_running_servers_and_their_addresses(deployed):
     assert f"127.0.0.1:{deployed.prefect_port}/api" in again and f"127.0.0.1:{deployed.mlflow_port}" in again
     env = (deployed.home / ".trainflow" / "stack" / "env").read_text()
     assert f"PREFECT_API_URL=http://127.0.0.1:{deployed.prefect_port}/api" in env
+    for server in ("prefect", "mlflow"):  # the servers' own sockets: this machine only, unless --host
+        pid = int((deployed.home / ".trainflow" / "stack" / f"{server}.pid").read_text().split()[0])
+        assert listening(pid) == {"127.0.0.1"}, server
 
 
 def test_every_deployment_is_registered_with_the_nightly_cron(deployed):

@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import cli_env
+from conftest import cli_env, listening
 from mlflow import MlflowClient
 from ports import free_port
 from sklearn.datasets import load_digits
@@ -144,6 +144,7 @@ def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(s
         ready = _ready(proc, lines, store, port)
         assert ready == (f"serving {NAME} version 1 (@champion) on http://127.0.0.1:{port}  "
                          "(POST /invocations; GET /health; Ctrl+C stops)"), ready
+        assert listening(proc.pid) == {"127.0.0.1"}  # its sockets, not the URL it printed
         # raw digits as nested lists, as curl would send them: one row of 10 class scores per input
         answer = _post(port, {"inputs": rows.tolist()})
         served = np.asarray(answer["predictions"])
