@@ -3,6 +3,7 @@ version it serves (also after its alias moves), stops on SIGINT and SIGTERM with
 and refuses a taken port or an unknown alias with one line, starting nothing."""
 
 import contextlib
+import http.client
 import json
 import os
 import queue
@@ -192,6 +193,41 @@ def test_sigterm_stops_a_server_named_by_version_with_exit_code_0(store):
         code = _stop(proc, signal.SIGTERM)
     err = _stderr(store, port)
     assert code == 0 and err.splitlines()[-1] == "stopped (SIGTERM)" and "Traceback" not in err, err
+    assert _nothing_listens(port)
+
+
+def test_another_shape_is_400_naming_the_expected_and_a_hang_up_ends_it_after_the_request_in_flight(store):
+    port = free_port()
+    proc, lines = _start(store, f"models:/{NAME}/1", port)
+    rows = np.random.default_rng(0).uniform(0, 16, (40_000, 1, 8, 8)).astype(np.float32)
+    answered: dict = {}
+    try:
+        _ready(proc, lines, store, port)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _post(port, {"inputs": [[1.0, 2.0, 3.0]]})
+        assert refused.value.code == 400
+        message = json.loads(refused.value.read())["message"]
+        assert "Shape of input (1, 3) does not match expected shape (-1, 1, 8, 8)" in message, message
+
+        body, sent = json.dumps({"inputs": rows.tolist()}), threading.Event()
+
+        def big():  # seconds of parsing and scoring for the server: in flight when the hang-up arrives
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            sent.set()
+            answer = connection.getresponse()
+            answered["predictions"] = len(json.loads(answer.read())["predictions"])
+
+        request = threading.Thread(target=big)
+        request.start()
+        assert sent.wait(timeout=60)
+        time.sleep(0.2)  # the server reading it
+    finally:
+        code = _stop(proc, signal.SIGHUP)
+    request.join(timeout=60)
+    err = _stderr(store, port)
+    assert code == 0 and err.splitlines()[-1] == "stopped (SIGHUP)", err
+    assert answered == {"predictions": 40_000}  # answered before the server ended
     assert _nothing_listens(port)
 
 
