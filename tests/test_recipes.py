@@ -183,3 +183,41 @@ def test_compiled_training_learns_as_the_plain_one(digits):
     for a, b in zip(plain, compiled, strict=True):  # the same maths, fused differently
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
         assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.01)
+
+
+# ---------------------------------------------------------------- through the config, into a training
+
+
+def _fit(digits, *sets):
+    cfg = load_config(None, [*SMALL, *sets])
+    manifest = recipe.split(digits, cfg.split)
+    model, fit = recipe.train(cfg, digits, manifest, recipe.fit_normalizer(digits, manifest, cfg.normalize))
+    return cfg, manifest, model, fit
+
+
+def test_configured_mixing_changes_the_targets_the_loss_sees_and_never_validation(digits):
+    sets = ["model.name=mlp", "training.epochs=15", "optimizer.lr=0.01"]
+    _, _, _, plain = _fit(digits, *sets)
+    cfg, manifest, model, mixed = _fit(digits, *sets, "augment.mixup=1.0")
+    # soft targets have entropy: mixed with a uniform ratio (mixup alpha 1), two classes leave 0.5 nats on average
+    # that no network can remove; on the hard targets the same network's loss falls below 0.2
+    assert plain.history[-1]["train_loss"] < 0.2 < 0.5 < mixed.history[-1]["train_loss"]
+    val = recipe.test(cfg, model, digits, manifest, "val")  # the clean validation split, scored again
+    assert val.loss == pytest.approx(mixed.history[-1]["val_loss"], rel=1e-5)  # as training validated it: unmixed
+
+
+def test_configured_accumulation_makes_one_update_per_n_batches(digits):
+    *_, one = _fit(digits, "training.epochs=1", "training.batch_size=16")
+    *_, four = _fit(digits, "training.epochs=1", "training.batch_size=16", "training.accumulate=4")
+    batches = one.history[0]["updates"]
+    assert batches == 13 and four.history[0]["updates"] == -(-batches // 4) == four.updates_per_epoch  # 200 samples
+
+
+def test_a_configured_policy_transforms_the_training_batches(digits):
+    *_, plain = _fit(digits, "training.epochs=2")
+    *_, policy = _fit(digits, "training.epochs=2", "augment.policy=trivialaugment")
+    assert policy.history[0]["train_loss"] != plain.history[0]["train_loss"]  # same seeds: only the inputs differ
+    cfg = load_config(None, [*SMALL, "augment.policy=trivialaugment"])
+    x = digits.inputs[:64].float()
+    augmented = recipe.augmenter(cfg.augment, digits)(x, torch.Generator().manual_seed(0))
+    assert augmented.shape == x.shape and (augmented != x).flatten(1).any(1).float().mean() > 0.5
