@@ -145,6 +145,11 @@ def _tune_in_background(folder: Path, search_file: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=cli_env(folder), cwd=folder)
 
 
+def _holding(folder: Path, secret: str) -> list[Path]:
+    """Every file under `folder` whose bytes hold `secret`."""
+    return [f for f in folder.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+
+
 def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once(tmp_path, postgres):
     search_file = tmp_path / "search.yaml"
     search_file.write_text(yaml.safe_dump({"strategy": "grid", "pruner": "none", "max_parallel": 2, "seed": 0,
@@ -170,6 +175,8 @@ def test_a_study_shared_through_postgresql_by_two_processes_has_every_trial_once
     assert sorted(tracked) == sorted(t.user_attrs["run_id"] for t in study.trials)
     # both processes ran trials of the one study
     assert set(tracked.values()) == {"a", "b"}, [err[-1500:] for _, err in outputs]
+    # nor in any store, log or file of either project (the search file the test wrote holds it, as a user's would)
+    assert _holding(tmp_path / "a", "s3cret-pw") + _holding(tmp_path / "b", "s3cret-pw") == []
 
 
 @pytest.mark.parametrize("url, message", [
@@ -220,6 +227,15 @@ def test_the_stack_on_postgresql(tmp_path, postgres):
         with prefect_db.connect() as db:  # and Prefect's server its flow run
             states = db.execute(sqlalchemy.text("SELECT state_type FROM flow_run")).scalars().all()
             assert states == ["COMPLETED"]
+        # the database password: in no file of the project (stores, the servers' logs, the stack's env file), in
+        # nothing printed, and in none of the text the two servers keep in their databases
+        assert _holding(tmp_path, "s3cret-pw") == [] and "s3cret-pw" not in run.stdout + run.stderr
+        for db, tables in ((mlflow_db, ("params", "tags", "experiment_tags", "latest_metrics")),
+                           (prefect_db, ("flow_run", "log", "task_run", "artifact"))):
+            with db.connect() as connection:
+                for table in tables:
+                    rows = connection.execute(sqlalchemy.text(f"SELECT * FROM {table}")).all()
+                    assert not any("s3cret-pw" in str(row) for row in rows), table
         mlflow_db.dispose()
         prefect_db.dispose()
     finally:
