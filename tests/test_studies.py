@@ -48,6 +48,35 @@ def test_askers_sharing_a_study_take_every_grid_point_once_within_the_budget(tmp
     assert sorted(taken) == sorted((x, y) for x in GRID["x"] for y in GRID["y"])
 
 
+@pytest.mark.parametrize("sampler", ["random", "bayesian"])
+def test_n_trials_bounds_a_shared_study_whatever_the_sampler(tmp_path, sampler):
+    """Not only a grid, which ends itself: a random or Bayesian search shared by three askers holds n_trials in all."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    made = {"random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+            "bayesian": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)}[sampler]
+    studies.create(url, "shared", ["maximize"], made(0), optuna.pruners.NopPruner())
+    taken, errors = [], []
+
+    def asker(seed: int):
+        try:
+            study, lock = studies.load(url, "shared", made(seed), None), studies.AskLock(url, "shared")
+            while (t := studies.ask(study, lock, budget=5)) is not None:
+                taken.append(t.suggest_float("x", 0, 1))
+                time.sleep(0.01)  # still running when the others ask
+                studies.tell(study, t, taken[-1])
+            lock.close()
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=asker, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(taken) == 5
+    assert len(optuna.load_study(study_name="shared", storage=url).trials) == 5
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypatch):
     monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
