@@ -257,7 +257,7 @@ def test_a_study_fails_when_fewer_than_min_complete_trials_complete(prefect_api)
 def test_a_two_objective_search_reports_the_pareto_front_and_retrains_the_member_its_rule_picks(prefect_api):
     from flows.tuning import tuning_flow
 
-    search = _search(n_trials=6, second_metric="model_parameters", tolerance=0.02,
+    search = _search(n_trials=4, second_metric="model_parameters", tolerance=0.02,
                      space={"model.hidden": {"type": "categorical", "choices": [[8], [32], [128], [256, 128]]},
                             "optimizer.lr": {"type": "float", "low": 3e-3, "high": 3e-2, "log": True}})
     out = tuning_flow(load_config(None, ["name=tune-pareto", *BASE]), search).json()
