@@ -48,8 +48,9 @@ def test_the_card_gives_the_numbers_the_run_logged(trained):
         k: v["f1-score"] for k, v in report.items() if isinstance(v, dict) and k not in ("macro avg", "weighted avg")}
     assert card["weakest"][0] == min(card["per_class"], key=lambda c: (c["f1"], c["name"]))["name"]  # none perfect
     manifest = pd.read_csv(client.download_artifacts(run["run_id"], "split_manifest.csv"))
-    for split, per in card["data"]["counts"].items():
-        assert sum(per.values()) == (manifest["split"] == split).sum()
+    for counted in card["data"]["counts"]:  # each class of each split, as the manifest holds them
+        labels = manifest.loc[manifest["split"] == counted["split"], "label"]
+        assert counted["per_class"] == [int((labels == i).sum()) for i in range(len(card["data"]["classes"]))]
     assert card["data"]["digest"] == client.get_run(run["run_id"]).data.tags["dataset.digest"]
     assert card["cost"] == {k: logged[k] for k in card["cost"]}
     assert set(card["cost"]) >= {"train_wall_seconds", "train_cpu_seconds", "stopped_epoch", "train_peak_memory_mb"}
@@ -112,7 +113,13 @@ def test_a_compare_child_is_rerun_as_it_was_trained_and_the_registered_one_has_a
     made = _trainflow(env, "card", "lineage-compare/1", "--json")
     assert made.returncode == 0, made.stderr
     card = json.loads(made.stdout)  # a variant's run, recorded at registration as a training run is
-    assert card["metrics"]["test_accuracy"]["low"] is not None and sum(card["data"]["counts"]["test"].values()) > 0
+    registered = client.get_run(card["run_id"])
+    accuracy = card["metrics"]["test_accuracy"]
+    assert accuracy["value"] == registered.data.metrics["test_accuracy"]
+    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"] and accuracy["low"] < accuracy["high"]
+    manifest = pd.read_csv(client.download_artifacts(card["run_id"], "split_manifest.csv"))
+    test = next(c for c in card["data"]["counts"] if c["split"] == "test")
+    assert sum(test["per_class"]) == (manifest["split"] == "test").sum() == sum(n for *_, n in card["reliability"])
     assert card["calibration"]["temperature"] > 0 and "test_ece_uncalibrated" in card["calibration"]
     assert card["lineage"][0][0] == "parent run" and "(a comparison)" in card["lineage"][0][1]
     child = next(r for r in json.loads(out.stdout)["runs"] if r["variant"] == "optimizer.name=sgd")

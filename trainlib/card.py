@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from trainlib.metrics import ece, of_confusion
 
@@ -49,6 +50,41 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class SplitCounts:
+    """One split's samples of each class, in the card's class order."""
+
+    split: str
+    per_class: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_class)
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a version was trained on: the source (and its file), the data's digest, its classes and their counts per
+    split, the seeds set (config key -> value as recorded)."""
+
+    source: str | None
+    path: str | None
+    digest: str | None
+    classes: tuple[str, ...]
+    counts: tuple[SplitCounts, ...]
+    seeds: dict[str, str]
+
+
+def split_counts(manifest: pd.DataFrame, classes: list[str]) -> tuple[SplitCounts, ...]:
+    """Each split's class counts from a split manifest (labels as class indices), train, val, test where present."""
+    out = []
+    for split in ("train", "val", "test"):
+        labels = manifest.loc[manifest["split"] == split, "label"].to_numpy()
+        if len(labels):
+            out.append(SplitCounts(split, tuple(int(n) for n in np.bincount(labels, minlength=len(classes)))))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Card:
     """One registered version's card. Sections a field is None for say so ("not recorded")."""
 
@@ -57,7 +93,7 @@ class Card:
     aliases: list[str]
     run_id: str
     run_url: str
-    data: dict[str, Any]  # source, digest, classes, counts (split -> class -> samples), seeds
+    data: TrainedOn
     changes: list[tuple[str, Any, Any, str]]  # (key, value, default, meaning): the config's differences
     size: tuple[int, int] | None  # (parameters, bytes of the model file)
     metrics: dict[str, Estimate]
@@ -155,15 +191,11 @@ def _markdown(c: Card) -> list[str]:
            f"and *Limitations* are a person's: `trainflow card {c.model} --intended-use TEXT --limitations TEXT`.",
            ""]
     d = c.data
-    out += ["## Trained on", "", f"- source: {d.get('source')} {d.get('path') or ''}".rstrip(),
-            f"- dataset digest: `{d.get('digest')}`", f"- seeds: {_pairs(d.get('seeds', {}))}"]
-    counts = d.get("counts") or {}
-    if counts:
-        classes = d.get("classes") or sorted({k for split in counts.values() for k in split})
-        out += ["", "| split | " + " | ".join(map(str, classes)) + " | total |",
-                "|---|" + "---|" * (len(classes) + 1)]
-        for split, per in counts.items():
-            out.append(f"| {split} | " + " | ".join(str(per.get(k, 0)) for k in classes) + f" | {sum(per.values())} |")
+    out += ["## Trained on", "", f"- source: {d.source} {d.path or ''}".rstrip(), f"- dataset digest: `{d.digest}`",
+            f"- seeds: {_pairs(d.seeds)}"]
+    if d.counts:
+        out += ["", "| split | " + " | ".join(d.classes) + " | total |", "|---|" + "---|" * (len(d.classes) + 1)]
+        out += [f"| {s.split} | " + " | ".join(map(str, s.per_class)) + f" | {s.total} |" for s in d.counts]
     out += ["", "## How", ""]
     out += [f"- `{k}`: {v} (default {dflt}){f': {m}' if m else ''}" for k, v, dflt, m in c.changes] or [
         "- the default config"]

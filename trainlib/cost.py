@@ -86,7 +86,6 @@ class _Ledger:
             share = (now - self.last) / len(self.running)
             for account in self.running.values():
                 account[0] += share
-                account[1] = max(account[1], len(self.running))
         self.last = now
 
     def open(self) -> int:

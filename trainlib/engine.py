@@ -101,6 +101,11 @@ class FitResult:
     cost: Cost | None = None  # what the training cost (set by trainlib.recipe.train, which measures it)
     calibration: Calibration | None = None  # trainlib.recipe.train's calibration of the model, if any
 
+    @property
+    def train_seconds(self) -> float:
+        """The epochs' own seconds, summed (the `train_seconds` metric)."""
+        return sum(h["epoch_seconds"] for h in self.history)
+
 
 def check_batch(mode: str, batch_size: int, samples: int) -> None:
     """ConfigError when a minibatch would be larger than the train split (`samples`)."""

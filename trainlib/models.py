@@ -215,6 +215,11 @@ def build(name: str, in_shape: Sequence[int], n_classes: int, norm: NormStats | 
     return model
 
 
+def parameter_count(model: nn.Module) -> int:
+    """How many numbers the model learns (the `model_parameters` metric)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def save_model(path: str | Path, model: Classifier, **extra) -> None:
     """Weights plus the spec that rebuilds the architecture (and any `extra` plain values)."""
     save_checkpoint(path, spec=model.spec, state=model.state_dict(), **extra)

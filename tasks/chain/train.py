@@ -17,7 +17,7 @@ from tasks.tracking import RunLogger
 from trainlib import plots, recipe
 from trainlib.config import PipelineConfig
 from trainlib.errors import TrainflowError, TrainingError
-from trainlib.models import save_model
+from trainlib.models import parameter_count, save_model
 
 
 def _retry_unexpected(task, task_run, state) -> bool:
@@ -50,8 +50,8 @@ def train(config: PipelineConfig, dataset: DatasetRef, manifest: ManifestRef, st
             shutil.copyfile(held.checkpoint, ws / "checkpoint.pt")
     save_model(ws / "model.pt", model, classes=ds.classes, config=config.model_dump(mode="json"))
     trained = TrainedRef(str(ws / "model.pt"), str(ws / "history.json"), fit.best_epoch or fit.stopped_epoch,
-                         fit.stopped_epoch, fit.stop_reason, sum(h["epoch_seconds"] for h in fit.history), fit.cost)
-    size = {"model_parameters": sum(p.numel() for p in model.parameters()),
+                         fit.stopped_epoch, fit.stop_reason, fit.train_seconds, fit.cost)
+    size = {"model_parameters": parameter_count(model),
             "model_bytes": (ws / "model.pt").stat().st_size}  # the model card's
     log.log_metrics({"best_epoch": trained.best_epoch, "stopped_epoch": trained.stopped_epoch,
                      "train_seconds": trained.train_seconds} | size | fit.cost.metrics() | fit.averaged

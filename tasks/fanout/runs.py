@@ -24,7 +24,7 @@ from trainlib import recipe
 from trainlib.calibration import uncalibrated_ece
 from trainlib.config import PipelineConfig
 from trainlib.measures import Trained, derived
-from trainlib.models import save_model
+from trainlib.models import parameter_count, save_model
 from trainlib.tuning import PruningCallback, SearchConfig
 
 # How often a trial's or variant's per-epoch metrics are sent while it trains (tracking.RunLogger): parallel child
@@ -68,8 +68,7 @@ def trial(config: PipelineConfig, params: dict[str, Any], search: SearchConfig, 
             return TrialRun(number, run_id, params, "pruned", None, pruning.epoch, None,
                             time.perf_counter() - started)
         # early stopping watches the search metric (see trial_base): its best is the trial's score
-        costs = fit.cost.metrics() | {"train_seconds": sum(h["epoch_seconds"] for h in fit.history),
-                                       "model_parameters": sum(p.numel() for p in model.parameters())}
+        costs = fit.cost.metrics() | {"train_seconds": fit.train_seconds, "model_parameters": parameter_count(model)}
         log.log_metrics({f"best_{search.metric}": fit.best_value} | costs, step=fit.stopped_epoch)
         log.set_tags({"trial.state": "complete"})
     return TrialRun(number, run_id, params, "complete", fit.best_value, fit.stopped_epoch, fit.best_epoch,
@@ -98,7 +97,7 @@ def variant(config: PipelineConfig, label: str, repeat: int, name: str, override
         best = fit.history[(fit.best_epoch or fit.stopped_epoch) - 1]
         metrics |= {"best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
                     "best_epoch": fit.best_epoch or fit.stopped_epoch, "stopped_epoch": fit.stopped_epoch,
-                    "train_seconds": sum(h["epoch_seconds"] for h in fit.history)} | fit.cost.metrics() | fit.averaged
+                    "train_seconds": fit.train_seconds} | fit.cost.metrics() | fit.averaged
         metrics |= fit.calibration.metrics() if fit.calibration else {}
         metrics["test_accuracy_per_cpu_minute"] = metrics["test_accuracy"] / max(fit.cost.cpu_seconds / 60, 1e-9)
         fitted = {s: recipe.test(config, model, ds, m, s).accuracy for s in ("train", "val")}  # eval mode

@@ -13,7 +13,6 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
@@ -51,7 +50,7 @@ def gather(ref: ModelRef) -> cards.Card:
         manifest = _artifact(ref.run_id, "split_manifest.csv", folder)
         per_class = _per_class(json.loads(report.read_text())) if report else []
         classes = [c.name for c in per_class]
-        counts = _counts(pd.read_csv(manifest), classes) if manifest else {}
+        counts = cards.split_counts(pd.read_csv(manifest), classes) if manifest else ()
     found = outcomes.of_run(ref.run_id)
     scored = found is not None and found.labels is not None and bool(classes)  # classes: the report's
     if not scored:
@@ -64,9 +63,8 @@ def gather(ref: ModelRef) -> cards.Card:
             else None)
     return cards.Card(
         ref.name, ref.version, sorted(version.aliases or ()), ref.run_id, run_url(ref.run_id),
-        {"source": params.get("data.source"), "path": params.get("data.path") if params.get("data.path") != "None"
-         else None, "digest": tags.get("dataset.digest"), "classes": classes, "counts": counts,
-         "seeds": {k: params[k] for k in SEEDS if params.get(k) not in (None, "None")}},
+        cards.TrainedOn(params.get("data.source"), _set(params.get("data.path")), tags.get("dataset.digest"),
+                        tuple(classes), counts, {k: params[k] for k in SEEDS if _set(params.get(k)) is not None}),
         _changes(params), size, shown, per_class,
         cards.most_confused(found.labels, found.predicted, classes) if scored and classes else [],
         calibration, cards.reliability(found.correct, found.confidence) if scored else [],
@@ -74,21 +72,15 @@ def gather(ref: ModelRef) -> cards.Card:
         *_written(ref.name), notes, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"))
 
 
+def _set(param: str | None) -> str | None:
+    """A param's value, None where the config left it unset (MLflow keeps None as the text "None")."""
+    return None if param in (None, "None") else param
+
+
 def _per_class(report: dict) -> list[cards.ClassScore]:
     """The classes of a classification report (sklearn's shape), without its averages."""
     return [cards.ClassScore(k, v["precision"], v["recall"], v["f1-score"], int(v["support"]))
             for k, v in report.items() if isinstance(v, dict) and k not in ("macro avg", "weighted avg", "micro avg")]
-
-
-def _counts(manifest: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
-    """split -> class -> samples, from the split manifest (labels as class indices)."""
-    out = {}
-    for split in ("train", "val", "test"):
-        labels = manifest.loc[manifest["split"] == split, "label"].to_numpy()
-        if len(labels):
-            per = np.bincount(labels, minlength=len(classes))
-            out[split] = {name: int(n) for name, n in zip(classes, per, strict=False)}
-    return out
 
 
 def _changes(params: dict[str, str]) -> list[tuple[str, str, str, str]]:
