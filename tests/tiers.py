@@ -30,7 +30,7 @@ MODULES = {
              "test_schedules", "test_signals", "test_sources", "test_split_normalize", "test_studies", "test_summaries",
              "test_transfer",
              "test_tuning"],
-    "slow": ["test_calibration", "test_distributed"],
+    "slow": ["test_calibration", "test_distributed", "test_memory"],
     "flow": ["test_aliases", "test_bad_inputs", "test_cli", "test_ensemble_flow", "test_flow", "test_lineage_flow",
              "test_local_api",
              "test_lr_find_flow", "test_model_commands", "test_predict", "test_registration",

@@ -92,7 +92,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return cls(state["root"], names, labels, tuple(state["size"]), state["channels"])
 
 
-def _walk(folder: str):
+def walk(folder: str):
     """Files under `folder`, recursively, in torchvision's order (directories sorted, then names sorted)."""
     for top, dirs, files in sorted(os.walk(folder, followlinks=True)):
         dirs.sort()
@@ -110,7 +110,7 @@ def list_images(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise DataError(f"imagefolder {root}: Couldn't find any class folder in {root}.")
     names, labels, empty = [], [], []
     for k, cls in enumerate(classes):
-        found = [os.fsencode(os.path.relpath(p, root)) for p in _walk(os.path.join(root, cls))
+        found = [os.fsencode(os.path.relpath(p, root)) for p in walk(os.path.join(root, cls))
                  if p.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
             empty.append(cls)
@@ -151,7 +151,7 @@ def files_identity(root: str | Path, files, digests: np.ndarray | None = None) -
 
 def folder_files(root: Path):
     """Every file under `root` (or `root` itself when it is a file), in a stable order."""
-    return iter([str(root)]) if root.is_file() else _walk(str(root))
+    return iter([str(root)]) if root.is_file() else walk(str(root))
 
 
 def _size(n: float) -> str:

@@ -11,6 +11,7 @@ within the folder, or a table's row number (from 0).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainlib.data import signals
+from trainlib.data import folders, signals
 from trainlib.data.folders import decode_image
 from trainlib.data.sources import Dataset
 from trainlib.errors import DataError
@@ -51,11 +52,14 @@ class FolderReader:
         self.root, self.spec, self.workers = Path(root), spec, workers
         if not self.root.is_dir():
             raise DataError(f"--data: no such folder: {self.root}")
-        self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-        if not self.paths:
+        found = sorted(os.path.relpath(p, self.root).split(os.sep) for p in folders.walk(str(self.root))
+                        if p.lower().endswith(IMG_EXTENSIONS))
+        if not found:
             raise DataError(f"--data {self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in it")
-        parents = {p.relative_to(self.root).parts[:-1] for p in self.paths}
-        self.labelled = all(len(parts) == 1 and parts[0] in spec.classes for parts in parents)
+        self.labelled = all(len(parts) == 2 and parts[0] in spec.classes for parts in found)
+        # the names relative to root as one byte-string array: a scored folder of 200,000 images holds a few MiB of
+        # names, not a Python object per file (Path objects took about 0.7 KiB each)
+        self.names = np.array([os.fsencode(os.path.join(*parts)) for parts in found], dtype=np.bytes_)
         self.errors: list[tuple[str, str]] = []
 
     def check(self) -> None:
@@ -64,35 +68,39 @@ class FolderReader:
             raise DataError(f"--data {self.root}: a folder of images, but the model takes {self.spec.describe()}")
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.names)
 
-    def _decode(self, path: Path) -> np.ndarray | str:
+    def _decode(self, name: str) -> np.ndarray | str:
         c, h, w = self.spec.shape
         try:
-            return decode_image(str(path), (h, w), c)
+            return decode_image(str(self.root / name), (h, w), c)
         except DataError as exc:
             return str(exc)
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Batches of decoded images; the next batch decodes in the pool while the caller scores this one."""
-        chunks = [self.paths[start:start + size] for start in range(0, len(self.paths), size)]
+        starts = range(0, len(self.names), size)
         with ThreadPoolExecutor(self.workers) as pool:  # PIL decodes without the GIL
-            pending = [pool.submit(self._decode, p) for p in chunks[0]]
-            for k, chunk in enumerate(chunks):
-                decoded = [f.result() for f in pending]
-                pending = [pool.submit(self._decode, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+            def submit(start: int) -> tuple[list[str], list]:
+                chunk = [os.fsdecode(n) for n in self.names[start:start + size]]
+                return chunk, [pool.submit(self._decode, name) for name in chunk]
+
+            pending = submit(0)
+            for start in starts:
+                chunk, futures = pending
+                decoded = [f.result() for f in futures]
+                pending = submit(start + size) if start + size < len(self.names) else ([], [])
                 yield self._batch(chunk, decoded)
 
-    def _batch(self, chunk: list[Path], decoded: list[np.ndarray | str]) -> Batch:
+    def _batch(self, chunk: list[str], decoded: list[np.ndarray | str]) -> Batch:
         ids, arrays, labels = [], [], []
-        for path, image in zip(chunk, decoded, strict=True):
-            name = str(path.relative_to(self.root))
+        for name, image in zip(chunk, decoded, strict=True):
             if isinstance(image, str):
                 self.errors.append((name, image))
                 continue
             ids.append(name)
             arrays.append(image)
-            labels.append(path.parent.name)
+            labels.append(Path(name).parent.name)
         inputs = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, *self.spec.shape), np.float32)
         return Batch(ids, inputs, _labels(labels, self.spec.classes) if self.labelled else None)
 
