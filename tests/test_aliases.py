@@ -148,6 +148,45 @@ def test_rollback_goes_back_one_move_at_a_time(store):
         (1, 3, "promote"), (3, 1, "rollback")]
 
 
+ROLLBACK = """
+import sys
+from tasks.registry import aliases
+print(aliases.rollback(sys.argv[1]).undoes)
+"""
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has the file `path` open."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it ended, or closed a descriptor while we looked
+        return False
+
+
+def test_a_rollback_waits_for_a_gate_deciding_and_undoes_the_gates_move(store):
+    """The race the registry lock closes: a rollback that looked while a gate was deciding would undo the move before
+    the gate's and overwrite the gate's decision."""
+    name = registered(3)
+    aliases.promote(name, 1)
+    aliases.promote(name, 2)
+    env = os.environ | {"MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(ROOT)}
+    with aliases.locked(name):  # a gate deciding: it has read the holder (2) and will move the alias to 3
+        rollback = subprocess.Popen([sys.executable, "-c", ROLLBACK, name], env=env, cwd=ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not _holds_open(rollback.pid, aliases.lock_path(name)):  # it waits for the lock
+            assert rollback.poll() is None, f"the rollback did not wait for the gate: {rollback.communicate()[0]}"
+            assert time.monotonic() < deadline, "the rollback never reached the lock"
+            time.sleep(0.01)
+        gate = aliases.move(name, "champion", 3, "promoted to @champion (better than version 2)", "gate")
+    out, _ = rollback.communicate(timeout=120)
+    assert rollback.returncode == 0, out
+    assert out.split()[-1] == gate.key  # it undid the gate's move, the latest, not the promotion it saw before it
+    assert holder(name) == 2
+    assert [(m.from_version, m.to_version, m.by) for m in aliases.history(name)] == [
+        (None, 1, "promote"), (1, 2, "promote"), (2, 3, "gate"), (3, 2, "rollback")]
+
+
 def test_rollback_refuses_without_a_recorded_move_or_after_an_outside_one(store):
     name = registered(3)
     with pytest.raises(ConfigError, match=f"^no earlier holder of @champion for {name}: trainflow has recorded no"):

@@ -8,6 +8,12 @@ tags are on the model itself, so the history shows on the model's page in the ML
 whatever tracking store holds the model. One tag per move, never a shared value read, changed and written back:
 two flows moving aliases at the same moment each add a key of their own, and neither can overwrite the other's.
 
+Every decision to move an alias reads where it is and then moves it: the gate (is the new version better than
+the holder?), a rollback (is the alias where trainflow last moved it?), a promotion. `locked` makes each such
+read-then-move one step against all others on the model: a file lock in the project's home, which every process
+that writes this registry shares (workers elsewhere share TRAINFLOW_HOME, flows/runners.py), needs no Prefect API,
+and is released by the kernel when its holder dies.
+
 A move to the version that already holds the alias sets nothing and records nothing (`move` returns None): the
 history lists changes, and a rollback never steps back to where the alias already is. Moves made outside trainflow
 (the MLflow UI, another client) are not recorded; `rollback` notices one and refuses rather than guess.
@@ -15,22 +21,63 @@ history lists changes, and a rollback never steps back to where the alias alread
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import secrets
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from tasks import tracking
+from tasks import settings, tracking
 from tasks.registry.model_ref import registered
 from trainlib.errors import ConfigError
 
 PREFIX = "trainflow.alias_history."  # + 13-digit epoch ms + "." + 8 hex: 45 characters, MLflow allows 250
 VALUE_LIMIT = 5000  # characters in a registered-model tag value (MLflow's database column)
 CHAMPION = "champion"
+LOCK_SECONDS = 600  # the longest a move waits for another's decision on the same model
+_held: dict[str, threading.Thread] = {}  # model name -> the thread of this process holding its lock
+_in_process = threading.RLock()  # one thread of this process at a time waits for or holds these locks
+
+
+def lock_path(name: str) -> Path:
+    """The file whose lock is `name`'s registry lock."""
+    return settings.HOME / "locks" / f"registry-{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock"
+
+
+@contextlib.contextmanager
+def locked(name: str):
+    """For the block, the only holder of `name`'s registry lock among every process and thread (re-entrant within a
+    thread: a gate's decision holds it around its move)."""
+    if _held.get(name) is threading.current_thread():  # a block inside the one holding it
+        yield
+        return
+    path = lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_SECONDS
+    with _in_process, open(path, "a") as file:
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"another trainflow process has been deciding on an alias of {name} for "
+                                      f"{LOCK_SECONDS} s (the lock {path}); try again when it has ended") from None
+                time.sleep(0.05)
+        _held[name] = threading.current_thread()
+        try:
+            yield
+        finally:
+            del _held[name]
 
 
 @dataclass(frozen=True)
@@ -105,8 +152,9 @@ def _record(name: str, alias: str, before: int | None, version: int, reason: str
 def move(name: str, alias: str, version: int, reason: str, by: str) -> Move | None:
     """Point `alias` of `name` at `version` and record the move; None (nothing set or recorded) when `version`
     already holds it."""
-    version, before = int(version), _holder(name, alias)
-    return None if before == version else _record(name, alias, before, version, reason, by)
+    with locked(name):
+        version, before = int(version), _holder(name, alias)
+        return None if before == version else _record(name, alias, before, version, reason, by)
 
 
 def _order(entry: Move) -> tuple[datetime, str]:
@@ -130,6 +178,11 @@ def history(name: str, alias: str | None = None) -> list[Move]:
 def rollback(name: str, alias: str = CHAMPION, reason: str | None = None) -> Move:
     """Move `alias` back to the version that held it before its latest move not yet undone. A rollback undoes a
     move (its entry names it), so two rollbacks in a row go two moves back, not back and forth."""
+    with locked(name):  # what it undoes is the latest move, not one a gate made while it looked
+        return _rollback(name, alias, reason)
+
+
+def _rollback(name: str, alias: str, reason: str | None) -> Move:
     moves = history(name, alias)
     undone = {m.undoes for m in moves if m.undoes}
     standing = [m for m in moves if not m.undoes and m.key not in undone]

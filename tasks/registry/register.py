@@ -4,15 +4,9 @@ With register.enabled false (--no-register) the model is logged to the run and n
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import task
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks import tracking
 from tasks.chain.refs import DatasetRef, StatsRef
@@ -103,22 +97,6 @@ def _holder(name: str, alias: str) -> tuple[int | None, float | None, str | None
     return int(version.version), float(accuracy) if accuracy is not None else None, version.run_id
 
 
-LOCK = "trainflow-registry"  # a Prefect global concurrency limit of 1: a lock every flow on the API shares
-
-
-@contextlib.contextmanager
-def one_at_a_time():
-    """Hold the registry lock: only one flow (of any process or machine on this Prefect API) moves aliases."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(LOCK)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # created by a flow at the same moment
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=LOCK, limit=1))
-    with concurrency(LOCK, occupy=1, timeout_seconds=600, strict=True):
-        yield
-
-
 def _new_version(name: str, model_uri: str) -> int:
     """A new version of `name` (created on first use) from `model_uri` (a logged model's `models:/<model id>`):
     mlflow.register_model's two steps without the lines it prints on stderr ("Successfully registered model",
@@ -143,7 +121,7 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         return Registration(model_uri)
     client = tracking.client()
     version = _new_version(name, model_uri)
-    with one_at_a_time():  # flows finishing together each compare with the holder the one before left
+    with aliases.locked(name):  # flows finishing together each compare with the holder the one before left
         held, held_accuracy, held_run = _holder(name, register.alias)
         paired, unpaired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else (None, None)
         gate = decide(float(test_accuracy), register, held, held_accuracy, paired, unpaired)
