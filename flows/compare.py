@@ -69,7 +69,7 @@ def compare_flow(config: PipelineConfig | str, vary: dict[str, list], max_parall
     with tracking.finishing(run_id):
         source = fetch_source(config.transfer.source, ws) if config.transfer.source else None
         data: dict[int, Prepared] = {}
-        with fan_out(plan.runner, plan.parallel) as submit:
+        with fan_out(plan.runner, plan.parallel, run_id) as submit:
             results, stops = train_rounds(plan, data, run_id, ws, submit, refresh, source)
         groups = {v.label: [measures(r) for r in results if r.label == v.label] for v in plan.variants}
         summary = evidence.summarize(groups, MEASURES)

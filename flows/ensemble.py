@@ -53,7 +53,7 @@ def ensemble_pipeline(config: PipelineConfig | str, ensemble: EnsembleConfig | s
     with tracking.finishing(run_id):
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         train = boost if METHODS[ensemble.method].sequential else train_members
-        with fan_out(plan.runner, plan.parallel) as submit:
+        with fan_out(plan.runner, plan.parallel, run_id) as submit:
             trained, weights = train(config, ensemble, members, dataset, manifest, stats, run_id, ws, submit)
         done = [t.run for t in trained if t.state == "complete" and t.run is not None]
         combined = combine(config, ensemble, done, weights, dataset, manifest, run_id, ws)

@@ -43,17 +43,43 @@ def in_other_processes(runner: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def fan_out(runner: str | None, workers: int) -> Iterator[Submit]:
+def fan_out(runner: str | None, workers: int, parent_run_id: str) -> Iterator[Submit]:
     """For the block, a `submit(task, *args, **kwargs)` that runs task runs on `runner`; a cluster started
-    for the block (with `workers` worker processes) stops with it."""
+    for the block (with `workers` worker processes) stops with it. A block that ends on an error (a stop, a failed
+    task run) first ends the trainings of its task runs in this process's threads at their next batch and waits for
+    them, then marks the child runs of `parent_run_id` still RUNNING (a stopped cluster's) KILLED with the reason: no
+    child of a run that did not finish says RUNNING, or FINISHED for work it did not do."""
     runner = check(runner)
-    if runner == "thread":
-        yield lambda task, *args, **kwargs: task.submit(*args, **kwargs)
-        return
-    from prefect.utilities.callables import get_call_parameters
+    try:
+        if runner == "thread":
+            from tasks import tracking  # here: the command line's checks import this module; MLflow is slow to load
+            from trainlib import loop
 
-    with _dask(runner, workers) as dask:
-        yield lambda task, *args, **kwargs: dask.submit(task, get_call_parameters(task.fn, args, kwargs))
+            submitted = []
+
+            def submit(task, *args, **kwargs):
+                submitted.append(task.submit(*args, **kwargs))
+                return submitted[-1]
+
+            with loop.stoppable() as stop:
+                try:
+                    yield submit
+                except BaseException as exc:
+                    stop(tracking.failure(exc))
+                    for future in submitted:
+                        future.wait()
+                    raise
+            return
+        from prefect.utilities.callables import get_call_parameters
+
+        with _dask(runner, workers) as dask:
+            yield lambda task, *args, **kwargs: dask.submit(task, get_call_parameters(task.fn, args, kwargs))
+    except BaseException as exc:
+        from tasks import tracking  # here: the command line's checks import this module, and MLflow is slow to load
+
+        tracking.end_running_children(parent_run_id, f"{tracking.failure(exc)} (the run it belongs to, "
+                                                     f"{parent_run_id}, ended on it)")
+        raise
 
 
 def _torch_classes_by_name() -> None:

@@ -48,7 +48,7 @@ def tuning_flow(config: PipelineConfig | str, search: SearchConfig | str, refres
         dataset, manifest, stats = prepare_data(config, run_id, refresh)
         study = create_study(search, study_name, config.training.epochs)
         try:
-            with fan_out(plan.runner, plan.parallel) as submit:
+            with fan_out(plan.runner, plan.parallel, run_id) as submit:
                 children = search_trials(plan.trial_base, search, study, study_name, dataset, manifest, stats, run_id,
                                          submit)
             retrain = retrain_best(config, search, study, dataset, manifest, run_id)

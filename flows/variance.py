@@ -36,7 +36,7 @@ def variance_flow(config: PipelineConfig | str, sources: list[str] | None = None
         seeds = dict.fromkeys(r.config.split.seed for r in plan.runs)
         data = {seed: prepare_data(override(plan.config, {"split.seed": seed}), run_id if i == 0 else None, refresh)
                 for i, seed in enumerate(seeds)}
-        with fan_out(plan.runner, plan.parallel) as submit:
+        with fan_out(plan.runner, plan.parallel, run_id) as submit:
             results = train_repeats(plan.runs, plan.parallel, data, run_id, ws, submit)
         base = measures(results[0])
         groups = {s: [base] + [measures(r) for r in results if r.label == s] for s in sources}

@@ -164,9 +164,30 @@ def failed_if_interrupted(run_id: str):
         raise
 
 
+def failure(exc: BaseException) -> str:
+    """The reason recorded on a run that `exc` ended: a stop names its signal (KeyboardInterrupt's is SIGINT; Prefect's
+    TerminationSignal carries its own)."""
+    signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else getattr(exc, "signal", None)
+    said = str(exc) or (f"stopped by {signal.Signals(signum).name}" if isinstance(signum, int) else "")
+    return f"{type(exc).__name__}: {said}"
+
+
+def end_running_children(run_id: str, reason: str) -> list[str]:
+    """Mark the child runs of `run_id` that still say RUNNING as KILLED, with `reason`: those whose process is gone
+    (a Dask worker stopped with its cluster) cannot end their own. -> their ids."""
+    c = client()
+    found = c.search_runs([c.get_run(run_id).info.experiment_id],
+                          f"tags.{MLFLOW_PARENT_RUN_ID} = '{run_id}' and attributes.status = 'RUNNING'")
+    for child in found:
+        with signals_held():
+            c.set_tag(child.info.run_id, "failure_reason", reason[:5000])
+            c.set_terminated(child.info.run_id, "KILLED")
+    return [child.info.run_id for child in found]
+
+
 def _mark_failed(run_id: str, exc: BaseException) -> None:
     try:
-        finish_run(run_id, f"{type(exc).__name__}: {exc}")
+        finish_run(run_id, failure(exc))
     except Exception as failed:
         print(f"MLflow run {run_id} could not be marked FAILED and stays RUNNING: {failed}", file=sys.stderr)
 

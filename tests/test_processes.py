@@ -153,6 +153,43 @@ def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
     assert "stopping (SIGTERM)" in err
 
 
+def _runs(db, kind: str) -> list[tuple]:
+    """(status, failure_reason) of each run of `kind` in the MLflow store `db`."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as store:
+        try:
+            return store.execute(
+                "SELECT r.status, (SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'failure_reason') "
+                "FROM runs r JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = 'trainflow.kind' AND k.value = ?",
+                (kind,)).fetchall()
+        except sqlite3.OperationalError:  # the command is creating the store's tables
+            return []
+
+
+@pytest.mark.parametrize("runner", ["thread", "dask"])
+def test_a_stopped_compare_leaves_no_child_run_running_or_finished(tmp_path, runner):
+    """Variants training in threads stop at their next batch (a signal reaches only the main thread); a Dask
+    cluster's stop with the command: either way every child run ends FAILED or KILLED with the reason."""
+    db = tmp_path / ".trainflow" / "mlflow.db"
+    proc, tree = _start(tmp_path, "compare", "--vary", "optimizer.lr=0.01,0.02", "--runner", runner, "--set",
+                        "training.epochs=500", "--set", "training.early_stopping.enabled=false", *TINY), []
+    try:
+        _wait_until("two variants training", lambda: [s for s, _ in _runs(db, "variant")] == ["RUNNING"] * 2, proc)
+        time.sleep(2)  # into their epochs
+        tree = _tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+        assert _left(tree, within=30) == []
+    finally:
+        _end(tree, proc)
+    assert proc.returncode == 143, err
+    [(status, reason)], variants = _runs(db, "comparison"), _runs(db, "variant")
+    assert status == "FAILED" and reason.endswith("stopped by SIGTERM"), reason  # Prefect's TerminationSignal
+    assert len(variants) == 2 and {s for s, _ in variants} <= {"FAILED", "KILLED"}, variants
+    assert all(reason and "stopped by SIGTERM" in reason for _, reason in variants), variants
+
+
 def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
     ports = free_port(), free_port()
     env = cli_env(tmp_path)

@@ -13,5 +13,9 @@ class DataError(TrainflowError):
     """A dataset, file or column is missing or unusable."""
 
 
+class Interrupted(RuntimeError):
+    """The training was told to stop before its end (trainlib.loop.stoppable)."""
+
+
 class TrainingError(RuntimeError):
     """Training itself failed (for example the loss became NaN): exit code 1, not bad input."""

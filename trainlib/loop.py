@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,27 @@ from trainlib.averaging import Averaged
 from trainlib.data.batches import Data, batch_bounds, rows_per_pass
 from trainlib.device import resolve_precision
 from trainlib.distributed import SINGLE, Shard
-from trainlib.errors import TrainingError
+from trainlib.errors import Interrupted, TrainingError
 from trainlib.models import Dropout
 from trainlib.optim import penalized_weights, penalty
 from trainlib.schedules import LRSchedule
 from trainlib.streams import Streams
 from trainlib.tally import Tally
+
+_SCOPE: ContextVar[list[str] | None] = ContextVar("trainlib_stop_scope", default=None)  # see `stoppable`
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[Callable[[str], None]]:
+    """For the block, a `stop(reason)` that ends, at their next batch with `Interrupted(reason)`, the trainings
+    started in this context and in threads that run in a copy of it (Prefect's thread task runs do), and none other
+    of the process. A signal reaches the main thread only: this is how trainings in other threads learn of it."""
+    scope: list[str] = []
+    token = _SCOPE.set(scope)
+    try:
+        yield scope.append
+    finally:
+        _SCOPE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -163,7 +179,10 @@ class Loop:
         sizes = [b - a for a, b in bounds]  # samples of each update: the batches it accumulates
         update_size = [sum(sizes[j - j % accumulate:j - j % accumulate + accumulate]) for j in range(len(bounds))]
         self.optimizer.zero_grad(set_to_none=True)
+        scope = _SCOPE.get()
         for i, (x, y) in enumerate(batches):
+            if scope:
+                raise Interrupted(scope[0])
             last = (i + 1) % accumulate == 0 or i + 1 == len(bounds)
             # weight the mean loss of these samples by their share of the update's (accumulated: of all the
             # batches of the update, n in full-batch GD; data-parallel: of the batch the ranks share, as DDP
