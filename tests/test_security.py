@@ -88,3 +88,41 @@ def test_yaml_loads_only_with_safe_load():
               if re.search(r"\byaml\.(load|unsafe_load|full_load)\(", line)]
     assert unsafe == []
     assert any("yaml.safe_load(" in p.read_text() for p in _sources())
+
+
+# Every name looked up and every address connected to, by each Python process started with this folder on its path
+# (sitecustomize runs at start-up): Python's audit events, so nothing a library does on its own thread escapes.
+WATCH = """import json, sys
+def _watch(event, args):
+    if event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr"):
+        host = args[0]
+    elif event in ("socket.connect", "socket.sendto"):
+        host = args[-1][0] if isinstance(args[-1], tuple) else None  # a Unix socket's path: not the network
+    else:
+        return
+    if host is not None:
+        with open({log!r}, "a") as f:
+            f.write(json.dumps([event, host.decode() if isinstance(host, bytes) else str(host)]) + "\\n")
+sys.addaudithook(_watch)
+"""
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "None"}  # None: getaddrinfo of a bind to any address
+
+
+def test_a_clean_environment_sends_nothing_and_looks_nothing_up_beyond_this_machine(tmp_path):
+    """README: no telemetry, no network look-ups. A run, a command forked from the warm process it leaves (which
+    holds the project's Prefect API), in an environment with no variable that turns them off (none of the suite's,
+    not even PYTEST_CURRENT_TEST, which MLflow reads as a reason to stay quiet)."""
+    watch, project, log = tmp_path / "watch", tmp_path / "project", tmp_path / "lookups.jsonl"
+    watch.mkdir()
+    project.mkdir()
+    (watch / "sitecustomize.py").write_text(WATCH.format(log=str(log)))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PYTHONPATH": f"{watch}:{ROOT}"}  # this checkout first, as every trainflow process of the suite
+    commands = [["run", "--set", "training.epochs=1"], ["models"], ["down"]]
+    for command in commands:
+        done = subprocess.run([TRAINFLOW, *command], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(event == "socket.connect" for event, _ in seen)  # the watch works: the commands reach their API
+    assert sorted({host for _, host in seen} - LOOPBACK) == [], seen
