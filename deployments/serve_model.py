@@ -5,18 +5,27 @@ that version when the alias moves (its /health says which; restart it to follow 
 this process, in the project's environment: `mlflow models serve` would build a virtualenv from the model's
 requirements (offline here, it cannot) and start a tree of processes. MLflow's own scoring app answers
 /invocations, /ping and /version; /health is replaced by one that names the version served.
+
+Two guards stand in front of MLflow's app: inputs holding NaN or an infinity are refused with 400 (a network
+answers them with NaN scores, which look like an answer), and an error's message says the reason without the data
+(MLflow's starts with a dump of the rows it could not score, and repeats a body it could not parse: a 10 MB body of
+garbage came back whole), cut to MESSAGE_LIMIT characters.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import sys
 import threading
 import urllib.request
 
 import mlflow.pyfunc
+import numpy as np
 import uvicorn
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 
 from flows import processes
@@ -26,6 +35,7 @@ from trainlib.errors import ConfigError
 QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay
 POLL = 0.1  # seconds between the readiness checks of the server's own /health
 GRACE = 10  # seconds a stop waits for requests in flight before closing their connections
+MESSAGE_LIMIT = 2000  # characters of an error's message answered
 
 
 def run(uri: str, host: str, port: int) -> None:
@@ -63,9 +73,26 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Finite:
+    """`model`, refusing inputs that hold NaN or an infinity (MLflow answers a refusal raised here with 400)."""
+
+    def __init__(self, model):
+        self.model, self.metadata = model, model.metadata
+
+    def predict(self, data, params=None):
+        values = np.asarray(data.select_dtypes("number") if hasattr(data, "select_dtypes") else data)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+            raise MlflowException(f"the inputs hold NaN or an infinity, in {len(rows)} of {len(values)} rows (the "
+                                  f"first: row {rows[0]}); the model takes finite numbers", INVALID_PARAMETER_VALUE)
+        return self.model.predict(data, params=params)
+
+
 def _app(model, ref: ModelRef):
-    """MLflow's scoring app for `model`, its /health naming the version it serves."""
-    app = scoring_server.init(model)
+    """MLflow's scoring app for `model`, its /health naming the version it serves, with the guards above."""
+    from starlette.responses import Response
+
+    app = scoring_server.init(_Finite(model))
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
     about = {"status": "ok", "model": ref.name, "version": ref.version, "alias": ref.alias, "run_id": ref.run_id,
              "uri": ref.pinned}
@@ -73,6 +100,25 @@ def _app(model, ref: ModelRef):
     @app.get("/health")
     async def health() -> dict:
         return about
+
+    @app.middleware("http")
+    async def short_errors(request, call_next):
+        response = await call_next(request)
+        if response.status_code < 400:
+            return response
+        body = b"".join([chunk async for chunk in response.body_iterator])
+        try:
+            error = json.loads(body)
+            message = error["message"]
+        except (ValueError, KeyError, TypeError):
+            error, message = {}, body.decode(errors="replace")
+        if message.startswith("Failed to predict data '") and "\nError: " in message:
+            message = "Failed to predict the data: " + message.split("\nError: ", 1)[1]
+        if len(message) > MESSAGE_LIMIT:
+            message = f"{message[:MESSAGE_LIMIT]}... ({len(message)} characters, cut)"
+        error["message"] = message
+        error.pop("stack_trace", None)
+        return Response(json.dumps(error), status_code=response.status_code, media_type="application/json")
 
     return app
 

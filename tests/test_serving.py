@@ -196,18 +196,55 @@ def test_sigterm_stops_a_server_named_by_version_with_exit_code_0(store):
     assert _nothing_listens(port)
 
 
-def test_another_shape_is_400_naming_the_expected_and_a_hang_up_ends_it_after_the_request_in_flight(store):
+MALFORMED = {  # body -> what its 400's message says
+    json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode():
+        "Shape of input (1, 3) does not match expected shape (-1, 1, 8, 8)",
+    json.dumps({"inputs": [[["a"] * 8] * 8]}).encode(): "could not convert string to float",
+    json.dumps({"inputs": np.full((2, 1, 8, 8), np.nan).tolist()}).encode(): "the inputs hold NaN or an infinity",
+    json.dumps({"inputs": np.full((2, 1, 8, 8), np.inf).tolist()}).encode(): "the inputs hold NaN or an infinity",
+    b"": "Ensure that input is a valid JSON formatted string",
+    json.dumps({"inputs": []}).encode(): "Failed to enforce schema",
+    b"{{{": "Ensure that input is a valid JSON formatted string",
+    b"x" * 10_000_000: "Ensure that input is a valid JSON formatted string",  # 10 MB
+    json.dumps({"inputs": np.zeros((20_000, 1, 7, 8)).tolist()}).encode(): "does not match expected shape",  # 5 MB
+}
+
+
+def _answer(port: int, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with DIRECT.open(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def _rss_mib(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_malformed_bodies_are_400_naming_the_problem_and_a_hang_up_ends_it_after_the_request_in_flight(store):
+    """200 malformed bodies (another shape, strings, NaN, infinities, empty, not JSON, 5 and 10 MB): each answered
+    400 saying why in a short message (MLflow's would repeat a body it cannot parse: 10 MB back), the server's memory
+    bounded and its answers to a good body unchanged."""
     port = free_port()
     proc, lines = _start(store, f"models:/{NAME}/1", port)
     rows = np.random.default_rng(0).uniform(0, 16, (40_000, 1, 8, 8)).astype(np.float32)
+    good = json.dumps({"inputs": rows[:100].tolist()}).encode()
     answered: dict = {}
     try:
         _ready(proc, lines, store, port)
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            _post(port, {"inputs": [[1.0, 2.0, 3.0]]})
-        assert refused.value.code == 400
-        message = json.loads(refused.value.read())["message"]
-        assert "Shape of input (1, 3) does not match expected shape (-1, 1, 8, 8)" in message, message
+        expected = json.loads(_answer(port, good)[1])["predictions"]
+        bodies = [b for b in MALFORMED if len(b) < 1_000_000] * 22 + [b for b in MALFORMED if len(b) >= 1_000_000] * 2
+        for i, body in enumerate(bodies[:200]):
+            if i == 20:
+                settled = _rss_mib(proc.pid)
+            code, said = _answer(port, body)
+            assert code == 400 and len(said) < 2500, (code, said[:300])
+            assert MALFORMED[body] in json.loads(said)["message"], said
+        assert _rss_mib(proc.pid) - settled < 40, (settled, _rss_mib(proc.pid))
+        assert json.loads(_answer(port, good)[1])["predictions"] == expected  # still serving, as before
 
         body, sent = json.dumps({"inputs": rows.tolist()}), threading.Event()
 
