@@ -29,7 +29,7 @@ check: $(VENV)/.installed-dev
 
 # The benchmarks (not tests; about two hours): the figures in docs/benchmarks.md.
 bench: $(VENV)/.installed
-	for b in engine overhead startup worker data memory scaleout fanout recipes predict scale calibration; do $(BIN)/python -m bench.$$b || exit 1; done
+	for b in engine overhead startup worker data memory scaleout fanout recipes predict scale calibration serving; do $(BIN)/python -m bench.$$b || exit 1; done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
