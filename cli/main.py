@@ -48,6 +48,7 @@ EXAMPLES = {  # two per command, shown by --help
     "config": ["trainflow config --config configs/augmentation.yaml --set augment.erasing=0.25",
                "trainflow config --keys"],
     "ui": ["trainflow ui", "trainflow ui --port 5050"],
+    "cache": ["trainflow cache --older-than 30", "trainflow cache --prune --older-than 30"],
     "up": ["trainflow up", "trainflow up --postgres postgresql://trainer:secret@127.0.0.1:5432/trainflow"],
     "down": ["trainflow down", "trainflow down && trainflow status"],
     "status": ["trainflow status", "trainflow status || trainflow up"],

@@ -1,6 +1,6 @@
 """The operations commands: `up`, `down` and `status` (the project's stack and warm processes), `serve` (the
 deployments with their schedules), `serve-model` (a registered version over HTTP), `ui` (the MLflow UI of the
-local store) and `config` (the effective config, or every key)."""
+local store), `config` (the effective config, or every key) and `cache` (the stage cache, listed or pruned)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,37 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all(r.healthy for r in rows) else 1
 
 
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import time
+
+    from tasks import cache, settings
+    from trainlib.errors import ConfigError
+
+    if args.older_than is not None and args.older_than < 0:
+        raise ConfigError(f"--older-than {args.older_than:g}: give a number of days, 0 or more")
+    chosen = cache.older_than(cache.entries(), args.older_than)
+    now, which = time.time(), "" if args.older_than is None else f" older than {args.older_than:g} days"
+    for e in chosen:
+        print(f"{_size(e.bytes):>10s}  {e.age_days(now):7.1f} days  {e.kind:15s} {e.path.relative_to(settings.HOME)}")
+    total = _size(sum(e.bytes for e in chosen))
+    if not chosen:
+        print(f"nothing{which} in the cache ({settings.HOME / 'cache'})")
+    elif args.prune:
+        cache.prune(chosen)
+        print(f"removed {len(chosen)} entries{which}, {total}; the next run recomputes its stages (decoded images "
+              "that were kept are reused)")
+    else:
+        print(f"{len(chosen)} entries{which}, {total} (trainflow cache --prune removes them)")
+    return 0
+
+
 def _warm_lines(states: list[warm.State], minutes: float) -> list[str]:
     """`trainflow status`'s lines on the project's warm processes (flows/warm.py)."""
     if not minutes:
@@ -140,7 +171,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add up, down, status, serve, serve-model, ui and config to the `trainflow` parser's subcommands."""
+    """Add up, down, status, serve, serve-model, ui, config and cache to the `trainflow` parser's subcommands."""
     up = sub.add_parser("up", help="Prefect and MLflow servers on 127.0.0.1 serving the project's stores")
     options.add(up, "--host")
     up.add_argument("--prefect-port", type=int, default=4200)
@@ -173,3 +204,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     options.add(config, "--config", "--set")
     config.add_argument("--keys", action="store_true", help="list every config key, its default and its meaning")
     config.set_defaults(handler=_config)
+    kept = sub.add_parser("cache", help="the stage cache (.trainflow/cache): what it holds, or --prune it")
+    kept.add_argument("--prune", action="store_true", help="remove the entries listed (prune when no run is going)")
+    kept.add_argument("--older-than", type=float, metavar="DAYS",
+                      help="only the entries whose newest file is older than DAYS days")
+    kept.set_defaults(handler=_cache)

@@ -107,6 +107,28 @@ def test_a_run_in_a_log_has_its_summary_on_stdout_and_a_line_per_epoch(tmp_path)
         assert notice not in out.stdout + out.stderr, out.stderr
 
 
+def test_the_cache_is_listed_and_pruned_by_age_and_the_next_run_recomputes_what_was_pruned(tmp_path):
+    small = ["run", "--no-register", "--set", "training.epochs=1", "--set", "model.channels=[8]"]
+    assert _trainflow(tmp_path, *small).returncode == 0
+    listed = _trainflow(tmp_path, "cache").stdout.splitlines()
+    kinds = sorted(line.split("days")[1].split()[0] for line in listed[:-1])
+    assert kinds == ["cache", "dataset", "manifest", "normalization"], listed  # "cache records"
+    assert re.fullmatch(r"4 entries, [\d.]+ KiB \(trainflow cache --prune removes them\)", listed[-1]), listed
+    cache = tmp_path / ".trainflow" / "cache"
+    [dataset] = cache.glob("dataset-*")
+    old = time.time() - 40 * 86400
+    for path in [dataset, *dataset.iterdir()]:  # unused for 40 days
+        os.utime(path, (old, old))
+    pruned = _trainflow(tmp_path, "cache", "--prune", "--older-than", "30")
+    said = pruned.stdout.splitlines()[-1]
+    assert pruned.returncode == 0 and said.startswith("removed 1 entries older than 30 days"), pruned.stdout
+    assert not dataset.exists() and list(cache.glob("manifest-*")) and not (cache / "results").exists()
+    again = _trainflow(tmp_path, *small)  # no cache record is left pointing at the pruned dataset
+    assert again.returncode == 0, again.stderr
+    assert len(list(cache.glob("dataset-*"))) == 1
+    assert _trainflow(tmp_path, "cache", "--older-than", "30").stdout.startswith("nothing older than 30 days")
+
+
 def test_tune_json_has_the_study_and_its_children(tmp_path):
     search = tmp_path / "search.yaml"
     search.write_text("strategy: grid\npruner: none\nspace:\n"

@@ -53,7 +53,8 @@ def _ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, code", [(["run", "--set", "training.epochs=0"], 2),
                                         (["run", "--config", "missing.yaml"], 2), (["up", "--postgres", "no-url"], 2),
-                                        (["status"], 1), (["down"], 0)])  # status: 1 as no server is running
+                                        (["status"], 1), (["down"], 0), (["cache"], 0),
+                                        (["cache", "--prune"], 0)])  # status: 1 as no server is running
 def test_bad_input_and_looking_around_leave_no_store(tmp_path, args, code):
     project = Project(tmp_path / "fresh")
     out = project.run(*args, timeout=120)
