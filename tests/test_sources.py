@@ -177,6 +177,37 @@ def _same_size_edit(source: str, tmp_path):
     return {"path": str(file)}, lambda: _rewrite_keeping_size_and_mtime(file, text.replace(",a\n", ",b\n", 1).encode())
 
 
+_OPENED: list[str] = []  # files opened while a test below watches (an audit hook lives as long as the process)
+
+
+def _note_opens(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED and isinstance(args[0], str):
+        _OPENED.append(args[0])
+
+
+def test_a_run_reads_each_image_once_to_hash_and_once_to_decode(tmp_path):
+    """The pre-flight's and the flow's ingest keys (both hash the folder's files) and the ingest itself (whose decoded
+    cache is kept by each file's content) share one read of each file while the files are unchanged."""
+    import sys
+
+    from tasks.chain.stages import ingest_key
+    from trainlib import recipe
+    from trainlib.config import DataConfig
+
+    root = write_images(tmp_path / "img")
+    data = DataConfig(source="imagefolder", path=str(root), image_size=(8, 8), workers=0)
+    sys.addaudithook(_note_opens)
+    _OPENED[:] = ["(watching)"]
+    try:
+        keys = {ingest_key(data), ingest_key(data)}  # the pre-flight's, then the flow's cache key
+        recipe.ingest(data, cache_dir=tmp_path / "decoded")  # a miss: decodes every file into the cache
+    finally:
+        opened, _OPENED[:] = _OPENED[1:], []
+    images = sorted(str(p) for p in root.rglob("*.png"))
+    assert len(keys) == 1 and len(images) == 18
+    assert sorted(p for p in opened if p.endswith(".png")) == sorted(images * 2)  # hashed once, decoded once
+
+
 @pytest.mark.parametrize("source", ["csv", "imagefolder"])
 def test_new_content_of_the_same_size_and_mtime_changes_the_fingerprint_and_the_ingest_key(source, tmp_path):
     from tasks.chain.ingest import ingest_key

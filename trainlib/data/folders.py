@@ -149,6 +149,34 @@ def files_identity(root: str | Path, files, digests: np.ndarray | None = None) -
     return h.hexdigest()
 
 
+_last_read: list[tuple] = []  # [(key, identity, digests)] of the last image folder hashed in this process
+
+
+def _unchanged_key(root: str, names: np.ndarray) -> tuple:
+    """What says a folder's images are the ones hashed before, read from their metadata alone: the root, the names,
+    and the files' total size and newest modification and change times (a write changes a file's ctime, which
+    cannot be set back, so new content of the same size and mtime changes the key too)."""
+    size = newest_m = newest_c = 0
+    for name in names:
+        stat = os.stat(os.path.join(root, os.fsdecode(name)))
+        size, newest_m, newest_c = size + stat.st_size, max(newest_m, stat.st_mtime_ns), max(newest_c, stat.st_ctime_ns)
+    return str(root), hashlib.sha256(names.tobytes()).hexdigest(), size, newest_m, newest_c
+
+
+def image_digests(root: str, names: np.ndarray) -> tuple[str, np.ndarray]:
+    """(files_identity of the images `names` under `root`, the sha256 of each as (N, 32) bytes). A run reads each
+    file once for both: the ingest's cache key (sources.fingerprint, also asked by the pre-flight) and the ingest
+    itself (the decoded cache is kept by each file's content) take the last folder's digests while its files'
+    metadata says they are unchanged (32 bytes a file kept)."""
+    key = _unchanged_key(root, names)
+    if _last_read and _last_read[0][0] == key:
+        return _last_read[0][1], _last_read[0][2]
+    digests = np.empty((len(names), 32), dtype=np.uint8)
+    identity = files_identity(root, (os.path.join(root, os.fsdecode(n)) for n in names), digests)
+    _last_read[:] = [(key, identity, digests)]
+    return identity, digests
+
+
 def folder_files(root: Path):
     """Every file under `root` (or `root` itself when it is a file), in a stable order."""
     return iter([str(root)]) if root.is_file() else walk(str(root))
