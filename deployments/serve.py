@@ -4,6 +4,7 @@ process (Prefect's `serve`): no work pool, no worker."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.runner import Runner
 from prefect.schedules import Cron, Interval
 
-from flows import processes
+from flows import SERVED_BY, processes
 from trainlib.errors import ConfigError
 from trainlib.overrides import read_yaml
 
@@ -63,7 +64,10 @@ def _check_no_worker_deployments(served: list) -> None:
 
 def run(prefect_file: str | Path = PREFECT_FILE, names: list[str] | None = None) -> None:
     """Serve until stopped: SIGINT, SIGTERM or SIGHUP (flows/processes.py `served_until_stopped`) take Prefect's
-    graceful way out, which cancels the flow runs it started; then say which signal stopped it."""
+    graceful way out, which cancels the flow runs it started; then say which signal stopped it. Killed (SIGKILL, where
+    nothing of this process runs), the flow-run processes it started end too: each finds this pid in SERVED_BY and
+    asks the kernel for a SIGTERM when its parent ends (flows/__init__.py)."""
+    os.environ[SERVED_BY] = str(os.getpid())
     served = deployments(prefect_file, names)
     _check_no_worker_deployments(served)
     runner = Runner()

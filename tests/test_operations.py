@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import all_cpus, listening, own_warm
@@ -358,6 +359,12 @@ def test_serve_runs_the_same_deployments_without_a_worker(deployed, nightly_run)
             nightly = client.read_deployment_by_name("training-pipeline/nightly")
             assert nightly.work_pool_name is None and [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
             flow_run = client.create_flow_run_from_deployment(nightly.id, parameters={"config": SMALL})
+        deadline, started = time.monotonic() + 120, []
+        while not started and time.monotonic() < deadline:  # the flow run's process, serve's child
+            started = psutil.Process(serving.pid).children()
+            time.sleep(0.2)
+        # its way to end with serve, even a killed one (test_processes.py): serve's pid where it looks
+        assert started and started[0].environ().get("TRAINFLOW_SERVED_BY") == str(serving.pid)
         assert _wait_for(deployed, flow_run.id).state_type.value == "COMPLETED", log_file.read_text()[-3000:]
     finally:  # started ignoring SIGINT, as a script's background job does: `kill -INT` stops it all the same
         os.kill(serving.pid, signal.SIGINT)

@@ -9,14 +9,17 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 from conftest import TRAINFLOW, all_cpus, cli_env
 from ports import free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.channels=[8]", "--set", "model.hidden=[32]"]
 
 
@@ -188,6 +191,34 @@ def test_a_stopped_compare_leaves_no_child_run_running_or_finished(tmp_path, run
     assert status == "FAILED" and reason.endswith("stopped by SIGTERM"), reason  # Prefect's TerminationSignal
     assert len(variants) == 2 and {s for s, _ in variants} <= {"FAILED", "KILLED"}, variants
     assert all(reason and "stopped by SIGTERM" in reason for _, reason in variants), variants
+
+
+SERVE = """
+import os, subprocess, sys, time
+from flows import SERVED_BY
+os.environ[SERVED_BY] = str(os.getpid())  # as `trainflow serve` does (deployments/serve.py)
+run = subprocess.Popen([sys.executable, "-c", "import flows, time; print('in', flush=True); time.sleep(300)"],
+                       stdout=subprocess.PIPE, text=True)
+run.stdout.readline()
+print(run.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_flow_run_process_ends_with_the_serve_that_started_it_even_killed(tmp_path):
+    """`trainflow serve` killed with SIGKILL (nothing of it runs) leaves no flow-run process: each imports flows, finds
+    serve's pid in TRAINFLOW_SERVED_BY and asks the kernel for a SIGTERM when serve ends. Here the flow run is a
+    process that imports flows as Prefect's flow-run processes do (test_operations checks the variable on a real
+    flow run of `trainflow serve`)."""
+    serve = subprocess.Popen([sys.executable, "-c", SERVE], env=cli_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    run = psutil.Process(int(serve.stdout.readline()))
+    try:
+        serve.kill()
+        serve.wait(timeout=30)
+        assert _left([run], within=20) == []
+    finally:
+        _end([run])
 
 
 def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
