@@ -97,7 +97,7 @@ def test_a_stop_signal_during_a_store_write_takes_effect_once_the_write_is_whole
     client = MlflowClient()
     run = client.get_run(run_id)
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 0.5)]
-    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "KeyboardInterrupt: "
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "KeyboardInterrupt: stopped by SIGINT"
 
 
 def test_a_store_that_cannot_mark_the_run_failed_does_not_hide_what_broke_the_run(monkeypatch, capsys):
