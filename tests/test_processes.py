@@ -84,6 +84,23 @@ def _wait_until(what: str, ready, proc: subprocess.Popen, timeout: float = 180) 
         time.sleep(0.2)
 
 
+def _terminated(proc: subprocess.Popen, what: str, ready, settle: float = 0.0) -> tuple[list[str], str]:
+    """Once `ready()` (and `settle` seconds more), SIGTERM to the command alone; it must end within 90 s and leave
+    nothing of its tree running. -> (its tree's command lines as they were, its stderr)."""
+    tree = []
+    try:
+        _wait_until(what, ready, proc)
+        time.sleep(settle)
+        tree = _tree(proc.pid)
+        commands = [" ".join(p.cmdline()) for p in tree]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+        assert _left(tree, within=30) == []
+    finally:
+        _end(tree, proc)
+    return commands, err
+
+
 def _answers(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
@@ -141,16 +158,10 @@ def _read(db, query: str):
 
 def test_a_run_told_to_stop_ends_its_mlflow_run_and_its_temporary_api(tmp_path):
     db = tmp_path / ".trainflow" / "mlflow.db"
-    proc, tree = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY, warm=False), []
-    try:
-        _wait_until("an epoch's metrics", lambda: _read(db, "SELECT 1 FROM metrics WHERE key = 'train_loss'"), proc)
-        tree = _tree(proc.pid)
-        assert any("prefect.server.api.server:create_app" in p.cmdline() for p in tree)  # the temporary API
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert _left(tree, within=30) == []
-    finally:
-        _end(tree, proc)
+    proc = _start(tmp_path, "run", "--set", "training.epochs=500", "--set", "name=stopped", *TINY, warm=False)
+    tree, err = _terminated(proc, "an epoch's metrics",
+                            lambda: _read(db, "SELECT 1 FROM metrics WHERE key = 'train_loss'"))
+    assert any("prefect.server.api.server:create_app" in p for p in tree)  # the temporary API
     assert proc.returncode == 143, err
     assert _read(db, "SELECT status FROM runs") == ("FAILED",)
     assert "stopping (SIGTERM)" in err
@@ -175,17 +186,10 @@ def test_a_stopped_compare_leaves_no_child_run_running_or_finished(tmp_path, run
     """Variants training in threads stop at their next batch (a signal reaches only the main thread); a Dask
     cluster's stop with the command: either way every child run ends FAILED or KILLED with the reason."""
     db = tmp_path / ".trainflow" / "mlflow.db"
-    proc, tree = _start(tmp_path, "compare", "--vary", "optimizer.lr=0.01,0.02", "--runner", runner, "--set",
-                        "training.epochs=500", "--set", "training.early_stopping.enabled=false", *TINY), []
-    try:
-        _wait_until("two variants training", lambda: [s for s, _ in _runs(db, "variant")] == ["RUNNING"] * 2, proc)
-        time.sleep(2)  # into their epochs
-        tree = _tree(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
-        assert _left(tree, within=30) == []
-    finally:
-        _end(tree, proc)
+    proc = _start(tmp_path, "compare", "--vary", "optimizer.lr=0.01,0.02", "--runner", runner, "--set",
+                  "training.epochs=500", "--set", "training.early_stopping.enabled=false", *TINY)
+    _, err = _terminated(proc, "two variants training",
+                         lambda: [s for s, _ in _runs(db, "variant")] == ["RUNNING"] * 2, settle=2)
     assert proc.returncode == 143, err
     [(status, reason)], variants = _runs(db, "comparison"), _runs(db, "variant")
     assert status == "FAILED" and reason.endswith("stopped by SIGTERM"), reason  # Prefect's TerminationSignal
