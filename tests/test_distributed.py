@@ -2,6 +2,8 @@
 training in one process."""
 
 import multiprocessing
+import os
+import signal
 
 import pytest
 import torch
@@ -93,6 +95,32 @@ def test_a_stopped_data_parallel_training_continues_from_its_checkpoint(tmp_path
     assert epochs.seen == logger.steps == remaining, f"trained after resuming from epoch {saved}: {epochs.seen}"
     assert [h["epoch"] for h in fit.history] == list(range(1, 16)) and fit.stopped_epoch == 15
     assert len(fit.lrs) == 15 * fit.updates_per_epoch  # the updates of the saved epochs, then of the remaining ones
+    assert _largest_difference(straight, resumed) == 0
+
+
+class KillsRank1:
+    """At the end of epoch 2, SIGKILL to rank 1's process: no exception, no clean-up of its own."""
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == 2:
+            [rank] = [p for p in multiprocessing.active_children() if p.name == "trainlib-rank-1"]
+            os.kill(rank.pid, signal.SIGKILL)
+
+
+def test_a_rank_killed_outright_fails_as_unexpected_and_the_retry_ends_at_the_uninterrupted_weights(tmp_path):
+    """The train task retries an unexpected failure (RankFailed, not bad input) from the checkpoint: a rank killed by
+    SIGKILL mid-training, then the retry, end where the uninterrupted training ends."""
+    sets = ["model.name=mlp", "model.hidden=[64]", "model.dropout=0.3", "training.epochs=8",
+            "training.early_stopping.enabled=false", "training.devices=2"]
+    straight, _ = _train(sets)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(distributed.RankFailed, match=r"^data-parallel training: rank 1 was killed \(SIGKILL\)$"):
+        _train(sets, callbacks=[KillsRank1()], checkpoint=checkpoint, resume=True)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("trainlib-rank")]
+    saved = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= saved < 8
+    resumed, fit = _train(sets, checkpoint=checkpoint, resume=True)
+    assert [h["epoch"] for h in fit.history] == list(range(1, 9))
     assert _largest_difference(straight, resumed) == 0
 
 

@@ -141,6 +141,11 @@ def run(devices: int, device: torch.device, job: Callable[..., dict], args: Sequ
             for rank in range(devices)]
         try:
             errors = _watch(ranks, queue, logger, callbacks)
+            # a rank killed by a signal (the OOM killer, a SIGKILL) said nothing: the others' errors are its echo
+            killed = [f"rank {r} was killed ({signal.Signals(-p.exitcode).name})" for r, p in enumerate(ranks)
+                      if p.exitcode is not None and p.exitcode < 0]
+            if killed:
+                errors = [RankFailed(f"data-parallel training: {', '.join(killed)}")]
         finally:
             for process in ranks:
                 if process.is_alive():
