@@ -2,6 +2,7 @@
 
 import threading
 import time
+import warnings
 
 import optuna
 import pytest
@@ -92,8 +93,7 @@ def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypa
         assert study.trials[dead.number].state == States.FAIL
         assert study.trials[alive.number].state == States.RUNNING
         retry = studies.ask(study, lock, 10)  # the dead trial again, with its parameters
-        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[retry.number])
-        assert retry.params == study.trials[dead.number].params and retried == dead.number
+        assert retry.params == study.trials[dead.number].params and retried(study.trials[retry.number]) == dead.number
         assert studies.held(study) == 2
         failed = studies.ask(study, lock, 10)
         failed.set_user_attr("error", "RuntimeError: a failure the flow saw")
@@ -101,6 +101,35 @@ def test_a_trial_whose_process_died_fails_and_frees_its_place(tmp_path, monkeypa
         study.enqueue_trial({})  # waiting: it counts once asked
         assert studies.held(study) == 3  # the two running and the failure with its error
     lock.close()
+
+
+def retried(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the trial `trial` retries, if it is a retry."""
+    with warnings.catch_warnings():  # Optuna calls its heartbeat experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def test_a_trial_whose_processes_keep_dying_is_queued_again_twice_then_left_failed(tmp_path, monkeypatch):
+    """storage.RETRIES: the same parameters are tried by a third process at most; a trial that kills every process
+    that takes it (say it runs out of memory) must not take the study's workers down one after another for ever."""
+    monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(studies, "GRACE_SECONDS", 2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = studies.create(url, "deadly", ["maximize"], optuna.samplers.RandomSampler(seed=0), None)
+    lock = studies.AskLock(url, "deadly")
+    first = studies.ask(study, lock, None)
+    params, taken = first.suggest_float("x", 0, 1), [first.number]
+    while True:  # each process that takes it dies: no heartbeat from it
+        time.sleep(studies.GRACE_SECONDS + 2)  # SQLite keeps heartbeats to the second
+        nxt = studies.ask(study, lock, None)
+        if retried(study.trials[nxt.number]) is None:
+            break
+        assert nxt.params == {"x": params}
+        taken.append(nxt.number)
+    lock.close()
+    assert len(taken) == 1 + studies.RETRIES == 3
+    assert [study.trials[n].state for n in taken] == [States.FAIL] * 3
 
 
 def test_an_unreachable_storage_is_one_error_naming_it_without_its_password():

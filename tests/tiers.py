@@ -45,6 +45,7 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_recipes.py::test_compiled_training_learns_as_the_plain_one": "slow",  # inductor compiles C++ (10-25 s)
     "test_sources.py::test_a_streamed_folder_holds_at_most_200_bytes_per_file": "slow",  # 40,000 files, 2 processes
     "test_studies.py::test_a_trial_whose_process_died_fails_and_frees_its_place": "slow",  # processes that die
+    "test_studies.py::test_a_trial_whose_processes_keep_dying_is_queued_again_twice_then_left_failed": "slow",
     "test_distributed.py::test_what_data_parallel_training_refuses": "unit",  # refused before any rank starts
     "test_resume.py::test_the_same_training_at_the_same_time_trains_in_its_own_workspace": "unit",  # file locks
     "test_resume.py::test_only_an_unexpected_end_leaves_a_checkpoint_to_continue_from": "unit",

@@ -182,6 +182,8 @@ def ask(study: optuna.Study, lock: AskLock, budget: int | None) -> optuna.Trial 
     with lock:
         if budget is not None and held(study) >= budget:
             return None
+        if budget is None:  # held() does it otherwise: a dead process's trials fail, and are queued again
+            _fail_stale(study)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": ask/tell here
             warnings.simplefilter("ignore")
             trial = study.ask()
@@ -190,13 +192,17 @@ def ask(study: optuna.Study, lock: AskLock, budget: int | None) -> optuna.Trial 
         return trial
 
 
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def held(study: optuna.Study) -> int:
     """Trials that count against the budget: those running or finished, except the ones that failed because
     their process died (they fail with no error recorded; the flow records one for every failure it sees).
     Enqueued trials count once asked."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    _fail_stale(study)
     return sum(t.state not in (States.WAITING, States.FAIL) or "error" in t.user_attrs
                for t in study.get_trials(deepcopy=False))
 
