@@ -46,6 +46,19 @@ def study(prefect_api):
     return tuning_flow(load_config(None, ["name=tune-e2e", *BASE]), _search()).json()
 
 
+def test_no_trial_starts_after_the_timeout(prefect_api):
+    """search.timeout: seconds after which no trial starts (those running finish), even with trials left to run."""
+    from flows.tuning import tuning_flow
+
+    timeout = 4
+    out = tuning_flow(load_config(None, ["name=tune-timeout", *BASE]),
+                      _search(n_trials=200, timeout=timeout, max_parallel=1)).json()
+    trials = sorted(r.info.start_time for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial")
+    assert 2 <= len(trials) < 200
+    # the clock starts when the study starts asking, just before the first trial's run opens
+    assert (trials[-1] - trials[0]) / 1000 < timeout, [(t - trials[0]) / 1000 for t in trials]
+
+
 def test_trials_are_child_runs_that_do_not_collide(study):
     client = MlflowClient()
     children = _children(study["run_id"])
