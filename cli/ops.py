@@ -76,17 +76,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all(r.healthy for r in rows) else 1
 
 
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def _cache(args: argparse.Namespace) -> int:
     import time
 
     from tasks import cache, settings
+    from trainlib.data.folders import size_text
     from trainlib.errors import ConfigError
 
     if args.older_than is not None and args.older_than < 0:
@@ -94,8 +88,9 @@ def _cache(args: argparse.Namespace) -> int:
     chosen = cache.older_than(cache.entries(), args.older_than)
     now, which = time.time(), "" if args.older_than is None else f" older than {args.older_than:g} days"
     for e in chosen:
-        print(f"{_size(e.bytes):>10s}  {e.age_days(now):7.1f} days  {e.kind:15s} {e.path.relative_to(settings.HOME)}")
-    total = _size(sum(e.bytes for e in chosen))
+        where = e.path.relative_to(settings.HOME)
+        print(f"{size_text(e.bytes):>10s}  {e.age_days(now):7.1f} days  {e.kind:15s} {where}")
+    total = size_text(sum(e.bytes for e in chosen))
     if not chosen:
         print(f"nothing{which} in the cache ({settings.HOME / 'cache'})")
     elif args.prune:

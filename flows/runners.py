@@ -49,10 +49,11 @@ def fan_out(runner: str | None, workers: int, parent_run_id: str) -> Iterator[Su
     task run) first ends the trainings of its task runs in this process's threads at their next batch and waits for
     them, then marks the child runs of `parent_run_id` still RUNNING (a stopped cluster's) KILLED with the reason: no
     child of a run that did not finish says RUNNING, or FINISHED for work it did not do."""
+    from tasks import tracking  # here: the command line's checks import this module, and MLflow is slow to load
+
     runner = check(runner)
     try:
         if runner == "thread":
-            from tasks import tracking  # here: the command line's checks import this module; MLflow is slow to load
             from trainlib import loop
 
             submitted = []
@@ -75,8 +76,6 @@ def fan_out(runner: str | None, workers: int, parent_run_id: str) -> Iterator[Su
         with _dask(runner, workers) as dask:
             yield lambda task, *args, **kwargs: dask.submit(task, get_call_parameters(task.fn, args, kwargs))
     except BaseException as exc:
-        from tasks import tracking  # here: the command line's checks import this module, and MLflow is slow to load
-
         tracking.end_running_children(parent_run_id, f"{tracking.failure(exc)} (the run it belongs to, "
                                                      f"{parent_run_id}, ended on it)")
         raise

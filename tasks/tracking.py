@@ -172,9 +172,9 @@ def failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {said}"
 
 
-def end_running_children(run_id: str, reason: str) -> list[str]:
+def end_running_children(run_id: str, reason: str) -> None:
     """Mark the child runs of `run_id` that still say RUNNING as KILLED, with `reason`: those whose process is gone
-    (a Dask worker stopped with its cluster) cannot end their own. -> their ids."""
+    (a Dask worker stopped with its cluster) cannot end their own."""
     c = client()
     found = c.search_runs([c.get_run(run_id).info.experiment_id],
                           f"tags.{MLFLOW_PARENT_RUN_ID} = '{run_id}' and attributes.status = 'RUNNING'")
@@ -182,7 +182,6 @@ def end_running_children(run_id: str, reason: str) -> list[str]:
         with signals_held():
             c.set_tag(child.info.run_id, "failure_reason", reason[:5000])
             c.set_terminated(child.info.run_id, "KILLED")
-    return [child.info.run_id for child in found]
 
 
 def _mark_failed(run_id: str, exc: BaseException) -> None:

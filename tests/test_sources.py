@@ -320,7 +320,7 @@ def test_decoded_images_are_cached_by_content_and_decoded_again_only_for_a_chang
 
     def pack():
         files = folders.ImageFiles(root, *folders.list_images(Path(root))[1:], (12, 10), 3)
-        return files, decoded.build(files, decoded.file_digests(files)[1], cache, workers=0)
+        return files, decoded.build(files, folders.image_digests(files.root, files.names)[1], cache, workers=0)
 
     files, first = pack()
     assert (first.reused, first.decoded) == (0, 19)

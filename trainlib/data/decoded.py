@@ -129,12 +129,6 @@ class PackedImages(torch.utils.data.Dataset):
             os.close(self._fd)
 
 
-def file_digests(files: ImageFiles) -> tuple[str, np.ndarray]:
-    """(the folder's identity as folders.files_identity gives it, the sha256 of each file as (N, 32) bytes): read
-    once per process while the files are unchanged (folders.image_digests)."""
-    return folders.image_digests(files.root, files.names)
-
-
 @dataclass(frozen=True)
 class Built:
     """A pack and how it was made: rows reused from earlier packs, rows decoded now."""

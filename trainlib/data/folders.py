@@ -182,7 +182,8 @@ def folder_files(root: Path):
     return iter([str(root)]) if root.is_file() else walk(str(root))
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes as people read them: 1.5 GiB, 12.0 MiB, 3.2 KiB."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -199,9 +200,9 @@ def check_fits(files: ImageFiles, budget_gib: float | None) -> None:
         c, (h, w) = files.channels, files.size
         whose = "data.memory_budget" if budget_gib else "data.memory_budget's default: half of this machine's memory"
         raise DataError(
-            f"data: {len(files):,} images of {c}x{h}x{w} decoded in memory need about {_size(need)} (twice their "
-            f"{_size(files.decoded_bytes)}, a margin for the copies made while reading them), over the memory "
-            f"budget of {_size(budget)} ({whose}); set data.stream: true to decode them per batch instead")
+            f"data: {len(files):,} images of {c}x{h}x{w} decoded in memory need about {size_text(need)} (twice their "
+            f"{size_text(files.decoded_bytes)}, a margin for the copies made while reading them), over the memory "
+            f"budget of {size_text(budget)} ({whose}); set data.stream: true to decode them per batch instead")
 
 
 def _decode_chunk(files: ImageFiles) -> np.ndarray:

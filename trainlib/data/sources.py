@@ -119,7 +119,7 @@ def load_imagefolder(path, image_size=(32, 32), channels=None, stream=False, wor
     if not stream:
         folders.check_fits(files, memory_budget)
     if cache and cache_dir is not None:
-        identity, digests = decoded.file_digests(files)
+        identity, digests = folders.image_digests(files.root, files.names)
         try:
             pack = decoded.build(files, digests, Path(cache_dir), workers).path
         except OSError as exc:
