@@ -136,7 +136,7 @@ def _serve_model(args: argparse.Namespace) -> int:
     import tasks  # noqa: F401  the project's settings (its MLflow store), before mlflow is imported
     from deployments import serve_model
 
-    serve_model.run(args.uri, args.host, args.port)
+    serve_model.run(args.uri, args.host, args.port, args.device)
     return 0
 
 
@@ -191,6 +191,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     model.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION; an alias is "
                        "resolved once, at start")
     options.add(model, "--host", "--port", port={"default": 5002})
+    model.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when present), cpu, cuda or "
+                       "cuda:N (default auto)")
     model.set_defaults(handler=_serve_model)
     ui = sub.add_parser("ui", help="the MLflow UI for the local store")
     options.add(ui, "--host", "--port", port={"default": 5000})

@@ -21,7 +21,6 @@ import sys
 import threading
 import urllib.request
 
-import mlflow.pyfunc
 import numpy as np
 import uvicorn
 from mlflow.exceptions import MlflowException
@@ -29,7 +28,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 
 from flows import processes
-from tasks.registry.model_ref import ModelRef, resolve
+from tasks.registry.model_ref import ModelRef, load_pyfunc, resolve
+from trainlib.device import resolve_device
 from trainlib.errors import ConfigError
 
 QUIET = "warning"  # uvicorn's log level: start-up and per-request lines are noise; warnings and errors stay
@@ -38,16 +38,16 @@ GRACE = 10  # seconds a stop waits for requests in flight before closing their c
 MESSAGE_LIMIT = 2000  # characters of an error's message answered
 
 
-def run(uri: str, host: str, port: int) -> None:
-    """Serve the version `uri` names now on host:port until SIGINT, SIGTERM or SIGHUP; then return."""
-    sock = _bind(host, port)  # first: a taken port is bad input, told before a model is resolved or loaded
+def run(uri: str, host: str, port: int, device: str = "auto") -> None:
+    """Serve the version `uri` names now on host:port, running it on `device`, until SIGINT, SIGTERM or SIGHUP;
+    then return."""
+    target = resolve_device(device, "--device")  # first, with the port: bad input, told before a model is loaded
+    sock = _bind(host, port)
     try:
         ref = resolve(uri)
-        # the pinned version (the alias may move meanwhile), on the CPU: a torch.export (pt2) program stays on the
-        # device it was exported on, and MLflow would otherwise pick CUDA where there is one and refuse to load it
-        model = mlflow.pyfunc.load_model(ref.pinned, model_config={"device": "cpu"})
+        model = load_pyfunc(ref, target)  # the pinned version: the alias may move meanwhile
         run_by = f", logged by run {ref.run_id}" if ref.run_id else ""
-        print(f"loaded {ref.describe()} from {ref.pinned}{run_by}", file=sys.stderr)
+        print(f"loaded {ref.describe()} from {ref.pinned}{run_by}, on {target}", file=sys.stderr)
         server = uvicorn.Server(uvicorn.Config(_app(model, ref), host=host, port=port, log_level=QUIET,
                                                access_log=False, timeout_graceful_shutdown=GRACE))
         url = f"http://{_in_url(host)}:{port}"

@@ -342,5 +342,6 @@ def log_ensemble(run_id: str, program: str, about: str, example: np.ndarray, out
     info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc,
                                    python_model=str(ENSEMBLE_CODE), artifacts={"program": program, "about": about},
                                    signature=infer_signature(example, output), input_example=example,
-                                   pip_requirements=pip_requirements(), run_id=run_id, metadata=metadata)
+                                   pip_requirements=pip_requirements(), run_id=run_id, metadata=metadata,
+                                   model_config={"device": "cpu"})  # a key MLflow lets a loader replace
     return info.model_uri

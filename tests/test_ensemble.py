@@ -12,6 +12,7 @@ from trainlib import models
 from trainlib.boosting import samme
 from trainlib.combine import RULES, Ensemble, disagreement, fit_meta, meta_features
 from trainlib.config import PipelineConfig, load_config, validate
+from trainlib.device import pinned
 from trainlib.ensemble import DEFAULT_MEMBERS, META_SOURCES, METHODS, EnsembleConfig, plan
 from trainlib.errors import ConfigError, DataError
 from trainlib.export import Program, export, load_exported
@@ -158,6 +159,9 @@ def test_exported_ensemble_matches_and_takes_any_batch_size(tmp_path):
         x = torch.randint(0, 17, (n, 1, 8, 8), dtype=torch.uint8)  # raw digits are stored as uint8
         assert torch.allclose(loaded(x), ensemble(x), atol=1e-5)
     assert isinstance(loaded, Program) and loaded.eval() is loaded  # usable where modules get .eval()
+    # as combine makes the registered one: members read back from their programs; it names no device either
+    export(Ensemble([loaded, loaded], "hard"), torch.rand(4, 1, 8, 8), tmp_path / "again.pt2")
+    assert pinned(torch.export.load(str(tmp_path / "again.pt2")).graph) == []
 
 
 def test_programs_export_and_load_in_parallel_threads(tmp_path):

@@ -1,4 +1,4 @@
-"""Model builders, optimizers and the L1/L2 penalties."""
+"""Model builders (and their exported programs: on any device), optimizers and the L1/L2 penalties."""
 
 import re
 
@@ -8,7 +8,9 @@ from torch import nn
 
 from trainlib import models, optim
 from trainlib.data import normalize
+from trainlib.device import pinned, to_device
 from trainlib.errors import ConfigError
+from trainlib.export import export, load_exported
 from trainlib.models import MODELS
 from trainlib.optim import OPTIMIZERS
 
@@ -121,3 +123,29 @@ def test_norms_and_biases_get_their_own_weight_decay_in_every_group():
     assert out[0]["params"] == [head.weight] and len(by_param) == 6  # the head's group stays first; each once
     sgd = optim.build("sgd", out, lr=0.1, weight_decay=0.05)
     assert [g["weight_decay"] for g in sgd.param_groups] == [0.05, 0.001, 0.05, 0.0, 0.001]
+
+
+@pytest.mark.parametrize(("name", "shape"), [(name, SHAPES[max(MODELS[name].dims)][0]) for name in sorted(MODELS)])
+def test_an_exported_model_names_no_device_and_runs_on_the_one_its_weights_are_moved_to(name, shape, tmp_path):
+    # registered models are exported on the CPU; a node naming the device would keep them there (on a GPU: refused)
+    model = models.build(name, shape, 3, None, **OPTIONS).calibrated(1.5).eval()
+    export(model, torch.rand(4, *shape), tmp_path / "model.pt2")
+    assert pinned(torch.export.load(str(tmp_path / "model.pt2")).graph) == []
+    moved = to_device(load_exported(tmp_path / "model.pt2"), "meta")  # a device of another type, on any machine
+    out = moved(torch.zeros(5, *shape, device="meta"))
+    assert out.device.type == "meta" and out.shape == (5, 3)
+
+
+def test_a_program_exported_naming_the_cpu_is_moved_with_its_nodes(tmp_path):
+    class Before(nn.Module):  # as trainflow's recurrent models and casts were exported before: two nodes name the CPU
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(2, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x.float().transpose(1, 2))[0][:, -1]
+
+    export(Before().eval(), torch.rand(3, 2, 6), tmp_path / "before.pt2")
+    assert len(pinned(torch.export.load(str(tmp_path / "before.pt2")).graph)) == 2
+    moved = to_device(load_exported(tmp_path / "before.pt2"), "meta")
+    assert moved(torch.zeros(2, 2, 6, device="meta")).device.type == "meta"

@@ -16,7 +16,7 @@ from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
 from PIL import Image
 
-from trainlib.config import load_config
+from trainlib.config import load_config, override
 from trainlib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,23 @@ def test_what_scoring_refuses_before_it_starts(digits_model, tmp_path):
     for (model, data, from_config, out), message in cases.items():
         with pytest.raises(ConfigError, match=message):
             plan(model, data, cfg, from_config, out)
+    with pytest.raises(ConfigError, match=r"predict.device: 'cuda:99' asked for, but "):  # none here has 100
+        plan("models:/pred-digits@champion", PNG, override(cfg, {"predict.device": "cuda:99"}), False, None)
+
+
+def test_a_registered_model_names_no_device_and_loads_onto_another(digits_model):
+    """Registered on this CPU, a model must score on a GPU: its program names no device, and it loads whole onto
+    another device (the meta device, shapes without values, stands in for a GPU on any machine)."""
+    import torch
+
+    from tasks.registry.model_ref import load_pyfunc, resolve
+    from trainlib.device import pinned
+
+    ref = resolve("models:/pred-digits@champion")
+    local = Path(mlflow.artifacts.download_artifacts(ref.pinned))
+    assert pinned(torch.export.load(str(local / "data" / "model.pt2")).graph) == []
+    program = load_pyfunc(ref, torch.device("meta")).get_raw_model()
+    assert program(torch.zeros(3, 1, 8, 8, device="meta")).device.type == "meta"
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +259,14 @@ def test_a_signal_ensemble_scores_an_npz_of_new_signals(prefect_api, tmp_path):
     assert table["predicted"].tolist() == [classes[i] for i in loaded.predict(x).argmax(1)]
     accuracy = float((table["label"] == table["predicted"]).mean())
     assert out["metrics"]["accuracy"] == pytest.approx(accuracy) and accuracy > 0.4  # chance is 0.2
+    # like a single model (above), it names no device and moves whole: the logged ensemble's own loading moves it
+    import torch
+
+    from tasks.registry.model_ref import load_pyfunc, resolve
+    from trainlib.device import pinned
+
+    ref = resolve(f"models:/pred-waves-ensemble/{registered['version']}")
+    local = Path(mlflow.artifacts.download_artifacts(ref.pinned))
+    assert pinned(torch.export.load(str(next(local.glob("artifacts/*.pt2")))).graph) == []
+    program = load_pyfunc(ref, torch.device("meta")).unwrap_python_model().program
+    assert program(torch.zeros(3, *x.shape[1:], device="meta")).device.type == "meta"

@@ -272,7 +272,7 @@ def test_malformed_bodies_are_400_naming_the_problem_and_a_hang_up_ends_it_after
     assert _nothing_listens(port)
 
 
-def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):
+def test_a_port_in_use_or_an_absent_device_is_one_line_and_starts_nothing(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -283,6 +283,11 @@ def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):
     assert out.stderr == f"error: port {port} on 127.0.0.1 is in use: stop what serves it or choose another with " \
                          "--port\n"
     assert not (tmp_path / ".trainflow").exists()  # refused before any store was opened
+    out = subprocess.run([*CLI, "serve-model", f"models:/{NAME}@champion", "--device", "cuda:99"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env(tmp_path))
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.startswith("error: --device: 'cuda:99' asked for, but ") and len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / ".trainflow").exists()
 
 
 def test_an_unknown_alias_is_one_line_and_serves_nothing(store):

@@ -30,7 +30,9 @@ def soft(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def hard(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted share of the members' votes per class (N, K), ties broken by the mean probabilities.
     With SAMME's member weights this is discrete multi-class AdaBoost's decision."""
-    votes = nn.functional.one_hot(probs.argmax(2), probs.shape[2]).to(probs.dtype)
+    # each member's vote as a one-hot row, made from probs (a one_hot cast to float would pin an exported program to
+    # the device it was exported on: trainlib/export.py)
+    votes = torch.zeros_like(probs).scatter_(2, probs.argmax(2, keepdim=True), 1.0)
     return (soft(votes, weights) + TIE * soft(probs, weights)) / (1 + TIE)
 
 
@@ -89,7 +91,7 @@ class Ensemble(nn.Module):
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Each member's class probabilities: (M, N, K)."""
-        return torch.stack([torch.softmax(member(x).float(), 1) for member in self.members])
+        return torch.stack([torch.softmax(member(x), 1, dtype=torch.float32) for member in self.members])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities(x)

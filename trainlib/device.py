@@ -1,4 +1,4 @@
-"""Device choice and CPU thread caps."""
+"""Device choice, CPU thread caps, and moving a module (an exported program too) to a device."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from trainlib.errors import ConfigError
 
@@ -43,16 +44,19 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU; asking for an absent device is a config error."""
+def resolve_device(name: str = "auto", key: str = "training.device") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; asking for an absent device is a config error (naming `key`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"training.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+        raise ConfigError(f"{key}: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here (use auto or cpu)")
+        raise ConfigError(f"{key}: {name!r} asked for, but CUDA is not available here (use auto or cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          f"devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -62,3 +66,22 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def pinned(graph: torch.fx.Graph) -> list[str]:
+    """The nodes of an exported program's graph that name a device, as text: none in a device-neutral program."""
+    return [node.format_node() for node in graph.nodes
+            if any(isinstance(v, torch.device) for v in (*node.args, *node.kwargs.values()))]
+
+
+def to_device(module: nn.Module, device: torch.device | str) -> nn.Module:
+    """`module` (a loaded exported program, or holding some) on `device`, in place: its weights and buffers, and the
+    nodes of its graphs that name a device."""
+    device = torch.device(device)
+    for graph_module in module.modules():
+        if isinstance(graph_module, torch.fx.GraphModule) and pinned(graph_module.graph):
+            for node in graph_module.graph.nodes:
+                node.args = tuple(device if isinstance(v, torch.device) else v for v in node.args)
+                node.kwargs = {k: device if isinstance(v, torch.device) else v for k, v in node.kwargs.items()}
+            graph_module.recompile()
+    return module.to(device)

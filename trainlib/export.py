@@ -1,6 +1,12 @@
 """A module saved as a torch.export program (.pt2), and loaded back: the file holds the computation and the
 weights, loads with torch alone and runs no pickled code. The combined ensemble travels this way, and so
-do registered models reused as voting members."""
+do registered models reused as voting members (MLflow logs every network in this format too).
+
+A program runs on the device its weights are on, unless a node of its graph names a device: tracing records the
+tracing device wherever the module's code creates a tensor or casts (`torch.zeros(...)`, an RNN's own initial
+state, `x.float()` of a float input). trainflow's modules create none (trainlib.device.pinned lists them: the tests
+check every architecture), so a model exported on a CPU runs on a GPU once trainlib.device.to_device has moved its
+weights; to_device also rewrites the nodes of programs exported before that (they named the CPU)."""
 
 from __future__ import annotations
 
@@ -37,10 +43,11 @@ class Program(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x.float())  # exported from float inputs; raw data may be stored as uint8
+        # exported from float inputs; raw data may be stored as uint8 (no cast of a float input: see above)
+        return self.program(x if x.dtype == torch.float32 else x.float())
 
 
 def load_exported(path) -> Program:
-    """A module saved by `export`."""
+    """A module saved by `export` (on the CPU; trainlib.device.to_device moves it)."""
     with EXPORTING:
         return Program(torch.export.load(str(path)).module())

@@ -123,7 +123,12 @@ class Recurrent(nn.Module):
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), n_classes)
 
     def forward(self, x):
-        out, _ = self.rnn(self.front(x).transpose(1, 2))  # (N, L, C) -> (N, L, directions x hidden)
+        steps = self.front(x).transpose(1, 2)  # (N, L, C)
+        # the initial state made from the input (the cell's own would be created on the tracing device, pinning an
+        # exported model to it)
+        h = steps.new_zeros(self.rnn.num_layers * (2 if self.rnn.bidirectional else 1), steps.shape[0],
+                            self.rnn.hidden_size)
+        out, _ = self.rnn(steps, (h, h) if isinstance(self.rnn, nn.LSTM) else h)  # (N, L, directions x hidden)
         if self.rnn.bidirectional:  # forward direction at the last step, backward at the first (each has seen all)
             half = self.rnn.hidden_size
             last = torch.cat([out[:, -1, :half], out[:, 0, half:]], 1)

@@ -386,6 +386,8 @@ class CalibrateConfig(Section):
 
 class PredictConfig(Section):
     batch_size: Count = Field(512, description="rows scored at a time by `trainflow predict` (memory grows with it)")
+    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="where `trainflow predict` runs the "
+                                                            "model: auto (CUDA when present) | cpu | cuda | cuda:N")
     # 0.5: half a training standard deviation of a channel's mean, or its spread x1.65 (or /1.65); the embedded
     # digits score about 0.002 against their own train split, the same digits as PNG files (0..255) about 12
     drift_threshold: Positive = Field(0.5, description="predict: the run is tagged drift when a channel's (images) "

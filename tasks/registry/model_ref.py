@@ -118,3 +118,33 @@ def check_member(uri: str) -> None:
     if "pytorch" not in flavors:
         raise ConfigError(f"ensemble member {uri}: not a single trained model (it has no pytorch flavor, only "
                           f"{', '.join(flavors)}); give one registered by `trainflow run`")
+
+
+def load_pyfunc(ref: ModelRef, device):
+    """The version as an MLflow pyfunc model scoring on `device` (a torch.device). A network is logged as a
+    torch.export program on the CPU, which MLflow loads only onto the device its weights are on: it loads there and
+    then moves (the program names no device: trainlib/export.py). An ensemble's program moves itself
+    (tasks/ensembles/logged_model.py)."""
+    import mlflow.pyfunc
+    import pandas as pd
+    import torch
+
+    from trainlib.device import to_device
+
+    if "pytorch" not in mlflow.models.get_model_info(ref.pinned).flavors:
+        return mlflow.pyfunc.load_model(ref.pinned, model_config={"device": str(device)})
+    model = mlflow.pyfunc.load_model(ref.pinned, model_config={"device": "cpu"})
+    program = to_device(model.get_raw_model(), device)
+
+    class OnDevice:  # what MLflow's own wrapper does on its device, for a program moved after loading (on a CPU too:
+        # one way to score, which every scoring and serving test takes)
+        def get_raw_model(self):
+            return program
+
+        def predict(self, data, params=None):
+            rows = data.to_numpy(dtype="float32") if isinstance(data, pd.DataFrame) else data
+            with torch.no_grad():
+                out = program(torch.from_numpy(rows).to(device)).cpu().numpy()
+            return pd.DataFrame(out, index=data.index) if isinstance(data, pd.DataFrame) else out
+
+    return mlflow.pyfunc.PyFuncModel(model.metadata, OnDevice())

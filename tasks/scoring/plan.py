@@ -17,6 +17,7 @@ from tasks import settings, tracking
 from tasks.registry.model_ref import ModelRef, as_named, resolve
 from trainlib.config import PipelineConfig
 from trainlib.data import inputs, sources
+from trainlib.device import resolve_device
 from trainlib.errors import ConfigError
 from trainlib.scoring import InputSpec, output_format
 
@@ -93,7 +94,7 @@ class ScoringPlan:
 
     what: Scoring
     data: str | None
-    config: PipelineConfig  # its predict section (batch size, drift threshold), training.device, data if no path
+    config: PipelineConfig  # its predict section (batch size, drift threshold, device), data if no path
     out: str
     rows: int  # rows (files) to score, unreadable ones included
 
@@ -114,6 +115,7 @@ def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool
                           "file, an .npz or .npy of signals) or --config FILE (its data section), not both")
     if out is not None:
         output_format(out)
+    resolve_device(config.predict.device, "predict.device")  # one that is not here: before anything is read
     ref = resolve(model)
     what = scoring(as_named(ref, named) if named else ref)
     source = reader(what, data, None if data else config)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import mlflow
 import numpy as np
 import pandas as pd
 from prefect import task
@@ -15,20 +14,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import events, tracking
 from tasks.chain.report import artifact_key, link, run_url
+from tasks.registry.model_ref import load_pyfunc
 from tasks.scoring.plan import Scoring, ScoringPlan, reader
 from tasks.summaries import Prediction, ScoredModel
 from trainlib import plots
 from trainlib.checkpoint import atomic_path
+from trainlib.device import resolve_device
 from trainlib.scoring import DriftReport, PredictionWriter, output_format, score
-
-
-def _load(what: Scoring):
-    """The version as pyfunc, on the CPU. trainflow logs networks as torch.export programs (pt2), which load
-    without unpickling code but stay on the device they were exported on (MLflow refuses to move one), and
-    they are exported on the CPU; an ensemble's program likewise (a python_function model: it takes no device,
-    and MLflow warns when it is given one)."""
-    options = {"model_config": {"device": "cpu"}} if what.flavor == "pytorch" else {}
-    return mlflow.pyfunc.load_model(what.model.pinned, **options)
 
 
 @dataclass(frozen=True)
@@ -54,7 +46,7 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
     what, cfg = plan.what, plan.config
     source = reader(what, plan.data, None if plan.data else cfg)
     total = len(source)
-    model = _load(what)
+    model = load_pyfunc(what.model, resolve_device(cfg.predict.device, "predict.device"))
     out, done = plan.out, [0]
 
     def progress(rows: int) -> None:

@@ -83,7 +83,9 @@ class NormStats:
 
 
 class Normalize(nn.Module):
-    """(x - shift) * scale per channel/feature; casts raw (e.g. uint8) inputs to float first."""
+    """(x - shift) * scale per channel/feature; casts raw (e.g. uint8) inputs to float first. The cast is there only
+    for inputs that need it: a traced `x.float()` of a float input becomes a check pinning the tracing device (an
+    exported model would then run nowhere else)."""
 
     def __init__(self, shift: list[float], scale: list[float], dims: int):
         super().__init__()
@@ -92,7 +94,7 @@ class Normalize(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.shift) * self.scale
+        return ((x if x.dtype == torch.float32 else x.float()) - self.shift) * self.scale
 
 
 def moments(chunks: Iterable[torch.Tensor]) -> Moments:
