@@ -14,6 +14,13 @@ So the training runs in a process of its own with the kernels' instruction set p
 machine this runs on has (ATEN_CPU_CAPABILITY for torch's own kernels, ONEDNN_MAX_CPU_ISA for the convolutions,
 MKL_CBWR for MKL's): on an AVX-512 machine pinned this way, epoch 1 gives the AVX2-only machine's 1.3582419.
 
+Pinned, epoch 1 repeats exactly across the CPUs measured (AVX2-only, an AMD EPYC with AVX-512, an Intel Xeon with
+AVX-512: every number equal), and is compared at REL. The later epochs are not: on the Intel Xeon, epoch 2 parts from
+the EPYC's recording (train loss relative 3e-5, val loss 6e-4; epoch 3: 6e-5 and 1.4e-3, the accuracies equal),
+every run alike, from something the pins do not reach (MKL_CBWR=AUTO instead moves epoch 1 too). So epochs 2 and 3
+are compared at LATER: the course of the training (a changed batch order, schedule or update after the first epoch
+moves them by far more), and epoch 1 is the exact check.
+
 To re-record on purpose (after a change that is meant to change the numbers), run
     TRAINFLOW_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 and commit tests/golden/default_cnn_digits_3_epochs.json with the reason in the message.
@@ -31,7 +38,8 @@ import torch
 
 GOLDEN = Path(__file__).parent / "golden" / "default_cnn_digits_3_epochs.json"
 KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-REL = 1e-5
+REL = 1e-5  # epoch 1
+LATER = 1e-2  # epochs 2 and 3: losses relative; accuracies within this absolute share (val: 2 of 269 samples)
 RECORD = "TRAINFLOW_RECORD_GOLDEN"
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
@@ -76,4 +84,6 @@ def test_the_default_cnn_on_digits_ends_with_the_recorded_losses():
     assert [h["epoch"] for h in history] == [h["epoch"] for h in recorded["history"]] == [1, 2, 3], how
     for got, want in zip(history, recorded["history"], strict=True):
         for key in KEYS:
-            assert got[key] == pytest.approx(want[key], rel=REL, abs=0), f"epoch {got['epoch']} {key}: {how}"
+            close = pytest.approx(want[key], rel=REL, abs=0) if got["epoch"] == 1 else \
+                pytest.approx(want[key], rel=LATER if "loss" in key else 0, abs=0 if "loss" in key else LATER)
+            assert got[key] == close, f"epoch {got['epoch']} {key}: {how}"
