@@ -17,6 +17,7 @@ import sys
 
 from cli import models, ops, training
 from flows import processes, warm
+from tasks import settings
 from trainlib.errors import TrainflowError
 
 EXAMPLES = {  # two per command, shown by --help
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # TrainingError and anything else that broke while running
         if args.debug:
             raise
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        gone = settings.unreachable(exc)
+        print(f"failed: {gone or f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
+        if gone and "Prefect" in gone:  # now: Prefect would try to send every event it queued, seconds each
+            sys.stderr.flush()
+            os._exit(1)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ database, MLflow SQLite store and artifacts, run workspaces, stage caches), foun
 its root (`find_home`). While the project's stack (`trainflow up`) is running, commands use its
 servers, which serve these same stores. `PREFECT_API_URL` and `MLFLOW_TRACKING_URI`, when set, are
 used unchanged. Nothing here creates a folder: a command creates what it writes when it starts work.
+A server of the stack that stops answering mid-command is one line (`unreachable`), said in seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_MARKERS = (".trainflow", ".git")  # what makes a folder a project's root, the first one first
 
@@ -78,11 +80,13 @@ def apply_defaults() -> None:
         "MLFLOW_TRACKING_URI": local_tracking_uri(),
         "MPLBACKEND": "Agg",  # plots are files; no display
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # downloads of a few small files: bars are noise
-        # a tracking server that goes away mid-run fails the run in about a minute, not after MLflow's default
-        # 7 retries with doubling back-off and 120 s timeouts (many minutes)
+        # a server that goes away mid-run fails the run in seconds (unreachable, below, words it), not after
+        # MLflow's default 7 retries with doubling back-off and 120 s timeouts, or Prefect's 5 (2 + 4 + ... 32 s)
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # waits 0, 2, 4 s
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+        "PREFECT_CLIENT_MAX_RETRIES": "3",
         # Prefect's cache records live beside the cached outputs they point to
         "PREFECT_LOCAL_STORAGE_PATH": str(HOME / "cache" / "results"),
     }.items():
@@ -160,17 +164,57 @@ def quiet_input_errors() -> None:
 
 
 INPUT_ERRORS = re.compile(r"\b(TrainflowError|ConfigError|DataError)\b")
+# what the HTTP clients (requests/urllib3 for MLflow, httpx for Prefect) say when nothing answers at an address
+NO_ANSWER = re.compile(r"Connection refused|Failed to establish a new connection|Max retries exceeded|"
+                       r"Connection reset|RemoteDisconnected|All connection attempts failed|Server disconnected")
+# the consoles' noise while a server is gone: urllib3's retries, Prefect's events worker trying each queued event
+RETRYING = re.compile(r"^Retrying \(|Unable to connect to 'ws|Service 'EventsWorker' failed to process")
+
+
+class ServerGone(ConnectionError):
+    """A server of the stack stopped answering while a command used it (the message says which and what to do)."""
+
+
+def gone(name: str, url: str) -> str:
+    return (f"the {name} server at {url} stopped answering while this command used it: `trainflow status` shows the "
+            "stack's servers, `trainflow up` starts the stopped one again; then run the command again")
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """The one line for a command that failed because its MLflow or Prefect server (an http address) stopped
+    answering; None for any other failure."""
+    if isinstance(exc, ServerGone):
+        return str(exc)
+    chain = []
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    said = " | ".join(f"{type(e).__module__}.{type(e).__name__}: {e}" for e in chain)
+    if not NO_ANSWER.search(said):
+        return None
+    for name, url in (("MLflow", os.environ.get("MLFLOW_TRACKING_URI", "")),
+                      ("Prefect", os.environ.get("PREFECT_API_URL", ""))):
+        where = urlsplit(url)
+        if where.scheme in ("http", "https") and (where.netloc in said or (name == "Prefect" and "httpx" in said)):
+            return gone(name, url)
+    return None
 
 
 class _SaidByTheCLI(logging.Filter):
-    """Console only: a run's error lines about bad input repeat what the CLI prints once at the end. They
-    still reach the Prefect API (the UI's run logs)."""
+    """Console only: a run's error lines about bad input, or about a server that stopped answering, repeat what the
+    CLI prints once at the end (they still reach the Prefect API, the UI's run logs, when it answers); the clients'
+    retries meanwhile are dropped too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from trainlib.errors import TrainflowError
 
+        if RETRYING.search(record.getMessage()):
+            return False
         if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
             return True
+        if (record.exc_info and unreachable(record.exc_info[1])) or NO_ANSWER.search(record.getMessage()) or \
+                "ServerGone" in record.getMessage():
+            return False
         about_input = record.exc_info and isinstance(record.exc_info[1], TrainflowError)
         return not (about_input or INPUT_ERRORS.search(record.getMessage()))
 
@@ -180,6 +224,8 @@ def one_message_for_input_errors() -> None:
     printing the same problem three more times."""
     if os.environ.get("TRAINFLOW_DEBUG"):
         return
-    for handler in logging.getLogger().handlers:
+    logging.raiseExceptions = False  # a handler that cannot write (Prefect's to its API, gone) says nothing on stderr
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for handler in {h for logger in loggers for h in getattr(logger, "handlers", ())}:  # Prefect's have their own
         if not any(isinstance(f, _SaidByTheCLI) for f in handler.filters):
             handler.addFilter(_SaidByTheCLI())

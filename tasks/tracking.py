@@ -185,6 +185,8 @@ def end_running_children(run_id: str, reason: str) -> None:
 
 
 def _mark_failed(run_id: str, exc: BaseException) -> None:
+    if "MLflow" in (settings.unreachable(exc) or ""):  # the run that continues this training will (tasks/chain/resume)
+        return
     try:
         finish_run(run_id, failure(exc))
     except Exception as failed:

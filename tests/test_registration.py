@@ -1,16 +1,12 @@
-"""Registration on purpose, through the `trainflow` command as a real process: --no-register registers nothing,
-and --json gives versions as ints and metrics as numbers against a real MLflow server as on SQLite."""
+"""Registration on purpose, through the `trainflow` command as a real process: --no-register registers nothing.
+(--json gives versions as ints and metrics as numbers against a real MLflow server as on SQLite: test_operations.py,
+`_numbers_only` here.)"""
 
 import json
-import os
 import subprocess
-import sys
-import time
-import urllib.request
 
-from conftest import REGISTRY_NOTICES, TRAINFLOW, cli_env
+from conftest import TRAINFLOW, cli_env
 from mlflow import MlflowClient
-from ports import free_port
 
 TINY = ["--set", "training.epochs=1", "--set", "model.channels=[8]", "--set", "model.hidden=[32]",
         "--set", "register.min_test_accuracy=0"]
@@ -49,41 +45,3 @@ def test_no_register_records_the_run_and_registers_nothing(tmp_path):
     # the run is otherwise a full record: its model is logged and can be registered later by its URI
     assert client.get_logged_model(summary["model_uri"].removeprefix("models:/")).source_run_id == summary["run_id"]
 
-
-def _healthy(port: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"no MLflow server on port {port} after {timeout} s")
-
-
-def test_json_versions_are_ints_against_an_mlflow_server(tmp_path):
-    """(On SQLite: test_cli.py's --json test.)"""
-    port = free_port()  # an MLflow server, whose client returns versions as strings
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "served"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _healthy(port)
-        env = cli_env(tmp_path) | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
-        summaries = []
-        for _ in range(2):  # the second ties the first (same config and seed): compared with version 1
-            out = _trainflow(tmp_path, "run", "--json", "--name", "cli-types", *TINY, env=env)
-            assert out.returncode == 0, out.stderr
-            for notice in REGISTRY_NOTICES:  # the second run's "Registered model 'cli-types' already exists" too
-                assert notice not in out.stderr, out.stderr
-            summaries.append(json.loads(out.stdout))
-        for summary in summaries:
-            _numbers_only(summary)
-        assert [s["version"] for s in summaries] == [1, 2]
-        assert summaries[1]["gate"]["champion_version"] == 1 and summaries[1]["alias"] == "challenger"
-        assert summaries[0]["mlflow_url"].startswith(f"http://127.0.0.1:{port}/")
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)

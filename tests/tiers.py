@@ -55,7 +55,6 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_security.py::test_yaml_loads_only_with_safe_load": "unit",
     "test_cli.py::test_ui_serves_the_local_store": "servers",  # `trainflow ui`: an MLflow server
     "test_docs.py::test_the_quickstart_runs_as_written": "servers",  # make run, trainflow ui
-    "test_registration.py::test_json_versions_are_ints_against_an_mlflow_server": "servers",
     "test_scaleout.py::test_a_bad_or_unreachable_runner_is_one_message": "flow",  # refused before any cluster
     "test_scaleout.py::test_a_bad_postgres_url_is_one_message_and_starts_nothing": "flow",
     "test_store.py::test_bad_input_and_looking_around_leave_no_store": "flow",  # trainflow processes, no server

@@ -4,11 +4,14 @@ With register.enabled false (--no-register) the model is logged to the run and n
 
 from __future__ import annotations
 
+import sys
+import urllib.request
+
 import numpy as np
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from tasks import tracking
+from tasks import settings, tracking
 from tasks.chain.refs import DatasetRef, StatsRef
 from tasks.registry import aliases, card, outcomes
 from tasks.registry.model_ref import ModelRef
@@ -119,8 +122,20 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     if not register.enabled:
         tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
         return Registration(model_uri)
-    client = tracking.client()
+    _prefect_answers()  # a version is the one thing a failed run must not leave: its server gone, fail first
     version = _new_version(name, model_uri)
+    try:
+        gate, alias = _gate(name, register, version, test_accuracy, run_id)
+    except BaseException:  # nothing half-registered: a version without its gate's decision is withdrawn
+        _withdraw(name, version)
+        raise
+    card.publish_or_say(ModelRef(f"models:/{name}/{version}", name, version, None, (alias,), run_id))
+    return Registration(model_uri, name, version, alias, gate)
+
+
+def _gate(name: str, register: RegisterConfig, version: int, test_accuracy: float, run_id: str) -> tuple[Gate, str]:
+    """The gate's decision on the new `version`, recorded on it, its alias and its run. -> (the gate, the alias)."""
+    client = tracking.client()
     with aliases.locked(name):  # flows finishing together each compare with the holder the one before left
         held, held_accuracy, held_run = _holder(name, register.alias)
         paired, unpaired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else (None, None)
@@ -133,8 +148,30 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
         aliases.move(name, alias, version, gate.reason, by="gate")  # recorded in the alias history
     tracking.RunLogger(run_id).set_tags({"gate": gate.outcome, "gate_reason": gate.reason, "registered_model": name,
                                          "registered_version": version, "registered_alias": alias, **_tested(gate)})
-    card.publish_or_say(ModelRef(f"models:/{name}/{version}", name, version, None, (alias,), run_id))
-    return Registration(model_uri, name, version, alias, gate)
+    return gate, alias
+
+
+def _prefect_answers() -> None:
+    """Raise ServerGone when the Prefect API this flow reports to is a server that no longer answers (the flow would
+    fail after registering: Prefect runs tasks client-side, so a training goes on without it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value() or ""
+    if not url.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url.rstrip('/')}/health",
+                                                                                timeout=5):
+            pass
+    except OSError:
+        raise settings.ServerGone(settings.gone("Prefect", url)) from None
+
+
+def _withdraw(name: str, version: int) -> None:
+    try:
+        tracking.client().delete_model_version(name, str(version))
+    except Exception as exc:  # the tracking server gone too
+        print(f"{name} version {version} could not be withdrawn (it has no gate decision): {exc}", file=sys.stderr)
 
 
 def _paired(run_id: str, held_run: str) -> tuple[tuple[int, int, int] | None, tuple[int, int, int, int] | None]:
