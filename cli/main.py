@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # TrainingError and anything else that broke while running
         if args.debug:
             raise
-        gone = settings.unreachable(exc)
+        gone = settings.unreachable(exc) or settings.disk_full(exc)
         print(f"failed: {gone or f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         if gone and "Prefect" in gone:  # now: Prefect would try to send every event it queued, seconds each
             sys.stderr.flush()

@@ -5,7 +5,8 @@ database, MLflow SQLite store and artifacts, run workspaces, stage caches), foun
 its root (`find_home`). While the project's stack (`trainflow up`) is running, commands use its
 servers, which serve these same stores. `PREFECT_API_URL` and `MLFLOW_TRACKING_URI`, when set, are
 used unchanged. Nothing here creates a folder: a command creates what it writes when it starts work.
-A server of the stack that stops answering mid-command is one line (`unreachable`), said in seconds.
+A server of the stack that stops answering mid-command is one line (`unreachable`), said in seconds; so is a disk
+that fills up under the store (`disk_full`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -167,6 +169,10 @@ INPUT_ERRORS = re.compile(r"\b(TrainflowError|ConfigError|DataError)\b")
 # what the HTTP clients (requests/urllib3 for MLflow, httpx for Prefect) say when nothing answers at an address
 NO_ANSWER = re.compile(r"Connection refused|Failed to establish a new connection|Max retries exceeded|"
                        r"Connection reset|RemoteDisconnected|All connection attempts failed|Server disconnected")
+# what the OS, SQLite and Prefect say when a write finds the disk full
+FULL = re.compile(r"No space left on device|database or disk is full|\[Errno 28\]|Disk quota exceeded")
+FULL_BELOW = 1 << 20  # bytes free under which a failure is put down to the full disk (torch.save then says only
+# "unexpected pos", a Prefect API whose database is full only "500 Internal Server Error")
 # the consoles' noise while a server is gone: urllib3's retries, Prefect's events worker trying each queued event
 RETRYING = re.compile(r"^Retrying \(|Unable to connect to 'ws|Service 'EventsWorker' failed to process")
 
@@ -180,16 +186,35 @@ def gone(name: str, url: str) -> str:
             "stack's servers, `trainflow up` starts the stopped one again; then run the command again")
 
 
+def _said(exc: BaseException | None) -> str:
+    """An exception and those it came from, as text."""
+    chain = []
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(f"{type(e).__module__}.{type(e).__name__}: {e}" for e in chain)
+
+
+def disk_full(exc: BaseException | None = None) -> str | None:
+    """The one line for a failure that a full disk under the project's store caused (the failure says so, or the
+    disk has less than FULL_BELOW free now); None otherwise."""
+    where = next((p for p in (HOME, *HOME.parents) if p.exists()), Path("/"))
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return None
+    if free >= FULL_BELOW and not FULL.search(_said(exc)):
+        return None
+    return (f"the disk holding {HOME} is full ({free / 2**20:.1f} MiB free): free some space, then run the command "
+            "again (`trainflow cache --prune` drops the stage cache)")
+
+
 def unreachable(exc: BaseException) -> str | None:
     """The one line for a command that failed because its MLflow or Prefect server (an http address) stopped
     answering; None for any other failure."""
     if isinstance(exc, ServerGone):
         return str(exc)
-    chain = []
-    while exc is not None and len(chain) < 10:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    said = " | ".join(f"{type(e).__module__}.{type(e).__name__}: {e}" for e in chain)
+    said = _said(exc)
     if not NO_ANSWER.search(said):
         return None
     for name, url in (("MLflow", os.environ.get("MLFLOW_TRACKING_URI", "")),
@@ -208,12 +233,12 @@ class _SaidByTheCLI(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from trainlib.errors import TrainflowError
 
-        if RETRYING.search(record.getMessage()):
+        if RETRYING.search(record.getMessage()) or FULL.search(record.getMessage()):
             return False
         if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
             return True
         if (record.exc_info and unreachable(record.exc_info[1])) or NO_ANSWER.search(record.getMessage()) or \
-                "ServerGone" in record.getMessage():
+                "ServerGone" in record.getMessage() or disk_full(record.exc_info[1] if record.exc_info else None):
             return False
         about_input = record.exc_info and isinstance(record.exc_info[1], TrainflowError)
         return not (about_input or INPUT_ERRORS.search(record.getMessage()))

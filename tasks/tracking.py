@@ -190,7 +190,8 @@ def _mark_failed(run_id: str, exc: BaseException) -> None:
     try:
         finish_run(run_id, failure(exc))
     except Exception as failed:
-        print(f"MLflow run {run_id} could not be marked FAILED and stays RUNNING: {failed}", file=sys.stderr)
+        print(f"MLflow run {run_id} could not be marked FAILED and stays RUNNING: {str(failed).splitlines()[0]}",
+              file=sys.stderr)
 
 
 def finish_run(run_id: str, failure: str | None = None, status: str | None = None) -> None:

@@ -2,7 +2,7 @@
 the same MLflow store and Prefect database, `trainflow up` serves them (checked in headless Chromium), and
 `models:/NAME@ALIAS` names the same model before and after `up`. Commands find the project from a subfolder
 (tasks/settings.py `find_home`) and use the running stack without the user sourcing anything. Bad input
-leaves no `.trainflow/` behind."""
+leaves no `.trainflow/` behind; a full disk is one line, leaves the stores whole, and the next run succeeds."""
 
 import json
 import os
@@ -122,3 +122,54 @@ def test_one_store_before_and_after_up(tmp_path):
     finally:
         down = project.run("down", timeout=120)
     assert "stopped: prefect, mlflow" in down.stdout, down.stderr
+
+
+# in a mount namespace of its own (gone with its last process): the store on a 40 MiB tmpfs, 8 MiB of it free
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=40m trainflow-full "$TRAINFLOW_HOME"
+fallocate -l 32m "$TRAINFLOW_HOME/ballast"
+"$TRAINFLOW" run --set training.epochs=2 > "$OUT/full.out" 2> "$OUT/full.err"; echo $? > "$OUT/full.rc"
+"$PY" -c "$STORES" > "$OUT/full.json"
+rm "$TRAINFLOW_HOME/ballast"
+"$TRAINFLOW" run --set training.epochs=2 --json > "$OUT/freed.out" 2> "$OUT/freed.err"; echo $? > "$OUT/freed.rc"
+"$PY" -c "$STORES" > "$OUT/freed.json"
+"""
+STORES = """
+import json, os, sqlite3
+home = os.environ["TRAINFLOW_HOME"]
+said = {}
+for name in ("mlflow.db", "prefect/prefect.db"):
+    with sqlite3.connect(os.path.join(home, name)) as db:
+        said[name] = db.execute("pragma integrity_check").fetchone()[0]
+with sqlite3.connect(os.path.join(home, "mlflow.db")) as db:
+    said["versions"] = [v for (v,) in db.execute("select version from model_versions")]
+    said["runs"] = dict(db.execute("select run_uuid, status from runs"))
+print(json.dumps(said))
+"""
+
+
+def test_a_full_disk_is_one_line_leaves_the_stores_whole_and_the_next_run_after_freeing_succeeds(tmp_path):
+    home, out = tmp_path / "project" / ".trainflow", tmp_path / "out"
+    home.mkdir(parents=True)
+    out.mkdir()
+    isolated = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {
+        "TRAINFLOW_HOME": str(home), "TRAINFLOW_WARM_MINUTES": "0",  # its own process: the namespace's mount
+        "TRAINFLOW": TRAINFLOW, "PY": sys.executable, "STORES": STORES, "OUT": str(out)}
+    done = subprocess.run([*isolated, "bash", "-c", FULL_DISK], cwd=home.parent, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"{isolated} could not run the store on a small disk: {done.stderr}"
+    said = [line for line in (out / "full.err").read_text().splitlines() if not line.startswith("training ")]
+    assert (out / "full.rc").read_text().strip() == "1" and "Traceback" not in "\n".join(said), said
+    assert said[-1].startswith(f"failed: the disk holding {home} is full (") and said[-1].endswith(
+        "free some space, then run the command again (`trainflow cache --prune` drops the stage cache)"), said
+    # besides the title: at most the line saying its MLflow run could not be marked (the next run marks it)
+    assert len(said) <= 3 and all("could not be marked FAILED" in line for line in said[1:-1]), said
+    full = json.loads((out / "full.json").read_text())
+    assert full["mlflow.db"] == full["prefect/prefect.db"] == "ok" and full["versions"] == [], full
+    assert (out / "freed.rc").read_text().strip() == "0", (out / "freed.err").read_text()[-3000:]
+    freed, summary = json.loads((out / "freed.json").read_text()), json.loads((out / "freed.out").read_text())
+    assert freed["mlflow.db"] == freed["prefect/prefect.db"] == "ok" and freed["versions"] == [1], freed
+    assert summary["version"] == 1 and freed["runs"][summary["run_id"]] == "FINISHED"
+    assert all(status != "FINISHED" for run, status in freed["runs"].items() if run in full["runs"]), (full, freed)
