@@ -214,7 +214,12 @@ def unreachable(exc: BaseException) -> str | None:
     answering; None for any other failure."""
     if isinstance(exc, ServerGone):
         return str(exc)
-    said = _said(exc)
+    return _gone_in(_said(exc))
+
+
+def _gone_in(said: str) -> str | None:
+    """unreachable's line when `said` (an error as text) is a client finding no answer at the MLflow or Prefect
+    server's address."""
     if not NO_ANSWER.search(said):
         return None
     for name, url in (("MLflow", os.environ.get("MLFLOW_TRACKING_URI", "")),
@@ -233,15 +238,19 @@ class _SaidByTheCLI(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from trainlib.errors import TrainflowError
 
-        if RETRYING.search(record.getMessage()) or FULL.search(record.getMessage()):
-            return False
-        if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
+        message = record.getMessage()
+        if RETRYING.search(message) or (record.name.startswith("mlflow.store") and FULL.search(message)):
+            return False  # (MLflow's store logs the database error it then raises, with its traceback)
+        if not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
             return True
-        if (record.exc_info and unreachable(record.exc_info[1])) or NO_ANSWER.search(record.getMessage()) or \
-                "ServerGone" in record.getMessage() or disk_full(record.exc_info[1] if record.exc_info else None):
+        exc = record.exc_info[1] if record.exc_info else None
+        if FULL.search(message) or _gone_in(message) or "ServerGone" in message or (exc and unreachable(exc)):
+            return False  # the run's lines about it, a result Prefect could not write on a full disk included
+        if record.levelno < logging.ERROR:
+            return True
+        if disk_full(exc):  # what a full disk made fail says so only sometimes (torch.save: "unexpected pos")
             return False
-        about_input = record.exc_info and isinstance(record.exc_info[1], TrainflowError)
-        return not (about_input or INPUT_ERRORS.search(record.getMessage()))
+        return not (isinstance(exc, TrainflowError) or INPUT_ERRORS.search(message))
 
 
 def one_message_for_input_errors() -> None:
