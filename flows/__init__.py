@@ -6,9 +6,13 @@ import tasks  # noqa: F401  - applies the local, offline defaults before prefect
 
 SERVED_BY = "TRAINFLOW_SERVED_BY"  # `trainflow serve` sets its pid here for the flow-run processes it starts
 
-if os.environ.get(SERVED_BY) == str(os.getppid()):  # a flow run `trainflow serve` started ends with it, SIGKILL too
-    from flows.processes import die_with_parent
+# A flow run `trainflow serve` started ends with it, SIGKILL too. The variable is taken out here: the flow run's own
+# processes (ranks, workers) are not serve's children.
+_served_by = os.environ.pop(SERVED_BY, None)
+if _served_by is not None:
+    if _served_by == str(os.getppid()):
+        from flows.processes import die_with_parent
 
-    die_with_parent()
-    if str(os.getppid()) != os.environ[SERVED_BY]:  # it ended before the line above
+        die_with_parent()
+    if str(os.getppid()) != _served_by:  # serve ended before this flow run got here: end as its SIGTERM would
         os._exit(143)

@@ -225,6 +225,32 @@ def test_a_flow_run_process_ends_with_the_serve_that_started_it_even_killed(tmp_
         _end([run])
 
 
+# serve killed before its flow run's process got as far as importing flows (Prefect's engine loads the flow first):
+# the flow run would run on to its end as an orphan
+SERVE_EARLY = """
+import os, subprocess, sys, time
+from flows import SERVED_BY
+os.environ[SERVED_BY] = str(os.getpid())
+run = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(); import flows, pathlib; "
+                        "pathlib.Path(sys.argv[1]).write_text('ran on')", sys.argv[1]], stdin=subprocess.PIPE)
+print(run.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_flow_run_process_whose_serve_was_killed_before_it_imported_flows_ends_there(tmp_path):
+    serve = subprocess.Popen([sys.executable, "-c", SERVE_EARLY, str(tmp_path / "ran")], env=cli_env(tmp_path),
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    run = psutil.Process(int(serve.stdout.readline()))
+    try:
+        serve.kill()  # its stdin closes with serve: the flow run goes on to import flows
+        serve.wait(timeout=30)
+        assert _left([run], within=30) == []
+        assert not (tmp_path / "ran").exists()
+    finally:
+        _end([run])
+
+
 def test_down_leaves_no_server_process_and_frees_both_ports(tmp_path):
     ports = free_port(), free_port()
     env = cli_env(tmp_path)
