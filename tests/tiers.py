@@ -36,7 +36,7 @@ MODULES = {
              "test_lr_find_flow", "test_model_commands", "test_predict", "test_registration",
              "test_resume", "test_rounds_flow", "test_seams", "test_security", "test_study_flow", "test_transfer_flow",
              "test_tuning_flow", "test_warm"],
-    "servers": ["test_operations", "test_processes", "test_scaleout", "test_serving", "test_store"],
+    "servers": ["test_faults", "test_operations", "test_processes", "test_scaleout", "test_serving", "test_store"],
 }
 
 TESTS = {  # tests whose tier is not their module's: file::function -> tier
