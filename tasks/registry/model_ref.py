@@ -120,18 +120,20 @@ def check_member(uri: str) -> None:
                           f"{', '.join(flavors)}); give one registered by `trainflow run`")
 
 
-def load_pyfunc(ref: ModelRef, device):
-    """The version as an MLflow pyfunc model scoring on `device` (a torch.device). A network is logged as a
-    torch.export program on the CPU, which MLflow loads only onto the device its weights are on: it loads there and
-    then moves (the program names no device: trainlib/export.py). An ensemble's program moves itself
-    (tasks/ensembles/logged_model.py)."""
+def load_pyfunc(ref: ModelRef, device, flavor: str | None = None):
+    """The version as an MLflow pyfunc model scoring on `device` (a torch.device); `flavor` (pytorch or
+    python_function) when the caller has read it already. A network is logged as a torch.export program on the CPU,
+    which MLflow loads only onto the device its weights are on: it loads there and then moves (the program names no
+    device: trainlib/export.py). An ensemble's program moves itself (tasks/ensembles/logged_model.py)."""
     import mlflow.pyfunc
     import pandas as pd
     import torch
 
     from trainlib.device import to_device
 
-    if "pytorch" not in mlflow.models.get_model_info(ref.pinned).flavors:
+    if flavor is None:
+        flavor = "pytorch" if "pytorch" in mlflow.models.get_model_info(ref.pinned).flavors else "python_function"
+    if flavor != "pytorch":
         return mlflow.pyfunc.load_model(ref.pinned, model_config={"device": str(device)})
     model = mlflow.pyfunc.load_model(ref.pinned, model_config={"device": "cpu"})
     program = to_device(model.get_raw_model(), device)

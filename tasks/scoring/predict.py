@@ -46,7 +46,7 @@ def score_data(plan: ScoringPlan) -> PredictionsRef:
     what, cfg = plan.what, plan.config
     source = reader(what, plan.data, None if plan.data else cfg)
     total = len(source)
-    model = load_pyfunc(what.model, resolve_device(cfg.predict.device, "predict.device"))
+    model = load_pyfunc(what.model, resolve_device(cfg.predict.device, "predict.device"), what.flavor)
     out, done = plan.out, [0]
 
     def progress(rows: int) -> None:
