@@ -40,9 +40,12 @@ def _lr(lr: float | str) -> str:
 def title(config: PipelineConfig) -> str:
     """What is trained, in words: the CLI's header and the flow run's name, e.g.
     `digits-cnn: cnn, adam at lr 0.001, schedule none, on digits`."""
-    c = config
+    c, d = config, config.data
+    data = d.source + (f" {Path(d.path).name}" if d.path and SOURCES[d.source].needs_path else "")
+    if SOURCES[d.source].files == "table":  # the class column, which may have been found rather than given
+        data += f" (target column {d.target!r})"
     return (f"{c.name}: {c.model.name}, {c.optimizer.name} at lr {_lr(c.optimizer.lr)}, schedule {c.schedule.name}, "
-            f"on {c.data.source}")
+            f"on {data}")
 
 
 WHERE = "relative paths in a config file are read against its folder, with --set against the current one"

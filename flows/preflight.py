@@ -59,7 +59,7 @@ def check(configs: Iterable[PipelineConfig], registered: Iterable[str] = ()) -> 
         key = json.dumps([config.data.model_dump(mode="json"), config.split.model_dump(mode="json"),
                           config.data_dims], sort_keys=True)
         if key not in reads:
-            reads[key] = data(config)
+            reads[key] = readable(config)
         batches(config, reads[key])
         if config.transfer.source and config.transfer.source != SOURCE_TO_BE_TRAINED:
             source(config, reads[key])
@@ -78,6 +78,52 @@ def study(plan) -> None:
             configs += [m.config for m in claim.ensemble.members if m.config]
         configs += [s.trial_base for s in (claim.searches or {}).values()]
     check(configs)
+
+
+ERRORS_HEADER = "where,why"  # the first line of an errors file this module wrote
+
+
+def errors_file(config: PipelineConfig) -> Path:
+    """Where every unusable row or file of the config's data is listed: `<data.path>.errors.csv`, beside the data
+    (as `trainflow predict` writes `<out>.errors.csv`)."""
+    return Path(str(Path(config.data.path)) + ".errors.csv")
+
+
+def readable(config: PipelineConfig) -> Read:
+    """`data(config)`, its unusable rows or files (all of them) written to `errors_file` and named in one error; an
+    errors file written before for this data is removed once the data reads clean (kept while they are skipped)."""
+    import logging
+
+    from trainlib.errors import Unreadable
+
+    listed = errors_file(config) if config.data.path else None
+    said = logging.getLogger("trainlib.data.sources")
+    level, _ = said.level, said.setLevel(logging.ERROR)  # rows skipped: said once, by the flow's ingest, on its run
+    try:
+        read = data(config)
+    except Unreadable as exc:
+        if listed is None:
+            raise
+        from trainlib.checkpoint import atomic_path
+
+        with atomic_path(listed) as tmp:
+            _csv(tmp, exc.problems)
+        raise ConfigError(exc.describe(listed_in=str(listed))) from None
+    finally:
+        said.setLevel(level)
+    clean = listed is not None and not config.data.skip_unreadable  # skipping: the rows it lists are the ones left out
+    if clean and listed.is_file() and listed.open().readline().strip() == ERRORS_HEADER:
+        listed.unlink(missing_ok=True)  # it listed problems this data no longer has
+    return read
+
+
+def _csv(path, problems: list[tuple[str, str]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(ERRORS_HEADER.split(","))
+        writer.writerows(problems)
 
 
 def data(config: PipelineConfig) -> Read:

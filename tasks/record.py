@@ -50,7 +50,7 @@ def record_data(run_id: str, dataset: DatasetRef, manifest: ManifestRef, stats: 
     """Dataset digest tag, the split manifests as dataset inputs, the manifest and statistics files; with label
     noise, how many train labels were flipped."""
     log, rows = tracking.RunLogger(run_id), manifest.load()
-    tags = {"dataset.digest": dataset.digest, "dataset.samples": dataset.samples}
+    tags = {"dataset.digest": dataset.digest, "dataset.samples": dataset.samples, "dataset.skipped": dataset.skipped}
     if "clean_label" in rows.columns:
         tags["train_labels_flipped"] = int((rows["label"] != rows["clean_label"]).sum())
     log.set_tags(tags)

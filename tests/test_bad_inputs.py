@@ -32,6 +32,7 @@ def place(tmp_path_factory) -> Path:
             Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(root / name / "b" / "3.png")
             payload = (root / name / "b" / "3.png").read_bytes()[:120]
         (root / name / "b" / "3.png").write_bytes(payload)
+    (root / "truncated" / "a" / "1.png").write_bytes(b"GIF89a")  # a second unreadable file: both are named
     _csv(root / "no-target.csv", [f"{i},{i}" for i in range(30)], header="x,y")
     _csv(root / "text.csv", [f"{i},v{i},{i % 2}" for i in range(30)])
     _csv(root / "nan.csv", [f"{i},{'' if i == 5 else i},{i % 2}" for i in range(30)])
@@ -81,21 +82,28 @@ CASES = {
     "empty ImageFolder": (["run", *_imagefolder("empty")], "/empty: Couldn't find any class folder"),
     "empty class folder": (["run", *_imagefolder("empty-class")], "/empty-class: Found no valid file for "
                                                                   "the classes b"),
-    "corrupt image": (["run", *_imagefolder("corrupt")], "/corrupt/b/3.png: cannot identify image file"),
-    "truncated image": (["run", *_imagefolder("truncated")], "/truncated/b/3.png: image file is truncated"),
+    "corrupt image": (["run", *_imagefolder("corrupt")], "/corrupt: 1 file cannot be used (fix them, or set "
+                      "data.skip_unreadable: true to train without them):\n  - b/3.png: cannot identify image file\n"
+                      "  (listed in "),
+    "truncated images": (["run", *_imagefolder("truncated")], "/truncated: 2 files cannot be used (fix them, or set "
+                         "data.skip_unreadable: true to train without them):\n  - a/1.png: cannot identify image "
+                         "file\n  - b/3.png: image file is truncated\n  (listed in "),
     "images too big for memory": (["run", *_imagefolder("corrupt"), "--set", "data.memory_budget=0.000005"],
                                   "data: 20 images of 3x8x8 decoded in memory need about 7.5 KiB (twice their 3.8 "
                                   "KiB, a margin for the copies made while reading them), over the memory budget of "
                                   "5.2 KiB (data.memory_budget); set data.stream: true to decode them per batch "
                                   "instead"),
-    "CSV without target": (["run", *_table("no-target.csv")], "csv: target column 'label' not found; columns are: "
-                                                              "x, y"),
-    "non-numeric features": (["run", *_table("text.csv")], "csv: feature columns must be numeric; not numeric: y"),
-    "NaN features": (["run", *_table("nan.csv")], "csv: missing or infinite values in feature columns: y"),
+    "CSV without target": (["run", *_table("no-target.csv")], "csv: no class column: none named label, nor a lone "
+                                                              "target or class column; set data.target to one of the "
+                                                              "columns: x, y"),
+    "non-numeric features": (["run", *_table("text.csv")], "csv: feature columns must be numeric; y holds no number "
+                                                           "(e.g. 'v0'); leave them out with data.features"),
+    "NaN features": (["run", *_table("nan.csv")], "/nan.csv: 1 row cannot be used (fix them, or set "
+                     "data.skip_unreadable: true to train without them):\n  - data row 6, column y: missing\n"),
     "single class": (["run", *_table("one-class.csv")], "the dataset has a single class ('0'): classification needs "
                                                         "at least two"),
     "too few per class": (["run", *_table("few.csv")], "class '1' has 2 samples: too few for a stratified split"),
-    "image model on signals": (["run", "--set", "data.source=waveforms"],
+    "image model on signals": (["run", "--set", "data.source=waveforms", "--set", "model.name=cnn"],
                                "model.name: cnn takes images (C, H, W); data.source waveforms is signals (C, L) (use "
                                "cnn1d, gru, lstm, mlp)"),
     "columns that do not fold into channels": (["run", *_table("odd.csv"), "--set", "model.name=cnn1d", "--set",
@@ -120,10 +128,16 @@ def test_bad_input_is_one_message_exit_2_and_nothing_registered(case, place):
                          env=cli_env(place), cwd=place)
     assert out.returncode == 2, out.stderr
     assert out.stdout == "" and "Traceback" not in out.stderr
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, out.stderr
+    lines = out.stderr.strip().splitlines()
+    said = next(i for i in reversed(range(len(lines))) if lines[i].startswith("error: "))
+    assert all(line.startswith("  ") for line in lines[said + 1:]), out.stderr  # its list of problems, if any
+    last = "\n".join(lines[said:])
+    assert message in last, out.stderr
     assert out.stderr.count(message) == 1, out.stderr  # said once: Prefect's own error lines are not echoed
     store = place / ".trainflow" / "mlflow.db"
+    if "(listed in " in message:  # every problem in a file beside the data, as the message lists them
+        listed = Path(last.rsplit("(listed in ", 1)[1].rstrip(")"))
+        assert listed.read_text().splitlines()[1:] == [line[4:].replace(": ", ",", 1) for line in lines[said + 1:-1]]
     if store.exists():  # a transfer source read from the registry: nothing was written to it
         client = MlflowClient(f"sqlite:///{store}")
         assert client.search_registered_models() == []

@@ -50,7 +50,7 @@ def test_yaml_round_trip():
     (["data.source=hdf5"], "valid: csv, digits, imagefolder, numpy, parquet, torchvision, waveforms"),
     (["training.early_stopping.monitor=loss"], "valid: val_accuracy, val_loss"),
     (["data.source=csv"], "data.path: data.source csv needs a path"),
-    (["data.source=csv", "data.path=t.csv"],
+    (["data.source=csv", "data.path=t.csv", "model.name=cnn"],
      "model.name: cnn takes images (C, H, W); data.source csv is a table (F,) (use cnn1d, gru, lstm, mlp)"),
     (["model.name=cnn1d"], "model.name: cnn1d takes a table (F,) or signals (C, L); data.source digits is "
                            "images (C, H, W) (use cnn, mlp, resnet18)"),

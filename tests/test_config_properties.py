@@ -23,7 +23,7 @@ from trainlib.schedules import SCHEDULES
 KEYS = [key for key, _, _ in reference()]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     phases=[p for p in Phase if p != Phase.explain])  # explaining a failure took minutes
-DEFAULTS = flatten(PipelineConfig())
+DEFAULTS = flatten(PipelineConfig.model_construct())  # as the fields default: name, model, target left to the data
 
 
 def _finite(low, high, **kw):
@@ -84,6 +84,8 @@ def _conflicts(values: dict) -> set[str]:
     swa = c["training.swa.start"]
     swa_epoch = int(swa) if swa >= 1 else math.ceil(swa * c["training.epochs"])
     source, model = c["data.source"], c["model.name"]
+    if model is None:  # left to the data: cnn for images, cnn1d for signals, mlp for a table
+        model = "cnn" if source in IMAGES else "cnn1d" if source in SIGNALS else "mlp"
     # a table is read as signals by a signal model; image models need images, signal models signals (or a table)
     kind = "images" if source in IMAGES else "signals" if source in SIGNALS or model in SIGNAL_MODELS else "table"
     rules = {

@@ -14,7 +14,7 @@ import pytest
 from flows import preflight
 from tasks.chain.refs import DatasetRef
 from trainlib.config import load_config
-from trainlib.errors import ConfigError, DataError
+from trainlib.errors import ConfigError
 
 
 def _record(path: Path, value) -> None:
@@ -42,12 +42,29 @@ def test_it_reads_a_stage_reference_from_a_cache_record_and_nothing_else(tmp_pat
     assert preflight._record("ingest-4") is None
 
 
-def test_bad_data_fails_before_anything_runs(tmp_path, csv_file):
-    text = tmp_path / "text.csv"
-    text.write_text("x,y,label\n" + "".join(f"{i},v{i},{i % 2}\n" for i in range(30)))
-    config = load_config(None, ["data.source=csv", f"data.path={text}", "model.name=mlp"])
-    with pytest.raises(DataError, match="not numeric: y"):
+def test_bad_data_fails_before_anything_runs_naming_every_problem_in_a_file(tmp_path, csv_file):
+    text, cells = tmp_path / "text.csv", {(4, "y"): "n/a?", (9, "x"): "", (13, "label"): "", (20, "y"): "inf"}
+    rows = [[str(i), str(i), str(i % 2)] for i in range(120)]
+    for (row, column), value in cells.items():
+        rows[row]["xyz".index(column) if column != "label" else 2] = value
+    text.write_text("x,y,label\n" + "".join(",".join(r) + "\n" for r in rows))
+    config = load_config(None, ["data.source=csv", f"data.path={text}"])
+    listed = tmp_path / "text.csv.errors.csv"
+    with pytest.raises(ConfigError) as caught:
         preflight.check([config])
+    assert str(caught.value) == (
+        f"csv {text}: 4 rows cannot be used (fix them, or set data.skip_unreadable: true to train without them):\n"
+        "  - data row 5, column y: 'n/a?' is not a number\n  - data row 10, column x: missing\n"
+        "  - data row 14, column label: no class (missing)\n  - data row 21, column y: 'inf' is infinite or too large\n"
+        f"  (listed in {listed})")
+    assert listed.read_text().splitlines() == [
+        "where,why", "\"data row 5, column y\",'n/a?' is not a number", "\"data row 10, column x\",missing",
+        "\"data row 14, column label\",no class (missing)", "\"data row 21, column y\",'inf' is infinite or too large"]
+    assert preflight.check([config.model_copy(update={"data": config.data.model_copy(
+        update={"skip_unreadable": True})})]) is None and listed.exists()  # skipped: the list stays true
+    text.write_text("x,y,label\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(120)))
+    preflight.check([config])
+    assert not listed.exists()  # it listed problems the data no longer has
     config = load_config(None, ["data.source=csv", f"data.path={csv_file}", "model.name=mlp",
                                 "training.batch_size=500"])
     with pytest.raises(ConfigError, match=r"training.batch_size \(500\) is larger than the train split \(84 "):

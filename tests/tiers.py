@@ -24,7 +24,8 @@ MODULES = {
     "unit": ["test_augment", "test_claims", "test_commands", "test_config", "test_config_properties", "test_configs",
              "test_docs", "test_engine", "test_ensemble", "test_evidence", "test_golden", "test_home", "test_lr_finder",
              "test_lineage", "test_measures",
-             "test_models_optim", "test_policies", "test_preflight", "test_purity", "test_recipe", "test_recipes",
+             "test_models_optim", "test_own_data", "test_policies", "test_preflight", "test_purity", "test_recipe",
+             "test_recipes",
              "test_report",
              "test_inference", "test_sequential", "test_variance", "test_run_logger", "test_scoring",
              "test_schedules", "test_signals", "test_sources", "test_split_normalize", "test_studies", "test_summaries",
@@ -55,6 +56,7 @@ TESTS = {  # tests whose tier is not their module's: file::function -> tier
     "test_security.py::test_yaml_loads_only_with_safe_load": "unit",
     "test_cli.py::test_ui_serves_the_local_store": "servers",  # `trainflow ui`: an MLflow server
     "test_docs.py::test_the_quickstart_runs_as_written": "servers",  # make run, trainflow ui
+    "test_docs.py::test_your_own_data_runs_as_written": "flow",  # three trainflow runs
     "test_scaleout.py::test_a_bad_or_unreachable_runner_is_one_message": "flow",  # refused before any cluster
     "test_scaleout.py::test_a_bad_postgres_url_is_one_message_and_starts_nothing": "flow",
     "test_store.py::test_bad_input_and_looking_around_leave_no_store": "flow",  # trainflow processes, no server

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trainlib import averaging
+from trainlib.data import defaults
 from trainlib.data.kinds import kind
 from trainlib.data.sources import SOURCES
 from trainlib.errors import ConfigError
@@ -51,8 +52,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
 
     class PipelineConfig(Section):
-        name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                          description="experiment and registered-model name (--name)")
+        name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 description="experiment and registered-model name (--name); default: the data's "
+                                             "and the model's, e.g. digits-cnn, wine-mlp for data.path wine.csv")
         data: DataConfig = DataConfig()
         split: SplitConfig = SplitConfig()
         normalize: NormalizeConfig = NormalizeConfig()
@@ -66,6 +68,12 @@ with warnings.catch_warnings():
         calibrate: CalibrateConfig = CalibrateConfig()
         register: RegisterConfig = RegisterConfig()
         predict: PredictConfig = PredictConfig()
+
+        @model_validator(mode="before")
+        @classmethod
+        def _by_data(cls, raw: Any) -> Any:
+            """The name, model and target column left unset follow the data (trainlib.data.defaults)."""
+            return defaults.fill(raw) if isinstance(raw, dict) else raw
 
         @property
         def data_dims(self) -> int:

@@ -50,8 +50,9 @@ class DataConfig(Section):
     labels: str | None = Field(None, description="numpy .npy of signals: the .npy of their labels (an .npz holds "
                                                  "both)")
     dataset: str | None = Field(None, description="torchvision: " + " | ".join(TORCHVISION_DATASETS))
-    target: str = Field("label", description="csv/parquet: name of the target (class) column; numpy .npz: of the "
-                                             "labels array (else y, labels)")
+    target: str | None = Field(None, description="csv/parquet: name of the target (class) column (default: label, "
+                                                     "else a lone target or class column); numpy .npz: of the labels "
+                                                     "array (default: label, else y, labels)")
     features: list[str] | str | None = Field(None, description="csv/parquet: feature columns, in input order: a "
                                                                "list, or a pattern such as t* (in the table's order; "
                                                                "default: all but target)")
@@ -61,6 +62,10 @@ class DataConfig(Section):
                                                      "read as signals: channels the feature columns fold into, "
                                                      "each a run of equal length (default 1)")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
+    skip_unreadable: bool = Field(False, description="imagefolder, csv/parquet: train without the files that cannot "
+                                                     "be decoded and the rows with a text, missing or infinite cell "
+                                                     "(counted: the run's dataset.skipped tag); default: name them all "
+                                                     "and stop")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder: processes that decode the images "
                                                                   "(at ingest; streamed: for every batch)")
     cache: bool = Field(True, description="imagefolder: keep the decoded images in the stage cache by content (a file "
@@ -196,8 +201,9 @@ def _learning_rate(value: Any) -> float | str:
 
 
 class ModelConfig(Section):
-    name: Annotated[str, _one_of(MODELS)] = Field("cnn", description="mlp | cnn | resnet18 (images) | cnn1d | gru | "
-                                                                     "lstm (signals, or a table's columns read as one)")
+    name: Annotated[str, _one_of(MODELS)] | None = Field(
+        None, description="mlp | cnn | resnet18 (images) | cnn1d | gru | lstm (signals, or a table's columns read as "
+                          "one); default: cnn for images, mlp for a table, cnn1d for signals")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="dropout probability before the head "
                                                                             "(and after each mlp layer)")
     hidden: list[Count] = Field([256, 128], description="mlp: hidden layer sizes")

@@ -20,4 +20,4 @@ def ingest(data: DataConfig, signal: bool = False) -> DatasetRef:
     path = stage_dir(stage_key("dataset", ds.digest, type(ds.inputs).__name__)) / "dataset.pt"
     save_dataset(ds, path)
     return DatasetRef(str(path), ds.digest, len(ds), tuple(ds.classes), tuple(ds.sample_shape),
-                      str(data.path or data.source))
+                      str(data.path or data.source), ds.skipped)

@@ -35,6 +35,7 @@ class DatasetRef:
     classes: tuple[str, ...]
     shape: tuple[int, ...]  # one sample's
     source: str  # the path or name it was read from
+    skipped: int = 0  # unreadable rows or files left out (data.skip_unreadable)
 
     def load(self) -> Dataset:
         return load_dataset(self.path)

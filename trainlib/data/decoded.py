@@ -136,6 +136,7 @@ class Built:
     path: Path
     reused: int
     decoded: int
+    unreadable: list[tuple[int, str]]  # the files that could not be decoded: (index, why); their rows are zero
 
 
 def _earlier(folder: Path, exclude: Path) -> list[Path]:
@@ -163,7 +164,7 @@ def build(files: ImageFiles, digests: np.ndarray, cache: Path, workers: int = 2)
     folder = Path(cache) / f"decoded-{files.channels}x{files.size[0]}x{files.size[1]}"
     path = folder / hashlib.sha256(digests.tobytes()).hexdigest()[:32]
     if (path / "complete").exists():
-        return Built(path, len(files), 0)
+        return Built(path, len(files), 0, _unreadable(path))
     folder.mkdir(parents=True, exist_ok=True)
     need = files.decoded_bytes + digests.nbytes
     free = shutil.disk_usage(folder).free
@@ -176,9 +177,12 @@ def build(files: ImageFiles, digests: np.ndarray, cache: Path, workers: int = 2)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(files, packs, which, where, tmp, workers)
-        np.save(tmp / "digests.npy", digests)
-        (tmp / "complete").write_text(json.dumps({"images": len(files), "reused": int((which >= 0).sum())}))
+        unreadable = _write(files, packs, which, where, tmp, workers)
+        kept = digests.copy()
+        kept[[i for i, _ in unreadable]] = 0  # a row never decoded is never reused (an unlikely digest: all zero)
+        np.save(tmp / "digests.npy", kept)
+        (tmp / "complete").write_text(json.dumps({"images": len(files), "reused": int((which >= 0).sum()),
+                                                  "unreadable": unreadable}))
         try:
             os.rename(tmp, path)
         except OSError:  # another process made the same pack meanwhile: theirs is as good
@@ -186,10 +190,15 @@ def build(files: ImageFiles, digests: np.ndarray, cache: Path, workers: int = 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     reused = int((which >= 0).sum())
-    return Built(path, reused, len(files) - reused)
+    return Built(path, reused, len(files) - reused, unreadable)
 
 
-def _write(files: ImageFiles, packs: list[Path], which, where, tmp: Path, workers: int) -> None:
+def _unreadable(pack: Path) -> list[tuple[int, str]]:
+    """The files a complete pack could not decode, as it recorded them."""
+    return [(int(i), str(why)) for i, why in json.loads((pack / "complete").read_text()).get("unreadable", [])]
+
+
+def _write(files: ImageFiles, packs: list[Path], which, where, tmp: Path, workers: int) -> list[tuple[int, str]]:
     shape, row = (len(files), files.channels, *files.size), files.channels * files.size[0] * files.size[1]
     header = _header(shape)
     readers = [PackedImages(str(p), np.zeros(1), files.size, files.channels) for p in packs]
@@ -201,8 +210,9 @@ def _write(files: ImageFiles, packs: list[Path], which, where, tmp: Path, worker
             mine = np.flatnonzero(which == k)
             for i in mine[np.argsort(where[mine])]:
                 os.pwrite(fd, reader.raw(where[i]), len(header) + int(i) * row)
-        missing, at = np.flatnonzero(which < 0), 0
-        for block in folders.decode_blocks(files.take(missing), workers, chunk=BLOCK):
+        missing, at, unreadable = np.flatnonzero(which < 0), 0, []
+        for block, bad in folders.decode_blocks(files.take(missing), workers, chunk=BLOCK):
+            unreadable += [(int(missing[i]), why) for i, why in bad]
             rows = missing[at:at + len(block)]
             if rows[-1] - rows[0] == len(rows) - 1:  # contiguous (a first pack: all of them): one write
                 os.pwrite(fd, block.tobytes(), len(header) + int(rows[0]) * row)
@@ -210,6 +220,7 @@ def _write(files: ImageFiles, packs: list[Path], which, where, tmp: Path, worker
                 for j, i in enumerate(rows):
                     os.pwrite(fd, block[j].tobytes(), len(header) + int(i) * row)
             at += len(block)
+    return unreadable
 
 
 def load(pack: Path, size: tuple[int, int], channels: int, images: int) -> torch.Tensor:

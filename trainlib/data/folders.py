@@ -29,17 +29,29 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 def decode_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image file -> uint8 (C, H, W), converted to `channels` (1 gray, 3 RGB) and resized."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        return _decode(path, size, channels)
+    except _UNREADABLE as exc:
+        raise DataError(f"cannot read image {path}: {_why(exc, path)}") from exc
+
+
+def _decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+_UNREADABLE = (OSError, SyntaxError, ValueError)  # PIL's UnidentifiedImageError is an OSError
+
+
+def _why(exc: Exception, path: str) -> str:
+    """PIL's reason without the path it repeats."""
+    return str(exc).replace(f" {path!r}", "").replace(path, "the file") or type(exc).__name__
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -205,34 +217,51 @@ def check_fits(files: ImageFiles, budget_gib: float | None) -> None:
             f"budget of {size_text(budget)} ({whose}); set data.stream: true to decode them per batch instead")
 
 
-def _decode_chunk(files: ImageFiles) -> np.ndarray:
-    return np.stack([decode_image(files.path(i), files.size, files.channels) for i in range(len(files))])
+Failures = list[tuple[int, str]]  # the files that could not be decoded: (index, why)
 
 
-def decode_blocks(files: ImageFiles, workers: int, chunk: int = 512) -> Iterator[np.ndarray]:
-    """The images decoded, in order, `chunk` at a time (uint8 (n, C, H, W) blocks), by `workers` processes (PIL
-    holds the GIL for part of a decode, so threads scale worse), at most two blocks per worker ahead of the reader.
-    An unreadable file raises its DataError here as it was raised in the worker."""
-    parts = (files.take(np.arange(a, min(a + chunk, len(files)))) for a in range(0, len(files), chunk))
+def _decode_chunk(files: ImageFiles) -> tuple[np.ndarray, Failures]:
+    """The chunk's images (an unreadable one's row left zero) and its unreadable files (index in the chunk)."""
+    out, failed = np.zeros((len(files), files.channels, *files.size), dtype=np.uint8), []
+    for i in range(len(files)):
+        try:
+            out[i] = _decode(files.path(i), files.size, files.channels)
+        except _UNREADABLE as exc:
+            failed.append((i, _why(exc, files.path(i))))
+    return out, failed
+
+
+def decode_blocks(files: ImageFiles, workers: int, chunk: int = 512) -> Iterator[tuple[np.ndarray, Failures]]:
+    """The images decoded, in order, `chunk` at a time (uint8 (n, C, H, W) blocks, with the block's unreadable files
+    by their index in `files`), by `workers` processes (PIL holds the GIL for part of a decode, so threads scale
+    worse), at most two blocks per worker ahead of the reader. Every file is tried: one unreadable file stops none."""
+    starts = range(0, len(files), chunk)
+    parts = (files.take(np.arange(a, min(a + chunk, len(files)))) for a in starts)
+
+    def placed(start: int, done: tuple[np.ndarray, Failures]) -> tuple[np.ndarray, Failures]:
+        return done[0], [(start + i, why) for i, why in done[1]]
+
     if workers == 0 or len(files) <= chunk:
-        yield from map(_decode_chunk, parts)
+        yield from (placed(a, _decode_chunk(p)) for a, p in zip(starts, parts, strict=True))
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        at = iter(starts)
         ahead = deque(pool.submit(_decode_chunk, p) for p in itertools.islice(parts, 2 * workers))
         try:
             while ahead:
                 block = ahead.popleft().result()
                 ahead.extend(pool.submit(_decode_chunk, p) for p in itertools.islice(parts, 1))
-                yield block
+                yield placed(next(at), block)
         finally:
             for future in ahead:
                 future.cancel()
 
 
-def decode_all(files: ImageFiles, workers: int, chunk: int = 512) -> torch.Tensor:
-    """Every image decoded into one uint8 (N, C, H, W) tensor made once, in order (see decode_blocks)."""
-    out, at = np.empty((len(files), files.channels, *files.size), dtype=np.uint8), 0
-    for block in decode_blocks(files, workers, chunk):
+def decode_all(files: ImageFiles, workers: int, chunk: int = 512) -> tuple[torch.Tensor, Failures]:
+    """Every image decoded into one uint8 (N, C, H, W) tensor made once, in order, and the unreadable files (their
+    rows zero; see decode_blocks)."""
+    out, at, failed = np.empty((len(files), files.channels, *files.size), dtype=np.uint8), 0, []
+    for block, bad in decode_blocks(files, workers, chunk):
         out[at:at + len(block)] = block
-        at += len(block)
-    return torch.from_numpy(out)
+        at, failed = at + len(block), failed + bad
+    return torch.from_numpy(out), failed

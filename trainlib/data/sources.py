@@ -7,7 +7,6 @@ normalization lives inside the model, so an exported model takes raw inputs. A s
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import importlib.metadata
 import inspect
@@ -22,10 +21,11 @@ import pandas as pd
 import torch
 
 from trainlib.checkpoint import atomic_path
-from trainlib.data import decoded, folders, signals
+from trainlib.data import decoded, folders, signals, tables
 from trainlib.data.decoded import PackedImages
 from trainlib.data.folders import ImageFiles
-from trainlib.errors import ConfigError, DataError
+from trainlib.data.tables import TARGETS
+from trainlib.errors import ConfigError, DataError, Unreadable
 from trainlib.registry import Registry
 
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
@@ -46,6 +46,7 @@ class Dataset:
     value_max: float | None = None  # largest raw value of an image pixel; None for tabular data
     feature_names: list[str] = field(default_factory=list)  # table columns, in input order (of signals read from one:
     # channel 0's time steps, then channel 1's, ...)
+    skipped: int = 0  # unreadable rows or files left out (data.skip_unreadable)
 
     @property
     def is_image(self) -> bool:
@@ -84,7 +85,7 @@ def content_digest(*parts: object) -> str:
     return h.hexdigest()
 
 
-def _finish(inputs, labels, classes, value_max=None, feature_names=(), digest=None) -> Dataset:
+def _finish(inputs, labels, classes, value_max=None, feature_names=(), digest=None, skipped=0) -> Dataset:
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if len(labels) == 0:
         raise DataError("the dataset is empty: no samples were found")
@@ -94,7 +95,7 @@ def _finish(inputs, labels, classes, value_max=None, feature_names=(), digest=No
         raise DataError(f"the dataset has a single class ({only!r}): classification needs at least two")
     if digest is None:
         digest = content_digest(inputs, labels, list(classes))
-    return Dataset(inputs, labels, list(classes), digest, value_max, list(feature_names))
+    return Dataset(inputs, labels, list(classes), digest, value_max, list(feature_names), skipped)
 
 
 def load_digits(**_) -> Dataset:
@@ -107,100 +108,84 @@ def load_digits(**_) -> Dataset:
 
 
 def load_imagefolder(path, image_size=(32, 32), channels=None, stream=False, workers=2, memory_budget=None, cache=True,
-                     cache_dir=None, **_) -> Dataset:
+                     cache_dir=None, skip_unreadable=False, **_) -> Dataset:
     """Class-per-folder images of any size and mode, converted to `channels` and resized to `image_size` by
     `workers` processes. With `stream`, the images are read per batch instead of held in memory; without, only
     when the estimate of the memory they need is within `memory_budget` (GiB). With `cache` and a `cache_dir`,
     the decoded images are kept there by content (trainlib.data.decoded): a file is decoded once, and streamed
-    batches read decoded rows; without, streamed batches decode their files."""
+    batches read decoded rows; without, streamed batches decode their files. Every file is tried: the unreadable
+    ones are named together (Unreadable), or with `skip_unreadable` left out."""
     root, channels = Path(path), channels or 3
     classes, names, labels = folders.list_images(root)
     files = ImageFiles(str(root), names, labels, tuple(image_size), channels)
     if not stream:
         folders.check_fits(files, memory_budget)
+    identity, pack, unreadable = None, None, []  # streamed without the cache: files are decoded per batch
     if cache and cache_dir is not None:
         identity, digests = folders.image_digests(files.root, files.names)
         try:
-            pack = decoded.build(files, digests, Path(cache_dir), workers).path
+            built = decoded.build(files, digests, Path(cache_dir), workers)
+            pack, unreadable = built.path, built.unreadable
         except OSError as exc:
             log.warning("data.cache: decoding without the cache (%s)", exc)
-            pack = None
-    else:
-        identity, pack = None, None
     if stream:
         if identity is None:
             identity = folders.image_digests(files.root, files.names)[0]
         digest = content_digest(identity, labels, classes, list(files.size), channels)
         inputs = files if pack is None else PackedImages(str(pack), labels, files.size, channels)
-        return _finish(inputs, labels, classes, 255.0, digest=digest)
-    inputs = folders.decode_all(files, workers) if pack is None else decoded.load(pack, files.size, channels,
-                                                                                  len(files))
-    return _finish(inputs, labels, classes, value_max=255.0)
+    elif pack is None:
+        (inputs, unreadable), digest = folders.decode_all(files, workers), None
+    else:
+        inputs, digest = decoded.load(pack, files.size, channels, len(files)), None
+    rows = _usable(f"imagefolder {root}", [(i, names[i].decode(), why) for i, why in unreadable], "files",
+                   skip_unreadable, len(files))
+    if rows is not None:
+        labels, digest = labels[rows], digest and content_digest(digest, "usable", rows)
+        inputs = inputs.take(rows, labels) if stream else inputs[torch.from_numpy(rows)]
+    return _finish(inputs, labels, classes, 255.0, digest=digest, skipped=len(unreadable) if rows is not None else 0)
 
 
-def _feature_columns(frame: pd.DataFrame, source: str, target: str, features: list[str] | str | None) -> list:
-    """The feature columns in input order: `features` as listed, the columns matching a pattern (`features` a
-    string such as `t*`, shell-style) in the table's order, or all but the target."""
-    if isinstance(features, str):
-        names = [c for c in frame.columns if c != target and fnmatch.fnmatchcase(str(c), features)]
-        if not names:
-            raise DataError(f"{source}: no column matches data.features {features!r}; columns are: "
-                            f"{', '.join(map(str, frame.columns))}")
-        return names
-    names = list(features) if features else [c for c in frame.columns if c != target]
-    missing = [c for c in names if c not in frame.columns]
-    if missing:
-        raise DataError(f"{source}: feature columns not found: {', '.join(missing)}")
-    return names
+def _usable(what: str, problems: list[tuple[int, str, str]], unit: str, skip: bool, n: int) -> np.ndarray | None:
+    """Of `n` rows with these `problems` (index, where, why): None when there are none; with `skip`, the indices of
+    the usable rows (the skipped ones said in the log); else Unreadable, naming every problem."""
+    if not problems:
+        return None
+    if not skip:
+        raise Unreadable(what, [(where, why) for _, where, why in problems], unit)
+    bad = np.unique([i for i, _, _ in problems])
+    log.warning("%s: %d %s skipped (data.skip_unreadable), the first: %s", what, len(bad), unit,
+                "; ".join(f"{where}: {why}" for _, where, why in problems[:3]))
+    return np.setdiff1d(np.arange(n), bad)
 
 
-def _tabular(frame: pd.DataFrame, source: str, target: str, features: list[str] | str | None,
-             signal: bool = False, channels: int | None = None) -> Dataset:
-    if frame.empty:
-        raise DataError(f"{source}: the table is empty (no rows)")
-    if target not in frame.columns:
-        columns = ", ".join(map(str, frame.columns))
-        raise DataError(f"{source}: target column {target!r} not found; columns are: {columns}")
-    names = _feature_columns(frame, source, target, features)
-    if not names:
-        raise DataError(f"{source}: no feature columns besides the target {target!r}")
-    numeric = pd.api.types.is_numeric_dtype
-    non_numeric = [c for c in names if not numeric(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
-    if non_numeric:
-        raise DataError(f"{source}: feature columns must be numeric; not numeric: {', '.join(map(str, non_numeric))}")
-    x = frame[names].to_numpy(dtype=np.float32)
-    nan_cols = [c for c, bad in zip(names, ~np.isfinite(x).all(axis=0), strict=True) if bad]
-    if nan_cols:
-        raise DataError(f"{source}: missing or infinite values in feature columns: {', '.join(map(str, nan_cols))}")
-    y = frame[target]
-    if y.isna().any():
-        raise DataError(f"{source}: target column {target!r} has {int(y.isna().sum())} missing values")
-    codes, uniques = pd.factorize(y, sort=True)
-    names = [str(n) for n in names]
+def _tabular(frame: pd.DataFrame, source: str, path, target: str | None, features: list[str] | str | None,
+             signal: bool = False, channels: int | None = None, skip_unreadable: bool = False) -> Dataset:
+    table = tables.columns(frame, source, target, features)
+    x, codes, classes, skipped = table.x, table.codes, table.classes, 0
+    rows = _usable(f"{source} {path}", table.problems, "rows", skip_unreadable, len(x))
+    if rows is not None:  # the classes of the rows kept, numbered again
+        x, skipped = x[rows], len(x) - len(rows)
+        codes, kept = pd.factorize(np.asarray(classes, dtype=object)[codes[rows]], sort=True)
+        classes = [str(c) for c in kept]
     if signal:  # the columns, in order, as the time steps of `channels` channels
-        x = signals.fold(x, channels, source, names)
-    return _finish(torch.from_numpy(x), codes, [str(u) for u in uniques], feature_names=names)
+        x = signals.fold(x, channels, source, table.features)
+    return _finish(torch.from_numpy(np.ascontiguousarray(x)), codes, classes, feature_names=table.features,
+                   skipped=skipped)
 
 
-def _read_table(path, reader: Callable[[Path], pd.DataFrame], source: str) -> pd.DataFrame:
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: no such file: {file}")
-    try:
-        return reader(file)
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"{source}: cannot read {file}: {exc}") from exc
+def load_csv(path, target=None, features=None, signal=False, channels=None, skip_unreadable=False, **_) -> Dataset:
+    """Tabular data from a CSV file: numeric feature columns plus a target column (trainlib.data.tables); with
+    `signal`, the feature columns are the time steps of `channels` (default 1) channels. Every unusable cell is
+    named (Unreadable), or with `skip_unreadable` its row is left out."""
+    frame = tables.read_table(path, pd.read_csv, "csv")
+    return _tabular(frame, "csv", path, target, features, signal, channels, skip_unreadable)
 
 
-def load_csv(path, target="label", features=None, signal=False, channels=None, **_) -> Dataset:
-    """Tabular data from a CSV file: numeric feature columns plus a target column; with `signal`, the feature
-    columns are the time steps of `channels` (default 1) channels."""
-    return _tabular(_read_table(path, pd.read_csv, "csv"), "csv", target, features, signal, channels)
-
-
-def load_parquet(path, target="label", features=None, signal=False, channels=None, **_) -> Dataset:
+def load_parquet(path, target=None, features=None, signal=False, channels=None, skip_unreadable=False,
+                 **_) -> Dataset:
     """As load_csv, from a Parquet file."""
-    return _tabular(_read_table(path, pd.read_parquet, "parquet"), "parquet", target, features, signal, channels)
+    frame = tables.read_table(path, pd.read_parquet, "parquet")
+    return _tabular(frame, "parquet", path, target, features, signal, channels, skip_unreadable)
 
 
 def _signals(x: np.ndarray, y: np.ndarray) -> Dataset:
@@ -208,9 +193,9 @@ def _signals(x: np.ndarray, y: np.ndarray) -> Dataset:
     return _finish(signals.as_tensor(x), codes, [str(u) for u in uniques])
 
 
-def load_numpy(path, labels=None, target="label", **_) -> Dataset:
+def load_numpy(path, labels=None, target=None, **_) -> Dataset:
     """Signals from NumPy files (trainlib.data.signals.read_numpy): (N, L) or (N, C, L) arrays with their labels."""
-    return _signals(*signals.read_numpy(path, labels, target))
+    return _signals(*signals.read_numpy(path, labels, target or TARGETS[0]))
 
 
 def load_waveforms(**_) -> Dataset:
@@ -257,16 +242,17 @@ class Source:
     files: str | None = None  # how new data of this kind is read for scoring a batch at a time (trainlib.data.inputs):
     # "folder" (image files), "table" (CSV, Parquet); None: loaded whole, as for training
     fits: Callable[..., None] | None = None  # checks, before loading, that the data fits the memory budget
+    model: str = "cnn"  # the model trained on it when model.name is unset (trainlib.data.defaults)
 
 
 SOURCES: Registry[Source] = Registry("data source", {
     "digits": Source(load_digits, dims=3, needs_path=False),
     "imagefolder": Source(load_imagefolder, dims=3, needs_path=True, files="folder", fits=imagefolder_fits),
-    "csv": Source(load_csv, dims=1, needs_path=True, files="table"),
-    "parquet": Source(load_parquet, dims=1, needs_path=True, files="table"),
+    "csv": Source(load_csv, dims=1, needs_path=True, files="table", model="mlp"),
+    "parquet": Source(load_parquet, dims=1, needs_path=True, files="table", model="mlp"),
     "torchvision": Source(load_torchvision, dims=3, needs_path=True),
-    "numpy": Source(load_numpy, dims=2, needs_path=True),
-    "waveforms": Source(load_waveforms, dims=2, needs_path=False),
+    "numpy": Source(load_numpy, dims=2, needs_path=True, model="cnn1d"),
+    "waveforms": Source(load_waveforms, dims=2, needs_path=False, model="cnn1d"),
 })
 
 
@@ -297,7 +283,7 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
     """Write a dataset to one file, readable with `torch.load(weights_only=True)`."""
     inputs = ds.inputs
     payload = {"labels": ds.labels, "classes": ds.classes, "digest": ds.digest,
-               "value_max": ds.value_max, "feature_names": ds.feature_names}
+               "value_max": ds.value_max, "feature_names": ds.feature_names, "skipped": ds.skipped}
     if isinstance(inputs, STREAMED):
         payload["files"] = inputs.state() | {"kind": type(inputs).__name__}
     else:
@@ -314,7 +300,8 @@ def load_dataset(path: str | Path) -> Dataset:
         inputs = kind.from_state(p["files"], p["labels"].numpy())
     else:
         inputs = p["inputs"]
-    return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"])
+    return Dataset(inputs, p["labels"], p["classes"], p["digest"], p["value_max"], p["feature_names"],
+                   p.get("skipped", 0))
 
 
 def fingerprint(source: str, path=None, labels=None, **_) -> str:
