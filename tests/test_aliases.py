@@ -15,10 +15,12 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from cli import models as model_commands
 from tasks.registry import aliases
 from trainlib.errors import ConfigError
+from trainlib.scoring import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"^trainflow\.alias_history\.\d{13}\.[0-9a-f]{8}$")
@@ -237,10 +239,11 @@ def test_the_tables_show_versions_aliases_and_moves(store):
 
     table = model_commands.models_table([model]).splitlines()
     assert table[0] == f"{name}: @challenger -> version 3, @champion -> version 1"
-    assert table[1].split() == ["version", "created", "(UTC)", "test_accuracy", "gate", "aliases", "run"]
+    assert table[1].split() == ["version", "created", "(UTC)", "test_accuracy", "gate", "aliases", "source", "model",
+                                "input", "run"]
     created = model.versions[2].created[:19].replace("T", " ")
-    assert table[4].split() == ["1", *created.split(), "0.9123", "promoted", "@champion", "-"]
-    assert table[2].split()[3:] == ["-", "-", "@challenger", "-"]
+    assert table[4].split() == ["1", *created.split(), "0.9123", "promoted", "@champion", "-", "-", "-", "-"]
+    assert table[2].split()[3:] == ["-", "-", "@challenger", "-", "-", "-", "-"]
     assert table[1].index("aliases") == table[2].index("@challenger") == table[4].index("@champion")  # aligned
     assert model_commands.models_table([]) == "no registered models"
 
@@ -267,10 +270,53 @@ def test_the_gate_records_its_moves_with_its_reason_and_flow_run(store, prefect_
     @flow
     def register(accuracy: float) -> tuple[Registration, str]:
         run_id = client.create_run(experiment).info.run_id
-        return promote(name, RegisterConfig(min_test_accuracy=0.5), "file:///nowhere", accuracy, run_id), flow_run.id
+        return promote(name, RegisterConfig(min_test_accuracy=0.5), "file:///nowhere", accuracy, run_id,
+                       DIGITS), flow_run.id
 
     results = [register(accuracy) for accuracy in (0.9, 0.8, 0.95)]
     assert [r.alias for r, _ in results] == ["champion", "challenger", "champion"]
     assert [(m.alias, m.from_version, m.to_version, m.by, m.reason, m.flow_run) for m in aliases.history(name)] == [
         (r.alias, before, r.version, "gate", r.gate.reason, str(run))
         for (r, run), before in zip(results, (None, None, 1), strict=True)]
+
+
+DIGITS = InputSpec([str(d) for d in range(10)], [1, 8, 8], True, [], 16.0, [4.9], [6.0])
+WINE = InputSpec(["0", "1", "2"], [13], False, [f"f{i}" for i in range(13)], None, [0.0] * 13, [1.0] * 13)
+
+
+def test_an_alias_never_moves_to_a_version_taking_another_input(store, prefect_api):
+    from prefect import flow
+
+    from tasks import tracking
+    from tasks.registry.register import promote
+    from trainlib.config import RegisterConfig
+
+    name, client = f"sig-{uuid.uuid4().hex[:8]}", MlflowClient()
+    experiment = tracking.experiment_id(name)
+
+    @flow
+    def register(spec: InputSpec, source: str, accuracy: float):
+        run = client.create_run(experiment)
+        client.log_batch(run.info.run_id, params=[Param("data.source", source), Param("data.path", f"/d/{source}.x"),
+                                                  Param("model.name", "mlp")])
+        return promote(name, RegisterConfig(min_test_accuracy=0.5), "file:///nowhere", accuracy, run.info.run_id, spec)
+
+    digits, wine = register(DIGITS, "digits", 0.9), register(WINE, "csv", 1.0)  # wine: better, but another input
+    assert (digits.alias, wine.alias, wine.gate.outcome, holder(name)) == ("champion", "challenger", "other_input", 1)
+    assert wine.gate.reason == (
+        "kept as challenger: version 2 takes a table of 13 feature columns (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, "
+        "f10, f11, f12), 3 classes (0, 1, 2), but @champion's version 1 takes grayscale images of 8x8 pixels, 10 "
+        f"classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9): callers of models:/{name}@champion would break (give this data its "
+        f"own --name, or move the alias anyway: trainflow promote {name} 2 --force)")
+    with pytest.raises(ConfigError, match=r"^version 2 takes a table of 13 .* but @champion's version 1 takes "
+                                          r"grayscale images .* would break; give --force to move it anyway$"):
+        aliases.promote(name, 2)
+    assert holder(name) == 1 and [m.to_version for m in aliases.history(name, "champion")] == [1]
+    assert register(DIGITS, "digits", 0.95).alias == "champion"  # the same input: the gate decides as before
+    assert aliases.promote(name, 2, force=True).reason == "trainflow promote, forced" and holder(name) == 2
+    assert aliases.promote(name, 1, alias="staging").to_version == 1  # no holder: nothing to break
+
+    [model] = aliases.overview(name)
+    assert [(v.version, v.source, v.model, v.input_shape) for v in model.versions] == [
+        (3, "digits digits.x", "mlp", "(1, 8, 8)"), (2, "csv csv.x", "mlp", "(13,)"),
+        (1, "digits digits.x", "mlp", "(1, 8, 8)")]

@@ -42,7 +42,8 @@ def link(what: str, run_id: str) -> str:
 
 HEADLINES = {  # the Prefect summary's title, by the gate's outcome
     "promoted": "promoted to @{alias}", "not_better": "kept as challenger",
-    "below_minimum": "kept as challenger (below the gate)", "not_registered": "not registered"}
+    "below_minimum": "kept as challenger (below the gate)", "not_registered": "not registered",
+    "other_input": "kept as challenger (it takes another input than the alias holder)"}
 
 
 @task(name="report")

@@ -22,6 +22,7 @@ from trainlib.data.split import indices
 from trainlib.ensemble import META_SOURCES, EnsembleConfig
 from trainlib.export import export, load_exported
 from trainlib.models import load_model
+from trainlib.scoring import InputSpec
 
 
 def _module(path: str) -> torch.nn.Module:
@@ -83,4 +84,5 @@ def register_ensemble(name: str, register: RegisterConfig, combined: Combined, d
         output = load_exported(combined.program)(torch.from_numpy(example)).numpy()
     model_uri = tracking.log_ensemble(run_id, combined.program, combined.about, example, output,
                                       metadata)
-    return promote(name, register, model_uri, combined.metrics["test_accuracy"], run_id)
+    return promote(name, register, model_uri, combined.metrics["test_accuracy"], run_id,
+                   InputSpec.from_dict(metadata["trainflow"]))

@@ -37,6 +37,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from tasks import settings, tracking
+from tasks.registry import signature
 from tasks.registry.model_ref import registered
 from trainlib.errors import ConfigError
 
@@ -212,9 +213,10 @@ def _versions(name: str) -> list:
             return found
 
 
-def promote(name: str, version: int, alias: str = CHAMPION, reason: str | None = None) -> Move | None:
+def promote(name: str, version: int, alias: str = CHAMPION, reason: str | None = None,
+            force: bool = False) -> Move | None:
     """A manual promotion: `alias` of `name` moves to `version`, recorded with the user's reason; None when that
-    version already holds it."""
+    version already holds it. A version taking another input than the holder's is refused unless `force`."""
     registered(name)
     try:
         tracking.client().get_model_version(name, str(int(version)))
@@ -222,7 +224,10 @@ def promote(name: str, version: int, alias: str = CHAMPION, reason: str | None =
         have = sorted(int(v.version) for v in _versions(name))
         raise ConfigError(f"{name} has no version {version}; its versions: "
                           f"{', '.join(map(str, have)) or 'none'}") from None
-    return move(name, alias, version, "trainflow promote" + (f": {reason}" if reason else ""), "promote")
+    if not force and (other := signature.refusal(name, alias, int(version), _holder(name, alias))):
+        raise ConfigError(f"{other}; give --force to move it anyway")
+    return move(name, alias, version, "trainflow promote" + (", forced" if force else "") +
+                (f": {reason}" if reason else ""), "promote")
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,9 @@ class VersionSummary:
     test_accuracy: float | None  # the version tag tasks/registry/register.py sets (None: registered otherwise)
     gate: str | None  # the gate's verdict, as tagged (register.OUTCOMES)
     aliases: tuple[str, ...]  # the aliases it holds
+    source: str | None = None  # what it was trained on (`csv wine.csv`) and how (`mlp`), and one sample's shape, as
+    model: str | None = None  # tagged at registration (tasks/registry/signature.py); None: registered otherwise
+    input_shape: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +264,8 @@ def _summary(model: RegisteredModel) -> ModelSummary:
         number = int(v.version)
         created = datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
         versions.append(VersionSummary(number, created, v.run_id or None, _float(v.tags.get("test_accuracy")),
-                                       v.tags.get("gate"), tuple(a for a, held in aliases if held == number)))
+                                       v.tags.get("gate"), tuple(a for a, held in aliases if held == number),
+                                       v.tags.get("source"), v.tags.get("model"), v.tags.get("input_shape")))
     return ModelSummary(model.name, aliases, tuple(versions))
 
 

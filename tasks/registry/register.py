@@ -13,7 +13,7 @@ from prefect import task
 
 from tasks import settings, tracking
 from tasks.chain.refs import DatasetRef, StatsRef
-from tasks.registry import aliases, card, outcomes
+from tasks.registry import aliases, card, outcomes, signature
 from tasks.registry.model_ref import ModelRef
 from tasks.results import Gate, Registration
 from tasks.wording import NOT_REGISTERED
@@ -23,11 +23,12 @@ from trainlib.data.batches import subset
 from trainlib.data.normalize import Moments
 from trainlib.data.sources import Dataset
 from trainlib.models import load_model
-from trainlib.scoring import input_spec
+from trainlib.scoring import InputSpec, input_spec
 
 CHALLENGER = "challenger"
 EXAMPLE_ROWS = 4  # the input example needs batch > 1, or the exported model's batch size is frozen
-OUTCOMES = ("promoted", "not_better", "below_minimum")  # the gate's verdicts; only the first moves the alias
+OUTCOMES = ("promoted", "not_better", "below_minimum", "other_input")  # the gate's verdicts; only the first moves
+# the alias (other_input: the version takes another input than the holder's, tasks/registry/signature.py)
 
 
 def decide(accuracy: float, register: RegisterConfig, champion_version: int | None,
@@ -115,17 +116,19 @@ def _new_version(name: str, model_uri: str) -> int:
     return int(client.create_model_version(name, model_uri, model_id=logged).version)
 
 
-def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float,
-            run_id: str) -> Registration:
-    """Register `model_uri` as a new version of `name` and apply the gate: the alias if it passes, else
-    `challenger`; with register.enabled false, nothing is registered (only model_uri is set)."""
+def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: float, run_id: str,
+            spec: InputSpec) -> Registration:
+    """Register `model_uri` (a model trained with `spec`) as a new version of `name` and apply the gate: the alias if
+    it passes, else `challenger`; with register.enabled false, nothing is registered (only model_uri is set)."""
     if not register.enabled:
         tracking.RunLogger(run_id).set_tags({"gate": "not_registered", "gate_reason": NOT_REGISTERED})
         return Registration(model_uri)
     _prefect_answers()  # a version is the one thing a failed run must not leave: its server gone, fail first
     version = _new_version(name, model_uri)
     try:
-        gate, alias = _gate(name, register, version, test_accuracy, run_id)
+        for key, value in signature.tags(spec, run_id).items():  # what it takes and was trained on
+            tracking.client().set_model_version_tag(name, str(version), key, value)
+        gate, alias = _gate(name, register, version, test_accuracy, run_id, signature.of_spec(spec))
     except BaseException:  # nothing half-registered: a version without its gate's decision is withdrawn
         _withdraw(name, version)
         raise
@@ -133,13 +136,20 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     return Registration(model_uri, name, version, alias, gate)
 
 
-def _gate(name: str, register: RegisterConfig, version: int, test_accuracy: float, run_id: str) -> tuple[Gate, str]:
-    """The gate's decision on the new `version`, recorded on it, its alias and its run. -> (the gate, the alias)."""
+def _gate(name: str, register: RegisterConfig, version: int, test_accuracy: float, run_id: str,
+          takes: signature.Signature) -> tuple[Gate, str]:
+    """The gate's decision on the new `version` (which `takes` that input), recorded on it, its alias and its run.
+    -> (the gate, the alias)."""
     client = tracking.client()
     with aliases.locked(name):  # flows finishing together each compare with the holder the one before left
         held, held_accuracy, held_run = _holder(name, register.alias)
-        paired, unpaired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else (None, None)
-        gate = decide(float(test_accuracy), register, held, held_accuracy, paired, unpaired)
+        if other := signature.refusal(name, register.alias, version, held, takes):
+            gate = Gate(False, "other_input", f"kept as challenger: {other} (give this data its own --name, or move "
+                        f"the alias anyway: trainflow promote {name} {version} --force)", float(test_accuracy),
+                        register.min_test_accuracy, register.min_delta, held, held_accuracy)
+        else:
+            paired, unpaired = _paired(run_id, held_run) if register.gate == "mcnemar" and held_run else (None, None)
+            gate = decide(float(test_accuracy), register, held, held_accuracy, paired, unpaired)
         tags = {"test_accuracy": f"{gate.test_accuracy:.6f}", "gate": gate.outcome, "gate_reason": gate.reason,
                 **_tested(gate)}
         for key, value in tags.items():  # the accuracy first: the next flow reads it from the holder
@@ -215,4 +225,5 @@ def register(name: str, register: RegisterConfig, model: str, metrics: dict[str,
     classifier = load_model(model)[0]
     example, metadata = described(dataset, stats.load().moments)
     model_uri = tracking.log_model(run_id, classifier, example, metadata)
-    return promote(name, register, model_uri, metrics["test_accuracy"], run_id)
+    return promote(name, register, model_uri, metrics["test_accuracy"], run_id,
+                   InputSpec.from_dict(metadata["trainflow"]))
