@@ -262,12 +262,12 @@ def test_failed_flow_marks_the_run_failed(prefect_api, tmp_path):
 
     no_target = tmp_path / "no-target.csv"  # it exists (the plan checks that), and fails to load in the flow
     no_target.write_text("x,y\n" + "".join(f"{i},{i}\n" for i in range(30)))
-    with pytest.raises(Exception, match="target column"):
+    with pytest.raises(Exception, match="no class column"):
         training_pipeline(load_config(None, ["name=flow-fail", "data.source=csv", f"data.path={no_target}",
                                              "model.name=mlp"])).json()
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])[0]
-    assert run.info.status == "FAILED" and "target column" in run.data.tags["failure_reason"]
+    assert run.info.status == "FAILED" and "no class column" in run.data.tags["failure_reason"]
     assert client.search_registered_models(filter_string="name='flow-fail'") == []
 
 

@@ -93,3 +93,14 @@ def test_unreadable_images_are_named_together_decoded_once_and_skippable(tmp_pat
     Image.new("RGB", (9, 9), (1, 2, 3)).save(root / "owl" / "cut.png")  # mended: decoded now, alone
     ds = sources.load("imagefolder", **options)
     assert (len(ds), ds.skipped, [Path(p).name for p in decoded]) == (19, 0, ["cut.png"])
+
+
+def test_streamed_images_without_the_cache_are_all_tried_before_training(tmp_path):
+    root = write_images(tmp_path / "pics", per_class=6)
+    (root / "dog" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(Unreadable, match="dog/bad.png: cannot identify image file"):
+        sources.load("imagefolder", path=root, image_size=(8, 8), workers=0, stream=True, cache=False)
+    ds = sources.load("imagefolder", path=root, image_size=(8, 8), workers=0, stream=True, cache=False,
+                      skip_unreadable=True)
+    assert (len(ds), ds.skipped) == (18, 1)
+    assert len(ds.inputs.take(np.arange(18))) == 18 and all(b"bad" not in n for n in ds.inputs.names)

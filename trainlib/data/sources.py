@@ -133,6 +133,8 @@ def load_imagefolder(path, image_size=(32, 32), channels=None, stream=False, wor
             identity = folders.image_digests(files.root, files.names)[0]
         digest = content_digest(identity, labels, classes, list(files.size), channels)
         inputs = files if pack is None else PackedImages(str(pack), labels, files.size, channels)
+        if pack is None:  # every file tried here once: an unreadable one is named now, not in the middle of training
+            unreadable = [failed for _, bad in folders.decode_blocks(files, workers) for failed in bad]
     elif pack is None:
         (inputs, unreadable), digest = folders.decode_all(files, workers), None
     else:
