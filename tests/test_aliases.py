@@ -191,9 +191,14 @@ def test_a_rollback_waits_for_a_gate_deciding_and_undoes_the_gates_move(store):
 
 def test_rollback_refuses_without_a_recorded_move_or_after_an_outside_one(store):
     name = registered(3)
-    with pytest.raises(ConfigError, match=f"^no earlier holder of @champion for {name}: trainflow has recorded no"):
+    with pytest.raises(ConfigError, match=f"^{name} has no alias @champion; its aliases: none$"):
         aliases.rollback(name)
     aliases.promote(name, 1)
+    with pytest.raises(ConfigError, match=fr"^{name} has no alias @champ; its aliases: @champion \(version 1\)$"):
+        aliases.rollback(name, "champ")  # a typo is said as predict says it
+    MlflowClient().set_registered_model_alias(name, "staging", "1")  # held, but by no recorded move
+    with pytest.raises(ConfigError, match=f"^no earlier holder of @staging for {name}: trainflow has recorded no"):
+        aliases.rollback(name, "staging")
     aliases.promote(name, 2)
     MlflowClient().set_registered_model_alias(name, "champion", "3")  # the MLflow UI, say
     with pytest.raises(ConfigError, match=f"^@champion of {name} is on version 3 but trainflow last moved it to "

@@ -141,6 +141,7 @@ def test_bad_input_is_one_message_exit_2_and_nothing_registered(case, place):
     if store.exists():  # a transfer source read from the registry: nothing was written to it
         client = MlflowClient(f"sqlite:///{store}")
         assert client.search_registered_models() == []
+        assert [e.name for e in client.search_experiments()] == ["Default"]  # no experiment of failures either
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 

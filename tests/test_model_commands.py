@@ -65,8 +65,7 @@ def test_what_they_refuse_is_one_line_and_moves_nothing(tmp_path):
     client.create_registered_model("solo")
     client.create_model_version("solo", source="file:///nowhere", run_id=None)
     cases = {("promote", "solo", "4"): "error: solo has no version 4; its versions: 1",
-             ("rollback", "solo"): "error: no earlier holder of @champion for solo: trainflow has recorded no move "
-                                   "of it",
+             ("rollback", "solo"): "error: solo has no alias @champion; its aliases: none",
              ("models", "nobody"): "error: no registered model 'nobody'; registered: solo",
              ("promote", "solo", "0"): "error: argument VERSION: expected a whole number of at least 1, got '0' "
                                        "(`trainflow promote --help` shows the options)"}

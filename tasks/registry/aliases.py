@@ -185,6 +185,9 @@ def rollback(name: str, alias: str = CHAMPION, reason: str | None = None) -> Mov
 
 def _rollback(name: str, alias: str, reason: str | None) -> Move:
     moves = history(name, alias)
+    if not moves and _holder(name, alias) is None:  # no such alias: a typo, most likely; said as predict says it
+        held = ", ".join(f"@{a} (version {v})" for a, v in sorted(registered(name).aliases.items())) or "none"
+        raise ConfigError(f"{name} has no alias @{alias}; its aliases: {held}")
     undone = {m.undoes for m in moves if m.undoes}
     standing = [m for m in moves if not m.undoes and m.key not in undone]
     if not standing or standing[-1].from_version is None:
