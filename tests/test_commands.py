@@ -59,6 +59,30 @@ def test_config_keys_lists_every_key_with_its_default_and_meaning(capsys):
         assert line.split()[1] == ("null" if default is None else str(default).split()[0])
 
 
+def test_config_takes_name_as_run_does(capsys):
+    assert main(["config", "--name", "wine-mlp", "--set", "name=ignored"]) == 0  # the flag wins, as in run
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "wine-mlp"
+    assert parser().parse_args(["run", "--name", "wine-mlp"]).name == "wine-mlp"
+
+
+def test_status_without_a_stack_says_so_exits_0_and_names_where_commands_record(capsys, monkeypatch):
+    import os
+
+    from deployments import stack
+    from tasks import settings
+
+    assert not any(r.pid for r in stack.status())  # this session's store has no stack up
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "no stack is running" in out and "trainflow up" in out
+    assert f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']}" in out and str(settings.HOME) in out
+    half = [stack.ServerState("prefect", 1, "http://127.0.0.1:4200/api", True, "p.log"),
+            stack.ServerState("mlflow", None, None, False, "m.log")]
+    monkeypatch.setattr(stack, "status", lambda: half)  # a stack half up is a failure to report
+    assert main(["status"]) == 1
+    assert "no stack is running" not in capsys.readouterr().out
+
+
 def test_bad_config_in_config_command_is_one_error(capsys):
     assert main(["config", "--set", "training.epoch=3"]) == 2
     assert capsys.readouterr().err.strip() == "error: invalid config: training.epoch: unknown key (did you mean " \

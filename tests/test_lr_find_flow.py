@@ -1,6 +1,7 @@
 """The LR range test as a flow and as `optimizer.lr: find` in a training run: real Prefect API (test harness),
 real MLflow store."""
 
+import pytest
 from mlflow import MlflowClient
 
 from trainlib.config import load_config
@@ -21,6 +22,9 @@ def test_the_lr_find_flow_records_its_sweep_and_suggestion(prefect_api):
     assert {"lr_find.png", "lr_find.csv"} <= {a.path for a in client.list_artifacts(out["run_id"])}
     lrs = [m.value for m in sorted(client.get_metric_history(out["run_id"], "sweep_lr"), key=lambda m: m.step)]
     assert len(lrs) == out["updates"] and lrs == sorted(lrs) and lrs[0] == 1e-5
+    # what ran, not what was asked: the LR its last update reached (the planned end only when it completed)
+    assert out["planned"] == 60 and out["reached"] == lrs[-1] and out["end"] == 10.0
+    assert (out["stopped"] == "completed") == (out["updates"] == 60 and out["reached"] == pytest.approx(10.0))
 
 
 def test_optimizer_lr_find_trains_at_the_suggested_lr_and_records_it(prefect_api):

@@ -36,4 +36,5 @@ def lr_range_test(config: PipelineConfig, dataset: DatasetRef, manifest: Manifes
         log.set_tags({"lr_find.rule": sweep.rule, "lr_find.stopped": sweep.stopped})
         log.log_figure(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.raw, sweep.suggestion), "lr_find.png")
         log.log_artifact(str(path))
-    return RangeTest(run_id, run_url(run_id), sweep.suggestion, sweep.rule, sweep.stopped, len(table), start, end)
+    return RangeTest(run_id, run_url(run_id), sweep.suggestion, sweep.rule, sweep.stopped, len(table), start, end,
+                     updates, sweep.lrs[-1] if sweep.lrs else start)
