@@ -1,10 +1,12 @@
 """`trainflow serve-model`: one registered model version behind MLflow's scoring API, served by this process.
 
-The URI is resolved once, at start: an alias names the version it points at then, and the server keeps serving
-that version when the alias moves (its /health says which; restart it to follow the alias). The model loads in
+The URI (a registered version, or a run's model: tasks/registry/model_ref.py) is resolved once, at start: an alias
+names the version it points at then, and the server keeps serving that version when the alias moves (its /health
+says which; restart it to follow the alias). An answer is a row of class scores per input, in the order of the
+model's classes, which /health lists (`classes`, as registration recorded them). The model loads in
 this process, in the project's environment: `mlflow models serve` would build a virtualenv from the model's
 requirements (offline here, it cannot) and start a tree of processes. MLflow's own scoring app answers
-/invocations, /ping and /version; /health is replaced by one that names the version served.
+/invocations, /ping and /version; /health is replaced by one that names the model served and its classes.
 
 Two guards stand in front of MLflow's app: inputs holding NaN or an infinity are refused with 400 (a network
 answers them with NaN scores, which look like an answer), and an error's message says the reason without the data
@@ -47,8 +49,9 @@ def run(uri: str, host: str, port: int, device: str = "auto") -> None:
         ref = resolve(uri)
         model = load_pyfunc(ref, target)  # the pinned version: the alias may move meanwhile
         run_by = f", logged by run {ref.run_id}" if ref.run_id else ""
-        print(f"loaded {ref.describe()} from {ref.pinned}{run_by}, on {target}", file=sys.stderr)
-        server = uvicorn.Server(uvicorn.Config(_app(model, ref), host=host, port=port, log_level=QUIET,
+        classes = classes_of(model)
+        print(f"loaded {ref.describe()} from {ref.pinned}{run_by}, on {target}; {_in_order(classes)}", file=sys.stderr)
+        server = uvicorn.Server(uvicorn.Config(_app(model, ref, classes), host=host, port=port, log_level=QUIET,
                                                access_log=False, timeout_graceful_shutdown=GRACE))
         url = f"http://{_in_url(host)}:{port}"
         ready = f"serving {ref.describe()} on {url}  (POST /invocations; GET /health; Ctrl+C stops)"
@@ -88,14 +91,33 @@ class _Finite:
         return self.model.predict(data, params=params)
 
 
-def _app(model, ref: ModelRef):
-    """MLflow's scoring app for `model`, its /health naming the version it serves, with the guards above."""
+def classes_of(model) -> list[str] | None:
+    """The classes of a loaded model in the order of its scores: column i of an answer's row is classes[i]. From what
+    registration recorded in the model's metadata (`trainflow`, trainlib.scoring.InputSpec: a Dataset's `classes`,
+    an image folder's class folders sorted by name); None for a model logged without it."""
+    described = (getattr(model.metadata, "metadata", None) or {}).get("trainflow") or {}
+    classes = described.get("classes")
+    return [str(c) for c in classes] if classes else None
+
+
+def _in_order(classes: list[str] | None, most: int = 20) -> str:
+    """The classes as the start-up line gives them: `scores per input in the order of its 10 classes: 0, 1, ...`."""
+    if not classes:
+        return "its classes are not recorded with it (logged before trainflow kept them): scores are by class index"
+    shown = ", ".join(classes[:most]) + (f", ... ({len(classes)} in all; GET /health lists them)"
+                                         if len(classes) > most else "")
+    return f"scores per input in the order of its {len(classes)} classes: {shown}"
+
+
+def _app(model, ref: ModelRef, classes: list[str] | None):
+    """MLflow's scoring app for `model`, its /health naming the model it serves and its classes (in the order of the
+    scores it answers), with the guards above."""
     from starlette.responses import Response
 
     app = scoring_server.init(_Finite(model))
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
     about = {"status": "ok", "model": ref.name, "version": ref.version, "alias": ref.alias, "run_id": ref.run_id,
-             "uri": ref.pinned}
+             "uri": ref.pinned, "classes": classes}
 
     @app.get("/health")
     async def health() -> dict:

@@ -22,7 +22,7 @@ def batch_predict(model: str = DEFAULT_MODEL, data: str | None = None, config: P
                   out: str | None = None, overrides: dict[str, Any] | None = None,
                   named: str | None = None) -> Prediction:
     """Score `data` (a folder of images, a CSV or Parquet file, an .npz or .npy of signals) or the data section of
-    `config` with the registered `model` (models:/NAME@ALIAS or /VERSION) into `out` (default: the project's
+    `config` with `model` (models:/NAME@ALIAS, /VERSION, or a run's: runs:/RUN_ID) into `out` (default: the project's
     predictions folder); `overrides` ({key: value}) change the config, e.g. predict.drift_threshold; `named`: the
     URI as the user gave it when `model` is the version it was resolved to already. Returns the scoring's
     summary."""

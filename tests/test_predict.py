@@ -120,7 +120,9 @@ def test_what_scoring_refuses_before_it_starts(digits_model, tmp_path):
                                                                 r"@champion \(version 1\)",
              ("models:/pred-digits/99", PNG, False, None): "pred-digits has no version 99; its versions: 1",
              ("models:/no-such-model@champion", PNG, False, None): "no registered model 'no-such-model'",
-             ("pred-digits", PNG, False, None): "give models:/NAME@ALIAS or models:/NAME/VERSION",
+             ("pred-digits", PNG, False, None): "give models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID",
+             ("runs:/" + "0" * 32, PNG, False, None): "no run 0{32} in this project's MLflow store",
+             ("models:/m-" + "0" * 32, PNG, False, None): "no logged model m-0{32} in this project's MLflow store",
              ("models:/pred-digits@champion", PNG, True, None): "--data PATH .* or --config FILE .*, not both",
              ("models:/pred-digits@champion", None, False, None): "give the data to score",
              ("models:/pred-digits@champion", PNG, False, "x.json"): "give a .parquet or .csv file"}
@@ -129,6 +131,28 @@ def test_what_scoring_refuses_before_it_starts(digits_model, tmp_path):
             plan(model, data, cfg, from_config, out)
     with pytest.raises(ConfigError, match=r"predict.device: 'cuda:99' asked for, but "):  # none here has 100
         plan("models:/pred-digits@champion", PNG, override(cfg, {"predict.device": "cuda:99"}), False, None)
+
+
+def test_an_unregistered_model_is_named_as_its_summary_prints_it_or_by_its_run(prefect_api, digits, tmp_path):
+    """--no-register: the URI the summary prints (MLflow's id of the logged model) and runs:/RUN_ID, which the
+    README names, both name the run's model for predict and transfer.source (serve-model resolves them the same
+    way: tests/test_serving.py serves one by runs:/RUN_ID)."""
+    from tasks.registry.model_ref import download_source
+    from tasks.results import Registration
+
+    trained = _train("name=pred-unregistered", "register.enabled=false")
+    printed = Registration.from_json(trained).line().rsplit(" ", 1)[1]  # the line `trainflow run` prints
+    assert printed.startswith("models:/m-"), printed
+    expected = mlflow.pyfunc.load_model(printed).predict(digits.inputs.numpy().astype(np.float32)).argmax(1)
+    for i, uri in enumerate([printed, f"runs:/{trained['run_id']}"]):
+        out = _predict(uri, config=str(ROOT / "configs" / "default.yaml"), out=str(tmp_path / f"{i}.parquet"))
+        assert out["model"] == {"name": "pred-unregistered", "version": None, "alias": None, "aliases": [],
+                                "uri": uri}
+        assert pd.read_parquet(out["out"])["predicted"].astype(int).tolist() == expected.tolist()
+        tags = MlflowClient().get_run(out["run_id"]).data.tags
+        assert tags["model.run_id"] == trained["run_id"] and tags["model.version"] == ""
+        path, lineage = download_source(uri, tmp_path / f"source-{i}")
+        assert lineage == {"source_run_id": trained["run_id"], "source_version": None} and Path(path).is_file()
 
 
 def test_a_registered_model_names_no_device_and_loads_onto_another(digits_model):

@@ -1,5 +1,6 @@
 """`trainflow serve-model` as a real process on a real port: it answers as the registered model predicts, names the
-version it serves (also after its alias moves), stops on SIGINT and SIGTERM with exit code 0 leaving no process,
+version it serves (also after its alias moves) and the classes in the order of its scores, serves a run's model named
+by runs:/RUN_ID, stops on SIGINT and SIGTERM with exit code 0 leaving no process,
 and refuses a taken port or an unknown alias with one line, starting nothing."""
 
 import contextlib
@@ -156,7 +157,9 @@ def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(s
         assert np.allclose(served, expected, atol=1e-4)
         accuracy = (served.argmax(1) == labels).mean()
         assert accuracy > 0.5, accuracy  # chance is 0.1
-        health = {"status": "ok", "model": NAME, "version": 1, "alias": "champion", "uri": f"models:/{NAME}/1"}
+        # the classes in the order of the scores (digits: 0..9), as registration recorded them
+        health = {"status": "ok", "model": NAME, "version": 1, "alias": "champion", "uri": f"models:/{NAME}/1",
+                  "classes": [str(d) for d in range(10)]}
         status, body = _get(port, "/health")
         assert status == 200 and json.loads(body).items() >= health.items() and json.loads(body)["run_id"]
         assert _get(port, "/ping")[0] == 200  # MLflow's own
@@ -180,6 +183,7 @@ def test_served_model_predicts_as_loaded_names_its_version_and_stops_on_sigint(s
     assert code == 0, err
     assert err.splitlines()[-1] == "stopped (SIGINT)" and "Traceback" not in err, err
     assert f"loaded {NAME} version 1 (@champion) from models:/{NAME}/1" in err
+    assert "; scores per input in the order of its 10 classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9\n" in err, err
     assert _nothing_listens(port)
 
 
@@ -227,15 +231,22 @@ def _rss_mib(pid: int) -> float:
 def test_malformed_bodies_are_400_naming_the_problem_and_a_hang_up_ends_it_after_the_request_in_flight(store):
     """200 malformed bodies (another shape, strings, NaN, infinities, empty, not JSON, 5 and 10 MB): each answered
     400 saying why in a short message (MLflow's would repeat a body it cannot parse: 10 MB back), the server's memory
-    bounded and its answers to a good body unchanged."""
+    bounded and its answers to a good body unchanged. It serves a model named by its run, runs:/RUN_ID, as the
+    README names a run's model (registered or not: a --no-register run's is found the same way)."""
+    with _in_store(store) as client:
+        run_id = client.get_model_version(NAME, "1").run_id
     port = free_port()
-    proc, lines = _start(store, f"models:/{NAME}/1", port)
+    proc, lines = _start(store, f"runs:/{run_id}", port)
     rows = np.random.default_rng(0).uniform(0, 16, (40_000, 1, 8, 8)).astype(np.float32)
     good = json.dumps({"inputs": rows[:100].tolist()}).encode()
     answered: dict = {}
     try:
-        _ready(proc, lines, store, port)
+        assert _ready(proc, lines, store, port).startswith(f"serving the model of run {run_id} ({NAME}) on ")
+        about = json.loads(_get(port, "/health")[1])
+        assert (about["version"], about["alias"], about["run_id"]) == (None, None, run_id), about
+        assert about["uri"].startswith("models:/m-") and about["classes"] == [str(d) for d in range(10)]
         expected = json.loads(_answer(port, good)[1])["predictions"]
+        assert np.allclose(expected, _predicted(store, 1, rows[:100]), atol=1e-4)  # version 1's run's model
         # each once (parsing the large ones raises the heap's high-water mark once), then the small ones and the
         # large ones again: 200 in all, the memory measured after the first round
         small = [b for b in MALFORMED if len(b) < 1_000_000]

@@ -1,6 +1,8 @@
-"""A registered model version as the commands after registration name it: `models:/NAME@ALIAS` or
-`models:/NAME/VERSION`, resolved once to the version it is now, so scoring, serving and the alias history all
-speak of one fixed version even when the alias moves meanwhile."""
+"""A model as the commands after training name it, resolved once to what it is now, so scoring, serving, transfer and
+the alias history all speak of one fixed model even when an alias moves meanwhile: a registered version
+(`models:/NAME@ALIAS`, `models:/NAME/VERSION`) or a run's own logged model, registered or not (`runs:/RUN_ID`, or
+MLflow's id of the logged model, `models:/m-...`, as `--no-register` and `--json`'s `model_uri` print it). One parser
+for every command that takes one: predict, serve-model, transfer.source, card and rerun."""
 
 from __future__ import annotations
 
@@ -13,28 +15,43 @@ from mlflow.exceptions import MlflowException
 from tasks import tracking
 from trainlib.errors import ConfigError
 
-FORMS = "models:/NAME@ALIAS or models:/NAME/VERSION"
+FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})(?:/model)?/?$")  # a run's model, registered or not
+_LOGGED = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]{32})$")  # MLflow's id of a logged model (what it prints)
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One registered model version, as resolved when a command started."""
+    """One model, as resolved when a command started: a registered version, or a run's logged model."""
 
     uri: str  # as the user gave it
-    name: str
-    version: int
-    alias: str | None  # the alias it was named by (None when named by its version)
+    name: str  # the registered model's; of a run's model, the `name` its run was trained under
+    version: int | None  # None: a run's model, named by its run (or its logged model's id), not by a version
+    alias: str | None  # the alias it was named by (None when named by its version or its run)
     aliases: tuple[str, ...]  # every alias the version held when resolved
     run_id: str | None  # the run that logged it
+    model_id: str | None = None  # a run's model: its logged model's id (None for a version, or a run that logged none)
 
     @property
     def pinned(self) -> str:
-        """The URI of this very version (what an alias pointed at when resolved)."""
-        return f"models:/{self.name}/{self.version}"
+        """The URI of this very model (what an alias pointed at when resolved; a run's logged model by its id)."""
+        if self.version is not None:
+            return f"models:/{self.name}/{self.version}"
+        if self.model_id is None:
+            raise ConfigError(f"run {self.run_id} logged no model (only a run that trained and tested one logs it): "
+                              f"give {FORMS} of one that did")
+        return f"models:/{self.model_id}"
+
+    @property
+    def short(self) -> str:
+        """A name for files: `digits-cnn-v3`, or of a run's model `digits-cnn-run-0973746325b5`."""
+        return f"{self.name}-v{self.version}" if self.version is not None else f"{self.name}-run-{self.run_id[:12]}"
 
     def describe(self) -> str:
-        """e.g. `digits-cnn version 3 (@champion)`."""
+        """e.g. `digits-cnn version 3 (@champion)`, or `the model of run 0973...2235 (digits-cnn)`."""
+        if self.version is None:
+            return f"the model of run {self.run_id} ({self.name})"
         held = f" (@{', @'.join(self.aliases)})" if self.aliases else ""
         return f"{self.name} version {self.version}{held}"
 
@@ -49,9 +66,23 @@ def registered(name: str):
         raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names) or 'none yet'}") from None
 
 
+def is_model_uri(uri: str) -> bool:
+    """Whether `uri` has one of the forms a model is named by (FORMS, or a logged model's models:/m-...)."""
+    return any(form.match(uri.strip()) for form in (_URI, _RUN, _LOGGED))
+
+
 def resolve(uri: str) -> ModelRef:
-    """The version `uri` names now; one readable error for a malformed URI, an unknown model, alias or version."""
-    match = _URI.match(uri.strip())
+    """The model `uri` names now; one readable error for a malformed URI, an unknown model, alias, version or run."""
+    text = uri.strip()
+    if run := _RUN.match(text):
+        return _of_run(uri, run["run_id"], None)
+    if logged := _LOGGED.match(text):
+        try:
+            found = tracking.client().get_logged_model(logged["model_id"])
+        except MlflowException:
+            raise ConfigError(f"no logged model {logged['model_id']} in this project's MLflow store") from None
+        return _of_run(uri, found.source_run_id, found.model_id)
+    match = _URI.match(text)
     if not match:
         raise ConfigError(f"model {uri!r}: give {FORMS}")
     name, alias, number = match["name"], match["alias"], match["version"]
@@ -71,6 +102,22 @@ def resolve(uri: str) -> ModelRef:
     return ModelRef(uri, name, int(version.version), alias, tuple(sorted(version.aliases or ())), version.run_id)
 
 
+def _of_run(uri: str, run_id: str | None, model_id: str | None) -> ModelRef:
+    """The model run `run_id` logged (`model_id`, else the last it logged), named after the run's `name`."""
+    if run_id is None:  # a model logged outside a run: trainflow logs none, and has no config to score it by
+        raise ConfigError(f"logged model {model_id} was logged by no run: give {FORMS}")
+    client = tracking.client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no run {run_id} in this project's MLflow store") from None
+    if model_id is None:
+        outputs = run.outputs.model_outputs if run.outputs else []
+        model_id = outputs[-1].model_id if outputs else None
+    name = run.data.params.get("name") or client.get_experiment(run.info.experiment_id).name
+    return ModelRef(uri, name, None, None, (), run_id, model_id)
+
+
 def as_named(ref: ModelRef, uri: str) -> ModelRef:
     """`ref` (resolved from its pinned URI) as the user named it at first, by `uri`: a command that resolved an
     alias once hands the version on pinned and keeps saying which alias it was named by."""
@@ -79,32 +126,24 @@ def as_named(ref: ModelRef, uri: str) -> ModelRef:
 
 
 WEIGHTS = "checkpoints/model.pt"  # the trained model file every training run logs (architecture + weights)
-SOURCE_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")  # a run's model, registered or not (--no-register)
 
 
 def download_source(uri: str, folder: Path) -> tuple[str, dict]:
     """A transfer source's weights file (a registered model's, or a run's), downloaded into `folder`. -> (local path,
     lineage)."""
-    match, run = SOURCE_URI.match(uri), RUN_URI.match(uri)
-    if not match and not run:
-        raise ConfigError(f"transfer.source: {uri!r} is not models:/name@alias, models:/name/version or runs:/RUN_ID")
-    client = tracking.client()
+    if not is_model_uri(uri):
+        raise ConfigError(f"transfer.source: {uri!r} is not {FORMS}")
     try:
-        if run:
-            run_id, version = client.get_run(run["run_id"]).info.run_id, None
-        else:
-            found = client.get_model_version_by_alias(match["name"], match["alias"]) if match["alias"] else \
-                client.get_model_version(match["name"], match["version"])
-            run_id, version = found.run_id, str(found.version)
-    except MlflowException as exc:
-        raise ConfigError(f"transfer.source {uri}: not found ({str(exc).splitlines()[0]})") from None
+        ref = resolve(uri)
+    except ConfigError as exc:
+        raise ConfigError(f"transfer.source {uri}: not found ({exc})") from None
     try:
-        path = client.download_artifacts(run_id, WEIGHTS, str(folder))
+        path = tracking.client().download_artifacts(ref.run_id, WEIGHTS, str(folder))
     except (MlflowException, OSError):
-        raise ConfigError(f"transfer.source {uri}: run {run_id} has no {WEIGHTS} (ensembles and models trained "
+        raise ConfigError(f"transfer.source {uri}: run {ref.run_id} has no {WEIGHTS} (ensembles and models trained "
                           "elsewhere cannot be a source; give a model file)") from None
-    return path, {"source_run_id": run_id, "source_version": version}
+    version = str(ref.version) if ref.version is not None else None
+    return path, {"source_run_id": ref.run_id, "source_version": version}
 
 
 def check_member(uri: str) -> None:

@@ -100,9 +100,10 @@ class ScoringPlan:
 
 
 def default_out(ref: ModelRef) -> Path:
-    """Where predictions go when --out is not given: the project's predictions folder, one file per scoring."""
+    """Where predictions go when --out is not given: the project's predictions folder, one file per scoring
+    (`NAME-vVERSION-TIME.parquet`; a run's model: `NAME-run-RUNID-TIME.parquet`)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")  # to the microsecond: two scorings, two files
-    return settings.HOME / "predictions" / f"{ref.name}-v{ref.version}-{stamp}.parquet"
+    return settings.HOME / "predictions" / f"{ref.short}-{stamp}.parquet"
 
 
 def plan(model: str, data: str | None, config: PipelineConfig, from_config: bool, out: str | None,
@@ -128,8 +129,9 @@ def start(what: Scoring, data: str | None, config: PipelineConfig | None, data_d
     """The prediction run, in the version's experiment. -> its id."""
     ref = what.model
     source = str(Path(data).resolve()) if data else f"config data.source {config.data.source}"
+    named = f"{ref.name} v{ref.version}" if ref.version is not None else f"{ref.name} run {ref.run_id}"
     return tracking.start_run(
-        what.experiment, f"predict {ref.name} v{ref.version}", {"model": ref.uri, "data": source, **params},
-        {"trainflow.kind": "prediction", "model.name": ref.name, "model.version": ref.version,
+        what.experiment, f"predict {named}", {"model": ref.uri, "data": source, **params},
+        {"trainflow.kind": "prediction", "model.name": ref.name, "model.version": ref.version or "",
          "model.alias": ref.alias or "", "model.aliases": ",".join(ref.aliases), "model.run_id": ref.run_id,
          "dataset.digest": data_digest, **tags})

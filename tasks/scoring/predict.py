@@ -102,8 +102,8 @@ def _per_channel(drift: DriftReport) -> dict[str, float]:
 
 def _markdown(out: Prediction) -> str:
     m, drift = out.model, out.drift
-    lines = [f"# {m.name} version {m.version}: {out.rows} rows scored", "",
-             "| | |", "|---|---|", f"| model | {m.uri} (version {m.version}) |",
+    lines = [f"# {m.describe()}: {out.rows} rows scored", "",
+             "| | |", "|---|---|", f"| model | {m.uri} ({m.describe()}) |",
              f"| rows scored | {out.rows} |", f"| unreadable rows | {out.errors} |",
              f"| predictions | {out.out} |"]
     lines += [f"| {key} | {out.metrics[key]:.4f} |" for key in ("accuracy", "f1") if key in out.metrics]
