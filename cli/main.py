@@ -52,7 +52,7 @@ EXAMPLES = {  # two per command, shown by --help
     "cache": ["trainflow cache --older-than 30", "trainflow cache --prune --older-than 30"],
     "up": ["trainflow up", "trainflow up --postgres postgresql://trainer:secret@127.0.0.1:5432/trainflow"],
     "down": ["trainflow down", "trainflow down && trainflow status"],
-    "status": ["trainflow status", "trainflow up && trainflow status"],
+    "status": ["trainflow status", "trainflow status && trainflow ui"],
     "serve": ["trainflow serve", "trainflow serve --only training-pipeline/nightly batch-predict/nightly"],
     "serve-model": ["trainflow serve-model models:/digits-cnn@champion",
                     "trainflow serve-model models:/digits-cnn/2 --port 5050"],

@@ -20,8 +20,7 @@ def prediction_summary(s: Prediction) -> None:
     from cli.progress import summary_console as out
 
     m, drift = s.model, s.drift
-    scored = (f"[bold green]done[/]: {s.rows} rows scored with {m.name} version {m.version}"
-              + (f" (@{', @'.join(m.aliases)})" if m.aliases else ""))
+    scored = f"[bold green]done[/]: {s.rows} rows scored with {m.describe()}"
     if "accuracy" in s.metrics:
         scored += (f"; against their labels: accuracy {s.metrics['accuracy']:.4f}, macro F1 "
                    f"{s.metrics['f1']:.4f}")
@@ -89,8 +88,10 @@ def models_table(models: list[ModelSummary]) -> str:
         lines.append(f"{model.name}: {held}")
         rows = [[str(v.version), shown_time(v.created),
                  f"{v.test_accuracy:.4f}" if v.test_accuracy is not None else NONE, v.gate or NONE,
-                 " ".join(f"@{a}" for a in v.aliases) or NONE, v.run_id or NONE] for v in model.versions]
-        lines += (_table(["version", "created (UTC)", "test_accuracy", "gate", "aliases", "run"], rows, "  ")
+                 " ".join(f"@{a}" for a in v.aliases) or NONE, v.source or NONE, v.model or NONE,
+                 v.input_shape or NONE, v.run_id or NONE] for v in model.versions]
+        lines += (_table(["version", "created (UTC)", "test_accuracy", "gate", "aliases", "source", "model", "input",
+                          "run"], rows, "  ")
                   if rows else ["  no versions"])
     return "\n".join(lines)
 
@@ -131,7 +132,8 @@ def _promote(args: argparse.Namespace) -> int:
     import tasks  # noqa: F401  the project's stores, before MLflow is imported
     from tasks.registry import aliases
 
-    return _print_move(args, aliases.promote(args.name, args.version, args.alias, args.reason), args.version)
+    return _print_move(args, aliases.promote(args.name, args.version, args.alias, args.reason, args.force),
+                       args.version)
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -174,7 +176,11 @@ def _card(args: argparse.Namespace) -> int:
 
     if args.html and not Path(args.html).resolve().parent.is_dir():
         raise ConfigError(f"--html {args.html}: no folder {Path(args.html).resolve().parent} to write it in")
-    named = args.model if ("@" in args.model or "/" in args.model) else f"{args.model}@champion"
+    named = args.model.removeprefix("models:/")
+    if named.startswith(("runs:/", "m-")):
+        raise ConfigError(f"{args.model}: a model card is made for a registered version; give NAME, NAME@ALIAS or "
+                          "NAME/VERSION")
+    named = named if ("@" in named or "/" in named) else f"{named}@champion"
     ref = resolve(f"models:/{named}")
     if args.intended_use is not None or args.limitations is not None:
         card.write(ref.name, args.intended_use, args.limitations)
@@ -196,7 +202,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add predict, models, card, promote and rollback to the `trainflow` parser's subcommands."""
     p = sub.add_parser("predict", help="score new data with a registered model: predictions file, drift check, "
                        "an MLflow run")
-    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS, models:/NAME/VERSION or "
+                   "runs:/RUN_ID (a run's model, registered or not)")
     p.add_argument("--data", metavar="PATH", help="a folder of images (flat, or one folder per class: labelled), "
                    "a CSV or Parquet table (with the target column: labelled), an .npz (with a labels array: labelled) "
                    "or .npy of signals")
@@ -226,6 +233,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("promote", help="move an alias to a version by hand (recorded in the alias history)")
     pr.add_argument("name", metavar="NAME", help="registered model")
     pr.add_argument("version", type=options.positive, metavar="VERSION")
+    pr.add_argument("--force", action="store_true", help="move it even when the version takes another input (shape, "
+                                                         "features, classes) than the alias's holder")
     rb = sub.add_parser("rollback", help="move an alias back to the version that held it before its last move")
     rb.add_argument("name", metavar="NAME", help="registered model")
     for sp, handler in ((pr, _promote), (rb, _rollback)):

@@ -63,6 +63,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{r.name:8s} {state:14s} {r.url or '-':32s} pid {r.pid or '-'}  log {r.log}")
     for line in _warm_lines(warm.status(), warm.minutes()):
         print(line)
+    up = any(r.pid for r in rows)
+    if not up:  # no failure: commands run without a stack, on the project's store, and say where below
+        print("no stack is running (`trainflow up` starts one); commands here record where `tracking` says:")
     # what a command run here uses (tasks/settings.py), so what a script or a notebook should point at
     api = os.environ.get("PREFECT_API_URL")
     print(f"project  {settings.HOME.parent}  (its store: {settings.HOME})")
@@ -73,7 +76,7 @@ def _status(args: argparse.Namespace) -> int:
     env = stack.env_file()
     if env.exists():
         print(ENV_HINT.format(env=env))
-    return 0 if all(r.healthy for r in rows) else 1
+    return 0 if not up or all(r.healthy for r in rows) else 1  # 1: a stack half up, or not answering
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -161,7 +164,7 @@ def _config(args: argparse.Namespace) -> int:
         width = max(len(k) for k, _, _ in rows), max(len(d) for _, d, _ in rows)
         print("\n".join(f"{k:{width[0]}}  {d:{width[1]}}  {t}" for k, d, t in rows))
     else:
-        print(to_yaml(load_config(args.config, args.set or [])), end="")
+        print(to_yaml(load_config(args.config, options.overrides(args))), end="")
     return 0
 
 
@@ -188,8 +191,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "training-pipeline/nightly), or a NAME for every deployment of that name")
     serve.set_defaults(handler=_serve)
     model = sub.add_parser("serve-model", help="serve a registered model version over HTTP (MLflow's scoring API)")
-    model.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION; an alias is "
-                       "resolved once, at start")
+    model.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID (a "
+                       "run's model, registered or not); an alias is resolved once, at start")
     options.add(model, "--host", "--port", port={"default": 5002})
     model.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when present), cpu, cuda or "
                        "cuda:N (default auto)")
@@ -198,7 +201,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     options.add(ui, "--host", "--port", port={"default": 5000})
     ui.set_defaults(handler=_ui)
     config = sub.add_parser("config", help="print the effective config as YAML (or every key with --keys)")
-    options.add(config, "--config", "--set")
+    options.add(config, "--config", "--set", "--name")
     config.add_argument("--keys", action="store_true", help="list every config key, its default and its meaning")
     config.set_defaults(handler=_config)
     kept = sub.add_parser("cache", help="the stage cache (.trainflow/cache): what it holds, or --prune it")

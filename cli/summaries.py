@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 VERDICTS = {"better": "green", "worse": "red", "no detectable difference": "default", "too few repeats": "yellow",
             "equivalent": "cyan",
             "higher": "default", "lower": "default"}
-STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "not_registered": "default"}
+STYLES = {"promoted": "green", "not_better": "yellow", "below_minimum": "yellow", "other_input": "yellow",
+          "not_registered": "default"}
 
 
 def run(s: RunSummary) -> None:
@@ -195,10 +196,12 @@ def variance(s: Variance) -> None:
 
 
 def lr_find(s: RangeTest) -> None:
-    """The suggestion (or why there is none), how the sweep ended, the run's URL."""
+    """The suggestion (or why there is none), what the sweep ran (how far, when it stopped early), the run's URL."""
     what = (f"suggested LR [bold]{shown(s.suggested_lr, 'lr')}[/] (steepest descent of the smoothed loss)"
             if s.suggested_lr is not None else "[yellow]no suggestion[/]: the loss diverged too soon; lower --start")
-    console.print(f"[bold green]done[/]: {what}; {s.updates} updates from {s.start:g} to {s.end:g}, {s.stopped}")
+    ran = (f"{s.updates} updates from {s.start:g} to {s.end:g}" if s.stopped == "completed" else
+           f"{s.updates} of {s.planned} updates, from {s.start:g} to {s.reached:.2g}, stopped early: the loss diverged")
+    console.print(f"[bold green]done[/]: {what}; {ran}")
     console.print(f"MLflow run {s.run_id}: {s.mlflow_url} (lr_find.png)", markup=False, highlight=False)
 
 

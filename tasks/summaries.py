@@ -237,16 +237,20 @@ class TransferDemo:
 
 @dataclass(frozen=True)
 class RangeTest:
-    """`trainflow lr-find`: the LR range test's suggestion (None: the loss diverged too soon) and its sweep."""
+    """`trainflow lr-find`: the LR range test's suggestion (None: the loss diverged too soon) and its sweep: what
+    was asked (`planned` updates from `start` to `end`) and what ran (`updates` made, the last at LR `reached`;
+    fewer, and short of `end`, when it stopped early: `stopped` "diverged")."""
 
     run_id: str
     mlflow_url: str
     suggested_lr: float | None
     rule: str
-    stopped: str
+    stopped: str  # completed | diverged
     updates: int  # made
     start: float
-    end: float
+    end: float  # planned
+    planned: int  # updates asked for
+    reached: float  # the LR of the last update made
 
     def json(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,13 +258,19 @@ class RangeTest:
 
 @dataclass(frozen=True)
 class ScoredModel:
-    """The registered version a batch scoring used (resolved once, at start)."""
+    """The model a batch scoring used (resolved once, at start): a registered version, or a run's model."""
 
     name: str
-    version: int
+    version: int | None  # None: a run's model, named by its run (runs:/RUN_ID) or its logged model's id
     alias: str | None  # the alias it was named by, if any
     aliases: list[str]  # every alias it held
-    uri: str
+    uri: str  # as named
+
+    def describe(self) -> str:
+        """e.g. `digits-cnn version 3 (@champion)`, or `digits-cnn's model runs:/RUN_ID`."""
+        if self.version is None:
+            return f"{self.name}'s model {self.uri}"
+        return f"{self.name} version {self.version}" + (f" (@{', @'.join(self.aliases)})" if self.aliases else "")
 
 
 @dataclass(frozen=True)

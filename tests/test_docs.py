@@ -112,3 +112,23 @@ def test_the_quickstart_runs_as_written(tmp_path):
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", 5000)) != 0  # the UI is gone
     assert (project / ".trainflow" / "mlflow.db").is_file() and not (project / "mlflow.db").exists()
+
+
+def test_your_own_data_runs_as_written(tmp_path):
+    """The README's "Your own data" commands, in bash, in a fresh project beside this checkout's configs/ and .venv:
+    each kind trains at the first try, under the name its data gives it."""
+    import subprocess
+
+    from conftest import cli_env
+
+    block = README.split("## Your own data")[1].split("```")[1].strip("\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    for shared in ("configs", ".venv"):
+        (project / shared).symlink_to(ROOT / shared)
+    out = subprocess.run(["bash", "-ec", block], cwd=project, env=cli_env(project), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "wine-mlp: mlp, adam at lr 0.001, schedule none, on csv wine.csv (target column 'target')" in out.stderr
+    for name in ("wine-mlp", "digits-png-cnn", "waves-cnn1d"):
+        assert f"registered {name} version 1: " in out.stdout, out.stdout

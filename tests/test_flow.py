@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from trainlib.config import flatten, load_config
+from trainlib.scoring import InputSpec
 
 NAME = "flow-e2e"
 EPOCHS = 4
@@ -116,6 +117,9 @@ def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == tie["version"] != champion
 
 
+
+DIGITS = InputSpec([str(d) for d in range(10)], [1, 8, 8], True, [], 16.0, [4.9], [6.0])  # what the versions take
+
 def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, prefect_api):
     from tasks.registry.register import promote
     from trainlib.config import RegisterConfig
@@ -125,7 +129,7 @@ def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, 
     outcomes = []
     for accuracy in [0.95, 0.95, 0.9505, 0.96, 0.9605]:
         run_id = client.create_run(experiment).info.run_id
-        registered = promote("delta", gate, first["model_uri"], accuracy, run_id)
+        registered = promote("delta", gate, first["model_uri"], accuracy, run_id, DIGITS)
         outcomes.append((registered.version, registered.alias, registered.gate.champion_version))
         assert client.get_run(run_id).data.tags["registered_alias"] == registered.alias
     assert outcomes == [(1, "champion", None), (2, "challenger", 1), (3, "challenger", 1), (4, "champion", 1),
@@ -145,7 +149,7 @@ def test_flows_registering_at_the_same_moment_leave_the_alias_on_the_best(first,
     def register(accuracy, run_id):
         start.wait()  # every flow reads the alias holder at about the same time
         return promote("race", RegisterConfig(min_test_accuracy=0.5, gate="delta"), first["model_uri"], accuracy,
-                       run_id)
+                       run_id, DIGITS)
 
     with ThreadPoolExecutor(len(accuracies)) as pool:
         results = list(pool.map(register, accuracies, runs))

@@ -60,6 +60,7 @@ def test_the_card_gives_the_numbers_the_run_logged(trained):
     changes = {key: (value, default) for key, value, default, _ in card["changes"]}
     assert changes["model.hidden"] == ("[32]", "[256, 128]") and changes["training.epochs"] == ("3", "30")
     assert "optimizer.lr" not in changes  # left at its default
+    assert "model.name" not in changes and "data.target" not in changes  # what this data gives by default
     # the registry shows the same card: the version's description, and the run's HTML page
     version = client.get_model_version("lineage", "1")
     assert version.description.startswith("# Model card: lineage version 1\n")

@@ -48,7 +48,8 @@ def test_promote_rollback_and_the_history_they_leave(tmp_path):
     assert int(client.get_model_version_by_alias(name, "champion").version) == 2
     listing = _trainflow(env, "models", name).stdout.splitlines()
     assert listing[0] == f"{name}: @champion -> version 2"
-    assert listing[1].split() == ["version", "created", "(UTC)", "test_accuracy", "gate", "aliases", "run"]
+    assert listing[1].split() == ["version", "created", "(UTC)", "test_accuracy", "gate", "aliases", "source", "model",
+                                  "input", "run"]
     assert [row.split()[0] for row in listing[2:]] == ["3", "2", "1"]
     assert listing[3].split()[3:6] == ["0.9500", "promoted", "@champion"]
     history = _trainflow(env, "models", name, "--history").stdout.splitlines()
@@ -67,6 +68,8 @@ def test_what_they_refuse_is_one_line_and_moves_nothing(tmp_path):
     cases = {("promote", "solo", "4"): "error: solo has no version 4; its versions: 1",
              ("rollback", "solo"): "error: solo has no alias @champion; its aliases: none",
              ("models", "nobody"): "error: no registered model 'nobody'; registered: solo",
+             ("card", "runs:/" + "0" * 32): "error: runs:/" + "0" * 32 + ": a model card is made for a registered "
+                                           "version; give NAME, NAME@ALIAS or NAME/VERSION",
              ("promote", "solo", "0"): "error: argument VERSION: expected a whole number of at least 1, got '0' "
                                        "(`trainflow promote --help` shows the options)"}
     for args, message in cases.items():

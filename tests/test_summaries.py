@@ -113,8 +113,14 @@ def test_tuning_an_ensemble_and_a_transfer_print_what_they_add_to_the_run(printe
 
 
 def test_the_range_test_and_a_scoring_print_their_findings(printed):
-    out = printed(summaries.lr_find, RangeTest("l" * 32, "http://lr", None, "steepest", "diverged", 40, 1e-7, 10))
-    assert "no suggestion" in out and "40 updates from 1e-07 to 10, diverged" in out
+    out = printed(summaries.lr_find, RangeTest("l" * 32, "http://lr", None, "steepest", "diverged", 40, 1e-7, 10,
+                                               200, 10 ** -0.5))
+    assert "no suggestion" in out and "40 of 200 updates, from 1e-07 to 0.32, stopped early: the loss diverged" in out
+    assert "to 10" not in out  # the sweep never reached its planned end
+    whole = RangeTest("l" * 32, "http://lr", 1e-3, "steepest", "completed", 200, 1e-7, 10, 200, 10.0)
+    out = printed(summaries.lr_find, whole)
+    assert "200 updates from 1e-07 to 10" in out and "stopped early" not in out and "of 200" not in out
+    assert whole.json()["planned"] == 200 and whole.json()["reached"] == 10.0
     drift = DriftReport(["pixel"], [0.5], [0.2], [3.0], [0.1], 3.0, 0.5)
     prediction = Prediction("p" * 32, "digits-cnn", ScoredModel("digits-cnn", 4, "champion", ["champion"], "models:/x"),
                             15, 1, "out.parquet", "errors.csv", {"accuracy": 0.9, "f1": 0.8}, drift, "http://p")

@@ -84,8 +84,14 @@ def _per_class(report: dict) -> list[cards.ClassScore]:
 
 
 def _changes(params: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    """The run's config keys that differ from the defaults, with what each means (the config reference)."""
-    defaults = {k: str(v) for k, v in flatten(PipelineConfig().model_dump(mode="json")).items()}
+    """The run's config keys that differ from the defaults for its data (the name, model and class column follow the
+    data), with what each means (the config reference)."""
+    data = {k: params[f"data.{k}"] for k in ("source", "path") if params.get(f"data.{k}") not in (None, "None")}
+    try:
+        default = PipelineConfig.model_validate({"data": data})
+    except ValueError:  # a source this version of trainflow no longer reads: the plain defaults
+        default = PipelineConfig()
+    defaults = {k: str(v) for k, v in flatten(default.model_dump(mode="json")).items()}
     meanings = {key: description for key, _, description in reference()}
     return cards.differences(dict(params), defaults, meanings)
 
