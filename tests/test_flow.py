@@ -241,7 +241,7 @@ def test_signals_through_the_pipeline_and_the_registered_cnn1d_in_a_fresh_proces
     assert "augmentation_preview.png" in _artifacts(MlflowClient(), out["run_id"])
     card = MlflowClient().get_model_version("flow-signals", str(out["version"])).description  # a card, signals too
     assert card.startswith("# Model card: flow-signals version") and "- source: waveforms" in card
-    assert "| test | " in card and "`model.name`: cnn1d (default cnn)" in card
+    assert "| test | " in card and "`model.channels`: [8, 16] (default [32, 64])" in card  # cnn1d: waveforms' default
     code = """
 import json, mlflow, numpy as np, pandas as pd
 from mlflow import MlflowClient

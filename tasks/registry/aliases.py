@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 
 from tasks import settings, tracking
 from tasks.registry import signature
-from tasks.registry.model_ref import registered
+from tasks.registry.model_ref import no_alias, registered
 from trainlib.errors import ConfigError
 
 PREFIX = "trainflow.alias_history."  # + 13-digit epoch ms + "." + 8 hex: 45 characters, MLflow allows 250
@@ -186,8 +186,7 @@ def rollback(name: str, alias: str = CHAMPION, reason: str | None = None) -> Mov
 def _rollback(name: str, alias: str, reason: str | None) -> Move:
     moves = history(name, alias)
     if not moves and _holder(name, alias) is None:  # no such alias: a typo, most likely; said as predict says it
-        held = ", ".join(f"@{a} (version {v})" for a, v in sorted(registered(name).aliases.items())) or "none"
-        raise ConfigError(f"{name} has no alias @{alias}; its aliases: {held}")
+        raise ConfigError(no_alias(registered(name), alias))
     undone = {m.undoes for m in moves if m.undoes}
     standing = [m for m in moves if not m.undoes and m.key not in undone]
     if not standing or standing[-1].from_version is None:

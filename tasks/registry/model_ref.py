@@ -66,6 +66,12 @@ def registered(name: str):
         raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names) or 'none yet'}") from None
 
 
+def no_alias(model, alias: str) -> str:
+    """What is said of an alias the registered `model` does not have: the aliases it has."""
+    held = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items())) or "none"
+    return f"{model.name} has no alias @{alias}; its aliases: {held}"
+
+
 def is_model_uri(uri: str) -> bool:
     """Whether `uri` has one of the forms a model is named by (FORMS, or a logged model's models:/m-...)."""
     return any(form.match(uri.strip()) for form in (_URI, _RUN, _LOGGED))
@@ -94,8 +100,7 @@ def resolve(uri: str) -> ModelRef:
     except MlflowException:
         model = client.get_registered_model(name)
         if alias:
-            held = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items())) or "none"
-            raise ConfigError(f"{name} has no alias @{alias}; its aliases: {held}") from None
+            raise ConfigError(no_alias(model, alias)) from None
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
         raise ConfigError(f"{name} has no version {number}; its versions: "
                           f"{', '.join(map(str, versions)) or 'none'}") from None
