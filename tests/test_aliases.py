@@ -309,8 +309,8 @@ def test_an_alias_never_moves_to_a_version_taking_another_input(store, prefect_a
     digits, wine = register(DIGITS, "digits", 0.9), register(WINE, "csv", 1.0)  # wine: better, but another input
     assert (digits.alias, wine.alias, wine.gate.outcome, holder(name)) == ("champion", "challenger", "other_input", 1)
     assert wine.gate.reason == (
-        "kept as challenger: version 2 takes a table of 13 feature columns (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, "
-        "f10, f11, f12), 3 classes (0, 1, 2), but @champion's version 1 takes grayscale images of 8x8 pixels, 10 "
+        "kept as challenger: version 2 takes a table of 13 feature columns (f0, f1, f2, f3, f4, f5, f6, f7, ...), "
+        "3 classes (0, 1, 2), but @champion's version 1 takes grayscale images of 8x8 pixels, 10 "
         f"classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9): callers of models:/{name}@champion would break (give this data its "
         f"own --name, or move the alias anyway: trainflow promote {name} 2 --force)")
     with pytest.raises(ConfigError, match=r"^version 2 takes a table of 13 .* but @champion's version 1 takes "

@@ -18,6 +18,7 @@ from trainlib.data.sources import content_digest
 from trainlib.scoring import InputSpec
 
 CLASSES_SHOWN = 10  # classes named in a signature's words; more are counted
+COLUMNS_SHOWN = 8  # a table's feature columns named there
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,11 @@ def of_spec(spec: InputSpec) -> Signature:
     """The signature of a model trained with `spec`."""
     key = content_digest(list(spec.shape), spec.image, list(spec.feature_names), list(spec.classes))[:16]
     shown = ", ".join(spec.classes[:CLASSES_SHOWN]) + (", ..." if len(spec.classes) > CLASSES_SHOWN else "")
-    return Signature(key, f"{spec.describe()}, {len(spec.classes)} classes ({shown})")
+    takes = spec.describe()
+    if len(spec.shape) == 1 and len(spec.feature_names) > COLUMNS_SHOWN:
+        takes = (f"a table of {len(spec.feature_names)} feature columns "
+                 f"({', '.join(spec.feature_names[:COLUMNS_SHOWN])}, ...)")
+    return Signature(key, f"{takes}, {len(spec.classes)} classes ({shown})")
 
 
 def tags(spec: InputSpec, run_id: str) -> dict[str, str]:
