@@ -294,3 +294,13 @@ def test_a_signal_ensemble_scores_an_npz_of_new_signals(prefect_api, tmp_path):
     assert pinned(torch.export.load(str(next(local.glob("artifacts/*.pt2")))).graph) == []
     program = load_pyfunc(ref, torch.device("meta")).unwrap_python_model().program
     assert program(torch.zeros(3, *x.shape[1:], device="meta")).device.type == "meta"
+
+
+def test_a_version_registered_before_its_signature_tags_is_read_from_its_model(table_model):
+    from tasks.registry import signature
+
+    name, version = table_model["registered_model"], table_model["version"]
+    tagged = signature.of_version(name, version)
+    assert tagged.words == "a table of 3 feature columns (x1, x2, x3), 3 classes (a, b, c)"
+    MlflowClient().delete_model_version_tag(name, str(version), "input_key")  # as a version made before they were
+    assert signature.of_version(name, version) == tagged  # from its model's own metadata
