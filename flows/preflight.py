@@ -106,8 +106,12 @@ def readable(config: PipelineConfig) -> Read:
             raise
         from trainlib.checkpoint import atomic_path
 
-        with atomic_path(listed) as tmp:
-            _csv(tmp, exc.problems)
+        try:
+            with atomic_path(listed) as tmp:
+                _csv(tmp, exc.problems)
+        except OSError as why:  # a read-only data folder, say: the message still names the first problems
+            raise ConfigError(exc.describe() + f"\n  (the full list could not be written to {listed}: "
+                              f"{why.strerror or why})") from None
         raise ConfigError(exc.describe(listed_in=str(listed))) from None
     finally:
         said.setLevel(level)

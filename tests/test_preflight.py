@@ -62,6 +62,12 @@ def test_bad_data_fails_before_anything_runs_naming_every_problem_in_a_file(tmp_
         "\"data row 14, column label\",no class (missing)", "\"data row 21, column y\",'inf' is infinite or too large"]
     assert preflight.check([config.model_copy(update={"data": config.data.model_copy(
         update={"skip_unreadable": True})})]) is None and listed.exists()  # skipped: the list stays true
+    listed.unlink()
+    listed.mkdir()  # where the list would go, something it cannot replace: the error still names the problems
+    with pytest.raises(ConfigError, match=r"- data row 5, column y: 'n/a\?' is not a number\n.*\n.*\n.*\n  \(the "
+                                          f"full list could not be written to {listed}: "):
+        preflight.check([config])
+    listed.rmdir()
     text.write_text("x,y,label\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(120)))
     preflight.check([config])
     assert not listed.exists()  # it listed problems the data no longer has
