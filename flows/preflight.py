@@ -4,8 +4,9 @@ A plan (flows/plans.py) checks a command's config, and that the files it names e
 the CLI reads and asks what the flow would otherwise find wrong only after a Prefect API had started and an MLflow
 run had opened:
 
-- the data, read and split as the flow's ingest and split stages will (a missing column, a text cell, a corrupt
-  image, a single class, a class too small to split, a batch larger than the train split). Data ingested before,
+- the data, read and split as the flow's ingest and split stages will (a missing column, a single class, a class
+  too small to split, a batch larger than the train split; every text, missing or infinite cell and every image
+  that does not decode, named together and listed in `<data.path>.errors.csv`). Data ingested before,
   unchanged (its ingest stage's cache record exists), is not read again: its classes, shape and split come from
   the stage cache. Image folders are decoded into the decoded-image cache the flow's ingest then reads;
 - each transfer source: found in the registry, in a file or in the local torch cache, and fitted into the model it
@@ -97,8 +98,8 @@ def readable(config: PipelineConfig) -> Read:
     from trainlib.errors import Unreadable
 
     listed = errors_file(config) if config.data.path else None
-    said = logging.getLogger("trainlib.data.sources")
-    level, _ = said.level, said.setLevel(logging.ERROR)  # rows skipped: said once, by the flow's ingest, on its run
+    said, level = logging.getLogger("trainlib.data.sources"), logging.getLogger("trainlib.data.sources").level
+    said.setLevel(logging.ERROR)  # rows skipped are said once: by the flow's ingest, on its run
     try:
         read = data(config)
     except Unreadable as exc:
@@ -116,9 +117,14 @@ def readable(config: PipelineConfig) -> Read:
     finally:
         said.setLevel(level)
     clean = listed is not None and not config.data.skip_unreadable  # skipping: the rows it lists are the ones left out
-    if clean and listed.is_file() and listed.open().readline().strip() == ERRORS_HEADER:
+    if clean and listed.is_file() and _ours(listed):
         listed.unlink(missing_ok=True)  # it listed problems this data no longer has
     return read
+
+
+def _ours(path: Path) -> bool:
+    with path.open(errors="replace") as f:
+        return f.readline().strip() == ERRORS_HEADER
 
 
 def _csv(path, problems: list[tuple[str, str]]) -> None:

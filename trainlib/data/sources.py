@@ -120,7 +120,7 @@ def load_imagefolder(path, image_size=(32, 32), channels=None, stream=False, wor
     files = ImageFiles(str(root), names, labels, tuple(image_size), channels)
     if not stream:
         folders.check_fits(files, memory_budget)
-    identity, pack, unreadable = None, None, []  # streamed without the cache: files are decoded per batch
+    identity, pack, unreadable = None, None, []  # no pack: decoded below (streamed: per batch, after a first try)
     if cache and cache_dir is not None:
         identity, digests = folders.image_digests(files.root, files.names)
         try:
