@@ -55,8 +55,10 @@ def test_no_trial_starts_after_the_timeout(prefect_api):
                       _search(n_trials=200, timeout=timeout, max_parallel=1)).json()
     trials = sorted(r.info.start_time for r in _children(out["run_id"]) if r.data.tags["trainflow.kind"] == "trial")
     assert 2 <= len(trials) < 200
-    # the clock starts when the study starts asking, just before the first trial's run opens
-    assert (trials[-1] - trials[0]) / 1000 < timeout, [(t - trials[0]) / 1000 for t in trials]
+    # the clock starts when the study starts asking, just before the first trial's run opens; a trial asked for just
+    # before the deadline opens its run a moment later (submitted, then its run created: 0.4 s over once in a
+    # loaded lane), so a second of slack; a timeout not kept runs on for 200 trials, about 30 s
+    assert (trials[-1] - trials[0]) / 1000 < timeout + 1, [(t - trials[0]) / 1000 for t in trials]
 
 
 def test_trials_are_child_runs_that_do_not_collide(study):
