@@ -23,6 +23,7 @@ EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
 ARTIFACTS = ["config.yaml", "normalization.json", "split_manifest.csv", "augmentation_preview.png",
              "learning_curves.png", "lr_schedule.png", "confusion_matrix.png", "classification_report.json",
              "checkpoints/checkpoint.pt"]
+DIGITS = InputSpec([str(d) for d in range(10)], [1, 8, 8], True, [], 16.0, [4.9], [6.0])  # what the versions take
 
 
 def _config(*overrides):
@@ -116,9 +117,6 @@ def test_a_run_tying_the_champion_stays_challenger(first, prefect_api):
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == champion
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == tie["version"] != champion
 
-
-
-DIGITS = InputSpec([str(d) for d in range(10)], [1, 8, 8], True, [], 16.0, [4.9], [6.0])  # what the versions take
 
 def test_the_alias_moves_only_to_a_version_better_by_more_than_min_delta(first, prefect_api):
     from tasks.registry.register import promote

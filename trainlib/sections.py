@@ -62,10 +62,9 @@ class DataConfig(Section):
                                                      "read as signals: channels the feature columns fold into, "
                                                      "each a run of equal length (default 1)")
     stream: bool = Field(False, description="imagefolder: decode images per batch instead of holding all in memory")
-    skip_unreadable: bool = Field(False, description="imagefolder, csv/parquet: train without the files that cannot "
-                                                     "be decoded and the rows with a text, missing or infinite cell "
-                                                     "(counted: the run's dataset.skipped tag); default: name them all "
-                                                     "and stop")
+    skip_unreadable: bool = Field(False, description="imagefolder, csv/parquet: train without undecodable files and "
+                                                     "rows with a text, missing or infinite cell (counted: the run's "
+                                                     "dataset.skipped tag); default: name them all and stop")
     workers: Annotated[int, Field(ge=0)] = Field(2, description="imagefolder: processes that decode the images "
                                                                   "(at ingest; streamed: for every batch)")
     cache: bool = Field(True, description="imagefolder: keep the decoded images in the stage cache by content (a file "
