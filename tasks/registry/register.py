@@ -126,9 +126,8 @@ def promote(name: str, register: RegisterConfig, model_uri: str, test_accuracy: 
     _prefect_answers()  # a version is the one thing a failed run must not leave: its server gone, fail first
     version = _new_version(name, model_uri)
     try:
-        for key, value in signature.tags(spec, run_id).items():  # what it takes and was trained on
-            tracking.client().set_model_version_tag(name, str(version), key, value)
-        gate, alias = _gate(name, register, version, test_accuracy, run_id, signature.of_spec(spec))
+        takes = signature.tag(name, version, spec, run_id)  # what it takes and was trained on
+        gate, alias = _gate(name, register, version, test_accuracy, run_id, takes)
     except BaseException:  # nothing half-registered: a version without its gate's decision is withdrawn
         _withdraw(name, version)
         raise

@@ -38,14 +38,18 @@ def of_spec(spec: InputSpec) -> Signature:
     return Signature(key, f"{takes}, {len(spec.classes)} classes ({shown})")
 
 
-def tags(spec: InputSpec, run_id: str) -> dict[str, str]:
-    """The tags a new version gets: its input signature, and the data source and model of the run that made it."""
-    params = tracking.client().get_run(run_id).data.params
+def tag(name: str, version: int, spec: InputSpec, run_id: str) -> Signature:
+    """Tag a new version of `name` with its input signature, and the data source and model of the run `run_id` that
+    made it. -> the signature."""
+    client = tracking.client()
+    params = client.get_run(run_id).data.params
     source, path = params.get("data.source", "?"), params.get("data.path")
     signature = of_spec(spec)
-    return {"input": signature.words[:5000], "input_key": signature.key, "input_shape": str(tuple(spec.shape)),
-            "model": params.get("model.name", "?"),
-            "source": source + (f" {Path(path).name}" if path and path != "None" else "")}
+    for key, value in (("input", signature.words[:5000]), ("input_key", signature.key),
+                       ("input_shape", str(tuple(spec.shape))), ("model", params.get("model.name", "?")),
+                       ("source", source + (f" {Path(path).name}" if path and path != "None" else ""))):
+        client.set_model_version_tag(name, str(version), key, value)
+    return signature
 
 
 def of_version(name: str, version: int) -> Signature | None:
