@@ -98,7 +98,8 @@ def readable(config: PipelineConfig) -> Read:
     from trainlib.errors import Unreadable
 
     listed = errors_file(config) if config.data.path else None
-    said, level = logging.getLogger("trainlib.data.sources"), logging.getLogger("trainlib.data.sources").level
+    said = logging.getLogger("trainlib.data.sources")
+    level = said.level
     said.setLevel(logging.ERROR)  # rows skipped are said once: by the flow's ingest, on its run
     try:
         read = data(config)
